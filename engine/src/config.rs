@@ -1,0 +1,283 @@
+//! Edge configuration: one struct, three sources. A flag wins over its `ROOMCAST_*` environment
+//! variable, which wins over the TOML file given with `--config`, which wins over the default.
+//! The TOML keys are the flag names with `_` for `-` (`tick_ms = 250`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser};
+use serde::{Deserialize, Serialize};
+
+use crate::sys::DriverKind;
+
+/// The development secret used when none is configured; the edge warns loudly when it is in use.
+pub const DEV_JWT_SECRET: &str = "roomcast-dev-secret";
+
+#[derive(Debug, Clone, Parser, Serialize, Deserialize)]
+#[command(
+    name = "roomcast-edge",
+    version,
+    about = "roomcast edge: holds viewers' WebSocket/TCP connections and fans out room batches",
+    long_about = "roomcast edge: holds viewers' WebSocket and raw TCP connections on one pinned \
+                  worker per core and fans out each room's merged batch, encoded once, to every \
+                  member. It dials the control plane's link address to receive publishes.\n\n\
+                  Every option can also be set as an environment variable ROOMCAST_<NAME> (for \
+                  example ROOMCAST_TICK_MS=250) or as a key in the TOML file given with --config \
+                  (tick_ms = 250). Flags win over the environment, which wins over the file."
+)]
+#[serde(default, deny_unknown_fields)]
+pub struct EdgeConfig {
+    /// TOML file with any of these options (keys use `_`, e.g. `max_connections = 50000`).
+    #[arg(long, env = "ROOMCAST_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+
+    /// This edge's id in the control plane (default: <hostname>-<pid>).
+    #[arg(long, env = "ROOMCAST_EDGE_ID", default_value = "")]
+    pub edge_id: String,
+
+    /// Worker threads, one pinned per core (0 = every online core).
+    #[arg(long, env = "ROOMCAST_WORKERS", default_value_t = 0)]
+    pub workers: usize,
+
+    /// I/O driver: io_uring when the kernel allows it (auto), or force one.
+    #[arg(long, env = "ROOMCAST_IO", value_enum, default_value_t = DriverKind::Auto)]
+    pub io: DriverKind,
+
+    /// WebSocket listen address (path /ws). Port 0 picks a free port, shared by all workers.
+    #[arg(long, env = "ROOMCAST_WS_LISTEN", default_value = "0.0.0.0:8080")]
+    pub ws_listen: SocketAddr,
+
+    /// Raw TCP listen address (length-prefixed binary frames).
+    #[arg(long, env = "ROOMCAST_TCP_LISTEN", default_value = "0.0.0.0:8081")]
+    pub tcp_listen: SocketAddr,
+
+    /// Host or IP advertised to the control plane for clients to dial (default: the listen IP,
+    /// or 127.0.0.1 when listening on 0.0.0.0).
+    #[arg(long, env = "ROOMCAST_ADVERTISE_HOST", default_value = "")]
+    pub advertise_host: String,
+
+    /// The control plane's link address; the edge dials it and re-dials with backoff.
+    #[arg(long, env = "ROOMCAST_CONTROL", default_value = "127.0.0.1:9091")]
+    pub control: String,
+
+    /// HS256 secret that client tokens are signed with.
+    #[arg(long, env = "ROOMCAST_JWT_SECRET", default_value = DEV_JWT_SECRET, hide_default_value = true)]
+    pub jwt_secret: String,
+
+    /// Most client connections this edge holds; further ones are refused (HTTP 503 / close 4029).
+    #[arg(long, env = "ROOMCAST_MAX_CONNECTIONS", default_value_t = 100_000)]
+    pub max_connections: u32,
+
+    /// Most rooms one connection may be in at once.
+    #[arg(long, env = "ROOMCAST_MAX_ROOMS_PER_CONN", default_value_t = 16)]
+    pub max_rooms_per_conn: u16,
+
+    /// Largest client message (after reassembling WebSocket fragments), in bytes.
+    #[arg(long, env = "ROOMCAST_MAX_MESSAGE_BYTES", default_value_t = 65_536)]
+    pub max_message_bytes: usize,
+
+    /// A connection silent for longer than this is closed (4000).
+    #[arg(long, env = "ROOMCAST_HEARTBEAT_TIMEOUT_MS", default_value_t = 90_000)]
+    pub heartbeat_timeout_ms: u64,
+
+    /// A connection must complete the handshake and `auth` within this time (4001).
+    #[arg(long, env = "ROOMCAST_AUTH_TIMEOUT_MS", default_value_t = 10_000)]
+    pub auth_timeout_ms: u64,
+
+    /// Default merge window of a room, until the control plane sets its level (0 = send each
+    /// publish at once, no merging).
+    #[arg(long, env = "ROOMCAST_TICK_MS", default_value_t = 100)]
+    pub tick_ms: u32,
+
+    /// Send-queue soft bound per connection: above it the oldest lowest-priority batches drop.
+    #[arg(long, env = "ROOMCAST_QUEUE_SOFT_BYTES", default_value_t = 256 * 1024)]
+    pub queue_soft_bytes: usize,
+
+    /// Send-queue hard bound per connection: above it the connection is closed as slow (4008).
+    #[arg(long, env = "ROOMCAST_QUEUE_HARD_BYTES", default_value_t = 1024 * 1024)]
+    pub queue_hard_bytes: usize,
+
+    /// How often the edge sends a load report to the control plane.
+    #[arg(long, env = "ROOMCAST_REPORT_INTERVAL_MS", default_value_t = 1_000)]
+    pub report_interval_ms: u64,
+}
+
+impl Default for EdgeConfig {
+    fn default() -> Self {
+        EdgeConfig::parse_from(["roomcast-edge"])
+    }
+}
+
+/// A configuration that cannot run, with the reason.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl EdgeConfig {
+    /// Parses the command line (and environment), then fills every option left at its default
+    /// from the `--config` file, and validates the result.
+    pub fn load_from<I, T>(args: I) -> Result<EdgeConfig, ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let matches = EdgeConfig::command().get_matches_from(args);
+        let mut config = EdgeConfig::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+        if let Some(path) = config.config.clone() {
+            let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            let file: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+            let mut merged = toml::Table::try_from(&config).expect("config serialises to TOML");
+            for (key, value) in file {
+                let from_default = matches!(
+                    matches.value_source(&key),
+                    None | Some(ValueSource::DefaultValue)
+                );
+                if !merged.contains_key(&key) {
+                    return Err(ConfigError::Parse {
+                        path: path.clone(),
+                        message: format!("unknown option `{key}`"),
+                    });
+                }
+                if from_default {
+                    merged.insert(key, value);
+                }
+            }
+            config = merged.try_into().map_err(|e: toml::de::Error| ConfigError::Parse {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+            config.config = Some(path);
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values that would make the edge misbehave.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        if self.workers > 64 {
+            return bad("--workers must be at most 64");
+        }
+        if self.queue_soft_bytes == 0 || self.queue_hard_bytes < self.queue_soft_bytes {
+            return bad("--queue-hard-bytes must be >= --queue-soft-bytes > 0");
+        }
+        if self.max_message_bytes < 128 {
+            return bad("--max-message-bytes must be at least 128");
+        }
+        if self.heartbeat_timeout_ms == 0 || self.auth_timeout_ms == 0 {
+            return bad("timeouts must be positive");
+        }
+        if self.report_interval_ms == 0 {
+            return bad("--report-interval-ms must be positive");
+        }
+        if self.jwt_secret.is_empty() {
+            return bad("--jwt-secret must not be empty");
+        }
+        if self.max_rooms_per_conn == 0 {
+            return bad("--max-rooms-per-conn must be positive");
+        }
+        Ok(())
+    }
+
+    /// Number of worker threads to run.
+    pub fn worker_count(&self) -> usize {
+        if self.workers > 0 {
+            self.workers
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get()).min(64)
+        }
+    }
+
+    /// The edge id, defaulting to `<hostname>-<pid>`.
+    pub fn resolved_edge_id(&self) -> String {
+        if !self.edge_id.is_empty() {
+            return self.edge_id.clone();
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "edge".to_string());
+        format!("{host}-{}", std::process::id())
+    }
+
+    pub fn heartbeat_timeout(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_timeout_ms)
+    }
+
+    pub fn auth_timeout(&self) -> Duration {
+        Duration::from_millis(self.auth_timeout_ms)
+    }
+
+    pub fn report_interval(&self) -> Duration {
+        Duration::from_millis(self.report_interval_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_documented_ports() {
+        let c = EdgeConfig::default();
+        assert_eq!(c.ws_listen.port(), 8080);
+        assert_eq!(c.tcp_listen.port(), 8081);
+        assert_eq!(c.control, "127.0.0.1:9091");
+        assert_eq!(c.tick_ms, 100);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn file_fills_defaults_but_flags_win() {
+        let dir = std::env::temp_dir().join(format!("roomcast-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("edge.toml");
+        std::fs::write(&path, "tick_ms = 250\nmax_connections = 7\nio = \"epoll\"\n").unwrap();
+        let c = EdgeConfig::load_from([
+            "roomcast-edge",
+            "--config",
+            path.to_str().unwrap(),
+            "--max-connections",
+            "9",
+        ])
+        .unwrap();
+        assert_eq!(c.tick_ms, 250, "file value used where no flag was given");
+        assert_eq!(c.max_connections, 9, "flag wins over file");
+        assert_eq!(c.io, DriverKind::Epoll);
+    }
+
+    #[test]
+    fn unknown_file_keys_are_errors() {
+        let dir = std::env::temp_dir().join(format!("roomcast-config-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("edge.toml");
+        std::fs::write(&path, "tick_mss = 250\n").unwrap();
+        let err = EdgeConfig::load_from(["roomcast-edge", "--config", path.to_str().unwrap()])
+            .unwrap_err();
+        assert!(err.to_string().contains("tick_mss"), "{err}");
+    }
+
+    #[test]
+    fn rejects_hard_bound_below_soft_bound() {
+        let c = EdgeConfig {
+            queue_soft_bytes: 10,
+            queue_hard_bytes: 5,
+            ..EdgeConfig::default()
+        };
+        assert!(c.validate().is_err());
+    }
+}

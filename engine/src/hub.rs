@@ -1,0 +1,617 @@
+//! The hub: one thread per edge that owns the control link, every channel's merge window, and
+//! the encode-once step.
+//!
+//! Publishes arrive from the control plane over the link. Each channel (room, user, broadcast)
+//! collects them in its window; when the window closes the batch is encoded once per wire format
+//! in use and the same `Arc<Delivery>` goes to each core holding members — one handoff per batch
+//! per core, followed by one wake-up per core per round. Workers tell the hub which channels and
+//! formats they hold (on 0↔1 transitions) and send their counters every report interval; the hub
+//! sums them into the link's load report.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+
+use crate::fanout::{ChannelKind, Delivery, ToHub, ToWorker};
+use crate::proto::client::{self, WireFormat};
+use crate::proto::link::{self, LinkFrame, LoadReport, Publish, Register, SetLevel};
+use crate::proto::message::{Target, PRIORITIES};
+use crate::stats::{CloseReason, WorkerStats};
+use crate::sys::Waker;
+use crate::window::{Admit, Pacing, Window, MAX_BATCH_MESSAGES};
+
+const LINK: Token = Token(0);
+const WAKE: Token = Token(1);
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// A link write buffer beyond this means the control plane stopped reading: drop the link.
+const MAX_LINK_BACKLOG: usize = 64 << 20;
+
+/// A worker as the hub sees it.
+pub struct WorkerHandle {
+    pub inbox: Sender<ToWorker>,
+    pub waker: Arc<dyn Waker>,
+}
+
+pub struct HubSetup {
+    pub register: Register,
+    pub control: String,
+    pub default_tick: Duration,
+    pub report_interval: Duration,
+    pub workers: Vec<WorkerHandle>,
+    pub inbox: Receiver<ToHub>,
+    pub shutdown: Arc<AtomicBool>,
+}
+
+/// Counters the hub keeps about itself.
+#[derive(Debug, Default, Clone)]
+pub struct HubStats {
+    pub publishes: u64,
+    /// Publishes for a channel with no member on this edge (nothing to do).
+    pub publishes_without_members: u64,
+    pub dropped_budget: [u64; PRIORITIES],
+    /// Deliveries a worker's full inbox refused (that worker is far behind).
+    pub dropped_worker_backlog: u64,
+    pub batches: u64,
+    pub link_connects: u64,
+}
+
+struct Channel {
+    window: Window,
+    /// Per wire format: bitmask of workers holding members of that format.
+    workers_by_format: [u64; 3],
+}
+
+impl Channel {
+    fn new(pacing: Pacing) -> Channel {
+        Channel {
+            window: Window::new(pacing),
+            workers_by_format: [0; 3],
+        }
+    }
+
+    fn has_members(&self) -> bool {
+        self.workers_by_format.iter().any(|&m| m != 0)
+    }
+}
+
+enum LinkState {
+    Down { retry_at: Instant, backoff: Duration },
+    Connecting { stream: TcpStream, backoff: Duration },
+    Up(Box<LinkConn>),
+}
+
+struct LinkConn {
+    stream: TcpStream,
+    read: BytesMut,
+    write: BytesMut,
+}
+
+pub struct Hub {
+    setup: HubSetup,
+    poll: Poll,
+    link: LinkState,
+    rooms: HashMap<String, Channel>,
+    users: HashMap<String, Channel>,
+    broadcast: Channel,
+    /// Level settings for rooms, kept while the room has no member here.
+    room_pacing: HashMap<String, Pacing>,
+    timers: BinaryHeap<Reverse<(Instant, TimerKey)>>,
+    /// Per worker: last reported counters and member counts.
+    worker_stats: Vec<WorkerStats>,
+    room_members: HashMap<Box<str>, Vec<u32>>,
+    user_conns: HashMap<Box<str>, Vec<u32>>,
+    changed_rooms: HashMap<Box<str>, u32>,
+    changed_users: HashMap<Box<str>, u32>,
+    stats: HubStats,
+    woken: Vec<bool>,
+    /// Link reads land here before joining the frame buffer.
+    scratch: Box<[u8]>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum TimerKey {
+    Room(String),
+    User(String),
+    Broadcast,
+}
+
+impl Hub {
+    /// Builds the hub; returns it with a waker that interrupts its poll (used for shutdown).
+    pub fn new(setup: HubSetup) -> io::Result<(Hub, Arc<mio::Waker>)> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(mio::Waker::new(poll.registry(), WAKE)?);
+        let default_pacing = Pacing::unlimited(setup.default_tick);
+        let workers = setup.workers.len();
+        Ok((
+            Hub {
+                poll,
+                link: LinkState::Down {
+                    retry_at: Instant::now(),
+                    backoff: BACKOFF_MIN,
+                },
+                rooms: HashMap::new(),
+                users: HashMap::new(),
+                broadcast: Channel::new(default_pacing),
+                room_pacing: HashMap::new(),
+                timers: BinaryHeap::new(),
+                worker_stats: vec![WorkerStats::default(); workers],
+                room_members: HashMap::new(),
+                user_conns: HashMap::new(),
+                changed_rooms: HashMap::new(),
+                changed_users: HashMap::new(),
+                stats: HubStats::default(),
+                woken: vec![false; workers],
+                scratch: vec![0; 64 * 1024].into_boxed_slice(),
+                setup,
+            },
+            waker,
+        ))
+    }
+
+    pub fn run(mut self) {
+        let mut events = Events::with_capacity(64);
+        let mut next_report = Instant::now() + self.setup.report_interval;
+        loop {
+            if self.setup.shutdown.load(Ordering::Acquire) {
+                for worker in &self.setup.workers {
+                    let _ = worker.inbox.send(ToWorker::Shutdown);
+                    worker.waker.wake();
+                }
+                return;
+            }
+            let now = Instant::now();
+            let mut wake_at = next_report;
+            if let Some(Reverse((at, _))) = self.timers.peek() {
+                wake_at = wake_at.min(*at);
+            }
+            if let LinkState::Down { retry_at, .. } = &self.link {
+                wake_at = wake_at.min(*retry_at);
+            }
+            let timeout = wake_at.saturating_duration_since(now);
+            if let Err(error) = self.poll.poll(&mut events, Some(timeout)) {
+                if error.kind() != io::ErrorKind::Interrupted {
+                    tracing::error!(%error, "hub poll failed");
+                }
+            }
+            // Membership first: a join acknowledged before a publish was sent is then known.
+            self.drain_workers();
+            let link_ready = events.iter().any(|e| e.token() == LINK);
+            if link_ready {
+                self.on_link_ready();
+            }
+            if let LinkState::Down { retry_at, backoff } = self.link {
+                if Instant::now() >= retry_at {
+                    self.connect(backoff);
+                }
+            }
+            self.fire_timers(Instant::now());
+            if Instant::now() >= next_report {
+                self.send_report(false);
+                next_report = Instant::now() + self.setup.report_interval;
+            }
+            self.wake_workers();
+        }
+    }
+
+    fn drain_workers(&mut self) {
+        while let Ok(message) = self.setup.inbox.try_recv() {
+            match message {
+                ToHub::Presence {
+                    worker,
+                    kind,
+                    name,
+                    format,
+                    present,
+                } => self.presence(worker, kind, &name, format, present),
+                ToHub::Report {
+                    worker,
+                    rooms,
+                    users,
+                    stats,
+                } => {
+                    merge_counts(&mut self.room_members, &mut self.changed_rooms, worker, rooms, self.worker_stats.len());
+                    merge_counts(&mut self.user_conns, &mut self.changed_users, worker, users, self.worker_stats.len());
+                    self.worker_stats[worker] = *stats;
+                }
+            }
+        }
+    }
+
+    fn presence(&mut self, worker: usize, kind: ChannelKind, name: &str, format: WireFormat, present: bool) {
+        let default_tick = self.setup.default_tick;
+        let channel = match kind {
+            ChannelKind::All => &mut self.broadcast,
+            ChannelKind::Room => {
+                let pacing = self
+                    .room_pacing
+                    .get(name)
+                    .copied()
+                    .unwrap_or_else(|| Pacing::unlimited(default_tick));
+                self.rooms.entry(name.to_string()).or_insert_with(|| Channel::new(pacing))
+            }
+            ChannelKind::User => self
+                .users
+                .entry(name.to_string())
+                .or_insert_with(|| Channel::new(Pacing::unlimited(default_tick))),
+        };
+        let bit = 1u64 << worker;
+        if present {
+            channel.workers_by_format[format.index()] |= bit;
+        } else {
+            channel.workers_by_format[format.index()] &= !bit;
+        }
+        if !channel.has_members() && channel.window.is_empty() {
+            match kind {
+                ChannelKind::Room => {
+                    self.rooms.remove(name);
+                }
+                ChannelKind::User => {
+                    self.users.remove(name);
+                }
+                ChannelKind::All => {}
+            }
+        }
+    }
+
+    fn on_link_ready(&mut self) {
+        match std::mem::replace(
+            &mut self.link,
+            LinkState::Down {
+                retry_at: Instant::now(),
+                backoff: BACKOFF_MIN,
+            },
+        ) {
+            LinkState::Connecting { stream, backoff } => self.finish_connect(stream, backoff),
+            LinkState::Up(conn) => {
+                self.link = LinkState::Up(conn);
+                if let Err(error) = self.service_link() {
+                    self.link_failed(&error.to_string(), BACKOFF_MIN);
+                }
+            }
+            down => self.link = down,
+        }
+    }
+
+    fn connect(&mut self, backoff: Duration) {
+        let addr = match resolve(&self.setup.control) {
+            Ok(addr) => addr,
+            Err(error) => {
+                self.link_failed(&format!("cannot resolve {}: {error}", self.setup.control), backoff);
+                return;
+            }
+        };
+        match TcpStream::connect(addr) {
+            Ok(mut stream) => {
+                if let Err(error) = self.poll.registry().register(&mut stream, LINK, Interest::READABLE | Interest::WRITABLE) {
+                    self.link_failed(&error.to_string(), backoff);
+                    return;
+                }
+                self.link = LinkState::Connecting { stream, backoff };
+            }
+            Err(error) => self.link_failed(&error.to_string(), backoff),
+        }
+    }
+
+    fn finish_connect(&mut self, stream: TcpStream, backoff: Duration) {
+        match stream.take_error() {
+            Ok(None) => {}
+            Ok(Some(error)) | Err(error) => {
+                self.link_failed(&error.to_string(), backoff);
+                return;
+            }
+        }
+        if let Err(error) = stream.peer_addr() {
+            if error.kind() == io::ErrorKind::NotConnected {
+                self.link = LinkState::Connecting { stream, backoff };
+            } else {
+                self.link_failed(&error.to_string(), backoff);
+            }
+            return;
+        }
+        let _ = stream.set_nodelay(true);
+        self.stats.link_connects += 1;
+        tracing::info!(control = %self.setup.control, "link to the control plane is up");
+        let mut conn = Box::new(LinkConn {
+            stream,
+            read: BytesMut::with_capacity(64 * 1024),
+            write: BytesMut::new(),
+        });
+        let register = LinkFrame::Register(self.setup.register.clone());
+        if let Err(error) = link::encode(&register, &mut conn.write) {
+            tracing::error!(%error, "cannot encode the register frame");
+        }
+        self.link = LinkState::Up(conn);
+        self.send_report(true);
+        if let Err(error) = self.service_link() {
+            self.link_failed(&error.to_string(), BACKOFF_MIN);
+        }
+    }
+
+    fn link_failed(&mut self, why: &str, backoff: Duration) {
+        if let LinkState::Up(mut conn) = std::mem::replace(
+            &mut self.link,
+            LinkState::Down {
+                retry_at: Instant::now(),
+                backoff,
+            },
+        ) {
+            let _ = self.poll.registry().deregister(&mut conn.stream);
+            tracing::warn!(why, "link to the control plane lost; re-dialling");
+        } else {
+            tracing::debug!(why, "link dial failed");
+        }
+        let next = (backoff * 2).min(BACKOFF_MAX);
+        self.link = LinkState::Down {
+            retry_at: Instant::now() + backoff,
+            backoff: next,
+        };
+    }
+
+    /// Reads every complete frame, handles it, and writes what is buffered.
+    fn service_link(&mut self) -> io::Result<()> {
+        loop {
+            let LinkState::Up(conn) = &mut self.link else {
+                return Ok(());
+            };
+            match conn.stream.read(&mut self.scratch[..]) {
+                Ok(0) => {
+                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "control closed the link"));
+                }
+                Ok(n) => conn.read.extend_from_slice(&self.scratch[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+            self.handle_frames()?;
+        }
+        self.flush_link()
+    }
+
+    fn handle_frames(&mut self) -> io::Result<()> {
+        loop {
+            let LinkState::Up(conn) = &mut self.link else {
+                return Ok(());
+            };
+            let frame = match link::decode(&mut conn.read) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return Ok(()),
+                Err(error) => {
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, format!("bad link frame: {error}")))
+                }
+            };
+            match frame {
+                LinkFrame::Publish(publish) => self.publish(publish),
+                LinkFrame::SetLevel(level) => self.set_level(level),
+                LinkFrame::Register(_) | LinkFrame::LoadReport(_) => {
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, "control sent an edge-only frame"));
+                }
+            }
+        }
+    }
+
+    fn flush_link(&mut self) -> io::Result<()> {
+        let LinkState::Up(conn) = &mut self.link else {
+            return Ok(());
+        };
+        while !conn.write.is_empty() {
+            match conn.stream.write(&conn.write) {
+                Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "link write returned 0")),
+                Ok(n) => {
+                    let _ = conn.write.split_to(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if conn.write.len() > MAX_LINK_BACKLOG {
+            return Err(io::Error::other("control is not reading the link"));
+        }
+        Ok(())
+    }
+
+    fn publish(&mut self, publish: Publish) {
+        self.stats.publishes += 1;
+        let now = Instant::now();
+        let Publish { target, msg } = publish;
+        let priority = (msg.priority as usize).min(PRIORITIES - 1);
+        let channel = match &target {
+            Target::Room(name) => self.rooms.get_mut(name),
+            Target::User(name) => self.users.get_mut(name),
+            Target::Broadcast => Some(&mut self.broadcast),
+        };
+        let Some(channel) = channel.filter(|c| c.has_members()) else {
+            self.stats.publishes_without_members += 1;
+            return;
+        };
+        match channel.window.push(msg, now) {
+            Admit::Opened(deadline) => {
+                let key = match &target {
+                    Target::Room(name) => TimerKey::Room(name.clone()),
+                    Target::User(name) => TimerKey::User(name.clone()),
+                    Target::Broadcast => TimerKey::Broadcast,
+                };
+                self.timers.push(Reverse((deadline, key)));
+            }
+            Admit::Queued => {}
+            Admit::FlushNow => self.flush_channel(&target, now),
+            Admit::OverBudget => self.stats.dropped_budget[priority] += 1,
+        }
+    }
+
+    fn set_level(&mut self, level: SetLevel) {
+        let pacing = Pacing {
+            level: level.level,
+            tick: Duration::from_millis(level.tick_ms as u64),
+            budgets: level.budgets,
+        };
+        if let Some(channel) = self.rooms.get_mut(&level.room) {
+            channel.window.pacing = pacing;
+        }
+        self.room_pacing.insert(level.room, pacing);
+    }
+
+    fn fire_timers(&mut self, now: Instant) {
+        while let Some(Reverse((at, _))) = self.timers.peek() {
+            if *at > now {
+                break;
+            }
+            let Some(Reverse((at, key))) = self.timers.pop() else { break };
+            let target = match key {
+                TimerKey::Room(name) => Target::Room(name),
+                TimerKey::User(name) => Target::User(name),
+                TimerKey::Broadcast => Target::Broadcast,
+            };
+            // A window flushed early (priority 0) leaves a stale timer: only its own deadline fires.
+            let due = self.channel_mut(&target).and_then(|c| c.window.deadline()) == Some(at);
+            if due {
+                self.flush_channel(&target, now);
+            }
+        }
+    }
+
+    fn channel_mut(&mut self, target: &Target) -> Option<&mut Channel> {
+        match target {
+            Target::Room(name) => self.rooms.get_mut(name),
+            Target::User(name) => self.users.get_mut(name),
+            Target::Broadcast => Some(&mut self.broadcast),
+        }
+    }
+
+    /// Encodes the channel's window once per format in use and hands it to the cores holding it.
+    fn flush_channel(&mut self, target: &Target, now: Instant) {
+        let Some(channel) = self.channel_mut(target) else { return };
+        let Some(batch) = channel.window.take(now) else { return };
+        let masks = channel.workers_by_format;
+        let workers = masks.iter().fold(0u64, |all, m| all | m);
+        for chunk in batch.msgs.chunks(MAX_BATCH_MESSAGES) {
+            let frames = std::array::from_fn(|i| {
+                (masks[i] != 0).then(|| client::encode_batch(WireFormat::ALL[i], target, chunk))
+            });
+            let mut counts = [0u32; PRIORITIES];
+            for m in chunk {
+                counts[(m.priority as usize).min(PRIORITIES - 1)] += 1;
+            }
+            let delivery = Arc::new(Delivery {
+                target: target.clone(),
+                frames,
+                min_priority: counts.iter().position(|&n| n > 0).unwrap_or(0) as u8,
+                counts,
+                first_received: batch.first_received,
+            });
+            self.stats.batches += 1;
+            for (index, worker) in self.setup.workers.iter().enumerate() {
+                if workers & (1 << index) == 0 {
+                    continue;
+                }
+                match worker.inbox.try_send(ToWorker::Deliver(Arc::clone(&delivery))) {
+                    Ok(()) => self.woken[index] = true,
+                    Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                        self.stats.dropped_worker_backlog += 1;
+                    }
+                }
+            }
+        }
+        let remove = {
+            let channel = self.channel_mut(target).expect("channel exists");
+            !channel.has_members() && channel.window.is_empty()
+        };
+        if remove {
+            match target {
+                Target::Room(name) => {
+                    self.rooms.remove(name);
+                }
+                Target::User(name) => {
+                    self.users.remove(name);
+                }
+                Target::Broadcast => {}
+            }
+        }
+    }
+
+    /// One wake-up per core that got deliveries this round.
+    fn wake_workers(&mut self) {
+        for (index, woken) in self.woken.iter_mut().enumerate() {
+            if std::mem::take(woken) {
+                self.setup.workers[index].waker.wake();
+            }
+        }
+    }
+
+    fn send_report(&mut self, full: bool) {
+        let LinkState::Up(_) = self.link else { return };
+        let mut total = WorkerStats::default();
+        for stats in &self.worker_stats {
+            total.add(stats);
+        }
+        let (rooms, users) = if full {
+            self.changed_rooms.clear();
+            self.changed_users.clear();
+            (totals(&self.room_members), totals(&self.user_conns))
+        } else {
+            (
+                self.changed_rooms.drain().map(|(k, v)| (k.into_string(), v)).collect(),
+                self.changed_users.drain().map(|(k, v)| (k.into_string(), v)).collect(),
+            )
+        };
+        let report = LinkFrame::LoadReport(LoadReport {
+            connections: total.connections as u32,
+            bytes_out: total.bytes_out,
+            frames_out: total.frames_queued,
+            msgs_dropped: total.messages_dropped() + self.stats.dropped_budget.iter().sum::<u64>(),
+            slow_closes: total.close_count(CloseReason::Slow),
+            full,
+            rooms,
+            users,
+        });
+        let LinkState::Up(conn) = &mut self.link else { return };
+        if let Err(error) = link::encode(&report, &mut conn.write) {
+            tracing::error!(%error, "cannot encode a load report");
+        }
+        if let Err(error) = self.flush_link() {
+            self.link_failed(&error.to_string(), BACKOFF_MIN);
+        }
+    }
+}
+
+/// Applies one worker's changed counts and records the new totals as changed.
+fn merge_counts(
+    table: &mut HashMap<Box<str>, Vec<u32>>,
+    changed: &mut HashMap<Box<str>, u32>,
+    worker: usize,
+    updates: HashMap<Box<str>, u32>,
+    workers: usize,
+) {
+    for (name, count) in updates {
+        let per_worker = table.entry(name.clone()).or_insert_with(|| vec![0; workers]);
+        per_worker[worker] = count;
+        let total: u32 = per_worker.iter().sum();
+        if total == 0 {
+            table.remove(&name);
+        }
+        changed.insert(name, total);
+    }
+}
+
+fn totals(table: &HashMap<Box<str>, Vec<u32>>) -> Vec<(String, u32)> {
+    table
+        .iter()
+        .map(|(name, counts)| (name.to_string(), counts.iter().sum()))
+        .collect()
+}
+
+fn resolve(addr: &str) -> io::Result<SocketAddr> {
+    addr.to_socket_addrs()?
+        .next()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address"))
+}

@@ -1,0 +1,24 @@
+//! roomcast edge engine: holds viewers' WebSocket and raw TCP connections on one pinned worker per
+//! core and fans out each room's merged batch, encoded once, to every member.
+//!
+//! Layout: `proto` holds the pure wire codecs (shared with the control plane and the load
+//! generator); `session`, `outqueue`, `members` and `window` are pure per-connection and
+//! per-channel logic; `worker` and `hub` are the two kinds of thread; `sys` is the only place that
+//! talks to the OS (and the only place with `unsafe`).
+
+pub mod auth;
+pub mod config;
+pub mod edge;
+pub mod fanout;
+pub mod hub;
+pub mod members;
+pub mod outqueue;
+pub mod proto;
+pub mod session;
+pub mod stats;
+pub mod sys;
+pub mod window;
+pub mod worker;
+
+pub use config::EdgeConfig;
+pub use edge::Edge;

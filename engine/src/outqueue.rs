@@ -1,0 +1,294 @@
+//! A connection's bounded send queue.
+//!
+//! Room batches are shared: one `Rc<SharedFrame>` per core points at the batch's `Bytes`, and each
+//! member's queue holds a clone of that `Rc` (a plain, non-atomic increment). Replies and control
+//! frames are owned by the one connection. A flush turns the queue into iovecs for one vectored
+//! write; `advance` consumes what the kernel took, resuming mid-frame after a partial write.
+//!
+//! Bounds: above `soft` bytes the oldest batches of the lowest priority are dropped (never a batch
+//! holding a priority-0 message, never a reply, never a frame the kernel has partly taken or a write
+//! in flight still points at); above `hard` bytes the caller closes the connection as slow.
+
+use std::collections::VecDeque;
+use std::io::IoSlice;
+use std::rc::Rc;
+
+use bytes::Bytes;
+
+use crate::proto::message::PRIORITIES;
+
+/// A batch frame shared by every member of a channel on one core.
+#[derive(Debug)]
+pub struct SharedFrame {
+    pub bytes: Bytes,
+    /// Priority of the batch's most important message.
+    pub min_priority: u8,
+    /// Messages per priority in the batch (for drop accounting).
+    pub counts: [u32; PRIORITIES],
+}
+
+#[derive(Debug)]
+enum Frame {
+    Shared(Rc<SharedFrame>),
+    /// A reply, pong, handshake response or close frame: never dropped.
+    Owned(Bytes),
+}
+
+impl Frame {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Frame::Shared(f) => &f.bytes,
+            Frame::Owned(b) => b,
+        }
+    }
+}
+
+/// Messages dropped from a queue, per priority.
+pub type DropCounts = [u64; PRIORITIES];
+
+/// What happened when a frame was queued.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PushOutcome {
+    /// Messages dropped to get back under the soft bound, per priority.
+    pub dropped: DropCounts,
+    /// Batches dropped.
+    pub dropped_frames: u32,
+    /// Still over the hard bound after dropping: close the connection as slow.
+    pub over_hard: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct OutQueue {
+    frames: VecDeque<Frame>,
+    /// Bytes of the front frame already written.
+    head_offset: usize,
+    /// Bytes queued and not yet written.
+    queued: usize,
+    /// Frames that the write in flight points into (front of the queue); they must not move.
+    pinned: usize,
+}
+
+impl OutQueue {
+    pub fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    pub fn queued_bytes(&self) -> usize {
+        self.queued
+    }
+
+    /// Queues a reply or control frame. It is never dropped, so it does not apply the bounds.
+    pub fn push_owned(&mut self, bytes: Bytes) {
+        if bytes.is_empty() {
+            return;
+        }
+        self.queued += bytes.len();
+        self.frames.push_back(Frame::Owned(bytes));
+    }
+
+    /// Queues a shared batch frame and enforces the bounds.
+    pub fn push_shared(&mut self, frame: Rc<SharedFrame>, soft: usize, hard: usize) -> PushOutcome {
+        self.queued += frame.bytes.len();
+        self.frames.push_back(Frame::Shared(frame));
+        let mut outcome = PushOutcome::default();
+        while self.queued > soft {
+            match self.lowest_priority_droppable() {
+                Some(index) => {
+                    if let Some(Frame::Shared(f)) = self.frames.remove(index) {
+                        self.queued -= f.bytes.len();
+                        outcome.dropped_frames += 1;
+                        for (total, &n) in outcome.dropped.iter_mut().zip(f.counts.iter()) {
+                            *total += n as u64;
+                        }
+                    }
+                }
+                None => break,
+            }
+        }
+        outcome.over_hard = self.queued > hard;
+        outcome
+    }
+
+    /// The oldest droppable frame of the least important priority present.
+    fn lowest_priority_droppable(&self) -> Option<usize> {
+        let first_movable = self.pinned.max(usize::from(self.head_offset > 0));
+        let mut best: Option<(usize, u8)> = None;
+        for (index, frame) in self.frames.iter().enumerate().skip(first_movable) {
+            if let Frame::Shared(f) = frame {
+                if f.min_priority == 0 {
+                    continue;
+                }
+                if best.is_none_or(|(_, p)| f.min_priority > p) {
+                    best = Some((index, f.min_priority));
+                }
+            }
+        }
+        best.map(|(index, _)| index)
+    }
+
+    /// Fills `iov` with slices of the queued bytes (at most `max` of them) and pins those frames
+    /// until `advance`. Returns the number of bytes offered.
+    pub fn fill_iovecs<'a>(&'a mut self, iov: &mut Vec<IoSlice<'a>>, max: usize) -> usize {
+        let mut offered = 0;
+        let mut count = 0;
+        for (index, frame) in self.frames.iter().enumerate().take(max) {
+            let bytes = frame.bytes();
+            let slice = if index == 0 { &bytes[self.head_offset..] } else { bytes };
+            offered += slice.len();
+            iov.push(IoSlice::new(slice));
+            count += 1;
+        }
+        self.pinned = count;
+        offered
+    }
+
+    /// Consumes `written` bytes from the front after a write finished, and unpins.
+    pub fn advance(&mut self, mut written: usize) {
+        self.pinned = 0;
+        self.queued -= written.min(self.queued);
+        while written > 0 {
+            let Some(front) = self.frames.front() else { break };
+            let left = front.bytes().len() - self.head_offset;
+            if written >= left {
+                written -= left;
+                self.head_offset = 0;
+                self.frames.pop_front();
+            } else {
+                self.head_offset += written;
+                written = 0;
+            }
+        }
+        if self.frames.is_empty() {
+            // Give the ring buffer's memory back: an idle connection should hold none.
+            self.frames = VecDeque::new();
+        }
+    }
+
+    /// Releases the pin after a failed write (nothing was consumed).
+    pub fn unpin(&mut self) {
+        self.pinned = 0;
+    }
+
+    /// Messages still queued, per priority (counted as dropped when a connection closes with them).
+    pub fn undelivered(&self) -> DropCounts {
+        let mut counts = [0u64; PRIORITIES];
+        for frame in &self.frames {
+            if let Frame::Shared(f) = frame {
+                for (total, &n) in counts.iter_mut().zip(f.counts.iter()) {
+                    *total += n as u64;
+                }
+            }
+        }
+        counts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(len: usize, priority: u8) -> Rc<SharedFrame> {
+        let mut counts = [0; PRIORITIES];
+        counts[priority as usize] = 1;
+        Rc::new(SharedFrame {
+            bytes: Bytes::from(vec![priority; len]),
+            min_priority: priority,
+            counts,
+        })
+    }
+
+    fn drain(q: &mut OutQueue) -> Vec<u8> {
+        let mut iov = Vec::new();
+        let n = q.fill_iovecs(&mut iov, 1024);
+        let out: Vec<u8> = iov.iter().flat_map(|s| s.iter().copied()).collect();
+        assert_eq!(out.len(), n);
+        drop(iov);
+        q.advance(n);
+        out
+    }
+
+    #[test]
+    fn partial_writes_resume_mid_frame() {
+        let mut q = OutQueue::default();
+        q.push_owned(Bytes::from_static(b"hello"));
+        q.push_shared(batch(3, 2), 1000, 2000);
+        let mut iov = Vec::new();
+        assert_eq!(q.fill_iovecs(&mut iov, 1024), 8);
+        drop(iov);
+        q.advance(3);
+        assert_eq!(q.queued_bytes(), 5);
+        assert_eq!(drain(&mut q), b"lo\x02\x02\x02");
+        assert!(q.is_empty());
+        assert_eq!(q.queued_bytes(), 0);
+    }
+
+    #[test]
+    fn over_soft_bound_drops_oldest_lowest_priority_first() {
+        let mut q = OutQueue::default();
+        q.push_shared(batch(10, 3), 35, 100); // oldest P3
+        q.push_shared(batch(10, 1), 35, 100);
+        q.push_shared(batch(10, 3), 35, 100); // newer P3
+        let outcome = q.push_shared(batch(10, 2), 35, 100); // 40 > 35: drop one P3
+        assert_eq!(outcome.dropped, [0, 0, 0, 1]);
+        assert!(!outcome.over_hard);
+        // The oldest P3 went; order of the rest is kept.
+        assert_eq!(drain(&mut q), [vec![1u8; 10], vec![3; 10], vec![2; 10]].concat());
+    }
+
+    #[test]
+    fn priority_zero_and_replies_are_never_dropped_and_hard_bound_reports() {
+        let mut q = OutQueue::default();
+        q.push_owned(Bytes::from(vec![9u8; 30]));
+        let outcome = q.push_shared(batch(30, 0), 40, 50);
+        assert_eq!(outcome.dropped, [0; 4]);
+        assert!(outcome.over_hard);
+        assert_eq!(q.queued_bytes(), 60);
+    }
+
+    #[test]
+    fn frames_pinned_by_a_write_in_flight_are_not_dropped() {
+        let mut q = OutQueue::default();
+        q.push_shared(batch(10, 3), 100, 1000);
+        let mut iov = Vec::new();
+        q.fill_iovecs(&mut iov, 1024);
+        drop(iov);
+        // Write in flight points at the first frame; a new P3 over the bound must drop itself.
+        let outcome = q.push_shared(batch(10, 3), 15, 1000);
+        assert_eq!(outcome.dropped, [0, 0, 0, 1]);
+        q.advance(10);
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn partly_written_front_frame_is_not_dropped() {
+        let mut q = OutQueue::default();
+        q.push_shared(batch(10, 3), 100, 1000);
+        let mut iov = Vec::new();
+        q.fill_iovecs(&mut iov, 1024);
+        drop(iov);
+        q.advance(4);
+        let outcome = q.push_shared(batch(10, 1), 10, 1000);
+        assert_eq!(outcome.dropped, [0; 4], "only the pinned P3 remains below the P1");
+        assert_eq!(drain(&mut q), [vec![3u8; 6], vec![1; 10]].concat());
+    }
+
+    #[test]
+    fn iovec_count_is_capped() {
+        let mut q = OutQueue::default();
+        for _ in 0..5 {
+            q.push_owned(Bytes::from_static(b"ab"));
+        }
+        let mut iov = Vec::new();
+        assert_eq!(q.fill_iovecs(&mut iov, 3), 6);
+        assert_eq!(iov.len(), 3);
+    }
+
+    #[test]
+    fn undelivered_counts_queued_messages() {
+        let mut q = OutQueue::default();
+        q.push_shared(batch(1, 1), 100, 100);
+        q.push_shared(batch(1, 3), 100, 100);
+        q.push_owned(Bytes::from_static(b"x"));
+        assert_eq!(q.undelivered(), [0, 1, 0, 1]);
+    }
+}

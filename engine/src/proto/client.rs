@@ -1,0 +1,2098 @@
+//! The client protocol (PROTOCOL.md sections 2–4): decoding the ops viewers send, encoding the
+//! frames the edge pushes to them, and the mirror-image client side used by the load generator
+//! and the tests, so that the project has exactly one parser per direction.
+//!
+//! Everything here is pure and total: malformed input becomes an [`OpError`], never a panic.
+//!
+//! Server frames are encoded once per batch and then shared by every recipient, so each encoder
+//! first computes the exact size of the finished frame (framing included) and fills a single
+//! allocation of exactly that size, without intermediate strings or serde.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::marker::PhantomData;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::message::{PushMessage, Target, PRIORITIES};
+use super::wire::{Reader, WireError};
+use super::ws::{put_server_header, server_header_len, OpCode};
+
+/// The most messages one binary batch frame can carry: its `count` field is a `u16`.
+///
+/// Callers should cut batches to at most this many messages so that one batch is one frame; see
+/// [`encode_batch`] for what happens when they do not.
+pub const MAX_MSGS_PER_BATCH: usize = u16::MAX as usize;
+
+/// The largest `seq` a JSON op may carry: 2^53, the largest integer every JSON implementation
+/// (JavaScript's numbers in particular) represents exactly.
+pub const MAX_JSON_SEQ: u64 = 1 << 53;
+
+/// Longest close reason a WebSocket close frame can carry: control frames hold at most 125
+/// payload bytes, two of which are the close code.
+const MAX_WS_CLOSE_REASON: usize = 123;
+
+// Binary op bytes (section 3).
+const OP_AUTH: u8 = 0x01;
+const OP_JOIN: u8 = 0x02;
+const OP_LEAVE: u8 = 0x03;
+const OP_PING: u8 = 0x04;
+const OP_REPLY: u8 = 0x81;
+const OP_BATCH: u8 = 0x82;
+const OP_CLOSE: u8 = 0x83;
+
+/// Length of the `u32` prefix of every raw TCP frame.
+const TCP_PREFIX_LEN: usize = 4;
+
+/// How a connection's frames are encoded on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WireFormat {
+    /// WebSocket text frames carrying JSON (section 2).
+    WsJson,
+    /// WebSocket binary frames carrying the binary encoding (section 3).
+    WsBinary,
+    /// Raw TCP: a `u32` length prefix, then the binary encoding (section 3).
+    Tcp,
+}
+
+impl WireFormat {
+    /// Every format, in [`WireFormat::index`] order, for per-format caches and tables.
+    pub const ALL: [WireFormat; 3] = [WireFormat::WsJson, WireFormat::WsBinary, WireFormat::Tcp];
+
+    /// Position of this format in [`WireFormat::ALL`]: 0, 1 or 2.
+    pub fn index(self) -> usize {
+        match self {
+            WireFormat::WsJson => 0,
+            WireFormat::WsBinary => 1,
+            WireFormat::Tcp => 2,
+        }
+    }
+}
+
+/// One op sent by a client; each gets exactly one reply carrying its `seq`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientOp {
+    /// Authenticate with a JWT; must be the connection's first op.
+    Auth { seq: u64, token: String },
+    /// Join a room. The id is kept as sent: the session layer validates it.
+    Join { seq: u64, room: String },
+    /// Leave a room. The id is kept as sent: the session layer validates it.
+    Leave { seq: u64, room: String },
+    /// Heartbeat.
+    Ping { seq: u64 },
+}
+
+impl ClientOp {
+    /// The client's sequence number, echoed in the reply.
+    pub fn seq(&self) -> u64 {
+        match self {
+            ClientOp::Auth { seq, .. }
+            | ClientOp::Join { seq, .. }
+            | ClientOp::Leave { seq, .. }
+            | ClientOp::Ping { seq } => *seq,
+        }
+    }
+}
+
+/// The error codes of replies (PROTOCOL.md, "Error codes in replies").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// The op could not be decoded (malformed JSON/binary, missing field).
+    BadRequest,
+    /// The op name/byte is not one of the client ops.
+    UnknownOp,
+    /// An op other than `auth` before a successful `auth`.
+    NotAuthenticated,
+    /// A second `auth` on the same connection.
+    AlreadyAuthenticated,
+    /// Signature, algorithm, or claims are wrong.
+    InvalidToken,
+    /// `exp` is in the past.
+    TokenExpired,
+    /// A room id outside the id rules.
+    InvalidId,
+    /// The token's `rooms` claim does not include this room.
+    RoomForbidden,
+    /// The connection is already in `max_rooms_per_conn` rooms.
+    TooManyRooms,
+    /// `leave` of a room this connection is not in.
+    NotJoined,
+}
+
+impl ErrorCode {
+    /// Every code, in the order of the protocol's table.
+    pub const ALL: [ErrorCode; 10] = [
+        ErrorCode::BadRequest,
+        ErrorCode::UnknownOp,
+        ErrorCode::NotAuthenticated,
+        ErrorCode::AlreadyAuthenticated,
+        ErrorCode::InvalidToken,
+        ErrorCode::TokenExpired,
+        ErrorCode::InvalidId,
+        ErrorCode::RoomForbidden,
+        ErrorCode::TooManyRooms,
+        ErrorCode::NotJoined,
+    ];
+
+    /// The code as it appears on the wire, e.g. `bad_request`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::UnknownOp => "unknown_op",
+            ErrorCode::NotAuthenticated => "not_authenticated",
+            ErrorCode::AlreadyAuthenticated => "already_authenticated",
+            ErrorCode::InvalidToken => "invalid_token",
+            ErrorCode::TokenExpired => "token_expired",
+            ErrorCode::InvalidId => "invalid_id",
+            ErrorCode::RoomForbidden => "room_forbidden",
+            ErrorCode::TooManyRooms => "too_many_rooms",
+            ErrorCode::NotJoined => "not_joined",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A failed op, ready to be sent back as an error reply.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code} (seq {seq}): {message}")]
+pub struct OpError {
+    /// The op's `seq`; 0 when it could not be read.
+    pub seq: u64,
+    /// What went wrong, as a protocol error code.
+    pub code: ErrorCode,
+    /// Human-readable detail for the reply's `message`.
+    pub message: String,
+}
+
+impl OpError {
+    /// An error reply for the op numbered `seq`.
+    pub fn new(seq: u64, code: ErrorCode, message: impl Into<String>) -> Self {
+        OpError {
+            seq,
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn bad_request(seq: u64, message: impl Into<String>) -> Self {
+        OpError::new(seq, ErrorCode::BadRequest, message)
+    }
+
+    fn wire(seq: u64, error: WireError) -> Self {
+        OpError::bad_request(seq, error.to_string())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Client → server: decoding ops
+// ---------------------------------------------------------------------------------------------
+
+/// Any JSON value of a client op, read without ever failing, so that a badly typed field is
+/// reported by name and never hides a good `seq` (which the error reply must echo).
+enum JsonField<'a> {
+    Str(Cow<'a, str>),
+    UInt(u64),
+    Other,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for JsonField<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(JsonFieldVisitor(PhantomData))
+    }
+}
+
+struct JsonFieldVisitor<'a>(PhantomData<&'a ()>);
+
+impl<'de: 'a, 'a> Visitor<'de> for JsonFieldVisitor<'a> {
+    type Value = JsonField<'a>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(JsonField::Str(Cow::Borrowed(v)))
+    }
+
+    // Strings with escapes cannot be borrowed from the input.
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(JsonField::Str(Cow::Owned(v.to_owned())))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(JsonField::Str(Cow::Owned(v)))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(JsonField::UInt(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(u64::try_from(v).map_or(JsonField::Other, JsonField::UInt))
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(JsonField::Other)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(JsonField::Other)
+    }
+
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(JsonField::Other)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(JsonField::Other)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(JsonField::Other)
+    }
+}
+
+/// A JSON client op with every field still unchecked; unknown fields are ignored.
+#[derive(Deserialize)]
+struct RawClientOp<'a> {
+    #[serde(borrow)]
+    op: Option<JsonField<'a>>,
+    #[serde(borrow)]
+    seq: Option<JsonField<'a>>,
+    #[serde(borrow)]
+    token: Option<JsonField<'a>>,
+    #[serde(borrow)]
+    room: Option<JsonField<'a>>,
+}
+
+/// True when `text` starts (after JSON whitespace) with `{`. serde's derived structs also accept
+/// JSON arrays, positionally; the protocol only allows objects.
+fn starts_json_object(text: &[u8]) -> bool {
+    text.iter()
+        .find(|&&b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+        .is_some_and(|&b| b == b'{')
+}
+
+/// The string value of a required field of the op numbered `seq`.
+fn required_string(field: Option<JsonField<'_>>, seq: u64, name: &str) -> Result<String, OpError> {
+    match field {
+        Some(JsonField::Str(s)) => Ok(s.into_owned()),
+        _ => Err(OpError::bad_request(
+            seq,
+            format!("`{name}` must be a string"),
+        )),
+    }
+}
+
+/// Decodes a client op from the JSON text of a WebSocket text message (section 2).
+///
+/// Errors follow the protocol: anything that is not an object with a string `op` and an integer
+/// `seq` (0 ..= 2^53) is `bad_request`, an unknown `op` name is `unknown_op`, and a missing or
+/// non-string `token`/`room` is `bad_request`; the error carries the `seq` whenever one could be
+/// read. Room ids are returned as sent: validating them is the session layer's job.
+pub fn decode_json(text: &[u8]) -> Result<ClientOp, OpError> {
+    if !starts_json_object(text) {
+        return Err(OpError::bad_request(0, "an op must be a JSON object"));
+    }
+    let raw: RawClientOp<'_> = serde_json::from_slice(text)
+        .map_err(|e| OpError::bad_request(0, format!("malformed JSON: {e}")))?;
+    let seq = match raw.seq {
+        Some(JsonField::UInt(seq)) if seq <= MAX_JSON_SEQ => seq,
+        _ => {
+            return Err(OpError::bad_request(
+                0,
+                "`seq` must be an integer from 0 to 2^53",
+            ))
+        }
+    };
+    let Some(JsonField::Str(op)) = raw.op else {
+        return Err(OpError::bad_request(seq, "`op` must be a string"));
+    };
+    match &*op {
+        "auth" => Ok(ClientOp::Auth {
+            seq,
+            token: required_string(raw.token, seq, "token")?,
+        }),
+        "join" => Ok(ClientOp::Join {
+            seq,
+            room: required_string(raw.room, seq, "room")?,
+        }),
+        "leave" => Ok(ClientOp::Leave {
+            seq,
+            room: required_string(raw.room, seq, "room")?,
+        }),
+        "ping" => Ok(ClientOp::Ping { seq }),
+        // The unknown name is not echoed: it is untrusted and may be huge.
+        _ => Err(OpError::new(
+            seq,
+            ErrorCode::UnknownOp,
+            "`op` must be one of auth, join, leave, ping",
+        )),
+    }
+}
+
+/// Decodes a client op from a binary payload (a WebSocket binary message or the bytes after a
+/// TCP length prefix; section 3).
+///
+/// An op byte other than 0x01–0x04 is `unknown_op` (with `seq` 0, since an unknown body has no
+/// known layout); truncated fields, invalid UTF-8 and trailing bytes are `bad_request`, with the
+/// `seq` once it has been read.
+pub fn decode_binary(payload: &[u8]) -> Result<ClientOp, OpError> {
+    let mut r = Reader::new(payload);
+    let op = r.u8("op").map_err(|e| OpError::wire(0, e))?;
+    if !(OP_AUTH..=OP_PING).contains(&op) {
+        return Err(OpError::new(
+            0,
+            ErrorCode::UnknownOp,
+            format!("unknown op byte 0x{op:02x}"),
+        ));
+    }
+    let seq = r.u64("seq").map_err(|e| OpError::wire(0, e))?;
+    let body = |r: &mut Reader<'_>| -> Result<ClientOp, WireError> {
+        let decoded = match op {
+            OP_AUTH => ClientOp::Auth {
+                seq,
+                token: r.str16("token")?.to_owned(),
+            },
+            OP_JOIN => ClientOp::Join {
+                seq,
+                room: r.str8("room")?.to_owned(),
+            },
+            OP_LEAVE => ClientOp::Leave {
+                seq,
+                room: r.str8("room")?.to_owned(),
+            },
+            // OP_PING: the only byte left after the range check above.
+            _ => ClientOp::Ping { seq },
+        };
+        r.finish()?;
+        Ok(decoded)
+    };
+    body(&mut r).map_err(|e| OpError::wire(seq, e))
+}
+
+/// The `u32` length prefix of a raw TCP frame, once its 4 bytes are in `buf`. Callers check it
+/// against their limits before waiting for that many bytes.
+pub fn tcp_frame_len(buf: &[u8]) -> Option<usize> {
+    match buf {
+        [a, b, c, d, ..] => Some(u32::from_be_bytes([*a, *b, *c, *d]) as usize),
+        _ => None,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared encoding helpers
+// ---------------------------------------------------------------------------------------------
+
+/// How many bytes each byte takes inside a JSON string: 1 (as is), 2 (`\"`, `\\`, `\n`, ...) or
+/// 6 (`\u00XX`, the other control characters). Bytes ≥ 0x80 are parts of UTF-8 sequences and
+/// stay as they are.
+static JSON_ESCAPED_LEN: [u8; 256] = {
+    let mut table = [1u8; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        table[b] = 6;
+        b += 1;
+    }
+    table[0x08] = 2;
+    table[0x0c] = 2;
+    table[b'\n' as usize] = 2;
+    table[b'\r' as usize] = 2;
+    table[b'\t' as usize] = 2;
+    table[b'"' as usize] = 2;
+    table[b'\\' as usize] = 2;
+    table
+};
+
+const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
+
+/// Length of `s` once escaped as the contents of a JSON string.
+fn json_escaped_len(s: &str) -> usize {
+    s.bytes()
+        .map(|b| JSON_ESCAPED_LEN[b as usize] as usize)
+        .sum()
+}
+
+/// Writes `s` escaped as the contents of a JSON string (without the quotes), copying runs that
+/// need no escaping in one go.
+fn put_json_escaped(out: &mut BytesMut, s: &str) {
+    let bytes = s.as_bytes();
+    let mut run_start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        if JSON_ESCAPED_LEN[b as usize] == 1 {
+            continue;
+        }
+        out.put_slice(&bytes[run_start..i]);
+        match b {
+            b'"' => out.put_slice(b"\\\""),
+            b'\\' => out.put_slice(b"\\\\"),
+            b'\n' => out.put_slice(b"\\n"),
+            b'\r' => out.put_slice(b"\\r"),
+            b'\t' => out.put_slice(b"\\t"),
+            0x08 => out.put_slice(b"\\b"),
+            0x0c => out.put_slice(b"\\f"),
+            _ => {
+                out.put_slice(b"\\u00");
+                out.put_u8(HEX_DIGITS[usize::from(b >> 4)]);
+                out.put_u8(HEX_DIGITS[usize::from(b & 0xf)]);
+            }
+        }
+        run_start = i + 1;
+    }
+    out.put_slice(&bytes[run_start..]);
+}
+
+/// Number of decimal digits of `n`.
+fn decimal_len(n: u64) -> usize {
+    n.checked_ilog10().map_or(1, |log| log as usize + 1)
+}
+
+fn put_decimal(out: &mut BytesMut, n: u64) {
+    out.put_slice(itoa::Buffer::new().format(n).as_bytes());
+}
+
+/// `s` cut to at most `max` bytes at a char boundary, so a length-limited field stays valid
+/// UTF-8 and the frame stays well-formed.
+fn clamp_str(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+fn put_str8_clamped(out: &mut BytesMut, s: &str) {
+    let s = clamp_str(s, u8::MAX as usize);
+    out.put_u8(s.len() as u8);
+    out.put_slice(s.as_bytes());
+}
+
+fn put_str16_clamped(out: &mut BytesMut, s: &str) {
+    let s = clamp_str(s, u16::MAX as usize);
+    out.put_u16(s.len() as u16);
+    out.put_slice(s.as_bytes());
+}
+
+/// Bytes of the framing in front of a server payload of `payload_len` bytes.
+fn server_frame_header_len(format: WireFormat, payload_len: usize) -> usize {
+    match format {
+        WireFormat::WsJson | WireFormat::WsBinary => server_header_len(payload_len),
+        WireFormat::Tcp => TCP_PREFIX_LEN,
+    }
+}
+
+/// Writes the framing in front of a server payload: a final, unmasked WebSocket text or binary
+/// frame header, or the TCP length prefix.
+fn put_server_frame_header(out: &mut BytesMut, format: WireFormat, payload_len: usize) {
+    match format {
+        WireFormat::WsJson => put_server_header(out, OpCode::Text, payload_len),
+        WireFormat::WsBinary => put_server_header(out, OpCode::Binary, payload_len),
+        // Payloads come from messages bounded by the link's 16 MiB frames and by
+        // MAX_MSGS_PER_BATCH, far below the 4 GiB a u32 prefix can describe.
+        WireFormat::Tcp => out.put_u32(payload_len as u32),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Server → client: encoding
+// ---------------------------------------------------------------------------------------------
+
+const REPLY_HEAD: &str = r#"{"op":"reply","seq":"#;
+const REPLY_OK_TAIL: &str = r#","ok":true}"#;
+const REPLY_ERR_CODE: &str = r#","ok":false,"error":{"code":""#;
+const REPLY_ERR_MESSAGE: &str = r#"","message":""#;
+const REPLY_ERR_TAIL: &str = r#""}}"#;
+
+/// Encodes the reply to the op numbered `seq` as a complete frame: `Ok(())` for success or the
+/// error code and message.
+///
+/// In binary formats the message is cut (at a char boundary) to the 65,535 bytes of its `str16`.
+pub fn encode_reply(format: WireFormat, seq: u64, result: Result<(), (ErrorCode, &str)>) -> Bytes {
+    build_reply(format, seq, result).freeze()
+}
+
+fn build_reply(format: WireFormat, seq: u64, result: Result<(), (ErrorCode, &str)>) -> BytesMut {
+    let result = match (format, result) {
+        (WireFormat::WsJson, result) => result,
+        (_, Ok(())) => Ok(()),
+        (_, Err((code, message))) => Err((code, clamp_str(message, u16::MAX as usize))),
+    };
+    let payload_len = match (format, result) {
+        (WireFormat::WsJson, Ok(())) => REPLY_HEAD.len() + decimal_len(seq) + REPLY_OK_TAIL.len(),
+        (WireFormat::WsJson, Err((code, message))) => {
+            REPLY_HEAD.len()
+                + decimal_len(seq)
+                + REPLY_ERR_CODE.len()
+                + code.as_str().len()
+                + REPLY_ERR_MESSAGE.len()
+                + json_escaped_len(message)
+                + REPLY_ERR_TAIL.len()
+        }
+        (_, Ok(())) => 1 + 8 + 1,
+        (_, Err((code, message))) => 1 + 8 + 1 + 1 + code.as_str().len() + 2 + message.len(),
+    };
+    let size = server_frame_header_len(format, payload_len) + payload_len;
+    let mut out = BytesMut::with_capacity(size);
+    put_server_frame_header(&mut out, format, payload_len);
+    match (format, result) {
+        (WireFormat::WsJson, result) => {
+            out.put_slice(REPLY_HEAD.as_bytes());
+            put_decimal(&mut out, seq);
+            match result {
+                Ok(()) => out.put_slice(REPLY_OK_TAIL.as_bytes()),
+                Err((code, message)) => {
+                    out.put_slice(REPLY_ERR_CODE.as_bytes());
+                    // Codes are plain `[a-z_]`: nothing to escape.
+                    out.put_slice(code.as_str().as_bytes());
+                    out.put_slice(REPLY_ERR_MESSAGE.as_bytes());
+                    put_json_escaped(&mut out, message);
+                    out.put_slice(REPLY_ERR_TAIL.as_bytes());
+                }
+            }
+        }
+        (_, result) => {
+            out.put_u8(OP_REPLY);
+            out.put_u64(seq);
+            match result {
+                Ok(()) => out.put_u8(1),
+                Err((code, message)) => {
+                    out.put_u8(0);
+                    put_str8_clamped(&mut out, code.as_str());
+                    put_str16_clamped(&mut out, message);
+                }
+            }
+        }
+    }
+    debug_assert_eq!(out.len(), size, "reply frame size mis-computed");
+    out
+}
+
+const BATCH_ROOM_HEAD: &str = r#"{"op":"batch","room":""#;
+const BATCH_USER_HEAD: &str = r#"{"op":"batch","user":""#;
+const BATCH_ID_TAIL: &str = r#"","msgs":["#;
+const BATCH_BROADCAST_HEAD: &str = r#"{"op":"batch","broadcast":true,"msgs":["#;
+const BATCH_TAIL: &str = "]}";
+const MSG_SEQ: &str = r#"{"seq":"#;
+const MSG_PRIORITY: &str = r#","p":"#;
+const MSG_KIND: &str = r#","kind":""#;
+const MSG_DATA: &str = r#"","data":"#;
+const MSG_TAIL: &str = "}";
+
+/// Bytes of the fixed part of one message in a binary batch: `seq u64`, `p u8`, the length byte
+/// of `kind` and the length of `data`.
+const BINARY_MSG_FIXED_LEN: usize = 8 + 1 + 1 + 4;
+
+/// Encodes one batch of pushes for `target` as complete wire bytes, in the order given.
+///
+/// `data` of every message must already be valid JSON text (the control plane guarantees it):
+/// JSON frames splice it in byte for byte. Kinds and ids are escaped as needed. Binary formats
+/// cut a `kind` or id over 255 bytes (impossible for messages that came over the link, where
+/// they are `str8` too) at a char boundary to keep the frame well-formed.
+///
+/// Callers should pass at most [`MAX_MSGS_PER_BATCH`] messages. If they pass more, JSON still
+/// makes one frame (it has no count field), while binary formats return consecutive frames of
+/// at most that many messages each, in order, in the same buffer: nothing is dropped and the
+/// bytes remain a valid frame stream.
+pub fn encode_batch(format: WireFormat, target: &Target, msgs: &[PushMessage]) -> Bytes {
+    build_batch(format, target, msgs).freeze()
+}
+
+fn build_batch(format: WireFormat, target: &Target, msgs: &[PushMessage]) -> BytesMut {
+    match format {
+        WireFormat::WsJson => build_json_batch(target, msgs),
+        WireFormat::WsBinary | WireFormat::Tcp => build_binary_batches(format, target, msgs),
+    }
+}
+
+fn json_msg_len(msg: &PushMessage) -> usize {
+    MSG_SEQ.len()
+        + decimal_len(msg.seq)
+        + MSG_PRIORITY.len()
+        + decimal_len(msg.priority.into())
+        + MSG_KIND.len()
+        + json_escaped_len(&msg.kind)
+        + MSG_DATA.len()
+        + msg.data.len()
+        + MSG_TAIL.len()
+}
+
+fn build_json_batch(target: &Target, msgs: &[PushMessage]) -> BytesMut {
+    // Up to the opening `[` of `msgs`: a fixed head, plus the escaped id and BATCH_ID_TAIL for
+    // rooms and users.
+    let (head, id) = match target {
+        Target::Room(id) => (BATCH_ROOM_HEAD, Some(id)),
+        Target::User(id) => (BATCH_USER_HEAD, Some(id)),
+        Target::Broadcast => (BATCH_BROADCAST_HEAD, None),
+    };
+    let head_len = head.len() + id.map_or(0, |id| json_escaped_len(id) + BATCH_ID_TAIL.len());
+    let separators = msgs.len().saturating_sub(1);
+    let payload_len =
+        head_len + msgs.iter().map(json_msg_len).sum::<usize>() + separators + BATCH_TAIL.len();
+    let size = server_header_len(payload_len) + payload_len;
+    let mut out = BytesMut::with_capacity(size);
+    put_server_header(&mut out, OpCode::Text, payload_len);
+    out.put_slice(head.as_bytes());
+    if let Some(id) = id {
+        put_json_escaped(&mut out, id);
+        out.put_slice(BATCH_ID_TAIL.as_bytes());
+    }
+    for (i, msg) in msgs.iter().enumerate() {
+        if i > 0 {
+            out.put_u8(b',');
+        }
+        out.put_slice(MSG_SEQ.as_bytes());
+        put_decimal(&mut out, msg.seq);
+        out.put_slice(MSG_PRIORITY.as_bytes());
+        put_decimal(&mut out, msg.priority.into());
+        out.put_slice(MSG_KIND.as_bytes());
+        put_json_escaped(&mut out, &msg.kind);
+        out.put_slice(MSG_DATA.as_bytes());
+        out.put_slice(&msg.data);
+        out.put_slice(MSG_TAIL.as_bytes());
+    }
+    out.put_slice(BATCH_TAIL.as_bytes());
+    debug_assert_eq!(out.len(), size, "JSON batch size mis-computed");
+    out
+}
+
+/// The message groups that become binary frames: one frame per [`MAX_MSGS_PER_BATCH`]
+/// messages, and a single empty frame for an empty batch.
+fn binary_batch_chunks(msgs: &[PushMessage]) -> impl Iterator<Item = &[PushMessage]> + '_ {
+    let empty = msgs.is_empty().then_some(msgs);
+    empty.into_iter().chain(msgs.chunks(MAX_MSGS_PER_BATCH))
+}
+
+fn binary_batch_payload_len(id: &str, msgs: &[PushMessage]) -> usize {
+    let msgs_len: usize = msgs
+        .iter()
+        .map(|m| BINARY_MSG_FIXED_LEN + clamp_str(&m.kind, u8::MAX as usize).len() + m.data.len())
+        .sum();
+    // op, target, id str8, count u16, messages
+    1 + 1 + 1 + id.len() + 2 + msgs_len
+}
+
+fn build_binary_batches(format: WireFormat, target: &Target, msgs: &[PushMessage]) -> BytesMut {
+    let id = clamp_str(target.id(), u8::MAX as usize);
+    let size: usize = binary_batch_chunks(msgs)
+        .map(|chunk| {
+            let payload_len = binary_batch_payload_len(id, chunk);
+            server_frame_header_len(format, payload_len) + payload_len
+        })
+        .sum();
+    let mut out = BytesMut::with_capacity(size);
+    for chunk in binary_batch_chunks(msgs) {
+        put_server_frame_header(&mut out, format, binary_batch_payload_len(id, chunk));
+        out.put_u8(OP_BATCH);
+        out.put_u8(target.tag());
+        put_str8_clamped(&mut out, id);
+        // Chunks hold at most MAX_MSGS_PER_BATCH (= u16::MAX) messages.
+        out.put_u16(chunk.len() as u16);
+        for msg in chunk {
+            out.put_u64(msg.seq);
+            out.put_u8(msg.priority);
+            put_str8_clamped(&mut out, &msg.kind);
+            // `data` came over the link inside a frame of at most 16 MiB.
+            out.put_u32(msg.data.len() as u32);
+            out.put_slice(&msg.data);
+        }
+    }
+    debug_assert_eq!(out.len(), size, "binary batch size mis-computed");
+    out
+}
+
+/// Encodes what the server sends just before closing a connection: for WebSocket formats a
+/// close frame carrying `code` and `reason` (cut at a char boundary to the 123 bytes a control
+/// frame leaves), for raw TCP a `0x83` close frame (reason cut to 255 bytes).
+pub fn encode_close(format: WireFormat, code: u16, reason: &str) -> Bytes {
+    build_close(format, code, reason).freeze()
+}
+
+fn build_close(format: WireFormat, code: u16, reason: &str) -> BytesMut {
+    match format {
+        WireFormat::WsJson | WireFormat::WsBinary => {
+            let reason = clamp_str(reason, MAX_WS_CLOSE_REASON);
+            let payload_len = 2 + reason.len();
+            let size = server_header_len(payload_len) + payload_len;
+            let mut out = BytesMut::with_capacity(size);
+            put_server_header(&mut out, OpCode::Close, payload_len);
+            out.put_u16(code);
+            out.put_slice(reason.as_bytes());
+            debug_assert_eq!(out.len(), size, "close frame size mis-computed");
+            out
+        }
+        WireFormat::Tcp => {
+            let reason = clamp_str(reason, u8::MAX as usize);
+            let payload_len = 1 + 2 + 1 + reason.len();
+            let size = TCP_PREFIX_LEN + payload_len;
+            let mut out = BytesMut::with_capacity(size);
+            out.put_u32(payload_len as u32);
+            out.put_u8(OP_CLOSE);
+            out.put_u16(code);
+            put_str8_clamped(&mut out, reason);
+            debug_assert_eq!(out.len(), size, "close frame size mis-computed");
+            out
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Client side: encoding ops (load generator, tests)
+// ---------------------------------------------------------------------------------------------
+
+/// The JSON name of an op and the name and value of its string field, if any.
+fn op_parts(op: &ClientOp) -> (&'static str, Option<(&'static str, &str)>) {
+    match op {
+        ClientOp::Auth { token, .. } => ("auth", Some(("token", token))),
+        ClientOp::Join { room, .. } => ("join", Some(("room", room))),
+        ClientOp::Leave { room, .. } => ("leave", Some(("room", room))),
+        ClientOp::Ping { .. } => ("ping", None),
+    }
+}
+
+// `{"op":"<name>","seq":<seq>[,"<field>":"<value>"]}`
+const OP_HEAD: &str = r#"{"op":""#;
+const OP_SEQ: &str = r#"","seq":"#;
+
+fn json_op_len(op: &ClientOp) -> usize {
+    let (name, field) = op_parts(op);
+    let field_len = field.map_or(0, |(key, value)| {
+        // `,"key":"value"`
+        2 + key.len() + 3 + json_escaped_len(value) + 1
+    });
+    OP_HEAD.len() + name.len() + OP_SEQ.len() + decimal_len(op.seq()) + field_len + 1
+}
+
+fn put_json_op(out: &mut BytesMut, op: &ClientOp) {
+    let (name, field) = op_parts(op);
+    out.put_slice(OP_HEAD.as_bytes());
+    out.put_slice(name.as_bytes());
+    out.put_slice(OP_SEQ.as_bytes());
+    put_decimal(out, op.seq());
+    if let Some((key, value)) = field {
+        out.put_slice(b",\"");
+        out.put_slice(key.as_bytes());
+        out.put_slice(b"\":\"");
+        put_json_escaped(out, value);
+        out.put_u8(b'"');
+    }
+    out.put_u8(b'}');
+}
+
+fn binary_op_len(op: &ClientOp) -> usize {
+    1 + 8
+        + match op {
+            ClientOp::Auth { token, .. } => 2 + clamp_str(token, u16::MAX as usize).len(),
+            ClientOp::Join { room, .. } | ClientOp::Leave { room, .. } => {
+                1 + clamp_str(room, u8::MAX as usize).len()
+            }
+            ClientOp::Ping { .. } => 0,
+        }
+}
+
+fn put_binary_op(out: &mut BytesMut, op: &ClientOp) {
+    match op {
+        ClientOp::Auth { seq, token } => {
+            out.put_u8(OP_AUTH);
+            out.put_u64(*seq);
+            put_str16_clamped(out, token);
+        }
+        ClientOp::Join { seq, room } => {
+            out.put_u8(OP_JOIN);
+            out.put_u64(*seq);
+            put_str8_clamped(out, room);
+        }
+        ClientOp::Leave { seq, room } => {
+            out.put_u8(OP_LEAVE);
+            out.put_u64(*seq);
+            put_str8_clamped(out, room);
+        }
+        ClientOp::Ping { seq } => {
+            out.put_u8(OP_PING);
+            out.put_u64(*seq);
+        }
+    }
+}
+
+/// Bytes of the header of a masked client frame carrying `payload_len` bytes: the server
+/// header plus the 4-byte masking key.
+fn client_header_len(payload_len: usize) -> usize {
+    server_header_len(payload_len) + 4
+}
+
+/// Builds a final, masked client frame (RFC 6455 §5.2–5.3) whose payload `write` produces;
+/// `payload_len` must be what `write` writes.
+fn masked_frame(
+    opcode: OpCode,
+    payload_len: usize,
+    mask: [u8; 4],
+    write: impl FnOnce(&mut BytesMut),
+) -> BytesMut {
+    let size = client_header_len(payload_len) + payload_len;
+    let mut out = BytesMut::with_capacity(size);
+    out.put_u8(0x80 | opcode as u8);
+    if payload_len < 126 {
+        out.put_u8(0x80 | payload_len as u8);
+    } else if payload_len <= u16::MAX as usize {
+        out.put_u8(0x80 | 126);
+        out.put_u16(payload_len as u16);
+    } else {
+        out.put_u8(0x80 | 127);
+        out.put_u64(payload_len as u64);
+    }
+    out.put_slice(&mask);
+    let payload_start = out.len();
+    write(&mut out);
+    for (i, b) in out[payload_start..].iter_mut().enumerate() {
+        *b ^= mask[i % 4];
+    }
+    debug_assert_eq!(out.len(), size, "client frame size mis-computed");
+    out
+}
+
+/// Encodes a client op as a complete wire frame, as a client sends it: a masked WebSocket text
+/// frame with JSON (`WsJson`), a masked binary frame (`WsBinary`, masked with `mask`), or a
+/// length-prefixed binary op (`Tcp`, `mask` unused).
+///
+/// Binary formats cut a token over 65,535 bytes or a room over 255 bytes at a char boundary,
+/// as their `str16`/`str8` fields cannot hold more.
+pub fn encode_op(format: WireFormat, op: &ClientOp, mask: [u8; 4]) -> Bytes {
+    build_op(format, op, mask).freeze()
+}
+
+fn build_op(format: WireFormat, op: &ClientOp, mask: [u8; 4]) -> BytesMut {
+    match format {
+        WireFormat::WsJson => masked_frame(OpCode::Text, json_op_len(op), mask, |out| {
+            put_json_op(out, op)
+        }),
+        WireFormat::WsBinary => masked_frame(OpCode::Binary, binary_op_len(op), mask, |out| {
+            put_binary_op(out, op)
+        }),
+        WireFormat::Tcp => {
+            let payload_len = binary_op_len(op);
+            let size = TCP_PREFIX_LEN + payload_len;
+            let mut out = BytesMut::with_capacity(size);
+            out.put_u32(payload_len as u32);
+            put_binary_op(&mut out, op);
+            debug_assert_eq!(out.len(), size, "TCP op size mis-computed");
+            out
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Client side: decoding server messages (load generator, tests)
+// ---------------------------------------------------------------------------------------------
+
+/// A message from the server, as a client sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerMsg {
+    /// The reply to the op numbered `seq`: `Ok(())` or `Err((code, message))`.
+    Reply {
+        seq: u64,
+        result: Result<(), (String, String)>,
+    },
+    /// Pushed messages for one channel; each `data` is the verbatim JSON text.
+    Batch {
+        target: Target,
+        msgs: Vec<PushMessage>,
+    },
+    /// The server is closing the connection (raw TCP's `0x83` frame; WebSocket uses close
+    /// frames, which are not JSON).
+    Close { code: u16, reason: String },
+}
+
+#[derive(Deserialize)]
+struct RawServerMsg<'a> {
+    #[serde(borrow)]
+    op: Cow<'a, str>,
+    seq: Option<u64>,
+    ok: Option<bool>,
+    error: Option<RawReplyError>,
+    room: Option<String>,
+    user: Option<String>,
+    broadcast: Option<bool>,
+    #[serde(borrow)]
+    msgs: Option<Vec<RawPush<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct RawReplyError {
+    code: String,
+    message: String,
+}
+
+#[derive(Deserialize)]
+struct RawPush<'a> {
+    seq: u64,
+    p: u8,
+    kind: String,
+    /// Borrowed so the publisher's JSON comes back byte for byte, exactly as it was spliced in.
+    #[serde(borrow)]
+    data: &'a RawValue,
+}
+
+fn check_priority(p: u8) -> Result<u8, OpError> {
+    if usize::from(p) < PRIORITIES {
+        Ok(p)
+    } else {
+        Err(OpError::bad_request(
+            0,
+            format!("priority {p} out of range"),
+        ))
+    }
+}
+
+/// Decodes a server message from the JSON text of a WebSocket text frame: a `reply` or a
+/// `batch` (whose `data` values come back as their verbatim JSON text).
+pub fn decode_server_json(text: &[u8]) -> Result<ServerMsg, OpError> {
+    if !starts_json_object(text) {
+        return Err(OpError::bad_request(
+            0,
+            "a server message must be a JSON object",
+        ));
+    }
+    let raw: RawServerMsg<'_> = serde_json::from_slice(text)
+        .map_err(|e| OpError::bad_request(0, format!("malformed JSON: {e}")))?;
+    match &*raw.op {
+        "reply" => {
+            let seq = raw
+                .seq
+                .ok_or_else(|| OpError::bad_request(0, "reply without `seq`"))?;
+            let result = match (raw.ok, raw.error) {
+                (Some(true), None) => Ok(()),
+                (Some(false), Some(error)) => Err((error.code, error.message)),
+                _ => {
+                    return Err(OpError::bad_request(
+                        seq,
+                        "reply needs `ok`, and `error` exactly when it is false",
+                    ))
+                }
+            };
+            Ok(ServerMsg::Reply { seq, result })
+        }
+        "batch" => {
+            let target = match (raw.room, raw.user, raw.broadcast) {
+                (Some(room), None, None) => Target::Room(room),
+                (None, Some(user), None) => Target::User(user),
+                (None, None, Some(true)) => Target::Broadcast,
+                _ => {
+                    return Err(OpError::bad_request(
+                        0,
+                        "batch needs exactly one of `room`, `user`, `broadcast: true`",
+                    ))
+                }
+            };
+            let msgs = raw
+                .msgs
+                .ok_or_else(|| OpError::bad_request(0, "batch without `msgs`"))?
+                .into_iter()
+                .map(|m| {
+                    Ok(PushMessage {
+                        seq: m.seq,
+                        priority: check_priority(m.p)?,
+                        kind: m.kind,
+                        data: Bytes::copy_from_slice(m.data.get().as_bytes()),
+                    })
+                })
+                .collect::<Result<Vec<_>, OpError>>()?;
+            Ok(ServerMsg::Batch { target, msgs })
+        }
+        _ => Err(OpError::new(
+            0,
+            ErrorCode::UnknownOp,
+            "`op` must be reply or batch",
+        )),
+    }
+}
+
+/// Decodes a binary server message: the payload of a WebSocket binary frame or the bytes after
+/// a raw TCP length prefix (section 3: `0x81` reply, `0x82` batch, `0x83` close).
+pub fn decode_server_binary(payload: &[u8]) -> Result<ServerMsg, OpError> {
+    let wire = |e| OpError::wire(0, e);
+    let mut r = Reader::new(payload);
+    let msg = match r.u8("op").map_err(wire)? {
+        OP_REPLY => {
+            let seq = r.u64("seq").map_err(wire)?;
+            let result = match r.u8("ok").map_err(wire)? {
+                1 => Ok(()),
+                0 => {
+                    let code = r.str8("code").map_err(wire)?.to_owned();
+                    let message = r.str16("message").map_err(wire)?.to_owned();
+                    Err((code, message))
+                }
+                other => {
+                    return Err(OpError::bad_request(seq, format!("`ok` is {other}")));
+                }
+            };
+            ServerMsg::Reply { seq, result }
+        }
+        OP_BATCH => {
+            let tag = r.u8("target").map_err(wire)?;
+            let id = r.str8("id").map_err(wire)?;
+            let target = match tag {
+                0 => Target::Room(id.to_owned()),
+                1 => Target::User(id.to_owned()),
+                2 if id.is_empty() => Target::Broadcast,
+                _ => {
+                    return Err(OpError::bad_request(
+                        0,
+                        format!("bad target {tag} with id {id:?}"),
+                    ))
+                }
+            };
+            let count = r.u16("count").map_err(wire)?;
+            // Never trust `count` for the allocation beyond what the payload can hold.
+            let capacity = usize::from(count).min(r.remaining() / BINARY_MSG_FIXED_LEN);
+            let mut msgs = Vec::with_capacity(capacity);
+            for _ in 0..count {
+                let seq = r.u64("seq").map_err(wire)?;
+                let priority = check_priority(r.u8("p").map_err(wire)?)?;
+                let kind = r.str8("kind").map_err(wire)?.to_owned();
+                let data = r.bytes32("data").map_err(wire)?;
+                msgs.push(PushMessage {
+                    seq,
+                    priority,
+                    kind,
+                    data: Bytes::copy_from_slice(&payload[data]),
+                });
+            }
+            ServerMsg::Batch { target, msgs }
+        }
+        OP_CLOSE => {
+            let code = r.u16("code").map_err(wire)?;
+            let reason = r.str8("reason").map_err(wire)?.to_owned();
+            ServerMsg::Close { code, reason }
+        }
+        other => {
+            return Err(OpError::new(
+                0,
+                ErrorCode::UnknownOp,
+                format!("unknown server op byte 0x{other:02x}"),
+            ))
+        }
+    };
+    r.finish().map_err(wire)?;
+    Ok(msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // ---- helpers -----------------------------------------------------------------------------
+
+    /// Splits one server frame off the front of `frame`: (WebSocket opcode or `None` for TCP,
+    /// payload, rest). Checks that the header is final and unmasked.
+    fn split_server_frame(format: WireFormat, frame: &[u8]) -> (Option<u8>, &[u8], &[u8]) {
+        match format {
+            WireFormat::Tcp => {
+                let len = tcp_frame_len(frame).expect("length prefix");
+                let end = TCP_PREFIX_LEN + len;
+                (None, &frame[TCP_PREFIX_LEN..end], &frame[end..])
+            }
+            WireFormat::WsJson | WireFormat::WsBinary => {
+                assert_eq!(frame[0] & 0xf0, 0x80, "FIN set, RSV clear");
+                assert_eq!(frame[1] & 0x80, 0, "server frames are unmasked");
+                let (len, header) = match frame[1] {
+                    126 => (u16::from_be_bytes([frame[2], frame[3]]) as usize, 4),
+                    127 => {
+                        let mut b = [0u8; 8];
+                        b.copy_from_slice(&frame[2..10]);
+                        (u64::from_be_bytes(b) as usize, 10)
+                    }
+                    n => (n as usize, 2),
+                };
+                // The shortest length encoding must be used (RFC 6455 §5.2).
+                assert_eq!(header, server_header_len(len));
+                let end = header + len;
+                (Some(frame[0] & 0x0f), &frame[header..end], &frame[end..])
+            }
+        }
+    }
+
+    /// The only frame in `frame`, which must hold exactly one.
+    fn server_payload(format: WireFormat, frame: &[u8]) -> (Option<u8>, Vec<u8>) {
+        let (opcode, payload, rest) = split_server_frame(format, frame);
+        assert!(rest.is_empty(), "{} bytes after the frame", rest.len());
+        (opcode, payload.to_vec())
+    }
+
+    fn decode_server(format: WireFormat, payload: &[u8]) -> Result<ServerMsg, OpError> {
+        match format {
+            WireFormat::WsJson => decode_server_json(payload),
+            _ => decode_server_binary(payload),
+        }
+    }
+
+    /// Unmasks a whole client frame: (opcode, payload).
+    fn unmask_client_frame(frame: &[u8]) -> (u8, Vec<u8>) {
+        assert_eq!(frame[0] & 0xf0, 0x80, "FIN set, RSV clear");
+        assert_eq!(frame[1] & 0x80, 0x80, "client frames are masked");
+        let (len, at) = match frame[1] & 0x7f {
+            126 => (u16::from_be_bytes([frame[2], frame[3]]) as usize, 4),
+            127 => {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&frame[2..10]);
+                (u64::from_be_bytes(b) as usize, 10)
+            }
+            n => (n as usize, 2),
+        };
+        assert_eq!(at, server_header_len(len), "shortest length encoding");
+        let mask = &frame[at..at + 4];
+        let payload = &frame[at + 4..];
+        assert_eq!(payload.len(), len);
+        let unmasked = payload
+            .iter()
+            .enumerate()
+            .map(|(i, b)| b ^ mask[i % 4])
+            .collect();
+        (frame[0] & 0x0f, unmasked)
+    }
+
+    fn exact(buf: BytesMut) -> Bytes {
+        assert_eq!(
+            buf.capacity(),
+            buf.len(),
+            "one allocation of exactly the frame size"
+        );
+        buf.freeze()
+    }
+
+    fn msg(seq: u64, priority: u8, kind: &str, data: &str) -> PushMessage {
+        PushMessage {
+            seq,
+            priority,
+            kind: kind.to_owned(),
+            data: Bytes::copy_from_slice(data.as_bytes()),
+        }
+    }
+
+    /// Kinds, ids and data chosen to exercise every escape and multi-byte UTF-8.
+    fn nasty_messages() -> Vec<PushMessage> {
+        vec![
+            msg(0, 0, "system", r#"{"text":"maintenance at 02:00"}"#),
+            msg(41, 2, "gift", r#"{"gift":"rocket","n":3}"#),
+            msg(42, 3, "chat", r#""hi""#),
+            msg(43, 1, "q\"uote\\back/slash", r#"{"t":"\"\\\n\u0000"}"#),
+            msg(
+                44,
+                3,
+                "ctl\u{0}\u{1}\u{8}\t\n\u{b}\u{c}\r\u{1f}\u{7f}",
+                "null",
+            ),
+            msg(
+                45,
+                2,
+                "ünïcødé-礼物-🚀",
+                r#"{"msg":"你好 👋 ü","e":"\u00e9"}"#,
+            ),
+            msg(u64::MAX, 3, "", "[1,2.5e3,true,false,null,{}]"),
+            msg(MAX_JSON_SEQ, 0, "k", "-0.0"),
+        ]
+    }
+
+    fn nasty_targets() -> Vec<Target> {
+        vec![
+            Target::Room("r1".to_owned()),
+            Target::Room("room:10000_a.b-c".to_owned()),
+            Target::Room("we\"ird\\ro\u{1}om ✓".to_owned()),
+            Target::User("u1".to_owned()),
+            Target::User("üser\n\"x\"".to_owned()),
+            Target::Broadcast,
+        ]
+    }
+
+    fn sample_ops() -> Vec<ClientOp> {
+        vec![
+            ClientOp::Auth {
+                seq: 1,
+                token: "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1MSJ9.sig".to_owned(),
+            },
+            ClientOp::Auth {
+                seq: 0,
+                token: String::new(),
+            },
+            ClientOp::Auth {
+                seq: MAX_JSON_SEQ,
+                token: "tök\"en\\\u{0}\u{1f}🚀".to_owned(),
+            },
+            ClientOp::Join {
+                seq: 2,
+                room: "r1".to_owned(),
+            },
+            ClientOp::Join {
+                seq: 12345,
+                room: "not a valid id ✗ \"\\".to_owned(),
+            },
+            ClientOp::Leave {
+                seq: 3,
+                room: "r1".to_owned(),
+            },
+            ClientOp::Leave {
+                seq: 9,
+                room: String::new(),
+            },
+            ClientOp::Ping { seq: 4 },
+        ]
+    }
+
+    fn bad_request(seq: u64, result: Result<ClientOp, OpError>) {
+        let err = result.expect_err("should be rejected");
+        assert_eq!(
+            (err.seq, err.code),
+            (seq, ErrorCode::BadRequest),
+            "{}",
+            err.message
+        );
+    }
+
+    /// xorshift64*: deterministic pseudo-random bytes for the no-panic tests.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    // ---- small types -------------------------------------------------------------------------
+
+    #[test]
+    fn wire_formats_index_their_position_in_all() {
+        for (i, format) in WireFormat::ALL.into_iter().enumerate() {
+            assert_eq!(format.index(), i);
+        }
+    }
+
+    #[test]
+    fn error_codes_spell_the_protocol_table() {
+        let names: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "bad_request",
+                "unknown_op",
+                "not_authenticated",
+                "already_authenticated",
+                "invalid_token",
+                "token_expired",
+                "invalid_id",
+                "room_forbidden",
+                "too_many_rooms",
+                "not_joined",
+            ]
+        );
+        assert_eq!(ErrorCode::NotJoined.to_string(), "not_joined");
+        let err = OpError::new(7, ErrorCode::InvalidId, "bad room");
+        assert_eq!(err.to_string(), "invalid_id (seq 7): bad room");
+    }
+
+    #[test]
+    fn client_ops_report_their_seq() {
+        let seqs: Vec<u64> = sample_ops().iter().map(ClientOp::seq).collect();
+        assert_eq!(seqs, [1, 0, MAX_JSON_SEQ, 2, 12345, 3, 9, 4]);
+    }
+
+    #[test]
+    fn tcp_frame_len_needs_four_bytes() {
+        assert_eq!(tcp_frame_len(&[]), None);
+        assert_eq!(tcp_frame_len(&[0, 0, 0]), None);
+        assert_eq!(tcp_frame_len(&[0, 0, 0, 12]), Some(12));
+        assert_eq!(tcp_frame_len(&[0, 0, 1, 0, 0xff]), Some(256));
+        assert_eq!(
+            tcp_frame_len(&[0xff, 0xff, 0xff, 0xff]),
+            Some(u32::MAX as usize)
+        );
+    }
+
+    // ---- decode_json -------------------------------------------------------------------------
+
+    #[test]
+    fn json_decodes_the_documented_ops() {
+        assert_eq!(
+            decode_json(br#"{"op":"auth","seq":1,"token":"<JWT>"}"#),
+            Ok(ClientOp::Auth {
+                seq: 1,
+                token: "<JWT>".to_owned()
+            })
+        );
+        assert_eq!(
+            decode_json(br#"{"op":"join","seq":2,"room":"r1"}"#),
+            Ok(ClientOp::Join {
+                seq: 2,
+                room: "r1".to_owned()
+            })
+        );
+        assert_eq!(
+            decode_json(br#"{"op":"leave","seq":3,"room":"r1"}"#),
+            Ok(ClientOp::Leave {
+                seq: 3,
+                room: "r1".to_owned()
+            })
+        );
+        assert_eq!(
+            decode_json(br#"{"op":"ping","seq":4}"#),
+            Ok(ClientOp::Ping { seq: 4 })
+        );
+    }
+
+    #[test]
+    fn json_ignores_unknown_fields_order_and_whitespace() {
+        let text = b" \r\n\t{ \"x\" : [1,{\"y\":null}], \"room\" : \"r9\" ,\"seq\":8,\n\"op\":\"join\",\"token\":5 } \n";
+        assert_eq!(
+            decode_json(text),
+            Ok(ClientOp::Join {
+                seq: 8,
+                room: "r9".to_owned()
+            })
+        );
+        // A ping carrying an irrelevant, badly typed room is still a ping.
+        assert_eq!(
+            decode_json(br#"{"op":"ping","seq":4,"room":{}}"#),
+            Ok(ClientOp::Ping { seq: 4 })
+        );
+    }
+
+    #[test]
+    fn json_unescapes_strings() {
+        assert_eq!(
+            decode_json(br#"{"op":"\u0061uth","seq":1,"token":"a\"b\\c\u00fc\ud83d\ude80"}"#),
+            Ok(ClientOp::Auth {
+                seq: 1,
+                token: "a\"b\\cü🚀".to_owned()
+            })
+        );
+    }
+
+    #[test]
+    fn json_keeps_room_ids_as_given() {
+        for room in ["", "r 1", "ü/*", &"x".repeat(300)] {
+            let text = format!(r#"{{"op":"join","seq":5,"room":"{room}"}}"#);
+            assert_eq!(
+                decode_json(text.as_bytes()),
+                Ok(ClientOp::Join {
+                    seq: 5,
+                    room: room.to_owned()
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn json_seq_must_be_an_integer_up_to_2_pow_53() {
+        assert_eq!(
+            decode_json(br#"{"op":"ping","seq":0}"#),
+            Ok(ClientOp::Ping { seq: 0 })
+        );
+        assert_eq!(
+            decode_json(br#"{"op":"ping","seq":9007199254740992}"#),
+            Ok(ClientOp::Ping { seq: MAX_JSON_SEQ })
+        );
+        for seq in [
+            "9007199254740993",
+            "18446744073709551615",
+            "18446744073709551616",
+            "-1",
+            "1.0",
+            "1e3",
+            "\"1\"",
+            "null",
+            "true",
+            "[1]",
+            "{\"seq\":1}",
+        ] {
+            let text = format!(r#"{{"op":"ping","seq":{seq}}}"#);
+            bad_request(0, decode_json(text.as_bytes()));
+        }
+        bad_request(0, decode_json(br#"{"op":"ping"}"#));
+    }
+
+    #[test]
+    fn json_errors_echo_a_readable_seq() {
+        // Bad or missing string fields.
+        bad_request(7, decode_json(br#"{"op":"join","seq":7,"room":5}"#));
+        bad_request(7, decode_json(br#"{"op":"join","seq":7,"room":null}"#));
+        bad_request(7, decode_json(br#"{"op":"leave","seq":7}"#));
+        bad_request(7, decode_json(br#"{"op":"leave","seq":7,"room":["r1"]}"#));
+        bad_request(7, decode_json(br#"{"op":"auth","seq":7,"room":"r1"}"#));
+        bad_request(7, decode_json(br#"{"op":"auth","seq":7,"token":{"a":1}}"#));
+        // Missing or non-string op.
+        bad_request(7, decode_json(br#"{"seq":7}"#));
+        bad_request(7, decode_json(br#"{"op":1,"seq":7}"#));
+        bad_request(7, decode_json(br#"{"op":null,"seq":7}"#));
+        // An unknown op name.
+        for op in ["PING", "reply", "", "join "] {
+            let text = format!(r#"{{"op":"{op}","seq":7}}"#);
+            let err = decode_json(text.as_bytes()).unwrap_err();
+            assert_eq!((err.seq, err.code), (7, ErrorCode::UnknownOp));
+        }
+        // Without a seq, even an unknown op is a bad request.
+        bad_request(0, decode_json(br#"{"op":"dance"}"#));
+    }
+
+    #[test]
+    fn json_rejects_what_is_not_one_object() {
+        for text in [
+            &b""[..],
+            b"   ",
+            b"null",
+            b"1",
+            b"\"ping\"",
+            br#"["ping",4]"#,
+            br#"["auth",1,"t",null]"#,
+            br#"{"op":"ping","seq":4"#,
+            br#"{"op":"ping","seq":4}}"#,
+            br#"{"op":"ping","seq":4} {"op":"ping","seq":5}"#,
+            br#"{"op":"ping","seq":4,}"#,
+            br#"{"op":"ping","seq":4,"seq":5}"#,
+            br#"{"op":"join","seq":1,"room":"\ud800"}"#,
+            b"{\"op\":\"join\",\"seq\":1,\"room\":\"\xff\"}",
+            b"\xef\xbb\xbf{\"op\":\"ping\",\"seq\":4}",
+        ] {
+            bad_request(0, decode_json(text));
+        }
+    }
+
+    // ---- decode_binary -----------------------------------------------------------------------
+
+    #[test]
+    fn binary_decodes_the_documented_example() {
+        // `join` of room r1 with seq 2, after its TCP length prefix.
+        let frame = [0, 0, 0, 0x0c, 2, 0, 0, 0, 0, 0, 0, 0, 2, 2, b'r', b'1'];
+        assert_eq!(tcp_frame_len(&frame), Some(12));
+        assert_eq!(
+            decode_binary(&frame[4..]),
+            Ok(ClientOp::Join {
+                seq: 2,
+                room: "r1".to_owned()
+            })
+        );
+        assert_eq!(
+            encode_op(
+                WireFormat::Tcp,
+                &decode_binary(&frame[4..]).unwrap(),
+                [0; 4]
+            ),
+            &frame[..]
+        );
+    }
+
+    #[test]
+    fn binary_decodes_every_op() {
+        let mut auth = vec![1, 0, 0, 0, 0, 0, 0, 0, 9, 0, 3];
+        auth.extend_from_slice(b"jwt");
+        assert_eq!(
+            decode_binary(&auth),
+            Ok(ClientOp::Auth {
+                seq: 9,
+                token: "jwt".to_owned()
+            })
+        );
+        assert_eq!(
+            decode_binary(&[3, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0]),
+            Ok(ClientOp::Leave {
+                seq: u64::MAX,
+                room: String::new()
+            })
+        );
+        assert_eq!(
+            decode_binary(&[4, 0, 0, 0, 0, 0, 0, 1, 0]),
+            Ok(ClientOp::Ping { seq: 256 })
+        );
+    }
+
+    #[test]
+    fn binary_rejects_unknown_op_bytes() {
+        for op in [0x00, 0x05, 0x7f, 0x81, 0x82, 0x83, 0xff] {
+            let err = decode_binary(&[op, 0, 0, 0, 0, 0, 0, 0, 1]).unwrap_err();
+            assert_eq!((err.seq, err.code), (0, ErrorCode::UnknownOp), "op {op:#x}");
+        }
+    }
+
+    #[test]
+    fn binary_errors_echo_a_readable_seq() {
+        // Nothing, or too little to hold a seq.
+        bad_request(0, decode_binary(&[]));
+        bad_request(0, decode_binary(&[4]));
+        bad_request(0, decode_binary(&[2, 0, 0, 0, 0, 0, 0, 7]));
+        // Truncated bodies, after the seq.
+        bad_request(7, decode_binary(&[2, 0, 0, 0, 0, 0, 0, 0, 7]));
+        bad_request(
+            7,
+            decode_binary(&[2, 0, 0, 0, 0, 0, 0, 0, 7, 3, b'r', b'1']),
+        );
+        bad_request(7, decode_binary(&[1, 0, 0, 0, 0, 0, 0, 0, 7, 0]));
+        bad_request(7, decode_binary(&[1, 0, 0, 0, 0, 0, 0, 0, 7, 0, 2, b'x']));
+        // Trailing bytes.
+        bad_request(7, decode_binary(&[4, 0, 0, 0, 0, 0, 0, 0, 7, 0]));
+        bad_request(
+            7,
+            decode_binary(&[3, 0, 0, 0, 0, 0, 0, 0, 7, 1, b'r', b'!']),
+        );
+        // Invalid UTF-8.
+        bad_request(7, decode_binary(&[2, 0, 0, 0, 0, 0, 0, 0, 7, 1, 0xff]));
+        bad_request(
+            7,
+            decode_binary(&[1, 0, 0, 0, 0, 0, 0, 0, 7, 0, 2, 0xc3, 0x28]),
+        );
+    }
+
+    // ---- encode_op ---------------------------------------------------------------------------
+
+    #[test]
+    fn encoded_ops_round_trip_through_the_decoders() {
+        let masks = [[0, 0, 0, 0], [0x37, 0xfa, 0x21, 0x3d], [0xff; 4]];
+        for op in sample_ops() {
+            for mask in masks {
+                let (opcode, json) =
+                    unmask_client_frame(&exact(build_op(WireFormat::WsJson, &op, mask)));
+                assert_eq!(opcode, OpCode::Text as u8);
+                assert!(std::str::from_utf8(&json).is_ok());
+                assert_eq!(decode_json(&json), Ok(op.clone()));
+
+                let (opcode, binary) =
+                    unmask_client_frame(&exact(build_op(WireFormat::WsBinary, &op, mask)));
+                assert_eq!(opcode, OpCode::Binary as u8);
+                assert_eq!(decode_binary(&binary), Ok(op.clone()));
+            }
+            let tcp = exact(build_op(WireFormat::Tcp, &op, [1, 2, 3, 4]));
+            assert_eq!(tcp_frame_len(&tcp), Some(tcp.len() - TCP_PREFIX_LEN));
+            assert_eq!(decode_binary(&tcp[TCP_PREFIX_LEN..]), Ok(op));
+        }
+    }
+
+    #[test]
+    fn encoded_json_ops_are_canonical() {
+        let ping = encode_op(WireFormat::WsJson, &ClientOp::Ping { seq: 4 }, [0; 4]);
+        assert_eq!(&ping[..], b"\x81\x95\0\0\0\0{\"op\":\"ping\",\"seq\":4}");
+        let (_, join) = unmask_client_frame(&encode_op(
+            WireFormat::WsJson,
+            &ClientOp::Join {
+                seq: 2,
+                room: "r\"1".to_owned(),
+            },
+            [9, 8, 7, 6],
+        ));
+        assert_eq!(join, br#"{"op":"join","seq":2,"room":"r\"1"}"#);
+    }
+
+    #[test]
+    fn masked_frames_use_extended_lengths() {
+        // Binary auth payload is 11 bytes + token; pick tokens on each side of each boundary.
+        for (token_len, header_len) in [
+            (114, 6),
+            (115, 8),
+            (65535 - 11, 8),
+            (65536 - 11, 14),
+            (65535, 14),
+            (70000, 14),
+        ] {
+            let op = ClientOp::Auth {
+                seq: 1,
+                token: "t".repeat(token_len),
+            };
+            let frame = exact(build_op(WireFormat::WsBinary, &op, [1, 2, 3, 4]));
+            let payload_len = 11 + token_len.min(u16::MAX as usize);
+            assert_eq!(
+                frame.len(),
+                header_len + payload_len,
+                "token of {token_len}"
+            );
+            let (_, payload) = unmask_client_frame(&frame);
+            let decoded = decode_binary(&payload).unwrap();
+            let ClientOp::Auth { token, .. } = &decoded else {
+                panic!("not an auth: {decoded:?}");
+            };
+            assert_eq!(token.len(), token_len.min(u16::MAX as usize));
+            // JSON has no length field, so nothing is cut there.
+            let (_, json) = unmask_client_frame(&exact(build_op(WireFormat::WsJson, &op, [5; 4])));
+            assert_eq!(decode_json(&json), Ok(op));
+        }
+    }
+
+    #[test]
+    fn binary_ops_cut_overlong_strings_at_char_boundaries() {
+        let room = format!("{}ü", "r".repeat(254)); // 256 bytes; ü straddles byte 255
+        let op = ClientOp::Join { seq: 1, room };
+        let tcp = exact(build_op(WireFormat::Tcp, &op, [0; 4]));
+        assert_eq!(
+            decode_binary(&tcp[TCP_PREFIX_LEN..]),
+            Ok(ClientOp::Join {
+                seq: 1,
+                room: "r".repeat(254)
+            })
+        );
+    }
+
+    // ---- encode_reply ------------------------------------------------------------------------
+
+    #[test]
+    fn json_replies_match_the_protocol_text() {
+        let (opcode, ok) = server_payload(
+            WireFormat::WsJson,
+            &exact(build_reply(WireFormat::WsJson, 2, Ok(()))),
+        );
+        assert_eq!(opcode, Some(OpCode::Text as u8));
+        assert_eq!(ok, br#"{"op":"reply","seq":2,"ok":true}"#);
+
+        let frame = exact(build_reply(
+            WireFormat::WsJson,
+            2,
+            Err((ErrorCode::NotAuthenticated, "auth must be the first op")),
+        ));
+        let (_, err) = server_payload(WireFormat::WsJson, &frame);
+        assert_eq!(
+            err,
+            &br#"{"op":"reply","seq":2,"ok":false,"error":{"code":"not_authenticated","message":"auth must be the first op"}}"#[..]
+        );
+    }
+
+    #[test]
+    fn binary_replies_match_the_protocol_layout() {
+        let ok = exact(build_reply(WireFormat::Tcp, 2, Ok(())));
+        assert_eq!(&ok[..], [0, 0, 0, 10, 0x81, 0, 0, 0, 0, 0, 0, 0, 2, 1]);
+        let err = exact(build_reply(
+            WireFormat::WsBinary,
+            3,
+            Err((ErrorCode::NotJoined, "no")),
+        ));
+        let mut expected = vec![0x82, 25, 0x81, 0, 0, 0, 0, 0, 0, 0, 3, 0, 10];
+        expected.extend_from_slice(b"not_joined");
+        expected.extend_from_slice(&[0, 2, b'n', b'o']);
+        assert_eq!(&err[..], expected);
+    }
+
+    #[test]
+    fn replies_round_trip_in_every_format() {
+        let messages = [
+            "",
+            "plain",
+            "quote \" backslash \\ slash / nul \u{0} bell \u{7} esc \u{1b} del \u{7f}",
+            "\u{8}\u{c}\n\r\t ünïcødé 🚀 \u{2028}",
+        ];
+        for format in WireFormat::ALL {
+            for seq in [0, 1, 9, 10, 99, 100, MAX_JSON_SEQ] {
+                let frame = exact(build_reply(format, seq, Ok(())));
+                let (_, payload) = server_payload(format, &frame);
+                assert_eq!(
+                    decode_server(format, &payload),
+                    Ok(ServerMsg::Reply {
+                        seq,
+                        result: Ok(())
+                    })
+                );
+            }
+            for code in ErrorCode::ALL {
+                for message in messages {
+                    let frame = exact(build_reply(format, 77, Err((code, message))));
+                    let (_, payload) = server_payload(format, &frame);
+                    assert_eq!(
+                        decode_server(format, &payload),
+                        Ok(ServerMsg::Reply {
+                            seq: 77,
+                            result: Err((code.as_str().to_owned(), message.to_owned()))
+                        })
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn binary_reply_messages_are_cut_to_their_str16() {
+        let long = "é".repeat(40_000); // 80,000 bytes
+        for format in [WireFormat::WsBinary, WireFormat::Tcp] {
+            let frame = exact(build_reply(format, 1, Err((ErrorCode::BadRequest, &long))));
+            let (_, payload) = server_payload(format, &frame);
+            let Ok(ServerMsg::Reply {
+                result: Err((_, message)),
+                ..
+            }) = decode_server_binary(&payload)
+            else {
+                panic!("not an error reply");
+            };
+            assert_eq!(message, "é".repeat(32_767));
+        }
+        let frame = exact(build_reply(
+            WireFormat::WsJson,
+            1,
+            Err((ErrorCode::BadRequest, &long)),
+        ));
+        let (_, payload) = server_payload(WireFormat::WsJson, &frame);
+        assert!(
+            matches!(decode_server_json(&payload), Ok(ServerMsg::Reply { result: Err((_, m)), .. }) if m == long)
+        );
+    }
+
+    // ---- JSON escaping -----------------------------------------------------------------------
+
+    #[test]
+    fn json_escaping_round_trips_every_ascii_char_and_unicode() {
+        let mut all: String = (0u8..0x80).map(char::from).collect();
+        all.push_str("ü€🚀\u{2028}\u{fffd}");
+        let escaped_len = json_escaped_len(&all);
+        let mut out = BytesMut::with_capacity(escaped_len + 2);
+        out.put_u8(b'"');
+        put_json_escaped(&mut out, &all);
+        out.put_u8(b'"');
+        assert_eq!(out.len(), escaped_len + 2);
+        assert_eq!(serde_json::from_slice::<String>(&out).unwrap(), all);
+        // Short escapes where JSON has them, \u00XX for the other control characters.
+        let mut out = BytesMut::new();
+        put_json_escaped(&mut out, "a\"\\\n\r\t\u{8}\u{c}\u{0}\u{1f}/\u{7f}b");
+        assert_eq!(
+            &out[..],
+            br#"a\"\\\n\r\t\b\f\u0000\u001f/"#.iter().chain(b"\x7fb").copied().collect::<Vec<u8>>()
+        );
+    }
+
+    #[test]
+    fn decimal_len_counts_digits() {
+        for n in [
+            0,
+            1,
+            9,
+            10,
+            99,
+            100,
+            12345,
+            MAX_JSON_SEQ,
+            u64::MAX - 1,
+            u64::MAX,
+        ] {
+            assert_eq!(decimal_len(n), n.to_string().len(), "{n}");
+        }
+    }
+
+    // ---- encode_batch ------------------------------------------------------------------------
+
+    #[test]
+    fn json_batches_match_the_protocol_text() {
+        let room = Target::Room("r1".to_owned());
+        let msgs = [
+            msg(41, 2, "gift", r#"{"gift":"rocket","n":3}"#),
+            msg(42, 3, "chat", r#""hi""#),
+        ];
+        let (opcode, text) = server_payload(
+            WireFormat::WsJson,
+            &exact(build_batch(WireFormat::WsJson, &room, &msgs)),
+        );
+        assert_eq!(opcode, Some(OpCode::Text as u8));
+        assert_eq!(
+            text,
+            &br#"{"op":"batch","room":"r1","msgs":[{"seq":41,"p":2,"kind":"gift","data":{"gift":"rocket","n":3}},{"seq":42,"p":3,"kind":"chat","data":"hi"}]}"#[..]
+        );
+
+        let user = Target::User("u1".to_owned());
+        let msgs = [msg(7, 1, "notice", r#"{"text":"you won"}"#)];
+        let (_, text) = server_payload(
+            WireFormat::WsJson,
+            &exact(build_batch(WireFormat::WsJson, &user, &msgs)),
+        );
+        assert_eq!(
+            text,
+            &br#"{"op":"batch","user":"u1","msgs":[{"seq":7,"p":1,"kind":"notice","data":{"text":"you won"}}]}"#[..]
+        );
+
+        let msgs = [msg(3, 0, "system", r#"{"text":"maintenance at 02:00"}"#)];
+        let (_, text) = server_payload(
+            WireFormat::WsJson,
+            &exact(build_batch(WireFormat::WsJson, &Target::Broadcast, &msgs)),
+        );
+        assert_eq!(
+            text,
+            &br#"{"op":"batch","broadcast":true,"msgs":[{"seq":3,"p":0,"kind":"system","data":{"text":"maintenance at 02:00"}}]}"#[..]
+        );
+    }
+
+    #[test]
+    fn binary_batches_match_the_protocol_layout() {
+        let frame = exact(build_batch(
+            WireFormat::Tcp,
+            &Target::User("u1".to_owned()),
+            &[msg(7, 1, "n", "{}")],
+        ));
+        let expected = [
+            0, 0, 0, 24, // length
+            0x82, 1, 2, b'u', b'1', 0, 1, // op, target, id, count
+            0, 0, 0, 0, 0, 0, 0, 7, 1, 1, b'n', 0, 0, 0, 2, b'{', b'}',
+        ];
+        assert_eq!(&frame[..], expected);
+        let frame = exact(build_batch(WireFormat::WsBinary, &Target::Broadcast, &[]));
+        assert_eq!(&frame[..], [0x82, 5, 0x82, 2, 0, 0, 0]);
+    }
+
+    #[test]
+    fn batches_round_trip_in_every_format() {
+        let all = nasty_messages();
+        for format in WireFormat::ALL {
+            for target in nasty_targets() {
+                for msgs in [&all[..], &all[..1], &[]] {
+                    let frame = exact(build_batch(format, &target, msgs));
+                    assert_eq!(encode_batch(format, &target, msgs), frame);
+                    let (opcode, payload) = server_payload(format, &frame);
+                    let expected_opcode = match format {
+                        WireFormat::WsJson => Some(OpCode::Text as u8),
+                        WireFormat::WsBinary => Some(OpCode::Binary as u8),
+                        WireFormat::Tcp => None,
+                    };
+                    assert_eq!(opcode, expected_opcode);
+                    if format == WireFormat::WsJson {
+                        // Valid JSON as a whole, whatever the escapes.
+                        serde_json::from_slice::<serde_json::Value>(&payload).unwrap();
+                    }
+                    assert_eq!(
+                        decode_server(format, &payload),
+                        Ok(ServerMsg::Batch {
+                            target: target.clone(),
+                            msgs: msgs.to_vec()
+                        }),
+                        "{format:?} {target:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn large_batches_use_extended_frame_lengths() {
+        for data_len in [100, 60_000, 70_000, 200_000] {
+            let data = format!("\"{}\"", "x".repeat(data_len));
+            let msgs = [msg(1, 3, "chat", &data)];
+            let target = Target::Room("r1".to_owned());
+            for format in WireFormat::ALL {
+                let frame = exact(build_batch(format, &target, &msgs));
+                let (_, payload) = server_payload(format, &frame);
+                assert_eq!(
+                    decode_server(format, &payload),
+                    Ok(ServerMsg::Batch {
+                        target: target.clone(),
+                        msgs: msgs.to_vec()
+                    })
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn binary_batches_over_the_count_limit_split_into_frames() {
+        let msgs: Vec<PushMessage> = (0..MAX_MSGS_PER_BATCH as u64 * 2 + 3)
+            .map(|seq| msg(seq, (seq % 4) as u8, "c", "1"))
+            .collect();
+        let target = Target::Room("big".to_owned());
+        for format in [WireFormat::WsBinary, WireFormat::Tcp] {
+            let frames = exact(build_batch(format, &target, &msgs));
+            let mut rest = &frames[..];
+            let mut sizes = Vec::new();
+            let mut decoded = Vec::new();
+            while !rest.is_empty() {
+                let (_, payload, tail) = split_server_frame(format, rest);
+                let Ok(ServerMsg::Batch { target: t, msgs }) = decode_server_binary(payload) else {
+                    panic!("not a batch");
+                };
+                assert_eq!(t, target);
+                sizes.push(msgs.len());
+                decoded.extend(msgs);
+                rest = tail;
+            }
+            assert_eq!(sizes, [MAX_MSGS_PER_BATCH, MAX_MSGS_PER_BATCH, 3]);
+            assert_eq!(decoded, msgs);
+        }
+        // JSON has no count field: one frame.
+        let frame = exact(build_batch(WireFormat::WsJson, &target, &msgs));
+        let (_, payload) = server_payload(WireFormat::WsJson, &frame);
+        assert!(
+            matches!(decode_server_json(&payload), Ok(ServerMsg::Batch { msgs: m, .. }) if m == msgs)
+        );
+    }
+
+    #[test]
+    fn binary_batches_cut_overlong_kinds_and_ids() {
+        let kind = format!("{}🚀", "k".repeat(253)); // 257 bytes; 🚀 straddles byte 255
+        let target = Target::User("u".repeat(300));
+        let frame = exact(build_batch(
+            WireFormat::Tcp,
+            &target,
+            &[msg(1, 0, &kind, "0")],
+        ));
+        assert_eq!(
+            decode_server_binary(&frame[TCP_PREFIX_LEN..]),
+            Ok(ServerMsg::Batch {
+                target: Target::User("u".repeat(255)),
+                msgs: vec![msg(1, 0, &"k".repeat(253), "0")],
+            })
+        );
+    }
+
+    // ---- encode_close ------------------------------------------------------------------------
+
+    #[test]
+    fn close_frames_match_the_protocol() {
+        for format in [WireFormat::WsJson, WireFormat::WsBinary] {
+            let frame = exact(build_close(format, 4001, "unauthenticated"));
+            let mut expected = vec![0x88, 17, 0x0f, 0xa1];
+            expected.extend_from_slice(b"unauthenticated");
+            assert_eq!(&frame[..], expected);
+        }
+        let frame = exact(build_close(WireFormat::Tcp, 4008, "slow"));
+        assert_eq!(
+            &frame[..],
+            [0, 0, 0, 8, 0x83, 0x0f, 0xa8, 4, b's', b'l', b'o', b'w']
+        );
+        assert_eq!(
+            decode_server_binary(&frame[TCP_PREFIX_LEN..]),
+            Ok(ServerMsg::Close {
+                code: 4008,
+                reason: "slow".to_owned()
+            })
+        );
+    }
+
+    #[test]
+    fn close_reasons_fit_their_frames() {
+        let reason = "ü".repeat(200); // 400 bytes
+        let ws = exact(build_close(WireFormat::WsBinary, 1000, &reason));
+        let (opcode, payload) = server_payload(WireFormat::WsBinary, &ws);
+        assert_eq!(opcode, Some(OpCode::Close as u8));
+        assert_eq!(
+            payload.len(),
+            2 + 122,
+            "a control frame holds at most 125 bytes"
+        );
+        assert_eq!(&payload[2..], "ü".repeat(61).as_bytes());
+
+        let tcp = exact(build_close(WireFormat::Tcp, 1001, &reason));
+        assert_eq!(
+            decode_server_binary(&tcp[TCP_PREFIX_LEN..]),
+            Ok(ServerMsg::Close {
+                code: 1001,
+                reason: "ü".repeat(127)
+            })
+        );
+        let empty = exact(build_close(WireFormat::WsJson, 1000, ""));
+        assert_eq!(&empty[..], [0x88, 2, 0x03, 0xe8]);
+    }
+
+    // ---- decode_server_* errors --------------------------------------------------------------
+
+    #[test]
+    fn server_json_decoder_rejects_malformed_messages() {
+        for text in [
+            &br#"["reply",1,true]"#[..],
+            br#"{"op":"reply","ok":true}"#,
+            br#"{"op":"reply","seq":1}"#,
+            br#"{"op":"reply","seq":1,"ok":false}"#,
+            br#"{"op":"reply","seq":1,"ok":true,"error":{"code":"x","message":"y"}}"#,
+            br#"{"op":"batch","msgs":[]}"#,
+            br#"{"op":"batch","room":"r","user":"u","msgs":[]}"#,
+            br#"{"op":"batch","broadcast":false,"msgs":[]}"#,
+            br#"{"op":"batch","room":"r"}"#,
+            br#"{"op":"batch","room":"r","msgs":[{"seq":1,"p":4,"kind":"k","data":1}]}"#,
+            br#"{"op":"batch","room":"r","msgs":[{"seq":1,"p":0,"kind":"k"}]}"#,
+            br#"{"op":"batch","room":"r","msgs":[{"seq":1,"p":0,"kind":"k","data":}]}"#,
+        ] {
+            let err = decode_server_json(text).unwrap_err();
+            assert_eq!(
+                err.code,
+                ErrorCode::BadRequest,
+                "{}",
+                String::from_utf8_lossy(text)
+            );
+        }
+        let err = decode_server_json(br#"{"op":"close","code":1000}"#).unwrap_err();
+        assert_eq!(err.code, ErrorCode::UnknownOp);
+    }
+
+    #[test]
+    fn server_binary_decoder_rejects_malformed_messages() {
+        for payload in [
+            &[][..],
+            &[0x81, 0, 0, 0, 0, 0, 0, 0, 1, 2],    // ok is 2
+            &[0x81, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0], // trailing byte
+            &[0x81, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1, b'x', 0, 5], // message overruns
+            &[0x82, 3, 0, 0, 0],                   // target 3
+            &[0x82, 2, 1, b'x', 0, 0],             // broadcast with an id
+            &[0x82, 0, 1, b'r', 0xff, 0xff],       // count overruns
+            &[
+                0x82, 0, 1, b'r', 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 4, 0, 0, 0, 0, 0,
+            ], // p 4
+            &[0x83, 0x03],                         // truncated code
+        ] {
+            let err = decode_server_binary(payload).unwrap_err();
+            assert_eq!(err.code, ErrorCode::BadRequest, "{payload:?}");
+        }
+        for op in [0x01, 0x04, 0x80, 0x84] {
+            let err = decode_server_binary(&[op]).unwrap_err();
+            assert_eq!(err.code, ErrorCode::UnknownOp);
+        }
+    }
+
+    // ---- robustness --------------------------------------------------------------------------
+
+    #[test]
+    fn decoders_never_panic_on_prefixes_and_mutations() {
+        let mut inputs: Vec<Vec<u8>> = Vec::new();
+        for op in sample_ops() {
+            inputs.push(encode_op(WireFormat::Tcp, &op, [0; 4])[TCP_PREFIX_LEN..].to_vec());
+            inputs.push(unmask_client_frame(&encode_op(WireFormat::WsJson, &op, [0; 4])).1);
+        }
+        for format in [WireFormat::WsJson, WireFormat::Tcp] {
+            for target in nasty_targets() {
+                let frame = encode_batch(format, &target, &nasty_messages());
+                inputs.push(server_payload(format, &frame).1);
+            }
+            let reply = encode_reply(format, 5, Err((ErrorCode::InvalidToken, "bad \"sig\"")));
+            inputs.push(server_payload(format, &reply).1);
+        }
+        inputs.push(
+            encode_close(WireFormat::Tcp, 4000, "heartbeat timeout")[TCP_PREFIX_LEN..].to_vec(),
+        );
+
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let check = |input: &[u8]| {
+            let _ = decode_json(input);
+            let _ = decode_binary(input);
+            let _ = decode_server_json(input);
+            let _ = decode_server_binary(input);
+            let _ = tcp_frame_len(input);
+        };
+        for input in &inputs {
+            for end in 0..=input.len() {
+                check(&input[..end]);
+            }
+            for _ in 0..200 {
+                let mut mutated = input.clone();
+                for _ in 0..=rng.below(4) {
+                    let at = rng.below(mutated.len());
+                    mutated[at] = rng.next() as u8;
+                }
+                check(&mutated);
+            }
+        }
+        for _ in 0..2000 {
+            let len = rng.below(64);
+            let random: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+            check(&random);
+        }
+    }
+}

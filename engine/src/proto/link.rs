@@ -1,0 +1,1165 @@
+//! The control ↔ edge link codec (PROTOCOL.md §6).
+//!
+//! One persistent TCP connection carries length-prefixed frames in both directions: `u32 length`
+//! (of what follows), `type u8`, then the body. The edge registers and reports load; the control
+//! plane publishes messages and sets per-room rate levels.
+//!
+//! The codec is pure: [`encode`] appends bytes to a buffer and [`decode`] splits whole frames off
+//! the front of one. Both check the same rules, so every frame [`encode`] accepts [`decode`]
+//! accepts too, and the encoding is canonical (decoding then re-encoding gives the same bytes).
+//!
+//! **Errors are fatal to the link.** A [`LinkError`] from [`decode`] means the peer is speaking
+//! something else (or the stream is corrupt) and frame boundaries can no longer be trusted; the
+//! caller must drop the connection (the edge then re-dials with backoff).
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::ids::is_valid_id;
+use super::message::{PushMessage, Target, PRIORITIES};
+use super::wire::{put_bytes32, put_str8, Reader, WireError};
+
+/// Link protocol version carried by `register`; any other version is refused.
+pub const LINK_VERSION: u16 = 1;
+
+/// Largest accepted value of a frame's length prefix (type byte + body), in bytes.
+pub const MAX_LINK_FRAME: usize = 16 << 20;
+
+/// Budget value meaning "no limit" for a priority in [`SetLevel::budgets`].
+pub const UNLIMITED: u32 = u32::MAX;
+
+/// Size of the length prefix in front of every frame.
+const LEN_PREFIX: usize = 4;
+
+const TYPE_REGISTER: u8 = 0x01;
+const TYPE_PUBLISH: u8 = 0x02;
+const TYPE_SET_LEVEL: u8 = 0x03;
+const TYPE_LOAD_REPORT: u8 = 0x04;
+
+/// Smallest encoding of one load-report entry: a one-byte id (ids are never empty) plus its
+/// length byte and a `u32` count. Used to bound pre-allocation by what the frame can really hold.
+const MIN_ENTRY_LEN: usize = 1 + 1 + 4;
+
+/// `register` (edge → control): the first frame on every (re)connected link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Register {
+    /// The edge's id (room/user id rules: 1–128 bytes of `[A-Za-z0-9_.:-]`).
+    pub edge_id: String,
+    /// Address viewers use for WebSocket (non-empty).
+    pub ws_addr: String,
+    /// Address viewers use for raw TCP (non-empty).
+    pub tcp_addr: String,
+    /// The edge's admin/metrics address; empty when it has none.
+    pub admin_addr: String,
+    /// Worker threads the edge runs.
+    pub workers: u16,
+    /// Connections the edge accepts before it reports itself full.
+    pub capacity: u32,
+}
+
+/// `publish` (control → edge): one message for a room, a user or everyone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publish {
+    /// Where the message goes.
+    pub target: Target,
+    /// The message; on decode its `data` is a zero-copy slice of the received frame.
+    pub msg: PushMessage,
+}
+
+/// `set level` (control → edge): a room's rate level, tick and per-priority budgets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetLevel {
+    /// The room the level applies to.
+    pub room: String,
+    /// The rate level (0 = normal); its meaning is the control plane's policy.
+    pub level: u8,
+    /// Batching window for the room, in milliseconds. Passed through as sent: the edge decides
+    /// how to treat values it cannot honour (such as 0).
+    pub tick_ms: u32,
+    /// Messages per tick allowed for priorities 0..=3; [`UNLIMITED`] means no cap.
+    pub budgets: [u32; PRIORITIES],
+}
+
+/// `load report` (edge → control), sent every second.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadReport {
+    /// Open client connections.
+    pub connections: u32,
+    /// Bytes written to clients since the edge started.
+    pub bytes_out: u64,
+    /// Frames written to clients since the edge started.
+    pub frames_out: u64,
+    /// Messages dropped (over budget or queue shedding) since the edge started.
+    pub msgs_dropped: u64,
+    /// Connections closed as slow consumers since the edge started.
+    pub slow_closes: u64,
+    /// True when `rooms` and `users` are complete lists; false when they hold only changes
+    /// since the previous report (a count of 0 then means the room or user left this edge).
+    pub full: bool,
+    /// `(room, members)` pairs.
+    pub rooms: Vec<(String, u32)>,
+    /// `(user, connections)` pairs.
+    pub users: Vec<(String, u32)>,
+}
+
+/// One frame on the control ↔ edge link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkFrame {
+    /// `0x01`, edge → control.
+    Register(Register),
+    /// `0x02`, control → edge.
+    Publish(Publish),
+    /// `0x03`, control → edge.
+    SetLevel(SetLevel),
+    /// `0x04`, edge → control.
+    LoadReport(LoadReport),
+}
+
+/// Why a link frame could not be encoded or decoded. After a decode error the link is broken:
+/// drop the connection.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LinkError {
+    /// The length prefix (or, when encoding, the frame) exceeds [`MAX_LINK_FRAME`].
+    #[error("frame length {0} exceeds the limit of {MAX_LINK_FRAME} bytes")]
+    FrameTooLarge(usize),
+    /// The length prefix is 0, so there is not even a type byte.
+    #[error("zero-length frame")]
+    EmptyFrame,
+    /// The type byte is not one of the four link frames.
+    #[error("unknown link frame type {0:#04x}")]
+    UnknownType(u8),
+    /// `register` carries a version other than [`LINK_VERSION`].
+    #[error("unsupported link version {0} (expected {LINK_VERSION})")]
+    UnsupportedVersion(u16),
+    /// The publish target tag is not 0 (room), 1 (user) or 2 (broadcast).
+    #[error("unknown target tag {0}")]
+    BadTarget(u8),
+    /// The priority is above 3.
+    #[error("priority {0} is out of range 0..=3")]
+    BadPriority(u8),
+    /// The named field is not a valid room/user/edge id.
+    #[error("{0} is not a valid id")]
+    InvalidId(&'static str),
+    /// A broadcast publish carries a non-empty id.
+    #[error("broadcast publish carries an id")]
+    BroadcastWithId,
+    /// The message kind contains a control character (it is spliced into client JSON).
+    #[error("kind contains a control character")]
+    InvalidKind,
+    /// A required field is empty.
+    #[error("{0} must not be empty")]
+    EmptyField(&'static str),
+    /// The load report's `full` byte is neither 0 nor 1.
+    #[error("full flag is {0}, expected 0 or 1")]
+    BadFlag(u8),
+    /// A primitive field is truncated, not UTF-8, too long, or bytes trail the body.
+    #[error("malformed frame: {0}")]
+    Wire(#[from] WireError),
+}
+
+/// Appends `frame`, length prefix included, to `out`.
+///
+/// Validates the frame first against the same rules [`decode`] applies, then reserves the exact
+/// encoded size once and writes it. On error nothing is appended.
+pub fn encode(frame: &LinkFrame, out: &mut BytesMut) -> Result<(), LinkError> {
+    let len = frame_len(frame)?;
+    let start = out.len();
+    out.reserve(LEN_PREFIX + len);
+    let written = write_frame(frame, len, out);
+    if written.is_err() {
+        // Unreachable after `frame_len` succeeded, but keep the "nothing appended" promise.
+        out.truncate(start);
+    }
+    written
+}
+
+/// Splits one whole frame off the front of `buf` and decodes it.
+///
+/// Returns `Ok(None)` when `buf` does not yet hold a whole frame; in that case it reserves room
+/// for the rest of the frame so the next socket reads fill it without repeated reallocation.
+/// Length errors are reported as soon as the 4-byte prefix has arrived. Publish `data` is a
+/// zero-copy slice of the received bytes: it shares (and keeps alive) `buf`'s allocation, so
+/// `buf` grows into a fresh allocation while pushes are still queued.
+///
+/// Any error means the link is broken: the stream can no longer be framed reliably, and the
+/// caller must drop the connection. `buf` is left in an unspecified state.
+pub fn decode(buf: &mut BytesMut) -> Result<Option<LinkFrame>, LinkError> {
+    let Some(prefix) = buf.get(..LEN_PREFIX) else {
+        return Ok(None);
+    };
+    let mut be = [0u8; LEN_PREFIX];
+    be.copy_from_slice(prefix);
+    // u32 always fits in usize on the 32/64-bit targets we build for; saturate otherwise so the
+    // over-limit check below still fires.
+    let len = usize::try_from(u32::from_be_bytes(be)).unwrap_or(usize::MAX);
+    if len == 0 {
+        return Err(LinkError::EmptyFrame);
+    }
+    if len > MAX_LINK_FRAME {
+        return Err(LinkError::FrameTooLarge(len));
+    }
+    let total = LEN_PREFIX + len;
+    if buf.len() < total {
+        buf.reserve(total - buf.len());
+        return Ok(None);
+    }
+    let frame = buf.split_to(total).freeze();
+    decode_body(frame.slice(LEN_PREFIX..)).map(Some)
+}
+
+/// Length of what follows the prefix (type byte + body); checks every rule on the way.
+fn frame_len(frame: &LinkFrame) -> Result<usize, LinkError> {
+    let body = match frame {
+        LinkFrame::Register(r) => {
+            check_register(r)?;
+            2 + str8_len(&r.edge_id, "edge_id")?
+                + str8_len(&r.ws_addr, "ws_addr")?
+                + str8_len(&r.tcp_addr, "tcp_addr")?
+                + str8_len(&r.admin_addr, "admin_addr")?
+                + 2
+                + 4
+        }
+        LinkFrame::Publish(p) => {
+            check_target(&p.target)?;
+            check_priority(p.msg.priority)?;
+            check_kind(&p.msg.kind)?;
+            // Comparing before adding keeps the sum from overflowing on 32-bit targets.
+            if p.msg.data.len() > MAX_LINK_FRAME {
+                return Err(LinkError::FrameTooLarge(p.msg.data.len()));
+            }
+            1 + str8_len(p.target.id(), "id")?
+                + 8
+                + 1
+                + str8_len(&p.msg.kind, "kind")?
+                + 4
+                + p.msg.data.len()
+        }
+        LinkFrame::SetLevel(s) => {
+            check_id(&s.room, "room")?;
+            str8_len(&s.room, "room")? + 1 + 4 + 4 * PRIORITIES
+        }
+        LinkFrame::LoadReport(l) => {
+            let mut n = 4 + 4 * 8 + 1;
+            n = add_entries(n, &l.rooms, "room")?;
+            add_entries(n, &l.users, "user")?
+        }
+    };
+    let len = 1 + body;
+    if len > MAX_LINK_FRAME {
+        return Err(LinkError::FrameTooLarge(len));
+    }
+    Ok(len)
+}
+
+/// Adds a `count u32` and its entries to `n`, stopping early once past the frame limit so a
+/// huge list cannot overflow the sum.
+fn add_entries(
+    mut n: usize,
+    entries: &[(String, u32)],
+    field: &'static str,
+) -> Result<usize, LinkError> {
+    n += 4;
+    for (id, _) in entries {
+        check_id(id, field)?;
+        n += str8_len(id, field)? + 4;
+        if n > MAX_LINK_FRAME {
+            return Err(LinkError::FrameTooLarge(n));
+        }
+    }
+    Ok(n)
+}
+
+/// Encoded size of a `str8`, failing when it does not fit one.
+fn str8_len(s: &str, field: &'static str) -> Result<usize, LinkError> {
+    if s.len() > usize::from(u8::MAX) {
+        return Err(WireError::TooLong(field).into());
+    }
+    Ok(1 + s.len())
+}
+
+fn write_frame(frame: &LinkFrame, len: usize, out: &mut BytesMut) -> Result<(), LinkError> {
+    // `len` was checked against MAX_LINK_FRAME, which fits a u32.
+    let len = u32::try_from(len).map_err(|_| LinkError::FrameTooLarge(len))?;
+    out.put_u32(len);
+    match frame {
+        LinkFrame::Register(r) => {
+            out.put_u8(TYPE_REGISTER);
+            out.put_u16(LINK_VERSION);
+            put_str8(out, r.edge_id.as_bytes(), "edge_id")?;
+            put_str8(out, r.ws_addr.as_bytes(), "ws_addr")?;
+            put_str8(out, r.tcp_addr.as_bytes(), "tcp_addr")?;
+            put_str8(out, r.admin_addr.as_bytes(), "admin_addr")?;
+            out.put_u16(r.workers);
+            out.put_u32(r.capacity);
+        }
+        LinkFrame::Publish(p) => {
+            out.put_u8(TYPE_PUBLISH);
+            out.put_u8(p.target.tag());
+            put_str8(out, p.target.id().as_bytes(), "id")?;
+            out.put_u64(p.msg.seq);
+            out.put_u8(p.msg.priority);
+            put_str8(out, p.msg.kind.as_bytes(), "kind")?;
+            put_bytes32(out, &p.msg.data, "data")?;
+        }
+        LinkFrame::SetLevel(s) => {
+            out.put_u8(TYPE_SET_LEVEL);
+            put_str8(out, s.room.as_bytes(), "room")?;
+            out.put_u8(s.level);
+            out.put_u32(s.tick_ms);
+            for b in s.budgets {
+                out.put_u32(b);
+            }
+        }
+        LinkFrame::LoadReport(l) => {
+            out.put_u8(TYPE_LOAD_REPORT);
+            out.put_u32(l.connections);
+            out.put_u64(l.bytes_out);
+            out.put_u64(l.frames_out);
+            out.put_u64(l.msgs_dropped);
+            out.put_u64(l.slow_closes);
+            out.put_u8(u8::from(l.full));
+            write_entries(out, &l.rooms, "room")?;
+            write_entries(out, &l.users, "user")?;
+        }
+    }
+    Ok(())
+}
+
+fn write_entries(
+    out: &mut BytesMut,
+    entries: &[(String, u32)],
+    field: &'static str,
+) -> Result<(), LinkError> {
+    let count = u32::try_from(entries.len()).map_err(|_| WireError::TooLong(field))?;
+    out.put_u32(count);
+    for (id, n) in entries {
+        put_str8(out, id.as_bytes(), field)?;
+        out.put_u32(*n);
+    }
+    Ok(())
+}
+
+/// Decodes type byte + body. `frame` is the frozen frame without its length prefix, so publish
+/// data can be sliced out of it without copying.
+fn decode_body(frame: Bytes) -> Result<LinkFrame, LinkError> {
+    let mut r = Reader::new(&frame);
+    let out = match r.u8("type")? {
+        TYPE_REGISTER => {
+            let version = r.u16("version")?;
+            if version != LINK_VERSION {
+                return Err(LinkError::UnsupportedVersion(version));
+            }
+            let reg = Register {
+                edge_id: r.str8("edge_id")?.to_owned(),
+                ws_addr: r.str8("ws_addr")?.to_owned(),
+                tcp_addr: r.str8("tcp_addr")?.to_owned(),
+                admin_addr: r.str8("admin_addr")?.to_owned(),
+                workers: r.u16("workers")?,
+                capacity: r.u32("capacity")?,
+            };
+            check_register(&reg)?;
+            LinkFrame::Register(reg)
+        }
+        TYPE_PUBLISH => {
+            let tag = r.u8("target")?;
+            let id = r.str8("id")?;
+            let target = match tag {
+                0 => Target::Room(id.to_owned()),
+                1 => Target::User(id.to_owned()),
+                2 => Target::Broadcast,
+                t => return Err(LinkError::BadTarget(t)),
+            };
+            // For broadcast the id was read but not kept; it must still be empty.
+            if tag == 2 && !id.is_empty() {
+                return Err(LinkError::BroadcastWithId);
+            }
+            check_target(&target)?;
+            let seq = r.u64("seq")?;
+            let priority = r.u8("priority")?;
+            check_priority(priority)?;
+            let kind = r.str8("kind")?;
+            check_kind(kind)?;
+            let kind = kind.to_owned();
+            let data = r.bytes32("data")?;
+            LinkFrame::Publish(Publish {
+                target,
+                msg: PushMessage {
+                    seq,
+                    priority,
+                    kind,
+                    data: frame.slice(data),
+                },
+            })
+        }
+        TYPE_SET_LEVEL => {
+            let room = r.str8("room")?;
+            check_id(room, "room")?;
+            let room = room.to_owned();
+            let level = r.u8("level")?;
+            let tick_ms = r.u32("tick_ms")?;
+            let mut budgets = [0u32; PRIORITIES];
+            for b in &mut budgets {
+                *b = r.u32("budgets")?;
+            }
+            LinkFrame::SetLevel(SetLevel {
+                room,
+                level,
+                tick_ms,
+                budgets,
+            })
+        }
+        TYPE_LOAD_REPORT => {
+            let connections = r.u32("connections")?;
+            let bytes_out = r.u64("bytes_out")?;
+            let frames_out = r.u64("frames_out")?;
+            let msgs_dropped = r.u64("msgs_dropped")?;
+            let slow_closes = r.u64("slow_closes")?;
+            let full = match r.u8("full")? {
+                0 => false,
+                1 => true,
+                f => return Err(LinkError::BadFlag(f)),
+            };
+            let rooms = read_entries(&mut r, "room_count", "room")?;
+            let users = read_entries(&mut r, "user_count", "user")?;
+            LinkFrame::LoadReport(LoadReport {
+                connections,
+                bytes_out,
+                frames_out,
+                msgs_dropped,
+                slow_closes,
+                full,
+                rooms,
+                users,
+            })
+        }
+        t => return Err(LinkError::UnknownType(t)),
+    };
+    r.finish()?;
+    Ok(out)
+}
+
+fn read_entries(
+    r: &mut Reader<'_>,
+    count_field: &'static str,
+    field: &'static str,
+) -> Result<Vec<(String, u32)>, LinkError> {
+    let count = r.u32(count_field)?;
+    // The count is untrusted: never pre-allocate more entries than the remaining bytes can hold.
+    let cap = usize::try_from(count)
+        .unwrap_or(usize::MAX)
+        .min(r.remaining() / MIN_ENTRY_LEN);
+    let mut entries = Vec::with_capacity(cap);
+    for _ in 0..count {
+        let id = r.str8(field)?;
+        check_id(id, field)?;
+        let id = id.to_owned();
+        entries.push((id, r.u32(field)?));
+    }
+    Ok(entries)
+}
+
+fn check_register(r: &Register) -> Result<(), LinkError> {
+    check_id(&r.edge_id, "edge_id")?;
+    if r.ws_addr.is_empty() {
+        return Err(LinkError::EmptyField("ws_addr"));
+    }
+    if r.tcp_addr.is_empty() {
+        return Err(LinkError::EmptyField("tcp_addr"));
+    }
+    Ok(())
+}
+
+fn check_target(t: &Target) -> Result<(), LinkError> {
+    match t {
+        Target::Room(id) => check_id(id, "room"),
+        Target::User(id) => check_id(id, "user"),
+        Target::Broadcast => Ok(()),
+    }
+}
+
+fn check_id(id: &str, field: &'static str) -> Result<(), LinkError> {
+    if is_valid_id(id.as_bytes()) {
+        Ok(())
+    } else {
+        Err(LinkError::InvalidId(field))
+    }
+}
+
+fn check_priority(p: u8) -> Result<(), LinkError> {
+    if usize::from(p) < PRIORITIES {
+        Ok(())
+    } else {
+        Err(LinkError::BadPriority(p))
+    }
+}
+
+fn check_kind(kind: &str) -> Result<(), LinkError> {
+    if kind.chars().any(char::is_control) {
+        Err(LinkError::InvalidKind)
+    } else {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn register() -> LinkFrame {
+        LinkFrame::Register(Register {
+            edge_id: "edge-1".into(),
+            ws_addr: "10.0.0.1:8080".into(),
+            tcp_addr: "10.0.0.1:8081".into(),
+            admin_addr: "127.0.0.1:9090".into(),
+            workers: 8,
+            capacity: 1_000_000,
+        })
+    }
+
+    fn publish(target: Target, priority: u8, data: &'static [u8]) -> LinkFrame {
+        LinkFrame::Publish(Publish {
+            target,
+            msg: PushMessage {
+                seq: 41,
+                priority,
+                kind: "gift".into(),
+                data: Bytes::from_static(data),
+            },
+        })
+    }
+
+    fn set_level() -> LinkFrame {
+        LinkFrame::SetLevel(SetLevel {
+            room: "room:10000".into(),
+            level: 2,
+            tick_ms: 250,
+            budgets: [UNLIMITED, 50, 20, 5],
+        })
+    }
+
+    fn load_report() -> LinkFrame {
+        LinkFrame::LoadReport(LoadReport {
+            connections: 12_345,
+            bytes_out: u64::MAX,
+            frames_out: 1 << 40,
+            msgs_dropped: 7,
+            slow_closes: 3,
+            full: true,
+            rooms: vec![("r1".into(), 10), ("r2".into(), 0)],
+            users: vec![("u1".into(), 2)],
+        })
+    }
+
+    /// One of every frame type, covering the optional/edge-case fields.
+    fn samples() -> Vec<LinkFrame> {
+        vec![
+            register(),
+            LinkFrame::Register(Register {
+                edge_id: "e".into(),
+                ws_addr: "[::1]:8080".into(),
+                tcp_addr: "[::1]:8081".into(),
+                admin_addr: String::new(),
+                workers: 0,
+                capacity: 0,
+            }),
+            publish(Target::Room("r1".into()), 2, br#"{"gift":"rocket","n":3}"#),
+            publish(Target::User("u1".into()), 1, br#"{"text":"you won"}"#),
+            publish(Target::Broadcast, 0, br#"{"text":"maintenance"}"#),
+            LinkFrame::Publish(Publish {
+                target: Target::Room("r1".into()),
+                msg: PushMessage {
+                    seq: u64::MAX,
+                    priority: 3,
+                    kind: String::new(),
+                    data: Bytes::new(),
+                },
+            }),
+            set_level(),
+            load_report(),
+            LinkFrame::LoadReport(LoadReport {
+                connections: 0,
+                bytes_out: 0,
+                frames_out: 0,
+                msgs_dropped: 0,
+                slow_closes: 0,
+                full: false,
+                rooms: vec![],
+                users: vec![],
+            }),
+        ]
+    }
+
+    fn encoded(frame: &LinkFrame) -> BytesMut {
+        let mut out = BytesMut::new();
+        encode(frame, &mut out).unwrap();
+        out
+    }
+
+    /// A hand-built frame: length prefix, type byte, body.
+    fn raw(ty: u8, body: &[u8]) -> BytesMut {
+        let mut out = BytesMut::new();
+        out.put_u32(u32::try_from(1 + body.len()).unwrap());
+        out.put_u8(ty);
+        out.put_slice(body);
+        out
+    }
+
+    fn decode_err(mut buf: BytesMut) -> LinkError {
+        decode(&mut buf).unwrap_err()
+    }
+
+    /// A publish body with the given fields, for error tests.
+    fn publish_body(tag: u8, id: &[u8], priority: u8, kind: &[u8], data: &[u8]) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.put_u8(tag);
+        put_str8(&mut b, id, "id").unwrap();
+        b.put_u64(1);
+        b.put_u8(priority);
+        put_str8(&mut b, kind, "kind").unwrap();
+        put_bytes32(&mut b, data, "data").unwrap();
+        b
+    }
+
+    fn register_body(version: u16, edge_id: &[u8], ws: &[u8], tcp: &[u8]) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.put_u16(version);
+        put_str8(&mut b, edge_id, "edge_id").unwrap();
+        put_str8(&mut b, ws, "ws_addr").unwrap();
+        put_str8(&mut b, tcp, "tcp_addr").unwrap();
+        put_str8(&mut b, b"", "admin_addr").unwrap();
+        b.put_u16(4);
+        b.put_u32(100);
+        b
+    }
+
+    fn load_report_body(full: u8, rooms: &[(&[u8], u32)]) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.put_u32(1);
+        for _ in 0..4 {
+            b.put_u64(2);
+        }
+        b.put_u8(full);
+        b.put_u32(u32::try_from(rooms.len()).unwrap());
+        for (id, n) in rooms {
+            put_str8(&mut b, id, "room").unwrap();
+            b.put_u32(*n);
+        }
+        b.put_u32(0);
+        b
+    }
+
+    #[test]
+    fn every_frame_type_round_trips() {
+        for frame in samples() {
+            let mut buf = encoded(&frame);
+            assert_eq!(decode(&mut buf).unwrap(), Some(frame.clone()), "{frame:?}");
+            assert!(buf.is_empty(), "{frame:?} left {} bytes", buf.len());
+        }
+    }
+
+    #[test]
+    fn decode_then_encode_gives_the_same_bytes() {
+        for frame in samples() {
+            let bytes = encoded(&frame);
+            let mut buf = bytes.clone();
+            let back = decode(&mut buf).unwrap().unwrap();
+            assert_eq!(encoded(&back), bytes);
+        }
+    }
+
+    #[test]
+    fn publish_matches_the_documented_layout() {
+        let frame = publish(Target::Room("r1".into()), 2, b"{}");
+        let mut want = Vec::new();
+        want.put_u32(1 + 1 + 3 + 8 + 1 + 5 + 4 + 2);
+        want.extend_from_slice(&[0x02, 0, 2, b'r', b'1']);
+        want.put_u64(41);
+        want.extend_from_slice(&[2, 4, b'g', b'i', b'f', b't']);
+        want.extend_from_slice(&[0, 0, 0, 2, b'{', b'}']);
+        assert_eq!(&encoded(&frame)[..], &want[..]);
+    }
+
+    #[test]
+    fn register_and_set_level_match_the_documented_layout() {
+        let mut want = Vec::new();
+        want.put_u32(1 + 2 + 2 + 2 + 2 + 1 + 2 + 4);
+        want.extend_from_slice(&[0x01, 0, 1, 1, b'e', 1, b'w', 1, b't', 0, 0, 3, 0, 0, 0, 9]);
+        let reg = LinkFrame::Register(Register {
+            edge_id: "e".into(),
+            ws_addr: "w".into(),
+            tcp_addr: "t".into(),
+            admin_addr: String::new(),
+            workers: 3,
+            capacity: 9,
+        });
+        assert_eq!(&encoded(&reg)[..], &want[..]);
+
+        let mut want = Vec::new();
+        want.put_u32(1 + 3 + 1 + 4 + 16);
+        want.extend_from_slice(&[0x03, 2, b'r', b'1', 5]);
+        want.put_u32(100);
+        for b in [UNLIMITED, 1, 2, 3] {
+            want.put_u32(b);
+        }
+        let level = LinkFrame::SetLevel(SetLevel {
+            room: "r1".into(),
+            level: 5,
+            tick_ms: 100,
+            budgets: [UNLIMITED, 1, 2, 3],
+        });
+        assert_eq!(&encoded(&level)[..], &want[..]);
+        assert_eq!(&want[want.len() - 16..want.len() - 12], &[0xff; 4]);
+    }
+
+    #[test]
+    fn encode_appends_and_reserves_the_exact_size() {
+        let frame = load_report();
+        let alone = encoded(&frame);
+        // A fresh buffer gets exactly one frame's worth of capacity.
+        assert_eq!(alone.capacity(), alone.len());
+
+        let mut out = BytesMut::from(&b"xyz"[..]);
+        encode(&frame, &mut out).unwrap();
+        assert_eq!(&out[..3], b"xyz");
+        assert_eq!(&out[3..], &alone[..]);
+    }
+
+    #[test]
+    fn back_to_back_frames_decode_in_order() {
+        let frames = samples();
+        let mut buf = BytesMut::new();
+        for f in &frames {
+            encode(f, &mut buf).unwrap();
+        }
+        for f in &frames {
+            assert_eq!(decode(&mut buf).unwrap().as_ref(), Some(f));
+        }
+        assert_eq!(decode(&mut buf).unwrap(), None);
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn split_at_every_byte_decodes_once_whole() {
+        for frame in samples() {
+            let bytes = encoded(&frame);
+            for split in 0..bytes.len() {
+                let mut buf = BytesMut::from(&bytes[..split]);
+                assert_eq!(
+                    decode(&mut buf).unwrap(),
+                    None,
+                    "{frame:?} split at {split}"
+                );
+                assert_eq!(buf.len(), split, "an incomplete frame must not be consumed");
+                buf.extend_from_slice(&bytes[split..]);
+                assert_eq!(decode(&mut buf).unwrap(), Some(frame.clone()));
+                assert!(buf.is_empty());
+            }
+        }
+    }
+
+    #[test]
+    fn byte_by_byte_feeding_yields_every_frame() {
+        let frames = samples();
+        let mut stream = BytesMut::new();
+        for f in &frames {
+            encode(f, &mut stream).unwrap();
+        }
+        let mut buf = BytesMut::new();
+        let mut got = Vec::new();
+        for &b in stream.iter() {
+            buf.put_u8(b);
+            while let Some(f) = decode(&mut buf).unwrap() {
+                got.push(f);
+            }
+        }
+        assert_eq!(got, frames);
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn incomplete_frame_reserves_room_for_the_rest() {
+        let bytes = encoded(&publish(Target::Broadcast, 0, &[b'x'; 4096]));
+        let mut buf = BytesMut::from(&bytes[..10]);
+        assert_eq!(decode(&mut buf).unwrap(), None);
+        assert!(buf.capacity() >= bytes.len());
+    }
+
+    #[test]
+    fn publish_data_is_a_zero_copy_slice_of_the_input() {
+        let data = br#"{"gift":"rocket","n":3,"pad":"................................"}"#;
+        let mut buf = encoded(&publish(Target::Room("r1".into()), 1, data));
+        encode(&set_level(), &mut buf).unwrap();
+        let start = buf.as_ptr() as usize;
+        let end = start + buf.len();
+        let Some(LinkFrame::Publish(p)) = decode(&mut buf).unwrap() else {
+            panic!("expected a publish");
+        };
+        assert_eq!(&p.msg.data[..], &data[..]);
+        let ptr = p.msg.data.as_ptr() as usize;
+        assert!(
+            start <= ptr && ptr + p.msg.data.len() <= end,
+            "data was copied"
+        );
+        // The rest of the buffer is still usable.
+        assert_eq!(decode(&mut buf).unwrap(), Some(set_level()));
+    }
+
+    #[test]
+    fn a_frame_of_exactly_the_limit_is_accepted_and_one_more_is_not() {
+        let overhead = 1 + 1 + 1 + 8 + 1 + 1 + 4; // type, tag, empty id, seq, p, empty kind, len
+        let mut data = vec![b'x'; MAX_LINK_FRAME - overhead];
+        let mut frame = LinkFrame::Publish(Publish {
+            target: Target::Broadcast,
+            msg: PushMessage {
+                seq: 1,
+                priority: 0,
+                kind: String::new(),
+                data: Bytes::new(),
+            },
+        });
+        if let LinkFrame::Publish(p) = &mut frame {
+            p.msg.data = Bytes::from(data.clone());
+        }
+        let mut buf = encoded(&frame);
+        assert_eq!(buf.len(), LEN_PREFIX + MAX_LINK_FRAME);
+        assert_eq!(decode(&mut buf).unwrap(), Some(frame.clone()));
+
+        data.push(b'x');
+        if let LinkFrame::Publish(p) = &mut frame {
+            p.msg.data = Bytes::from(data);
+        }
+        let mut out = BytesMut::new();
+        assert_eq!(
+            encode(&frame, &mut out),
+            Err(LinkError::FrameTooLarge(MAX_LINK_FRAME + 1))
+        );
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn oversized_length_is_refused_from_the_prefix_alone() {
+        let mut buf = BytesMut::new();
+        buf.put_u32(u32::try_from(MAX_LINK_FRAME + 1).unwrap());
+        assert_eq!(
+            decode_err(buf),
+            LinkError::FrameTooLarge(MAX_LINK_FRAME + 1)
+        );
+        let mut buf = BytesMut::new();
+        buf.put_u32(u32::MAX);
+        assert_eq!(decode_err(buf), LinkError::FrameTooLarge(u32::MAX as usize));
+    }
+
+    #[test]
+    fn zero_length_is_refused() {
+        assert_eq!(
+            decode_err(BytesMut::from(&[0u8, 0, 0, 0][..])),
+            LinkError::EmptyFrame
+        );
+    }
+
+    #[test]
+    fn short_prefix_is_incomplete_not_an_error() {
+        for n in 0..LEN_PREFIX {
+            let mut buf = BytesMut::from(&[0u8, 0, 0][..n]);
+            assert_eq!(decode(&mut buf).unwrap(), None);
+        }
+    }
+
+    #[test]
+    fn unknown_types_are_refused() {
+        for ty in [0x00, 0x05, 0x81, 0xff] {
+            assert_eq!(decode_err(raw(ty, &[])), LinkError::UnknownType(ty));
+        }
+    }
+
+    #[test]
+    fn other_versions_are_refused() {
+        for v in [0, 2, u16::MAX] {
+            let body = register_body(v, b"e1", b"a:1", b"a:2");
+            assert_eq!(
+                decode_err(raw(TYPE_REGISTER, &body)),
+                LinkError::UnsupportedVersion(v)
+            );
+        }
+    }
+
+    #[test]
+    fn register_fields_are_checked() {
+        let body = register_body(1, b"bad id", b"a:1", b"a:2");
+        assert_eq!(
+            decode_err(raw(TYPE_REGISTER, &body)),
+            LinkError::InvalidId("edge_id")
+        );
+        let body = register_body(1, b"", b"a:1", b"a:2");
+        assert_eq!(
+            decode_err(raw(TYPE_REGISTER, &body)),
+            LinkError::InvalidId("edge_id")
+        );
+        let body = register_body(1, b"e1", b"", b"a:2");
+        assert_eq!(
+            decode_err(raw(TYPE_REGISTER, &body)),
+            LinkError::EmptyField("ws_addr")
+        );
+        let body = register_body(1, b"e1", b"a:1", b"");
+        assert_eq!(
+            decode_err(raw(TYPE_REGISTER, &body)),
+            LinkError::EmptyField("tcp_addr")
+        );
+        let body = register_body(1, b"e1", &[0xff, 0xfe], b"a:2");
+        assert_eq!(
+            decode_err(raw(TYPE_REGISTER, &body)),
+            LinkError::Wire(WireError::NotUtf8("ws_addr"))
+        );
+    }
+
+    #[test]
+    fn target_tags_above_two_are_refused() {
+        for tag in [3, 0x80, 0xff] {
+            let body = publish_body(tag, b"r1", 0, b"k", b"{}");
+            assert_eq!(
+                decode_err(raw(TYPE_PUBLISH, &body)),
+                LinkError::BadTarget(tag)
+            );
+        }
+    }
+
+    #[test]
+    fn priorities_above_three_are_refused() {
+        for p in [4, 0xff] {
+            let body = publish_body(0, b"r1", p, b"k", b"{}");
+            assert_eq!(
+                decode_err(raw(TYPE_PUBLISH, &body)),
+                LinkError::BadPriority(p)
+            );
+        }
+        let mut out = BytesMut::new();
+        assert_eq!(
+            encode(&publish(Target::Broadcast, 4, b"{}"), &mut out),
+            Err(LinkError::BadPriority(4))
+        );
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn publish_ids_are_checked() {
+        let long = [b'a'; 129];
+        for (tag, id, field) in [
+            (0, &b""[..], "room"),
+            (0, &b"r 1"[..], "room"),
+            (0, &long[..], "room"),
+            (1, &b""[..], "user"),
+            (1, &b"u/1"[..], "user"),
+        ] {
+            let body = publish_body(tag, id, 0, b"k", b"{}");
+            assert_eq!(
+                decode_err(raw(TYPE_PUBLISH, &body)),
+                LinkError::InvalidId(field)
+            );
+        }
+        let body = publish_body(2, b"r1", 0, b"k", b"{}");
+        assert_eq!(
+            decode_err(raw(TYPE_PUBLISH, &body)),
+            LinkError::BroadcastWithId
+        );
+    }
+
+    #[test]
+    fn kinds_with_control_characters_are_refused() {
+        let body = publish_body(0, b"r1", 0, b"gi\nft", b"{}");
+        assert_eq!(decode_err(raw(TYPE_PUBLISH, &body)), LinkError::InvalidKind);
+        let mut frame = publish(Target::Broadcast, 0, b"{}");
+        if let LinkFrame::Publish(p) = &mut frame {
+            p.msg.kind = "a\u{7f}".into();
+        }
+        assert_eq!(
+            encode(&frame, &mut BytesMut::new()),
+            Err(LinkError::InvalidKind)
+        );
+    }
+
+    #[test]
+    fn set_level_room_is_checked() {
+        let mut body = Vec::new();
+        put_str8(&mut body, b"r*", "room").unwrap();
+        body.put_u8(0);
+        body.put_u32(100);
+        body.extend_from_slice(&[0; 16]);
+        assert_eq!(
+            decode_err(raw(TYPE_SET_LEVEL, &body)),
+            LinkError::InvalidId("room")
+        );
+        // One budget short.
+        let mut body = Vec::new();
+        put_str8(&mut body, b"r1", "room").unwrap();
+        body.put_u8(0);
+        body.put_u32(100);
+        body.extend_from_slice(&[0; 12]);
+        assert_eq!(
+            decode_err(raw(TYPE_SET_LEVEL, &body)),
+            LinkError::Wire(WireError::Truncated("budgets"))
+        );
+    }
+
+    #[test]
+    fn load_report_entries_and_flag_are_checked() {
+        let body = load_report_body(2, &[]);
+        assert_eq!(
+            decode_err(raw(TYPE_LOAD_REPORT, &body)),
+            LinkError::BadFlag(2)
+        );
+        let body = load_report_body(0, &[(b"r1", 1), (b"", 0)]);
+        assert_eq!(
+            decode_err(raw(TYPE_LOAD_REPORT, &body)),
+            LinkError::InvalidId("room")
+        );
+
+        let mut body = load_report_body(0, &[]);
+        body.truncate(body.len() - 4);
+        body.put_u32(1);
+        put_str8(&mut body, b"u 1", "user").unwrap();
+        body.put_u32(1);
+        assert_eq!(
+            decode_err(raw(TYPE_LOAD_REPORT, &body)),
+            LinkError::InvalidId("user")
+        );
+    }
+
+    #[test]
+    fn huge_entry_counts_fail_without_allocating_for_them() {
+        // The body ends right after a room_count of u32::MAX: the first entry is missing.
+        let mut body = load_report_body(1, &[]);
+        body.truncate(body.len() - 8);
+        body.put_u32(u32::MAX);
+        assert_eq!(
+            decode_err(raw(TYPE_LOAD_REPORT, &body)),
+            LinkError::Wire(WireError::Truncated("room"))
+        );
+    }
+
+    #[test]
+    fn trailing_bytes_are_refused_for_every_type() {
+        for frame in samples() {
+            let bytes = encoded(&frame);
+            let mut body = bytes[LEN_PREFIX + 1..].to_vec();
+            body.push(0);
+            assert_eq!(
+                decode_err(raw(bytes[LEN_PREFIX], &body)),
+                LinkError::Wire(WireError::Trailing(1)),
+                "{frame:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn truncated_bodies_are_refused_for_every_type() {
+        // Shorten the declared length (and the bytes) by one: the body then ends inside a field.
+        for frame in samples() {
+            let bytes = encoded(&frame);
+            let body = &bytes[LEN_PREFIX + 1..bytes.len() - 1];
+            let err = decode_err(raw(bytes[LEN_PREFIX], body));
+            assert!(
+                matches!(err, LinkError::Wire(WireError::Truncated(_))),
+                "{frame:?}: {err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn data_length_overrunning_the_frame_is_refused() {
+        let mut body = publish_body(0, b"r1", 0, b"k", b"{}");
+        let at = body.len() - 6;
+        body[at..at + 4].copy_from_slice(&100u32.to_be_bytes());
+        assert_eq!(
+            decode_err(raw(TYPE_PUBLISH, &body)),
+            LinkError::Wire(WireError::Truncated("data"))
+        );
+    }
+
+    #[test]
+    fn encode_refuses_what_decode_would_refuse() {
+        let mut out = BytesMut::from(&b"keep"[..]);
+        let bad = [
+            (
+                publish(Target::Room("no good".into()), 0, b"{}"),
+                LinkError::InvalidId("room"),
+            ),
+            (
+                publish(Target::User(String::new()), 0, b"{}"),
+                LinkError::InvalidId("user"),
+            ),
+            (
+                LinkFrame::SetLevel(SetLevel {
+                    room: "é".into(),
+                    level: 0,
+                    tick_ms: 1,
+                    budgets: [0; 4],
+                }),
+                LinkError::InvalidId("room"),
+            ),
+            (
+                LinkFrame::Register(Register {
+                    edge_id: "e1".into(),
+                    ws_addr: "a".into(),
+                    tcp_addr: "b".into(),
+                    admin_addr: "x".repeat(256),
+                    workers: 1,
+                    capacity: 1,
+                }),
+                LinkError::Wire(WireError::TooLong("admin_addr")),
+            ),
+            (
+                LinkFrame::LoadReport(LoadReport {
+                    connections: 0,
+                    bytes_out: 0,
+                    frames_out: 0,
+                    msgs_dropped: 0,
+                    slow_closes: 0,
+                    full: true,
+                    rooms: vec![],
+                    users: vec![("bad user".into(), 1)],
+                }),
+                LinkError::InvalidId("user"),
+            ),
+        ];
+        for (frame, want) in bad {
+            assert_eq!(encode(&frame, &mut out), Err(want), "{frame:?}");
+        }
+        assert_eq!(&out[..], b"keep");
+    }
+
+    #[test]
+    fn single_byte_mutations_never_panic_and_stay_canonical() {
+        // A cheap deterministic stand-in for the fuzz target: corrupt every byte of every sample
+        // (length prefix included) with a few interesting values. Whatever still decodes must
+        // re-encode to exactly the bytes it came from.
+        for frame in samples() {
+            let bytes = encoded(&frame);
+            for at in 0..bytes.len() {
+                for v in [0, 1, 2, 3, 4, 0x20, 0x7f, 0x80, 0xff, bytes[at] ^ 1] {
+                    let mut input = bytes.clone();
+                    input[at] = v;
+                    let mut buf = input.clone();
+                    if let Ok(Some(f)) = decode(&mut buf) {
+                        let used = input.len() - buf.len();
+                        assert_eq!(&encoded(&f)[..], &input[..used], "{frame:?} at {at} = {v}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn errors_name_what_was_wrong() {
+        assert_eq!(
+            LinkError::UnknownType(0x7f).to_string(),
+            "unknown link frame type 0x7f"
+        );
+        assert_eq!(
+            LinkError::InvalidId("room").to_string(),
+            "room is not a valid id"
+        );
+        assert_eq!(
+            LinkError::Wire(WireError::Trailing(2)).to_string(),
+            "malformed frame: 2 bytes trailing after the body"
+        );
+    }
+}

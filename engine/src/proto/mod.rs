@@ -1,0 +1,12 @@
+//! Wire codecs shared by the edge, the control plane and the load generator.
+//!
+//! Everything here is pure: bytes in, frames out, no sockets and no clocks, so each codec can be
+//! unit-tested and fuzzed on its own. PROTOCOL.md at the repository root is the specification.
+
+pub mod client;
+pub mod handshake;
+pub mod ids;
+pub mod link;
+pub mod message;
+pub mod wire;
+pub mod ws;

@@ -1,0 +1,168 @@
+//! Socket and process helpers shared by both drivers and the worker setup code.
+
+use std::fs::File;
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::RawFd;
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// Creates a nonblocking TCP listener bound to `addr` with `SO_REUSEADDR` and `SO_REUSEPORT`, so
+/// several edge processes and several workers per process can listen on the same port and the
+/// kernel spreads incoming connections between them.
+pub fn reuseport_listener(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
+    // socket2 creates the socket with SOCK_CLOEXEC on Linux.
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(backlog)?;
+    Ok(socket.into())
+}
+
+/// The process's `RLIMIT_NOFILE` as `(soft, hard)`.
+pub fn nofile_limit() -> io::Result<(u64, u64)> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid, writable rlimit struct that outlives the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((lim.rlim_cur as u64, lim.rlim_max as u64))
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit and returns the new soft limit.
+///
+/// An unlimited hard limit is not a valid value for the soft nofile limit on Linux, so it is
+/// capped at `/proc/sys/fs/nr_open` in that case.
+pub fn raise_nofile_limit() -> io::Result<u64> {
+    let (soft, hard) = nofile_limit()?;
+    let target = if hard == libc::RLIM_INFINITY as u64 {
+        std::fs::read_to_string("/proc/sys/fs/nr_open")
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .unwrap_or(1 << 20)
+    } else {
+        hard
+    };
+    if soft >= target {
+        return Ok(soft);
+    }
+    let lim = libc::rlimit {
+        rlim_cur: target as libc::rlim_t,
+        rlim_max: hard as libc::rlim_t,
+    };
+    // SAFETY: `lim` is a valid rlimit struct that outlives the call.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(target)
+}
+
+/// Turns on `TCP_NODELAY` (pushes are latency-sensitive and already batched by the worker) and
+/// makes the socket nonblocking.
+pub fn set_nodelay_nonblocking(stream: &TcpStream) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    stream.set_nonblocking(true)
+}
+
+/// Whether an `accept` error means the process or the system ran out of file descriptors.
+pub(crate) fn is_fd_exhaustion(err: &io::Error) -> bool {
+    matches!(err.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE))
+}
+
+/// One spare file descriptor (open on `/dev/null`) kept for the "reserve fd" trick: when `accept`
+/// fails with `EMFILE`/`ENFILE`, the pending connection would stay in the backlog and the
+/// listener would report readiness forever. Closing the spare frees one descriptor, which lets us
+/// accept that connection and close it at once (the client sees a clean close instead of a hang),
+/// after which the spare is reopened.
+#[derive(Debug)]
+pub(crate) struct ReserveFd {
+    spare: Option<File>,
+}
+
+impl ReserveFd {
+    /// Opens the spare descriptor (best effort: without it the trick is skipped).
+    pub(crate) fn new() -> Self {
+        ReserveFd {
+            spare: File::open("/dev/null").ok(),
+        }
+    }
+
+    /// Refuses one pending connection on `listener` (a nonblocking listening socket) using the
+    /// spare descriptor. Returns `true` when a connection was taken off the backlog, i.e. the
+    /// caller made progress and may go on accepting; `false` when nothing could be done (no
+    /// spare, or the backlog was empty or the accept failed again).
+    pub(crate) fn refuse_one(&mut self, listener: RawFd) -> bool {
+        let had_spare = self.spare.take().is_some(); // dropping the File closes the spare
+        let mut refused = false;
+        if had_spare {
+            // SAFETY: accept4 with null address pointers is valid; `listener` is a socket fd
+            // owned by the caller and open for the duration of the call.
+            let fd = unsafe {
+                libc::accept4(
+                    listener,
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                    libc::SOCK_CLOEXEC,
+                )
+            };
+            if fd >= 0 {
+                // SAFETY: `fd` was just returned by accept4, is owned by nobody else and is
+                // closed exactly once here.
+                unsafe { libc::close(fd) };
+                refused = true;
+            }
+        }
+        self.spare = File::open("/dev/null").ok();
+        refused
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn two_listeners_share_a_port() {
+        let a = reuseport_listener("127.0.0.1:0".parse().unwrap(), 16).unwrap();
+        let addr = a.local_addr().unwrap();
+        let b = reuseport_listener(addr, 16).unwrap();
+        assert_eq!(b.local_addr().unwrap(), addr);
+    }
+
+    #[test]
+    fn nofile_limits() {
+        let (soft, hard) = nofile_limit().unwrap();
+        assert!(soft <= hard);
+        let raised = raise_nofile_limit().unwrap();
+        assert!(raised >= soft);
+        assert_eq!(nofile_limit().unwrap().0, raised);
+    }
+
+    #[test]
+    fn reserve_fd_refuses_a_pending_connection() {
+        let l = reuseport_listener("127.0.0.1:0".parse().unwrap(), 16).unwrap();
+        let addr = l.local_addr().unwrap();
+        let mut client = TcpStream::connect(addr).unwrap();
+        let mut reserve = ReserveFd::new();
+        use std::os::fd::AsRawFd;
+        assert!(reserve.refuse_one(l.as_raw_fd()));
+        assert!(reserve.spare.is_some());
+        let mut buf = [0u8; 1];
+        use std::io::Read;
+        // The server side was closed at once: EOF (or a reset) and no hang.
+        client
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        match client.read(&mut buf) {
+            Ok(n) => assert_eq!(n, 0),
+            Err(e) => assert_eq!(e.kind(), io::ErrorKind::ConnectionReset),
+        }
+        // Backlog now empty: nothing to refuse.
+        assert!(!reserve.refuse_one(l.as_raw_fd()));
+    }
+}

@@ -1,0 +1,136 @@
+//! Slow consumers (PROTOCOL.md §5): a reader that stalls is cut off with `4008 slow` once its
+//! send queue passes the hard bound, and the room's healthy members do not notice.
+
+use std::time::{Duration, Instant};
+
+use roomcast_tests::raw::connect_with_small_recv_buffer;
+use roomcast_tests::{
+    for_each_driver, Client, Edge, Incoming, PushMessage, TcpClient, Target, WireFormat, WsClient,
+    WAIT,
+};
+
+const SLOW: u16 = 4008;
+const MESSAGES: usize = 2000;
+const HEALTHY_MEMBERS: usize = 20;
+/// Loose bound between a publish and the arrival of the batch holding it.
+const MAX_DELAY: Duration = Duration::from_secs(1);
+
+#[test]
+fn a_stalled_reader_is_closed_with_4008_while_healthy_members_get_everything_in_time() {
+    for_each_driver(|io| async move {
+        #[rustfmt::skip]
+        let mut edge = Edge::start(io, &[
+            "--queue-soft-bytes", "65536",
+            "--queue-hard-bytes", "262144",
+            "--tick-ms", "20",
+        ])
+        .await;
+        let room = Target::Room("r1".into());
+
+        // Two stalled readers: they join, then never read again; a 4 KiB receive buffer keeps
+        // the kernel from absorbing what the edge queues for them.
+        let tcp = connect_with_small_recv_buffer(edge.tcp_addr, 4096).await;
+        let mut stalled_tcp = Client::over_tcp(TcpClient::over(tcp));
+        let ws = connect_with_small_recv_buffer(edge.ws_addr, 4096).await;
+        let ws = WsClient::upgrade(ws).await.expect("upgrade the stalled WebSocket");
+        let mut stalled_ws = Client::over_ws(WireFormat::WsBinary, ws);
+        for stalled in [&mut stalled_tcp, &mut stalled_ws] {
+            stalled.authenticate("stalled").await;
+            stalled.join("r1").await.unwrap();
+        }
+
+        let mut readers = Vec::new();
+        for i in 0..HEALTHY_MEMBERS {
+            let format = WireFormat::ALL[i % 3];
+            let mut client = Client::connect_authed(&edge, format, &format!("healthy-{i}")).await;
+            client.join("r1").await.unwrap();
+            let room = room.clone();
+            readers.push(tokio::spawn(async move {
+                let arrivals = read_with_arrival_times(&mut client, &room, MESSAGES).await;
+                (client.label, arrivals)
+            }));
+        }
+
+        // ~1 KiB messages, 10 every 20 ms (4 s). Every fourth is priority 0, which is never
+        // shed, so the stalled readers' queues must reach the hard bound.
+        let padding = "x".repeat(1000);
+        let mut sent: Vec<(PushMessage, Instant)> = Vec::new();
+        let start = Instant::now();
+        for i in 0..MESSAGES {
+            let priority = (i % 4) as u8;
+            let data = format!(r#"{{"i":{i},"pad":"{padding}"}}"#);
+            let msg = edge.link.publish_room("r1", priority, "gift", &data).await;
+            sent.push((msg, Instant::now()));
+            if i % 10 == 9 {
+                let round = (i / 10 + 1) as u32;
+                tokio::time::sleep_until((start + Duration::from_millis(20) * round).into()).await;
+            }
+        }
+
+        for reader in futures_util::future::join_all(readers).await {
+            let (label, arrivals) =
+                reader.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+            let got: Vec<&PushMessage> = arrivals.iter().map(|(m, _)| m).collect();
+            let expected: Vec<&PushMessage> = sent.iter().map(|(m, _)| m).collect();
+            if got != expected {
+                let seqs: Vec<u64> = got.iter().map(|m| m.seq).collect();
+                panic!("{label}: got seqs {seqs:?}, expected 1..={MESSAGES} with the published content");
+            }
+            for ((msg, arrived), (_, published)) in arrivals.iter().zip(&sent) {
+                let delay = arrived.saturating_duration_since(*published);
+                assert!(delay < MAX_DELAY, "{label}: message {} arrived {delay:?} after its publish", msg.seq);
+            }
+        }
+
+        assert_cut_off_as_slow(&mut stalled_tcp, true).await;
+        assert_cut_off_as_slow(&mut stalled_ws, false).await;
+        let reports = edge.link.load_reports_until(Duration::from_secs(5), |r| r.slow_closes >= 2).await;
+        assert!(reports.last().is_some_and(|r| r.msgs_dropped > 0 || r.slow_closes >= 2));
+        edge.assert_running();
+    });
+}
+
+/// Reads batches for `room` until `count` messages came, noting when each batch arrived.
+async fn read_with_arrival_times(
+    client: &mut Client,
+    room: &Target,
+    count: usize,
+) -> Vec<(PushMessage, Instant)> {
+    let mut arrivals = Vec::with_capacity(count);
+    while arrivals.len() < count {
+        match client.next(WAIT).await {
+            Incoming::Batch { target, msgs, .. } if target == *room => {
+                let now = Instant::now();
+                arrivals.extend(msgs.into_iter().map(|m| (m, now)));
+            }
+            other => panic!(
+                "{}: after {} messages, expected a batch for {room:?}, got {other:?}",
+                client.label,
+                arrivals.len()
+            ),
+        }
+    }
+    arrivals
+}
+
+/// Reads what the stalled client's socket still holds: the batches queued before the cut, then
+/// the close frame with 4008 and the end, or a reset. A clean end without a close frame is
+/// accepted only for WebSocket (`close_frame_required` false).
+async fn assert_cut_off_as_slow(client: &mut Client, close_frame_required: bool) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match client.next_within(left).await {
+            Some(Incoming::Batch { .. }) => {}
+            Some(Incoming::Close { code, reason }) => {
+                assert_eq!(code, SLOW, "{}: close reason {reason:?}", client.label);
+                client.expect_end(WAIT).await;
+                return;
+            }
+            Some(Incoming::Reset(_)) => return,
+            Some(Incoming::Eof) if !close_frame_required => return,
+            Some(other) => panic!("{}: expected a 4008 close, got {other:?}", client.label),
+            None => panic!("{}: the stalled client was not closed (or nothing came in {WAIT:?})", client.label),
+        }
+    }
+}
