@@ -115,7 +115,10 @@ impl Default for EdgeConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("invalid configuration: {0}")]
@@ -143,24 +146,26 @@ impl EdgeConfig {
             })?;
             let mut merged = toml::Table::try_from(&config).expect("config serialises to TOML");
             for (key, value) in file {
-                let from_default = matches!(
-                    matches.value_source(&key),
-                    None | Some(ValueSource::DefaultValue)
-                );
                 if !merged.contains_key(&key) {
                     return Err(ConfigError::Parse {
                         path: path.clone(),
                         message: format!("unknown option `{key}`"),
                     });
                 }
+                let from_default = matches!(
+                    matches.value_source(&key),
+                    None | Some(ValueSource::DefaultValue)
+                );
                 if from_default {
                     merged.insert(key, value);
                 }
             }
-            config = merged.try_into().map_err(|e: toml::de::Error| ConfigError::Parse {
-                path: path.clone(),
-                message: e.to_string(),
-            })?;
+            config = merged
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Parse {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?;
             config.config = Some(path);
         }
         config.validate()?;
@@ -199,7 +204,9 @@ impl EdgeConfig {
         if self.workers > 0 {
             self.workers
         } else {
-            std::thread::available_parallelism().map_or(1, |n| n.get()).min(64)
+            std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .min(64)
         }
     }
 
@@ -246,7 +253,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("roomcast-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("edge.toml");
-        std::fs::write(&path, "tick_ms = 250\nmax_connections = 7\nio = \"epoll\"\n").unwrap();
+        std::fs::write(
+            &path,
+            "tick_ms = 250\nmax_connections = 7\nio = \"epoll\"\n",
+        )
+        .unwrap();
         let c = EdgeConfig::load_from([
             "roomcast-edge",
             "--config",

@@ -25,7 +25,10 @@ const FD_OVERHEAD: u64 = 64;
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: SocketAddr, source: std::io::Error },
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("worker {worker} could not start its {driver} driver: {source}")]
     Driver {
         worker: usize,
@@ -72,7 +75,11 @@ impl Edge {
             },
             forced => forced,
         };
-        let driver_name = if kind == DriverKind::Uring { "uring" } else { "epoll" };
+        let driver_name = if kind == DriverKind::Uring {
+            "uring"
+        } else {
+            "epoll"
+        };
 
         // Every worker gets its own listener on the same port (SO_REUSEPORT): the kernel spreads
         // accepts. Port 0 is resolved by the first bind and reused by the rest.
@@ -202,10 +209,11 @@ impl Edge {
 }
 
 fn bind(addr: &mut SocketAddr) -> Result<TcpListener, StartError> {
-    let listener = socket::reuseport_listener(*addr, 4096).map_err(|source| StartError::Listen {
-        addr: *addr,
-        source,
-    })?;
+    let listener =
+        socket::reuseport_listener(*addr, 4096).map_err(|source| StartError::Listen {
+            addr: *addr,
+            source,
+        })?;
     if addr.port() == 0 {
         if let Ok(bound) = listener.local_addr() {
             addr.set_port(bound.port());

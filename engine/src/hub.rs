@@ -85,8 +85,14 @@ impl Channel {
 }
 
 enum LinkState {
-    Down { retry_at: Instant, backoff: Duration },
-    Connecting { stream: TcpStream, backoff: Duration },
+    Down {
+        retry_at: Instant,
+        backoff: Duration,
+    },
+    Connecting {
+        stream: TcpStream,
+        backoff: Duration,
+    },
     Up(Box<LinkConn>),
 }
 
@@ -219,15 +225,34 @@ impl Hub {
                     users,
                     stats,
                 } => {
-                    merge_counts(&mut self.room_members, &mut self.changed_rooms, worker, rooms, self.worker_stats.len());
-                    merge_counts(&mut self.user_conns, &mut self.changed_users, worker, users, self.worker_stats.len());
+                    merge_counts(
+                        &mut self.room_members,
+                        &mut self.changed_rooms,
+                        worker,
+                        rooms,
+                        self.worker_stats.len(),
+                    );
+                    merge_counts(
+                        &mut self.user_conns,
+                        &mut self.changed_users,
+                        worker,
+                        users,
+                        self.worker_stats.len(),
+                    );
                     self.worker_stats[worker] = *stats;
                 }
             }
         }
     }
 
-    fn presence(&mut self, worker: usize, kind: ChannelKind, name: &str, format: WireFormat, present: bool) {
+    fn presence(
+        &mut self,
+        worker: usize,
+        kind: ChannelKind,
+        name: &str,
+        format: WireFormat,
+        present: bool,
+    ) {
         let default_tick = self.setup.default_tick;
         let channel = match kind {
             ChannelKind::All => &mut self.broadcast,
@@ -237,7 +262,9 @@ impl Hub {
                     .get(name)
                     .copied()
                     .unwrap_or_else(|| Pacing::unlimited(default_tick));
-                self.rooms.entry(name.to_string()).or_insert_with(|| Channel::new(pacing))
+                self.rooms
+                    .entry(name.to_string())
+                    .or_insert_with(|| Channel::new(pacing))
             }
             ChannelKind::User => self
                 .users
@@ -286,13 +313,20 @@ impl Hub {
         let addr = match resolve(&self.setup.control) {
             Ok(addr) => addr,
             Err(error) => {
-                self.link_failed(&format!("cannot resolve {}: {error}", self.setup.control), backoff);
+                self.link_failed(
+                    &format!("cannot resolve {}: {error}", self.setup.control),
+                    backoff,
+                );
                 return;
             }
         };
         match TcpStream::connect(addr) {
             Ok(mut stream) => {
-                if let Err(error) = self.poll.registry().register(&mut stream, LINK, Interest::READABLE | Interest::WRITABLE) {
+                if let Err(error) = self.poll.registry().register(
+                    &mut stream,
+                    LINK,
+                    Interest::READABLE | Interest::WRITABLE,
+                ) {
                     self.link_failed(&error.to_string(), backoff);
                     return;
                 }
@@ -365,7 +399,10 @@ impl Hub {
             };
             match conn.stream.read(&mut self.scratch[..]) {
                 Ok(0) => {
-                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "control closed the link"));
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "control closed the link",
+                    ));
                 }
                 Ok(n) => conn.read.extend_from_slice(&self.scratch[..n]),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -386,14 +423,20 @@ impl Hub {
                 Ok(Some(frame)) => frame,
                 Ok(None) => return Ok(()),
                 Err(error) => {
-                    return Err(io::Error::new(io::ErrorKind::InvalidData, format!("bad link frame: {error}")))
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("bad link frame: {error}"),
+                    ))
                 }
             };
             match frame {
                 LinkFrame::Publish(publish) => self.publish(publish),
                 LinkFrame::SetLevel(level) => self.set_level(level),
                 LinkFrame::Register(_) | LinkFrame::LoadReport(_) => {
-                    return Err(io::Error::new(io::ErrorKind::InvalidData, "control sent an edge-only frame"));
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "control sent an edge-only frame",
+                    ));
                 }
             }
         }
@@ -405,7 +448,12 @@ impl Hub {
         };
         while !conn.write.is_empty() {
             match conn.stream.write(&conn.write) {
-                Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "link write returned 0")),
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        "link write returned 0",
+                    ))
+                }
                 Ok(n) => {
                     let _ = conn.write.split_to(n);
                 }
@@ -466,7 +514,9 @@ impl Hub {
             if *at > now {
                 break;
             }
-            let Some(Reverse((at, key))) = self.timers.pop() else { break };
+            let Some(Reverse((at, key))) = self.timers.pop() else {
+                break;
+            };
             let target = match key {
                 TimerKey::Room(name) => Target::Room(name),
                 TimerKey::User(name) => Target::User(name),
@@ -490,8 +540,12 @@ impl Hub {
 
     /// Encodes the channel's window once per format in use and hands it to the cores holding it.
     fn flush_channel(&mut self, target: &Target, now: Instant) {
-        let Some(channel) = self.channel_mut(target) else { return };
-        let Some(batch) = channel.window.take(now) else { return };
+        let Some(channel) = self.channel_mut(target) else {
+            return;
+        };
+        let Some(batch) = channel.window.take(now) else {
+            return;
+        };
         let masks = channel.workers_by_format;
         let workers = masks.iter().fold(0u64, |all, m| all | m);
         for chunk in batch.msgs.chunks(MAX_BATCH_MESSAGES) {
@@ -514,7 +568,10 @@ impl Hub {
                 if workers & (1 << index) == 0 {
                     continue;
                 }
-                match worker.inbox.try_send(ToWorker::Deliver(Arc::clone(&delivery))) {
+                match worker
+                    .inbox
+                    .try_send(ToWorker::Deliver(Arc::clone(&delivery)))
+                {
                     Ok(()) => self.woken[index] = true,
                     Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                         self.stats.dropped_worker_backlog += 1;
@@ -560,8 +617,14 @@ impl Hub {
             (totals(&self.room_members), totals(&self.user_conns))
         } else {
             (
-                self.changed_rooms.drain().map(|(k, v)| (k.into_string(), v)).collect(),
-                self.changed_users.drain().map(|(k, v)| (k.into_string(), v)).collect(),
+                self.changed_rooms
+                    .drain()
+                    .map(|(k, v)| (k.into_string(), v))
+                    .collect(),
+                self.changed_users
+                    .drain()
+                    .map(|(k, v)| (k.into_string(), v))
+                    .collect(),
             )
         };
         let report = LinkFrame::LoadReport(LoadReport {
@@ -574,7 +637,9 @@ impl Hub {
             rooms,
             users,
         });
-        let LinkState::Up(conn) = &mut self.link else { return };
+        let LinkState::Up(conn) = &mut self.link else {
+            return;
+        };
         if let Err(error) = link::encode(&report, &mut conn.write) {
             tracing::error!(%error, "cannot encode a load report");
         }
@@ -593,7 +658,9 @@ fn merge_counts(
     workers: usize,
 ) {
     for (name, count) in updates {
-        let per_worker = table.entry(name.clone()).or_insert_with(|| vec![0; workers]);
+        let per_worker = table
+            .entry(name.clone())
+            .or_insert_with(|| vec![0; workers]);
         per_worker[worker] = count;
         let total: u32 = per_worker.iter().sum();
         if total == 0 {

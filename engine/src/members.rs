@@ -88,7 +88,8 @@ impl MemberTable {
         channel.per_format[format.index()] += 1;
         let format_appeared = channel.per_format[format.index()] == 1;
         let index = (channel.members.len() - 1) as u32;
-        self.changed.insert(channel.name.clone(), channel.members.len() as u32);
+        self.changed
+            .insert(channel.name.clone(), channel.members.len() as u32);
         Joined {
             slot,
             index,
@@ -106,11 +107,14 @@ impl MemberTable {
             conn,
             new_index: index,
         });
-        self.changed.insert(channel.name.clone(), channel.members.len() as u32);
+        self.changed
+            .insert(channel.name.clone(), channel.members.len() as u32);
         if channel.members.is_empty() {
             let channel = self.channels.remove(slot as usize);
             self.index.remove(&channel.name);
-        } else if channel.members.capacity() > 64 && channel.members.len() * 4 < channel.members.capacity() {
+        } else if channel.members.capacity() > 64
+            && channel.members.len() * 4 < channel.members.capacity()
+        {
             channel.members.shrink_to(channel.members.len() * 2);
         }
         Left {
@@ -126,7 +130,9 @@ impl MemberTable {
 
     /// Every channel with its member count.
     pub fn counts(&self) -> impl Iterator<Item = (&str, u32)> {
-        self.channels.iter().map(|(_, c)| (&*c.name, c.members.len() as u32))
+        self.channels
+            .iter()
+            .map(|(_, c)| (&*c.name, c.members.len() as u32))
     }
 }
 
@@ -147,7 +153,13 @@ mod tests {
         assert!(a.format_appeared && b.format_appeared && !c.format_appeared);
         assert_eq!((a.slot, a.index, c.index), (b.slot, 0, 2));
         let left = t.leave(a.slot, a.index, WireFormat::WsJson);
-        assert_eq!(left.moved, Some(Moved { conn: id(3), new_index: 0 }));
+        assert_eq!(
+            left.moved,
+            Some(Moved {
+                conn: id(3),
+                new_index: 0
+            })
+        );
         assert!(!left.format_vanished);
         assert_eq!(t.channel(a.slot).unwrap().members, vec![id(3), id(2)]);
         let left = t.leave(b.slot, 1, WireFormat::Tcp);

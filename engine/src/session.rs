@@ -137,7 +137,9 @@ impl Session {
         match handshake::parse_upgrade(buf) {
             Ok(None) => Step::NeedMore,
             Ok(Some((upgrade, used))) => {
-                actions.push(Action::Send(Bytes::from(handshake::accept_response(&upgrade))));
+                actions.push(Action::Send(Bytes::from(handshake::accept_response(
+                    &upgrade,
+                ))));
                 actions.push(Action::Upgraded);
                 Step::Upgraded(used)
             }
@@ -282,7 +284,8 @@ mod tests {
         out
     }
 
-    const UPGRADE: &[u8] = b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+    const UPGRADE: &[u8] =
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
 Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
 
     #[test]
@@ -295,7 +298,10 @@ Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n
         assert!(matches!(actions[1], Action::Upgraded));
         assert!(matches!(
             actions[2],
-            Action::Op { op: ClientOp::Ping { seq: 4 }, format: WireFormat::WsJson }
+            Action::Op {
+                op: ClientOp::Ping { seq: 4 },
+                format: WireFormat::WsJson
+            }
         ));
         assert_eq!(s.pending_bytes(), 0);
     }
@@ -308,7 +314,13 @@ Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n
         assert!(feed(&mut s, a).is_empty());
         assert_eq!(s.pending_bytes(), 5);
         let actions = feed(&mut s, b);
-        assert!(matches!(actions[0], Action::Op { op: ClientOp::Ping { seq: 9 }, .. }));
+        assert!(matches!(
+            actions[0],
+            Action::Op {
+                op: ClientOp::Ping { seq: 9 },
+                ..
+            }
+        ));
         assert_eq!(s.pending_bytes(), 0);
         assert_eq!(s.pending.capacity(), 0, "no buffer kept once idle");
     }
@@ -318,7 +330,10 @@ Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n
         let mut s = Session::new(Transport::Tcp, 128);
         let actions = feed(&mut s, &1000u32.to_be_bytes());
         assert!(matches!(actions[0], Action::Close { code: 1009, .. }));
-        assert!(feed(&mut s, b"more").is_empty(), "input after close is ignored");
+        assert!(
+            feed(&mut s, b"more").is_empty(),
+            "input after close is ignored"
+        );
     }
 
     #[test]
@@ -326,7 +341,11 @@ Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n
         let mut s = Session::new(Transport::WebSocket, 1024);
         let actions = feed(&mut s, b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n");
         match &actions[0] {
-            Action::Close { code, http: Some(body), .. } => {
+            Action::Close {
+                code,
+                http: Some(body),
+                ..
+            } => {
                 assert_eq!(*code, 404);
                 assert!(body.starts_with(b"HTTP/1.1 404"));
             }
@@ -350,7 +369,13 @@ Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n
         bytes.extend(masked(OpCode::Text, b"not json"));
         let actions = feed(&mut s, &bytes);
         assert!(matches!(&actions[0], Action::Send(pong) if pong[0] == 0x8A));
-        assert!(matches!(actions[1], Action::BadOp { format: WireFormat::WsJson, .. }));
+        assert!(matches!(
+            actions[1],
+            Action::BadOp {
+                format: WireFormat::WsJson,
+                ..
+            }
+        ));
     }
 
     #[test]

@@ -148,10 +148,19 @@ mod tests {
     fn first_message_opens_the_window_and_later_ones_join_it() {
         let t0 = Instant::now();
         let mut w = Window::new(Pacing::unlimited(Duration::from_millis(100)));
-        assert_eq!(w.push(msg(1, 3), t0), Admit::Opened(t0 + Duration::from_millis(100)));
-        assert_eq!(w.push(msg(2, 2), t0 + Duration::from_millis(50)), Admit::Queued);
+        assert_eq!(
+            w.push(msg(1, 3), t0),
+            Admit::Opened(t0 + Duration::from_millis(100))
+        );
+        assert_eq!(
+            w.push(msg(2, 2), t0 + Duration::from_millis(50)),
+            Admit::Queued
+        );
         let batch = w.take(t0 + Duration::from_millis(100)).unwrap();
-        assert_eq!(batch.msgs.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(
+            batch.msgs.iter().map(|m| m.seq).collect::<Vec<_>>(),
+            vec![1, 2]
+        );
         assert_eq!(batch.counts, [0, 0, 1, 1]);
         assert_eq!(batch.min_priority, 2);
         assert_eq!(batch.first_received, t0);
@@ -165,7 +174,10 @@ mod tests {
         w.push(msg(1, 3), t0);
         assert_eq!(w.push(msg(2, 0), t0), Admit::FlushNow);
         let batch = w.take(t0).unwrap();
-        assert_eq!(batch.msgs.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(
+            batch.msgs.iter().map(|m| m.seq).collect::<Vec<_>>(),
+            vec![1, 2]
+        );
         assert_eq!(batch.min_priority, 0);
     }
 
@@ -189,7 +201,14 @@ mod tests {
         assert_eq!(w.push(msg(5, 2), t0), Admit::OverBudget);
         assert_eq!(w.push(msg(6, 3), t0), Admit::OverBudget);
         w.take(t0);
-        assert!(matches!(w.push(msg(7, 1), t0), Admit::Opened(_)), "budget renews per window");
-        assert_eq!(w.push(msg(8, 0), t0), Admit::FlushNow, "P0 is never over budget");
+        assert!(
+            matches!(w.push(msg(7, 1), t0), Admit::Opened(_)),
+            "budget renews per window"
+        );
+        assert_eq!(
+            w.push(msg(8, 0), t0),
+            Admit::FlushNow,
+            "P0 is never over budget"
+        );
     }
 }

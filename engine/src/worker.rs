@@ -62,7 +62,9 @@ enum WriteState {
 enum Lifecycle {
     Open,
     /// Close frame queued; the driver is closed once the queue drains (or the grace runs out).
-    Flushing { since: Instant },
+    Flushing {
+        since: Instant,
+    },
     /// `Driver::close` was called; waiting for `Event::Released`.
     Releasing,
 }
@@ -178,7 +180,12 @@ impl Worker {
     /// Runs until the hub says to shut down (or its channel closes).
     pub fn run(mut self) {
         let sweep_every = Duration::from_millis(
-            (self.config.heartbeat_timeout_ms.min(self.config.auth_timeout_ms) / 4).clamp(10, 1000),
+            (self
+                .config
+                .heartbeat_timeout_ms
+                .min(self.config.auth_timeout_ms)
+                / 4)
+            .clamp(10, 1000),
         );
         let report_every = self.config.report_interval();
         let mut next_sweep = Instant::now() + sweep_every;
@@ -224,7 +231,9 @@ impl Worker {
     }
 
     fn driver(&mut self) -> &mut dyn Driver {
-        self.driver.as_deref_mut().expect("driver present between polls")
+        self.driver
+            .as_deref_mut()
+            .expect("driver present between polls")
     }
 
     /// Handles one driver event. The driver is busy: anything needing it is deferred.
@@ -270,7 +279,12 @@ impl Worker {
         }
         let conn = self.conns.remove(id.key());
         self.stats.closed[conn.close_reason as usize] += 1;
-        for (total, n) in self.stats.dropped_closed.iter_mut().zip(conn.out.undelivered()) {
+        for (total, n) in self
+            .stats
+            .dropped_closed
+            .iter_mut()
+            .zip(conn.out.undelivered())
+        {
             *total += n;
         }
         self.stats.connections = self.conns.len() as u64;
@@ -308,7 +322,12 @@ impl Worker {
         let entry = self.conns.vacant_entry();
         let id = ConnId::new(entry.key(), self.next_generation);
         self.next_generation = self.next_generation.wrapping_add(1).max(1);
-        if let Err(error) = self.driver.as_deref_mut().expect("not polling").register(id, stream.as_raw_fd()) {
+        if let Err(error) = self
+            .driver
+            .as_deref_mut()
+            .expect("not polling")
+            .register(id, stream.as_raw_fd())
+        {
             tracing::warn!(worker = self.index, %error, "could not register a connection");
             return;
         }
@@ -477,7 +496,11 @@ impl Worker {
             let offered = conn.out.fill_iovecs(&mut iov, MAX_IOVECS);
             self.stats.write_calls += 1;
             self.stats.write_iovecs += iov.len() as u64;
-            let status = self.driver.as_deref_mut().expect("not polling").write(id, fd, &iov);
+            let status = self
+                .driver
+                .as_deref_mut()
+                .expect("not polling")
+                .write(id, fd, &iov);
             self.iov = recycle(iov);
             match status {
                 Ok(WriteStatus::Done(n)) => {
@@ -518,7 +541,10 @@ impl Worker {
     /// Runs the actions a connection's input produced.
     fn run_actions(&mut self, id: ConnId, actions: &mut Vec<Action>) {
         for action in actions.drain(..) {
-            let Some(conn) = self.conns.get_mut(id.key()).filter(|c| c.id == id && c.is_open())
+            let Some(conn) = self
+                .conns
+                .get_mut(id.key())
+                .filter(|c| c.id == id && c.is_open())
             else {
                 return;
             };
@@ -568,7 +594,11 @@ impl Worker {
                     seq,
                     Err((ErrorCode::NotAuthenticated, "auth must be the first op")),
                 );
-                self.begin_close(id, session::CLOSE_UNAUTHENTICATED, CloseReason::Unauthenticated);
+                self.begin_close(
+                    id,
+                    session::CLOSE_UNAUTHENTICATED,
+                    CloseReason::Unauthenticated,
+                );
                 return;
             };
             let now_s = std::time::SystemTime::now()
@@ -600,7 +630,9 @@ impl Worker {
         }
         let format = conn.format;
         let result = match op {
-            ClientOp::Auth { .. } => Err((ErrorCode::AlreadyAuthenticated, "already authenticated")),
+            ClientOp::Auth { .. } => {
+                Err((ErrorCode::AlreadyAuthenticated, "already authenticated"))
+            }
             ClientOp::Ping { .. } => Ok(()),
             ClientOp::Join { room, .. } => self.join(id, &room),
             ClientOp::Leave { room, .. } => self.leave(id, &room),
@@ -630,13 +662,22 @@ impl Worker {
 
     fn join(&mut self, id: ConnId, room: &str) -> Result<(), (ErrorCode, &'static str)> {
         if !is_valid_id(room.as_bytes()) {
-            return Err((ErrorCode::InvalidId, "room ids are 1-128 bytes of [A-Za-z0-9_.:-]"));
+            return Err((
+                ErrorCode::InvalidId,
+                "room ids are 1-128 bytes of [A-Za-z0-9_.:-]",
+            ));
         }
         let conn = &mut self.conns[id.key()];
-        let identity = conn.identity.as_ref().expect("join is only handled after auth");
+        let identity = conn
+            .identity
+            .as_ref()
+            .expect("join is only handled after auth");
         if let Some(allowed) = &identity.allowed_rooms {
             if !allowed.iter().any(|r| &**r == room) {
-                return Err((ErrorCode::RoomForbidden, "the token does not allow this room"));
+                return Err((
+                    ErrorCode::RoomForbidden,
+                    "the token does not allow this room",
+                ));
             }
         }
         let slot = self.rooms.slot_of(room);
@@ -644,7 +685,10 @@ impl Worker {
             return Ok(()); // already a member: joining again changes nothing
         }
         if conn.rooms.len() >= self.config.max_rooms_per_conn as usize {
-            return Err((ErrorCode::TooManyRooms, "this connection is in too many rooms"));
+            return Err((
+                ErrorCode::TooManyRooms,
+                "this connection is in too many rooms",
+            ));
         }
         let format = conn.format;
         let joined = self.rooms.join(room, id, format);
@@ -729,11 +773,19 @@ impl Worker {
     /// Leaves every channel (so nothing more is delivered), queues a close frame, and closes the
     /// socket once it is flushed.
     fn begin_close(&mut self, id: ConnId, code: u16, reason: CloseReason) {
-        let Some(conn) = self.conns.get(id.key()).filter(|c| c.id == id && c.is_open()) else {
+        let Some(conn) = self
+            .conns
+            .get(id.key())
+            .filter(|c| c.id == id && c.is_open())
+        else {
             return;
         };
         let notice = if conn.session.is_framing() {
-            Some(client::encode_close(conn.format, code, session::close_reason(code)))
+            Some(client::encode_close(
+                conn.format,
+                code,
+                session::close_reason(code),
+            ))
         } else {
             None
         };
@@ -793,7 +845,12 @@ impl Worker {
             self.leave_slot(slot, index, format, ChannelKind::Room);
         }
         if let Some(identity) = identity {
-            self.leave_slot(identity.user_slot, identity.user_index, format, ChannelKind::User);
+            self.leave_slot(
+                identity.user_slot,
+                identity.user_index,
+                format,
+                ChannelKind::User,
+            );
             self.authed_per_format[format.index()] -= 1;
             if self.authed_per_format[format.index()] == 0 {
                 self.presence(ChannelKind::All, "", format, false);
@@ -820,7 +877,11 @@ impl Worker {
                 }
                 Lifecycle::Open => {
                     if self.now.duration_since(conn.last_heard) > heartbeat {
-                        expired.push((conn.id, Some(session::CLOSE_HEARTBEAT), CloseReason::Heartbeat));
+                        expired.push((
+                            conn.id,
+                            Some(session::CLOSE_HEARTBEAT),
+                            CloseReason::Heartbeat,
+                        ));
                     }
                 }
                 Lifecycle::Flushing { since } => {
@@ -852,7 +913,11 @@ impl Worker {
     /// Processes input for one connection (called from the event handler via `WorkerEvents`).
     fn on_data(&mut self, id: ConnId, bytes: &mut [u8]) {
         let mut actions = std::mem::take(&mut self.actions);
-        if let Some(conn) = self.conns.get_mut(id.key()).filter(|c| c.id == id && c.is_open()) {
+        if let Some(conn) = self
+            .conns
+            .get_mut(id.key())
+            .filter(|c| c.id == id && c.is_open())
+        {
             conn.last_heard = self.now;
             conn.session.on_bytes(bytes, &mut actions);
         }
@@ -865,5 +930,7 @@ impl Worker {
 /// its borrow; the in-place collect keeps the buffer).
 fn recycle<'a, 'b>(mut v: Vec<IoSlice<'a>>) -> Vec<IoSlice<'b>> {
     v.clear();
-    v.into_iter().map(|_| unreachable!("the vector is empty")).collect()
+    v.into_iter()
+        .map(|_| unreachable!("the vector is empty"))
+        .collect()
 }

@@ -156,6 +156,9 @@ mod tests {
     #[test]
     fn refuses_to_write_overlong_fields() {
         let mut out = Vec::new();
-        assert_eq!(put_str8(&mut out, &[0; 256], "kind"), Err(WireError::TooLong("kind")));
+        assert_eq!(
+            put_str8(&mut out, &[0; 256], "kind"),
+            Err(WireError::TooLong("kind"))
+        );
     }
 }

@@ -41,7 +41,9 @@ fn uring_tiny_driver() -> Option<Box<dyn Driver>> {
         buf_count: 4,
         buf_size: 64,
     };
-    Some(Box::new(uring::UringDriver::new(cfg).expect("uring driver")))
+    Some(Box::new(
+        uring::UringDriver::new(cfg).expect("uring driver"),
+    ))
 }
 
 const LONG: Duration = Duration::from_secs(10);
@@ -171,9 +173,10 @@ impl Harness {
     fn read_data(&mut self, conn: ConnId, n: usize) -> Vec<u8> {
         let mut got = Vec::new();
         while got.len() < n {
-            match self.wait_for("Data", |e| {
-                matches!(e, Ev::Data(c, _) | Ev::ReadClosed(c, _) if *c == conn)
-            }) {
+            match self.wait_for(
+                "Data",
+                |e| matches!(e, Ev::Data(c, _) | Ev::ReadClosed(c, _) if *c == conn),
+            ) {
                 Ev::Data(_, bytes) => got.extend_from_slice(&bytes),
                 other => panic!("{}: expected data, got {other:?}", self.d.name()),
             }
@@ -207,7 +210,10 @@ impl Harness {
     }
 
     fn wait_write_done(&mut self, conn: ConnId) -> usize {
-        match self.wait_for("WriteDone", |e| matches!(e, Ev::WriteDone(c, _) if *c == conn)) {
+        match self.wait_for(
+            "WriteDone",
+            |e| matches!(e, Ev::WriteDone(c, _) if *c == conn),
+        ) {
             Ev::WriteDone(_, Ok(n)) => n,
             other => panic!("{}: write failed: {other:?}", self.d.name()),
         }
@@ -247,8 +253,14 @@ fn round_trip(make: Factory) {
     };
     let conn = ConnId::new(1, 7);
     let (mut client, server) = h.connect(conn);
-    assert!(server.nodelay().unwrap(), "accepted stream must have TCP_NODELAY");
-    assert!(is_nonblocking(server.as_raw_fd()), "accepted stream must be nonblocking");
+    assert!(
+        server.nodelay().unwrap(),
+        "accepted stream must have TCP_NODELAY"
+    );
+    assert!(
+        is_nonblocking(server.as_raw_fd()),
+        "accepted stream must be nonblocking"
+    );
 
     client.write_all(b"hello driver").unwrap();
     assert_eq!(h.read_data(conn, 12), b"hello driver");
@@ -262,7 +274,11 @@ fn round_trip(make: Factory) {
     for i in 0..5u8 {
         client.write_all(&[i; 100]).unwrap();
         assert_eq!(h.read_data(conn, 100), vec![i; 100]);
-        h.write_all(conn, server.as_raw_fd(), &[&[i; 10], &[i + 1; 20], &[i + 2; 30]]);
+        h.write_all(
+            conn,
+            server.as_raw_fd(),
+            &[&[i; 10], &[i + 1; 20], &[i + 2; 30]],
+        );
         let mut buf = [0u8; 60];
         client.read_exact(&mut buf).unwrap();
         assert_eq!(&buf[..10], &[i; 10]);
@@ -370,7 +386,11 @@ fn read_closed_on_client_close(make: Factory) {
         .into_iter()
         .filter(|e| e.conn() == Some(conn))
         .collect();
-    assert!(later.is_empty(), "{}: events after ReadClosed: {later:?}", h.d.name());
+    assert!(
+        later.is_empty(),
+        "{}: events after ReadClosed: {later:?}",
+        h.d.name()
+    );
     h.close(conn, server.as_raw_fd());
 }
 
@@ -474,7 +494,11 @@ fn waker_wakes_blocked_poll(make: Factory) {
         "{}: poll(None) returned early ({elapsed:?})",
         h.d.name()
     );
-    assert!(elapsed < Duration::from_secs(5), "{}: woke too late", h.d.name());
+    assert!(
+        elapsed < Duration::from_secs(5),
+        "{}: woke too late",
+        h.d.name()
+    );
 
     // A wake before the poll is not lost, and several wakes need not give several events.
     let waker = h.d.waker();
@@ -485,7 +509,11 @@ fn waker_wakes_blocked_poll(make: Factory) {
     let rest = h.collect(Duration::from_millis(100));
     assert!(rest.iter().all(|e| matches!(e, Ev::Woken)), "{rest:?}");
     let rest = h.collect(Duration::from_millis(100));
-    assert!(rest.is_empty(), "{}: waker keeps firing: {rest:?}", h.d.name());
+    assert!(
+        rest.is_empty(),
+        "{}: waker keeps firing: {rest:?}",
+        h.d.name()
+    );
 }
 
 /// After a connection is closed and released, its key reused with a new generation gets only
@@ -503,8 +531,13 @@ fn stale_generation_gets_no_events(make: Factory) {
     old_client.write_all(b"stale").unwrap();
     new_client.write_all(b"fresh").unwrap();
     assert_eq!(h.read_data(new, 5), b"fresh");
-    let err = h.d.write(old, old_server.as_raw_fd(), &[IoSlice::new(b"x")]);
-    assert!(err.is_err(), "{}: write on a stale id succeeded", h.d.name());
+    let err =
+        h.d.write(old, old_server.as_raw_fd(), &[IoSlice::new(b"x")]);
+    assert!(
+        err.is_err(),
+        "{}: write on a stale id succeeded",
+        h.d.name()
+    );
     drop(old_client);
     let events = h.collect(Duration::from_millis(300));
     assert!(
@@ -547,7 +580,11 @@ fn many_idle_connections(make: Factory) {
         }
     }
     let idle = h.collect(Duration::from_millis(200));
-    assert!(idle.is_empty(), "{}: idle connections produced {idle:?}", h.d.name());
+    assert!(
+        idle.is_empty(),
+        "{}: idle connections produced {idle:?}",
+        h.d.name()
+    );
 
     // Data still goes to the right connection.
     for key in (0..N).step_by(97) {
@@ -576,7 +613,11 @@ fn many_idle_connections(make: Factory) {
         }
     }
     let late = h.collect(Duration::from_millis(200));
-    assert!(late.is_empty(), "{}: events after release: {late:?}", h.d.name());
+    assert!(
+        late.is_empty(),
+        "{}: events after release: {late:?}",
+        h.d.name()
+    );
     assert!(
         released.iter().all(|&n| n == 1),
         "{}: not every connection released exactly once",
@@ -609,7 +650,11 @@ fn firehose(make: Factory) -> Option<super::DriverStats> {
     let mut closed = 0;
     let deadline = Instant::now() + LONG;
     while closed < CLIENTS {
-        assert!(Instant::now() < deadline, "{}: firehose timed out", h.d.name());
+        assert!(
+            Instant::now() < deadline,
+            "{}: firehose timed out",
+            h.d.name()
+        );
         h.poll(Duration::from_millis(50));
         for ev in h.queue.drain(..) {
             match ev {

@@ -259,9 +259,11 @@ impl Driver for EpollDriver {
         listener.set_nonblocking(true)?;
         let idx = self.listeners.len();
         let mut listener = mio::net::TcpListener::from_std(listener);
-        self.poll
-            .registry()
-            .register(&mut listener, Token(LISTENER_BIT | idx), Interest::READABLE)?;
+        self.poll.registry().register(
+            &mut listener,
+            Token(LISTENER_BIT | idx),
+            Interest::READABLE,
+        )?;
         self.listeners.push(listener);
         Ok(idx)
     }

@@ -60,9 +60,15 @@ pub enum Event<'a> {
     /// Bytes read from a registered connection; the worker may unmask/parse in place.
     Data { conn: ConnId, bytes: &'a mut [u8] },
     /// The peer closed its side (`error: None`) or the read failed.
-    ReadClosed { conn: ConnId, error: Option<io::Error> },
+    ReadClosed {
+        conn: ConnId,
+        error: Option<io::Error>,
+    },
     /// A write that returned `Pending` finished: bytes written, or the error.
-    WriteDone { conn: ConnId, result: io::Result<usize> },
+    WriteDone {
+        conn: ConnId,
+        result: io::Result<usize>,
+    },
     /// The socket can take data again after `write` returned `WouldBlock`.
     Writable { conn: ConnId },
     /// After `close`: nothing is in flight for this connection any more.
@@ -117,7 +123,9 @@ pub trait Driver {
 }
 
 /// Which driver to run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum DriverKind {
     /// io_uring when the kernel allows it, epoll otherwise.
@@ -131,9 +139,15 @@ pub enum DriverKind {
 pub fn new_driver(kind: DriverKind) -> io::Result<(Box<dyn Driver>, Option<String>)> {
     match kind {
         DriverKind::Epoll => Ok((Box::new(epoll::EpollDriver::new()?), None)),
-        DriverKind::Uring => Ok((Box::new(uring::UringDriver::new(uring::UringConfig::default())?), None)),
+        DriverKind::Uring => Ok((
+            Box::new(uring::UringDriver::new(uring::UringConfig::default())?),
+            None,
+        )),
         DriverKind::Auto => match uring::probe() {
-            Ok(()) => Ok((Box::new(uring::UringDriver::new(uring::UringConfig::default())?), None)),
+            Ok(()) => Ok((
+                Box::new(uring::UringDriver::new(uring::UringConfig::default())?),
+                None,
+            )),
             Err(why) => Ok((Box::new(epoll::EpollDriver::new()?), Some(why))),
         },
     }

@@ -310,9 +310,16 @@ fn empty_msghdr() -> libc::msghdr {
 
 /// What an in-flight operation is, keyed in the op slab by its user_data.
 enum Op {
-    Accept { listener: usize },
-    Recv { conn: ConnId },
-    Send { conn: ConnId, storage: Box<SendStorage> },
+    Accept {
+        listener: usize,
+    },
+    Recv {
+        conn: ConnId,
+    },
+    Send {
+        conn: ConnId,
+        storage: Box<SendStorage>,
+    },
 }
 
 #[derive(Debug)]
@@ -807,7 +814,9 @@ impl Driver for UringDriver {
             return Err(not_registered());
         };
         if entry.send_op.is_some() {
-            return Err(io::Error::other("a write is already in flight on this connection"));
+            return Err(io::Error::other(
+                "a write is already in flight on this connection",
+            ));
         }
         if bufs.is_empty() {
             return Ok(WriteStatus::Done(0));
