@@ -934,3 +934,17 @@ fn recycle<'a, 'b>(mut v: Vec<IoSlice<'a>>) -> Vec<IoSlice<'b>> {
         .map(|_| unreachable!("the vector is empty"))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_idle_connection_stays_small() {
+        // Every viewer costs one slab entry; the budget is 2 KiB of user memory per idle
+        // connection, all included. Keep the fixed part far below it.
+        let size = std::mem::size_of::<slab::Slab<Conn>>() + std::mem::size_of::<Conn>();
+        println!("Conn = {} bytes", std::mem::size_of::<Conn>());
+        assert!(size <= 320, "Conn grew to {size} bytes");
+    }
+}

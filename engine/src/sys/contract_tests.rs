@@ -516,6 +516,30 @@ fn waker_wakes_blocked_poll(make: Factory) {
     );
 }
 
+/// An idle `poll` honours its timeout: it neither returns at once nor oversleeps, and reports
+/// nothing; a zero timeout does not block.
+fn poll_timeout_when_idle(make: Factory) {
+    let Some(mut h) = Harness::new(make) else {
+        return;
+    };
+    // Settle anything from setup (none expected).
+    h.poll(Duration::ZERO);
+    for _ in 0..3 {
+        let t0 = Instant::now();
+        h.poll(Duration::from_millis(100));
+        let elapsed = t0.elapsed();
+        assert!(
+            elapsed >= Duration::from_millis(90) && elapsed < Duration::from_secs(2),
+            "{}: poll(100ms) took {elapsed:?}",
+            h.d.name()
+        );
+    }
+    let t0 = Instant::now();
+    h.poll(Duration::ZERO);
+    assert!(t0.elapsed() < Duration::from_millis(50), "{}", h.d.name());
+    assert!(h.queue.is_empty(), "{}: {:?}", h.d.name(), h.queue);
+}
+
 /// After a connection is closed and released, its key reused with a new generation gets only
 /// its own events; the old id gets none and cannot be written to.
 fn stale_generation_gets_no_events(make: Factory) {
@@ -600,7 +624,7 @@ fn many_idle_connections(make: Factory) {
     }
     let mut released = vec![0u32; N];
     let deadline = Instant::now() + LONG;
-    while released.iter().any(|&n| n == 0) && Instant::now() < deadline {
+    while released.contains(&0) && Instant::now() < deadline {
         h.poll(Duration::from_millis(50));
         for ev in h.queue.drain(..) {
             match ev {
@@ -716,4 +740,5 @@ contract_tests!(
     stale_generation_gets_no_events,
     many_idle_connections,
     firehose,
+    poll_timeout_when_idle,
 );

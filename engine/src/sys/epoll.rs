@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
-use super::socket::{is_fd_exhaustion, set_nodelay_nonblocking, ReserveFd};
+use super::socket::{is_fd_exhaustion, set_nodelay_nonblocking, Refusal, ReserveFd};
 use super::{ConnId, Driver, DriverStats, Event, Waker, WriteStatus, MAX_IOVECS};
 
 // Tokens are `usize`; connection tokens carry the 64-bit `ConnId`, so this driver needs 64 bits.
@@ -155,10 +155,15 @@ impl EpollDriver {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if is_fd_exhaustion(&e) => {
                     self.stats.accept_fd_exhausted += 1;
-                    if !self.reserve.refuse_one(listener.as_raw_fd()) {
-                        // No progress possible now, and the edge is spent: retry later.
-                        schedule_retry(&mut self.accept_retry, &mut self.accept_retry_at, idx);
-                        return;
+                    match self.reserve.refuse_one(listener.as_raw_fd()) {
+                        Refusal::Refused => {}
+                        // The next connection brings a new edge.
+                        Refusal::BacklogEmpty => return,
+                        Refusal::Failed => {
+                            // No progress possible now, and the edge is spent: retry later.
+                            schedule_retry(&mut self.accept_retry, &mut self.accept_retry_at, idx);
+                            return;
+                        }
                     }
                 }
                 Err(e) if is_transient_accept_error(&e) => {}

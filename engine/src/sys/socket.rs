@@ -22,6 +22,7 @@ pub fn reuseport_listener(addr: SocketAddr, backlog: i32) -> io::Result<TcpListe
 }
 
 /// The process's `RLIMIT_NOFILE` as `(soft, hard)`.
+#[allow(clippy::unnecessary_cast)] // rlim_t is not u64 on every target
 pub fn nofile_limit() -> io::Result<(u64, u64)> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
@@ -38,6 +39,7 @@ pub fn nofile_limit() -> io::Result<(u64, u64)> {
 ///
 /// An unlimited hard limit is not a valid value for the soft nofile limit on Linux, so it is
 /// capped at `/proc/sys/fs/nr_open` in that case.
+#[allow(clippy::unnecessary_cast)] // rlim_t is not u64 on every target
 pub fn raise_nofile_limit() -> io::Result<u64> {
     let (soft, hard) = nofile_limit()?;
     let target = if hard == libc::RLIM_INFINITY as u64 {
@@ -93,12 +95,11 @@ impl ReserveFd {
     }
 
     /// Refuses one pending connection on `listener` (a nonblocking listening socket) using the
-    /// spare descriptor. Returns `true` when a connection was taken off the backlog, i.e. the
-    /// caller made progress and may go on accepting; `false` when nothing could be done (no
-    /// spare, or the backlog was empty or the accept failed again).
-    pub(crate) fn refuse_one(&mut self, listener: RawFd) -> bool {
+    /// spare descriptor: frees the spare, accepts one connection, closes it at once, reopens
+    /// the spare.
+    pub(crate) fn refuse_one(&mut self, listener: RawFd) -> Refusal {
         let had_spare = self.spare.take().is_some(); // dropping the File closes the spare
-        let mut refused = false;
+        let mut outcome = Refusal::Failed;
         if had_spare {
             // SAFETY: accept4 with null address pointers is valid; `listener` is a socket fd
             // owned by the caller and open for the duration of the call.
@@ -114,12 +115,26 @@ impl ReserveFd {
                 // SAFETY: `fd` was just returned by accept4, is owned by nobody else and is
                 // closed exactly once here.
                 unsafe { libc::close(fd) };
-                refused = true;
+                outcome = Refusal::Refused;
+            } else if io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock {
+                outcome = Refusal::BacklogEmpty;
             }
         }
         self.spare = File::open("/dev/null").ok();
-        refused
+        outcome
     }
+}
+
+/// Outcome of [`ReserveFd::refuse_one`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// One connection was taken off the backlog and closed: accepting may go on.
+    Refused,
+    /// Nothing was pending (Linux reports `EMFILE` before looking at the backlog): the next
+    /// connection will signal readiness again.
+    BacklogEmpty,
+    /// No spare descriptor, or the accept failed again: back off and retry later.
+    Failed,
 }
 
 #[cfg(test)]
@@ -150,7 +165,7 @@ mod tests {
         let mut client = TcpStream::connect(addr).unwrap();
         let mut reserve = ReserveFd::new();
         use std::os::fd::AsRawFd;
-        assert!(reserve.refuse_one(l.as_raw_fd()));
+        assert_eq!(reserve.refuse_one(l.as_raw_fd()), Refusal::Refused);
         assert!(reserve.spare.is_some());
         let mut buf = [0u8; 1];
         use std::io::Read;
@@ -163,6 +178,6 @@ mod tests {
             Err(e) => assert_eq!(e.kind(), io::ErrorKind::ConnectionReset),
         }
         // Backlog now empty: nothing to refuse.
-        assert!(!reserve.refuse_one(l.as_raw_fd()));
+        assert_eq!(reserve.refuse_one(l.as_raw_fd()), Refusal::BacklogEmpty);
     }
 }

@@ -23,7 +23,7 @@ use io_uring::types::{BufRingEntry, CancelBuilder, Fd, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, IoUring, Probe};
 use slab::Slab;
 
-use super::socket::{is_fd_exhaustion, ReserveFd};
+use super::socket::{is_fd_exhaustion, Refusal, ReserveFd};
 use super::{ConnId, Driver, DriverStats, Event, Waker, WriteStatus, MAX_IOVECS};
 
 /// The buffer group id of the driver's one provided-buffer ring.
@@ -313,6 +313,11 @@ enum Op {
     Accept {
         listener: usize,
     },
+    /// A one-shot poll for a pending connection, armed instead of the accept while the process
+    /// is out of descriptors and the backlog is empty (an accept would fail at once).
+    AcceptWait {
+        listener: usize,
+    },
     Recv {
         conn: ConnId,
     },
@@ -338,6 +343,8 @@ struct ListenerEntry {
     listener: TcpListener,
     /// Op key of this listener's multishot accept (kept across re-arms).
     op: usize,
+    /// Op key of its readiness poll (see [`Op::AcceptWait`]).
+    wait_op: usize,
 }
 
 /// The worker's waker: an eventfd watched by a multishot poll on the ring.
@@ -371,9 +378,14 @@ pub struct UringDriver {
     backlog: VecDeque<squeue::Entry>,
     /// Connections released without anything in flight, reported by the next `poll`.
     released: Vec<ConnId>,
+    /// Boxed because the storage moves into an op record while the kernel holds its address.
+    #[allow(clippy::vec_box)]
     send_pool: Vec<Box<SendStorage>>,
     cqes: Vec<cqueue::Entry>,
     waker: Arc<UringWaker>,
+    /// Operations submitted (or queued) whose final completion has not been reaped yet,
+    /// waker poll included, cancel requests excluded.
+    in_flight: usize,
     stats: DriverStats,
 }
 
@@ -453,6 +465,7 @@ impl UringDriver {
             send_pool: Vec::new(),
             cqes: Vec::new(),
             waker: Arc::new(UringWaker { fd: efd }),
+            in_flight: 0,
             stats: DriverStats::default(),
         };
         driver.arm_waker();
@@ -480,6 +493,12 @@ impl UringDriver {
         self.backlog.push_back(sqe);
     }
 
+    /// Queues the SQE of an operation whose final completion is tracked by `in_flight`.
+    fn push_op(&mut self, sqe: squeue::Entry) {
+        self.in_flight += 1;
+        self.push(sqe);
+    }
+
     /// Moves backlogged SQEs into the SQ, submitting whenever it fills up.
     fn flush_backlog(&mut self) {
         while let Some(sqe) = self.backlog.front() {
@@ -498,14 +517,14 @@ impl UringDriver {
             .multi(true)
             .build()
             .user_data(WAKER_UD);
-        self.push(sqe);
+        self.push_op(sqe);
     }
 
     fn arm_recv(&mut self, op: usize, fd: RawFd) {
         let sqe = opcode::RecvMulti::new(Fd(fd), BGID)
             .build()
             .user_data(op as u64);
-        self.push(sqe);
+        self.push_op(sqe);
     }
 
     fn arm_accept(&mut self, listener: usize) {
@@ -516,7 +535,17 @@ impl UringDriver {
             .flags(ACCEPT_FLAGS)
             .build()
             .user_data(l.op as u64);
-        self.push(sqe);
+        self.push_op(sqe);
+    }
+
+    fn arm_accept_wait(&mut self, listener: usize) {
+        let Some(l) = self.listeners.get(listener) else {
+            return;
+        };
+        let sqe = opcode::PollAdd::new(Fd(l.listener.as_raw_fd()), libc::POLLIN as u32)
+            .build()
+            .user_data(l.wait_op as u64);
+        self.push_op(sqe);
     }
 
     fn schedule_accept_retry(&mut self, listener: usize) {
@@ -602,6 +631,9 @@ impl UringDriver {
 
     fn dispatch(&mut self, cqe: &cqueue::Entry, on_event: &mut dyn FnMut(Event<'_>)) {
         let (ud, res, flags) = (cqe.user_data(), cqe.result(), cqe.flags());
+        if ud != CANCEL_UD && !cqueue::more(flags) {
+            self.in_flight = self.in_flight.saturating_sub(1);
+        }
         match ud {
             WAKER_UD => return self.on_waker(flags, on_event),
             CANCEL_UD => return,
@@ -612,6 +644,14 @@ impl UringDriver {
             Some(Op::Accept { listener }) => {
                 let listener = *listener;
                 self.on_accept(listener, res, flags, on_event)
+            }
+            Some(Op::AcceptWait { listener }) => {
+                let listener = *listener;
+                if res >= 0 {
+                    self.arm_accept(listener);
+                } else {
+                    self.schedule_accept_retry(listener);
+                }
             }
             Some(Op::Recv { conn }) => {
                 let conn = *conn;
@@ -673,13 +713,14 @@ impl UringDriver {
         if is_fd_exhaustion(&err) {
             self.stats.accept_fd_exhausted += 1;
             let fd = self.listeners.get(listener).map(|l| l.listener.as_raw_fd());
-            let progress = fd.is_some_and(|fd| self.reserve.refuse_one(fd));
+            let outcome = fd.map_or(Refusal::Failed, |fd| self.reserve.refuse_one(fd));
             if !more {
-                if progress {
-                    self.arm_accept(listener);
-                } else {
-                    // Re-arming now would fail again at once: back off.
-                    self.schedule_accept_retry(listener);
+                match outcome {
+                    Refusal::Refused => self.arm_accept(listener),
+                    // An accept would fail again at once (the fd is allocated before the
+                    // backlog is looked at): wait for the next connection instead.
+                    Refusal::BacklogEmpty => self.arm_accept_wait(listener),
+                    Refusal::Failed => self.schedule_accept_retry(listener),
                 }
             }
         } else if !more {
@@ -775,7 +816,12 @@ impl Driver for UringDriver {
         listener.set_nonblocking(true)?;
         let idx = self.listeners.len();
         let op = self.ops.insert(Op::Accept { listener: idx });
-        self.listeners.push(ListenerEntry { listener, op });
+        let wait_op = self.ops.insert(Op::AcceptWait { listener: idx });
+        self.listeners.push(ListenerEntry {
+            listener,
+            op,
+            wait_op,
+        });
         self.arm_accept(idx);
         Ok(idx)
     }
@@ -847,7 +893,7 @@ impl Driver for UringDriver {
             .flags(libc::MSG_NOSIGNAL as u32)
             .build()
             .user_data(op as u64);
-        self.push(sqe);
+        self.push_op(sqe);
         Ok(WriteStatus::Pending)
     }
 
@@ -923,33 +969,24 @@ impl Drop for UringDriver {
         // Cancel everything and give the kernel a moment to finish, so no request is left
         // writing into the buffer ring or reading send iovecs when they are freed.
         self.flush_backlog();
-        // Whatever still did not fit is never submitted: forget its ops.
+        // Whatever still did not fit is never submitted.
         for sqe in mem::take(&mut self.backlog) {
-            let ud = sqe.get_user_data();
-            if ud != WAKER_UD && ud != CANCEL_UD {
-                self.ops.try_remove(ud as usize);
+            if sqe.get_user_data() != CANCEL_UD {
+                self.in_flight = self.in_flight.saturating_sub(1);
             }
         }
         let cancel = opcode::AsyncCancel2::new(CancelBuilder::any())
             .build()
             .user_data(CANCEL_UD);
         self.push(cancel);
-        let mut waker_done = false;
         let deadline = Instant::now() + Duration::from_millis(500);
-        while (!self.ops.is_empty() || !waker_done) && Instant::now() < deadline {
+        while self.in_flight > 0 && Instant::now() < deadline {
             if self.enter(Some(Duration::from_millis(10))).is_err() {
                 break;
             }
             for cqe in self.ring.completion() {
-                let more = cqueue::more(cqe.flags());
-                match cqe.user_data() {
-                    WAKER_UD => waker_done |= !more,
-                    CANCEL_UD => {}
-                    ud => {
-                        if !more {
-                            self.ops.try_remove(ud as usize);
-                        }
-                    }
+                if cqe.user_data() != CANCEL_UD && !cqueue::more(cqe.flags()) {
+                    self.in_flight = self.in_flight.saturating_sub(1);
                 }
             }
         }
