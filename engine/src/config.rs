@@ -100,6 +100,11 @@ pub struct EdgeConfig {
     #[arg(long, env = "ROOMCAST_QUEUE_HARD_BYTES", default_value_t = 1024 * 1024)]
     pub queue_hard_bytes: usize,
 
+    /// Kernel send buffer per client socket (SO_SNDBUF; 0 = the kernel's autotuned default).
+    /// Small keeps a slow reader's backlog in the edge's queue, where it is shed by priority.
+    #[arg(long, env = "ROOMCAST_SOCKET_SEND_BUFFER_BYTES", default_value_t = 64 * 1024)]
+    pub socket_send_buffer_bytes: usize,
+
     /// How often the edge sends a load report to the control plane.
     #[arg(long, env = "ROOMCAST_REPORT_INTERVAL_MS", default_value_t = 1_000)]
     pub report_interval_ms: u64,

@@ -3,7 +3,7 @@
 //! Used by the `roomcast-edge` binary and, embedded, by the control plane.
 
 use std::net::{SocketAddr, TcpListener};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -94,7 +94,7 @@ impl Edge {
 
         let verifier = Arc::new(Verifier::new(config.jwt_secret.as_bytes()));
         let (hub_tx, hub_rx) = crossbeam_channel::unbounded::<ToHub>();
-        let capacity = (config.max_connections as usize).div_ceil(workers);
+        let open_connections = Arc::new(AtomicUsize::new(0));
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let mut threads = Vec::new();
         let mut handles = Vec::new();
@@ -104,6 +104,7 @@ impl Edge {
             let config = Arc::clone(&config);
             let verifier = Arc::clone(&verifier);
             let hub = hub_tx.clone();
+            let open_connections = Arc::clone(&open_connections);
             let core = (!cores.is_empty()).then(|| cores[index % cores.len()]);
             let thread = std::thread::Builder::new()
                 .name(format!("roomcast-worker-{index}"))
@@ -127,7 +128,7 @@ impl Edge {
                         listeners: worker_listeners,
                         inbox: rx,
                         hub,
-                        capacity,
+                        open_connections,
                     });
                     match worker {
                         Ok(worker) => {

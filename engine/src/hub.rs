@@ -189,7 +189,6 @@ impl Hub {
                     tracing::error!(%error, "hub poll failed");
                 }
             }
-            // Membership first: a join acknowledged before a publish was sent is then known.
             self.drain_workers();
             let link_ready = events.iter().any(|e| e.token() == LINK);
             if link_ready {
@@ -409,6 +408,10 @@ impl Hub {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             }
+            // A publish read now may follow a join whose presence a worker sent after the last
+            // drain (the client saw the join reply, then its backend published): drain again so
+            // the hub knows every member that joined before the publish was sent.
+            self.drain_workers();
             self.handle_frames()?;
         }
         self.flush_link()

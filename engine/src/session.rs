@@ -52,8 +52,11 @@ enum Stage {
     Handshake,
     WebSocket(ws::Decoder),
     Tcp,
-    /// A close was decided; further input is ignored.
-    Done,
+    /// A close was decided; further input is ignored. `framed`: the close happened after the
+    /// WebSocket upgrade (or on TCP), so a close frame is the way to say why.
+    Done {
+        framed: bool,
+    },
 }
 
 #[derive(Debug)]
@@ -78,7 +81,10 @@ impl Session {
 
     /// True once the WebSocket upgrade is done (always true for TCP).
     pub fn is_framing(&self) -> bool {
-        matches!(self.stage, Stage::WebSocket(_) | Stage::Tcp)
+        matches!(
+            self.stage,
+            Stage::WebSocket(_) | Stage::Tcp | Stage::Done { framed: true }
+        )
     }
 
     /// Bytes held for an incomplete frame.
@@ -88,19 +94,19 @@ impl Session {
 
     /// Feeds bytes read from the socket; appends what to do to `actions`.
     pub fn on_bytes(&mut self, data: &mut [u8], actions: &mut Vec<Action>) {
-        if matches!(self.stage, Stage::Done) {
+        if matches!(self.stage, Stage::Done { .. }) {
             return;
         }
         if self.pending.is_empty() {
             let consumed = self.process(data, actions);
-            if !matches!(self.stage, Stage::Done) && consumed < data.len() {
+            if !matches!(self.stage, Stage::Done { .. }) && consumed < data.len() {
                 self.pending.extend_from_slice(&data[consumed..]);
             }
         } else {
             let mut buf = std::mem::take(&mut self.pending);
             buf.extend_from_slice(data);
             let consumed = self.process(&mut buf, actions);
-            if matches!(self.stage, Stage::Done) || consumed == buf.len() {
+            if matches!(self.stage, Stage::Done { .. }) || consumed == buf.len() {
                 return; // `buf` is dropped: nothing is held while idle
             }
             buf.drain(..consumed);
@@ -113,7 +119,7 @@ impl Session {
         let mut pos = 0;
         loop {
             let step = match &mut self.stage {
-                Stage::Done => return buf.len(),
+                Stage::Done { .. } => return buf.len(),
                 Stage::Handshake => Self::handshake_step(&buf[pos..], actions),
                 Stage::Tcp => Self::tcp_step(&buf[pos..], self.max_message, actions),
                 Stage::WebSocket(decoder) => Self::ws_step(decoder, &mut buf[pos..], actions),
@@ -126,7 +132,8 @@ impl Session {
                     self.stage = Stage::WebSocket(ws::Decoder::new(self.max_message));
                 }
                 Step::Closed => {
-                    self.stage = Stage::Done;
+                    let framed = !matches!(self.stage, Stage::Handshake);
+                    self.stage = Stage::Done { framed };
                     return buf.len();
                 }
             }
@@ -354,11 +361,29 @@ Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n
     }
 
     #[test]
-    fn unmasked_frame_is_a_protocol_error() {
+    fn unmasked_frame_is_a_protocol_error_answered_with_a_close_frame() {
         let mut s = Session::new(Transport::WebSocket, 1024);
         feed(&mut s, UPGRADE);
         let actions = feed(&mut s, &[0x81, 0x02, b'h', b'i']);
-        assert!(matches!(actions[0], Action::Close { code: 1002, .. }));
+        assert!(matches!(
+            actions[0],
+            Action::Close {
+                code: 1002,
+                http: None,
+                ..
+            }
+        ));
+        assert!(
+            s.is_framing(),
+            "a close frame (not HTTP) tells the client why"
+        );
+    }
+
+    #[test]
+    fn a_failed_handshake_is_not_framing() {
+        let mut s = Session::new(Transport::WebSocket, 1024);
+        feed(&mut s, b"POST /ws HTTP/1.1\r\n\r\n");
+        assert!(!s.is_framing());
     }
 
     #[test]

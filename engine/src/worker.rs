@@ -10,6 +10,7 @@ use std::io::{IoSlice, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,7 +29,7 @@ use crate::proto::ids::is_valid_id;
 use crate::proto::message::Target;
 use crate::session::{self, Action, Session, Transport};
 use crate::stats::{CloseReason, WorkerStats};
-use crate::sys::{ConnId, Driver, Event, WriteStatus, MAX_IOVECS};
+use crate::sys::{socket, ConnId, Driver, Event, WriteStatus, MAX_IOVECS};
 
 /// How long a closing connection may take to flush its last frames before it is cut.
 const CLOSE_FLUSH_GRACE: Duration = Duration::from_secs(2);
@@ -45,8 +46,9 @@ pub struct WorkerSetup {
     pub listeners: Vec<(TcpListener, Transport)>,
     pub inbox: Receiver<ToWorker>,
     pub hub: Sender<ToHub>,
-    /// Most connections this worker holds.
-    pub capacity: usize,
+    /// Connections open on every worker of this edge, against `max_connections`. Touched once
+    /// per accept and once per close, never per message.
+    pub open_connections: Arc<AtomicUsize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,7 +113,7 @@ pub struct Worker {
     listener_transports: Vec<Transport>,
     inbox: Receiver<ToWorker>,
     hub: Sender<ToHub>,
-    capacity: usize,
+    open_connections: Arc<AtomicUsize>,
     conns: Slab<Conn>,
     rooms: MemberTable,
     users: MemberTable,
@@ -136,7 +138,7 @@ impl Worker {
             listeners,
             inbox,
             hub,
-            capacity,
+            open_connections,
         } = setup;
         let mut listener_transports = Vec::new();
         for (listener, transport) in listeners {
@@ -156,7 +158,7 @@ impl Worker {
             listener_transports,
             inbox,
             hub,
-            capacity,
+            open_connections,
             conns: Slab::new(),
             rooms: MemberTable::default(),
             users: MemberTable::default(),
@@ -278,6 +280,7 @@ impl Worker {
             return;
         }
         let conn = self.conns.remove(id.key());
+        self.open_connections.fetch_sub(1, Ordering::Relaxed);
         self.stats.closed[conn.close_reason as usize] += 1;
         for (total, n) in self
             .stats
@@ -315,9 +318,17 @@ impl Worker {
 
     fn accept(&mut self, listener: usize, stream: TcpStream) {
         let transport = self.listener_transports[listener];
-        if self.shutting_down || self.conns.len() >= self.capacity {
+        let max = self.config.max_connections as usize;
+        if self.shutting_down || self.open_connections.fetch_add(1, Ordering::Relaxed) >= max {
+            if !self.shutting_down {
+                self.open_connections.fetch_sub(1, Ordering::Relaxed);
+            }
             self.refuse_full(stream, transport);
             return;
+        }
+        if self.config.socket_send_buffer_bytes > 0 {
+            // Best effort: the default buffer still works, only less tightly bounded.
+            let _ = socket::set_send_buffer(&stream, self.config.socket_send_buffer_bytes);
         }
         let entry = self.conns.vacant_entry();
         let id = ConnId::new(entry.key(), self.next_generation);
@@ -329,6 +340,7 @@ impl Worker {
             .register(id, stream.as_raw_fd())
         {
             tracing::warn!(worker = self.index, %error, "could not register a connection");
+            self.open_connections.fetch_sub(1, Ordering::Relaxed);
             return;
         }
         entry.insert(Conn {

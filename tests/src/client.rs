@@ -35,7 +35,11 @@ pub enum Incoming {
     Reply { seq: u64, result: OpResult },
     /// Pushed messages for one channel; `raw` is the message exactly as it came off the wire
     /// (the JSON text of a WebSocket text frame, or the binary payload).
-    Batch { target: Target, msgs: Vec<PushMessage>, raw: Bytes },
+    Batch {
+        target: Target,
+        msgs: Vec<PushMessage>,
+        raw: Bytes,
+    },
     /// The edge is closing: a WebSocket close frame (1005 when it carries no code) or a raw TCP
     /// `0x83` close frame.
     Close { code: u16, reason: String },
@@ -123,7 +127,10 @@ impl WsClient {
 
     /// Starts the closing handshake with `1000 bye`.
     pub async fn send_close(&mut self) -> Result<(), WsError> {
-        let frame = CloseFrame { code: CloseCode::Normal, reason: "bye".into() };
+        let frame = CloseFrame {
+            code: CloseCode::Normal,
+            reason: "bye".into(),
+        };
         self.ws.close(Some(frame)).await
     }
 
@@ -147,7 +154,10 @@ impl WsClient {
                 Message::Text(text) => {
                     let raw = Bytes::from(text);
                     let msg = decode_server_json(&raw).unwrap_or_else(|e| {
-                        panic!("undecodable JSON from the edge ({e}): {}", String::from_utf8_lossy(&raw))
+                        panic!(
+                            "undecodable JSON from the edge ({e}): {}",
+                            String::from_utf8_lossy(&raw)
+                        )
                     });
                     return Incoming::from_server_msg(msg, raw);
                 }
@@ -164,7 +174,10 @@ impl WsClient {
                     }
                 }
                 Message::Close(None) => {
-                    return Incoming::Close { code: 1005, reason: String::new() };
+                    return Incoming::Close {
+                        code: 1005,
+                        reason: String::new(),
+                    };
                 }
                 Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
             }
@@ -187,12 +200,16 @@ impl TcpClient {
     /// Uses an already connected socket (such as one with a tiny receive buffer).
     pub fn over(stream: TcpStream) -> TcpClient {
         stream.set_nodelay(true).expect("TCP_NODELAY");
-        TcpClient { stream, buf: BytesMut::with_capacity(16 * 1024) }
+        TcpClient {
+            stream,
+            buf: BytesMut::with_capacity(16 * 1024),
+        }
     }
 
     /// Sends one op, encoded by the engine's client codec.
     pub async fn send_op(&mut self, op: &ClientOp) -> std::io::Result<()> {
-        self.send_bytes(&encode_op(WireFormat::Tcp, op, [0; 4])).await
+        self.send_bytes(&encode_op(WireFormat::Tcp, op, [0; 4]))
+            .await
     }
 
     /// Sends arbitrary bytes.
@@ -229,7 +246,8 @@ impl TcpClient {
 }
 
 enum Connection {
-    Ws(WsClient),
+    // Boxed: tungstenite's state is far bigger than a TCP client's.
+    Ws(Box<WsClient>),
     Tcp(TcpClient),
 }
 
@@ -251,11 +269,11 @@ impl Client {
     /// Connects to the edge in `format`, without authenticating.
     pub async fn connect(edge: &Edge, format: WireFormat) -> Client {
         let connection = match format {
-            WireFormat::WsJson | WireFormat::WsBinary => Connection::Ws(
+            WireFormat::WsJson | WireFormat::WsBinary => Connection::Ws(Box::new(
                 WsClient::connect(edge.ws_addr)
                     .await
                     .unwrap_or_else(|e| panic!("{format:?} connect to {}: {e}", edge.ws_addr)),
-            ),
+            )),
             WireFormat::Tcp => Connection::Tcp(
                 TcpClient::connect(edge.tcp_addr)
                     .await
@@ -267,8 +285,12 @@ impl Client {
 
     /// Wraps an already connected [`WsClient`]; `format` picks the encoding it speaks.
     pub fn over_ws(format: WireFormat, ws: WsClient) -> Client {
-        assert_ne!(format, WireFormat::Tcp, "a WebSocket client speaks WsJson or WsBinary");
-        Client::over(format, Connection::Ws(ws))
+        assert_ne!(
+            format,
+            WireFormat::Tcp,
+            "a WebSocket client speaks WsJson or WsBinary"
+        );
+        Client::over(format, Connection::Ws(Box::new(ws)))
     }
 
     /// Wraps an already connected [`TcpClient`].
@@ -277,7 +299,13 @@ impl Client {
     }
 
     fn over(format: WireFormat, connection: Connection) -> Client {
-        Client { format, label: format!("{format:?} client"), connection, inbox: VecDeque::new(), next_seq: 1 }
+        Client {
+            format,
+            label: format!("{format:?} client"),
+            connection,
+            inbox: VecDeque::new(),
+            next_seq: 1,
+        }
     }
 
     /// Connects and authenticates as `user` with a valid token.
@@ -307,7 +335,9 @@ impl Client {
             WireFormat::WsJson => self.send_as_json(op).await,
             WireFormat::WsBinary => self.send_as_binary(op).await,
             WireFormat::Tcp => {
-                let Connection::Tcp(tcp) = &mut self.connection else { unreachable!() };
+                let Connection::Tcp(tcp) = &mut self.connection else {
+                    unreachable!()
+                };
                 if let Err(e) = tcp.send_op(op).await {
                     panic!("{}: send {op:?}: {e}", self.label);
                 }
@@ -370,7 +400,10 @@ impl Client {
             match self.next_within(left).await {
                 Some(Incoming::Reply { seq: got, result }) if got == seq => break result,
                 Some(batch @ Incoming::Batch { .. }) => held.push_back(batch),
-                Some(other) => panic!("{}: waiting for the reply to op {seq}, got {other:?}", self.label),
+                Some(other) => panic!(
+                    "{}: waiting for the reply to op {seq}, got {other:?}",
+                    self.label
+                ),
                 None => panic!("{}: no reply to op {seq} within {WAIT:?}", self.label),
             }
         };
@@ -382,19 +415,31 @@ impl Client {
     /// `auth` with `token`.
     pub async fn auth(&mut self, token: &str) -> OpResult {
         let seq = self.next_op_seq();
-        self.call(ClientOp::Auth { seq, token: token.to_owned() }).await
+        self.call(ClientOp::Auth {
+            seq,
+            token: token.to_owned(),
+        })
+        .await
     }
 
     /// `join` of `room`.
     pub async fn join(&mut self, room: &str) -> OpResult {
         let seq = self.next_op_seq();
-        self.call(ClientOp::Join { seq, room: room.to_owned() }).await
+        self.call(ClientOp::Join {
+            seq,
+            room: room.to_owned(),
+        })
+        .await
     }
 
     /// `leave` of `room`.
     pub async fn leave(&mut self, room: &str) -> OpResult {
         let seq = self.next_op_seq();
-        self.call(ClientOp::Leave { seq, room: room.to_owned() }).await
+        self.call(ClientOp::Leave {
+            seq,
+            room: room.to_owned(),
+        })
+        .await
     }
 
     /// `ping`.
@@ -439,7 +484,9 @@ impl Client {
         while got < count {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.next_within(left).await {
-                Some(Incoming::Batch { target: t, msgs, .. }) if t == *target => {
+                Some(Incoming::Batch {
+                    target: t, msgs, ..
+                }) if t == *target => {
                     got += msgs.len();
                     batches.push(msgs);
                 }
@@ -466,13 +513,20 @@ impl Client {
         count: usize,
         wait: Duration,
     ) -> Vec<PushMessage> {
-        self.recv_batches(target, count, wait).await.into_iter().flatten().collect()
+        self.recv_batches(target, count, wait)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
     }
 
     /// Asserts that nothing arrives for `quiet`.
     pub async fn expect_silence(&mut self, quiet: Duration) {
         if let Some(incoming) = self.next_within(quiet).await {
-            panic!("{}: expected nothing for {quiet:?}, got {incoming:?}", self.label);
+            panic!(
+                "{}: expected nothing for {quiet:?}, got {incoming:?}",
+                self.label
+            );
         }
     }
 

@@ -74,7 +74,14 @@ impl Edge {
         };
         let ws_addr = parse_addr("ws_addr", &register.ws_addr);
         let tcp_addr = parse_addr("tcp_addr", &register.tcp_addr);
-        Edge { io, link, register, ws_addr, tcp_addr, process }
+        Edge {
+            io,
+            link,
+            register,
+            ws_addr,
+            tcp_addr,
+            process,
+        }
     }
 
     /// `ws://<addr>/ws`.
@@ -112,6 +119,8 @@ impl EdgeProcess {
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone the log file handle"))
             .stderr(log);
+        // Plain text in the log file.
+        command.env("NO_COLOR", "1");
         // Only the arguments configure the edge: drop ROOMCAST_* settings from our environment.
         for (name, _) in std::env::vars_os() {
             if name.to_string_lossy().starts_with("ROOMCAST_") {
@@ -143,7 +152,10 @@ impl EdgeProcess {
         let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         let tail = lines[lines.len().saturating_sub(LINES)..].join("\n");
-        format!("--- last {LINES} lines of {} ---\n{tail}", self.log_path.display())
+        format!(
+            "--- last {LINES} lines of {} ---\n{tail}",
+            self.log_path.display()
+        )
     }
 }
 
@@ -162,10 +174,16 @@ impl Drop for EdgeProcess {
 /// `<target>/roomcast-test-logs/<test binary>-<pid>-<n>-<io>.log`; kept only when a test fails.
 fn new_log_path(io: &str) -> PathBuf {
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    let dir = profile_dir().parent().unwrap_or(profile_dir()).join("roomcast-test-logs");
+    let dir = profile_dir()
+        .parent()
+        .unwrap_or(profile_dir())
+        .join("roomcast-test-logs");
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
     let exe = std::env::current_exe().expect("current_exe");
-    let stem = exe.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let stem = exe
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     dir.join(format!("{stem}-{}-{n}-{io}.log", std::process::id()))
 }
@@ -178,7 +196,12 @@ fn profile_dir() -> &'static Path {
         // target/<profile>/deps/<test>-<hash>
         exe.parent()
             .and_then(Path::parent)
-            .unwrap_or_else(|| panic!("test binary {} is not in target/<profile>/deps", exe.display()))
+            .unwrap_or_else(|| {
+                panic!(
+                    "test binary {} is not in target/<profile>/deps",
+                    exe.display()
+                )
+            })
             .to_path_buf()
     })
 }
@@ -188,41 +211,59 @@ fn profile_dir() -> &'static Path {
 /// Cargo does not build a dependency's binaries for a test, so this runs
 /// `cargo build -p roomcast-engine --bin roomcast-edge` with the test binary's profile (cargo
 /// releases its build lock before it runs tests, so the nested build does not deadlock). Set
-/// `ROOMCAST_TEST_EDGE_BIN` to use a prebuilt binary instead.
+/// `ROOMCAST_TEST_EDGE_BIN` to use a prebuilt binary instead. A failed build fails every test of
+/// the process with the same message, without building again.
 pub fn edge_binary() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(bin) = std::env::var_os("ROOMCAST_TEST_EDGE_BIN") {
-            return PathBuf::from(bin);
-        }
-        let profile_dir = profile_dir();
-        let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-            Some("debug") | None => "dev",
-            Some(other) => other,
-        };
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root");
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let output = Command::new(&cargo)
-            .args(["build", "-p", "roomcast-engine", "--bin", "roomcast-edge", "--profile", profile])
-            .current_dir(workspace)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap_or_else(|e| panic!("run {cargo:?} build: {e}"));
-        if !output.status.success() {
-            panic!(
-                "`cargo build -p roomcast-engine --bin roomcast-edge --profile {profile}` failed \
-                 ({}):\n{}",
-                output.status,
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        let bin = profile_dir.join("roomcast-edge");
-        assert!(
-            bin.is_file(),
+    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    match BIN.get_or_init(build_edge_binary) {
+        Ok(bin) => bin,
+        Err(why) => panic!("{why}"),
+    }
+}
+
+fn build_edge_binary() -> Result<PathBuf, String> {
+    if let Some(bin) = std::env::var_os("ROOMCAST_TEST_EDGE_BIN") {
+        return Ok(PathBuf::from(bin));
+    }
+    let profile_dir = profile_dir();
+    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") | None => "dev",
+        Some(other) => other,
+    };
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let args = [
+        "build",
+        "-p",
+        "roomcast-engine",
+        "--bin",
+        "roomcast-edge",
+        "--profile",
+        profile,
+    ];
+    let output = Command::new(&cargo)
+        .args(args)
+        .current_dir(workspace)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("run {cargo:?}: {e}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "`cargo {}` failed ({}):\n{}",
+            args.join(" "),
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    let bin = profile_dir.join("roomcast-edge");
+    if !bin.is_file() {
+        return Err(format!(
             "cargo built roomcast-edge but {} does not exist; build it yourself and set \
              ROOMCAST_TEST_EDGE_BIN to its path",
             bin.display()
-        );
-        bin
-    })
+        ));
+    }
+    Ok(bin)
 }

@@ -68,7 +68,9 @@ where
 {
     static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
     // A scenario that panicked poisons the lock; the next one may still run.
-    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let _turn = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     for io in drivers() {
         eprintln!("--- scenario on the {io} driver");
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -102,14 +104,26 @@ impl HealthyMember {
     /// Connects a WebSocket JSON client as user `healthy` and joins `room`.
     pub async fn join(edge: &Edge, room: &str) -> HealthyMember {
         let mut client = Client::connect_authed(edge, WireFormat::WsJson, "healthy").await;
-        client.join(room).await.expect("healthy member joins its room");
-        HealthyMember { client, room: room.to_owned() }
+        client
+            .join(room)
+            .await
+            .expect("healthy member joins its room");
+        HealthyMember {
+            client,
+            room: room.to_owned(),
+        }
     }
 
     /// Publishes one message to the room and asserts that it arrives (and nothing else does).
     pub async fn assert_still_served(&mut self, edge: &mut Edge) {
-        let sent = edge.link.publish_room(&self.room, 3, "probe", r#"{"probe":true}"#).await;
-        let got = self.client.recv_messages(&Target::Room(self.room.clone()), 1, WAIT).await;
+        let sent = edge
+            .link
+            .publish_room(&self.room, 3, "probe", r#"{"probe":true}"#)
+            .await;
+        let got = self
+            .client
+            .recv_messages(&Target::Room(self.room.clone()), 1, WAIT)
+            .await;
         assert_eq!(got, vec![sent], "the healthy member got the wrong messages");
     }
 }
@@ -120,7 +134,10 @@ pub async fn members_in_every_format(edge: &Edge, room: &str) -> Vec<Client> {
     let mut members = Vec::new();
     for (i, format) in WireFormat::ALL.into_iter().enumerate() {
         let mut client = Client::connect_authed(edge, format, &format!("member-{i}")).await;
-        client.join(room).await.unwrap_or_else(|e| panic!("{format:?} member joins {room}: {e:?}"));
+        client
+            .join(room)
+            .await
+            .unwrap_or_else(|e| panic!("{format:?} member joins {room}: {e:?}"));
         members.push(client);
     }
     members

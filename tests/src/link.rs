@@ -48,8 +48,15 @@ impl Drop for Link {
 impl LinkPeer {
     /// Binds 127.0.0.1 on a free port.
     pub async fn bind() -> LinkPeer {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the link listener");
-        LinkPeer { listener, link: None, next_seq: HashMap::new(), last_arrival: None }
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the link listener");
+        LinkPeer {
+            listener,
+            link: None,
+            next_seq: HashMap::new(),
+            last_arrival: None,
+        }
     }
 
     /// The address to give the edge as `--control`.
@@ -61,7 +68,11 @@ impl LinkPeer {
     /// its first frame, which must be `register`. No timeout of its own: wrap it in one.
     pub async fn accept_register(&mut self) -> Register {
         self.link = None;
-        let (stream, _) = self.listener.accept().await.expect("accept the edge's link");
+        let (stream, _) = self
+            .listener
+            .accept()
+            .await
+            .expect("accept the edge's link");
         stream.set_nodelay(true).expect("TCP_NODELAY on the link");
         let (mut read_half, writer) = stream.into_split();
         let (to_test, from_edge) = mpsc::unbounded_channel();
@@ -95,7 +106,11 @@ impl LinkPeer {
                 }
             }
         });
-        self.link = Some(Link { writer, from_edge, reader });
+        self.link = Some(Link {
+            writer,
+            from_edge,
+            reader,
+        });
         match self.next_frame(WAIT).await {
             LinkFrame::Register(register) => register,
             other => panic!("the edge's first link frame is not register: {other:?}"),
@@ -124,7 +139,11 @@ impl LinkPeer {
             data: Bytes::copy_from_slice(data.as_bytes()),
         };
         *next += 1;
-        self.send(&LinkFrame::Publish(Publish { target, msg: msg.clone() })).await;
+        self.send(&LinkFrame::Publish(Publish {
+            target,
+            msg: msg.clone(),
+        }))
+        .await;
         msg
     }
 
@@ -136,12 +155,18 @@ impl LinkPeer {
         kind: &str,
         data: &str,
     ) -> PushMessage {
-        self.publish(Target::Room(room.to_owned()), priority, kind, data).await
+        self.publish(Target::Room(room.to_owned()), priority, kind, data)
+            .await
     }
 
     /// Sets a room's level, tick and per-priority budgets ([`UNLIMITED`] = no cap).
     pub async fn set_level(&mut self, room: &str, level: u8, tick_ms: u32, budgets: [u32; 4]) {
-        let frame = SetLevel { room: room.to_owned(), level, tick_ms, budgets };
+        let frame = SetLevel {
+            room: room.to_owned(),
+            level,
+            tick_ms,
+            budgets,
+        };
         self.send(&LinkFrame::SetLevel(frame)).await;
     }
 
@@ -186,7 +211,8 @@ impl LinkPeer {
     /// When the frame last returned (such as a load report) came off the link: frames queue
     /// up while the test is busy, so this is not the time it was read.
     pub fn last_arrival(&self) -> Instant {
-        self.last_arrival.expect("no frame has been read from the link yet")
+        self.last_arrival
+            .expect("no frame has been read from the link yet")
     }
 
     async fn next_frame(&mut self, wait: Duration) -> LinkFrame {
@@ -197,7 +223,10 @@ impl LinkPeer {
 
     /// The next frame from the edge, or `None` when `wait` passes first.
     async fn try_next_frame(&mut self, wait: Duration) -> Option<LinkFrame> {
-        let link = self.link.as_mut().expect("no link: the edge has not connected");
+        let link = self
+            .link
+            .as_mut()
+            .expect("no link: the edge has not connected");
         match tokio::time::timeout(wait, link.from_edge.recv()).await {
             Ok(Some(Ok((arrived, frame)))) => {
                 self.last_arrival = Some(arrived);
@@ -212,7 +241,10 @@ impl LinkPeer {
     async fn send(&mut self, frame: &LinkFrame) {
         let mut out = BytesMut::new();
         encode(frame, &mut out).unwrap_or_else(|e| panic!("encode {frame:?}: {e}"));
-        let link = self.link.as_mut().expect("no link: the edge has not connected");
+        let link = self
+            .link
+            .as_mut()
+            .expect("no link: the edge has not connected");
         tokio::time::timeout(WAIT, link.writer.write_all(&out))
             .await
             .unwrap_or_else(|_| panic!("the edge did not read its link for {WAIT:?}"))

@@ -81,7 +81,10 @@ pub fn masked_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
 pub async fn connect_with_small_recv_buffer(addr: SocketAddr, bytes: u32) -> TcpStream {
     let socket = TcpSocket::new_v4().expect("create a socket");
     socket.set_recv_buffer_size(bytes).expect("SO_RCVBUF");
-    socket.connect(addr).await.unwrap_or_else(|e| panic!("connect to {addr}: {e}"))
+    socket
+        .connect(addr)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {addr}: {e}"))
 }
 
 /// An HTTP response head as the edge sent it.
@@ -96,7 +99,11 @@ pub struct HttpResponse {
 /// A frame from the server, or the end of the connection.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ServerFrame {
-    Frame { fin: bool, opcode: u8, payload: Bytes },
+    Frame {
+        fin: bool,
+        opcode: u8,
+        payload: Bytes,
+    },
     Eof,
     Reset(String),
 }
@@ -110,10 +117,14 @@ pub struct RawConn {
 impl RawConn {
     /// Connects to `addr`.
     pub async fn connect(addr: SocketAddr) -> RawConn {
-        let stream =
-            TcpStream::connect(addr).await.unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+        let stream = TcpStream::connect(addr)
+            .await
+            .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
         stream.set_nodelay(true).expect("TCP_NODELAY");
-        RawConn { stream, buf: BytesMut::with_capacity(8 * 1024) }
+        RawConn {
+            stream,
+            buf: BytesMut::with_capacity(8 * 1024),
+        }
     }
 
     /// Connects to `addr` and completes a valid WebSocket upgrade at `/ws`.
@@ -121,7 +132,11 @@ impl RawConn {
         let mut conn = RawConn::connect(addr).await;
         conn.send(upgrade_request("/ws").as_bytes()).await;
         let response = conn.read_http_response(WAIT).await;
-        assert_eq!(response.status, 101, "the upgrade was refused:\n{}", response.head);
+        assert_eq!(
+            response.status, 101,
+            "the upgrade was refused:\n{}",
+            response.head
+        );
         assert!(
             response.head.contains(WS_ACCEPT),
             "wrong or missing Sec-WebSocket-Accept (expected {WS_ACCEPT}):\n{}",
@@ -134,10 +149,18 @@ impl RawConn {
     /// (seq 1) and checks the reply.
     pub async fn upgraded_and_authed(addr: SocketAddr, user: &str) -> RawConn {
         let mut conn = RawConn::upgraded(addr).await;
-        let auth = ClientOp::Auth { seq: 1, token: token(user) };
-        conn.send(&masked_frame(opcode::TEXT, json_op(&auth).as_bytes())).await;
+        let auth = ClientOp::Auth {
+            seq: 1,
+            token: token(user),
+        };
+        conn.send(&masked_frame(opcode::TEXT, json_op(&auth).as_bytes()))
+            .await;
         let reply = conn.read_json(WAIT).await;
-        assert_eq!(reply, serde_json::json!({ "op": "reply", "seq": 1, "ok": true }), "auth failed");
+        assert_eq!(
+            reply,
+            serde_json::json!({ "op": "reply", "seq": 1, "ok": true }),
+            "auth failed"
+        );
         conn
     }
 
@@ -206,10 +229,16 @@ impl RawConn {
     /// Reads one frame that must be a text frame holding JSON, and parses it.
     pub async fn read_json(&mut self, wait: Duration) -> serde_json::Value {
         match self.read_frame(wait).await {
-            ServerFrame::Frame { opcode: opcode::TEXT, payload, .. } => serde_json::from_slice(&payload)
-                .unwrap_or_else(|e| {
-                    panic!("invalid JSON from the edge ({e}): {}", String::from_utf8_lossy(&payload))
-                }),
+            ServerFrame::Frame {
+                opcode: opcode::TEXT,
+                payload,
+                ..
+            } => serde_json::from_slice(&payload).unwrap_or_else(|e| {
+                panic!(
+                    "invalid JSON from the edge ({e}): {}",
+                    String::from_utf8_lossy(&payload)
+                )
+            }),
             other => panic!("expected a JSON text frame, got {other:?}"),
         }
     }
@@ -221,9 +250,11 @@ impl RawConn {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.read_frame(left).await {
-                ServerFrame::Frame { opcode: opcode::CLOSE, payload, .. } => {
-                    return close_code_and_reason(&payload)
-                }
+                ServerFrame::Frame {
+                    opcode: opcode::CLOSE,
+                    payload,
+                    ..
+                } => return close_code_and_reason(&payload),
                 ServerFrame::Frame { .. } => {}
                 end => panic!("expected a close frame, got {end:?}"),
             }
@@ -283,7 +314,11 @@ impl RawConn {
         }
         self.buf.advance(header);
         let payload = self.buf.split_to(len).freeze();
-        Some(ServerFrame::Frame { fin, opcode, payload })
+        Some(ServerFrame::Frame {
+            fin,
+            opcode,
+            payload,
+        })
     }
 }
 
@@ -291,9 +326,10 @@ impl RawConn {
 pub fn close_code_and_reason(payload: &[u8]) -> (u16, String) {
     match payload {
         [] => (1005, String::new()),
-        [hi, lo, reason @ ..] => {
-            (u16::from_be_bytes([*hi, *lo]), String::from_utf8_lossy(reason).into_owned())
-        }
+        [hi, lo, reason @ ..] => (
+            u16::from_be_bytes([*hi, *lo]),
+            String::from_utf8_lossy(reason).into_owned(),
+        ),
         [_] => panic!("a close frame payload of one byte"),
     }
 }

@@ -15,13 +15,19 @@ const VALID_FOR_S: u64 = 3600;
 
 /// A valid token for `user` that may join any room.
 pub fn token(user: &str) -> String {
-    mint(SECRET.as_bytes(), &claims(user, unix_now() + VALID_FOR_S, None))
+    mint(
+        SECRET.as_bytes(),
+        &claims(user, unix_now() + VALID_FOR_S, None),
+    )
 }
 
 /// A valid token for `user` whose `rooms` claim allows only `rooms`.
 pub fn token_for_rooms(user: &str, rooms: &[&str]) -> String {
     let rooms = rooms.iter().map(|r| r.to_string()).collect();
-    mint(SECRET.as_bytes(), &claims(user, unix_now() + VALID_FOR_S, Some(rooms)))
+    mint(
+        SECRET.as_bytes(),
+        &claims(user, unix_now() + VALID_FOR_S, Some(rooms)),
+    )
 }
 
 /// A correctly signed token that expired an hour ago (well past any clock-skew leeway).
@@ -31,7 +37,10 @@ pub fn expired_token(user: &str) -> String {
 
 /// A well-formed HS256 token signed with another secret than the edge's.
 pub fn token_signed_with_wrong_secret(user: &str) -> String {
-    mint(b"not-the-edge-secret", &claims(user, unix_now() + VALID_FOR_S, None))
+    mint(
+        b"not-the-edge-secret",
+        &claims(user, unix_now() + VALID_FOR_S, None),
+    )
 }
 
 /// An unsigned token (`"alg":"none"`, empty signature), built by hand because JWT libraries
@@ -47,5 +56,9 @@ pub fn alg_none_token(user: &str) -> String {
 }
 
 fn claims(user: &str, exp: u64, rooms: Option<Vec<String>>) -> Claims {
-    Claims { sub: user.to_owned(), exp, rooms }
+    Claims {
+        sub: user.to_owned(),
+        exp,
+        rooms,
+    }
 }

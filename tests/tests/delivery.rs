@@ -26,7 +26,10 @@ fn room_publishes_reach_every_member_in_publish_order_with_the_control_seqs() {
             let data = format!(r#"{{"i":{i},"text":"message {i}"}}"#);
             sent.push(edge.link.publish_room("r1", i % 4, kind, &data).await);
         }
-        assert_eq!(sent.iter().map(|m| m.seq).collect::<Vec<_>>(), (1..=20).collect::<Vec<_>>());
+        assert_eq!(
+            sent.iter().map(|m| m.seq).collect::<Vec<_>>(),
+            (1..=20).collect::<Vec<_>>()
+        );
         for member in &mut members {
             let got = member.recv_messages(&room("r1"), sent.len(), WAIT).await;
             assert_eq!(got, sent, "{}", member.label);
@@ -53,13 +56,21 @@ fn a_user_publish_reaches_every_connection_of_that_user_and_nobody_else() {
             sent.push(edge.link.publish(alice.clone(), 1, "notice", &data).await);
         }
         for client in [&mut alice_app, &mut alice_h5] {
-            assert_eq!(client.recv_messages(&alice, 3, WAIT).await, sent, "{}", client.label);
+            assert_eq!(
+                client.recv_messages(&alice, 3, WAIT).await,
+                sent,
+                "{}",
+                client.label
+            );
         }
         bob.expect_silence(QUIET).await;
 
         // Each user's channel has its own numbering.
         let bobs = Target::User("bob".into());
-        let to_bob = edge.link.publish(bobs.clone(), 2, "notice", r#"{"text":"hi bob"}"#).await;
+        let to_bob = edge
+            .link
+            .publish(bobs.clone(), 2, "notice", r#"{"text":"hi bob"}"#)
+            .await;
         assert_eq!(to_bob.seq, 1);
         assert_eq!(bob.recv_messages(&bobs, 1, WAIT).await, vec![to_bob]);
         alice_app.expect_silence(QUIET).await;
@@ -76,9 +87,19 @@ fn a_broadcast_reaches_every_connection_whatever_its_rooms() {
         let mut in_no_room = Client::connect_authed(&edge, WireFormat::Tcp, "u2").await;
         let mut in_r2 = Client::connect_authed(&edge, WireFormat::WsBinary, "u3").await;
         in_r2.join("r2").await.unwrap();
-        let first =
-            edge.link.publish(Target::Broadcast, 0, "system", r#"{"text":"maintenance at 02:00"}"#).await;
-        let second = edge.link.publish(Target::Broadcast, 3, "system", r#"{"text":"back"}"#).await;
+        let first = edge
+            .link
+            .publish(
+                Target::Broadcast,
+                0,
+                "system",
+                r#"{"text":"maintenance at 02:00"}"#,
+            )
+            .await;
+        let second = edge
+            .link
+            .publish(Target::Broadcast, 3, "system", r#"{"text":"back"}"#)
+            .await;
         for client in [&mut in_r1, &mut in_no_room, &mut in_r2] {
             let got = client.recv_messages(&Target::Broadcast, 2, WAIT).await;
             assert_eq!(got, vec![first.clone(), second.clone()], "{}", client.label);
@@ -93,12 +114,20 @@ fn publishes_within_one_tick_are_merged_into_few_batches() {
         let mut members = members_in_every_format(&edge, "r1").await;
         let mut sent = Vec::new();
         for i in 0..50 {
-            sent.push(edge.link.publish_room("r1", 3, "chat", &format!(r#""chat {i}""#)).await);
+            sent.push(
+                edge.link
+                    .publish_room("r1", 3, "chat", &format!(r#""chat {i}""#))
+                    .await,
+            );
         }
         for member in &mut members {
             let batches = member.recv_batches(&room("r1"), sent.len(), WAIT).await;
             let sizes: Vec<usize> = batches.iter().map(Vec::len).collect();
-            assert!(sizes.len() < 5, "{}: 50 quick publishes came in batches of {sizes:?}", member.label);
+            assert!(
+                sizes.len() < 5,
+                "{}: 50 quick publishes came in batches of {sizes:?}",
+                member.label
+            );
             let got: Vec<PushMessage> = batches.into_iter().flatten().collect();
             assert_eq!(got, sent, "{}", member.label);
         }
@@ -112,15 +141,31 @@ fn a_priority_0_message_is_sent_without_waiting_for_the_tick() {
         let mut members = members_in_every_format(&edge, "r1").await;
         // A chat message is waiting for the 5 s tick when the system message comes: the system
         // message closes the window, and the chat message goes first to keep publish order.
-        let waiting = edge.link.publish_room("r1", 3, "chat", r#""waiting""#).await;
+        let waiting = edge
+            .link
+            .publish_room("r1", 3, "chat", r#""waiting""#)
+            .await;
         let published = Instant::now();
-        let urgent = edge.link.publish_room("r1", 0, "system", r#"{"text":"stream ends"}"#).await;
+        let urgent = edge
+            .link
+            .publish_room("r1", 0, "system", r#"{"text":"stream ends"}"#)
+            .await;
         for member in &mut members {
-            let got = member.recv_messages(&room("r1"), 2, Duration::from_secs(2)).await;
-            assert_eq!(got, vec![waiting.clone(), urgent.clone()], "{}", member.label);
+            let got = member
+                .recv_messages(&room("r1"), 2, Duration::from_secs(2))
+                .await;
+            assert_eq!(
+                got,
+                vec![waiting.clone(), urgent.clone()],
+                "{}",
+                member.label
+            );
         }
         let took = published.elapsed();
-        assert!(took < Duration::from_secs(2), "the P0 message took {took:?}");
+        assert!(
+            took < Duration::from_secs(2),
+            "the P0 message took {took:?}"
+        );
     });
 }
 
@@ -139,7 +184,11 @@ fn connections_outside_the_room_receive_nothing() {
 
         let mut sent = Vec::new();
         for i in 0..5 {
-            sent.push(edge.link.publish_room("r1", 2, "gift", &format!(r#"{{"n":{i}}}"#)).await);
+            sent.push(
+                edge.link
+                    .publish_room("r1", 2, "gift", &format!(r#"{{"n":{i}}}"#))
+                    .await,
+            );
         }
         assert_eq!(member.recv_messages(&room("r1"), 5, WAIT).await, sent);
         in_other_room.expect_silence(QUIET).await;
@@ -147,8 +196,14 @@ fn connections_outside_the_room_receive_nothing() {
         left.expect_silence(Duration::ZERO).await;
 
         // The other room's member is alive and gets exactly its own room's messages.
-        let to_r2 = edge.link.publish_room("r2", 3, "chat", r#""r2 only""#).await;
-        assert_eq!(in_other_room.recv_messages(&room("r2"), 1, WAIT).await, vec![to_r2]);
+        let to_r2 = edge
+            .link
+            .publish_room("r2", 3, "chat", r#""r2 only""#)
+            .await;
+        assert_eq!(
+            in_other_room.recv_messages(&room("r2"), 1, WAIT).await,
+            vec![to_r2]
+        );
         member.expect_silence(QUIET).await;
         in_no_room.expect_silence(Duration::ZERO).await;
         left.expect_silence(Duration::ZERO).await;
@@ -204,7 +259,9 @@ fn assert_batch_json_shape(text: &str, room: &str, msgs: &[PushMessage]) {
         serde_json::from_str(text).unwrap_or_else(|e| panic!("invalid JSON batch ({e}):\n{text}"));
     assert_eq!(batch["op"], "batch", "{text}");
     assert_eq!(batch["room"], room, "{text}");
-    let items = batch["msgs"].as_array().unwrap_or_else(|| panic!("no msgs array:\n{text}"));
+    let items = batch["msgs"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no msgs array:\n{text}"));
     assert_eq!(items.len(), msgs.len(), "{text}");
     for (item, msg) in items.iter().zip(msgs) {
         assert_eq!(item["seq"], msg.seq, "{text}");

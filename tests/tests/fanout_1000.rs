@@ -5,8 +5,11 @@ use std::time::{Duration, Instant};
 use futures_util::stream::{self, StreamExt};
 use roomcast_tests::{for_each_driver, Client, Edge, PushMessage, Target, WireFormat};
 
-const MEMBERS: [(WireFormat, usize); 3] =
-    [(WireFormat::WsJson, 500), (WireFormat::WsBinary, 300), (WireFormat::Tcp, 200)];
+const MEMBERS: [(WireFormat, usize); 3] = [
+    (WireFormat::WsJson, 500),
+    (WireFormat::WsBinary, 300),
+    (WireFormat::Tcp, 200),
+];
 const MESSAGES: u64 = 200;
 /// Connections set up at the same time.
 const CONNECTING_AT_ONCE: usize = 64;
@@ -15,16 +18,21 @@ const CONNECTING_AT_ONCE: usize = 64;
 fn a_thousand_members_each_get_every_message_exactly_once_in_order() {
     for_each_driver(|io| async move {
         let started = Instant::now();
-        let mut edge =
-            Edge::start(io, &["--tick-ms", "50", "--max-connections", "5000"]).await;
+        let mut edge = Edge::start(io, &["--tick-ms", "50", "--max-connections", "5000"]).await;
         let room = Target::Room("big".into());
 
-        let formats = MEMBERS.iter().flat_map(|&(format, n)| std::iter::repeat_n(format, n));
+        let formats = MEMBERS
+            .iter()
+            .flat_map(|&(format, n)| std::iter::repeat_n(format, n));
         let edge_ref = &edge;
         let members: Vec<Client> = stream::iter(formats.enumerate())
             .map(|(i, format)| async move {
-                let mut client = Client::connect_authed(edge_ref, format, &format!("viewer-{i}")).await;
-                client.join("big").await.unwrap_or_else(|e| panic!("viewer-{i} joins: {e:?}"));
+                let mut client =
+                    Client::connect_authed(edge_ref, format, &format!("viewer-{i}")).await;
+                client
+                    .join("big")
+                    .await
+                    .unwrap_or_else(|e| panic!("viewer-{i} joins: {e:?}"));
                 client
             })
             .buffer_unordered(CONNECTING_AT_ONCE)
@@ -39,7 +47,9 @@ fn a_thousand_members_each_get_every_message_exactly_once_in_order() {
             .map(|mut client| {
                 let room = room.clone();
                 tokio::spawn(async move {
-                    let got = client.recv_messages(&room, MESSAGES as usize, Duration::from_secs(15)).await;
+                    let got = client
+                        .recv_messages(&room, MESSAGES as usize, Duration::from_secs(15))
+                        .await;
                     client.expect_silence(Duration::from_millis(200)).await;
                     (client.label, got)
                 })

@@ -41,7 +41,8 @@ fn a_silent_client_is_closed_with_4000_while_pinging_clients_stay_and_keep_recei
                 client.ping().await.unwrap();
             }
             by_ws_ping.send_ws_ping().await;
-            tokio::time::sleep_until((start + Duration::from_millis(200 * (round + 1))).into()).await;
+            tokio::time::sleep_until((start + Duration::from_millis(200 * (round + 1))).into())
+                .await;
         }
 
         for client in by_op.iter_mut().chain([&mut by_ws_ping]) {

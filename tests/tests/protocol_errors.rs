@@ -66,8 +66,7 @@ fn reserved_bits_unknown_opcodes_and_stray_continuations_close_with_1002() {
             let unknown = frame(FIN | 0x3, ping.as_bytes(), MASK);
             assert_ws_closes_with(edge, &unknown, PROTOCOL_ERROR, "opcode 0x3").await;
             let stray = frame(FIN | opcode::CONTINUATION, ping.as_bytes(), MASK);
-            assert_ws_closes_with(edge, &stray, PROTOCOL_ERROR, "continuation without start")
-                .await;
+            assert_ws_closes_with(edge, &stray, PROTOCOL_ERROR, "continuation without start").await;
         })
         .await;
     });
@@ -76,24 +75,38 @@ fn reserved_bits_unknown_opcodes_and_stray_continuations_close_with_1002() {
 #[test]
 fn a_message_over_max_message_bytes_closes_with_1009() {
     for_each_driver(|io| async move {
-        with_healthy_member(io, &["--max-message-bytes", "1024"], async |edge: &mut Edge| {
-            // Exactly at the limit is fine: a ping padded with JSON whitespace to 1024 bytes.
-            let mut at_limit = RawConn::upgraded_and_authed(edge.ws_addr, "fits").await;
-            let padded = format!("{:<1024}", ping_json(2));
-            assert_eq!(padded.len(), 1024);
-            at_limit.send(&masked_frame(opcode::TEXT, padded.as_bytes())).await;
-            let reply = at_limit.read_json(WAIT).await;
-            assert_eq!(reply, serde_json::json!({ "op": "reply", "seq": 2, "ok": true }));
+        with_healthy_member(
+            io,
+            &["--max-message-bytes", "1024"],
+            async |edge: &mut Edge| {
+                // Exactly at the limit is fine: a ping padded with JSON whitespace to 1024 bytes.
+                let mut at_limit = RawConn::upgraded_and_authed(edge.ws_addr, "fits").await;
+                let padded = format!("{:<1024}", ping_json(2));
+                assert_eq!(padded.len(), 1024);
+                at_limit
+                    .send(&masked_frame(opcode::TEXT, padded.as_bytes()))
+                    .await;
+                let reply = at_limit.read_json(WAIT).await;
+                assert_eq!(
+                    reply,
+                    serde_json::json!({ "op": "reply", "seq": 2, "ok": true })
+                );
 
-            let one_frame = masked_frame(opcode::TEXT, format!("{:<2000}", ping_json(2)).as_bytes());
-            assert_ws_closes_with(edge, &one_frame, TOO_BIG, "one 2000-byte frame").await;
+                let one_frame =
+                    masked_frame(opcode::TEXT, format!("{:<2000}", ping_json(2)).as_bytes());
+                assert_ws_closes_with(edge, &one_frame, TOO_BIG, "one 2000-byte frame").await;
 
-            // Two fragments that are each small but together too big.
-            let text = format!("{:<1200}", ping_json(2));
-            let mut fragments = frame(opcode::TEXT, &text.as_bytes()[..600], MASK);
-            fragments.extend(frame(FIN | opcode::CONTINUATION, &text.as_bytes()[600..], MASK));
-            assert_ws_closes_with(edge, &fragments, TOO_BIG, "two 600-byte fragments").await;
-        })
+                // Two fragments that are each small but together too big.
+                let text = format!("{:<1200}", ping_json(2));
+                let mut fragments = frame(opcode::TEXT, &text.as_bytes()[..600], MASK);
+                fragments.extend(frame(
+                    FIN | opcode::CONTINUATION,
+                    &text.as_bytes()[600..],
+                    MASK,
+                ));
+                assert_ws_closes_with(edge, &fragments, TOO_BIG, "two 600-byte fragments").await;
+            },
+        )
         .await;
     });
 }
@@ -103,8 +116,7 @@ fn a_fragmented_or_oversized_control_frame_closes_with_1002() {
     for_each_driver(|io| async move {
         with_healthy_member(io, &[], async |edge: &mut Edge| {
             let fragmented_ping = frame(opcode::PING, b"hb", MASK);
-            assert_ws_closes_with(edge, &fragmented_ping, PROTOCOL_ERROR, "ping without FIN")
-                .await;
+            assert_ws_closes_with(edge, &fragmented_ping, PROTOCOL_ERROR, "ping without FIN").await;
             let long_ping = masked_frame(opcode::PING, &[b'x'; 126]);
             assert_ws_closes_with(edge, &long_ping, PROTOCOL_ERROR, "126-byte ping").await;
         })
@@ -116,7 +128,10 @@ fn a_fragmented_or_oversized_control_frame_closes_with_1002() {
 fn invalid_utf8_in_a_text_message_closes_with_1007() {
     for_each_driver(|io| async move {
         with_healthy_member(io, &[], async |edge: &mut Edge| {
-            let invalid = masked_frame(opcode::TEXT, b"{\"op\":\"ping\",\"seq\":1,\"x\":\"\xff\xfe\"}");
+            let invalid = masked_frame(
+                opcode::TEXT,
+                b"{\"op\":\"ping\",\"seq\":1,\"x\":\"\xff\xfe\"}",
+            );
             assert_ws_closes_with(edge, &invalid, INVALID_UTF8, "0xff in a text frame").await;
             // A two-byte sequence whose second byte is not a continuation byte, split across
             // fragments.
@@ -133,7 +148,8 @@ fn garbage_instead_of_an_http_request_gets_400_and_is_closed() {
     for_each_driver(|io| async move {
         with_healthy_member(io, &[], async |edge: &mut Edge| {
             let mut bad = RawConn::connect(edge.ws_addr).await;
-            bad.send(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 garbage\r\n\r\n").await;
+            bad.send(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 garbage\r\n\r\n")
+                .await;
             let response = bad.read_http_response(WAIT).await;
             assert_eq!(response.status, 400, "{}", response.head);
             bad.expect_end(WAIT).await;
@@ -153,7 +169,9 @@ fn a_wrong_path_gets_404_and_is_closed_but_a_query_string_is_ignored() {
             bad.expect_end(WAIT).await;
 
             let mut with_query = RawConn::connect(edge.ws_addr).await;
-            with_query.send(upgrade_request("/ws?device=app&v=2").as_bytes()).await;
+            with_query
+                .send(upgrade_request("/ws?device=app&v=2").as_bytes())
+                .await;
             let response = with_query.read_http_response(WAIT).await;
             assert_eq!(response.status, 101, "{}", response.head);
         })
@@ -164,18 +182,30 @@ fn a_wrong_path_gets_404_and_is_closed_but_a_query_string_is_ignored() {
 #[test]
 fn a_truncated_handshake_or_a_missing_auth_is_closed_by_the_auth_timeout() {
     for_each_driver(|io| async move {
-        with_healthy_member(io, &["--auth-timeout-ms", "500"], async |edge: &mut Edge| {
-            let mut truncated = RawConn::connect(edge.ws_addr).await;
-            let mut no_auth = RawConn::upgraded(edge.ws_addr).await;
-            truncated.send(b"GET /ws HTTP/1.1\r\nHost: roomcast.test\r\nUpgr").await;
+        with_healthy_member(
+            io,
+            &["--auth-timeout-ms", "500"],
+            async |edge: &mut Edge| {
+                let mut truncated = RawConn::connect(edge.ws_addr).await;
+                let mut no_auth = RawConn::upgraded(edge.ws_addr).await;
+                truncated
+                    .send(b"GET /ws HTTP/1.1\r\nHost: roomcast.test\r\nUpgr")
+                    .await;
 
-            let took = truncated.expect_end(Duration::from_secs(5)).await;
-            assert!(took >= Duration::from_millis(250), "closed after only {took:?}");
+                let took = truncated.expect_end(Duration::from_secs(5)).await;
+                assert!(
+                    took >= Duration::from_millis(250),
+                    "closed after only {took:?}"
+                );
 
-            let (code, reason) = no_auth.read_close(Duration::from_secs(5)).await;
-            assert_eq!(code, UNAUTHENTICATED, "upgraded but never authenticated ({reason:?})");
-            no_auth.expect_end(WAIT).await;
-        })
+                let (code, reason) = no_auth.read_close(Duration::from_secs(5)).await;
+                assert_eq!(
+                    code, UNAUTHENTICATED,
+                    "upgraded but never authenticated ({reason:?})"
+                );
+                no_auth.expect_end(WAIT).await;
+            },
+        )
         .await;
     });
 }
@@ -183,15 +213,19 @@ fn a_truncated_handshake_or_a_missing_auth_is_closed_by_the_auth_timeout() {
 #[test]
 fn a_raw_tcp_length_over_max_message_bytes_closes_with_1009() {
     for_each_driver(|io| async move {
-        with_healthy_member(io, &["--max-message-bytes", "1024"], async |edge: &mut Edge| {
-            for length in [u32::MAX >> 1, 1025] {
-                let mut bad = Client::connect_authed(edge, WireFormat::Tcp, "bad").await;
-                bad.send_raw_tcp(&length.to_be_bytes()).await;
-                let (code, reason) = bad.expect_close(WAIT).await;
-                assert_eq!(code, TOO_BIG, "length prefix {length} ({reason:?})");
-                bad.expect_end(WAIT).await;
-            }
-        })
+        with_healthy_member(
+            io,
+            &["--max-message-bytes", "1024"],
+            async |edge: &mut Edge| {
+                for length in [u32::MAX >> 1, 1025] {
+                    let mut bad = Client::connect_authed(edge, WireFormat::Tcp, "bad").await;
+                    bad.send_raw_tcp(&length.to_be_bytes()).await;
+                    let (code, reason) = bad.expect_close(WAIT).await;
+                    assert_eq!(code, TOO_BIG, "length prefix {length} ({reason:?})");
+                    bad.expect_end(WAIT).await;
+                }
+            },
+        )
         .await;
     });
 }
