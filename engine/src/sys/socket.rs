@@ -137,6 +137,14 @@ pub(crate) enum Refusal {
     Failed,
 }
 
+/// Caps the kernel send buffer of an accepted socket (`SO_SNDBUF`; the kernel doubles it for
+/// bookkeeping). A bounded kernel buffer keeps a stalled reader's backlog in the edge's own send
+/// queue, where it is bounded and shed by priority, instead of in up to `tcp_wmem` max of kernel
+/// memory per socket.
+pub fn set_send_buffer(stream: &TcpStream, bytes: usize) -> io::Result<()> {
+    socket2::SockRef::from(stream).set_send_buffer_size(bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,12 +188,4 @@ mod tests {
         // Backlog now empty: nothing to refuse.
         assert_eq!(reserve.refuse_one(l.as_raw_fd()), Refusal::BacklogEmpty);
     }
-}
-
-/// Caps the kernel send buffer of an accepted socket (`SO_SNDBUF`; the kernel doubles it for
-/// bookkeeping). A bounded kernel buffer keeps a stalled reader's backlog in the edge's own send
-/// queue, where it is bounded and shed by priority, instead of in up to `tcp_wmem` max of kernel
-/// memory per socket.
-pub fn set_send_buffer(stream: &TcpStream, bytes: usize) -> io::Result<()> {
-    socket2::SockRef::from(stream).set_send_buffer_size(bytes)
 }
