@@ -105,6 +105,11 @@ pub struct EdgeConfig {
     #[arg(long, env = "ROOMCAST_SOCKET_SEND_BUFFER_BYTES", default_value_t = 64 * 1024)]
     pub socket_send_buffer_bytes: usize,
 
+    /// How often the edge logs its summed counters (connections, frames, write calls per flush,
+    /// drops) as one `edge stats` line; 0 = never. Stands in until the metrics endpoint exists.
+    #[arg(long, env = "ROOMCAST_STATS_LOG_INTERVAL_MS", default_value_t = 10_000)]
+    pub stats_log_interval_ms: u64,
+
     /// How often the edge sends a load report to the control plane.
     #[arg(long, env = "ROOMCAST_REPORT_INTERVAL_MS", default_value_t = 1_000)]
     pub report_interval_ms: u64,

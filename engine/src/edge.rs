@@ -168,6 +168,8 @@ impl Edge {
             control: config.control.clone(),
             default_tick: Duration::from_millis(config.tick_ms as u64),
             report_interval: config.report_interval(),
+            stats_log_interval: (config.stats_log_interval_ms > 0)
+                .then(|| Duration::from_millis(config.stats_log_interval_ms)),
             workers: handles,
             inbox: hub_rx,
             shutdown: Arc::clone(&shutdown),

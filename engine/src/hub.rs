@@ -47,6 +47,8 @@ pub struct HubSetup {
     pub control: String,
     pub default_tick: Duration,
     pub report_interval: Duration,
+    /// How often to log the summed counters (None = never).
+    pub stats_log_interval: Option<Duration>,
     pub workers: Vec<WorkerHandle>,
     pub inbox: Receiver<ToHub>,
     pub shutdown: Arc<AtomicBool>,
@@ -167,8 +169,13 @@ impl Hub {
     pub fn run(mut self) {
         let mut events = Events::with_capacity(64);
         let mut next_report = Instant::now() + self.setup.report_interval;
+        let mut next_stats_log = self
+            .setup
+            .stats_log_interval
+            .map(|every| Instant::now() + every);
         loop {
             if self.setup.shutdown.load(Ordering::Acquire) {
+                self.log_stats();
                 for worker in &self.setup.workers {
                     let _ = worker.inbox.send(ToWorker::Shutdown);
                     worker.waker.wake();
@@ -177,6 +184,9 @@ impl Hub {
             }
             let now = Instant::now();
             let mut wake_at = next_report;
+            if let Some(at) = next_stats_log {
+                wake_at = wake_at.min(at);
+            }
             if let Some(Reverse((at, _))) = self.timers.peek() {
                 wake_at = wake_at.min(*at);
             }
@@ -203,6 +213,12 @@ impl Hub {
             if Instant::now() >= next_report {
                 self.send_report(false);
                 next_report = Instant::now() + self.setup.report_interval;
+            }
+            if let (Some(at), Some(every)) = (next_stats_log, self.setup.stats_log_interval) {
+                if Instant::now() >= at {
+                    self.log_stats();
+                    next_stats_log = Some(Instant::now() + every);
+                }
             }
             self.wake_workers();
         }
@@ -606,6 +622,40 @@ impl Hub {
                 self.setup.workers[index].waker.wake();
             }
         }
+    }
+
+    /// One log line with every worker's latest counters summed, and the hub's own.
+    fn log_stats(&self) {
+        let mut total = WorkerStats::default();
+        for stats in &self.worker_stats {
+            total.add(stats);
+        }
+        let per_flush = if total.flushes > 0 {
+            total.write_calls as f64 / total.flushes as f64
+        } else {
+            0.0
+        };
+        tracing::info!(
+            connections = total.connections,
+            accepted = total.accepted,
+            refused_full = total.refused_full,
+            closed_slow = total.close_count(CloseReason::Slow),
+            publishes = self.stats.publishes,
+            batches = self.stats.batches,
+            deliveries = total.deliveries,
+            frames_queued = total.frames_queued,
+            bytes_out = total.bytes_out,
+            flushes = total.flushes,
+            write_calls = total.write_calls,
+            write_iovecs = total.write_iovecs,
+            write_calls_per_flush = format!("{per_flush:.3}"),
+            dropped_queue = total.dropped_queue.iter().sum::<u64>(),
+            dropped_closed = total.dropped_closed.iter().sum::<u64>(),
+            dropped_budget = self.stats.dropped_budget.iter().sum::<u64>(),
+            dropped_worker_backlog = self.stats.dropped_worker_backlog,
+            queue_high_water = total.queue_high_water,
+            "edge stats"
+        );
     }
 
     fn send_report(&mut self, full: bool) {
