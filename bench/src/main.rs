@@ -49,7 +49,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Coordinate a benchmark run (edges, client processes, publishing, measurements).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Measure the syscall floor: write one pre-encoded frame to N loopback sockets in a loop.
     Floor(FloorArgs),
     /// (internal) A client process started by `run`; talks to the coordinator over stdin/stdout.
@@ -271,7 +271,7 @@ pub struct FloorArgs {
 fn main() {
     let cli = Cli::parse();
     let code = match cli.command {
-        Command::Run(args) => coord::run(args),
+        Command::Run(args) => coord::run(*args),
         Command::Client(args) => client::run(args),
         Command::Floor(args) => floor::run(args),
     };

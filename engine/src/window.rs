@@ -1,9 +1,11 @@
 //! A channel's merge window and per-priority budget: pure, with time passed in.
 //!
-//! Messages published to a channel during its window (its tick) are collected and flushed as one
-//! batch when the window closes. A priority-0 message closes the window at once (keeping what was
-//! already waiting, so order holds). A tick of zero sends every publish on its own. Per-tick budgets
-//! cap how many messages of priorities 1–3 one window carries; the rest are dropped and counted.
+//! A channel sends at most one batch per tick. A publish to a channel that sent nothing during the
+//! last tick goes out at once (a quiet room gets no added delay); publishes that follow within the
+//! tick collect in a window that closes one tick after the previous batch, and go out together.
+//! A priority-0 message closes the window at once (keeping what was already waiting, so order
+//! holds). A tick of zero sends every publish on its own. Per-window budgets cap how many messages
+//! of priorities 1–3 one batch carries; the rest are dropped and counted.
 
 use std::time::{Duration, Instant};
 
@@ -39,7 +41,8 @@ pub enum Admit {
     Opened(Instant),
     /// Queued into an already open window.
     Queued,
-    /// Queued, and the window must be flushed now (priority 0, tick 0, or the batch is full).
+    /// Queued, and the window must be flushed now (the channel was quiet for a tick, priority 0,
+    /// tick 0, or the batch is full).
     FlushNow,
     /// Over this window's budget for its priority: dropped.
     OverBudget,
@@ -61,6 +64,8 @@ pub struct Window {
     used: [u32; PRIORITIES],
     opened: Option<Instant>,
     deadline: Option<Instant>,
+    /// When the last batch went out.
+    last_flush: Option<Instant>,
 }
 
 impl Window {
@@ -71,6 +76,7 @@ impl Window {
             used: [0; PRIORITIES],
             opened: None,
             deadline: None,
+            last_flush: None,
         }
     }
 
@@ -93,17 +99,24 @@ impl Window {
         }
         self.used[p] += 1;
         self.msgs.push(msg);
-        if p == 0 || self.pacing.tick.is_zero() || self.msgs.len() >= MAX_BATCH_MESSAGES {
+        if self.opened.is_none() {
+            self.opened = Some(now);
+        }
+        let tick = self.pacing.tick;
+        let quiet = self
+            .last_flush
+            .is_none_or(|at| now.duration_since(at) >= tick);
+        if p == 0 || tick.is_zero() || self.msgs.len() >= MAX_BATCH_MESSAGES {
             return Admit::FlushNow;
         }
-        match self.deadline {
-            Some(_) => Admit::Queued,
-            None => {
-                let deadline = now + self.pacing.tick;
-                self.opened = Some(now);
+        match (self.deadline, self.last_flush) {
+            (Some(_), _) => Admit::Queued,
+            (None, Some(last)) if !quiet => {
+                let deadline = last + tick;
                 self.deadline = Some(deadline);
                 Admit::Opened(deadline)
             }
+            (None, _) => Admit::FlushNow,
         }
     }
 
@@ -115,6 +128,7 @@ impl Window {
         if self.msgs.is_empty() {
             return None;
         }
+        self.last_flush = Some(now);
         let msgs = std::mem::take(&mut self.msgs);
         let mut counts = [0u32; PRIORITIES];
         for m in &msgs {
@@ -135,6 +149,8 @@ mod tests {
     use super::*;
     use bytes::Bytes;
 
+    const TICK: Duration = Duration::from_millis(100);
+
     fn msg(seq: u64, priority: u8) -> PushMessage {
         PushMessage {
             seq,
@@ -144,34 +160,48 @@ mod tests {
         }
     }
 
+    /// A window whose channel sent a batch at `t0`, so the next publishes are merged.
+    fn busy_window(pacing: Pacing, t0: Instant) -> Window {
+        let mut w = Window::new(pacing);
+        assert_eq!(w.push(msg(0, 0), t0), Admit::FlushNow);
+        w.take(t0).unwrap();
+        w
+    }
+
     #[test]
-    fn first_message_opens_the_window_and_later_ones_join_it() {
+    fn a_quiet_channel_sends_at_once_and_a_busy_one_merges_until_a_tick_after_its_last_batch() {
         let t0 = Instant::now();
-        let mut w = Window::new(Pacing::unlimited(Duration::from_millis(100)));
-        assert_eq!(
-            w.push(msg(1, 3), t0),
-            Admit::Opened(t0 + Duration::from_millis(100))
-        );
+        let mut w = busy_window(Pacing::unlimited(TICK), t0);
+        let t1 = t0 + Duration::from_millis(30);
+        assert_eq!(w.push(msg(1, 3), t1), Admit::Opened(t0 + TICK));
         assert_eq!(
             w.push(msg(2, 2), t0 + Duration::from_millis(50)),
             Admit::Queued
         );
-        let batch = w.take(t0 + Duration::from_millis(100)).unwrap();
+        let batch = w.take(t0 + TICK).unwrap();
         assert_eq!(
             batch.msgs.iter().map(|m| m.seq).collect::<Vec<_>>(),
             vec![1, 2]
         );
         assert_eq!(batch.counts, [0, 0, 1, 1]);
         assert_eq!(batch.min_priority, 2);
-        assert_eq!(batch.first_received, t0);
+        assert_eq!(batch.first_received, t1);
         assert!(w.deadline().is_none());
+        // Quiet for a whole tick after that batch: the next publish goes out alone, at once.
+        assert_eq!(w.push(msg(3, 3), t0 + TICK * 2), Admit::FlushNow);
+    }
+
+    #[test]
+    fn the_first_publish_to_a_quiet_channel_goes_out_at_once() {
+        let mut w = Window::new(Pacing::unlimited(TICK));
+        assert_eq!(w.push(msg(1, 3), Instant::now()), Admit::FlushNow);
     }
 
     #[test]
     fn priority_zero_flushes_at_once_keeping_order() {
         let t0 = Instant::now();
-        let mut w = Window::new(Pacing::unlimited(Duration::from_secs(5)));
-        w.push(msg(1, 3), t0);
+        let mut w = busy_window(Pacing::unlimited(Duration::from_secs(5)), t0);
+        assert!(matches!(w.push(msg(1, 3), t0), Admit::Opened(_)));
         assert_eq!(w.push(msg(2, 0), t0), Admit::FlushNow);
         let batch = w.take(t0).unwrap();
         assert_eq!(
@@ -184,16 +214,16 @@ mod tests {
     #[test]
     fn zero_tick_sends_each_publish_alone() {
         let t0 = Instant::now();
-        let mut w = Window::new(Pacing::unlimited(Duration::ZERO));
+        let mut w = busy_window(Pacing::unlimited(Duration::ZERO), t0);
         assert_eq!(w.push(msg(1, 3), t0), Admit::FlushNow);
     }
 
     #[test]
     fn budgets_cap_each_priority_per_window_but_never_priority_zero() {
         let t0 = Instant::now();
-        let mut pacing = Pacing::unlimited(Duration::from_millis(100));
+        let mut pacing = Pacing::unlimited(TICK);
         pacing.budgets = [0, 1, 2, 0];
-        let mut w = Window::new(pacing);
+        let mut w = busy_window(pacing, t0);
         assert!(matches!(w.push(msg(1, 1), t0), Admit::Opened(_)));
         assert_eq!(w.push(msg(2, 1), t0), Admit::OverBudget);
         assert_eq!(w.push(msg(3, 2), t0), Admit::Queued);

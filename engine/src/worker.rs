@@ -253,7 +253,10 @@ impl Worker {
                     Ok(n) => {
                         conn.out.advance(n);
                         self.stats.bytes_out += n as u64;
-                        self.mark_dirty(id.key());
+                        // More to send, or a close waiting for the queue to drain.
+                        if !conn.out.is_empty() || !conn.is_open() {
+                            self.mark_dirty(id.key());
+                        }
                     }
                     Err(_) => {
                         conn.out.unpin();
@@ -498,7 +501,9 @@ impl Worker {
         if conn.write != WriteState::Idle || matches!(conn.life, Lifecycle::Releasing) {
             return;
         }
-        self.stats.flushes += 1;
+        if !conn.out.is_empty() {
+            self.stats.flushes += 1;
+        }
         let fd = conn.stream.as_raw_fd();
         loop {
             if conn.out.is_empty() {

@@ -26,6 +26,9 @@ use slab::Slab;
 use super::socket::{is_fd_exhaustion, Refusal, ReserveFd};
 use super::{ConnId, Driver, DriverStats, Event, Waker, WriteStatus, MAX_IOVECS};
 
+/// Sends queued before the driver submits them without waiting for `poll` (see `write`).
+const SUBMIT_SLICE: usize = 256;
+
 /// The buffer group id of the driver's one provided-buffer ring.
 const BGID: u16 = 0;
 /// user_data of the waker's multishot poll.
@@ -894,6 +897,12 @@ impl Driver for UringDriver {
             .build()
             .user_data(op as u64);
         self.push_op(sqe);
+        // A fan-out round queues one send per member. Submitting them in slices rather than in
+        // one enormous `io_uring_enter` returns to user space between slices, where the scheduler
+        // can run the hub thread (which times every room's window) instead of starving it.
+        if self.ring.submission().len() >= SUBMIT_SLICE {
+            let _ = self.ring.submit();
+        }
         Ok(WriteStatus::Pending)
     }
 

@@ -1,0 +1,264 @@
+//! `roomcast-bench floor`: the physical floor the edge is compared to. One pre-encoded batch frame
+//! (the engine's own encoding) is written with one vectored syscall to each of N loopback TCP
+//! connections, round after round, while a reader thread drains the other ends. Reported: CPU
+//! nanoseconds (getrusage of the writing thread) per write — on loopback that includes the
+//! kernel's delivery to the receiving socket, exactly as it does for the edge.
+
+use std::io::{self, Read};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::ValueEnum;
+use mio::{Events, Interest, Poll, Token};
+use roomcast_engine::proto::client::{encode_batch, WireFormat};
+use roomcast_engine::proto::message::{PushMessage, Target};
+
+use crate::linksrv::message_data;
+use crate::{sys, FloorArgs};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Syscall {
+    Writev,
+    Sendmsg,
+}
+
+pub fn run(args: FloorArgs) -> i32 {
+    let (soft, hard) = sys::raise_nofile();
+    eprintln!("floor: fd limit soft {soft} hard {hard}");
+    if (2 * args.conns + 64) as u64 > soft {
+        eprintln!(
+            "floor: {} connections need {} fds (two per connection); the limit is {soft}",
+            args.conns,
+            2 * args.conns + 64
+        );
+        return 2;
+    }
+    match floor(&args) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("floor: {e}");
+            1
+        }
+    }
+}
+
+fn floor(args: &FloorArgs) -> io::Result<()> {
+    let frame = encode_batch(
+        WireFormat::Tcp,
+        &Target::Room("room-0".into()),
+        &[PushMessage {
+            seq: 1,
+            priority: 3,
+            kind: "chat".into(),
+            data: message_data(sys::unix_micros(), args.payload),
+        }],
+    );
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let mut writers = Vec::with_capacity(args.conns);
+    let mut readers = Vec::with_capacity(args.conns);
+    let t_open = Instant::now();
+    for _ in 0..args.conns {
+        let r = TcpStream::connect(addr)?;
+        let (w, _) = listener.accept()?;
+        w.set_nodelay(true)?;
+        w.set_nonblocking(true)?;
+        r.set_nonblocking(true)?;
+        writers.push(w);
+        readers.push(r);
+    }
+    eprintln!(
+        "floor: {} loopback connections open in {:.2} s; frame {} bytes in {} iovec(s), {:?}",
+        args.conns,
+        t_open.elapsed().as_secs_f64(),
+        frame.len(),
+        args.iovecs,
+        args.syscall
+    );
+
+    let done = Arc::new(AtomicBool::new(false));
+    let received = Arc::new(AtomicU64::new(0));
+    let reader_cpu = Arc::new(AtomicU64::new(0));
+    let reader = {
+        let (done, received, reader_cpu) = (
+            Arc::clone(&done),
+            Arc::clone(&received),
+            Arc::clone(&reader_cpu),
+        );
+        std::thread::spawn(move || -> io::Result<()> {
+            let mut poll = Poll::new()?;
+            let mut readers: Vec<mio::net::TcpStream> = readers
+                .into_iter()
+                .map(mio::net::TcpStream::from_std)
+                .collect();
+            for (i, r) in readers.iter_mut().enumerate() {
+                poll.registry().register(r, Token(i), Interest::READABLE)?;
+            }
+            let cpu0 = sys::thread_cpu_secs();
+            let mut events = Events::with_capacity(1024);
+            let mut buf = vec![0u8; 256 * 1024];
+            let mut idle_since: Option<Instant> = None;
+            loop {
+                poll.poll(&mut events, Some(Duration::from_millis(20)))?;
+                if events.is_empty() {
+                    if done.load(Ordering::Acquire) {
+                        let since = *idle_since.get_or_insert_with(Instant::now);
+                        if since.elapsed() > Duration::from_millis(200) {
+                            break;
+                        }
+                    }
+                    continue;
+                }
+                idle_since = None;
+                for e in events.iter() {
+                    let r = &mut readers[e.token().0];
+                    loop {
+                        match r.read(&mut buf) {
+                            Ok(0) => break,
+                            Ok(n) => {
+                                received.fetch_add(n as u64, Ordering::Relaxed);
+                            }
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                            Err(e) => return Err(e),
+                        }
+                    }
+                }
+            }
+            reader_cpu.store(
+                ((sys::thread_cpu_secs() - cpu0) * 1e9) as u64,
+                Ordering::Relaxed,
+            );
+            Ok(())
+        })
+    };
+
+    // The frame split into the requested number of iovecs.
+    let pieces = args.iovecs.clamp(1, frame.len().max(1));
+    let chunk = frame.len().div_ceil(pieces);
+    let iov: Vec<libc::iovec> = frame
+        .chunks(chunk)
+        .map(|c| libc::iovec {
+            iov_base: c.as_ptr() as *mut libc::c_void,
+            iov_len: c.len(),
+        })
+        .collect();
+    let fds: Vec<i32> = writers.iter().map(|w| w.as_raw_fd()).collect();
+    let mut ok: u64 = 0;
+    let mut would_block: u64 = 0;
+    let mut partial: u64 = 0;
+    let mut bytes: u64 = 0;
+    let cpu0 = sys::thread_cpu_secs();
+    let wall0 = Instant::now();
+    for _ in 0..args.iters {
+        for &fd in &fds {
+            let n = vectored_write(fd, &iov, args.syscall);
+            if n == frame.len() as isize {
+                ok += 1;
+                bytes += n as u64;
+            } else if n < 0 {
+                would_block += 1;
+            } else {
+                // Finish the frame so the stream stays well-formed.
+                partial += 1;
+                ok += 1;
+                bytes += frame.len() as u64;
+                let mut off = n as usize;
+                while off < frame.len() {
+                    let rest = &frame[off..];
+                    // SAFETY: `rest` is a valid byte slice alive for the call; fd is ours.
+                    let m = unsafe { libc::write(fd, rest.as_ptr().cast(), rest.len()) };
+                    if m > 0 {
+                        off += m as usize;
+                    } else {
+                        std::hint::spin_loop();
+                    }
+                }
+            }
+        }
+    }
+    let wall = wall0.elapsed().as_secs_f64();
+    let cpu = sys::thread_cpu_secs() - cpu0;
+    done.store(true, Ordering::Release);
+    let read_ok = reader
+        .join()
+        .map_err(|_| io::Error::other("reader thread panicked"))?;
+    read_ok?;
+    let got = received.load(Ordering::Relaxed);
+    let reader_ns = reader_cpu.load(Ordering::Relaxed) as f64;
+    let ns_per_write = cpu * 1e9 / ok.max(1) as f64;
+    let result = serde_json::json!({
+        "conns": args.conns,
+        "iters": args.iters,
+        "payload": args.payload,
+        "frame_bytes": frame.len(),
+        "iovecs": iov.len(),
+        "syscall": format!("{:?}", args.syscall).to_lowercase(),
+        "writes": ok,
+        "would_block": would_block,
+        "partial": partial,
+        "bytes_written": bytes,
+        "bytes_read": got,
+        "writer_cpu_secs": cpu,
+        "wall_secs": wall,
+        "cpu_ns_per_write": ns_per_write,
+        "wall_ns_per_write": wall * 1e9 / ok.max(1) as f64,
+        "reader_cpu_ns_per_write": reader_ns / ok.max(1) as f64,
+        "writes_per_sec": ok as f64 / wall,
+        "gbit_per_sec": bytes as f64 * 8.0 / wall / 1e9,
+    });
+    println!(
+        "floor: {} conns x {} rounds, {}-byte frame ({} payload), {} iovec(s), {:?}",
+        args.conns,
+        args.iters,
+        frame.len(),
+        args.payload,
+        iov.len(),
+        args.syscall
+    );
+    println!(
+        "  writes completed        {ok} ({would_block} would-block skipped, {partial} partial)"
+    );
+    println!("  writer CPU              {cpu:.3} s over {wall:.3} s wall");
+    println!(
+        "  CPU per write           {ns_per_write:.0} ns   (wall {:.0} ns)",
+        wall * 1e9 / ok.max(1) as f64
+    );
+    println!(
+        "  reader CPU per write    {:.0} ns",
+        reader_ns / ok.max(1) as f64
+    );
+    println!("  bytes written / read    {bytes} / {got}");
+    println!(
+        "summary: floor {} conns, {} B frame, {:?}: {ns_per_write:.0} ns CPU per write ({:.2} M writes/s on one core)",
+        args.conns,
+        frame.len(),
+        args.syscall,
+        1e3 / ns_per_write
+    );
+    if let Some(path) = &args.json_out {
+        std::fs::write(path, serde_json::to_string_pretty(&result).expect("json"))?;
+        eprintln!("floor: wrote {}", path.display());
+    }
+    drop(writers);
+    Ok(())
+}
+
+fn vectored_write(fd: i32, iov: &[libc::iovec], syscall: Syscall) -> isize {
+    match syscall {
+        // SAFETY: `iov` points at `iov.len()` valid iovecs whose buffers (the frame) outlive the
+        // call; the kernel only reads them.
+        Syscall::Writev => unsafe { libc::writev(fd, iov.as_ptr(), iov.len() as libc::c_int) },
+        Syscall::Sendmsg => {
+            // SAFETY: an all-zero msghdr is valid (no name, no control data).
+            let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+            msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
+            msg.msg_iovlen = iov.len() as _;
+            // SAFETY: `msg` references `iov`, valid for the call as above.
+            unsafe { libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL) }
+        }
+    }
+}

@@ -1,0 +1,245 @@
+//! Everything that reads the OS: `/proc`, resource limits, clocks, and the few raw syscalls the
+//! bench needs (every `unsafe` block of the crate is here or in `floor.rs`).
+
+use std::io;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Microseconds since the Unix epoch (the publish timestamps use this clock on both sides).
+pub fn unix_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// `RLIMIT_NOFILE` as (soft, hard).
+pub fn nofile() -> (u64, u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid, writable rlimit that outlives the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return (0, 0);
+    }
+    #[allow(clippy::unnecessary_cast)] // rlim_t is not u64 on every target
+    (lim.rlim_cur as u64, lim.rlim_max as u64)
+}
+
+/// Raises the soft fd limit to the hard one (never above it) and returns (soft, hard).
+pub fn raise_nofile() -> (u64, u64) {
+    let (soft, hard) = nofile();
+    if soft < hard {
+        let lim = libc::rlimit {
+            rlim_cur: hard as libc::rlim_t,
+            rlim_max: hard as libc::rlim_t,
+        };
+        // SAFETY: `lim` is a valid rlimit that outlives the call.
+        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+    }
+    nofile()
+}
+
+/// Makes a child started from `cmd` receive `signal` when this process (its spawning thread,
+/// which is always the main thread here) dies, so no child outlives a crashed coordinator.
+pub fn die_with_parent(cmd: &mut Command, signal: libc::c_int) {
+    // SAFETY: the closure runs in the forked child before exec and only calls prctl and getppid,
+    // which are async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, signal as libc::c_ulong, 0, 0, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // The parent may have died between fork and prctl.
+            if libc::getppid() == 1 {
+                return Err(io::Error::other("parent already exited"));
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Sends `signal` to `pid` (a process this program started).
+pub fn signal(pid: u32, signal: libc::c_int) {
+    // SAFETY: kill has no memory-safety preconditions; pid is one of our own children.
+    unsafe { libc::kill(pid as libc::pid_t, signal) };
+}
+
+fn clock_ticks() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as u64
+    } else {
+        100
+    }
+}
+
+/// CPU time (user + system, all threads) of a process, in seconds, from `/proc/<pid>/stat`.
+pub fn proc_cpu_secs(pid: u32) -> Option<f64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may contain spaces) start at field 3 (state).
+    let rest = &text[text.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime is field 14, stime 15 (1-based) = index 11 and 12 after the state field.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) as f64 / clock_ticks() as f64)
+}
+
+/// System-wide CPU seconds (busy, total) from `/proc/stat`, summed over all CPUs.
+pub fn system_cpu_secs() -> (f64, f64) {
+    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = text.lines().find(|l| l.starts_with("cpu ")) else {
+        return (0.0, 0.0);
+    };
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is already in user).
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    let hz = clock_ticks() as f64;
+    ((total - idle) as f64 / hz, total as f64 / hz)
+}
+
+/// This process's CPU time (all threads), seconds.
+pub fn self_cpu_secs() -> f64 {
+    rusage_secs(libc::RUSAGE_SELF)
+}
+
+/// The calling thread's CPU time, seconds.
+pub fn thread_cpu_secs() -> f64 {
+    rusage_secs(libc::RUSAGE_THREAD)
+}
+
+fn rusage_secs(who: libc::c_int) -> f64 {
+    // SAFETY: an all-zero rusage is a valid value of this plain C struct.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `ru` is a valid, writable rusage that outlives the call.
+    unsafe { libc::getrusage(who, &mut ru) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// Memory of a process from `/proc/<pid>/status`, in bytes.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
+pub struct ProcMem {
+    pub rss: u64,
+    pub rss_anon: u64,
+    pub rss_file: u64,
+    pub hwm: u64,
+}
+
+pub fn proc_mem(pid: u32) -> Option<ProcMem> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let mut m = ProcMem::default();
+    for line in text.lines() {
+        let kb = |l: &str| -> u64 {
+            l.split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+                * 1024
+        };
+        if line.starts_with("VmRSS:") {
+            m.rss = kb(line);
+        } else if line.starts_with("RssAnon:") {
+            m.rss_anon = kb(line);
+        } else if line.starts_with("RssFile:") {
+            m.rss_file = kb(line);
+        } else if line.starts_with("VmHWM:") {
+            m.hwm = kb(line);
+        }
+    }
+    Some(m)
+}
+
+/// System-wide kernel memory that grows with sockets, in bytes.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
+pub struct KernelMem {
+    /// `/proc/meminfo` Slab (reclaimable + unreclaimable).
+    pub slab: u64,
+    pub slab_unreclaim: u64,
+    /// `/proc/net/sockstat` TCP mem (pages of socket buffers) in bytes.
+    pub tcp_mem: u64,
+    /// `/proc/net/sockstat` TCP inuse / tw.
+    pub tcp_inuse: u64,
+    pub tcp_tw: u64,
+    /// `/proc/meminfo` MemAvailable.
+    pub mem_available: u64,
+}
+
+pub fn kernel_mem() -> KernelMem {
+    let mut k = KernelMem::default();
+    if let Ok(text) = std::fs::read_to_string("/proc/meminfo") {
+        for line in text.lines() {
+            let mut it = line.split_whitespace();
+            let (Some(name), Some(v)) = (it.next(), it.next()) else {
+                continue;
+            };
+            let v = v.parse::<u64>().unwrap_or(0) * 1024;
+            match name {
+                "Slab:" => k.slab = v,
+                "SUnreclaim:" => k.slab_unreclaim = v,
+                "MemAvailable:" => k.mem_available = v,
+                _ => {}
+            }
+        }
+    }
+    if let Ok(text) = std::fs::read_to_string("/proc/net/sockstat") {
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("TCP:") {
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                for pair in f.chunks(2) {
+                    if let [name, value] = pair {
+                        let v = value.parse::<u64>().unwrap_or(0);
+                        match *name {
+                            "inuse" => k.tcp_inuse = v,
+                            "tw" => k.tcp_tw = v,
+                            "mem" => k.tcp_mem = v * 4096,
+                            _ => {}
+                        }
+                    }
+                }
+            }
+        }
+    }
+    k
+}
+
+/// Finds an executable in `PATH`.
+pub fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+}
+
+/// Sets an integer socket option.
+pub fn setsockopt_int(
+    fd: i32,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: `value` is a valid c_int that outlives the call and its size is passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
