@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::parser::ValueSource;
-use clap::{CommandFactory, FromArgMatches, Parser};
+use clap::Parser;
 use serde::{Deserialize, Serialize};
 
 use crate::sys::DriverKind;
@@ -31,7 +31,6 @@ pub const DEV_JWT_SECRET: &str = "roomcast-dev-secret";
 pub struct EdgeConfig {
     /// TOML file with any of these options (keys use `_`, e.g. `max_connections = 50000`).
     #[arg(long, env = "ROOMCAST_CONFIG")]
-    #[serde(skip)]
     pub config: Option<PathBuf>,
 
     /// This edge's id in the control plane (default: <hostname>-<pid>).
@@ -135,49 +134,75 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// The option naming the file itself; it cannot be set inside the file.
+const CONFIG_KEY: &str = "config";
+
+/// Loads a clap + serde configuration in layers: flags win over `ROOMCAST_*` environment
+/// variables, which win over the TOML file that `config_path` names, which wins over defaults.
+/// Unknown keys in the file are errors. Shared by every roomcast binary.
+pub fn load_layered<C, I, T>(
+    args: I,
+    config_path: impl Fn(&C) -> Option<PathBuf>,
+) -> Result<C, ConfigError>
+where
+    C: Parser + Serialize + serde::de::DeserializeOwned,
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let matches = C::command().get_matches_from(args);
+    let config = C::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let Some(path) = config_path(&config) else {
+        return Ok(config);
+    };
+    let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+        path: path.clone(),
+        source,
+    })?;
+    let file: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
+    let mut merged = toml::Table::try_from(&config).map_err(|e| ConfigError::Parse {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
+    let command = C::command();
+    for (key, value) in file {
+        let known = command
+            .get_arguments()
+            .any(|arg| arg.get_id() == key.as_str());
+        if key == CONFIG_KEY || !known {
+            return Err(ConfigError::Parse {
+                path: path.clone(),
+                message: format!("unknown option `{key}`"),
+            });
+        }
+        let from_default = matches!(
+            matches.value_source(&key),
+            None | Some(ValueSource::DefaultValue)
+        );
+        if from_default {
+            merged.insert(key, value);
+        }
+    }
+    let layered: C = merged
+        .try_into()
+        .map_err(|e: toml::de::Error| ConfigError::Parse {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+    Ok(layered)
+}
+
 impl EdgeConfig {
-    /// Parses the command line (and environment), then fills every option left at its default
-    /// from the `--config` file, and validates the result.
+    /// Parses the command line (and environment), fills every option left at its default from the
+    /// `--config` file, and validates the result.
     pub fn load_from<I, T>(args: I) -> Result<EdgeConfig, ConfigError>
     where
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
-        let matches = EdgeConfig::command().get_matches_from(args);
-        let mut config = EdgeConfig::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-        if let Some(path) = config.config.clone() {
-            let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
-                path: path.clone(),
-                source,
-            })?;
-            let file: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Parse {
-                path: path.clone(),
-                message: e.to_string(),
-            })?;
-            let mut merged = toml::Table::try_from(&config).expect("config serialises to TOML");
-            for (key, value) in file {
-                if !merged.contains_key(&key) {
-                    return Err(ConfigError::Parse {
-                        path: path.clone(),
-                        message: format!("unknown option `{key}`"),
-                    });
-                }
-                let from_default = matches!(
-                    matches.value_source(&key),
-                    None | Some(ValueSource::DefaultValue)
-                );
-                if from_default {
-                    merged.insert(key, value);
-                }
-            }
-            config = merged
-                .try_into()
-                .map_err(|e: toml::de::Error| ConfigError::Parse {
-                    path: path.clone(),
-                    message: e.to_string(),
-                })?;
-            config.config = Some(path);
-        }
+        let config: EdgeConfig = load_layered(args, |c: &EdgeConfig| c.config.clone())?;
         config.validate()?;
         Ok(config)
     }

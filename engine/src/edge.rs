@@ -11,7 +11,7 @@ use std::time::Duration;
 use crate::auth::Verifier;
 use crate::config::{EdgeConfig, DEV_JWT_SECRET};
 use crate::fanout::{ToHub, ToWorker};
-use crate::hub::{Hub, HubSetup, WorkerHandle};
+use crate::hub::{Hub, HubPoll, HubSetup, WorkerHandle};
 use crate::proto::link::Register;
 use crate::session::Transport;
 use crate::sys::{self, socket, DriverKind};
@@ -94,6 +94,7 @@ impl Edge {
 
         let verifier = Arc::new(Verifier::new(config.jwt_secret.as_bytes()));
         let (hub_tx, hub_rx) = crossbeam_channel::unbounded::<ToHub>();
+        let hub_poll = HubPoll::new().map_err(StartError::Hub)?;
         let open_connections = Arc::new(AtomicUsize::new(0));
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let mut threads = Vec::new();
@@ -104,6 +105,7 @@ impl Edge {
             let config = Arc::clone(&config);
             let verifier = Arc::clone(&verifier);
             let hub = hub_tx.clone();
+            let hub_waker = hub_poll.waker();
             let open_connections = Arc::clone(&open_connections);
             let core = (!cores.is_empty()).then(|| cores[index % cores.len()]);
             let thread = std::thread::Builder::new()
@@ -128,6 +130,7 @@ impl Edge {
                         listeners: worker_listeners,
                         inbox: rx,
                         hub,
+                        hub_waker,
                         open_connections,
                     });
                     match worker {
@@ -156,25 +159,28 @@ impl Edge {
 
         let advertise = advertise_host(&config, ws_addr);
         let shutdown = Arc::new(AtomicBool::new(false));
-        let (hub, hub_waker) = Hub::new(HubSetup {
-            register: Register {
-                edge_id: edge_id.clone(),
-                ws_addr: format!("{advertise}:{}", ws_addr.port()),
-                tcp_addr: format!("{advertise}:{}", tcp_addr.port()),
-                admin_addr: String::new(),
-                workers: workers as u16,
-                capacity: config.max_connections,
+        let hub_waker = hub_poll.waker();
+        let hub = Hub::new(
+            HubSetup {
+                register: Register {
+                    edge_id: edge_id.clone(),
+                    ws_addr: format!("{advertise}:{}", ws_addr.port()),
+                    tcp_addr: format!("{advertise}:{}", tcp_addr.port()),
+                    admin_addr: String::new(),
+                    workers: workers as u16,
+                    capacity: config.max_connections,
+                },
+                control: config.control.clone(),
+                default_tick: Duration::from_millis(config.tick_ms as u64),
+                report_interval: config.report_interval(),
+                stats_log_interval: (config.stats_log_interval_ms > 0)
+                    .then(|| Duration::from_millis(config.stats_log_interval_ms)),
+                workers: handles,
+                inbox: hub_rx,
+                shutdown: Arc::clone(&shutdown),
             },
-            control: config.control.clone(),
-            default_tick: Duration::from_millis(config.tick_ms as u64),
-            report_interval: config.report_interval(),
-            stats_log_interval: (config.stats_log_interval_ms > 0)
-                .then(|| Duration::from_millis(config.stats_log_interval_ms)),
-            workers: handles,
-            inbox: hub_rx,
-            shutdown: Arc::clone(&shutdown),
-        })
-        .map_err(StartError::Hub)?;
+            hub_poll,
+        );
         threads.push(
             std::thread::Builder::new()
                 .name("roomcast-hub".into())

@@ -9,6 +9,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use crate::proto::client::WireFormat;
+use crate::proto::link::ConnInfo;
 use crate::proto::message::{Target, PRIORITIES};
 use crate::stats::WorkerStats;
 
@@ -30,6 +31,11 @@ pub struct Delivery {
 #[derive(Debug)]
 pub enum ToWorker {
     Deliver(Arc<Delivery>),
+    /// List the connections of one user on this worker (answered with `ToHub::UserConns`).
+    QueryUser {
+        request: u32,
+        user: Box<str>,
+    },
     /// Close every connection with 1001 and stop.
     Shutdown,
 }
@@ -54,6 +60,8 @@ pub enum ToHub {
         format: WireFormat,
         present: bool,
     },
+    /// The answer to `ToWorker::QueryUser`.
+    UserConns { request: u32, conns: Vec<ConnInfo> },
     /// Sent every report interval: member counts that changed since the last report
     /// (0 = gone from this worker) and the worker's cumulative counters.
     Report {

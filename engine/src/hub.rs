@@ -23,7 +23,9 @@ use mio::{Events, Interest, Poll, Token};
 
 use crate::fanout::{ChannelKind, Delivery, ToHub, ToWorker};
 use crate::proto::client::{self, WireFormat};
-use crate::proto::link::{self, LinkFrame, LoadReport, Publish, Register, SetLevel};
+use crate::proto::link::{
+    self, ConnInfo, LinkFrame, LoadReport, Publish, QueryUser, Register, SetLevel, UserConns,
+};
 use crate::proto::message::{Target, PRIORITIES};
 use crate::stats::{CloseReason, WorkerStats};
 use crate::sys::Waker;
@@ -69,6 +71,9 @@ pub struct HubStats {
 
 struct Channel {
     window: Window,
+    /// The last sequence number published to this channel (reported so a restarted control
+    /// plane continues the numbering).
+    last_seq: u64,
     /// Per wire format: bitmask of workers holding members of that format.
     workers_by_format: [u64; 3],
 }
@@ -77,6 +82,7 @@ impl Channel {
     fn new(pacing: Pacing) -> Channel {
         Channel {
             window: Window::new(pacing),
+            last_seq: 0,
             workers_by_format: [0; 3],
         }
     }
@@ -124,6 +130,9 @@ pub struct Hub {
     woken: Vec<bool>,
     /// Link reads land here before joining the frame buffer.
     scratch: Box<[u8]>,
+    /// `query user` requests being answered by workers, by the hub's own query id.
+    queries: HashMap<u32, PendingQuery>,
+    next_query: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -133,37 +142,62 @@ enum TimerKey {
     Broadcast,
 }
 
-impl Hub {
-    /// Builds the hub; returns it with a waker that interrupts its poll (used for shutdown).
-    pub fn new(setup: HubSetup) -> io::Result<(Hub, Arc<mio::Waker>)> {
+/// The hub's poller, made before the workers so they can wake the hub (for query answers).
+pub struct HubPoll {
+    poll: Poll,
+    waker: Arc<mio::Waker>,
+}
+
+impl HubPoll {
+    pub fn new() -> io::Result<HubPoll> {
         let poll = Poll::new()?;
         let waker = Arc::new(mio::Waker::new(poll.registry(), WAKE)?);
+        Ok(HubPoll { poll, waker })
+    }
+
+    /// Interrupts the hub's poll (shutdown, worker answers).
+    pub fn waker(&self) -> Arc<mio::Waker> {
+        Arc::clone(&self.waker)
+    }
+}
+
+/// A `query user` the workers are still answering.
+struct PendingQuery {
+    /// The control plane's request id.
+    request: u32,
+    user: String,
+    workers_left: usize,
+    conns: Vec<ConnInfo>,
+}
+
+impl Hub {
+    pub fn new(setup: HubSetup, hub_poll: HubPoll) -> Hub {
+        let HubPoll { poll, .. } = hub_poll;
         let default_pacing = Pacing::unlimited(setup.default_tick);
         let workers = setup.workers.len();
-        Ok((
-            Hub {
-                poll,
-                link: LinkState::Down {
-                    retry_at: Instant::now(),
-                    backoff: BACKOFF_MIN,
-                },
-                rooms: HashMap::new(),
-                users: HashMap::new(),
-                broadcast: Channel::new(default_pacing),
-                room_pacing: HashMap::new(),
-                timers: BinaryHeap::new(),
-                worker_stats: vec![WorkerStats::default(); workers],
-                room_members: HashMap::new(),
-                user_conns: HashMap::new(),
-                changed_rooms: HashMap::new(),
-                changed_users: HashMap::new(),
-                stats: HubStats::default(),
-                woken: vec![false; workers],
-                scratch: vec![0; 64 * 1024].into_boxed_slice(),
-                setup,
+        Hub {
+            poll,
+            link: LinkState::Down {
+                retry_at: Instant::now(),
+                backoff: BACKOFF_MIN,
             },
-            waker,
-        ))
+            rooms: HashMap::new(),
+            users: HashMap::new(),
+            broadcast: Channel::new(default_pacing),
+            room_pacing: HashMap::new(),
+            timers: BinaryHeap::new(),
+            worker_stats: vec![WorkerStats::default(); workers],
+            room_members: HashMap::new(),
+            user_conns: HashMap::new(),
+            changed_rooms: HashMap::new(),
+            changed_users: HashMap::new(),
+            stats: HubStats::default(),
+            woken: vec![false; workers],
+            scratch: vec![0; 64 * 1024].into_boxed_slice(),
+            queries: HashMap::new(),
+            next_query: 0,
+            setup,
+        }
     }
 
     pub fn run(mut self) {
@@ -234,6 +268,7 @@ impl Hub {
                     format,
                     present,
                 } => self.presence(worker, kind, &name, format, present),
+                ToHub::UserConns { request, conns } => self.user_conns_answered(request, conns),
                 ToHub::Report {
                     worker,
                     rooms,
@@ -399,6 +434,8 @@ impl Hub {
         } else {
             tracing::debug!(why, "link dial failed");
         }
+        // Nobody waits for answers on a link that is gone.
+        self.queries.clear();
         let next = (backoff * 2).min(BACKOFF_MAX);
         self.link = LinkState::Down {
             retry_at: Instant::now() + backoff,
@@ -451,7 +488,8 @@ impl Hub {
             match frame {
                 LinkFrame::Publish(publish) => self.publish(publish),
                 LinkFrame::SetLevel(level) => self.set_level(level),
-                LinkFrame::Register(_) | LinkFrame::LoadReport(_) => {
+                LinkFrame::QueryUser(query) => self.query_user(query),
+                LinkFrame::Register(_) | LinkFrame::LoadReport(_) | LinkFrame::UserConns(_) => {
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidData,
                         "control sent an edge-only frame",
@@ -501,6 +539,7 @@ impl Hub {
             self.stats.publishes_without_members += 1;
             return;
         };
+        channel.last_seq = channel.last_seq.max(msg.seq);
         match channel.window.push(msg, now) {
             Admit::Opened(deadline) => {
                 let key = match &target {
@@ -689,12 +728,94 @@ impl Hub {
             full,
             rooms,
             users,
+            seqs: if full { self.last_seqs() } else { Vec::new() },
         });
+        self.send_frame(&report);
+    }
+
+    /// The last sequence number of every channel this edge holds.
+    fn last_seqs(&self) -> Vec<(Target, u64)> {
+        let rooms = self
+            .rooms
+            .iter()
+            .map(|(name, c)| (Target::Room(name.clone()), c.last_seq));
+        let users = self
+            .users
+            .iter()
+            .map(|(name, c)| (Target::User(name.clone()), c.last_seq));
+        rooms
+            .chain(users)
+            .chain(std::iter::once((
+                Target::Broadcast,
+                self.broadcast.last_seq,
+            )))
+            .filter(|&(_, seq)| seq > 0)
+            .collect()
+    }
+
+    /// Asks the workers holding the user for its connections; answers at once when none does.
+    fn query_user(&mut self, query: QueryUser) {
+        let holders = self.users.get(&query.user).map_or(0, |c| {
+            c.workers_by_format.iter().fold(0u64, |all, m| all | m)
+        });
+        let id = self.next_query;
+        self.next_query = self.next_query.wrapping_add(1);
+        let mut asked = 0;
+        for (index, worker) in self.setup.workers.iter().enumerate() {
+            if holders & (1 << index) == 0 {
+                continue;
+            }
+            let ask = ToWorker::QueryUser {
+                request: id,
+                user: query.user.as_str().into(),
+            };
+            if worker.inbox.try_send(ask).is_ok() {
+                self.woken[index] = true;
+                asked += 1;
+            }
+        }
+        let pending = PendingQuery {
+            request: query.request,
+            user: query.user,
+            workers_left: asked,
+            conns: Vec::new(),
+        };
+        if asked == 0 {
+            self.answer_query(pending);
+        } else {
+            self.queries.insert(id, pending);
+        }
+    }
+
+    fn user_conns_answered(&mut self, id: u32, conns: Vec<ConnInfo>) {
+        let Some(pending) = self.queries.get_mut(&id) else {
+            return; // asked before the link dropped; nobody waits for it any more
+        };
+        pending.conns.extend(conns);
+        pending.workers_left -= 1;
+        if pending.workers_left == 0 {
+            let pending = self.queries.remove(&id).expect("present");
+            self.answer_query(pending);
+        }
+    }
+
+    fn answer_query(&mut self, pending: PendingQuery) {
+        let answer = LinkFrame::UserConns(UserConns {
+            request: pending.request,
+            user: pending.user,
+            conns: pending.conns,
+        });
+        self.send_frame(&answer);
+    }
+
+    /// Queues a frame on the link (if it is up) and writes what the socket takes.
+    fn send_frame(&mut self, frame: &LinkFrame) {
         let LinkState::Up(conn) = &mut self.link else {
             return;
         };
-        if let Err(error) = link::encode(&report, &mut conn.write) {
-            tracing::error!(%error, "cannot encode a load report");
+        if let Err(error) = link::encode(frame, &mut conn.write) {
+            tracing::error!(%error, "cannot encode a link frame");
+            return;
         }
         if let Err(error) = self.flush_link() {
             self.link_failed(&error.to_string(), BACKOFF_MIN);

@@ -26,6 +26,7 @@ use crate::outqueue::{OutQueue, SharedFrame};
 use crate::proto::client::{self, ClientOp, ErrorCode, WireFormat};
 use crate::proto::handshake;
 use crate::proto::ids::is_valid_id;
+use crate::proto::link::ConnInfo;
 use crate::proto::message::Target;
 use crate::session::{self, Action, Session, Transport};
 use crate::stats::{CloseReason, WorkerStats};
@@ -46,6 +47,8 @@ pub struct WorkerSetup {
     pub listeners: Vec<(TcpListener, Transport)>,
     pub inbox: Receiver<ToWorker>,
     pub hub: Sender<ToHub>,
+    /// Wakes the hub when an answer must not wait for its next timer.
+    pub hub_waker: Arc<mio::Waker>,
     /// Connections open on every worker of this edge, against `max_connections`. Touched once
     /// per accept and once per close, never per message.
     pub open_connections: Arc<AtomicUsize>,
@@ -113,6 +116,7 @@ pub struct Worker {
     listener_transports: Vec<Transport>,
     inbox: Receiver<ToWorker>,
     hub: Sender<ToHub>,
+    hub_waker: Arc<mio::Waker>,
     open_connections: Arc<AtomicUsize>,
     conns: Slab<Conn>,
     rooms: MemberTable,
@@ -138,6 +142,7 @@ impl Worker {
             listeners,
             inbox,
             hub,
+            hub_waker,
             open_connections,
         } = setup;
         let mut listener_transports = Vec::new();
@@ -158,6 +163,7 @@ impl Worker {
             listener_transports,
             inbox,
             hub,
+            hub_waker,
             open_connections,
             conns: Slab::new(),
             rooms: MemberTable::default(),
@@ -390,6 +396,7 @@ impl Worker {
         while let Ok(message) = self.inbox.try_recv() {
             match message {
                 ToWorker::Deliver(delivery) => self.deliver(&delivery),
+                ToWorker::QueryUser { request, user } => self.answer_user_query(request, &user),
                 ToWorker::Shutdown => shutdown = true,
             }
         }
@@ -915,6 +922,32 @@ impl Worker {
                 None => self.close_now(id, reason),
             }
         }
+    }
+
+    /// Describes this worker's connections of one user (rare: an operator's lookup).
+    fn answer_user_query(&mut self, request: u32, user: &str) {
+        let mut conns = Vec::new();
+        if let Some(channel) = self.users.slot_of(user).and_then(|s| self.users.channel(s)) {
+            for member in &channel.members {
+                let conn = &self.conns[member.key()];
+                let rooms = conn
+                    .rooms
+                    .iter()
+                    .filter_map(|&(slot, _)| self.rooms.channel(slot))
+                    .map(|room| room.name.to_string())
+                    .collect();
+                conns.push(ConnInfo {
+                    format: conn.format,
+                    peer: conn
+                        .stream
+                        .peer_addr()
+                        .map_or_else(|_| String::new(), |addr| addr.to_string()),
+                    rooms,
+                });
+            }
+        }
+        let _ = self.hub.send(ToHub::UserConns { request, conns });
+        let _ = self.hub_waker.wake();
     }
 
     fn report(&mut self) {

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use roomcast_engine::proto::link::{
-    decode, encode, LinkFrame, LoadReport, Publish, Register, SetLevel, UNLIMITED,
+    decode, encode, LinkFrame, LoadReport, Publish, QueryUser, Register, SetLevel, UserConns,
+    UNLIMITED,
 };
 use roomcast_engine::proto::message::{PushMessage, Target};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -235,6 +236,25 @@ impl LinkPeer {
             Ok(Some(Err(why))) => panic!("{why}"),
             Ok(None) => panic!("the link reader stopped"),
             Err(_) => None,
+        }
+    }
+
+    /// Asks the edge for one user's connections (`query user`) and returns its answer.
+    pub async fn query_user(&mut self, request: u32, user: &str) -> UserConns {
+        let query = LinkFrame::QueryUser(QueryUser {
+            request,
+            user: user.to_owned(),
+        });
+        self.send(&query).await;
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.try_next_frame(left).await {
+                Some(LinkFrame::UserConns(answer)) => return answer,
+                Some(LinkFrame::LoadReport(_)) => continue,
+                Some(other) => panic!("expected user connections, got {other:?}"),
+                None => panic!("no answer to query user {request} within {WAIT:?}"),
+            }
         }
     }
 

@@ -1,8 +1,9 @@
 //! The control ↔ edge link codec (PROTOCOL.md §6).
 //!
 //! One persistent TCP connection carries length-prefixed frames in both directions: `u32 length`
-//! (of what follows), `type u8`, then the body. The edge registers and reports load; the control
-//! plane publishes messages and sets per-room rate levels.
+//! (of what follows), `type u8`, then the body. The edge registers, reports load and answers user
+//! queries; the control plane publishes messages, sets per-room rate levels and asks which
+//! connections a user has on the edge.
 //!
 //! The codec is pure: [`encode`] appends bytes to a buffer and [`decode`] splits whole frames off
 //! the front of one. Both check the same rules, so every frame [`encode`] accepts [`decode`]
@@ -14,6 +15,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use super::client::WireFormat;
 use super::ids::is_valid_id;
 use super::message::{PushMessage, Target, PRIORITIES};
 use super::wire::{put_bytes32, put_str8, Reader, WireError};
@@ -34,10 +36,21 @@ const TYPE_REGISTER: u8 = 0x01;
 const TYPE_PUBLISH: u8 = 0x02;
 const TYPE_SET_LEVEL: u8 = 0x03;
 const TYPE_LOAD_REPORT: u8 = 0x04;
+const TYPE_QUERY_USER: u8 = 0x05;
+const TYPE_USER_CONNS: u8 = 0x06;
 
-/// Smallest encoding of one load-report entry: a one-byte id (ids are never empty) plus its
-/// length byte and a `u32` count. Used to bound pre-allocation by what the frame can really hold.
+// Smallest encodings of the repeated items, used to bound pre-allocation by what the frame can
+// really hold rather than by an untrusted count.
+
+/// One load-report entry: a one-byte id (ids are never empty) plus its length byte and a `u32`
+/// count.
 const MIN_ENTRY_LEN: usize = 1 + 1 + 4;
+/// One load-report sequence number: target tag, empty id (broadcast), `u64` seq.
+const MIN_SEQ_LEN: usize = 1 + 1 + 8;
+/// One user connection: format byte, empty peer, zero room count.
+const MIN_CONN_LEN: usize = 1 + 1 + 1;
+/// One room of a user connection: a one-byte id plus its length byte.
+const MIN_ROOM_LEN: usize = 1 + 1;
 
 /// `register` (edge → control): the first frame on every (re)connected link.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,6 +112,41 @@ pub struct LoadReport {
     pub rooms: Vec<(String, u32)>,
     /// `(user, connections)` pairs.
     pub users: Vec<(String, u32)>,
+    /// The last sequence number this edge received per channel, so a restarted control plane
+    /// continues each channel's numbering. Filled in full reports only (empty otherwise); the
+    /// codec itself does not enforce that.
+    pub seqs: Vec<(Target, u64)>,
+}
+
+/// `query user` (control → edge): which connections does `user` have on this edge?
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueryUser {
+    /// Chosen by the control plane and echoed in the [`UserConns`] answer.
+    pub request: u32,
+    /// The user asked about (a valid id).
+    pub user: String,
+}
+
+/// `user connections` (edge → control): the answer to one [`QueryUser`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserConns {
+    /// The `request` of the query this answers.
+    pub request: u32,
+    /// The user asked about.
+    pub user: String,
+    /// The user's connections on this edge (empty when it has none); at most `u16::MAX`.
+    pub conns: Vec<ConnInfo>,
+}
+
+/// One client connection in a [`UserConns`] answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnInfo {
+    /// The connection's wire format; encoded as [`WireFormat::index`].
+    pub format: WireFormat,
+    /// The client's `ip:port` (at most 255 bytes).
+    pub peer: String,
+    /// Rooms the connection has joined (valid ids, at most 255).
+    pub rooms: Vec<String>,
 }
 
 /// One frame on the control ↔ edge link.
@@ -112,6 +160,10 @@ pub enum LinkFrame {
     SetLevel(SetLevel),
     /// `0x04`, edge → control.
     LoadReport(LoadReport),
+    /// `0x05`, control → edge.
+    QueryUser(QueryUser),
+    /// `0x06`, edge → control.
+    UserConns(UserConns),
 }
 
 /// Why a link frame could not be encoded or decoded. After a decode error the link is broken:
@@ -124,23 +176,27 @@ pub enum LinkError {
     /// The length prefix is 0, so there is not even a type byte.
     #[error("zero-length frame")]
     EmptyFrame,
-    /// The type byte is not one of the four link frames.
+    /// The type byte is not one of the six link frames.
     #[error("unknown link frame type {0:#04x}")]
     UnknownType(u8),
     /// `register` carries a version other than [`LINK_VERSION`].
     #[error("unsupported link version {0} (expected {LINK_VERSION})")]
     UnsupportedVersion(u16),
-    /// The publish target tag is not 0 (room), 1 (user) or 2 (broadcast).
+    /// A publish or load-report seq target tag is not 0 (room), 1 (user) or 2 (broadcast).
     #[error("unknown target tag {0}")]
     BadTarget(u8),
+    /// A user connection's format byte is not 0 (WebSocket JSON), 1 (WebSocket binary) or
+    /// 2 (raw TCP).
+    #[error("unknown wire format {0}")]
+    BadFormat(u8),
     /// The priority is above 3.
     #[error("priority {0} is out of range 0..=3")]
     BadPriority(u8),
     /// The named field is not a valid room/user/edge id.
     #[error("{0} is not a valid id")]
     InvalidId(&'static str),
-    /// A broadcast publish carries a non-empty id.
-    #[error("broadcast publish carries an id")]
+    /// A broadcast target (publish or load-report seq) carries a non-empty id.
+    #[error("broadcast target carries an id")]
     BroadcastWithId,
     /// The message kind contains a control character (it is spliced into client JSON).
     #[error("kind contains a control character")]
@@ -240,7 +296,16 @@ fn frame_len(frame: &LinkFrame) -> Result<usize, LinkError> {
         LinkFrame::LoadReport(l) => {
             let mut n = 4 + 4 * 8 + 1;
             n = add_entries(n, &l.rooms, "room")?;
-            add_entries(n, &l.users, "user")?
+            n = add_entries(n, &l.users, "user")?;
+            add_seqs(n, &l.seqs)?
+        }
+        LinkFrame::QueryUser(q) => {
+            check_id(&q.user, "user")?;
+            4 + str8_len(&q.user, "user")?
+        }
+        LinkFrame::UserConns(u) => {
+            check_id(&u.user, "user")?;
+            add_conns(4 + str8_len(&u.user, "user")?, &u.conns)?
         }
     };
     let len = 1 + body;
@@ -261,6 +326,42 @@ fn add_entries(
     for (id, _) in entries {
         check_id(id, field)?;
         n += str8_len(id, field)? + 4;
+        if n > MAX_LINK_FRAME {
+            return Err(LinkError::FrameTooLarge(n));
+        }
+    }
+    Ok(n)
+}
+
+/// Adds a `seq_count u32` and its entries to `n`; same early stop as [`add_entries`].
+fn add_seqs(mut n: usize, seqs: &[(Target, u64)]) -> Result<usize, LinkError> {
+    n += 4;
+    for (target, _) in seqs {
+        check_target(target)?;
+        n += 1 + str8_len(target.id(), "id")? + 8;
+        if n > MAX_LINK_FRAME {
+            return Err(LinkError::FrameTooLarge(n));
+        }
+    }
+    Ok(n)
+}
+
+/// Adds a `count u16` and its connections to `n`. One connection is at most ~64 KiB (255 rooms
+/// of 255 bytes), so stopping once past the frame limit keeps the sum from overflowing.
+fn add_conns(mut n: usize, conns: &[ConnInfo]) -> Result<usize, LinkError> {
+    if conns.len() > usize::from(u16::MAX) {
+        return Err(WireError::TooLong("conns").into());
+    }
+    n += 2;
+    for c in conns {
+        if c.rooms.len() > usize::from(u8::MAX) {
+            return Err(WireError::TooLong("rooms").into());
+        }
+        n += 1 + str8_len(&c.peer, "peer")? + 1;
+        for room in &c.rooms {
+            check_id(room, "room")?;
+            n += str8_len(room, "room")?;
+        }
         if n > MAX_LINK_FRAME {
             return Err(LinkError::FrameTooLarge(n));
         }
@@ -293,8 +394,7 @@ fn write_frame(frame: &LinkFrame, len: usize, out: &mut BytesMut) -> Result<(), 
         }
         LinkFrame::Publish(p) => {
             out.put_u8(TYPE_PUBLISH);
-            out.put_u8(p.target.tag());
-            put_str8(out, p.target.id().as_bytes(), "id")?;
+            put_target(out, &p.target)?;
             out.put_u64(p.msg.seq);
             out.put_u8(p.msg.priority);
             put_str8(out, p.msg.kind.as_bytes(), "kind")?;
@@ -319,8 +419,43 @@ fn write_frame(frame: &LinkFrame, len: usize, out: &mut BytesMut) -> Result<(), 
             out.put_u8(u8::from(l.full));
             write_entries(out, &l.rooms, "room")?;
             write_entries(out, &l.users, "user")?;
+            let count = u32::try_from(l.seqs.len()).map_err(|_| WireError::TooLong("seqs"))?;
+            out.put_u32(count);
+            for (target, seq) in &l.seqs {
+                put_target(out, target)?;
+                out.put_u64(*seq);
+            }
+        }
+        LinkFrame::QueryUser(q) => {
+            out.put_u8(TYPE_QUERY_USER);
+            out.put_u32(q.request);
+            put_str8(out, q.user.as_bytes(), "user")?;
+        }
+        LinkFrame::UserConns(u) => {
+            out.put_u8(TYPE_USER_CONNS);
+            out.put_u32(u.request);
+            put_str8(out, u.user.as_bytes(), "user")?;
+            let count = u16::try_from(u.conns.len()).map_err(|_| WireError::TooLong("conns"))?;
+            out.put_u16(count);
+            for c in &u.conns {
+                // `index` is 0, 1 or 2.
+                out.put_u8(c.format.index() as u8);
+                put_str8(out, c.peer.as_bytes(), "peer")?;
+                let rooms = u8::try_from(c.rooms.len()).map_err(|_| WireError::TooLong("rooms"))?;
+                out.put_u8(rooms);
+                for room in &c.rooms {
+                    put_str8(out, room.as_bytes(), "room")?;
+                }
+            }
         }
     }
+    Ok(())
+}
+
+/// Writes a `target u8` + `id str8` pair (publish, load-report seqs).
+fn put_target(out: &mut BytesMut, target: &Target) -> Result<(), LinkError> {
+    out.put_u8(target.tag());
+    put_str8(out, target.id().as_bytes(), "id")?;
     Ok(())
 }
 
@@ -360,19 +495,7 @@ fn decode_body(frame: Bytes) -> Result<LinkFrame, LinkError> {
             LinkFrame::Register(reg)
         }
         TYPE_PUBLISH => {
-            let tag = r.u8("target")?;
-            let id = r.str8("id")?;
-            let target = match tag {
-                0 => Target::Room(id.to_owned()),
-                1 => Target::User(id.to_owned()),
-                2 => Target::Broadcast,
-                t => return Err(LinkError::BadTarget(t)),
-            };
-            // For broadcast the id was read but not kept; it must still be empty.
-            if tag == 2 && !id.is_empty() {
-                return Err(LinkError::BroadcastWithId);
-            }
-            check_target(&target)?;
+            let target = read_target(&mut r)?;
             let seq = r.u64("seq")?;
             let priority = r.u8("priority")?;
             check_priority(priority)?;
@@ -420,6 +543,7 @@ fn decode_body(frame: Bytes) -> Result<LinkFrame, LinkError> {
             };
             let rooms = read_entries(&mut r, "room_count", "room")?;
             let users = read_entries(&mut r, "user_count", "user")?;
+            let seqs = read_seqs(&mut r)?;
             LinkFrame::LoadReport(LoadReport {
                 connections,
                 bytes_out,
@@ -429,6 +553,28 @@ fn decode_body(frame: Bytes) -> Result<LinkFrame, LinkError> {
                 full,
                 rooms,
                 users,
+                seqs,
+            })
+        }
+        TYPE_QUERY_USER => {
+            let request = r.u32("request")?;
+            let user = r.str8("user")?;
+            check_id(user, "user")?;
+            LinkFrame::QueryUser(QueryUser {
+                request,
+                user: user.to_owned(),
+            })
+        }
+        TYPE_USER_CONNS => {
+            let request = r.u32("request")?;
+            let user = r.str8("user")?;
+            check_id(user, "user")?;
+            let user = user.to_owned();
+            let conns = read_conns(&mut r)?;
+            LinkFrame::UserConns(UserConns {
+                request,
+                user,
+                conns,
             })
         }
         t => return Err(LinkError::UnknownType(t)),
@@ -455,6 +601,64 @@ fn read_entries(
         entries.push((id, r.u32(field)?));
     }
     Ok(entries)
+}
+
+/// Reads a `target u8` + `id str8` pair and checks it: a valid id for rooms and users, an empty
+/// one for broadcast.
+fn read_target(r: &mut Reader<'_>) -> Result<Target, LinkError> {
+    let tag = r.u8("target")?;
+    let id = r.str8("id")?;
+    let target = match tag {
+        0 => Target::Room(id.to_owned()),
+        1 => Target::User(id.to_owned()),
+        2 => Target::Broadcast,
+        t => return Err(LinkError::BadTarget(t)),
+    };
+    // For broadcast the id was read but not kept; it must still be empty.
+    if tag == 2 && !id.is_empty() {
+        return Err(LinkError::BroadcastWithId);
+    }
+    check_target(&target)?;
+    Ok(target)
+}
+
+fn read_seqs(r: &mut Reader<'_>) -> Result<Vec<(Target, u64)>, LinkError> {
+    let count = r.u32("seq_count")?;
+    let cap = usize::try_from(count)
+        .unwrap_or(usize::MAX)
+        .min(r.remaining() / MIN_SEQ_LEN);
+    let mut seqs = Vec::with_capacity(cap);
+    for _ in 0..count {
+        let target = read_target(r)?;
+        seqs.push((target, r.u64("seq")?));
+    }
+    Ok(seqs)
+}
+
+fn read_conns(r: &mut Reader<'_>) -> Result<Vec<ConnInfo>, LinkError> {
+    let count = r.u16("conn_count")?;
+    let mut conns = Vec::with_capacity(usize::from(count).min(r.remaining() / MIN_CONN_LEN));
+    for _ in 0..count {
+        let format = r.u8("format")?;
+        let format = *WireFormat::ALL
+            .get(usize::from(format))
+            .ok_or(LinkError::BadFormat(format))?;
+        let peer = r.str8("peer")?.to_owned();
+        let room_count = r.u8("room_count")?;
+        let mut rooms =
+            Vec::with_capacity(usize::from(room_count).min(r.remaining() / MIN_ROOM_LEN));
+        for _ in 0..room_count {
+            let room = r.str8("room")?;
+            check_id(room, "room")?;
+            rooms.push(room.to_owned());
+        }
+        conns.push(ConnInfo {
+            format,
+            peer,
+            rooms,
+        });
+    }
+    Ok(conns)
 }
 
 fn check_register(r: &Register) -> Result<(), LinkError> {
@@ -546,6 +750,42 @@ mod tests {
             full: true,
             rooms: vec![("r1".into(), 10), ("r2".into(), 0)],
             users: vec![("u1".into(), 2)],
+            seqs: vec![
+                (Target::Room("r1".into()), 41),
+                (Target::User("u1".into()), 0),
+                (Target::Broadcast, u64::MAX),
+            ],
+        })
+    }
+
+    fn query_user() -> LinkFrame {
+        LinkFrame::QueryUser(QueryUser {
+            request: 7,
+            user: "user:42".into(),
+        })
+    }
+
+    fn user_conns() -> LinkFrame {
+        LinkFrame::UserConns(UserConns {
+            request: u32::MAX,
+            user: "user:42".into(),
+            conns: vec![
+                ConnInfo {
+                    format: WireFormat::WsJson,
+                    peer: "10.1.2.3:50000".into(),
+                    rooms: vec!["r1".into(), "room:10000".into()],
+                },
+                ConnInfo {
+                    format: WireFormat::WsBinary,
+                    peer: "[2001:db8::1]:443".into(),
+                    rooms: vec!["r2".into()],
+                },
+                ConnInfo {
+                    format: WireFormat::Tcp,
+                    peer: String::new(),
+                    rooms: vec![],
+                },
+            ],
         })
     }
 
@@ -584,6 +824,18 @@ mod tests {
                 full: false,
                 rooms: vec![],
                 users: vec![],
+                seqs: vec![],
+            }),
+            query_user(),
+            LinkFrame::QueryUser(QueryUser {
+                request: 0,
+                user: "u".into(),
+            }),
+            user_conns(),
+            LinkFrame::UserConns(UserConns {
+                request: 0,
+                user: "u".into(),
+                conns: vec![],
             }),
         ]
     }
@@ -643,7 +895,36 @@ mod tests {
             put_str8(&mut b, id, "room").unwrap();
             b.put_u32(*n);
         }
-        b.put_u32(0);
+        b.put_u32(0); // user_count
+        b.put_u32(0); // seq_count
+        b
+    }
+
+    /// A full load report body with no rooms or users and the given `(tag, id, seq)` entries.
+    fn seqs_body(seqs: &[(u8, &[u8], u64)]) -> Vec<u8> {
+        let mut b = load_report_body(1, &[]);
+        b.truncate(b.len() - 4);
+        b.put_u32(u32::try_from(seqs.len()).unwrap());
+        for (tag, id, seq) in seqs {
+            b.put_u8(*tag);
+            put_str8(&mut b, id, "id").unwrap();
+            b.put_u64(*seq);
+        }
+        b
+    }
+
+    /// A user connections body for `u1` with one connection.
+    fn user_conns_body(format: u8, peer: &[u8], rooms: &[&[u8]]) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.put_u32(1);
+        put_str8(&mut b, b"u1", "user").unwrap();
+        b.put_u16(1);
+        b.put_u8(format);
+        put_str8(&mut b, peer, "peer").unwrap();
+        b.put_u8(u8::try_from(rooms.len()).unwrap());
+        for room in rooms {
+            put_str8(&mut b, room, "room").unwrap();
+        }
         b
     }
 
@@ -711,11 +992,91 @@ mod tests {
     }
 
     #[test]
+    fn query_user_and_user_conns_match_the_documented_layout() {
+        let mut want = Vec::new();
+        want.put_u32(1 + 4 + 3);
+        want.put_u8(0x05);
+        want.put_u32(7);
+        want.extend_from_slice(&[2, b'u', b'1']);
+        let query = LinkFrame::QueryUser(QueryUser {
+            request: 7,
+            user: "u1".into(),
+        });
+        assert_eq!(&encoded(&query)[..], &want[..]);
+
+        let mut want = Vec::new();
+        want.put_u32(1 + 4 + 3 + 2 + (1 + 4 + 1 + 3 + 3) + (1 + 1 + 1));
+        want.put_u8(0x06);
+        want.put_u32(7);
+        want.extend_from_slice(&[2, b'u', b'1', 0, 2]);
+        want.extend_from_slice(&[1, 3, b'a', b':', b'1', 2, 2, b'r', b'1', 2, b'r', b'2']);
+        want.extend_from_slice(&[2, 0, 0]);
+        let conns = LinkFrame::UserConns(UserConns {
+            request: 7,
+            user: "u1".into(),
+            conns: vec![
+                ConnInfo {
+                    format: WireFormat::WsBinary,
+                    peer: "a:1".into(),
+                    rooms: vec!["r1".into(), "r2".into()],
+                },
+                ConnInfo {
+                    format: WireFormat::Tcp,
+                    peer: String::new(),
+                    rooms: vec![],
+                },
+            ],
+        });
+        assert_eq!(&encoded(&conns)[..], &want[..]);
+    }
+
+    #[test]
+    fn load_report_seqs_come_last() {
+        let mut report = LoadReport {
+            connections: 1,
+            bytes_out: 2,
+            frames_out: 2,
+            msgs_dropped: 2,
+            slow_closes: 2,
+            full: true,
+            rooms: vec![],
+            users: vec![],
+            seqs: vec![],
+        };
+        let without = encoded(&LinkFrame::LoadReport(report.clone()));
+        assert_eq!(
+            &without[LEN_PREFIX + 1..],
+            &load_report_body(1, &[])[..],
+            "seq_count 0 ends the body"
+        );
+        report.seqs = vec![(Target::User("u1".into()), 5), (Target::Broadcast, 6)];
+        let with = encoded(&LinkFrame::LoadReport(report));
+        let mut tail = Vec::new();
+        tail.put_u32(2);
+        tail.extend_from_slice(&[1, 2, b'u', b'1']);
+        tail.put_u64(5);
+        tail.extend_from_slice(&[2, 0]);
+        tail.put_u64(6);
+        let head = LEN_PREFIX..without.len() - 4;
+        assert_eq!(&with[head.clone()], &without[head]);
+        assert_eq!(&with[without.len() - 4..], &tail[..]);
+        assert_eq!(
+            &with[..LEN_PREFIX],
+            &u32::try_from(with.len() - LEN_PREFIX)
+                .unwrap()
+                .to_be_bytes()
+        );
+    }
+
+    #[test]
     fn encode_appends_and_reserves_the_exact_size() {
+        // A fresh buffer gets exactly one frame's worth of capacity.
+        for frame in samples() {
+            let alone = encoded(&frame);
+            assert_eq!(alone.capacity(), alone.len(), "{frame:?}");
+        }
         let frame = load_report();
         let alone = encoded(&frame);
-        // A fresh buffer gets exactly one frame's worth of capacity.
-        assert_eq!(alone.capacity(), alone.len());
 
         let mut out = BytesMut::from(&b"xyz"[..]);
         encode(&frame, &mut out).unwrap();
@@ -866,7 +1227,7 @@ mod tests {
 
     #[test]
     fn unknown_types_are_refused() {
-        for ty in [0x00, 0x05, 0x81, 0xff] {
+        for ty in [0x00, 0x07, 0x81, 0xff] {
             assert_eq!(decode_err(raw(ty, &[])), LinkError::UnknownType(ty));
         }
     }
@@ -1013,10 +1374,11 @@ mod tests {
         );
 
         let mut body = load_report_body(0, &[]);
-        body.truncate(body.len() - 4);
+        body.truncate(body.len() - 8);
         body.put_u32(1);
         put_str8(&mut body, b"u 1", "user").unwrap();
         body.put_u32(1);
+        body.put_u32(0);
         assert_eq!(
             decode_err(raw(TYPE_LOAD_REPORT, &body)),
             LinkError::InvalidId("user")
@@ -1027,12 +1389,156 @@ mod tests {
     fn huge_entry_counts_fail_without_allocating_for_them() {
         // The body ends right after a room_count of u32::MAX: the first entry is missing.
         let mut body = load_report_body(1, &[]);
-        body.truncate(body.len() - 8);
+        body.truncate(body.len() - 12);
         body.put_u32(u32::MAX);
         assert_eq!(
             decode_err(raw(TYPE_LOAD_REPORT, &body)),
             LinkError::Wire(WireError::Truncated("room"))
         );
+        // Likewise a seq_count of u32::MAX with no entry after it.
+        let mut body = seqs_body(&[]);
+        body.truncate(body.len() - 4);
+        body.put_u32(u32::MAX);
+        assert_eq!(
+            decode_err(raw(TYPE_LOAD_REPORT, &body)),
+            LinkError::Wire(WireError::Truncated("target"))
+        );
+        // And u16::MAX connections / 255 rooms with nothing after the count.
+        let mut body = Vec::new();
+        body.put_u32(1);
+        put_str8(&mut body, b"u1", "user").unwrap();
+        body.put_u16(u16::MAX);
+        assert_eq!(
+            decode_err(raw(TYPE_USER_CONNS, &body)),
+            LinkError::Wire(WireError::Truncated("format"))
+        );
+        let mut body = user_conns_body(0, b"p", &[]);
+        body.pop();
+        body.put_u8(u8::MAX);
+        assert_eq!(
+            decode_err(raw(TYPE_USER_CONNS, &body)),
+            LinkError::Wire(WireError::Truncated("room"))
+        );
+    }
+
+    #[test]
+    fn load_report_seqs_are_checked_like_publish_targets() {
+        assert!(matches!(
+            decode(&mut raw(TYPE_LOAD_REPORT, &seqs_body(&[(2, b"", 9)]))).unwrap(),
+            Some(LinkFrame::LoadReport(l)) if l.seqs == [(Target::Broadcast, 9)]
+        ));
+        for tag in [3, 0xff] {
+            assert_eq!(
+                decode_err(raw(TYPE_LOAD_REPORT, &seqs_body(&[(tag, b"r1", 1)]))),
+                LinkError::BadTarget(tag)
+            );
+        }
+        assert_eq!(
+            decode_err(raw(TYPE_LOAD_REPORT, &seqs_body(&[(2, b"r1", 1)]))),
+            LinkError::BroadcastWithId
+        );
+        let long = [b'a'; 129];
+        for (tag, id, field) in [
+            (0, &b""[..], "room"),
+            (0, &b"r 1"[..], "room"),
+            (0, &long[..], "room"),
+            (1, &b""[..], "user"),
+            (1, &b"u/1"[..], "user"),
+        ] {
+            // The bad entry comes after a good one: every entry is checked.
+            let body = seqs_body(&[(0, b"r1", 1), (tag, id, 2)]);
+            assert_eq!(
+                decode_err(raw(TYPE_LOAD_REPORT, &body)),
+                LinkError::InvalidId(field)
+            );
+        }
+        let body = seqs_body(&[(0, &[0xff], 1)]);
+        assert_eq!(
+            decode_err(raw(TYPE_LOAD_REPORT, &body)),
+            LinkError::Wire(WireError::NotUtf8("id"))
+        );
+    }
+
+    #[test]
+    fn query_user_and_user_conns_ids_are_checked() {
+        for user in [&b""[..], &b"u 1"[..], &[b'a'; 129][..]] {
+            let mut body = Vec::new();
+            body.put_u32(1);
+            put_str8(&mut body, user, "user").unwrap();
+            assert_eq!(
+                decode_err(raw(TYPE_QUERY_USER, &body)),
+                LinkError::InvalidId("user")
+            );
+            body.put_u16(0);
+            assert_eq!(
+                decode_err(raw(TYPE_USER_CONNS, &body)),
+                LinkError::InvalidId("user")
+            );
+        }
+        for room in [&b""[..], &b"r*"[..]] {
+            let body = user_conns_body(0, b"1.2.3.4:5", &[b"r1", room]);
+            assert_eq!(
+                decode_err(raw(TYPE_USER_CONNS, &body)),
+                LinkError::InvalidId("room")
+            );
+        }
+        let body = user_conns_body(0, &[0xc3], &[]);
+        assert_eq!(
+            decode_err(raw(TYPE_USER_CONNS, &body)),
+            LinkError::Wire(WireError::NotUtf8("peer"))
+        );
+    }
+
+    #[test]
+    fn unknown_wire_formats_are_refused() {
+        for (byte, format) in [
+            (0, WireFormat::WsJson),
+            (1, WireFormat::WsBinary),
+            (2, WireFormat::Tcp),
+        ] {
+            let mut buf = raw(TYPE_USER_CONNS, &user_conns_body(byte, b"p", &[]));
+            let Some(LinkFrame::UserConns(u)) = decode(&mut buf).unwrap() else {
+                panic!("expected user connections");
+            };
+            assert_eq!(u.conns[0].format, format);
+        }
+        for byte in [3, 0x80, 0xff] {
+            assert_eq!(
+                decode_err(raw(TYPE_USER_CONNS, &user_conns_body(byte, b"p", &[]))),
+                LinkError::BadFormat(byte)
+            );
+        }
+    }
+
+    #[test]
+    fn user_conns_list_limits_are_enforced_on_encode() {
+        let conn = |rooms: usize| ConnInfo {
+            format: WireFormat::Tcp,
+            peer: "p".into(),
+            rooms: (0..rooms).map(|i| format!("r{i}")).collect(),
+        };
+        let frame = |conns: Vec<ConnInfo>| {
+            LinkFrame::UserConns(UserConns {
+                request: 1,
+                user: "u1".into(),
+                conns,
+            })
+        };
+        // The largest lists that fit round-trip.
+        for ok in [frame(vec![conn(255)]), frame(vec![conn(0); 65_535])] {
+            let mut buf = encoded(&ok);
+            assert_eq!(decode(&mut buf).unwrap(), Some(ok));
+        }
+        let mut out = BytesMut::from(&b"keep"[..]);
+        assert_eq!(
+            encode(&frame(vec![conn(256)]), &mut out),
+            Err(LinkError::Wire(WireError::TooLong("rooms")))
+        );
+        assert_eq!(
+            encode(&frame(vec![conn(0); 65_536]), &mut out),
+            Err(LinkError::Wire(WireError::TooLong("conns")))
+        );
+        assert_eq!(&out[..], b"keep");
     }
 
     #[test]
@@ -1116,8 +1622,65 @@ mod tests {
                     full: true,
                     rooms: vec![],
                     users: vec![("bad user".into(), 1)],
+                    seqs: vec![],
                 }),
                 LinkError::InvalidId("user"),
+            ),
+            (
+                LinkFrame::LoadReport(LoadReport {
+                    connections: 0,
+                    bytes_out: 0,
+                    frames_out: 0,
+                    msgs_dropped: 0,
+                    slow_closes: 0,
+                    full: true,
+                    rooms: vec![],
+                    users: vec![],
+                    seqs: vec![
+                        (Target::Room("r1".into()), 1),
+                        (Target::Room("r 2".into()), 2),
+                    ],
+                }),
+                LinkError::InvalidId("room"),
+            ),
+            (
+                LinkFrame::QueryUser(QueryUser {
+                    request: 1,
+                    user: String::new(),
+                }),
+                LinkError::InvalidId("user"),
+            ),
+            (
+                LinkFrame::UserConns(UserConns {
+                    request: 1,
+                    user: "u/1".into(),
+                    conns: vec![],
+                }),
+                LinkError::InvalidId("user"),
+            ),
+            (
+                LinkFrame::UserConns(UserConns {
+                    request: 1,
+                    user: "u1".into(),
+                    conns: vec![ConnInfo {
+                        format: WireFormat::WsJson,
+                        peer: "p".into(),
+                        rooms: vec!["r1".into(), "x".repeat(129)],
+                    }],
+                }),
+                LinkError::InvalidId("room"),
+            ),
+            (
+                LinkFrame::UserConns(UserConns {
+                    request: 1,
+                    user: "u1".into(),
+                    conns: vec![ConnInfo {
+                        format: WireFormat::WsJson,
+                        peer: "p".repeat(256),
+                        rooms: vec![],
+                    }],
+                }),
+                LinkError::Wire(WireError::TooLong("peer")),
             ),
         ];
         for (frame, want) in bad {
@@ -1156,6 +1719,11 @@ mod tests {
         assert_eq!(
             LinkError::InvalidId("room").to_string(),
             "room is not a valid id"
+        );
+        assert_eq!(LinkError::BadFormat(3).to_string(), "unknown wire format 3");
+        assert_eq!(
+            LinkError::Wire(WireError::TooLong("rooms")).to_string(),
+            "malformed frame: rooms is too long"
         );
         assert_eq!(
             LinkError::Wire(WireError::Trailing(2)).to_string(),

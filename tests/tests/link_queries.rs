@@ -1,0 +1,82 @@
+//! What the control plane asks an edge over the link (PROTOCOL.md §6): a user's connections, and
+//! the last sequence number of each channel in full load reports.
+
+use std::time::Duration;
+
+use roomcast_tests::{for_each_driver, Client, Edge, Target, WireFormat, WAIT};
+
+#[test]
+fn query_user_lists_every_connection_of_the_user_with_its_encoding_peer_and_rooms() {
+    for_each_driver(|io| async move {
+        let mut edge = Edge::start(io, &[]).await;
+        let mut ws = Client::connect_authed(&edge, WireFormat::WsJson, "u1").await;
+        let mut tcp = Client::connect_authed(&edge, WireFormat::Tcp, "u1").await;
+        let _other = Client::connect_authed(&edge, WireFormat::WsBinary, "u2").await;
+        assert_eq!(ws.join("r1").await, Ok(()));
+        assert_eq!(ws.join("r2").await, Ok(()));
+        assert_eq!(tcp.join("r3").await, Ok(()));
+
+        let answer = edge.link.query_user(7, "u1").await;
+        assert_eq!(answer.request, 7);
+        assert_eq!(answer.user, "u1");
+        let mut conns = answer.conns;
+        conns.sort_by_key(|c| c.format.index());
+        assert_eq!(conns.len(), 2, "{conns:?}");
+        assert_eq!(conns[0].format, WireFormat::WsJson);
+        assert_eq!(conns[0].peer, ws.local_addr().to_string());
+        let mut rooms = conns[0].rooms.clone();
+        rooms.sort();
+        assert_eq!(rooms, ["r1", "r2"]);
+        assert_eq!(conns[1].format, WireFormat::Tcp);
+        assert_eq!(conns[1].peer, tcp.local_addr().to_string());
+        assert_eq!(conns[1].rooms, ["r3"]);
+
+        let nobody = edge.link.query_user(8, "nobody").await;
+        assert_eq!((nobody.request, nobody.conns.len()), (8, 0));
+    });
+}
+
+#[test]
+fn a_full_load_report_carries_the_last_seq_of_each_channel_the_edge_holds() {
+    for_each_driver(|io| async move {
+        let mut edge = Edge::start(io, &["--tick-ms", "0"]).await;
+        let mut member = Client::connect_authed(&edge, WireFormat::Tcp, "u1").await;
+        assert_eq!(member.join("r1").await, Ok(()));
+        let room = Target::Room("r1".into());
+        let mut last = None;
+        for n in 0..3 {
+            last = Some(
+                edge.link
+                    .publish_room("r1", 2, "chat", &n.to_string())
+                    .await,
+            );
+        }
+        let last = last.expect("published");
+        member.recv_messages(&room, 3, WAIT).await;
+
+        // Re-dial: the first report after register is full and names r1's last seq.
+        edge.link.drop_link();
+        tokio::time::timeout(WAIT, edge.link.accept_register())
+            .await
+            .expect("the edge re-dials");
+        let reports = edge
+            .link
+            .load_reports_until(Duration::from_secs(5), |r| r.full)
+            .await;
+        let full = reports.last().expect("a full report");
+        assert!(
+            full.seqs.contains(&(room.clone(), last.seq)),
+            "seqs {:?} should hold r1 at {}",
+            full.seqs,
+            last.seq
+        );
+        let later = edge
+            .link
+            .load_reports_until(Duration::from_secs(5), |r| !r.full)
+            .await;
+        assert!(
+            later.last().expect("a report").seqs.is_empty(),
+            "only full reports carry seqs"
+        );
+    });
+}
