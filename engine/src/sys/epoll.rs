@@ -15,7 +15,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
 use super::socket::{is_fd_exhaustion, set_nodelay_nonblocking, Refusal, ReserveFd};
-use super::{ConnId, Driver, DriverStats, Event, Waker, WriteStatus, MAX_IOVECS};
+use super::{claim_slot, ConnId, Driver, DriverStats, Event, Waker, WriteStatus, MAX_IOVECS};
 
 // Tokens are `usize`; connection tokens carry the 64-bit `ConnId`, so this driver needs 64 bits.
 const _: () = assert!(usize::BITS == 64, "the epoll driver needs a 64-bit target");
@@ -32,9 +32,6 @@ const READ_BUDGET: usize = 4;
 const ACCEPT_BUDGET: usize = 256;
 /// How long to back off before accepting again after the process ran out of descriptors.
 const ACCEPT_RETRY: Duration = Duration::from_millis(10);
-/// Connection keys index a dense table; a key beyond this is a caller bug, not a reason to
-/// allocate gigabytes.
-const MAX_KEY: usize = 1 << 24;
 /// How many readiness events one `epoll_wait` may return.
 const EVENTS_CAPACITY: usize = 1024;
 
@@ -275,21 +272,7 @@ impl Driver for EpollDriver {
 
     fn register(&mut self, conn: ConnId, fd: RawFd) -> io::Result<()> {
         let key = conn.key();
-        if key >= MAX_KEY {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "connection key too large",
-            ));
-        }
-        if self.conns.len() <= key {
-            self.conns.resize_with(key + 1, || None);
-        }
-        if self.conns[key].is_some() {
-            return Err(io::Error::new(
-                io::ErrorKind::AlreadyExists,
-                "connection key already registered",
-            ));
-        }
+        claim_slot(&mut self.conns, key)?;
         // Edge-triggered: EPOLL_CTL_ADD reports readiness that already exists (bytes that
         // arrived before registration), so nothing is lost.
         self.poll.registry().register(

@@ -153,5 +153,28 @@ pub fn new_driver(kind: DriverKind) -> io::Result<(Box<dyn Driver>, Option<Strin
     }
 }
 
+/// The largest slab key a driver accepts (its per-connection table is indexed by key).
+const MAX_KEY: usize = 1 << 24;
+
+/// Makes sure a driver's per-connection table has a free slot at `key` for a new registration.
+fn claim_slot<T>(table: &mut Vec<Option<T>>, key: usize) -> io::Result<()> {
+    if key >= MAX_KEY {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "connection key too large",
+        ));
+    }
+    if table.len() <= key {
+        table.resize_with(key + 1, || None);
+    }
+    if table[key].is_some() {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "connection key already registered",
+        ));
+    }
+    Ok(())
+}
+
 /// The maximum number of iovecs one vectored write may carry (Linux `IOV_MAX`).
 pub const MAX_IOVECS: usize = 1024;

@@ -24,7 +24,7 @@ use io_uring::{cqueue, opcode, squeue, IoUring, Probe};
 use slab::Slab;
 
 use super::socket::{is_fd_exhaustion, Refusal, ReserveFd};
-use super::{ConnId, Driver, DriverStats, Event, Waker, WriteStatus, MAX_IOVECS};
+use super::{claim_slot, ConnId, Driver, DriverStats, Event, Waker, WriteStatus, MAX_IOVECS};
 
 /// Sends queued before the driver submits them without waiting for `poll` (see `write`).
 const SUBMIT_SLICE: usize = 256;
@@ -37,8 +37,6 @@ const WAKER_UD: u64 = u64::MAX;
 const CANCEL_UD: u64 = u64::MAX - 1;
 /// How long to back off before re-arming an accept after descriptor exhaustion.
 const ACCEPT_RETRY: Duration = Duration::from_millis(10);
-/// Connection keys index a dense table; a key beyond this is a caller bug.
-const MAX_KEY: usize = 1 << 24;
 /// CQ drain passes per `poll` (each pass takes everything currently in the CQ).
 const DRAIN_PASSES: usize = 4;
 /// Flags for accepted sockets: the worker expects nonblocking, close-on-exec streams.
@@ -831,21 +829,7 @@ impl Driver for UringDriver {
 
     fn register(&mut self, conn: ConnId, fd: RawFd) -> io::Result<()> {
         let key = conn.key();
-        if key >= MAX_KEY {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "connection key too large",
-            ));
-        }
-        if self.conns.len() <= key {
-            self.conns.resize_with(key + 1, || None);
-        }
-        if self.conns[key].is_some() {
-            return Err(io::Error::new(
-                io::ErrorKind::AlreadyExists,
-                "connection key already registered",
-            ));
-        }
+        claim_slot(&mut self.conns, key)?;
         let op = self.ops.insert(Op::Recv { conn });
         self.conns[key] = Some(ConnEntry {
             id: conn,
