@@ -35,6 +35,12 @@ const LINK: Token = Token(0);
 const WAKE: Token = Token(1);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Link bytes read per `service_link` call: under a publish flood the hub must still get back to
+/// its windows, wake-ups and load reports.
+const LINK_READ_BUDGET: usize = 1 << 20;
+/// How soon after a channel appears on (or leaves) this edge the control plane hears of it, so a
+/// publish right after a first join is routed here without waiting for the next regular report.
+const MEMBERSHIP_REPORT_DELAY: Duration = Duration::from_millis(20);
 /// A link write buffer beyond this means the control plane stopped reading: drop the link.
 const MAX_LINK_BACKLOG: usize = 64 << 20;
 
@@ -133,6 +139,11 @@ pub struct Hub {
     /// `query user` requests being answered by workers, by the hub's own query id.
     queries: HashMap<u32, PendingQuery>,
     next_query: u32,
+    /// The link read budget ran out with bytes possibly left in the socket (mio is
+    /// edge-triggered, so no new event would say so): read again without waiting.
+    link_unread: bool,
+    /// An early incremental load report is due (a channel appeared on or left this edge).
+    membership_report_at: Option<Instant>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -196,6 +207,8 @@ impl Hub {
             scratch: vec![0; 64 * 1024].into_boxed_slice(),
             queries: HashMap::new(),
             next_query: 0,
+            link_unread: false,
+            membership_report_at: None,
             setup,
         }
     }
@@ -227,14 +240,22 @@ impl Hub {
             if let LinkState::Down { retry_at, .. } = &self.link {
                 wake_at = wake_at.min(*retry_at);
             }
-            let timeout = wake_at.saturating_duration_since(now);
+            if let Some(at) = self.membership_report_at {
+                wake_at = wake_at.min(at);
+            }
+            let timeout = if self.link_unread {
+                Duration::ZERO
+            } else {
+                wake_at.saturating_duration_since(now)
+            };
             if let Err(error) = self.poll.poll(&mut events, Some(timeout)) {
                 if error.kind() != io::ErrorKind::Interrupted {
                     tracing::error!(%error, "hub poll failed");
                 }
             }
             self.drain_workers();
-            let link_ready = events.iter().any(|e| e.token() == LINK);
+            let link_ready =
+                std::mem::take(&mut self.link_unread) || events.iter().any(|e| e.token() == LINK);
             if link_ready {
                 self.on_link_ready();
             }
@@ -247,6 +268,12 @@ impl Hub {
             if Instant::now() >= next_report {
                 self.send_report(false);
                 next_report = Instant::now() + self.setup.report_interval;
+            }
+            if self
+                .membership_report_at
+                .is_some_and(|at| Instant::now() >= at)
+            {
+                self.send_report(false);
             }
             if let (Some(at), Some(every)) = (next_stats_log, self.setup.stats_log_interval) {
                 if Instant::now() >= at {
@@ -321,13 +348,19 @@ impl Hub {
                 .entry(name.to_string())
                 .or_insert_with(|| Channel::new(Pacing::unlimited(default_tick))),
         };
+        let had_members = channel.has_members();
         let bit = 1u64 << worker;
         if present {
             channel.workers_by_format[format.index()] |= bit;
         } else {
             channel.workers_by_format[format.index()] &= !bit;
         }
-        if !channel.has_members() && channel.window.is_empty() {
+        let has_members = channel.has_members();
+        let idle = !has_members && channel.window.is_empty();
+        if had_members != has_members {
+            self.membership_changed(kind, name, has_members);
+        }
+        if idle {
             match kind {
                 ChannelKind::Room => {
                     self.rooms.remove(name);
@@ -338,6 +371,24 @@ impl Hub {
                 ChannelKind::All => {}
             }
         }
+    }
+
+    /// A room or user appeared on this edge or left it: tell the control plane soon, so it routes
+    /// publishes here (or stops) without waiting for the next regular report. The exact member
+    /// count follows with the workers' next report; until then an appearance counts as at least 1.
+    fn membership_changed(&mut self, kind: ChannelKind, name: &str, present: bool) {
+        let (changed, known) = match kind {
+            ChannelKind::Room => (&mut self.changed_rooms, &self.room_members),
+            ChannelKind::User => (&mut self.changed_users, &self.user_conns),
+            ChannelKind::All => return,
+        };
+        let total = known
+            .get(name)
+            .map_or(0, |per_worker| per_worker.iter().sum::<u32>());
+        let count = if present { total.max(1) } else { 0 };
+        changed.insert(name.into(), count);
+        let at = Instant::now() + MEMBERSHIP_REPORT_DELAY;
+        self.membership_report_at = Some(self.membership_report_at.map_or(at, |t| t.min(at)));
     }
 
     fn on_link_ready(&mut self) {
@@ -445,18 +496,27 @@ impl Hub {
 
     /// Reads every complete frame, handles it, and writes what is buffered.
     fn service_link(&mut self) -> io::Result<()> {
+        let mut budget = LINK_READ_BUDGET;
         loop {
             let LinkState::Up(conn) = &mut self.link else {
                 return Ok(());
             };
-            match conn.stream.read(&mut self.scratch[..]) {
+            if budget == 0 {
+                self.link_unread = true;
+                break;
+            }
+            let chunk = budget.min(self.scratch.len());
+            match conn.stream.read(&mut self.scratch[..chunk]) {
                 Ok(0) => {
                     return Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
                         "control closed the link",
                     ));
                 }
-                Ok(n) => conn.read.extend_from_slice(&self.scratch[..n]),
+                Ok(n) => {
+                    conn.read.extend_from_slice(&self.scratch[..n]);
+                    budget -= n;
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
@@ -698,6 +758,7 @@ impl Hub {
     }
 
     fn send_report(&mut self, full: bool) {
+        self.membership_report_at = None;
         let LinkState::Up(_) = self.link else { return };
         let mut total = WorkerStats::default();
         for stats in &self.worker_stats {

@@ -117,6 +117,8 @@ pub struct Worker {
     inbox: Receiver<ToWorker>,
     hub: Sender<ToHub>,
     hub_waker: Arc<mio::Waker>,
+    /// Presence changes went to the hub this round: wake it once at the end of the round.
+    presence_sent: bool,
     open_connections: Arc<AtomicUsize>,
     conns: Slab<Conn>,
     rooms: MemberTable,
@@ -164,6 +166,7 @@ impl Worker {
             inbox,
             hub,
             hub_waker,
+            presence_sent: false,
             open_connections,
             conns: Slab::new(),
             rooms: MemberTable::default(),
@@ -221,6 +224,10 @@ impl Worker {
             }
             self.flush_dirty();
             self.release_closed();
+            if std::mem::take(&mut self.presence_sent) {
+                // One wake-up per round however many members joined or left in it.
+                let _ = self.hub_waker.wake();
+            }
             if self.now >= next_sweep {
                 self.sweep();
                 next_sweep = self.now + sweep_every;
@@ -768,8 +775,10 @@ impl Worker {
         }
     }
 
-    fn presence(&self, kind: ChannelKind, name: &str, format: WireFormat, present: bool) {
-        // The hub drains this channel before reading its link, so no wake-up is needed.
+    fn presence(&mut self, kind: ChannelKind, name: &str, format: WireFormat, present: bool) {
+        // The hub learns of it when it next wakes; `wake_hub_if_needed` makes that this round,
+        // so the control plane hears of a new room or user within a few milliseconds.
+        self.presence_sent = true;
         let _ = self.hub.send(ToHub::Presence {
             worker: self.index,
             kind,

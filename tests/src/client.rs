@@ -21,7 +21,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
-use crate::edge::Edge;
+use crate::edge::EdgeAddrs;
 use crate::tokens::token;
 use crate::WAIT;
 
@@ -267,18 +267,24 @@ pub struct Client {
 
 impl Client {
     /// Connects to the edge in `format`, without authenticating.
-    pub async fn connect(edge: &Edge, format: WireFormat) -> Client {
+    pub async fn connect(edge: &impl EdgeAddrs, format: WireFormat) -> Client {
         let connection = match format {
-            WireFormat::WsJson | WireFormat::WsBinary => Connection::Ws(Box::new(
-                WsClient::connect(edge.ws_addr)
-                    .await
-                    .unwrap_or_else(|e| panic!("{format:?} connect to {}: {e}", edge.ws_addr)),
-            )),
-            WireFormat::Tcp => Connection::Tcp(
-                TcpClient::connect(edge.tcp_addr)
-                    .await
-                    .unwrap_or_else(|e| panic!("TCP connect to {}: {e}", edge.tcp_addr)),
-            ),
+            WireFormat::WsJson | WireFormat::WsBinary => {
+                let addr = edge.ws_addr();
+                Connection::Ws(Box::new(
+                    WsClient::connect(addr)
+                        .await
+                        .unwrap_or_else(|e| panic!("{format:?} connect to {addr}: {e}")),
+                ))
+            }
+            WireFormat::Tcp => {
+                let addr = edge.tcp_addr();
+                Connection::Tcp(
+                    TcpClient::connect(addr)
+                        .await
+                        .unwrap_or_else(|e| panic!("TCP connect to {addr}: {e}")),
+                )
+            }
         };
         Client::over(format, connection)
     }
@@ -298,6 +304,15 @@ impl Client {
         Client::over(WireFormat::Tcp, Connection::Tcp(tcp))
     }
 
+    /// The client's own address (`ip:port`), as the edge sees it as the peer.
+    pub fn local_addr(&self) -> SocketAddr {
+        let addr = match &self.connection {
+            Connection::Ws(ws) => ws.ws.get_ref().local_addr(),
+            Connection::Tcp(tcp) => tcp.stream.local_addr(),
+        };
+        addr.unwrap_or_else(|e| panic!("{}: local address: {e}", self.label))
+    }
+
     fn over(format: WireFormat, connection: Connection) -> Client {
         Client {
             format,
@@ -309,7 +324,7 @@ impl Client {
     }
 
     /// Connects and authenticates as `user` with a valid token.
-    pub async fn connect_authed(edge: &Edge, format: WireFormat, user: &str) -> Client {
+    pub async fn connect_authed(edge: &impl EdgeAddrs, format: WireFormat, user: &str) -> Client {
         let mut client = Client::connect(edge, format).await;
         client.authenticate(user).await;
         client

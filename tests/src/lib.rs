@@ -1,7 +1,9 @@
-//! Harness for the cross-process integration tests of `roomcast-edge`.
+//! Harness for the cross-process integration tests of `roomcast-edge` and `roomcast-control`.
 //!
-//! Every test starts the real edge binary ([`Edge`]), plays the control plane on the other end of
-//! its link ([`LinkPeer`]) and talks to it over loopback like real viewers do:
+//! Edge tests start the real edge binary ([`Edge`]), play the control plane on the other end of
+//! its link ([`LinkPeer`]) and talk to it over loopback like real viewers do. Control-plane tests
+//! start the real `roomcast-control` ([`Control`], driven through its HTTP API with [`Api`]) and
+//! real edges linked to it ([`LinkedEdge`], from [`Control::start_edge`]). The pieces:
 //!
 //! - [`Client`]: a well-behaved viewer over WebSocket (JSON or binary, on tokio-tungstenite, an
 //!   independent WebSocket implementation used as the oracle) or raw TCP;
@@ -9,7 +11,10 @@
 //!   unmasked or fragmented control frames, invalid UTF-8, garbage);
 //! - [`HealthyMember`]: a bystander in a room that must keep receiving while another client
 //!   misbehaves;
-//! - [`tokens`]: JWTs, valid and broken.
+//! - [`tokens`]: JWTs, valid and broken;
+//! - [`process`]: the workspace's binaries, built once per test process, as child processes
+//!   killed by PID on drop; [`http`]: a small HTTP/1.1 client that can also send what a client
+//!   library would refuse to.
 //!
 //! PROTOCOL.md at the repository root is the specification the tests check. Each test runs its
 //! scenario once per I/O driver through [`for_each_driver`], because the suite must pass on both.
@@ -20,13 +25,17 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 pub mod client;
+pub mod control;
 pub mod edge;
+pub mod http;
 pub mod link;
+pub mod process;
 pub mod raw;
 pub mod tokens;
 
 pub use client::{assert_error, Client, Incoming, TcpClient, WsClient};
-pub use edge::Edge;
+pub use control::{assert_receives, assert_receives_all, Api, Control, Published};
+pub use edge::{Edge, EdgeAddrs, LinkedEdge};
 pub use link::LinkPeer;
 pub use raw::RawConn;
 pub use roomcast_engine::proto::client::{ClientOp, WireFormat};

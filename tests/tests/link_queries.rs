@@ -80,3 +80,41 @@ fn a_full_load_report_carries_the_last_seq_of_each_channel_the_edge_holds() {
         );
     });
 }
+
+#[test]
+fn a_room_appearing_on_the_edge_is_reported_at_once_not_at_the_next_regular_report() {
+    for_each_driver(|io| async move {
+        // Regular reports every 5 s: only the early membership report can arrive within 1 s.
+        let mut edge = Edge::start(io, &["--report-interval-ms", "5000"]).await;
+        edge.link
+            .load_reports_until(Duration::from_secs(7), |r| r.full)
+            .await;
+        let mut member = Client::connect_authed(&edge, WireFormat::WsJson, "u9").await;
+        let joined_at = tokio::time::Instant::now();
+        assert_eq!(member.join("fresh").await, Ok(()));
+        let reports = edge
+            .link
+            .load_reports_until(Duration::from_secs(1), |r| {
+                r.rooms.iter().any(|(room, n)| room == "fresh" && *n >= 1)
+            })
+            .await;
+        let elapsed = edge.link.last_arrival().duration_since(joined_at);
+        assert!(
+            elapsed < Duration::from_millis(500),
+            "{elapsed:?}: {reports:?}"
+        );
+        let last = reports.last().expect("a report");
+        assert!(
+            last.users.iter().any(|(user, n)| user == "u9" && *n >= 1),
+            "{last:?}"
+        );
+
+        // Leaving is reported early too (0 = gone), so the control plane stops routing here.
+        assert_eq!(member.leave("fresh").await, Ok(()));
+        edge.link
+            .load_reports_until(Duration::from_secs(1), |r| {
+                r.rooms.iter().any(|(room, n)| room == "fresh" && *n == 0)
+            })
+            .await;
+    });
+}

@@ -1,0 +1,1215 @@
+//! The HTTP API (axum): publish, room/user/edge status, dispatch, tokens, health, and the
+//! OpenAPI document. Every route is listed once in [`ROUTES`]; the router is built from that
+//! table and a test checks the table against `openapi.json`.
+//!
+//! Errors are always `{"error":{"code":"...","message":"..."}}` with a matching status.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, Method, StatusCode, Uri};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, MethodRouter};
+use bytes::Bytes;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use roomcast_engine::auth::{mint, Claims};
+use roomcast_engine::proto::ids::is_valid_id;
+use roomcast_engine::proto::link::LinkError;
+use serde::{Deserialize, Serialize};
+
+use crate::config::ControlConfig;
+use crate::dispatch::{self, Transport};
+use crate::publish::{BatchBody, Context, Message, RawMessage};
+use crate::router::{PublishReq, Published, Router, TargetRef};
+use crate::userquery::UserQueries;
+
+/// The OpenAPI 3 document describing this API, kept in the repository next to the crate.
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
+/// Default and largest token lifetimes.
+const DEFAULT_TTL_S: u64 = 3_600;
+const MAX_TTL_S: u64 = 7 * 24 * 3_600;
+
+/// API settings taken from the configuration.
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    pub api_key: String,
+    pub jwt_secret: String,
+    pub tokens_enabled: bool,
+    pub max_body_bytes: usize,
+    pub max_batch_messages: usize,
+    pub user_query_timeout: Duration,
+}
+
+impl ApiSettings {
+    pub fn from_config(config: &ControlConfig) -> ApiSettings {
+        ApiSettings {
+            api_key: config.api_key.clone(),
+            jwt_secret: config.jwt_secret.clone(),
+            tokens_enabled: config.tokens_enabled,
+            max_body_bytes: config.max_body_bytes,
+            max_batch_messages: config.max_batch_messages,
+            user_query_timeout: config.user_query_timeout(),
+        }
+    }
+}
+
+/// Everything a handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub router: Arc<Router>,
+    pub queries: Arc<UserQueries>,
+    pub settings: Arc<ApiSettings>,
+    /// Set once the link listener accepts edges (for /readyz).
+    pub link_listening: Arc<AtomicBool>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------------------------
+
+/// An API error: status, stable code, human message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    fn unauthorized() -> ApiError {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or wrong API key (send Authorization: Bearer <key>)",
+        )
+    }
+
+    fn unavailable(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+    }
+
+    fn payload_too_large(limit: usize) -> ApiError {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("request body exceeds {limit} bytes"),
+        )
+    }
+
+    fn from_link(error: &LinkError) -> ApiError {
+        match error {
+            LinkError::FrameTooLarge(_) => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("message too large for the edge link: {error}"),
+            ),
+            other => ApiError::bad_request(other.to_string()),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: ErrorDetail<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorDetail<'a> {
+    code: &'a str,
+    message: &'a str,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::to_vec(&ErrorBody {
+            error: ErrorDetail {
+                code: self.code,
+                message: &self.message,
+            },
+        })
+        .expect("error body serialises");
+        let mut response = json_response(self.status, body);
+        if self.status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+fn json_ok<T: Serialize>(value: &T) -> Response {
+    json_response(
+        StatusCode::OK,
+        serde_json::to_vec(value).expect("response serialises"),
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Extractors
+// ---------------------------------------------------------------------------------------------
+
+/// A request body that claims to be JSON, read whole up to `--max-body-bytes`.
+pub struct JsonBody(pub Bytes);
+
+impl FromRequest<AppState> for JsonBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<JsonBody, ApiError> {
+        // A missing Content-Type is taken as JSON; a different one is refused.
+        if let Some(content_type) = req.headers().get(CONTENT_TYPE) {
+            let essence = content_type
+                .to_str()
+                .unwrap_or("")
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
+            if essence != "application/json" && !essence.ends_with("+json") {
+                return Err(ApiError::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "unsupported_media_type",
+                    "Content-Type must be application/json",
+                ));
+            }
+        }
+        let limit = state.settings.max_body_bytes;
+        let declared = req
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit as u64) {
+            return Err(ApiError::payload_too_large(limit));
+        }
+        match Limited::new(req.into_body(), limit).collect().await {
+            Ok(collected) => Ok(JsonBody(collected.to_bytes())),
+            Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => {
+                Err(ApiError::payload_too_large(limit))
+            }
+            Err(error) => Err(ApiError::bad_request(format!(
+                "cannot read the request body: {error}"
+            ))),
+        }
+    }
+}
+
+/// The single `{param}` of a route, as text.
+struct PathParam(String);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathParam {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<PathParam, ApiError> {
+        Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|Path(value)| PathParam(value))
+            .map_err(|rejection| ApiError::bad_request(rejection.body_text()))
+    }
+}
+
+fn valid_id<'a>(id: &'a str, what: &str) -> Result<&'a str, ApiError> {
+    if is_valid_id(id.as_bytes()) {
+        Ok(id)
+    } else {
+        Err(ApiError::bad_request(format!(
+            "{what} id must be 1-128 bytes of [A-Za-z0-9_.:-]"
+        )))
+    }
+}
+
+fn invalid_json(error: serde_json::Error) -> ApiError {
+    ApiError::bad_request(format!("invalid JSON body: {error}"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Routes
+// ---------------------------------------------------------------------------------------------
+
+/// One route of the API.
+pub struct Route {
+    pub method: Method,
+    pub path: &'static str,
+    /// Needs the bearer API key.
+    pub auth: bool,
+    pub handler: fn() -> MethodRouter<AppState>,
+}
+
+/// Every route the API serves; `openapi.json` documents exactly these.
+pub const ROUTES: &[Route] = &[
+    Route {
+        method: Method::POST,
+        path: "/v1/rooms/{room}/messages",
+        auth: true,
+        handler: || post(publish_room),
+    },
+    Route {
+        method: Method::POST,
+        path: "/v1/users/{user}/messages",
+        auth: true,
+        handler: || post(publish_user),
+    },
+    Route {
+        method: Method::POST,
+        path: "/v1/broadcast",
+        auth: true,
+        handler: || post(publish_broadcast),
+    },
+    Route {
+        method: Method::POST,
+        path: "/v1/messages",
+        auth: true,
+        handler: || post(publish_batch),
+    },
+    Route {
+        method: Method::GET,
+        path: "/v1/rooms/{room}",
+        auth: true,
+        handler: || get(get_room),
+    },
+    Route {
+        method: Method::GET,
+        path: "/v1/users/{user}",
+        auth: true,
+        handler: || get(get_user),
+    },
+    Route {
+        method: Method::GET,
+        path: "/v1/edges",
+        auth: true,
+        handler: || get(get_edges),
+    },
+    Route {
+        method: Method::GET,
+        path: "/v1/dispatch",
+        auth: false,
+        handler: || get(get_dispatch),
+    },
+    Route {
+        method: Method::POST,
+        path: "/v1/tokens",
+        auth: true,
+        handler: || post(post_token),
+    },
+    Route {
+        method: Method::GET,
+        path: "/healthz",
+        auth: false,
+        handler: || get(healthz),
+    },
+    Route {
+        method: Method::GET,
+        path: "/readyz",
+        auth: false,
+        handler: || get(readyz),
+    },
+    Route {
+        method: Method::GET,
+        path: "/openapi.json",
+        auth: false,
+        handler: || get(openapi),
+    },
+];
+
+/// Builds the axum router from [`ROUTES`].
+pub fn app(state: AppState) -> axum::Router {
+    let mut router = axum::Router::new();
+    for route in ROUTES {
+        let mut methods = (route.handler)();
+        if route.auth {
+            methods = methods.route_layer(middleware::from_fn_with_state(
+                state.clone(),
+                require_api_key,
+            ));
+        }
+        router = router.route(route.path, methods);
+    }
+    router
+        .fallback(no_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+async fn require_api_key(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, key)| key.trim());
+    match presented {
+        Some(key) if constant_time_eq(key.as_bytes(), state.settings.api_key.as_bytes()) => {
+            next.run(req).await
+        }
+        _ => ApiError::unauthorized().into_response(),
+    }
+}
+
+/// Compares without returning early on the first differing byte, so response time says
+/// nothing about how much of a guessed key was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn no_route(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no route for {method} {}", uri.path()),
+    )
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not allowed on {}", uri.path()),
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Publishing
+// ---------------------------------------------------------------------------------------------
+
+/// The router's view of a validated message; `data` becomes a slice of the body (no copy).
+fn to_req<'a>(message: &'a Message<'a>, body: &Bytes) -> PublishReq<'a> {
+    PublishReq {
+        target: message.target,
+        priority: message.priority,
+        kind: &message.kind,
+        data: body.slice_ref(message.data.get().as_bytes()),
+    }
+}
+
+async fn publish_single(
+    state: &AppState,
+    target: TargetRef<'_>,
+    body: &Bytes,
+) -> Result<Response, ApiError> {
+    let raw: RawMessage<'_> = serde_json::from_slice(body).map_err(invalid_json)?;
+    let message = raw
+        .check(Context::Url(target))
+        .map_err(ApiError::bad_request)?;
+    let req = to_req(&message, body);
+    state.router.wait_for_backlog().await;
+    let mut outcome = state.router.publish(std::slice::from_ref(&req));
+    match outcome.pop() {
+        Some(Ok(published)) => Ok(json_ok(&published)),
+        Some(Err(error)) => Err(ApiError::from_link(&error)),
+        None => Err(ApiError::unavailable("publish produced no result")),
+    }
+}
+
+async fn publish_room(
+    State(state): State<AppState>,
+    PathParam(room): PathParam,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    let room = valid_id(&room, "room")?;
+    publish_single(&state, TargetRef::Room(room), &body).await
+}
+
+async fn publish_user(
+    State(state): State<AppState>,
+    PathParam(user): PathParam,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    let user = valid_id(&user, "user")?;
+    publish_single(&state, TargetRef::User(user), &body).await
+}
+
+async fn publish_broadcast(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    publish_single(&state, TargetRef::Broadcast, &body).await
+}
+
+/// `POST /v1/messages`: parse once, validate each entry, publish the valid ones under one router
+/// lock, and answer per entry in order. The response is written by hand: it is the hot path.
+async fn publish_batch(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    let batch: BatchBody<'_> = serde_json::from_slice(&body).map_err(invalid_json)?;
+    let max = state.settings.max_batch_messages;
+    if batch.messages.len() > max {
+        return Err(ApiError::bad_request(format!(
+            "messages holds {} entries; at most {max} per request",
+            batch.messages.len()
+        )));
+    }
+    let checked: Vec<Result<Message<'_>, String>> = batch
+        .messages
+        .iter()
+        .map(|m| m.check(Context::Batch))
+        .collect();
+    let reqs: Vec<PublishReq<'_>> = checked
+        .iter()
+        .filter_map(|c| c.as_ref().ok())
+        .map(|m| to_req(m, &body))
+        .collect();
+    state.router.wait_for_backlog().await;
+    let mut outcomes = state.router.publish(&reqs).into_iter();
+
+    let mut out = Vec::with_capacity(16 + checked.len() * 40);
+    out.extend_from_slice(b"{\"results\":[");
+    for (i, entry) in checked.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        let outcome = match entry {
+            Ok(_) => outcomes
+                .next()
+                .expect("one outcome per valid message")
+                .map_err(|e| ApiError::from_link(&e)),
+            Err(message) => Err(ApiError::bad_request(message.as_str())),
+        };
+        match outcome {
+            Ok(published) => write_published(&mut out, published),
+            Err(error) => {
+                let body = ErrorBody {
+                    error: ErrorDetail {
+                        code: error.code,
+                        message: &error.message,
+                    },
+                };
+                serde_json::to_writer(&mut out, &body).expect("error body serialises");
+            }
+        }
+    }
+    out.extend_from_slice(b"]}");
+    Ok(json_response(StatusCode::OK, out))
+}
+
+fn write_published(out: &mut Vec<u8>, published: Published) {
+    let mut n = itoa::Buffer::new();
+    out.extend_from_slice(b"{\"seq\":");
+    out.extend_from_slice(n.format(published.seq).as_bytes());
+    out.extend_from_slice(b",\"delivered_edges\":");
+    out.extend_from_slice(n.format(published.delivered_edges).as_bytes());
+    out.push(b'}');
+}
+
+// ---------------------------------------------------------------------------------------------
+// Status, dispatch, tokens, health
+// ---------------------------------------------------------------------------------------------
+
+async fn get_room(
+    State(state): State<AppState>,
+    PathParam(room): PathParam,
+) -> Result<Response, ApiError> {
+    let room = valid_id(&room, "room")?;
+    Ok(json_ok(&state.router.room(room)))
+}
+
+async fn get_user(
+    State(state): State<AppState>,
+    PathParam(user): PathParam,
+) -> Result<Response, ApiError> {
+    let user = valid_id(&user, "user")?;
+    let targets = state.router.query_targets();
+    let view = state
+        .queries
+        .ask(user, targets, state.settings.user_query_timeout)
+        .await;
+    Ok(json_ok(&view))
+}
+
+async fn get_edges(State(state): State<AppState>) -> Response {
+    #[derive(Serialize)]
+    struct Edges {
+        edges: Vec<crate::router::EdgeView>,
+    }
+    json_ok(&Edges {
+        edges: state.router.edges(Instant::now()),
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DispatchParams {
+    transport: Option<String>,
+}
+
+async fn get_dispatch(
+    State(state): State<AppState>,
+    params: Result<Query<DispatchParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(params) = params.map_err(|r| ApiError::bad_request(r.body_text()))?;
+    let transport = match params.transport.as_deref() {
+        None => Transport::Ws,
+        Some(t) => Transport::parse(t)
+            .ok_or_else(|| ApiError::bad_request("transport must be ws or tcp"))?,
+    };
+    let candidates = state.router.dispatch_candidates(Instant::now());
+    let addresses = dispatch::choose(&candidates, transport, &mut rand::rng());
+    if addresses.is_empty() {
+        return Err(ApiError::unavailable(
+            "no healthy edge with spare capacity is registered",
+        ));
+    }
+    #[derive(Serialize)]
+    struct Dispatch {
+        transport: &'static str,
+        addresses: Vec<String>,
+    }
+    Ok(json_ok(&Dispatch {
+        transport: transport.as_str(),
+        addresses,
+    }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenRequest {
+    user: String,
+    ttl_s: Option<u64>,
+    rooms: Option<Vec<String>>,
+}
+
+async fn post_token(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    if !state.settings.tokens_enabled {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "tokens_disabled",
+            "token minting is disabled on this control plane (--tokens-enabled false)",
+        ));
+    }
+    let request: TokenRequest = serde_json::from_slice(&body).map_err(invalid_json)?;
+    valid_id(&request.user, "user")?;
+    let ttl_s = request.ttl_s.unwrap_or(DEFAULT_TTL_S);
+    if !(1..=MAX_TTL_S).contains(&ttl_s) {
+        return Err(ApiError::bad_request(format!(
+            "ttl_s must be 1..{MAX_TTL_S} (7 days)"
+        )));
+    }
+    if let Some(rooms) = &request.rooms {
+        for room in rooms {
+            valid_id(room, "every rooms entry: room")?;
+        }
+    }
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let expires_at = now + ttl_s;
+    let token = mint(
+        state.settings.jwt_secret.as_bytes(),
+        &Claims {
+            sub: request.user,
+            exp: expires_at,
+            rooms: request.rooms,
+        },
+    );
+    #[derive(Serialize)]
+    struct Token {
+        token: String,
+        expires_at: u64,
+    }
+    Ok(json_ok(&Token { token, expires_at }))
+}
+
+async fn healthz() -> Response {
+    json_ok(&serde_json::json!({"status": "ok"}))
+}
+
+async fn readyz(State(state): State<AppState>) -> Result<Response, ApiError> {
+    if !state.link_listening.load(Ordering::Acquire) {
+        return Err(ApiError::unavailable("the edge link listener is not up"));
+    }
+    let edges = state.router.edge_count();
+    if edges == 0 {
+        return Err(ApiError::unavailable("no edge has registered yet"));
+    }
+    Ok(json_ok(
+        &serde_json::json!({"status": "ready", "edges": edges}),
+    ))
+}
+
+async fn openapi() -> Response {
+    json_response(StatusCode::OK, OPENAPI.as_bytes().to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Levels;
+    use crate::router::tests::{report, FakeEdge};
+    use axum::http::Request as HttpRequest;
+    use roomcast_engine::auth::Verifier;
+    use roomcast_engine::proto::link::{LinkFrame, UserConns};
+    use roomcast_engine::proto::message::Target;
+    use serde_json::{json, Value};
+    use tower::ServiceExt;
+
+    const KEY: &str = "test-key";
+
+    struct Harness {
+        state: AppState,
+        app: axum::Router,
+    }
+
+    fn harness_with(settings: impl FnOnce(&mut ApiSettings)) -> Harness {
+        let mut s = ApiSettings {
+            api_key: KEY.into(),
+            jwt_secret: "test-secret".into(),
+            tokens_enabled: true,
+            max_body_bytes: 4096,
+            max_batch_messages: 5,
+            user_query_timeout: Duration::from_millis(200),
+        };
+        settings(&mut s);
+        let state = AppState {
+            router: Arc::new(Router::new(
+                Levels::default(),
+                Duration::from_secs(3),
+                64 << 20,
+            )),
+            queries: Arc::new(UserQueries::new()),
+            settings: Arc::new(s),
+            link_listening: Arc::new(AtomicBool::new(true)),
+        };
+        Harness {
+            app: app(state.clone()),
+            state,
+        }
+    }
+
+    fn harness() -> Harness {
+        harness_with(|_| {})
+    }
+
+    impl Harness {
+        async fn send(&self, req: HttpRequest<Body>) -> (StatusCode, Value) {
+            let response = self.app.clone().oneshot(req).await.unwrap();
+            let status = response.status();
+            let bytes = response.into_body().collect().await.unwrap().to_bytes();
+            let value = serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| panic!("non-JSON body: {}", String::from_utf8_lossy(&bytes)));
+            (status, value)
+        }
+
+        async fn call(&self, method: &str, path: &str, body: Option<&str>) -> (StatusCode, Value) {
+            let mut req = HttpRequest::builder()
+                .method(method)
+                .uri(path)
+                .header(AUTHORIZATION, format!("Bearer {KEY}"));
+            if body.is_some() {
+                req = req.header(CONTENT_TYPE, "application/json");
+            }
+            let body = body.map_or_else(Body::empty, |b| Body::from(b.to_owned()));
+            self.send(req.body(body).unwrap()).await
+        }
+
+        fn edge(&self, id: &str, rooms: &[(&str, u32)], users: &[(&str, u32)]) -> FakeEdge {
+            let edge = FakeEdge::register(&self.state.router, id, 1_000);
+            self.state.router.apply_report(
+                edge.key,
+                report(true, rooms, users),
+                std::time::Instant::now(),
+            );
+            edge
+        }
+    }
+
+    fn error_code(body: &Value) -> &str {
+        body["error"]["code"]
+            .as_str()
+            .unwrap_or_else(|| panic!("not an error: {body}"))
+    }
+
+    #[tokio::test]
+    async fn every_v1_route_but_dispatch_needs_the_api_key() {
+        let h = harness();
+        for route in ROUTES.iter().filter(|r| r.path.starts_with("/v1/")) {
+            let path = route.path.replace("{room}", "r1").replace("{user}", "u1");
+            for auth in [
+                None,
+                Some("Bearer wrong-key"),
+                Some("Basic dGVzdC1rZXk="),
+                Some(KEY),
+            ] {
+                let mut req = HttpRequest::builder()
+                    .method(route.method.clone())
+                    .uri(&path);
+                if let Some(auth) = auth {
+                    req = req.header(AUTHORIZATION, auth);
+                }
+                let response = h
+                    .app
+                    .clone()
+                    .oneshot(req.body(Body::empty()).unwrap())
+                    .await
+                    .unwrap();
+                let status = response.status();
+                assert_eq!(
+                    status == StatusCode::UNAUTHORIZED,
+                    route.auth,
+                    "{} {path} with {auth:?}: {status}",
+                    route.method
+                );
+                if route.auth {
+                    let body = response.into_body().collect().await.unwrap().to_bytes();
+                    let value: Value = serde_json::from_slice(&body).unwrap();
+                    assert_eq!(error_code(&value), "unauthorized");
+                }
+            }
+        }
+        let (status, _) = h
+            .send(
+                HttpRequest::get("/v1/edges")
+                    .header(AUTHORIZATION, format!("bearer {KEY}"))
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "the scheme is case-insensitive");
+    }
+
+    #[tokio::test]
+    async fn room_publish_returns_seq_and_delivered_edges() {
+        let h = harness();
+        let mut e1 = h.edge("e1", &[("r1", 2)], &[]);
+        let mut e2 = h.edge("e2", &[("r2", 1)], &[]);
+        let body = r#"{"priority":1,"kind":"gift","data":{"gift":"rocket"}}"#;
+        let (status, value) = h.call("POST", "/v1/rooms/r1/messages", Some(body)).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(value, json!({"seq": 1, "delivered_edges": 1}));
+        let (_, value) = h.call("POST", "/v1/rooms/r1/messages", Some(body)).await;
+        assert_eq!(value, json!({"seq": 2, "delivered_edges": 1}));
+        let frames = e1.frames();
+        assert_eq!(frames.len(), 2);
+        let LinkFrame::Publish(p) = &frames[0] else {
+            panic!("{frames:?}")
+        };
+        assert_eq!(p.target, Target::Room("r1".into()));
+        assert_eq!(
+            (p.msg.seq, p.msg.priority, p.msg.kind.as_str()),
+            (1, 1, "gift")
+        );
+        assert_eq!(
+            &p.msg.data[..],
+            br#"{"gift":"rocket"}"#,
+            "data passes through verbatim"
+        );
+        assert!(e2.frames().is_empty());
+
+        let (_, value) = h
+            .call("POST", "/v1/rooms/nobody-here/messages", Some(body))
+            .await;
+        assert_eq!(value, json!({"seq": 1, "delivered_edges": 0}));
+    }
+
+    #[tokio::test]
+    async fn user_and_broadcast_publishes() {
+        let h = harness();
+        let mut e1 = h.edge("e1", &[], &[("u1", 1)]);
+        let mut e2 = h.edge("e2", &[], &[]);
+        let body = r#"{"priority":0,"kind":"notice","data":"hi"}"#;
+        let (_, value) = h.call("POST", "/v1/users/u1/messages", Some(body)).await;
+        assert_eq!(value, json!({"seq": 1, "delivered_edges": 1}));
+        let (_, value) = h.call("POST", "/v1/broadcast", Some(body)).await;
+        assert_eq!(value, json!({"seq": 1, "delivered_edges": 2}));
+        assert_eq!(e1.publishes().len(), 2);
+        assert_eq!(e2.publishes(), vec![(Target::Broadcast, 1)]);
+    }
+
+    #[tokio::test]
+    async fn batch_answers_per_entry_in_order() {
+        let h = harness();
+        let mut e1 = h.edge("e1", &[("r1", 1)], &[("u1", 1)]);
+        let body = r#"{"messages":[
+            {"room":"r1","priority":2,"kind":"gift","data":{"n":1}},
+            {"room":"r1","priority":7,"kind":"gift","data":1},
+            {"user":"u1","priority":1,"kind":"notice","data":[]},
+            {"broadcast":true,"priority":0,"kind":"system","data":null},
+            {"room":"r1","priority":3,"kind":"chat","data":"x"}
+        ]}"#;
+        let (status, value) = h.call("POST", "/v1/messages", Some(body)).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            value,
+            json!({"results": [
+                {"seq": 1, "delivered_edges": 1},
+                {"error": {"code": "bad_request", "message": "priority must be 0..3"}},
+                {"seq": 1, "delivered_edges": 1},
+                {"seq": 1, "delivered_edges": 1},
+                {"seq": 2, "delivered_edges": 1}
+            ]})
+        );
+        assert_eq!(e1.publishes().len(), 4);
+
+        let six: Vec<String> = (0..6)
+            .map(|_| r#"{"broadcast":true,"priority":0,"kind":"k","data":1}"#.to_owned())
+            .collect();
+        let too_many = format!(r#"{{"messages":[{}]}}"#, six.join(","));
+        let (status, value) = h.call("POST", "/v1/messages", Some(&too_many)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(value["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("at most 5"));
+    }
+
+    #[tokio::test]
+    async fn request_errors_have_the_documented_shape_and_status() {
+        let h = harness();
+        // (method, path, body, status, code, part of the message)
+        type Case<'a> = (
+            &'a str,
+            &'a str,
+            Option<&'a str>,
+            StatusCode,
+            &'a str,
+            &'a str,
+        );
+        let cases: [Case<'_>; 9] = [
+            (
+                "POST",
+                "/v1/rooms/r1/messages",
+                Some("{not json"),
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "invalid JSON body",
+            ),
+            (
+                "POST",
+                "/v1/rooms/r1/messages",
+                Some(r#"{"priority":9,"kind":"gift","data":1}"#),
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "priority must be 0..3",
+            ),
+            (
+                "POST",
+                "/v1/rooms/r1/messages",
+                Some(r#"{"kind":"gift","data":1}"#),
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "priority is required",
+            ),
+            (
+                "POST",
+                "/v1/rooms/r%20x/messages",
+                Some(r#"{"priority":1,"kind":"gift","data":1}"#),
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "room id must be",
+            ),
+            (
+                "POST",
+                "/v1/messages",
+                Some(r#"{"msgs":[]}"#),
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "unknown field",
+            ),
+            (
+                "GET",
+                "/v1/nothing",
+                None,
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no route",
+            ),
+            (
+                "DELETE",
+                "/v1/edges",
+                None,
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "not allowed",
+            ),
+            (
+                "GET",
+                "/v1/dispatch?transport=udp",
+                None,
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "transport must be ws or tcp",
+            ),
+            (
+                "GET",
+                "/v1/dispatch",
+                None,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "no healthy edge",
+            ),
+        ];
+        for (method, path, body, status, code, message) in cases {
+            let (got_status, value) = h.call(method, path, body).await;
+            assert_eq!(got_status, status, "{method} {path}: {value}");
+            assert_eq!(error_code(&value), code, "{method} {path}");
+            let text = value["error"]["message"].as_str().unwrap();
+            assert!(text.contains(message), "{method} {path}: {text:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn oversize_and_non_json_bodies_are_refused() {
+        let h = harness();
+        let big = format!(
+            r#"{{"priority":1,"kind":"gift","data":"{}"}}"#,
+            "x".repeat(5000)
+        );
+        // Refused from the declared Content-Length, before reading...
+        let req = HttpRequest::post("/v1/rooms/r1/messages")
+            .header(AUTHORIZATION, format!("Bearer {KEY}"))
+            .header(CONTENT_LENGTH, big.len())
+            .body(Body::from(big.clone()))
+            .unwrap();
+        let (status, value) = h.send(req).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(error_code(&value), "payload_too_large");
+        // ...and while reading when no length is declared.
+        let (status, value) = h.call("POST", "/v1/rooms/r1/messages", Some(&big)).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(error_code(&value), "payload_too_large");
+
+        let req = HttpRequest::post("/v1/rooms/r1/messages")
+            .header(AUTHORIZATION, format!("Bearer {KEY}"))
+            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from(r#"{"priority":1,"kind":"gift","data":1}"#))
+            .unwrap();
+        let (status, value) = h.send(req).await;
+        assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        assert_eq!(error_code(&value), "unsupported_media_type");
+
+        // No Content-Type at all is taken as JSON.
+        let req = HttpRequest::post("/v1/rooms/r1/messages")
+            .header(AUTHORIZATION, format!("Bearer {KEY}"))
+            .body(Body::from(r#"{"priority":1,"kind":"gift","data":1}"#))
+            .unwrap();
+        assert_eq!(h.send(req).await.0, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn room_view_shows_online_level_and_edges() {
+        let h = harness();
+        let _e1 = h.edge("e1", &[("r1", 700)], &[]);
+        let _e2 = h.edge("e2", &[("r1", 400)], &[]);
+        let (status, value) = h.call("GET", "/v1/rooms/r1", None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            value,
+            json!({"room": "r1", "online": 1100, "level": 2, "tick_ms": 250, "last_seq": 0,
+                   "edges": [{"edge_id": "e1", "members": 700}, {"edge_id": "e2", "members": 400}]})
+        );
+        let (status, value) = h.call("GET", "/v1/rooms/unknown", None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(value["online"], 0);
+        assert_eq!(value["level"], 1);
+    }
+
+    #[tokio::test]
+    async fn user_lookup_asks_the_edges() {
+        let h = harness();
+        let mut e1 = h.edge("e1", &[], &[("u1", 1)]);
+        let queries = Arc::clone(&h.state.queries);
+        let answer = tokio::spawn(async move {
+            loop {
+                for frame in e1.frames() {
+                    if let LinkFrame::QueryUser(q) = frame {
+                        queries.answer(UserConns {
+                            request: q.request,
+                            user: q.user,
+                            conns: vec![roomcast_engine::proto::link::ConnInfo {
+                                format: roomcast_engine::proto::client::WireFormat::WsJson,
+                                peer: "127.0.0.1:5555".into(),
+                                rooms: vec!["r1".into()],
+                            }],
+                        });
+                        return;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+        let (status, value) = h.call("GET", "/v1/users/u1", None).await;
+        answer.await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            value,
+            json!({"user": "u1", "connections": [{"edge_id": "e1", "transport": "ws",
+                   "encoding": "json", "peer": "127.0.0.1:5555", "rooms": ["r1"]}],
+                   "unanswered_edges": []})
+        );
+    }
+
+    #[tokio::test]
+    async fn edges_dispatch_and_readiness() {
+        let h = harness();
+        let (status, value) = h.call("GET", "/readyz", None).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(error_code(&value), "unavailable");
+        let _e1 = h.edge("e1", &[], &[]);
+        let (status, _) = h.call("GET", "/readyz", None).await;
+        assert_eq!(status, StatusCode::OK);
+
+        let (_, value) = h.call("GET", "/v1/edges", None).await;
+        let edge = &value["edges"][0];
+        assert_eq!(edge["edge_id"], "e1");
+        assert_eq!(edge["ws_url"], "ws://127.0.0.1:8002/ws");
+        assert_eq!(edge["tcp_addr"], "127.0.0.1:9002");
+        assert_eq!(edge["capacity"], 1000);
+        assert_eq!(edge["healthy"], true);
+        for field in [
+            "workers",
+            "connections",
+            "bytes_out",
+            "frames_out",
+            "msgs_dropped",
+            "slow_closes",
+            "last_report_ms_ago",
+        ] {
+            assert!(edge[field].is_u64(), "{field}: {edge}");
+        }
+
+        let (status, value) = h.call("GET", "/v1/dispatch?transport=tcp", None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            value,
+            json!({"transport": "tcp", "addresses": ["127.0.0.1:9002"]})
+        );
+        let (_, value) = h.call("GET", "/v1/dispatch", None).await;
+        assert_eq!(
+            value,
+            json!({"transport": "ws", "addresses": ["ws://127.0.0.1:8002/ws"]})
+        );
+        let (status, value) = h.call("GET", "/healthz", None).await;
+        assert_eq!((status, value), (StatusCode::OK, json!({"status": "ok"})));
+    }
+
+    #[tokio::test]
+    async fn tokens_are_minted_and_verify_on_the_edge() {
+        let h = harness();
+        let (status, value) = h
+            .call(
+                "POST",
+                "/v1/tokens",
+                Some(r#"{"user":"u1","ttl_s":60,"rooms":["r1"]}"#),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        let token = value["token"].as_str().unwrap();
+        let expires_at = value["expires_at"].as_u64().unwrap();
+        let claims = Verifier::new(b"test-secret")
+            .verify(token, expires_at - 30)
+            .unwrap();
+        assert_eq!(claims.sub, "u1");
+        assert_eq!(claims.rooms, Some(vec!["r1".to_string()]));
+
+        for (body, message) in [
+            (r#"{"user":"u 1"}"#, "user id must be"),
+            (r#"{"user":"u1","ttl_s":0}"#, "ttl_s must be"),
+            (r#"{"user":"u1","ttl_s":999999999}"#, "ttl_s must be"),
+            (
+                r#"{"user":"u1","rooms":["ok","not ok"]}"#,
+                "room id must be",
+            ),
+            (r#"{"ttl_s":60}"#, "missing field `user`"),
+        ] {
+            let (status, value) = h.call("POST", "/v1/tokens", Some(body)).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+            assert!(
+                value["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains(message),
+                "{value}"
+            );
+        }
+
+        let off = harness_with(|s| s.tokens_enabled = false);
+        let (status, value) = off
+            .call("POST", "/v1/tokens", Some(r#"{"user":"u1"}"#))
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert_eq!(error_code(&value), "tokens_disabled");
+    }
+
+    /// Every route in [`ROUTES`] is in openapi.json with the same method, and nothing else is.
+    #[tokio::test]
+    async fn openapi_document_matches_the_routes() {
+        let doc: Value = serde_json::from_str(OPENAPI).expect("openapi.json is JSON");
+        assert!(doc["openapi"].as_str().unwrap().starts_with("3.0"));
+        let mut documented: Vec<(String, String)> = Vec::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for method in item.as_object().unwrap().keys() {
+                if ["get", "post", "put", "delete", "patch", "head", "options"]
+                    .contains(&method.as_str())
+                {
+                    documented.push((method.to_uppercase(), path.clone()));
+                }
+            }
+        }
+        let mut served: Vec<(String, String)> = ROUTES
+            .iter()
+            .map(|r| (r.method.to_string(), r.path.to_owned()))
+            .collect();
+        documented.sort();
+        served.sort();
+        assert_eq!(documented, served);
+
+        // And the built router really answers each table entry with that method.
+        let h = harness();
+        for route in ROUTES {
+            let path = route.path.replace("{room}", "r1").replace("{user}", "u1");
+            let (status, value) = h.call(route.method.as_str(), &path, Some("{}")).await;
+            assert_ne!(
+                status,
+                StatusCode::METHOD_NOT_ALLOWED,
+                "{} {path}",
+                route.method
+            );
+            if status == StatusCode::NOT_FOUND {
+                assert!(!value["error"]["message"]
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with("no route"));
+            }
+        }
+        // /openapi.json serves the same document.
+        let (status, value) = h.call("GET", "/openapi.json", None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(value, doc);
+    }
+}

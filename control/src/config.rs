@@ -1,0 +1,487 @@
+//! Control-plane configuration: one struct, three sources, loaded by the engine's shared layered
+//! loader. A flag wins over its `ROOMCAST_*` environment variable, which wins over the TOML file
+//! given with `--config`, which wins over the default. TOML keys are the flag names with `_` for
+//! `-` (`level_dwell_ms = 20000`).
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use roomcast_engine::config::{load_layered, ConfigError, DEV_JWT_SECRET};
+use roomcast_engine::proto::link::{SetLevel, UNLIMITED};
+use roomcast_engine::proto::message::PRIORITIES;
+use roomcast_engine::sys::DriverKind;
+use roomcast_engine::EdgeConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::levels::LevelPolicy;
+
+/// The development API key used when none is configured; the control plane warns when it is in
+/// use.
+pub const DEV_API_KEY: &str = "roomcast-dev-api-key";
+
+/// Number of rate levels (1..=4).
+pub const LEVELS: usize = 4;
+
+#[derive(Debug, Clone, Parser, Serialize, Deserialize)]
+#[command(
+    name = "roomcast-control",
+    version,
+    about = "roomcast control plane: publish API, dispatcher, router and rate levels",
+    long_about = "roomcast control plane: the HTTP API a live platform's backend publishes through \
+                  (rooms, users, broadcast), the dispatcher that hands clients edge addresses, the \
+                  router that sends each message only to the edges holding its audience, and the \
+                  per-room rate levels that pace big rooms.\n\n\
+                  With no flags it runs the whole system on this machine: the control plane plus \
+                  an embedded edge (WebSocket :8080, TCP :8081), the API on :9090 and the edge \
+                  link on :9091. --no-embedded-edge runs the control plane alone; edges join with \
+                  `roomcast-edge --control HOST:9091`.\n\n\
+                  Every option can also be set as an environment variable ROOMCAST_<NAME> (for \
+                  example ROOMCAST_API_KEY=...) or as a key in the TOML file given with --config \
+                  (api_key = \"...\"). Flags win over the environment, which wins over the file."
+)]
+#[serde(default, deny_unknown_fields)]
+pub struct ControlConfig {
+    /// TOML file with any of these options (keys use `_`, e.g. `max_body_bytes = 2097152`).
+    #[arg(long, env = "ROOMCAST_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// HTTP API listen address (publish, dispatch, tokens, status).
+    #[arg(long, env = "ROOMCAST_API_LISTEN", default_value = "0.0.0.0:9090")]
+    pub api_listen: SocketAddr,
+
+    /// Edge link listen address; edges dial it (`roomcast-edge --control HOST:PORT`).
+    #[arg(long, env = "ROOMCAST_LINK_LISTEN", default_value = "0.0.0.0:9091")]
+    pub link_listen: SocketAddr,
+
+    /// Bearer key required on every /v1 route except /v1/dispatch (default: a development key,
+    /// warned about at start).
+    #[arg(long, env = "ROOMCAST_API_KEY", default_value = DEV_API_KEY, hide_default_value = true)]
+    pub api_key: String,
+
+    /// HS256 secret client tokens are signed with; minted by POST /v1/tokens and shared with the
+    /// embedded edge (default: the development secret, warned about).
+    #[arg(long, env = "ROOMCAST_JWT_SECRET", default_value = DEV_JWT_SECRET, hide_default_value = true)]
+    pub jwt_secret: String,
+
+    /// Whether POST /v1/tokens mints client tokens (true/false). Production backends usually
+    /// mint the same JWT themselves and turn this off.
+    #[arg(long, env = "ROOMCAST_TOKENS_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
+    pub tokens_enabled: bool,
+
+    /// Run the control plane alone, without the embedded edge.
+    #[arg(long, env = "ROOMCAST_NO_EMBEDDED_EDGE")]
+    pub no_embedded_edge: bool,
+
+    /// Embedded edge: WebSocket listen address (path /ws).
+    #[arg(long, env = "ROOMCAST_EDGE_WS_LISTEN", default_value = "0.0.0.0:8080")]
+    pub edge_ws_listen: SocketAddr,
+
+    /// Embedded edge: raw TCP listen address.
+    #[arg(long, env = "ROOMCAST_EDGE_TCP_LISTEN", default_value = "0.0.0.0:8081")]
+    pub edge_tcp_listen: SocketAddr,
+
+    /// Embedded edge: pinned worker threads (0 = every online core).
+    #[arg(long, env = "ROOMCAST_EDGE_WORKERS", default_value_t = 0)]
+    pub edge_workers: usize,
+
+    /// Embedded edge: I/O driver (auto probes io_uring and falls back to epoll).
+    #[arg(long, env = "ROOMCAST_EDGE_IO", value_enum, default_value_t = DriverKind::Auto)]
+    pub edge_io: DriverKind,
+
+    /// Embedded edge: host or IP advertised to clients by /v1/dispatch (default: the listen IP,
+    /// or 127.0.0.1 when listening on 0.0.0.0).
+    #[arg(long, env = "ROOMCAST_EDGE_ADVERTISE_HOST", default_value = "")]
+    pub edge_advertise_host: String,
+
+    /// Embedded edge: most client connections it holds.
+    #[arg(long, env = "ROOMCAST_EDGE_MAX_CONNECTIONS", default_value_t = 100_000)]
+    pub edge_max_connections: u32,
+
+    /// Online counts a0,a1,a2 at which a room enters levels 2, 3 and 4.
+    #[arg(
+        long,
+        env = "ROOMCAST_LEVEL_THRESHOLDS",
+        default_value = "1000,10000,50000"
+    )]
+    pub level_thresholds: String,
+
+    /// Merge window (tick) of levels 1,2,3,4 in milliseconds: a room sends at most one batch per
+    /// tick.
+    #[arg(
+        long,
+        env = "ROOMCAST_LEVEL_TICKS_MS",
+        default_value = "100,250,500,1000"
+    )]
+    pub level_ticks_ms: String,
+
+    /// Level 1 budgets per tick for priorities 1,2,3 (a number or `unlimited`; priority 0 is
+    /// never limited).
+    #[arg(
+        long,
+        env = "ROOMCAST_LEVEL1_BUDGETS",
+        default_value = "unlimited,unlimited,unlimited"
+    )]
+    pub level1_budgets: String,
+
+    /// Level 2 budgets per tick for priorities 1,2,3.
+    #[arg(long, env = "ROOMCAST_LEVEL2_BUDGETS", default_value = "200,100,50")]
+    pub level2_budgets: String,
+
+    /// Level 3 budgets per tick for priorities 1,2,3.
+    #[arg(long, env = "ROOMCAST_LEVEL3_BUDGETS", default_value = "100,50,20")]
+    pub level3_budgets: String,
+
+    /// Level 4 budgets per tick for priorities 1,2,3.
+    #[arg(long, env = "ROOMCAST_LEVEL4_BUDGETS", default_value = "50,20,10")]
+    pub level4_budgets: String,
+
+    /// Lowering margin: a level falls only once the count is below threshold × (1 − this).
+    #[arg(long, env = "ROOMCAST_LEVEL_HYSTERESIS", default_value_t = 0.1)]
+    pub level_hysteresis: f64,
+
+    /// How long the count must stay below the margin before a level falls (doubles for a room
+    /// whose level flaps).
+    #[arg(long, env = "ROOMCAST_LEVEL_DWELL_MS", default_value_t = 10_000)]
+    pub level_dwell_ms: u64,
+
+    /// Cap of the backed-off dwell of a flapping room.
+    #[arg(long, env = "ROOMCAST_LEVEL_MAX_DWELL_MS", default_value_t = 300_000)]
+    pub level_max_dwell_ms: u64,
+
+    /// An edge without a load report for this long is dropped from routing and dispatch (edges
+    /// report every second).
+    #[arg(long, env = "ROOMCAST_EDGE_REPORT_TIMEOUT_MS", default_value_t = 3_000)]
+    pub edge_report_timeout_ms: u64,
+
+    /// Bytes queued to one edge's link beyond which its publishes are dropped (and counted);
+    /// publishers wait while any edge is above an eighth of it.
+    #[arg(long, env = "ROOMCAST_EDGE_LINK_BACKLOG_BYTES", default_value_t = 64 << 20)]
+    pub edge_link_backlog_bytes: usize,
+
+    /// How long GET /v1/users/{user} waits for the edges' answers.
+    #[arg(long, env = "ROOMCAST_USER_QUERY_TIMEOUT_MS", default_value_t = 1_000)]
+    pub user_query_timeout_ms: u64,
+
+    /// Largest accepted request body, in bytes (413 beyond).
+    #[arg(long, env = "ROOMCAST_MAX_BODY_BYTES", default_value_t = 1 << 20)]
+    pub max_body_bytes: usize,
+
+    /// Most messages one POST /v1/messages may carry.
+    #[arg(long, env = "ROOMCAST_MAX_BATCH_MESSAGES", default_value_t = 10_000)]
+    pub max_batch_messages: usize,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        // Defaults only: neither the process's arguments nor its environment.
+        let command = <ControlConfig as clap::CommandFactory>::command();
+        let matches = command
+            .mut_args(|arg| arg.env(None::<&str>))
+            .get_matches_from(["roomcast-control"]);
+        <ControlConfig as clap::FromArgMatches>::from_arg_matches(&matches).expect("defaults parse")
+    }
+}
+
+/// The parsed rate-level table: policy for the level state machine plus what each level means
+/// to an edge.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Levels {
+    pub policy: LevelPolicy,
+    /// Tick of levels 1..=4, in milliseconds.
+    pub ticks_ms: [u32; LEVELS],
+    /// Budgets per tick of levels 1..=4 for priorities 0..=3 (priority 0 always unlimited).
+    pub budgets: [[u32; PRIORITIES]; LEVELS],
+}
+
+impl Default for Levels {
+    fn default() -> Self {
+        ControlConfig::default()
+            .levels()
+            .expect("default levels parse")
+    }
+}
+
+impl Levels {
+    /// The tick of `level` (1..=4) in milliseconds.
+    pub fn tick_ms(&self, level: u8) -> u32 {
+        self.ticks_ms[level_index(level)]
+    }
+
+    /// The link frame that sets `room` to `level` on an edge.
+    pub fn set_level(&self, room: &str, level: u8) -> SetLevel {
+        SetLevel {
+            room: room.to_owned(),
+            level,
+            tick_ms: self.tick_ms(level),
+            budgets: self.budgets[level_index(level)],
+        }
+    }
+}
+
+fn level_index(level: u8) -> usize {
+    usize::from(level.clamp(1, LEVELS as u8) - 1)
+}
+
+impl ControlConfig {
+    /// Parses the command line (and environment), fills every option left at its default from the
+    /// `--config` file, and validates the result.
+    pub fn load_from<I, T>(args: I) -> Result<ControlConfig, ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let config: ControlConfig = load_layered(args, |c: &ControlConfig| c.config.clone())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values that would make the control plane misbehave.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        if self.api_key.is_empty() {
+            return bad("--api-key must not be empty");
+        }
+        if self.jwt_secret.is_empty() {
+            return bad("--jwt-secret must not be empty");
+        }
+        if self.edge_report_timeout_ms == 0 {
+            return bad("--edge-report-timeout-ms must be positive");
+        }
+        if self.user_query_timeout_ms == 0 {
+            return bad("--user-query-timeout-ms must be positive");
+        }
+        if self.max_body_bytes < 1024 {
+            return bad("--max-body-bytes must be at least 1024");
+        }
+        if self.max_batch_messages == 0 {
+            return bad("--max-batch-messages must be positive");
+        }
+        if self.edge_link_backlog_bytes < 1 << 20 {
+            return bad("--edge-link-backlog-bytes must be at least 1 MiB");
+        }
+        if self.edge_workers > 64 {
+            return bad("--edge-workers must be at most 64");
+        }
+        self.levels()?;
+        Ok(())
+    }
+
+    /// Parses the level options into the table the router uses.
+    pub fn levels(&self) -> Result<Levels, ConfigError> {
+        let invalid = |m: String| ConfigError::Invalid(m);
+        let thresholds: [u32; 3] = parse_list(&self.level_thresholds, "--level-thresholds", |s| {
+            s.parse::<u32>().ok()
+        })?;
+        if thresholds[0] == 0 || !thresholds.windows(2).all(|w| w[0] < w[1]) {
+            return Err(invalid(
+                "--level-thresholds must be three increasing positive counts".into(),
+            ));
+        }
+        let ticks_ms: [u32; LEVELS] = parse_list(&self.level_ticks_ms, "--level-ticks-ms", |s| {
+            s.parse::<u32>().ok()
+        })?;
+        let mut budgets = [[UNLIMITED; PRIORITIES]; LEVELS];
+        let sources = [
+            (&self.level1_budgets, "--level1-budgets"),
+            (&self.level2_budgets, "--level2-budgets"),
+            (&self.level3_budgets, "--level3-budgets"),
+            (&self.level4_budgets, "--level4-budgets"),
+        ];
+        for (level, (text, flag)) in sources.into_iter().enumerate() {
+            let per_priority: [u32; PRIORITIES - 1] = parse_list(text, flag, parse_budget)?;
+            // Priority 0 (system messages) is never limited.
+            budgets[level][1..].copy_from_slice(&per_priority);
+        }
+        if !(0.0..1.0).contains(&self.level_hysteresis) {
+            return Err(invalid("--level-hysteresis must be in [0, 1)".into()));
+        }
+        if self.level_max_dwell_ms < self.level_dwell_ms {
+            return Err(invalid(
+                "--level-max-dwell-ms must be >= --level-dwell-ms".into(),
+            ));
+        }
+        Ok(Levels {
+            policy: LevelPolicy {
+                thresholds,
+                hysteresis: self.level_hysteresis,
+                dwell: Duration::from_millis(self.level_dwell_ms),
+                max_dwell: Duration::from_millis(self.level_max_dwell_ms),
+            },
+            ticks_ms,
+            budgets,
+        })
+    }
+
+    /// True when the API key is the built-in development key.
+    pub fn uses_dev_api_key(&self) -> bool {
+        self.api_key == DEV_API_KEY
+    }
+
+    pub fn edge_report_timeout(&self) -> Duration {
+        Duration::from_millis(self.edge_report_timeout_ms)
+    }
+
+    pub fn user_query_timeout(&self) -> Duration {
+        Duration::from_millis(self.user_query_timeout_ms)
+    }
+
+    /// The address the embedded edge dials for the link: the link's bound address, with an
+    /// unspecified IP replaced by loopback.
+    pub fn link_dial_addr(bound: SocketAddr) -> SocketAddr {
+        let ip = match bound.ip() {
+            ip if !ip.is_unspecified() => ip,
+            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+        };
+        SocketAddr::new(ip, bound.port())
+    }
+
+    /// The embedded edge's configuration: engine defaults (and `ROOMCAST_*` variables only the
+    /// edge knows, such as `ROOMCAST_QUEUE_SOFT_BYTES`) with listeners, workers, driver, capacity
+    /// and secret from here, the level-1 tick as its default tick, and the link pointed at this
+    /// process.
+    pub fn embedded_edge(&self, link: SocketAddr) -> EdgeConfig {
+        EdgeConfig {
+            config: None,
+            control: Self::link_dial_addr(link).to_string(),
+            jwt_secret: self.jwt_secret.clone(),
+            ws_listen: self.edge_ws_listen,
+            tcp_listen: self.edge_tcp_listen,
+            workers: self.edge_workers,
+            io: self.edge_io,
+            advertise_host: self.edge_advertise_host.clone(),
+            max_connections: self.edge_max_connections,
+            tick_ms: self.levels().map_or(100, |l| l.tick_ms(1)),
+            ..EdgeConfig::default()
+        }
+    }
+}
+
+/// Parses exactly `N` comma-separated values.
+fn parse_list<T: Copy + Default, const N: usize>(
+    text: &str,
+    flag: &str,
+    parse: impl Fn(&str) -> Option<T>,
+) -> Result<[T; N], ConfigError> {
+    let mut out = [T::default(); N];
+    let mut count = 0;
+    for item in text.split(',') {
+        let value = parse(item.trim()).ok_or_else(|| {
+            ConfigError::Invalid(format!("{flag}: cannot read {:?} in {text:?}", item.trim()))
+        })?;
+        if count < N {
+            out[count] = value;
+        }
+        count += 1;
+    }
+    if count != N {
+        return Err(ConfigError::Invalid(format!(
+            "{flag} needs {N} comma-separated values, got {count} in {text:?}"
+        )));
+    }
+    Ok(out)
+}
+
+fn parse_budget(s: &str) -> Option<u32> {
+    if s.eq_ignore_ascii_case("unlimited") {
+        Some(UNLIMITED)
+    } else {
+        s.parse::<u32>().ok().filter(|&n| n != UNLIMITED)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_documented_ports_and_levels() {
+        let c = ControlConfig::default();
+        c.validate().unwrap();
+        assert_eq!(c.api_listen.port(), 9090);
+        assert_eq!(c.link_listen.port(), 9091);
+        assert_eq!(c.edge_ws_listen.port(), 8080);
+        assert_eq!(c.edge_tcp_listen.port(), 8081);
+        assert!(c.tokens_enabled);
+        assert!(!c.no_embedded_edge);
+        assert!(c.uses_dev_api_key());
+        let levels = c.levels().unwrap();
+        assert_eq!(levels.policy.thresholds, [1_000, 10_000, 50_000]);
+        assert_eq!(levels.ticks_ms, [100, 250, 500, 1_000]);
+        assert_eq!(levels.budgets[0], [UNLIMITED; 4]);
+        assert_eq!(levels.budgets[1], [UNLIMITED, 200, 100, 50]);
+        assert_eq!(levels.budgets[2], [UNLIMITED, 100, 50, 20]);
+        assert_eq!(levels.budgets[3], [UNLIMITED, 50, 20, 10]);
+        assert_eq!(levels.policy.dwell, Duration::from_secs(10));
+        assert_eq!(levels.policy.max_dwell, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn set_level_frames_carry_the_level_tick_and_budgets() {
+        let levels = Levels::default();
+        let frame = levels.set_level("r1", 3);
+        assert_eq!(frame.room, "r1");
+        assert_eq!(frame.level, 3);
+        assert_eq!(frame.tick_ms, 500);
+        assert_eq!(frame.budgets, [UNLIMITED, 100, 50, 20]);
+    }
+
+    #[test]
+    fn rejects_bad_level_lists() {
+        for (field, value) in [
+            ("thresholds", "1000,10000"),
+            ("thresholds", "1000,500,50000"),
+            ("thresholds", "0,10,20"),
+            ("ticks", "100,250,500"),
+            ("ticks", "100,x,500,1000"),
+            ("budgets", "1,2"),
+            ("budgets", "1,2,lots"),
+        ] {
+            let mut c = ControlConfig::default();
+            match field {
+                "thresholds" => c.level_thresholds = value.into(),
+                "ticks" => c.level_ticks_ms = value.into(),
+                _ => c.level2_budgets = value.into(),
+            }
+            assert!(c.validate().is_err(), "{field} = {value:?} accepted");
+        }
+    }
+
+    #[test]
+    fn file_fills_defaults_but_flags_win() {
+        let dir = std::env::temp_dir().join(format!("roomcast-control-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("control.toml");
+        std::fs::write(
+            &path,
+            "api_key = \"from-file\"\nlevel_dwell_ms = 20000\nlevel3_budgets = \"7,8,9\"\n",
+        )
+        .unwrap();
+        let c = ControlConfig::load_from([
+            "roomcast-control",
+            "--config",
+            path.to_str().unwrap(),
+            "--level-dwell-ms",
+            "30000",
+        ])
+        .unwrap();
+        assert_eq!(c.api_key, "from-file");
+        assert_eq!(c.level_dwell_ms, 30_000, "flag wins over file");
+        assert_eq!(c.levels().unwrap().budgets[2], [UNLIMITED, 7, 8, 9]);
+    }
+
+    #[test]
+    fn embedded_edge_dials_loopback_and_shares_the_secret() {
+        let c = ControlConfig {
+            jwt_secret: "s3cret".into(),
+            ..ControlConfig::default()
+        };
+        let edge = c.embedded_edge("0.0.0.0:9091".parse().unwrap());
+        assert_eq!(edge.control, "127.0.0.1:9091");
+        assert_eq!(edge.jwt_secret, "s3cret");
+        assert_eq!(edge.ws_listen.port(), 8080);
+        assert_eq!(edge.tick_ms, 100);
+    }
+}

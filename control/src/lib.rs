@@ -1,0 +1,21 @@
+//! roomcast control plane: the HTTP API a live platform's backend publishes through, the
+//! dispatcher that hands clients edge addresses, the router that sends each message only to the
+//! edges holding its audience, and per-room rate levels with backoff.
+//!
+//! Layout: `config` (options), `levels` (the pure room-level state machine), `router` (shared
+//! routing state, sequence numbers, encode-once publishing), `linkserver` (the edge link's
+//! tasks), `userquery` (user lookups across edges), `publish` (request body parsing and
+//! validation), `dispatch` (address choice), `api` (axum routes) and `server` (wiring, including
+//! the embedded edge).
+
+pub mod api;
+pub mod config;
+pub mod dispatch;
+pub mod levels;
+pub mod linkserver;
+pub mod publish;
+pub mod router;
+pub mod server;
+pub mod userquery;
+
+pub use config::ControlConfig;

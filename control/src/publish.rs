@@ -1,0 +1,462 @@
+//! Publish request bodies: parsed once, borrowed from the body (no copy of `data`, which stays
+//! the publisher's JSON byte for byte), validated with messages that name the field.
+//!
+//! A message object is read leniently — every field as raw JSON — and judged afterwards, so in a
+//! batch one malformed entry (a string priority, a missing kind, even a number instead of an
+//! object) becomes that entry's error and the others still go out.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use roomcast_engine::proto::ids::is_valid_id;
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::router::TargetRef;
+
+/// Longest accepted `kind`, in bytes.
+pub const MAX_KIND_LEN: usize = 64;
+
+/// One message object as received: each known field as raw JSON, judged by [`RawMessage::check`].
+#[derive(Debug, Default)]
+pub struct RawMessage<'a> {
+    room: Option<&'a RawValue>,
+    user: Option<&'a RawValue>,
+    broadcast: Option<&'a RawValue>,
+    priority: Option<&'a RawValue>,
+    kind: Option<&'a RawValue>,
+    data: Option<&'a RawValue>,
+    /// Set when the value was not a JSON object at all.
+    not_object: bool,
+    /// The first unknown or repeated field, reported as an error.
+    stray: Option<(StrayKind, String)>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum StrayKind {
+    Unknown,
+    Duplicate,
+}
+
+/// A valid message; `data` borrows the body.
+#[derive(Debug, Clone)]
+pub struct Message<'a> {
+    pub target: TargetRef<'a>,
+    pub priority: u8,
+    pub kind: Cow<'a, str>,
+    pub data: &'a RawValue,
+}
+
+/// Where the target comes from.
+#[derive(Debug, Clone, Copy)]
+pub enum Context<'a> {
+    /// A batch entry: exactly one of `room`, `user`, `broadcast: true`.
+    Batch,
+    /// A single-message route: the target is in the URL; target fields are refused.
+    Url(TargetRef<'a>),
+}
+
+/// The body of `POST /v1/messages`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchBody<'a> {
+    #[serde(borrow)]
+    pub messages: Vec<RawMessage<'a>>,
+}
+
+impl<'a> RawMessage<'a> {
+    /// Validates the message; the error names the field at fault.
+    pub fn check(&self, context: Context<'a>) -> Result<Message<'a>, String> {
+        if self.not_object {
+            return Err("a message must be a JSON object".into());
+        }
+        if let Some((kind, name)) = &self.stray {
+            return Err(match kind {
+                StrayKind::Unknown => format!("unknown field `{name}`"),
+                StrayKind::Duplicate => format!("field `{name}` appears twice"),
+            });
+        }
+        let target = match context {
+            Context::Url(target) => {
+                if self.room.is_some() || self.user.is_some() || self.broadcast.is_some() {
+                    return Err(
+                        "room, user and broadcast come from the URL; leave them out of the body"
+                            .into(),
+                    );
+                }
+                target
+            }
+            Context::Batch => self.target()?,
+        };
+        let priority = match self.priority {
+            None => return Err("priority is required (0..3)".into()),
+            Some(raw) => match raw.get().parse::<u8>() {
+                Ok(p) if p <= 3 => p,
+                _ => return Err("priority must be 0..3".into()),
+            },
+        };
+        let kind = match self.kind {
+            None => return Err("kind is required".into()),
+            Some(raw) => json_str(raw).ok_or("kind must be a string")?,
+        };
+        if !is_valid_kind(&kind) {
+            return Err(format!(
+                "kind must be 1-{MAX_KIND_LEN} bytes of [A-Za-z0-9_.:-]"
+            ));
+        }
+        let data = self.data.ok_or("data is required (any JSON value)")?;
+        Ok(Message {
+            target,
+            priority,
+            kind,
+            data,
+        })
+    }
+
+    fn target(&self) -> Result<TargetRef<'a>, String> {
+        const EXACTLY_ONE: &str = "a message needs exactly one of room, user, broadcast: true";
+        match (self.room, self.user, self.broadcast) {
+            (Some(room), None, None) => Ok(TargetRef::Room(id(room, "room")?)),
+            (None, Some(user), None) => Ok(TargetRef::User(id(user, "user")?)),
+            (None, None, Some(raw)) => {
+                if raw.get() == "true" {
+                    Ok(TargetRef::Broadcast)
+                } else {
+                    Err("broadcast must be true".into())
+                }
+            }
+            _ => Err(EXACTLY_ONE.into()),
+        }
+    }
+}
+
+/// A room or user id from raw JSON: a string without escapes (valid ids never need any).
+fn id<'a>(raw: &'a RawValue, field: &str) -> Result<&'a str, String> {
+    let text = raw.get();
+    let inner = text
+        .strip_prefix('"')
+        .and_then(|t| t.strip_suffix('"'))
+        .filter(|t| !t.contains('\\'));
+    match inner {
+        Some(id) if is_valid_id(id.as_bytes()) => Ok(id),
+        _ => Err(format!(
+            "{field} must be a string of 1-128 bytes of [A-Za-z0-9_.:-]"
+        )),
+    }
+}
+
+/// A JSON string's value, borrowed when it has no escapes.
+fn json_str(raw: &RawValue) -> Option<Cow<'_, str>> {
+    let text = raw.get();
+    if !text.starts_with('"') {
+        return None;
+    }
+    match serde_json::from_str::<&str>(text) {
+        Ok(s) => Some(Cow::Borrowed(s)),
+        Err(_) => serde_json::from_str::<String>(text).ok().map(Cow::Owned),
+    }
+}
+
+/// `kind` rule: 1..=64 bytes of `[A-Za-z0-9_.:-]` (it is spliced into client JSON unescaped).
+pub fn is_valid_kind(kind: &str) -> bool {
+    (1..=MAX_KIND_LEN).contains(&kind.len())
+        && kind
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Field {
+    Room,
+    User,
+    Broadcast,
+    Priority,
+    Kind,
+    Data,
+}
+
+impl Field {
+    fn name(self) -> &'static str {
+        match self {
+            Field::Room => "room",
+            Field::User => "user",
+            Field::Broadcast => "broadcast",
+            Field::Priority => "priority",
+            Field::Kind => "kind",
+            Field::Data => "data",
+        }
+    }
+}
+
+/// A map key: one of the known fields, or an unknown name.
+enum Key {
+    Known(Field),
+    Unknown(String),
+}
+
+impl<'de> Deserialize<'de> for Key {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Key, D::Error> {
+        struct KeyVisitor;
+        impl Visitor<'_> for KeyVisitor {
+            type Value = Key;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Key, E> {
+                Ok(match v {
+                    "room" => Key::Known(Field::Room),
+                    "user" => Key::Known(Field::User),
+                    "broadcast" => Key::Known(Field::Broadcast),
+                    "priority" => Key::Known(Field::Priority),
+                    "kind" => Key::Known(Field::Kind),
+                    "data" => Key::Known(Field::Data),
+                    other => Key::Unknown(other.to_owned()),
+                })
+            }
+        }
+        deserializer.deserialize_identifier(KeyVisitor)
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for RawMessage<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<RawMessage<'a>, D::Error> {
+        deserializer.deserialize_any(MessageVisitor(std::marker::PhantomData))
+    }
+}
+
+struct MessageVisitor<'a>(std::marker::PhantomData<&'a ()>);
+
+impl<'de: 'a, 'a> Visitor<'de> for MessageVisitor<'a> {
+    type Value = RawMessage<'a>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a message object")
+    }
+
+    fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<RawMessage<'a>, M::Error> {
+        let mut msg = RawMessage::default();
+        while let Some(key) = map.next_key::<Key>()? {
+            match key {
+                Key::Known(field) => {
+                    let value: &'de RawValue = map.next_value()?;
+                    let slot = match field {
+                        Field::Room => &mut msg.room,
+                        Field::User => &mut msg.user,
+                        Field::Broadcast => &mut msg.broadcast,
+                        Field::Priority => &mut msg.priority,
+                        Field::Kind => &mut msg.kind,
+                        Field::Data => &mut msg.data,
+                    };
+                    if slot.replace(value).is_some() && msg.stray.is_none() {
+                        msg.stray = Some((StrayKind::Duplicate, field.name().to_owned()));
+                    }
+                }
+                Key::Unknown(name) => {
+                    map.next_value::<IgnoredAny>()?;
+                    if msg.stray.is_none() {
+                        msg.stray = Some((StrayKind::Unknown, name));
+                    }
+                }
+            }
+        }
+        Ok(msg)
+    }
+
+    fn visit_seq<S: SeqAccess<'de>>(self, mut seq: S) -> Result<RawMessage<'a>, S::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(not_object())
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<RawMessage<'a>, E> {
+        Ok(not_object())
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<RawMessage<'a>, E> {
+        Ok(not_object())
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<RawMessage<'a>, E> {
+        Ok(not_object())
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<RawMessage<'a>, E> {
+        Ok(not_object())
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<RawMessage<'a>, E> {
+        Ok(not_object())
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<RawMessage<'a>, E> {
+        Ok(not_object())
+    }
+}
+
+fn not_object<'a>() -> RawMessage<'a> {
+    RawMessage {
+        not_object: true,
+        ..RawMessage::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn single(body: &str) -> Result<(u8, String, String), String> {
+        let raw: RawMessage<'_> = serde_json::from_str(body).map_err(|e| e.to_string())?;
+        raw.check(Context::Url(TargetRef::Room("r1")))
+            .map(|m| (m.priority, m.kind.into_owned(), m.data.get().to_owned()))
+    }
+
+    #[test]
+    fn accepts_a_valid_message_and_keeps_data_verbatim() {
+        let body = r#"{"priority":1,"kind":"gift","data":{ "gift" : "rocket", "n": 3.50 }}"#;
+        assert_eq!(
+            single(body).unwrap(),
+            (
+                1,
+                "gift".into(),
+                r#"{ "gift" : "rocket", "n": 3.50 }"#.into()
+            )
+        );
+        assert_eq!(
+            single(r#"{"priority":0,"kind":"a:b.c-d_e","data":null}"#)
+                .unwrap()
+                .2,
+            "null"
+        );
+        assert_eq!(
+            single(r#"{"kind":"\u0067ift","priority":3,"data":"hi"}"#)
+                .unwrap()
+                .1,
+            "gift",
+            "escaped kind is decoded"
+        );
+    }
+
+    #[test]
+    fn names_the_field_at_fault() {
+        let cases = [
+            (r#"{"kind":"gift","data":1}"#, "priority is required (0..3)"),
+            (
+                r#"{"priority":4,"kind":"gift","data":1}"#,
+                "priority must be 0..3",
+            ),
+            (
+                r#"{"priority":-1,"kind":"gift","data":1}"#,
+                "priority must be 0..3",
+            ),
+            (
+                r#"{"priority":"2","kind":"gift","data":1}"#,
+                "priority must be 0..3",
+            ),
+            (
+                r#"{"priority":1.0,"kind":"gift","data":1}"#,
+                "priority must be 0..3",
+            ),
+            (r#"{"priority":1,"data":1}"#, "kind is required"),
+            (
+                r#"{"priority":1,"kind":7,"data":1}"#,
+                "kind must be a string",
+            ),
+            (
+                r#"{"priority":1,"kind":"","data":1}"#,
+                "kind must be 1-64 bytes of [A-Za-z0-9_.:-]",
+            ),
+            (
+                r#"{"priority":1,"kind":"a b","data":1}"#,
+                "kind must be 1-64 bytes of [A-Za-z0-9_.:-]",
+            ),
+            (
+                r#"{"priority":1,"kind":"gift"}"#,
+                "data is required (any JSON value)",
+            ),
+            (
+                r#"{"priority":1,"kind":"gift","data":1,"prio":2}"#,
+                "unknown field `prio`",
+            ),
+            (
+                r#"{"priority":1,"priority":2,"kind":"gift","data":1}"#,
+                "field `priority` appears twice",
+            ),
+            (
+                r#"{"room":"r2","priority":1,"kind":"gift","data":1}"#,
+                "room, user and broadcast come from the URL; leave them out of the body",
+            ),
+            ("[1,2]", "a message must be a JSON object"),
+            ("7", "a message must be a JSON object"),
+        ];
+        for (body, message) in cases {
+            assert_eq!(single(body).unwrap_err(), message, "{body}");
+        }
+        let long_kind = format!(r#"{{"priority":1,"kind":"{}","data":1}}"#, "k".repeat(65));
+        assert!(single(&long_kind).is_err());
+    }
+
+    #[test]
+    fn batch_entries_fail_one_by_one() {
+        let body = r#"{"messages":[
+            {"room":"r1","priority":2,"kind":"gift","data":{"n":1}},
+            {"user":"u1","priority":9,"kind":"gift","data":1},
+            "not an object",
+            {"broadcast":true,"priority":0,"kind":"system","data":"bye"},
+            {"room":"r 1","priority":2,"kind":"gift","data":1},
+            {"room":"r1","user":"u1","priority":2,"kind":"gift","data":1},
+            {"broadcast":false,"priority":2,"kind":"gift","data":1},
+            {"user":"u2","priority":1,"kind":"notice","data":[1,{"a":"b"}]}
+        ]}"#;
+        let batch: BatchBody<'_> = serde_json::from_str(body).unwrap();
+        let checked: Vec<_> = batch
+            .messages
+            .iter()
+            .map(|m| m.check(Context::Batch))
+            .collect();
+        assert!(matches!(
+            checked[0].as_ref().unwrap().target,
+            TargetRef::Room("r1")
+        ));
+        assert_eq!(checked[1].as_ref().unwrap_err(), "priority must be 0..3");
+        assert_eq!(
+            checked[2].as_ref().unwrap_err(),
+            "a message must be a JSON object"
+        );
+        assert!(matches!(
+            checked[3].as_ref().unwrap().target,
+            TargetRef::Broadcast
+        ));
+        assert!(checked[4].as_ref().unwrap_err().starts_with("room must be"));
+        assert!(checked[5]
+            .as_ref()
+            .unwrap_err()
+            .starts_with("a message needs exactly one"));
+        assert_eq!(checked[6].as_ref().unwrap_err(), "broadcast must be true");
+        let last = checked[7].as_ref().unwrap();
+        assert!(matches!(last.target, TargetRef::User("u2")));
+        assert_eq!(last.data.get(), r#"[1,{"a":"b"}]"#);
+    }
+
+    #[test]
+    fn data_borrows_the_body() {
+        let body = br#"{"messages":[{"room":"r1","priority":2,"kind":"k","data":{"x":1}}]}"#;
+        let batch: BatchBody<'_> = serde_json::from_slice(body).unwrap();
+        let message = batch.messages[0].check(Context::Batch).unwrap();
+        let range = body.as_ptr_range();
+        assert!(
+            range.contains(&message.data.get().as_ptr()),
+            "data was copied"
+        );
+    }
+
+    #[test]
+    fn batch_body_shape_errors_are_whole_request_errors() {
+        assert!(serde_json::from_str::<BatchBody<'_>>(r#"{"msgs":[]}"#).is_err());
+        assert!(serde_json::from_str::<BatchBody<'_>>(r#"{"messages":{}}"#).is_err());
+        assert!(serde_json::from_str::<BatchBody<'_>>(r#"{"messages":[}"#).is_err());
+        assert!(serde_json::from_str::<BatchBody<'_>>(r#"{"messages":[]}"#)
+            .unwrap()
+            .messages
+            .is_empty());
+    }
+}
