@@ -583,6 +583,12 @@ impl Router {
     /// Drops edges that missed reports for the report timeout; returns their ids.
     pub fn sweep(&self, now: Instant) -> Vec<String> {
         let mut state = self.lock();
+        self.drop_silent_edges(&mut state, now)
+    }
+
+    /// The sweep itself, also run under the publish lock so routing never uses an edge that
+    /// dispatch and `/v1/edges` already show as unhealthy.
+    fn drop_silent_edges(&self, state: &mut State, now: Instant) -> Vec<String> {
         let stale: Vec<usize> = state
             .edges
             .iter()
@@ -594,7 +600,7 @@ impl Router {
             let id = state.edges[slot].register.edge_id.clone();
             tracing::warn!(edge_id = %id, timeout_ms = self.report_timeout.as_millis() as u64,
                 "edge missed its load reports; dropping it");
-            self.remove_slot(&mut state, slot, now);
+            self.remove_slot(state, slot, now);
             ids.push(id);
         }
         ids
@@ -632,6 +638,7 @@ impl Router {
         let mut results = Vec::with_capacity(reqs.len());
 
         let mut guard = self.lock();
+        self.drop_silent_edges(&mut guard, Instant::now());
         let State {
             edges,
             rooms,
