@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::extract::{FromRequest, FromRequestParts, MatchedPath, Path, Query, Request, State};
 use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, Method, StatusCode, Uri};
@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::ControlConfig;
 use crate::dispatch::{self, Transport};
+use crate::metrics::ControlMetrics;
 use crate::publish::{BatchBody, Context, Message, RawMessage};
 use crate::router::{PublishReq, Published, Router, TargetRef};
 use crate::userquery::UserQueries;
@@ -69,6 +70,8 @@ pub struct AppState {
     pub settings: Arc<ApiSettings>,
     /// Set once the link listener accepts edges (for /readyz).
     pub link_listening: Arc<AtomicBool>,
+    /// Request, publish and dispatch counters for /metrics.
+    pub metrics: Arc<ControlMetrics>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -335,6 +338,12 @@ pub const ROUTES: &[Route] = &[
     },
     Route {
         method: Method::GET,
+        path: "/metrics",
+        auth: false,
+        handler: || get(metrics),
+    },
+    Route {
+        method: Method::GET,
         path: "/openapi.json",
         auth: false,
         handler: || get(openapi),
@@ -357,7 +366,21 @@ pub fn app(state: AppState) -> axum::Router {
     router
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), count_request))
         .with_state(state)
+}
+
+/// Counts every answered request by its route template (bounded: the [`ROUTES`] paths, or
+/// `other` for no route) and status.
+async fn count_request(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let endpoint = req
+        .extensions()
+        .get::<MatchedPath>()
+        .and_then(|m| ROUTES.iter().find(|r| r.path == m.as_str()))
+        .map_or("other", |r| r.path);
+    let response = next.run(req).await;
+    state.metrics.request(endpoint, response.status().as_u16());
+    response
 }
 
 async fn require_api_key(State(state): State<AppState>, req: Request, next: Next) -> Response {
@@ -427,6 +450,7 @@ async fn publish_single(
     let req = to_req(&message, body);
     state.router.wait_for_backlog().await;
     let mut outcome = state.router.publish(std::slice::from_ref(&req));
+    state.metrics.published(1);
     match outcome.pop() {
         Some(Ok(published)) => Ok(json_ok(&published)),
         Some(Err(error)) => Err(ApiError::from_link(&error)),
@@ -485,6 +509,7 @@ async fn publish_batch(
         .collect();
     state.router.wait_for_backlog().await;
     let mut outcomes = state.router.publish(&reqs).into_iter();
+    state.metrics.published(reqs.len() as u64);
 
     let mut out = Vec::with_capacity(16 + checked.len() * 40);
     out.extend_from_slice(b"{\"results\":[");
@@ -578,6 +603,12 @@ async fn get_dispatch(
     };
     let candidates = state.router.dispatch_candidates(Instant::now());
     let addresses = dispatch::choose(&candidates, transport, &mut rand::rng());
+    let result = if addresses.is_empty() {
+        "unavailable"
+    } else {
+        "ok"
+    };
+    state.metrics.dispatch(transport.as_str(), result);
     if addresses.is_empty() {
         return Err(ApiError::unavailable(
             "no healthy edge with spare capacity is registered",
@@ -663,6 +694,15 @@ async fn readyz(State(state): State<AppState>) -> Result<Response, ApiError> {
     ))
 }
 
+async fn metrics(State(state): State<AppState>) -> Response {
+    let body = state.metrics.render(&state.router);
+    (
+        [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        body,
+    )
+        .into_response()
+}
+
 async fn openapi() -> Response {
     json_response(StatusCode::OK, OPENAPI.as_bytes().to_vec())
 }
@@ -705,6 +745,7 @@ mod tests {
             queries: Arc::new(UserQueries::new()),
             settings: Arc::new(s),
             link_listening: Arc::new(AtomicBool::new(true)),
+            metrics: Arc::default(),
         };
         Harness {
             app: app(state.clone()),
@@ -1166,6 +1207,40 @@ mod tests {
         assert_eq!(error_code(&value), "tokens_disabled");
     }
 
+    #[tokio::test]
+    async fn metrics_are_prometheus_text_counting_requests_by_route() {
+        let h = harness();
+        let (status, _) = h.call("GET", "/v1/rooms/r1", None).await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, _) = h.call("GET", "/nowhere", None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        let req = HttpRequest::builder()
+            .uri("/metrics")
+            .body(Body::empty())
+            .unwrap();
+        let response = h.app.clone().oneshot(req).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(response.headers()[CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4"));
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let text = String::from_utf8(bytes.to_vec()).unwrap();
+        assert!(text.contains(
+            "roomcast_control_http_requests_total{endpoint=\"/v1/rooms/{room}\",status=\"200\"} 1\n"
+        ), "{text}");
+        assert!(
+            text.contains(
+                "roomcast_control_http_requests_total{endpoint=\"other\",status=\"404\"} 1\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE roomcast_control_edges_up gauge\n"),
+            "{text}"
+        );
+    }
+
     /// Every route in [`ROUTES`] is in openapi.json with the same method, and nothing else is.
     #[tokio::test]
     async fn openapi_document_matches_the_routes() {
@@ -1192,6 +1267,9 @@ mod tests {
         // And the built router really answers each table entry with that method.
         let h = harness();
         for route in ROUTES {
+            if route.path == "/metrics" {
+                continue; // text, not JSON: metrics_are_prometheus_text
+            }
             let path = route.path.replace("{room}", "r1").replace("{user}", "u1");
             let (status, value) = h.call(route.method.as_str(), &path, Some("{}")).await;
             assert_ne!(

@@ -82,6 +82,14 @@ pub struct ControlConfig {
     #[arg(long, env = "ROOMCAST_EDGE_TCP_LISTEN", default_value = "0.0.0.0:8081")]
     pub edge_tcp_listen: SocketAddr,
 
+    /// Embedded edge: admin endpoint (/metrics, /healthz, /readyz; port 0 picks one).
+    #[arg(
+        long,
+        env = "ROOMCAST_EDGE_ADMIN_LISTEN",
+        default_value = "0.0.0.0:9101"
+    )]
+    pub edge_admin_listen: SocketAddr,
+
     /// Embedded edge: pinned worker threads (0 = every online core).
     #[arg(long, env = "ROOMCAST_EDGE_WORKERS", default_value_t = 0)]
     pub edge_workers: usize,
@@ -154,6 +162,11 @@ pub struct ControlConfig {
     /// report every second).
     #[arg(long, env = "ROOMCAST_EDGE_REPORT_TIMEOUT_MS", default_value_t = 3_000)]
     pub edge_report_timeout_ms: u64,
+
+    /// An edge whose highest capacity ratio (connections, fds, egress, memory, cpu; from its
+    /// load reports) is above this is no longer handed out by the dispatcher.
+    #[arg(long, env = "ROOMCAST_DISPATCH_WATERMARK", default_value_t = 0.85)]
+    pub dispatch_watermark: f64,
 
     /// Bytes queued to one edge's link beyond which its publishes are dropped (and counted);
     /// publishers wait while any edge is above an eighth of it.
@@ -248,6 +261,9 @@ impl ControlConfig {
         }
         if self.edge_report_timeout_ms == 0 {
             return bad("--edge-report-timeout-ms must be positive");
+        }
+        if !(self.dispatch_watermark > 0.0 && self.dispatch_watermark <= 60.0) {
+            return bad("--dispatch-watermark must be above 0 (1.0 = at capacity)");
         }
         if self.user_query_timeout_ms == 0 {
             return bad("--user-query-timeout-ms must be positive");
@@ -349,6 +365,7 @@ impl ControlConfig {
             jwt_secret: self.jwt_secret.clone(),
             ws_listen: self.edge_ws_listen,
             tcp_listen: self.edge_tcp_listen,
+            admin_listen: self.edge_admin_listen,
             workers: self.edge_workers,
             io: self.edge_io,
             advertise_host: self.edge_advertise_host.clone(),

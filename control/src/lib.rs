@@ -13,6 +13,7 @@ pub mod config;
 pub mod dispatch;
 pub mod levels;
 pub mod linkserver;
+pub mod metrics;
 pub mod publish;
 pub mod router;
 pub mod server;

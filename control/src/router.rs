@@ -136,6 +136,8 @@ struct EdgeLoad {
     frames_out: u64,
     msgs_dropped: u64,
     slow_closes: u64,
+    /// The edge's highest capacity watermark, thousandths.
+    capacity_ratio_permille: u16,
 }
 
 struct EdgeState {
@@ -160,6 +162,11 @@ impl EdgeState {
     /// At its connection limit: new clients would be refused.
     fn at_capacity(&self) -> bool {
         self.load.connections >= self.register.capacity
+    }
+
+    /// Above the dispatch watermark: kept serving, but no longer handed out to new clients.
+    fn over_watermark(&self, watermark_permille: u16) -> bool {
+        self.load.capacity_ratio_permille > watermark_permille
     }
 
     fn healthy(&self, now: Instant, timeout: Duration) -> bool {
@@ -320,6 +327,7 @@ fn refresh_level(
     let tell: Vec<usize> = match room.level.update(room.online, now, &levels.policy) {
         Some(level) => {
             room.leveled = true;
+            LEVEL_CHANGES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::info!(
                 room = name,
                 level,
@@ -347,6 +355,9 @@ fn refresh_level(
     !room.is_dead()
 }
 
+/// Room level changes since the process started (for `/metrics`).
+pub static LEVEL_CHANGES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// What [`Router::room`] shows.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RoomView {
@@ -367,7 +378,7 @@ pub struct RoomEdgeView {
 }
 
 /// What [`Router::edges`] shows per edge.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct EdgeView {
     pub edge_id: String,
     pub ws_url: String,
@@ -388,6 +399,10 @@ pub struct EdgeView {
     /// Milliseconds since the last load report (null before the first).
     pub last_report_ms_ago: Option<u64>,
     pub healthy: bool,
+    /// The edge's highest capacity watermark (its `roomcast_capacity_ratio_max`, 1.0 = full).
+    pub capacity_ratio: f64,
+    /// The dispatcher hands this edge out: healthy, not full, and at or below the watermark.
+    pub dispatchable: bool,
 }
 
 /// A healthy edge that can take clients, for the dispatcher.
@@ -416,6 +431,10 @@ pub struct Router {
     /// Link backlog above which publishes to that edge are dropped.
     backlog_hard: usize,
     drained: Arc<Notify>,
+    /// Edges whose capacity ratio is above this (thousandths) are not dispatched.
+    dispatch_watermark_permille: u16,
+    /// Publish frames queued to edge links (one per message per edge it went to).
+    fanout_messages: std::sync::atomic::AtomicU64,
 }
 
 /// Longest a publisher waits for a congested link before publishing anyway.
@@ -431,6 +450,8 @@ impl Router {
             backlog_soft: backlog_hard / 8,
             backlog_hard,
             drained: Arc::new(Notify::new()),
+            dispatch_watermark_permille: 850,
+            fanout_messages: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -442,6 +463,18 @@ impl Router {
     /// A link handle whose backlog this router watches.
     pub fn new_link(&self) -> (Arc<LinkHandle>, mpsc::UnboundedReceiver<Bytes>) {
         LinkHandle::new(Arc::clone(&self.drained), self.backlog_soft)
+    }
+
+    /// Stops dispatching an edge whose capacity ratio is above `watermark` (0.85 = 85 %).
+    pub fn with_dispatch_watermark(mut self, watermark: f64) -> Router {
+        self.dispatch_watermark_permille = (watermark * 1000.0).round().clamp(0.0, 65535.0) as u16;
+        self
+    }
+
+    fn dispatchable(&self, e: &EdgeState, now: Instant) -> bool {
+        e.healthy(now, self.report_timeout)
+            && !e.at_capacity()
+            && !e.over_watermark(self.dispatch_watermark_permille)
     }
 
     pub fn report_timeout(&self) -> Duration {
@@ -537,6 +570,7 @@ impl Router {
             frames_out: report.frames_out,
             msgs_dropped: report.msgs_dropped,
             slow_closes: report.slow_closes,
+            capacity_ratio_permille: report.capacity_ratio_permille,
         };
         if report.full {
             let listed: HashSet<&str> = report.rooms.iter().map(|(r, _)| r.as_str()).collect();
@@ -705,6 +739,8 @@ impl Router {
                     }
                 }
             }
+            self.fanout_messages
+                .fetch_add(u64::from(delivered), std::sync::atomic::Ordering::Relaxed);
             results.push(Ok(Published {
                 seq,
                 delivered_edges: delivered,
@@ -811,6 +847,8 @@ impl Router {
                     .last_report
                     .map(|at| now.saturating_duration_since(at).as_millis() as u64),
                 healthy: e.healthy(now, self.report_timeout),
+                capacity_ratio: f64::from(e.load.capacity_ratio_permille) / 1000.0,
+                dispatchable: self.dispatchable(e, now),
             })
             .collect();
         views.sort_by(|a, b| a.edge_id.cmp(&b.edge_id));
@@ -823,7 +861,7 @@ impl Router {
         state
             .edges
             .iter()
-            .filter(|(_, e)| e.healthy(now, self.report_timeout) && !e.at_capacity())
+            .filter(|(_, e)| self.dispatchable(e, now))
             .map(|(_, e)| Candidate {
                 ws_url: ws_url(&e.register.ws_addr),
                 tcp_addr: e.register.tcp_addr.clone(),
@@ -850,6 +888,12 @@ impl Router {
     }
 
     /// Number of registered edges.
+    /// Publish frames queued to edge links since start.
+    pub fn fanout_messages(&self) -> u64 {
+        self.fanout_messages
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub fn edge_count(&self) -> usize {
         self.lock().edges.len()
     }
@@ -932,6 +976,7 @@ pub(crate) mod tests {
             rooms: rooms.iter().map(|&(r, n)| (r.to_owned(), n)).collect(),
             users: users.iter().map(|&(u, n)| (u.to_owned(), n)).collect(),
             seqs: Vec::new(),
+            capacity_ratio_permille: 0,
         }
     }
 

@@ -57,11 +57,14 @@ pub async fn run(
     let api_listener = bind("HTTP API", config.api_listen).await?;
     let api_addr = api_listener.local_addr().unwrap_or(config.api_listen);
 
-    let router = Arc::new(Router::new(
-        levels,
-        config.edge_report_timeout(),
-        config.edge_link_backlog_bytes,
-    ));
+    let router = Arc::new(
+        Router::new(
+            levels,
+            config.edge_report_timeout(),
+            config.edge_link_backlog_bytes,
+        )
+        .with_dispatch_watermark(config.dispatch_watermark),
+    );
     let queries = Arc::new(UserQueries::new());
     tokio::spawn(linkserver::serve(
         link_listener,
@@ -88,6 +91,7 @@ pub async fn run(
         queries,
         settings: Arc::new(ApiSettings::from_config(&config)),
         link_listening: Arc::new(AtomicBool::new(true)),
+        metrics: Arc::default(),
     };
     let served = axum::serve(api_listener, api::app(state))
         .with_graceful_shutdown(shutdown)

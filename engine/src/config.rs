@@ -104,8 +104,28 @@ pub struct EdgeConfig {
     #[arg(long, env = "ROOMCAST_SOCKET_SEND_BUFFER_BYTES", default_value_t = 64 * 1024)]
     pub socket_send_buffer_bytes: usize,
 
+    /// Admin HTTP endpoint: /metrics (Prometheus), /healthz, /readyz. Port 0 picks a free port
+    /// (advertised to the control plane). Edges sharing a host need distinct ports; when the
+    /// address is taken the edge warns and runs without it.
+    #[arg(long, env = "ROOMCAST_ADMIN_LISTEN", default_value = "0.0.0.0:9101")]
+    pub admin_listen: SocketAddr,
+
+    /// Egress bandwidth this edge may use, bytes per second (the `egress` capacity watermark;
+    /// default 10 Gbit/s).
+    #[arg(
+        long,
+        env = "ROOMCAST_EGRESS_BANDWIDTH_BYTES",
+        default_value_t = 1_250_000_000
+    )]
+    pub egress_bandwidth_bytes: u64,
+
+    /// Memory this edge may use, bytes (the `memory` capacity watermark; 0 = the cgroup's
+    /// memory.max when set, else the machine's MemTotal).
+    #[arg(long, env = "ROOMCAST_MEMORY_LIMIT_BYTES", default_value_t = 0)]
+    pub memory_limit_bytes: u64,
+
     /// How often the edge logs its summed counters (connections, frames, write calls per flush,
-    /// drops) as one `edge stats` line; 0 = never. Stands in until the metrics endpoint exists.
+    /// drops) as one `edge stats` line; 0 = never. The admin endpoint's /metrics has them all.
     #[arg(long, env = "ROOMCAST_STATS_LOG_INTERVAL_MS", default_value_t = 10_000)]
     pub stats_log_interval_ms: u64,
 

@@ -12,6 +12,7 @@ use crate::auth::Verifier;
 use crate::config::{EdgeConfig, DEV_JWT_SECRET};
 use crate::fanout::{ToHub, ToWorker};
 use crate::hub::{Hub, HubPoll, HubSetup, WorkerHandle};
+use crate::metrics::{CapacitySampler, Limits, Shared};
 use crate::proto::link::Register;
 use crate::session::Transport;
 use crate::sys::{self, socket, DriverKind};
@@ -46,6 +47,9 @@ pub struct Edge {
     pub tcp_addr: SocketAddr,
     pub driver: &'static str,
     pub edge_id: String,
+    /// The admin endpoint (/metrics, /healthz, /readyz), when it could bind.
+    pub admin_addr: Option<SocketAddr>,
+    metrics: Arc<Shared>,
     shutdown: Arc<AtomicBool>,
     hub_waker: Arc<mio::Waker>,
     threads: Vec<JoinHandle<()>>,
@@ -159,6 +163,39 @@ impl Edge {
 
         let advertise = advertise_host(&config, ws_addr);
         let shutdown = Arc::new(AtomicBool::new(false));
+        let metrics = Arc::new(Shared::new(driver_name, edge_id.clone()));
+        let admin = match crate::admin::bind(config.admin_listen) {
+            Ok(listener) => {
+                let addr = listener.local_addr().unwrap_or(config.admin_listen);
+                threads.push(crate::admin::spawn(
+                    listener,
+                    Arc::clone(&metrics),
+                    Arc::clone(&shutdown),
+                ));
+                Some(addr)
+            }
+            Err(error) => {
+                tracing::warn!(
+                    addr = %config.admin_listen,
+                    %error,
+                    "cannot listen on the admin address; running without /metrics (set \
+                     --admin-listen, port 0 picks a free one)"
+                );
+                None
+            }
+        };
+        let fd_limit = socket::nofile_limit().map_or(0, |(soft, _)| soft);
+        let limits = Limits {
+            max_connections: u64::from(config.max_connections),
+            fd_limit,
+            fd_baseline: crate::metrics::count_open_fds(),
+            egress_bytes_per_second: config.egress_bandwidth_bytes as f64,
+            memory_bytes: if config.memory_limit_bytes > 0 {
+                config.memory_limit_bytes
+            } else {
+                crate::metrics::default_memory_limit()
+            },
+        };
         let hub_waker = hub_poll.waker();
         let hub = Hub::new(
             HubSetup {
@@ -166,7 +203,16 @@ impl Edge {
                     edge_id: edge_id.clone(),
                     ws_addr: format!("{advertise}:{}", ws_addr.port()),
                     tcp_addr: format!("{advertise}:{}", tcp_addr.port()),
-                    admin_addr: String::new(),
+                    admin_addr: admin
+                        .map(|a| {
+                            let host = if a.ip().is_unspecified() {
+                                advertise.clone()
+                            } else {
+                                a.ip().to_string()
+                            };
+                            format!("{host}:{}", a.port())
+                        })
+                        .unwrap_or_default(),
                     workers: workers as u16,
                     capacity: config.max_connections,
                 },
@@ -178,6 +224,8 @@ impl Edge {
                 workers: handles,
                 inbox: hub_rx,
                 shutdown: Arc::clone(&shutdown),
+                metrics: Arc::clone(&metrics),
+                capacity: CapacitySampler::new(limits),
             },
             hub_poll,
         );
@@ -187,8 +235,10 @@ impl Edge {
                 .spawn(move || hub.run())
                 .expect("spawn hub thread"),
         );
+        metrics.workers_running.store(true, Ordering::Release);
         tracing::info!(
             edge_id,
+            admin = ?admin,
             driver = driver_name,
             workers,
             ws = %ws_addr,
@@ -201,6 +251,8 @@ impl Edge {
             tcp_addr,
             driver: driver_name,
             edge_id,
+            admin_addr: admin,
+            metrics,
             shutdown,
             hub_waker,
             threads,
@@ -209,6 +261,7 @@ impl Edge {
 
     /// Closes every connection (1001) and stops the threads.
     pub fn shutdown(self) {
+        self.metrics.workers_running.store(false, Ordering::Release);
         self.shutdown.store(true, Ordering::Release);
         let _ = self.hub_waker.wake();
         for thread in self.threads {

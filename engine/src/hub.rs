@@ -22,12 +22,13 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 
 use crate::fanout::{ChannelKind, Delivery, ToHub, ToWorker};
+use crate::metrics::{CapacitySampler, Shared};
 use crate::proto::client::{self, WireFormat};
 use crate::proto::link::{
     self, ConnInfo, LinkFrame, LoadReport, Publish, QueryUser, Register, SetLevel, UserConns,
 };
 use crate::proto::message::{Target, PRIORITIES};
-use crate::stats::{CloseReason, WorkerStats};
+use crate::stats::{CloseReason, Hist, WorkerStats, BATCH_BOUNDS, LATENCY_BOUNDS};
 use crate::sys::Waker;
 use crate::window::{Admit, Pacing, Window, MAX_BATCH_MESSAGES};
 
@@ -60,19 +61,31 @@ pub struct HubSetup {
     pub workers: Vec<WorkerHandle>,
     pub inbox: Receiver<ToHub>,
     pub shutdown: Arc<AtomicBool>,
+    /// Where the hub leaves a metrics snapshot every report interval (read by the admin server).
+    pub metrics: Arc<Shared>,
+    /// Measures use against configured capacity at each snapshot.
+    pub capacity: CapacitySampler,
 }
 
 /// Counters the hub keeps about itself.
 #[derive(Debug, Default, Clone)]
 pub struct HubStats {
     pub publishes: u64,
+    /// `publishes` by message priority.
+    pub publishes_by_priority: [u64; PRIORITIES],
     /// Publishes for a channel with no member on this edge (nothing to do).
     pub publishes_without_members: u64,
     pub dropped_budget: [u64; PRIORITIES],
     /// Deliveries a worker's full inbox refused (that worker is far behind).
     pub dropped_worker_backlog: u64,
+    /// Messages in those refused deliveries, per priority.
+    pub dropped_worker_backlog_msgs: [u64; PRIORITIES],
     pub batches: u64,
     pub link_connects: u64,
+    /// Messages per batch handed to the workers.
+    pub batch_messages: Hist,
+    /// How late a window's timer fired against its deadline, seconds.
+    pub tick_lag: Hist,
 }
 
 struct Channel {
@@ -266,6 +279,7 @@ impl Hub {
             }
             self.fire_timers(Instant::now());
             if Instant::now() >= next_report {
+                self.publish_snapshot();
                 self.send_report(false);
                 next_report = Instant::now() + self.setup.report_interval;
             }
@@ -466,6 +480,7 @@ impl Hub {
             tracing::error!(%error, "cannot encode the register frame");
         }
         self.link = LinkState::Up(conn);
+        self.setup.metrics.link_up.store(true, Ordering::Release);
         self.send_report(true);
         if let Err(error) = self.service_link() {
             self.link_failed(&error.to_string(), BACKOFF_MIN);
@@ -473,6 +488,7 @@ impl Hub {
     }
 
     fn link_failed(&mut self, why: &str, backoff: Duration) {
+        self.setup.metrics.link_up.store(false, Ordering::Release);
         if let LinkState::Up(mut conn) = std::mem::replace(
             &mut self.link,
             LinkState::Down {
@@ -590,6 +606,7 @@ impl Hub {
         let now = Instant::now();
         let Publish { target, msg } = publish;
         let priority = (msg.priority as usize).min(PRIORITIES - 1);
+        self.stats.publishes_by_priority[priority] += 1;
         let channel = match &target {
             Target::Room(name) => self.rooms.get_mut(name),
             Target::User(name) => self.users.get_mut(name),
@@ -643,6 +660,10 @@ impl Hub {
             // A window flushed early (priority 0) leaves a stale timer: only its own deadline fires.
             let due = self.channel_mut(&target).and_then(|c| c.window.deadline()) == Some(at);
             if due {
+                self.stats.tick_lag.record(
+                    LATENCY_BOUNDS,
+                    now.saturating_duration_since(at).as_secs_f64(),
+                );
                 self.flush_channel(&target, now);
             }
         }
@@ -682,6 +703,9 @@ impl Hub {
                 first_received: batch.first_received,
             });
             self.stats.batches += 1;
+            self.stats
+                .batch_messages
+                .record(BATCH_BOUNDS, chunk.len() as f64);
             for (index, worker) in self.setup.workers.iter().enumerate() {
                 if workers & (1 << index) == 0 {
                     continue;
@@ -693,6 +717,14 @@ impl Hub {
                     Ok(()) => self.woken[index] = true,
                     Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                         self.stats.dropped_worker_backlog += 1;
+                        for (total, n) in self
+                            .stats
+                            .dropped_worker_backlog_msgs
+                            .iter_mut()
+                            .zip(delivery.counts)
+                        {
+                            *total += u64::from(n);
+                        }
                     }
                 }
             }
@@ -784,14 +816,55 @@ impl Hub {
             connections: total.connections as u32,
             bytes_out: total.bytes_out,
             frames_out: total.frames_queued,
-            msgs_dropped: total.messages_dropped() + self.stats.dropped_budget.iter().sum::<u64>(),
+            msgs_dropped: total.messages_dropped()
+                + self.stats.dropped_budget.iter().sum::<u64>()
+                + self.stats.dropped_worker_backlog_msgs.iter().sum::<u64>(),
             slow_closes: total.close_count(CloseReason::Slow),
             full,
             rooms,
             users,
             seqs: if full { self.last_seqs() } else { Vec::new() },
+            capacity_ratio_permille: self.setup.capacity.max_permille(),
         });
         self.send_frame(&report);
+    }
+
+    /// Leaves the latest per-worker counters, the hub's own, rooms by level and the capacity
+    /// watermarks where the admin server reads them (once per report interval).
+    fn publish_snapshot(&mut self) {
+        let mut total = WorkerStats::default();
+        for stats in &self.worker_stats {
+            total.add(stats);
+        }
+        let capacity = self
+            .setup
+            .capacity
+            .sample(Instant::now(), &self.worker_stats, &total);
+        let mut levels = std::collections::BTreeMap::<u8, (u64, u64)>::new();
+        for (room, counts) in &self.room_members {
+            let members: u64 = counts.iter().map(|&n| u64::from(n)).sum();
+            if members == 0 {
+                continue;
+            }
+            let level = self.room_pacing.get(&**room).map_or(0, |p| p.level);
+            let entry = levels.entry(level).or_default();
+            entry.0 += 1;
+            entry.1 += members;
+        }
+        let users = self
+            .user_conns
+            .values()
+            .filter(|c| c.iter().any(|&n| n > 0))
+            .count() as u64;
+        self.setup.metrics.store(crate::metrics::Snapshot {
+            workers: self.worker_stats.clone(),
+            hub: self.stats.clone(),
+            levels,
+            users,
+            capacity,
+            busy: self.setup.capacity.busy().to_vec(),
+            taken: true,
+        });
     }
 
     /// The last sequence number of every channel this edge holds.

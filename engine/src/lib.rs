@@ -6,12 +6,14 @@
 //! per-channel logic; `worker` and `hub` are the two kinds of thread; `sys` is the only place that
 //! talks to the OS (and the only place with `unsafe`).
 
+pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod edge;
 pub mod fanout;
 pub mod hub;
 pub mod members;
+pub mod metrics;
 pub mod outqueue;
 pub mod proto;
 pub mod session;

@@ -2,6 +2,103 @@
 //! to the hub every report interval and summed there.
 
 use crate::proto::message::PRIORITIES;
+use crate::sys::DriverStats;
+
+/// Most buckets a [`Hist`] holds (plus the implicit `+Inf`).
+pub const HIST_BUCKETS: usize = 16;
+
+/// Upper bounds of the iovecs-per-write-call histogram.
+pub const IOVEC_BOUNDS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+];
+/// Upper bounds of the latency histograms (publish→flush, tick lag), seconds.
+pub const LATENCY_BOUNDS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+/// Upper bounds of the messages-per-batch histogram.
+pub const BATCH_BOUNDS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0];
+
+/// A fixed-bucket histogram as plain integers (one owner, no atomics). Buckets are not
+/// cumulative here; the exposition makes them so. The bounds live with the caller (one of the
+/// `*_BOUNDS` constants), so recording is a short scan and two adds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Hist {
+    /// `counts[i]` = observations ≤ `bounds[i]` and > `bounds[i-1]`; `counts[bounds.len()]` = above all.
+    pub counts: [u64; HIST_BUCKETS + 1],
+    pub sum: f64,
+    pub count: u64,
+}
+
+impl Default for Hist {
+    fn default() -> Self {
+        Hist {
+            counts: [0; HIST_BUCKETS + 1],
+            sum: 0.0,
+            count: 0,
+        }
+    }
+}
+
+impl Hist {
+    #[inline]
+    pub fn record(&mut self, bounds: &[f64], value: f64) {
+        let bucket = bounds
+            .iter()
+            .position(|&b| value <= b)
+            .unwrap_or(bounds.len());
+        self.counts[bucket] += 1;
+        self.sum += value;
+        self.count += 1;
+    }
+
+    /// Records a count against power-of-two bounds `1, 2, 4, …` (such as [`IOVEC_BOUNDS`]):
+    /// the bucket comes from a leading-zero count, no scan.
+    #[inline]
+    pub fn record_pow2(&mut self, bounds: usize, value: u64) {
+        let bucket = (u64::BITS - value.saturating_sub(1).leading_zeros()) as usize;
+        self.counts[bucket.min(bounds)] += 1;
+        self.sum += value as f64;
+        self.count += 1;
+    }
+
+    pub fn add(&mut self, other: &Hist) {
+        for (a, b) in self.counts.iter_mut().zip(other.counts) {
+            *a += b;
+        }
+        self.sum += other.sum;
+        self.count += other.count;
+    }
+}
+
+/// Why a client failed authentication.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// The token did not verify (bad signature, malformed, wrong claims).
+    InvalidToken,
+    TokenExpired,
+    /// Another op, or an unparsable one, came before `auth`.
+    NotAuthenticated,
+    /// No `auth` within `--auth-timeout-ms`.
+    Timeout,
+}
+
+impl AuthFailure {
+    pub const ALL: [AuthFailure; 4] = [
+        AuthFailure::InvalidToken,
+        AuthFailure::TokenExpired,
+        AuthFailure::NotAuthenticated,
+        AuthFailure::Timeout,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthFailure::InvalidToken => "invalid_token",
+            AuthFailure::TokenExpired => "token_expired",
+            AuthFailure::NotAuthenticated => "not_authenticated",
+            AuthFailure::Timeout => "timeout",
+        }
+    }
+}
 
 /// Why a connection was closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,7 +137,7 @@ impl CloseReason {
     }
 }
 
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct WorkerStats {
     /// Connections currently held.
     pub connections: u64,
@@ -49,6 +146,10 @@ pub struct WorkerStats {
     pub refused_full: u64,
     pub closed: [u64; CloseReason::ALL.len()],
     pub auth_failures: u64,
+    /// `auth_failures` by [`AuthFailure`].
+    pub auth_failures_by: [u64; AuthFailure::ALL.len()],
+    /// WebSocket upgrade requests refused (bad HTTP, missing headers, wrong path…).
+    pub handshake_failures: u64,
     /// Batches handed to this worker and frames queued to members from them.
     pub deliveries: u64,
     pub frames_queued: u64,
@@ -65,6 +166,20 @@ pub struct WorkerStats {
     pub flushes: u64,
     /// Highest send-queue size seen on any connection, bytes.
     pub queue_high_water: u64,
+    /// Bytes queued on this worker's connections at the last report (summed at report time).
+    pub queued_bytes: u64,
+    /// Highest `queued_bytes` seen at a report.
+    pub queued_bytes_high_water: u64,
+    /// iovecs per vectored write call.
+    pub iovecs_per_write: Hist,
+    /// From the hub receiving a batch's first message to this worker's flush of it, seconds
+    /// (one observation per batch per worker).
+    pub publish_to_flush: Hist,
+    /// Nanoseconds spent outside the driver's poll (working) and in it (waiting).
+    pub busy_ns: u64,
+    pub poll_ns: u64,
+    /// The driver's own counters at the last report.
+    pub driver: DriverStats,
 }
 
 impl WorkerStats {
@@ -81,6 +196,10 @@ impl WorkerStats {
             *a += b;
         }
         self.auth_failures += other.auth_failures;
+        for (a, b) in self.auth_failures_by.iter_mut().zip(other.auth_failures_by) {
+            *a += b;
+        }
+        self.handshake_failures += other.handshake_failures;
         self.deliveries += other.deliveries;
         self.frames_queued += other.frames_queued;
         self.frames_missing_format += other.frames_missing_format;
@@ -95,10 +214,41 @@ impl WorkerStats {
         self.write_iovecs += other.write_iovecs;
         self.flushes += other.flushes;
         self.queue_high_water = self.queue_high_water.max(other.queue_high_water);
+        self.queued_bytes += other.queued_bytes;
+        self.queued_bytes_high_water += other.queued_bytes_high_water;
+        self.iovecs_per_write.add(&other.iovecs_per_write);
+        self.publish_to_flush.add(&other.publish_to_flush);
+        self.busy_ns += other.busy_ns;
+        self.poll_ns += other.poll_ns;
+        self.driver.submissions += other.driver.submissions;
+        self.driver.completions += other.driver.completions;
+        self.driver.accept_fd_exhausted += other.driver.accept_fd_exhausted;
+        self.driver.recv_no_buffers += other.driver.recv_no_buffers;
+    }
+
+    pub fn auth_failed(&mut self, why: AuthFailure) {
+        self.auth_failures += 1;
+        self.auth_failures_by[why as usize] += 1;
     }
 
     /// Messages dropped for any reason on this worker.
     pub fn messages_dropped(&self) -> u64 {
         self.dropped_queue.iter().sum::<u64>() + self.dropped_closed.iter().sum::<u64>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pow2_recording_matches_the_bound_scan() {
+        for value in [0u64, 1, 2, 3, 4, 5, 8, 9, 64, 65, 1024, 1025, 1 << 20] {
+            let mut scanned = Hist::default();
+            scanned.record(IOVEC_BOUNDS, value as f64);
+            let mut shifted = Hist::default();
+            shifted.record_pow2(IOVEC_BOUNDS.len(), value);
+            assert_eq!(scanned, shifted, "{value}");
+        }
     }
 }

@@ -29,7 +29,7 @@ use crate::proto::ids::is_valid_id;
 use crate::proto::link::ConnInfo;
 use crate::proto::message::Target;
 use crate::session::{self, Action, Session, Transport};
-use crate::stats::{CloseReason, WorkerStats};
+use crate::stats::{AuthFailure, CloseReason, WorkerStats, IOVEC_BOUNDS, LATENCY_BOUNDS};
 use crate::sys::{socket, ConnId, Driver, Event, WriteStatus, MAX_IOVECS};
 
 /// How long a closing connection may take to flush its last frames before it is cut.
@@ -130,6 +130,9 @@ pub struct Worker {
     iov: Vec<IoSlice<'static>>,
     lingering: std::collections::VecDeque<(Instant, TcpStream)>,
     stats: WorkerStats,
+    /// When the hub received the first message of each batch delivered this round (for the
+    /// publish→flush histogram, recorded once per batch after the round's flush).
+    delivered_at: Vec<Instant>,
     now: Instant,
     shutting_down: bool,
 }
@@ -178,6 +181,7 @@ impl Worker {
             iov: Vec::new(),
             lingering: Default::default(),
             stats: WorkerStats::default(),
+            delivered_at: Vec::new(),
             now: Instant::now(),
             shutting_down: false,
         })
@@ -202,8 +206,18 @@ impl Worker {
         let mut next_sweep = Instant::now() + sweep_every;
         let mut next_report = Instant::now() + report_every;
         let mut shutdown_deadline: Option<Instant> = None;
+        let mut waited_until: Option<Instant> = None;
         loop {
+            // Busy ratio: waiting is from the read at the top of the round to the first event
+            // (events are handled inside the poll call, which is work) or, with none, to the
+            // read after the poll; the rest of the wall time is busy. One extra clock read per
+            // round that has events, none per event.
             self.now = Instant::now();
+            if let Some(at) = waited_until {
+                self.stats.busy_ns += self.now.saturating_duration_since(at).as_nanos() as u64;
+            }
+            let poll_started = self.now;
+            let mut woke: Option<Instant> = None;
             let next_timer = next_sweep.min(next_report);
             let timeout = if !self.inbox.is_empty() {
                 Duration::ZERO
@@ -211,18 +225,36 @@ impl Worker {
                 next_timer.saturating_duration_since(self.now)
             };
             let mut driver = self.driver.take().expect("driver present between polls");
-            let poll = driver.poll(Some(timeout), &mut |event| self.on_event(event));
+            let poll = driver.poll(Some(timeout), &mut |event| {
+                if woke.is_none() {
+                    woke = Some(Instant::now());
+                }
+                self.on_event(event)
+            });
             self.driver = Some(driver);
             if let Err(error) = poll {
                 tracing::error!(worker = self.index, %error, "driver poll failed");
                 std::thread::sleep(Duration::from_millis(10));
             }
             self.now = Instant::now();
+            let wait_end = woke.unwrap_or(self.now);
+            self.stats.poll_ns +=
+                wait_end.saturating_duration_since(poll_started).as_nanos() as u64;
+            waited_until = Some(wait_end);
             self.after_poll();
             if self.drain_inbox() {
                 shutdown_deadline.get_or_insert(self.now + CLOSE_FLUSH_GRACE);
             }
             self.flush_dirty();
+            if !self.delivered_at.is_empty() {
+                let flushed = Instant::now();
+                for at in self.delivered_at.drain(..) {
+                    self.stats.publish_to_flush.record(
+                        LATENCY_BOUNDS,
+                        flushed.saturating_duration_since(at).as_secs_f64(),
+                    );
+                }
+            }
             self.release_closed();
             if std::mem::take(&mut self.presence_sent) {
                 // One wake-up per round however many members joined or left in it.
@@ -402,7 +434,10 @@ impl Worker {
         let mut shutdown = false;
         while let Ok(message) = self.inbox.try_recv() {
             match message {
-                ToWorker::Deliver(delivery) => self.deliver(&delivery),
+                ToWorker::Deliver(delivery) => {
+                    self.delivered_at.push(delivery.first_received);
+                    self.deliver(&delivery);
+                }
                 ToWorker::QueryUser { request, user } => self.answer_user_query(request, &user),
                 ToWorker::Shutdown => shutdown = true,
             }
@@ -527,6 +562,9 @@ impl Worker {
             let offered = conn.out.fill_iovecs(&mut iov, MAX_IOVECS);
             self.stats.write_calls += 1;
             self.stats.write_iovecs += iov.len() as u64;
+            self.stats
+                .iovecs_per_write
+                .record_pow2(IOVEC_BOUNDS.len(), iov.len() as u64);
             let status = self
                 .driver
                 .as_deref_mut()
@@ -587,7 +625,7 @@ impl Worker {
                     let authed = conn.identity.is_some();
                     self.reply(id, format, error.seq, Err((error.code, &error.message)));
                     if !authed {
-                        self.stats.auth_failures += 1;
+                        self.stats.auth_failed(AuthFailure::NotAuthenticated);
                         self.begin_close(
                             id,
                             session::CLOSE_UNAUTHENTICATED,
@@ -603,6 +641,7 @@ impl Worker {
                     };
                     match http {
                         Some(response) => {
+                            self.stats.handshake_failures += 1;
                             self.queue_owned(id, response);
                             self.start_flushing(id, reason);
                         }
@@ -618,7 +657,7 @@ impl Worker {
         let seq = op.seq();
         if conn.identity.is_none() {
             let ClientOp::Auth { token, .. } = op else {
-                self.stats.auth_failures += 1;
+                self.stats.auth_failed(AuthFailure::NotAuthenticated);
                 self.reply(
                     id,
                     arrived_as,
@@ -643,10 +682,11 @@ impl Worker {
                     self.reply(id, arrived_as, seq, Ok(()));
                 }
                 Err(error) => {
-                    self.stats.auth_failures += 1;
                     let code = if error.code() == "token_expired" {
+                        self.stats.auth_failed(AuthFailure::TokenExpired);
                         ErrorCode::TokenExpired
                     } else {
+                        self.stats.auth_failed(AuthFailure::InvalidToken);
                         ErrorCode::InvalidToken
                     };
                     self.reply(id, arrived_as, seq, Err((code, &error.to_string())));
@@ -901,6 +941,9 @@ impl Worker {
             match conn.life {
                 Lifecycle::Open if conn.identity.is_none() => {
                     if self.now.duration_since(conn.opened) > auth_timeout {
+                        // Counted by reason only: `auth_failures` keeps its meaning (failed
+                        // auth attempts), a timeout is the absence of one.
+                        self.stats.auth_failures_by[AuthFailure::Timeout as usize] += 1;
                         expired.push((
                             conn.id,
                             Some(session::CLOSE_UNAUTHENTICATED),
@@ -961,6 +1004,17 @@ impl Worker {
 
     fn report(&mut self) {
         self.stats.connections = self.conns.len() as u64;
+        // Once per report interval, not per message: the hot path keeps no running total.
+        let queued: u64 = self
+            .conns
+            .iter()
+            .map(|(_, c)| c.out.queued_bytes() as u64)
+            .sum();
+        self.stats.queued_bytes = queued;
+        self.stats.queued_bytes_high_water = self.stats.queued_bytes_high_water.max(queued);
+        if let Some(driver) = self.driver.as_ref() {
+            self.stats.driver = driver.stats();
+        }
         let _ = self.hub.send(ToHub::Report {
             worker: self.index,
             rooms: self.rooms.take_changes(),

@@ -390,6 +390,9 @@ impl Control {
             "--edge-io".to_owned(), io.to_owned(),
             "--edge-workers".to_owned(), WORKERS.to_string(),
         ]);
+        if !extra_args.contains(&"--edge-admin-listen") {
+            args.extend(["--edge-admin-listen".to_owned(), "127.0.0.1:0".to_owned()]);
+        }
         args.extend(extra_args.iter().map(|a| a.to_string()));
         let embedded = EmbeddedEdge {
             ws_addr: ws,

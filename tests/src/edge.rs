@@ -37,7 +37,8 @@ impl<T: EdgeAddrs + ?Sized> EdgeAddrs for &T {
 }
 
 /// The arguments of a test edge: `--edge-id <edge_id> --control <control> --ws-listen <ws>
-/// --tcp-listen <tcp> --workers 2 --io <io> --jwt-secret test-secret`, then `extra_args`.
+/// --tcp-listen <tcp> --workers 2 --io <io> --jwt-secret test-secret` (and `--admin-listen
+/// 127.0.0.1:0` unless `extra_args` sets it), then `extra_args`.
 pub fn edge_args(
     io: &str,
     control: &str,
@@ -57,6 +58,10 @@ pub fn edge_args(
         "--io", io,
         "--jwt-secret", SECRET,
     ];
+    // The admin endpoint on a free port, so parallel test edges never share the default 9101.
+    if !extra_args.contains(&"--admin-listen") {
+        args.extend_from_slice(&["--admin-listen", "127.0.0.1:0"]);
+    }
     args.extend_from_slice(extra_args);
     args.into_iter().map(str::to_owned).collect()
 }

@@ -29,6 +29,7 @@ pub mod control;
 pub mod edge;
 pub mod http;
 pub mod link;
+pub mod metrics;
 pub mod process;
 pub mod raw;
 pub mod tokens;

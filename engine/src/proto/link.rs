@@ -116,6 +116,9 @@ pub struct LoadReport {
     /// continues each channel's numbering. Filled in full reports only (empty otherwise); the
     /// codec itself does not enforce that.
     pub seqs: Vec<(Target, u64)>,
+    /// The edge's highest capacity watermark (connections, fds, egress, memory, cpu) in
+    /// thousandths of its configured capacity (1000 = full; may exceed 1000).
+    pub capacity_ratio_permille: u16,
 }
 
 /// `query user` (control → edge): which connections does `user` have on this edge?
@@ -297,7 +300,7 @@ fn frame_len(frame: &LinkFrame) -> Result<usize, LinkError> {
             let mut n = 4 + 4 * 8 + 1;
             n = add_entries(n, &l.rooms, "room")?;
             n = add_entries(n, &l.users, "user")?;
-            add_seqs(n, &l.seqs)?
+            add_seqs(n, &l.seqs)? + 2
         }
         LinkFrame::QueryUser(q) => {
             check_id(&q.user, "user")?;
@@ -425,6 +428,7 @@ fn write_frame(frame: &LinkFrame, len: usize, out: &mut BytesMut) -> Result<(), 
                 put_target(out, target)?;
                 out.put_u64(*seq);
             }
+            out.put_u16(l.capacity_ratio_permille);
         }
         LinkFrame::QueryUser(q) => {
             out.put_u8(TYPE_QUERY_USER);
@@ -544,6 +548,7 @@ fn decode_body(frame: Bytes) -> Result<LinkFrame, LinkError> {
             let rooms = read_entries(&mut r, "room_count", "room")?;
             let users = read_entries(&mut r, "user_count", "user")?;
             let seqs = read_seqs(&mut r)?;
+            let capacity_ratio_permille = r.u16("capacity_ratio_permille")?;
             LinkFrame::LoadReport(LoadReport {
                 connections,
                 bytes_out,
@@ -554,6 +559,7 @@ fn decode_body(frame: Bytes) -> Result<LinkFrame, LinkError> {
                 rooms,
                 users,
                 seqs,
+                capacity_ratio_permille,
             })
         }
         TYPE_QUERY_USER => {
@@ -755,6 +761,7 @@ mod tests {
                 (Target::User("u1".into()), 0),
                 (Target::Broadcast, u64::MAX),
             ],
+            capacity_ratio_permille: 0,
         })
     }
 
@@ -825,6 +832,7 @@ mod tests {
                 rooms: vec![],
                 users: vec![],
                 seqs: vec![],
+                capacity_ratio_permille: 0,
             }),
             query_user(),
             LinkFrame::QueryUser(QueryUser {
@@ -897,19 +905,21 @@ mod tests {
         }
         b.put_u32(0); // user_count
         b.put_u32(0); // seq_count
+        b.put_u16(0); // capacity_ratio_permille
         b
     }
 
     /// A full load report body with no rooms or users and the given `(tag, id, seq)` entries.
     fn seqs_body(seqs: &[(u8, &[u8], u64)]) -> Vec<u8> {
         let mut b = load_report_body(1, &[]);
-        b.truncate(b.len() - 4);
+        b.truncate(b.len() - 6);
         b.put_u32(u32::try_from(seqs.len()).unwrap());
         for (tag, id, seq) in seqs {
             b.put_u8(*tag);
             put_str8(&mut b, id, "id").unwrap();
             b.put_u64(*seq);
         }
+        b.put_u16(0); // capacity_ratio_permille
         b
     }
 
@@ -1042,14 +1052,16 @@ mod tests {
             rooms: vec![],
             users: vec![],
             seqs: vec![],
+            capacity_ratio_permille: 0,
         };
         let without = encoded(&LinkFrame::LoadReport(report.clone()));
         assert_eq!(
             &without[LEN_PREFIX + 1..],
             &load_report_body(1, &[])[..],
-            "seq_count 0 ends the body"
+            "seq_count 0 then capacity_ratio_permille ends the body"
         );
         report.seqs = vec![(Target::User("u1".into()), 5), (Target::Broadcast, 6)];
+        report.capacity_ratio_permille = 0x0102;
         let with = encoded(&LinkFrame::LoadReport(report));
         let mut tail = Vec::new();
         tail.put_u32(2);
@@ -1057,15 +1069,33 @@ mod tests {
         tail.put_u64(5);
         tail.extend_from_slice(&[2, 0]);
         tail.put_u64(6);
-        let head = LEN_PREFIX..without.len() - 4;
+        tail.put_u16(0x0102);
+        let head = LEN_PREFIX..without.len() - 6;
         assert_eq!(&with[head.clone()], &without[head]);
-        assert_eq!(&with[without.len() - 4..], &tail[..]);
+        assert_eq!(&with[without.len() - 6..], &tail[..]);
         assert_eq!(
             &with[..LEN_PREFIX],
             &u32::try_from(with.len() - LEN_PREFIX)
                 .unwrap()
                 .to_be_bytes()
         );
+    }
+
+    #[test]
+    fn load_report_capacity_ratio_is_required() {
+        let mut body = load_report_body(1, &[]);
+        body.truncate(body.len() - 1);
+        assert_eq!(
+            decode_err(raw(TYPE_LOAD_REPORT, &body)),
+            LinkError::Wire(WireError::Truncated("capacity_ratio_permille"))
+        );
+        let mut body = load_report_body(1, &[]);
+        body.truncate(body.len() - 2);
+        body.put_u16(850);
+        assert!(matches!(
+            decode(&mut raw(TYPE_LOAD_REPORT, &body)).unwrap(),
+            Some(LinkFrame::LoadReport(l)) if l.capacity_ratio_permille == 850
+        ));
     }
 
     #[test]
@@ -1374,11 +1404,12 @@ mod tests {
         );
 
         let mut body = load_report_body(0, &[]);
-        body.truncate(body.len() - 8);
+        body.truncate(body.len() - 10);
         body.put_u32(1);
         put_str8(&mut body, b"u 1", "user").unwrap();
         body.put_u32(1);
         body.put_u32(0);
+        body.put_u16(0);
         assert_eq!(
             decode_err(raw(TYPE_LOAD_REPORT, &body)),
             LinkError::InvalidId("user")
@@ -1389,7 +1420,7 @@ mod tests {
     fn huge_entry_counts_fail_without_allocating_for_them() {
         // The body ends right after a room_count of u32::MAX: the first entry is missing.
         let mut body = load_report_body(1, &[]);
-        body.truncate(body.len() - 12);
+        body.truncate(body.len() - 14);
         body.put_u32(u32::MAX);
         assert_eq!(
             decode_err(raw(TYPE_LOAD_REPORT, &body)),
@@ -1397,7 +1428,7 @@ mod tests {
         );
         // Likewise a seq_count of u32::MAX with no entry after it.
         let mut body = seqs_body(&[]);
-        body.truncate(body.len() - 4);
+        body.truncate(body.len() - 6);
         body.put_u32(u32::MAX);
         assert_eq!(
             decode_err(raw(TYPE_LOAD_REPORT, &body)),
@@ -1623,6 +1654,7 @@ mod tests {
                     rooms: vec![],
                     users: vec![("bad user".into(), 1)],
                     seqs: vec![],
+                    capacity_ratio_permille: 0,
                 }),
                 LinkError::InvalidId("user"),
             ),
@@ -1640,6 +1672,7 @@ mod tests {
                         (Target::Room("r1".into()), 1),
                         (Target::Room("r 2".into()), 2),
                     ],
+                    capacity_ratio_permille: 0,
                 }),
                 LinkError::InvalidId("room"),
             ),

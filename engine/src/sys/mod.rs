@@ -89,7 +89,7 @@ pub enum WriteStatus {
 }
 
 /// Counters a driver keeps about itself (read by the worker for stats).
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct DriverStats {
     /// io_uring: submission queue entries pushed / completions reaped. epoll: syscalls and events.
     pub submissions: u64,
