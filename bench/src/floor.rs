@@ -13,10 +13,11 @@ use std::time::{Duration, Instant};
 
 use clap::ValueEnum;
 use mio::{Events, Interest, Poll, Token};
-use roomcast_engine::proto::client::{encode_batch, WireFormat};
+use roomcast_engine::proto::client::encode_batch;
 use roomcast_engine::proto::message::{PushMessage, Target};
 
-use crate::linksrv::message_data;
+use crate::dist::room_name;
+use crate::publish::message_data;
 use crate::{sys, FloorArgs};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -25,30 +26,100 @@ pub enum Syscall {
     Sendmsg,
 }
 
+/// What one floor measurement found.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FloorResult {
+    pub conns: usize,
+    pub iters: usize,
+    pub payload: usize,
+    pub frame_bytes: usize,
+    pub iovecs: usize,
+    pub syscall: String,
+    pub writes: u64,
+    pub would_block: u64,
+    pub partial: u64,
+    pub bytes_written: u64,
+    pub bytes_read: u64,
+    pub writer_cpu_secs: f64,
+    pub wall_secs: f64,
+    pub cpu_ns_per_write: f64,
+    pub wall_ns_per_write: f64,
+    pub reader_cpu_ns_per_write: f64,
+}
+
 pub fn run(args: FloorArgs) -> i32 {
     let (soft, hard) = sys::raise_nofile();
     eprintln!("floor: fd limit soft {soft} hard {hard}");
-    if (2 * args.conns + 64) as u64 > soft {
-        eprintln!(
-            "floor: {} connections need {} fds (two per connection); the limit is {soft}",
-            args.conns,
-            2 * args.conns + 64
-        );
-        return 2;
-    }
-    match floor(&args) {
-        Ok(()) => 0,
+    let r = match measure(&args) {
+        Ok(r) => r,
         Err(e) => {
             eprintln!("floor: {e}");
-            1
+            return 1;
         }
+    };
+    println!(
+        "floor: {} conns x {} rounds, {}-byte frame ({} payload), {} iovec(s), {}",
+        r.conns, r.iters, r.frame_bytes, r.payload, r.iovecs, r.syscall
+    );
+    println!(
+        "  writes completed        {} ({} would-block skipped, {} partial)",
+        r.writes, r.would_block, r.partial
+    );
+    println!(
+        "  writer CPU              {:.3} s over {:.3} s wall",
+        r.writer_cpu_secs, r.wall_secs
+    );
+    println!(
+        "  CPU per write           {:.0} ns   (wall {:.0} ns)",
+        r.cpu_ns_per_write, r.wall_ns_per_write
+    );
+    println!(
+        "  reader CPU per write    {:.0} ns",
+        r.reader_cpu_ns_per_write
+    );
+    println!(
+        "  bytes written / read    {} / {}",
+        r.bytes_written, r.bytes_read
+    );
+    println!("summary: {}", r.summary());
+    if let Some(path) = &args.json_out {
+        let json = serde_json::to_string_pretty(&r).expect("json");
+        if let Err(e) = std::fs::write(path, json) {
+            eprintln!("floor: {}: {e}", path.display());
+            return 1;
+        }
+        eprintln!("floor: wrote {}", path.display());
+    }
+    0
+}
+
+impl FloorResult {
+    pub fn summary(&self) -> String {
+        format!(
+            "floor {} conns, {} B frame, {}: {:.0} ns CPU per write ({:.2} M writes/s on one core)",
+            self.conns,
+            self.frame_bytes,
+            self.syscall,
+            self.cpu_ns_per_write,
+            1e3 / self.cpu_ns_per_write
+        )
     }
 }
 
-fn floor(args: &FloorArgs) -> io::Result<()> {
+/// Opens `args.conns` loopback connections and writes one pre-encoded frame to each of them,
+/// `args.iters` times over, timing the writing thread's CPU.
+pub fn measure(args: &FloorArgs) -> io::Result<FloorResult> {
+    let (soft, _) = sys::nofile();
+    if (2 * args.conns + 64) as u64 > soft {
+        return Err(io::Error::other(format!(
+            "{} connections need {} fds (two per connection); the limit is {soft}",
+            args.conns,
+            2 * args.conns + 64
+        )));
+    }
     let frame = encode_batch(
-        WireFormat::Tcp,
-        &Target::Room("room-0".into()),
+        args.transport.format(),
+        &Target::Room(room_name(0)),
         &[PushMessage {
             seq: 1,
             priority: 3,
@@ -70,14 +141,7 @@ fn floor(args: &FloorArgs) -> io::Result<()> {
         writers.push(w);
         readers.push(r);
     }
-    eprintln!(
-        "floor: {} loopback connections open in {:.2} s; frame {} bytes in {} iovec(s), {:?}",
-        args.conns,
-        t_open.elapsed().as_secs_f64(),
-        frame.len(),
-        args.iovecs,
-        args.syscall
-    );
+    let open_secs = t_open.elapsed().as_secs_f64();
 
     let done = Arc::new(AtomicBool::new(false));
     let received = Arc::new(AtomicU64::new(0));
@@ -189,62 +253,31 @@ fn floor(args: &FloorArgs) -> io::Result<()> {
     read_ok?;
     let got = received.load(Ordering::Relaxed);
     let reader_ns = reader_cpu.load(Ordering::Relaxed) as f64;
-    let ns_per_write = cpu * 1e9 / ok.max(1) as f64;
-    let result = serde_json::json!({
-        "conns": args.conns,
-        "iters": args.iters,
-        "payload": args.payload,
-        "frame_bytes": frame.len(),
-        "iovecs": iov.len(),
-        "syscall": format!("{:?}", args.syscall).to_lowercase(),
-        "writes": ok,
-        "would_block": would_block,
-        "partial": partial,
-        "bytes_written": bytes,
-        "bytes_read": got,
-        "writer_cpu_secs": cpu,
-        "wall_secs": wall,
-        "cpu_ns_per_write": ns_per_write,
-        "wall_ns_per_write": wall * 1e9 / ok.max(1) as f64,
-        "reader_cpu_ns_per_write": reader_ns / ok.max(1) as f64,
-        "writes_per_sec": ok as f64 / wall,
-        "gbit_per_sec": bytes as f64 * 8.0 / wall / 1e9,
-    });
-    println!(
-        "floor: {} conns x {} rounds, {}-byte frame ({} payload), {} iovec(s), {:?}",
-        args.conns,
-        args.iters,
-        frame.len(),
-        args.payload,
-        iov.len(),
-        args.syscall
-    );
-    println!(
-        "  writes completed        {ok} ({would_block} would-block skipped, {partial} partial)"
-    );
-    println!("  writer CPU              {cpu:.3} s over {wall:.3} s wall");
-    println!(
-        "  CPU per write           {ns_per_write:.0} ns   (wall {:.0} ns)",
-        wall * 1e9 / ok.max(1) as f64
-    );
-    println!(
-        "  reader CPU per write    {:.0} ns",
-        reader_ns / ok.max(1) as f64
-    );
-    println!("  bytes written / read    {bytes} / {got}");
-    println!(
-        "summary: floor {} conns, {} B frame, {:?}: {ns_per_write:.0} ns CPU per write ({:.2} M writes/s on one core)",
-        args.conns,
-        frame.len(),
-        args.syscall,
-        1e3 / ns_per_write
-    );
-    if let Some(path) = &args.json_out {
-        std::fs::write(path, serde_json::to_string_pretty(&result).expect("json"))?;
-        eprintln!("floor: wrote {}", path.display());
-    }
     drop(writers);
-    Ok(())
+    let writes = ok.max(1) as f64;
+    eprintln!(
+        "floor: {} loopback connections opened in {open_secs:.2} s, {ok} writes of {} bytes in {cpu:.3} s CPU",
+        args.conns,
+        frame.len()
+    );
+    Ok(FloorResult {
+        conns: args.conns,
+        iters: args.iters,
+        payload: args.payload,
+        frame_bytes: frame.len(),
+        iovecs: iov.len(),
+        syscall: format!("{:?}", args.syscall).to_lowercase(),
+        writes: ok,
+        would_block,
+        partial,
+        bytes_written: bytes,
+        bytes_read: got,
+        writer_cpu_secs: cpu,
+        wall_secs: wall,
+        cpu_ns_per_write: cpu * 1e9 / writes,
+        wall_ns_per_write: wall * 1e9 / writes,
+        reader_cpu_ns_per_write: reader_ns / writes,
+    })
 }
 
 fn vectored_write(fd: i32, iov: &[libc::iovec], syscall: Syscall) -> isize {

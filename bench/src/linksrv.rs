@@ -1,41 +1,86 @@
-//! The coordinator's control-plane side of the edge link (PROTOCOL.md §6): accept every edge's
-//! link, read its `register` and load reports, and publish to all edges at a fixed rate.
+//! `--publish-via link`: the bench plays the control plane's side of the edge link (PROTOCOL.md
+//! §6). It accepts every edge's link, folds its `register` and load reports into a view of the
+//! edge, and publishes by writing `publish` frames (with per-room sequence numbers it assigns) to
+//! every live edge.
 
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use roomcast_engine::proto::link::{self, LinkFrame, LoadReport, Publish, Register};
 use roomcast_engine::proto::message::{PushMessage, Target};
 
-use crate::client::room_name;
-use crate::sys;
+use crate::dist::room_name;
+use crate::publish::{Outcome, Outgoing, Sink};
+use crate::system::EdgeLoad;
 
 /// One edge as its link shows it.
 pub struct EdgeLink {
     pub register: Register,
     writer: Mutex<TcpStream>,
     pub alive: AtomicBool,
-    /// Every load report with the time it arrived.
-    pub reports: Mutex<Vec<(Instant, LoadReport)>>,
+    view: Mutex<EdgeView>,
+}
+
+/// What the edge's load reports add up to.
+#[derive(Default)]
+struct EdgeView {
+    /// The newest report (its room and user lists moved into `rooms`) and when it came.
+    latest: Option<(Instant, LoadReport)>,
+    /// Members per room: the full report's list with every later change applied.
+    rooms: HashMap<String, u32>,
 }
 
 impl EdgeLink {
-    /// The newest load report and when it arrived.
-    pub fn latest(&self) -> Option<(Instant, LoadReport)> {
-        self.reports.lock().expect("reports lock").last().cloned()
+    fn apply(&self, mut report: LoadReport) {
+        let mut view = self.view.lock().expect("edge view lock");
+        if report.full {
+            view.rooms.clear();
+        }
+        for (room, members) in report.rooms.drain(..) {
+            if members == 0 {
+                view.rooms.remove(&room);
+            } else {
+                view.rooms.insert(room, members);
+            }
+        }
+        report.users = Vec::new();
+        report.seqs = Vec::new();
+        view.latest = Some((Instant::now(), report));
+    }
+
+    /// The newest load report's counters, and when it arrived.
+    pub fn load(&self) -> Option<(Instant, EdgeLoad)> {
+        let view = self.view.lock().expect("edge view lock");
+        let (at, r) = view.latest.as_ref()?;
+        Some((
+            *at,
+            EdgeLoad {
+                id: self.register.edge_id.clone(),
+                connections: u64::from(r.connections),
+                frames_out: r.frames_out,
+                bytes_out: r.bytes_out,
+                msgs_dropped: r.msgs_dropped,
+                slow_closes: r.slow_closes,
+            },
+        ))
+    }
+
+    /// Members of `room` on this edge.
+    pub fn members(&self, room: &str) -> u64 {
+        let view = self.view.lock().expect("edge view lock");
+        view.rooms.get(room).copied().map_or(0, u64::from)
     }
 }
 
 #[derive(Default)]
 pub struct LinkServer {
     /// Registered edges; a re-dialled link replaces the entry with the same edge id.
-    pub edges: Mutex<Vec<Arc<EdgeLink>>>,
-    pub link_errors: AtomicU64,
+    edges: Mutex<Vec<Arc<EdgeLink>>>,
 }
 
 impl LinkServer {
@@ -54,25 +99,25 @@ impl LinkServer {
                             let s = Arc::clone(&s);
                             std::thread::spawn(move || s.serve(stream));
                         }
-                        Err(e) => eprintln!("link: accept failed: {e}"),
+                        Err(e) => crate::progress::say(&format!("link: accept failed: {e}")),
                     }
                 }
             })?;
         Ok((server, bound))
     }
 
-    pub fn snapshot(&self) -> Vec<Arc<EdgeLink>> {
-        self.edges.lock().expect("edges lock").clone()
-    }
-
     pub fn live(&self) -> Vec<Arc<EdgeLink>> {
-        self.snapshot()
-            .into_iter()
+        self.edges
+            .lock()
+            .expect("edges lock")
+            .iter()
             .filter(|e| e.alive.load(Ordering::Relaxed))
+            .cloned()
             .collect()
     }
 
     fn serve(self: Arc<Self>, mut stream: TcpStream) {
+        let say = crate::progress::say;
         let peer = stream
             .peer_addr()
             .map_or_else(|_| "?".to_string(), |a| a.to_string());
@@ -88,7 +133,7 @@ impl LinkServer {
                         let writer = match stream.try_clone() {
                             Ok(w) => w,
                             Err(e) => {
-                                eprintln!("link {peer}: {e}");
+                                say(&format!("link {peer}: {e}"));
                                 return;
                             }
                         };
@@ -96,17 +141,17 @@ impl LinkServer {
                             register,
                             writer: Mutex::new(writer),
                             alive: AtomicBool::new(true),
-                            reports: Mutex::new(Vec::new()),
+                            view: Mutex::new(EdgeView::default()),
                         });
                         let mut edges = self.edges.lock().expect("edges lock");
                         if let Some(old) = edges
                             .iter_mut()
                             .find(|e| e.register.edge_id == edge.register.edge_id)
                         {
-                            eprintln!(
+                            say(&format!(
                                 "link: edge {} re-registered from {peer}",
                                 edge.register.edge_id
-                            );
+                            ));
                             old.alive.store(false, Ordering::Relaxed);
                             *old = Arc::clone(&edge);
                         } else {
@@ -115,21 +160,19 @@ impl LinkServer {
                         me = Some(edge);
                     }
                     Ok(Some(LinkFrame::LoadReport(report))) => match &me {
-                        Some(edge) => edge
-                            .reports
-                            .lock()
-                            .expect("reports lock")
-                            .push((Instant::now(), report)),
-                        None => eprintln!("link {peer}: load report before register"),
+                        Some(edge) => edge.apply(report),
+                        None => say(&format!("link {peer}: load report before register")),
                     },
                     Ok(Some(other)) => {
-                        eprintln!("link {peer}: unexpected frame from an edge: {other:?}");
-                        self.link_errors.fetch_add(1, Ordering::Relaxed);
+                        say(&format!(
+                            "link {peer}: unexpected frame from an edge: {other:?}"
+                        ));
                     }
                     Ok(None) => break,
                     Err(e) => {
-                        eprintln!("link {peer}: undecodable frame ({e}); dropping the link");
-                        self.link_errors.fetch_add(1, Ordering::Relaxed);
+                        say(&format!(
+                            "link {peer}: undecodable frame ({e}); dropping the link"
+                        ));
                         if let Some(edge) = &me {
                             edge.alive.store(false, Ordering::Relaxed);
                         }
@@ -150,157 +193,49 @@ impl LinkServer {
     }
 }
 
-/// What to publish.
-#[derive(Debug, Clone)]
-pub struct Plan {
-    pub rooms: usize,
-    pub rate: f64,
-    pub payload: usize,
-    pub priority: u8,
+/// Publishes over the links: every message to every live edge, numbered per room here.
+pub struct LinkSink {
+    server: Arc<LinkServer>,
+    room_names: Vec<String>,
+    seqs: Vec<u64>,
+    buf: BytesMut,
 }
 
-/// A running publisher.
-pub struct Publisher {
-    stop: Arc<AtomicBool>,
-    state: Arc<PubState>,
-    thread: Option<JoinHandle<()>>,
-}
-
-#[derive(Default)]
-pub struct PubState {
-    /// Messages published (each went to every live edge).
-    pub published: AtomicU64,
-    /// Per room: the last seq published.
-    pub seqs: Mutex<Vec<u64>>,
-    pub write_errors: AtomicU64,
-    /// Times the publisher fell more than 100 ms behind its schedule.
-    pub late: AtomicU64,
-}
-
-impl Publisher {
-    pub fn start(server: Arc<LinkServer>, plan: Plan) -> Publisher {
-        let stop = Arc::new(AtomicBool::new(false));
-        let state = Arc::new(PubState {
-            seqs: Mutex::new(vec![0; plan.rooms.max(1)]),
-            ..PubState::default()
-        });
-        let (s, st) = (Arc::clone(&stop), Arc::clone(&state));
-        let thread = std::thread::Builder::new()
-            .name("publisher".into())
-            .spawn(move || publish_loop(&server, &plan, &s, &st))
-            .expect("spawn publisher");
-        Publisher {
-            stop,
-            state,
-            thread: Some(thread),
+impl LinkSink {
+    pub fn new(server: Arc<LinkServer>, rooms: usize) -> LinkSink {
+        LinkSink {
+            server,
+            room_names: (0..rooms).map(room_name).collect(),
+            seqs: vec![0; rooms],
+            buf: BytesMut::with_capacity(64 * 1024),
         }
     }
-
-    pub fn state(&self) -> &PubState {
-        &self.state
-    }
-
-    /// Stops publishing; returns the final seq of every room.
-    pub fn stop(mut self) -> Vec<u64> {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-        self.state.seqs.lock().expect("seqs lock").clone()
-    }
 }
 
-impl Drop for Publisher {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-/// `{"ts":<unix µs>,"pad":"xxx…"}`, padded to `size` bytes when `size` allows.
-pub fn message_data(ts: u64, size: usize) -> Bytes {
-    let head = format!("{{\"ts\":{ts}");
-    let bare = head.len() + 1;
-    let with_pad = head.len() + ",\"pad\":\"\"}".len();
-    if size <= bare || size < with_pad {
-        return Bytes::from(format!("{head}}}"));
-    }
-    let mut s = String::with_capacity(size);
-    s.push_str(&head);
-    s.push_str(",\"pad\":\"");
-    s.extend(std::iter::repeat_n('x', size - with_pad));
-    s.push_str("\"}");
-    Bytes::from(s)
-}
-
-fn publish_loop(server: &LinkServer, plan: &Plan, stop: &AtomicBool, state: &PubState) {
-    let rooms: Vec<String> = (0..plan.rooms.max(1)).map(room_name).collect();
-    let interval = Duration::from_secs_f64(1.0 / plan.rate.max(1e-6));
-    let start = Instant::now();
-    let mut sent: u64 = 0;
-    let mut buf = BytesMut::with_capacity(64 * 1024);
-    while !stop.load(Ordering::Relaxed) {
-        let now = Instant::now();
-        let due = (now.duration_since(start).as_secs_f64() * plan.rate) as u64 + 1;
-        if due <= sent {
-            let next = start + interval.mul_f64(sent as f64);
-            std::thread::sleep(
-                next.saturating_duration_since(now)
-                    .min(Duration::from_millis(50)),
-            );
-            continue;
+impl Sink for LinkSink {
+    fn send(&mut self, msgs: &[Outgoing]) -> Vec<Outcome> {
+        self.buf.clear();
+        for m in msgs {
+            self.seqs[m.room] += 1;
+            let frame = LinkFrame::Publish(Publish {
+                target: Target::Room(self.room_names[m.room].clone()),
+                msg: PushMessage {
+                    seq: self.seqs[m.room],
+                    priority: m.priority,
+                    kind: "bench".into(),
+                    data: m.data.clone(),
+                },
+            });
+            link::encode(&frame, &mut self.buf).expect("a publish frame always encodes");
         }
-        if due - sent > (plan.rate / 10.0).max(1.0) as u64 + 1 {
-            state.late.fetch_add(1, Ordering::Relaxed);
-        }
-        buf.clear();
-        {
-            let mut seqs = state.seqs.lock().expect("seqs lock");
-            // At most 10,000 messages per write round, so a stalled edge cannot make one huge burst.
-            let until = due.min(sent + 10_000);
-            while sent < until {
-                let r = (sent % rooms.len() as u64) as usize;
-                seqs[r] += 1;
-                let frame = LinkFrame::Publish(Publish {
-                    target: Target::Room(rooms[r].clone()),
-                    msg: PushMessage {
-                        seq: seqs[r],
-                        priority: plan.priority,
-                        kind: "chat".into(),
-                        data: message_data(sys::unix_micros(), plan.payload),
-                    },
-                });
-                if let Err(e) = link::encode(&frame, &mut buf) {
-                    eprintln!("publisher: cannot encode a publish: {e}");
-                    return;
-                }
-                sent += 1;
-            }
-        }
-        for edge in server.live() {
+        let mut outcome = Outcome::Routed;
+        for edge in self.server.live() {
             let mut w = edge.writer.lock().expect("writer lock");
-            if let Err(e) = w.write_all(&buf) {
-                eprintln!("publisher: link to {} failed: {e}", edge.register.edge_id);
-                state.write_errors.fetch_add(1, Ordering::Relaxed);
+            if let Err(e) = w.write_all(&self.buf) {
+                outcome = Outcome::Rejected(format!("link to {}: {e}", edge.register.edge_id));
                 edge.alive.store(false, Ordering::Relaxed);
             }
         }
-        state.published.store(sent, Ordering::Relaxed);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn data_is_padded_json_of_the_requested_size() {
-        for size in [0, 10, 30, 33, 64, 128, 1024] {
-            let d = message_data(1_700_000_000_000_000, size);
-            let v: serde_json::Value = serde_json::from_slice(&d).unwrap();
-            assert_eq!(v["ts"], 1_700_000_000_000_000u64);
-            if size >= 40 {
-                assert_eq!(d.len(), size);
-            }
-        }
+        vec![outcome; msgs.len()]
     }
 }

@@ -21,7 +21,7 @@ use super::message::{PushMessage, Target, PRIORITIES};
 use super::wire::{put_bytes32, put_str8, Reader, WireError};
 
 /// Link protocol version carried by `register`; any other version is refused.
-pub const LINK_VERSION: u16 = 1;
+pub const LINK_VERSION: u16 = 2;
 
 /// Largest accepted value of a frame's length prefix (type byte + body), in bytes.
 pub const MAX_LINK_FRAME: usize = 16 << 20;
@@ -973,7 +973,7 @@ mod tests {
     fn register_and_set_level_match_the_documented_layout() {
         let mut want = Vec::new();
         want.put_u32(1 + 2 + 2 + 2 + 2 + 1 + 2 + 4);
-        want.extend_from_slice(&[0x01, 0, 1, 1, b'e', 1, b'w', 1, b't', 0, 0, 3, 0, 0, 0, 9]);
+        want.extend_from_slice(&[0x01, 0, 2, 1, b'e', 1, b'w', 1, b't', 0, 0, 3, 0, 0, 0, 9]);
         let reg = LinkFrame::Register(Register {
             edge_id: "e".into(),
             ws_addr: "w".into(),
@@ -1264,7 +1264,7 @@ mod tests {
 
     #[test]
     fn other_versions_are_refused() {
-        for v in [0, 2, u16::MAX] {
+        for v in [0, 1, LINK_VERSION + 1, u16::MAX] {
             let body = register_body(v, b"e1", b"a:1", b"a:2");
             assert_eq!(
                 decode_err(raw(TYPE_REGISTER, &body)),
@@ -1275,27 +1275,27 @@ mod tests {
 
     #[test]
     fn register_fields_are_checked() {
-        let body = register_body(1, b"bad id", b"a:1", b"a:2");
+        let body = register_body(LINK_VERSION, b"bad id", b"a:1", b"a:2");
         assert_eq!(
             decode_err(raw(TYPE_REGISTER, &body)),
             LinkError::InvalidId("edge_id")
         );
-        let body = register_body(1, b"", b"a:1", b"a:2");
+        let body = register_body(LINK_VERSION, b"", b"a:1", b"a:2");
         assert_eq!(
             decode_err(raw(TYPE_REGISTER, &body)),
             LinkError::InvalidId("edge_id")
         );
-        let body = register_body(1, b"e1", b"", b"a:2");
+        let body = register_body(LINK_VERSION, b"e1", b"", b"a:2");
         assert_eq!(
             decode_err(raw(TYPE_REGISTER, &body)),
             LinkError::EmptyField("ws_addr")
         );
-        let body = register_body(1, b"e1", b"a:1", b"");
+        let body = register_body(LINK_VERSION, b"e1", b"a:1", b"");
         assert_eq!(
             decode_err(raw(TYPE_REGISTER, &body)),
             LinkError::EmptyField("tcp_addr")
         );
-        let body = register_body(1, b"e1", &[0xff, 0xfe], b"a:2");
+        let body = register_body(LINK_VERSION, b"e1", &[0xff, 0xfe], b"a:2");
         assert_eq!(
             decode_err(raw(TYPE_REGISTER, &body)),
             LinkError::Wire(WireError::NotUtf8("ws_addr"))

@@ -1,53 +1,50 @@
-//! A client process (`roomcast-bench client`, started by the coordinator): a few threads, each
-//! running a mio event loop over its share of nonblocking connections.
+//! One client thread: a mio event loop over its share of nonblocking connections.
 //!
 //! Per connection: bind a 127.0.0.x source address, connect, (WebSocket handshake), `auth` with
-//! a locally minted token and `join` its room (both pipelined), then read forever, pinging every
-//! `--ping-secs`. Idle, a connection costs its socket plus one small `Conn` (no buffers: reads
-//! land in one scratch buffer per thread and only a partial frame is ever kept per connection).
+//! a token (minted here, or read from the coordinator's token file) and `join` its room (both
+//! pipelined), then read forever, pinging every `--ping-secs`. Idle, a connection costs its socket
+//! plus one small `Conn` (no buffers: reads land in one scratch buffer per thread and only a
+//! partial frame is ever kept per connection).
+//!
+//! During the measured window, slow readers stop reading (and catch up after it) and churners
+//! close and reopen their connections at the requested rate.
 //!
 //! Every frame is parsed by the engine's codecs. The latency timestamp is read out of each
 //! message's `data` (the publisher's JSON, `{"ts":<unix µs>,...}`): payload, not protocol.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::io::{self, BufRead, Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::AsRawFd;
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use mio::net::TcpStream;
-use mio::{Events, Interest, Poll, Token, Waker};
+use mio::{Events, Interest, Poll, Token};
 use roomcast_engine::auth::{mint, Claims};
 use roomcast_engine::proto::client::{
     decode_server_binary, decode_server_json, encode_op, tcp_frame_len, ClientOp, ServerMsg,
 };
 use roomcast_engine::proto::handshake::{client_key, client_request, parse_client_response};
-use roomcast_engine::proto::message::Target;
+use roomcast_engine::proto::message::{Target, PRIORITIES};
 use roomcast_engine::proto::ws::{parse_server_frame, put_client_frame, OpCode};
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::msgs::{histogram_pairs, new_latency_histogram, ClientMsg, Connected, Report, Snap};
+use super::{ip_add, Cmd, Input, ThreadHistograms, WAKE};
+use crate::dist::{room_name, Group, Population};
+use crate::msgs::{new_tick_histogram, Connected, GroupReport, Report, Snap, Tick};
 use crate::{sys, ClientArgs, Transport};
 
-const WAKE: Token = Token(usize::MAX);
 /// A connection still setting up after this long is abandoned (and retried).
 const SETUP_TIMEOUT: Duration = Duration::from_secs(15);
 /// A single server frame larger than this is treated as a protocol error.
 const MAX_FRAME: usize = 16 << 20;
+/// The loop's housekeeping period (pings, churn).
 const TICK: Duration = Duration::from_millis(100);
-
-/// Room `r`'s id (the coordinator publishes to the same names).
-pub fn room_name(r: usize) -> String {
-    format!("room-{r}")
-}
-
-/// `base` + `n` as an IPv4 address (127.0.0.254 + 1 = 127.0.1.0 — all of 127/8 is loopback).
-pub fn ip_add(base: Ipv4Addr, n: usize) -> Ipv4Addr {
-    Ipv4Addr::from(u32::from(base).wrapping_add(n as u32))
-}
+/// How often a loop reports its running totals.
+const REPORT_EVERY: Duration = Duration::from_secs(1);
 
 /// Reads `"ts":<digits>` out of a message's data (the publisher puts it first).
 fn scan_ts(data: &[u8]) -> Option<u64> {
@@ -70,213 +67,21 @@ fn scan_ts(data: &[u8]) -> Option<u64> {
     any.then_some(v)
 }
 
-enum Cmd {
-    Start,
-    End,
-    Snap(String),
-    Final(Arc<Vec<u64>>),
-}
-
-enum Input {
-    Line(String),
-    Eof,
-    Connected(Box<Connected>),
-    Snap(Snap),
-    Final(Box<Report>, Box<Histogram<u64>>),
-}
-
-pub fn run(args: ClientArgs) -> i32 {
-    let (fd_soft, fd_hard) = sys::raise_nofile();
-    let threads = args.threads.max(1);
-    let ips = args.conns.div_ceil(args.conns_per_ip.max(1)).max(1);
-    eprintln!(
-        "client {}: pid {}, fd limit soft {fd_soft} hard {fd_hard}; {} connections to {} ({}) over \
-         {threads} threads, source addresses {}..={}",
-        args.index,
-        std::process::id(),
-        args.conns,
-        args.addr,
-        args.transport.name(),
-        args.src_first,
-        ip_add(args.src_first, ips - 1),
-    );
-    if args.conns as u64 + 64 > fd_soft {
-        eprintln!(
-            "client {}: {} connections need more than the fd limit {fd_soft}; use more --procs",
-            args.index, args.conns
-        );
-        return 2;
-    }
-    let args = Arc::new(args);
-    let (in_tx, in_rx) = mpsc::channel::<Input>();
-    let mut workers: Vec<(Sender<Cmd>, Arc<Waker>)> = Vec::new();
-    for t in 0..threads {
-        let poll = match Poll::new() {
-            Ok(p) => p,
-            Err(e) => {
-                eprintln!("client {}: epoll: {e}", args.index);
-                return 1;
-            }
-        };
-        let waker = Arc::new(Waker::new(poll.registry(), WAKE).expect("mio waker"));
-        let (cmd_tx, cmd_rx) = mpsc::channel();
-        let out = in_tx.clone();
-        let a = Arc::clone(&args);
-        std::thread::Builder::new()
-            .name(format!("client-{t}"))
-            .spawn(move || Loop::new(t, threads, a, poll, cmd_rx, out).run())
-            .expect("spawn client thread");
-        workers.push((cmd_tx, waker));
-    }
-    {
-        let tx = in_tx.clone();
-        std::thread::spawn(move || {
-            let stdin = io::stdin();
-            for line in stdin.lock().lines() {
-                match line {
-                    Ok(l) => {
-                        if tx.send(Input::Line(l)).is_err() {
-                            return;
-                        }
-                    }
-                    Err(_) => break,
-                }
-            }
-            let _ = tx.send(Input::Eof);
-        });
-    }
-    drop(in_tx);
-
-    let broadcast = |cmd: &dyn Fn() -> Cmd| {
-        for (tx, waker) in &workers {
-            let _ = tx.send(cmd());
-            let _ = waker.wake();
-        }
-    };
-    let emit = |msg: &ClientMsg| {
-        let line = serde_json::to_string(msg).expect("serialise client message");
-        let mut out = io::stdout().lock();
-        let _ = writeln!(out, "{line}");
-        let _ = out.flush();
-    };
-
-    let mut connected: Vec<Connected> = Vec::new();
-    let mut snaps: Vec<Snap> = Vec::new();
-    let mut finals: Vec<(Report, Histogram<u64>)> = Vec::new();
-    while let Ok(input) = in_rx.recv() {
-        match input {
-            Input::Eof => std::process::exit(0),
-            Input::Line(line) => {
-                let (cmd, rest) = line.split_once(' ').unwrap_or((line.as_str(), ""));
-                match cmd {
-                    "start" => broadcast(&|| Cmd::Start),
-                    "end" => broadcast(&|| Cmd::End),
-                    "snap" => {
-                        let tag = rest.to_string();
-                        broadcast(&|| Cmd::Snap(tag.clone()));
-                    }
-                    "final" => {
-                        let seqs: Vec<u64> = serde_json::from_str(rest).unwrap_or_default();
-                        let seqs = Arc::new(seqs);
-                        broadcast(&|| Cmd::Final(Arc::clone(&seqs)));
-                    }
-                    "exit" => std::process::exit(0),
-                    "" => {}
-                    other => eprintln!("client {}: unknown command {other:?}", args.index),
-                }
-            }
-            Input::Connected(c) => {
-                connected.push(*c);
-                if connected.len() == threads {
-                    let mut all = Connected {
-                        index: args.index,
-                        pid: std::process::id(),
-                        fd_soft,
-                        fd_hard,
-                        target: args.conns,
-                        ..Connected::default()
-                    };
-                    for c in connected.drain(..) {
-                        all.ready += c.ready;
-                        all.failed += c.failed;
-                        for (k, v) in c.failures {
-                            *all.failures.entry(k).or_default() += v;
-                        }
-                        all.connect_secs = all.connect_secs.max(c.connect_secs);
-                        // Percentiles of threads: take the worst (threads are symmetric).
-                        all.setup_ms_p50 = all.setup_ms_p50.max(c.setup_ms_p50);
-                        all.setup_ms_p99 = all.setup_ms_p99.max(c.setup_ms_p99);
-                        all.setup_ms_max = all.setup_ms_max.max(c.setup_ms_max);
-                    }
-                    emit(&ClientMsg::Connected(all));
-                }
-            }
-            Input::Snap(s) => {
-                snaps.push(s);
-                if snaps.len() == threads {
-                    let mut all = Snap {
-                        index: args.index,
-                        tag: snaps[0].tag.clone(),
-                        ..Snap::default()
-                    };
-                    for s in snaps.drain(..) {
-                        all.frames += s.frames;
-                        all.msgs += s.msgs;
-                        all.open += s.open;
-                    }
-                    emit(&ClientMsg::Snap(all));
-                }
-            }
-            Input::Final(r, h) => {
-                finals.push((*r, *h));
-                if finals.len() == threads {
-                    let mut all = Report {
-                        index: args.index,
-                        ..Report::default()
-                    };
-                    let mut hist = new_latency_histogram();
-                    for (r, h) in finals.drain(..) {
-                        let _ = hist.add(&h);
-                        merge_report(&mut all, r);
-                    }
-                    all.latency_us = histogram_pairs(&hist);
-                    all.cpu_secs = sys::self_cpu_secs();
-                    all.rss = sys::proc_mem(std::process::id()).map_or(0, |m| m.rss);
-                    emit(&ClientMsg::Report(Box::new(all)));
-                }
-            }
-        }
-    }
-    0
-}
-
-fn merge_report(all: &mut Report, r: Report) {
-    all.ready += r.ready;
-    all.open += r.open;
-    for (k, v) in r.closed {
-        *all.closed.entry(k).or_default() += v;
-    }
-    all.frames += r.frames;
-    all.msgs += r.msgs;
-    all.bytes += r.bytes;
-    all.window_frames += r.window_frames;
-    all.window_msgs += r.window_msgs;
-    all.expected += r.expected;
-    all.unique += r.unique;
-    all.missing += r.missing;
-    all.duplicates += r.duplicates;
-    all.out_of_order += r.out_of_order;
-    all.foreign += r.foreign;
-    all.decode_errors += r.decode_errors;
-    all.no_ts += r.no_ts;
-    all.pings_sent += r.pings_sent;
-    all.pongs += r.pongs;
-    all.ping_errors += r.ping_errors;
+/// The run's phases, as the coordinator announces them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Connecting,
+    /// Publishing has started; the normal group's latency goes to the warm-up histogram.
+    Warmup,
+    /// The measured window: slow readers pause, churners churn.
+    Window,
+    /// After the window.
+    Drain,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
-    /// Not started, or waiting for a retry.
+    /// Not started, or waiting for a (re)try.
     Idle,
     Connecting,
     Handshake,
@@ -298,10 +103,16 @@ impl State {
 struct Conn {
     sock: Option<TcpStream>,
     state: State,
+    group: Group,
     attempts: u8,
+    /// Closed on purpose (churn): the next join counts as a reconnect.
+    rejoin: bool,
+    room: u32,
     /// Milliseconds since the loop started, when the current attempt began.
     setup_start_ms: u32,
     last_seq: u64,
+    /// Messages received for the first time since this connection joined, per priority.
+    unique: [u32; PRIORITIES],
     /// A partial frame (only between reads that split one).
     rbuf: Vec<u8>,
     /// Bytes not yet accepted by the socket (only during setup, realistically).
@@ -315,13 +126,15 @@ struct Counters {
     failed: u64,
     failures: BTreeMap<String, u64>,
     closed: BTreeMap<String, u64>,
+    /// Joined connections now.
+    open: u64,
+    churn_closes: u64,
+    reconnects: u64,
     frames: u64,
     msgs: u64,
     bytes: u64,
-    unique: u64,
-    missing: u64,
-    duplicates: u64,
-    out_of_order: u64,
+    /// [group][priority]: (received, duplicates, out of order).
+    received: [[(u64, u64, u64); PRIORITIES]; 3],
     foreign: u64,
     decode_errors: u64,
     no_ts: u64,
@@ -330,82 +143,107 @@ struct Counters {
     ping_errors: u64,
 }
 
-struct Loop {
+pub(super) struct Loop {
     t: usize,
     threads: usize,
     args: Arc<ClientArgs>,
+    tokens: Option<Arc<Vec<String>>>,
+    hosts: Vec<String>,
+    room_names: Vec<String>,
     poll: Poll,
     conns: Vec<Conn>,
-    rooms: Vec<String>,
     pending: VecDeque<usize>,
     retry: VecDeque<(Instant, usize)>,
     inflight: usize,
     inflight_limit: usize,
     scratch: Vec<u8>,
     c: Counters,
-    latency: Histogram<u64>,
+    hists: ThreadHistograms,
     setup_ms: Histogram<u64>,
-    measuring: bool,
+    tick_latency: Histogram<u64>,
+    phase: Phase,
     window_start: (u64, u64),
     window: (u64, u64),
+    /// This thread's churners, and the next one to churn.
+    churners: Vec<usize>,
+    churn_cursor: usize,
+    /// Churns due but not yet done (fractional).
+    churn_due: f64,
     cmds: Receiver<Cmd>,
     out: Sender<Input>,
     started: Instant,
     connected_sent: bool,
     ping_slot: usize,
     ping_seq: u64,
-    host: String,
 }
 
 impl Loop {
-    fn new(
+    pub(super) fn new(
         t: usize,
         threads: usize,
         args: Arc<ClientArgs>,
+        tokens: Option<Arc<Vec<String>>>,
         poll: Poll,
         cmds: Receiver<Cmd>,
         out: Sender<Input>,
     ) -> Loop {
+        let population = Population::new(
+            args.rooms,
+            args.room_dist,
+            args.zipf_exponent,
+            args.slow_readers,
+            args.churn,
+        );
         // This thread's connections: process-local j = t, t + threads, t + 2*threads, ...
         let n = (args.conns + threads - 1 - t) / threads;
-        let conns = (0..n)
-            .map(|_| Conn {
-                sock: None,
-                state: State::Idle,
-                attempts: 0,
-                setup_start_ms: 0,
-                last_seq: 0,
-                rbuf: Vec::new(),
-                wbuf: Vec::new(),
+        let conns: Vec<Conn> = (0..n)
+            .map(|k| {
+                let global = args.first + t + k * threads;
+                Conn {
+                    sock: None,
+                    state: State::Idle,
+                    group: population.group_of(global),
+                    attempts: 0,
+                    rejoin: false,
+                    room: population.room_of(global) as u32,
+                    setup_start_ms: 0,
+                    last_seq: 0,
+                    unique: [0; PRIORITIES],
+                    rbuf: Vec::new(),
+                    wbuf: Vec::new(),
+                }
             })
             .collect();
-        let rooms = (0..args.rooms.max(1)).map(room_name).collect();
-        let inflight_limit = (args.inflight / threads).max(1);
-        let host = args.addr.to_string();
+        let churners = (0..n).filter(|&k| conns[k].group == Group::Churn).collect();
         Loop {
             t,
             threads,
+            tokens,
+            hosts: args.addrs.iter().map(ToString::to_string).collect(),
+            room_names: (0..population.rooms()).map(room_name).collect(),
             poll,
             conns,
-            rooms,
             pending: (0..n).collect(),
             retry: VecDeque::new(),
             inflight: 0,
-            inflight_limit,
+            inflight_limit: (args.inflight / threads).max(1),
             scratch: vec![0; 256 * 1024],
             c: Counters::default(),
-            latency: new_latency_histogram(),
+            hists: ThreadHistograms::new(),
             setup_ms: Histogram::new_with_bounds(1, 3_600_000, 3).expect("histogram bounds"),
-            measuring: false,
+            tick_latency: new_tick_histogram(),
+            phase: Phase::Connecting,
             window_start: (0, 0),
             window: (0, 0),
+            churners,
+            churn_cursor: 0,
+            churn_due: 0.0,
             cmds,
             out,
             started: Instant::now(),
             connected_sent: false,
             ping_slot: 0,
             ping_seq: 3,
-            host,
             args,
         }
     }
@@ -417,10 +255,6 @@ impl Loop {
 
     fn global(&self, k: usize) -> usize {
         self.args.first + self.local(k)
-    }
-
-    fn room_of(&self, k: usize) -> usize {
-        self.global(k) % self.rooms.len()
     }
 
     fn mask(&self, k: usize) -> [u8; 4] {
@@ -436,13 +270,19 @@ impl Loop {
         client_key(nonce)
     }
 
+    /// The edge address connection `k` dials (spread over the addresses given).
+    fn addr_index(&self, k: usize) -> usize {
+        self.global(k) % self.args.addrs.len()
+    }
+
     fn now_ms(&self) -> u32 {
         self.started.elapsed().as_millis() as u32
     }
 
-    fn run(mut self) {
+    pub(super) fn run(mut self) {
         let mut events = Events::with_capacity(1024);
         let mut next_tick = Instant::now() + TICK;
+        let mut next_report = Instant::now() + REPORT_EVERY;
         let mut next_scan = Instant::now() + Duration::from_secs(1);
         loop {
             self.start_more();
@@ -454,11 +294,8 @@ impl Loop {
                 }
             }
             for event in events.iter() {
-                if event.token() == WAKE {
-                    continue;
-                }
                 let k = event.token().0;
-                if k >= self.conns.len() {
+                if event.token() == WAKE || k >= self.conns.len() {
                     continue;
                 }
                 self.on_event(
@@ -474,6 +311,13 @@ impl Loop {
             if now >= next_tick {
                 next_tick = now + TICK;
                 self.ping_tick();
+                if self.phase == Phase::Window {
+                    self.churn_tick();
+                }
+            }
+            if now >= next_report {
+                next_report += REPORT_EVERY;
+                self.send_tick();
             }
             if now >= next_scan {
                 next_scan = now + Duration::from_secs(1);
@@ -485,99 +329,137 @@ impl Loop {
                 && self.inflight == 0
             {
                 self.connected_sent = true;
-                let q = |h: &Histogram<u64>, q: f64| {
-                    if h.is_empty() {
-                        0.0
-                    } else {
-                        h.value_at_quantile(q) as f64
-                    }
-                };
-                let _ = self.out.send(Input::Connected(Box::new(Connected {
+                let connected = Connected {
                     ready: self.c.ready,
                     failed: self.c.failed,
                     failures: self.c.failures.clone(),
                     connect_secs: self.started.elapsed().as_secs_f64(),
-                    setup_ms_p50: q(&self.setup_ms, 0.5),
-                    setup_ms_p99: q(&self.setup_ms, 0.99),
-                    setup_ms_max: self.setup_ms.max() as f64,
                     ..Connected::default()
-                })));
+                };
+                let _ = self
+                    .out
+                    .send(Input::Connected(Box::new(connected), self.setup_ms.clone()));
             }
         }
     }
 
+    fn send_tick(&mut self) {
+        let tick = Tick {
+            open: self.c.open,
+            frames: self.c.frames,
+            msgs: self.c.msgs,
+            reconnects: self.c.reconnects,
+            ..Tick::default()
+        };
+        let latency = self.tick_latency.clone();
+        self.tick_latency.reset();
+        let _ = self.out.send(Input::Tick(self.t, tick, latency));
+    }
+
     fn on_cmd(&mut self, cmd: Cmd) {
         match cmd {
+            Cmd::Warmup => self.phase = Phase::Warmup,
             Cmd::Start => {
-                self.latency.reset();
-                self.measuring = true;
+                self.phase = Phase::Window;
                 self.window_start = (self.c.frames, self.c.msgs);
+                self.pause_slow_readers(true);
             }
             Cmd::End => {
-                if self.measuring {
-                    self.measuring = false;
+                if self.phase == Phase::Window {
                     self.window = (
                         self.c.frames - self.window_start.0,
                         self.c.msgs - self.window_start.1,
                     );
                 }
+                self.phase = Phase::Drain;
+                self.pause_slow_readers(false);
             }
             Cmd::Snap(tag) => {
-                let open = self
-                    .conns
-                    .iter()
-                    .filter(|c| c.state == State::Ready)
-                    .count() as u64;
                 let _ = self.out.send(Input::Snap(Snap {
                     index: self.args.index,
                     tag,
                     frames: self.c.frames,
                     msgs: self.c.msgs,
-                    open,
+                    open: self.c.open,
                 }));
             }
-            Cmd::Final(seqs) => {
-                let mut expected = 0;
-                let mut missing_tail = 0;
-                let mut open = 0;
-                for k in 0..self.conns.len() {
-                    if self.conns[k].state != State::Ready {
-                        continue;
-                    }
-                    open += 1;
-                    let last = seqs.get(self.room_of(k)).copied().unwrap_or(0);
-                    expected += last;
-                    missing_tail += last.saturating_sub(self.conns[k].last_seq);
-                }
-                let c = &self.c;
-                let report = Report {
-                    index: self.args.index,
-                    ready: c.ready,
-                    open,
-                    closed: c.closed.clone(),
-                    frames: c.frames,
-                    msgs: c.msgs,
-                    bytes: c.bytes,
-                    window_frames: self.window.0,
-                    window_msgs: self.window.1,
-                    expected,
-                    unique: c.unique,
-                    missing: c.missing + missing_tail,
-                    duplicates: c.duplicates,
-                    out_of_order: c.out_of_order,
-                    foreign: c.foreign,
-                    decode_errors: c.decode_errors,
-                    no_ts: c.no_ts,
-                    pings_sent: c.pings_sent,
-                    pongs: c.pongs,
-                    ping_errors: c.ping_errors,
-                    ..Report::default()
-                };
-                let _ = self.out.send(Input::Final(
-                    Box::new(report),
-                    Box::new(self.latency.clone()),
-                ));
+            Cmd::Final(published) => {
+                let report = self.final_report(&published);
+                let hists = std::mem::replace(&mut self.hists, ThreadHistograms::new());
+                let _ = self
+                    .out
+                    .send(Input::Final(Box::new(report), Box::new(hists)));
             }
+        }
+    }
+
+    /// Slow readers stop reading (no readable interest, so they cost no wake-ups) or catch up.
+    fn pause_slow_readers(&mut self, pause: bool) {
+        let interest = if pause {
+            Interest::WRITABLE
+        } else {
+            Interest::READABLE | Interest::WRITABLE
+        };
+        for k in 0..self.conns.len() {
+            if self.conns[k].group != Group::Slow || self.conns[k].state != State::Ready {
+                continue;
+            }
+            if let Some(sock) = self.conns[k].sock.as_mut() {
+                let _ = self.poll.registry().reregister(sock, Token(k), interest);
+            }
+            if !pause {
+                self.read(k);
+            }
+        }
+    }
+
+    /// What this thread's connections received, judged against what was published.
+    fn final_report(&self, published: &[[u64; PRIORITIES]]) -> Report {
+        let c = &self.c;
+        let mut groups: [GroupReport; 3] = Default::default();
+        let mut open_per_room: BTreeMap<usize, u64> = BTreeMap::new();
+        for conn in self.conns.iter().filter(|c| c.state == State::Ready) {
+            let group = &mut groups[conn.group.index()];
+            group.open += 1;
+            *open_per_room.entry(conn.room as usize).or_default() += 1;
+            let room = published
+                .get(conn.room as usize)
+                .copied()
+                .unwrap_or_default();
+            for (p, report) in group.priorities.iter_mut().enumerate() {
+                report.expected += room[p];
+                report.unique += u64::from(conn.unique[p]);
+            }
+        }
+        for (group, received) in groups.iter_mut().zip(&c.received) {
+            for (report, &(all, duplicates, out_of_order)) in
+                group.priorities.iter_mut().zip(received)
+            {
+                report.received = all;
+                report.duplicates = duplicates;
+                report.out_of_order = out_of_order;
+            }
+        }
+        Report {
+            ready: c.ready,
+            open: c.open,
+            closed: c.closed.clone(),
+            churn_closes: c.churn_closes,
+            reconnects: c.reconnects,
+            frames: c.frames,
+            msgs: c.msgs,
+            bytes: c.bytes,
+            window_frames: self.window.0,
+            window_msgs: self.window.1,
+            groups,
+            open_per_room: open_per_room.into_iter().collect(),
+            foreign: c.foreign,
+            decode_errors: c.decode_errors,
+            no_ts: c.no_ts,
+            pings_sent: c.pings_sent,
+            pongs: c.pongs,
+            ping_errors: c.ping_errors,
+            ..Report::default()
         }
     }
 
@@ -606,7 +488,9 @@ impl Loop {
         self.conns[k].setup_start_ms = self.now_ms();
         self.conns[k].state = State::Connecting;
         self.inflight += 1;
-        match self.open_socket(src, self.args.addr) {
+        let dst = self.args.addrs[self.addr_index(k)];
+        let slow = self.conns[k].group == Group::Slow;
+        match open_socket(src, dst, slow) {
             Ok(mut stream) => {
                 if let Err(e) = self.poll.registry().register(
                     &mut stream,
@@ -620,26 +504,6 @@ impl Loop {
             }
             Err(e) => self.fail(k, format!("connect: {}", short_err(&e)), true),
         }
-    }
-
-    fn open_socket(&self, src: Ipv4Addr, dst: SocketAddr) -> io::Result<TcpStream> {
-        let sock = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
-        sock.set_nonblocking(true)?;
-        // Let connect() pick the port per 4-tuple instead of reserving one per address at bind.
-        sys::setsockopt_int(
-            sock.as_raw_fd(),
-            libc::IPPROTO_IP,
-            libc::IP_BIND_ADDRESS_NO_PORT,
-            1,
-        )?;
-        sock.bind(&SocketAddrV4::new(src, 0).into())?;
-        sock.set_tcp_nodelay(true)?;
-        match sock.connect(&dst.into()) {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
-            Err(e) => return Err(e),
-        }
-        Ok(TcpStream::from_std(sock.into()))
     }
 
     fn on_event(&mut self, k: usize, readable: bool, writable: bool) {
@@ -675,29 +539,35 @@ impl Loop {
     fn on_connected(&mut self, k: usize) {
         if self.args.transport.is_ws() {
             self.conns[k].state = State::Handshake;
-            let req = client_request(&self.host, "/ws", &self.ws_key(k));
+            let req = client_request(&self.hosts[self.addr_index(k)], "/ws", &self.ws_key(k));
             self.send(k, &req);
         } else {
             self.send_auth_join(k);
         }
     }
 
-    fn send_auth_join(&mut self, k: usize) {
-        self.conns[k].state = State::Joining;
-        let g = self.global(k);
+    fn token(&self, k: usize) -> String {
+        if let Some(tokens) = &self.tokens {
+            return tokens[self.local(k)].clone();
+        }
         let exp = sys::unix_micros() / 1_000_000 + 86_400;
-        let token = mint(
+        mint(
             self.args.jwt_secret.as_bytes(),
             &Claims {
-                sub: format!("u{g}"),
+                sub: format!("u{}", self.global(k)),
                 exp,
                 rooms: None,
             },
-        );
+        )
+    }
+
+    fn send_auth_join(&mut self, k: usize) {
+        self.conns[k].state = State::Joining;
         let format = self.args.transport.format();
         let mask = self.mask(k);
+        let token = self.token(k);
         let mut bytes = encode_op(format, &ClientOp::Auth { seq: 1, token }, mask).to_vec();
-        let room = self.rooms[self.room_of(k)].clone();
+        let room = self.room_names[self.conns[k].room as usize].clone();
         bytes.extend_from_slice(&encode_op(format, &ClientOp::Join { seq: 2, room }, mask));
         self.send(k, &bytes);
     }
@@ -906,12 +776,9 @@ impl Loop {
         } else {
             decode_server_binary(payload)
         };
-        let msg = match msg {
-            Ok(m) => m,
-            Err(_) => {
-                self.c.decode_errors += 1;
-                return Some(());
-            }
+        let Ok(msg) = msg else {
+            self.c.decode_errors += 1;
+            return Some(());
         };
         match msg {
             ServerMsg::Reply { seq, result } => {
@@ -933,34 +800,44 @@ impl Loop {
             }
             ServerMsg::Batch { target, msgs } => {
                 self.c.frames += 1;
-                let room = self.room_of(k);
+                let conn = &mut self.conns[k];
                 match &target {
-                    Target::Room(r) if *r == self.rooms[room] => {}
+                    Target::Room(r) if *r == self.room_names[conn.room as usize] => {}
                     _ => {
                         self.c.foreign += 1;
                         return Some(());
                     }
                 }
-                let conn = &mut self.conns[k];
+                let group = conn.group;
                 for m in &msgs {
                     self.c.msgs += 1;
-                    let last = conn.last_seq;
-                    if m.seq > last {
-                        self.c.missing += m.seq - last - 1;
-                        self.c.unique += 1;
+                    let p = usize::from(m.priority).min(PRIORITIES - 1);
+                    let counts = &mut self.c.received[group.index()][p];
+                    counts.0 += 1;
+                    if m.seq > conn.last_seq {
+                        conn.unique[p] += 1;
                         conn.last_seq = m.seq;
-                    } else if m.seq == last {
-                        self.c.duplicates += 1;
+                    } else if m.seq == conn.last_seq {
+                        counts.1 += 1;
                     } else {
-                        self.c.out_of_order += 1;
+                        counts.2 += 1;
                     }
-                    if self.measuring {
-                        match scan_ts(&m.data) {
-                            Some(ts) => self
-                                .latency
-                                .saturating_record(now_us.saturating_sub(ts).max(1)),
-                            None => self.c.no_ts += 1,
+                    let Some(ts) = scan_ts(&m.data) else {
+                        self.c.no_ts += 1;
+                        continue;
+                    };
+                    let latency = now_us.saturating_sub(ts).max(1);
+                    if group == Group::Normal {
+                        self.tick_latency.saturating_record(latency);
+                    }
+                    match self.phase {
+                        Phase::Window => {
+                            self.hists.window[group.index()][p].saturating_record(latency);
                         }
+                        Phase::Warmup if group == Group::Normal => {
+                            self.hists.warmup.saturating_record(latency);
+                        }
+                        _ => {}
                     }
                 }
             }
@@ -977,15 +854,21 @@ impl Loop {
     }
 
     fn on_ready(&mut self, k: usize) {
-        let ms = self.now_ms().saturating_sub(self.conns[k].setup_start_ms);
-        self.setup_ms.saturating_record(u64::from(ms).max(1));
+        let ms = u64::from(self.now_ms().saturating_sub(self.conns[k].setup_start_ms)).max(1);
         let conn = &mut self.conns[k];
         conn.state = State::Ready;
         if conn.wbuf.is_empty() {
             conn.wbuf = Vec::new();
         }
+        if std::mem::take(&mut conn.rejoin) {
+            self.c.reconnects += 1;
+            self.hists.reconnect_setup_ms.saturating_record(ms);
+        } else {
+            self.c.ready += 1;
+            self.setup_ms.saturating_record(ms);
+        }
         self.inflight -= 1;
-        self.c.ready += 1;
+        self.c.open += 1;
     }
 
     /// The connection ended: a ready one is counted as closed, one in setup as a failed attempt.
@@ -993,7 +876,7 @@ impl Loop {
         if self.conns[k].state == State::Ready {
             self.drop_socket(k);
             self.conns[k].state = State::Closed;
-            // Keep the reason coarse: the close code and text, or the error kind.
+            self.c.open -= 1;
             *self.c.closed.entry(reason).or_default() += 1;
         } else {
             self.fail(k, reason, true);
@@ -1023,6 +906,37 @@ impl Loop {
     fn drop_socket(&mut self, k: usize) {
         if let Some(mut sock) = self.conns[k].sock.take() {
             let _ = self.poll.registry().deregister(&mut sock);
+        }
+    }
+
+    /// Closes this tick's share of the churners and queues them to connect again.
+    fn churn_tick(&mut self) {
+        if self.churners.is_empty() {
+            return;
+        }
+        let per_thread = self.args.churn_rate / self.threads as f64;
+        self.churn_due = (self.churn_due + per_thread * TICK.as_secs_f64()).min(1e4);
+        let mut looked = 0;
+        while self.churn_due >= 1.0 && looked < self.churners.len() {
+            let k = self.churners[self.churn_cursor];
+            self.churn_cursor = (self.churn_cursor + 1) % self.churners.len();
+            looked += 1;
+            if self.conns[k].state != State::Ready {
+                continue;
+            }
+            self.churn_due -= 1.0;
+            self.drop_socket(k);
+            let conn = &mut self.conns[k];
+            conn.state = State::Idle;
+            conn.rejoin = true;
+            conn.attempts = 0;
+            conn.last_seq = 0;
+            conn.unique = [0; PRIORITIES];
+            conn.rbuf = Vec::new();
+            conn.wbuf = Vec::new();
+            self.c.open -= 1;
+            self.c.churn_closes += 1;
+            self.pending.push_back(k);
         }
     }
 
@@ -1062,6 +976,33 @@ impl Loop {
     }
 }
 
+/// Receive buffer of a slow reader's socket (set before connecting, so the window stays small):
+/// a phone on a bad network, not the megabytes Linux would autotune to on loopback.
+const SLOW_READER_RCVBUF: usize = 32 * 1024;
+
+fn open_socket(src: Ipv4Addr, dst: SocketAddr, slow_reader: bool) -> io::Result<TcpStream> {
+    let sock = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+    sock.set_nonblocking(true)?;
+    if slow_reader {
+        sock.set_recv_buffer_size(SLOW_READER_RCVBUF)?;
+    }
+    // Let connect() pick the port per 4-tuple instead of reserving one per address at bind.
+    sys::setsockopt_int(
+        sock.as_raw_fd(),
+        libc::IPPROTO_IP,
+        libc::IP_BIND_ADDRESS_NO_PORT,
+        1,
+    )?;
+    sock.bind(&SocketAddrV4::new(src, 0).into())?;
+    sock.set_tcp_nodelay(true)?;
+    match sock.connect(&dst.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(TcpStream::from_std(sock.into()))
+}
+
 fn short_err(e: &io::Error) -> String {
     match e.raw_os_error() {
         Some(code) => format!("{:?} (errno {code})", e.kind()),
@@ -1081,13 +1022,5 @@ mod tests {
         );
         assert_eq!(scan_ts(br#"{"a":1,"ts":42}"#), Some(42));
         assert_eq!(scan_ts(br#"{"a":1}"#), None);
-    }
-
-    #[test]
-    fn source_addresses_continue_past_255() {
-        assert_eq!(
-            ip_add(Ipv4Addr::new(127, 0, 0, 254), 3),
-            Ipv4Addr::new(127, 0, 1, 1)
-        );
     }
 }

@@ -1,0 +1,335 @@
+//! `--publish-via control`: a small blocking client of the control plane's HTTP API (hyper over
+//! one kept-alive connection, driven by a current-thread tokio runtime), and the publishing
+//! [`Sink`] built on it (`POST /v1/messages` batches).
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper::{header, Method, Request};
+use hyper_util::rt::TokioIo;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+use crate::dist::room_name;
+use crate::publish::{Outcome, Outgoing, Sink};
+use crate::system::EdgeLoad;
+
+/// Longest wait for one request, connect included.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct Api {
+    runtime: tokio::runtime::Runtime,
+    addr: SocketAddr,
+    /// `host:port`, for the Host header.
+    authority: String,
+    bearer: String,
+    conn: Option<SendRequest<Full<Bytes>>>,
+}
+
+/// The control plane's view of one edge (`GET /v1/edges`), the fields the bench uses.
+#[derive(Debug, Deserialize)]
+struct EdgeView {
+    edge_id: String,
+    connections: u64,
+    frames_out: u64,
+    bytes_out: u64,
+    msgs_dropped: u64,
+    slow_closes: u64,
+    healthy: bool,
+}
+
+/// `GET /v1/rooms/{room}`, the fields the bench uses.
+#[derive(Debug, Deserialize)]
+pub struct RoomView {
+    pub online: u64,
+    pub level: u8,
+    pub tick_ms: u32,
+}
+
+impl Api {
+    /// A client of the API at `url` (`http://host:port`); connects on first use.
+    pub fn new(url: &str, api_key: &str) -> Result<Api, String> {
+        let authority = url
+            .strip_prefix("http://")
+            .ok_or_else(|| format!("--control-url {url}: only http://host:port is supported"))?
+            .trim_end_matches('/')
+            .to_string();
+        let addr = authority
+            .to_socket_addrs()
+            .map_err(|e| format!("--control-url {url}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("--control-url {url}: no address"))?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("tokio runtime: {e}"))?;
+        Ok(Api {
+            runtime,
+            addr,
+            authority,
+            bearer: format!("Bearer {api_key}"),
+            conn: None,
+        })
+    }
+
+    /// The API's socket address (what `--api-listen` of a started control plane is).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Sends one request; returns the status and the body. Reconnects once if the kept-alive
+    /// connection is gone.
+    fn request(&mut self, method: Method, path: &str, body: Bytes) -> Result<(u16, Bytes), String> {
+        let mut last_error = String::new();
+        for _ in 0..2 {
+            let request = Request::builder()
+                .method(method.clone())
+                .uri(path)
+                .header(header::HOST, &self.authority)
+                .header(header::AUTHORIZATION, &self.bearer)
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Full::new(body.clone()))
+                .map_err(|e| e.to_string())?;
+            let conn = self.conn.take();
+            let addr = self.addr;
+            let outcome = self.runtime.block_on(async move {
+                tokio::time::timeout(REQUEST_TIMEOUT, async move {
+                    let mut sender = match conn {
+                        Some(c) if !c.is_closed() => c,
+                        _ => connect(addr).await?,
+                    };
+                    sender.ready().await.map_err(|e| e.to_string())?;
+                    let response = sender
+                        .send_request(request)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let status = response.status().as_u16();
+                    let body = response
+                        .into_body()
+                        .collect()
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .to_bytes();
+                    Ok::<_, String>((sender, status, body))
+                })
+                .await
+                .map_err(|_| format!("no answer within {REQUEST_TIMEOUT:?}"))?
+            });
+            match outcome {
+                Ok((sender, status, body)) => {
+                    self.conn = Some(sender);
+                    return Ok((status, body));
+                }
+                Err(e) => last_error = e,
+            }
+        }
+        Err(format!(
+            "{method} http://{}{path}: {last_error}",
+            self.authority
+        ))
+    }
+
+    fn call<T: DeserializeOwned>(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+    ) -> Result<T, String> {
+        let (status, body) = self.request(method.clone(), path, body)?;
+        if status != 200 {
+            return Err(format!(
+                "{method} {path}: HTTP {status}: {}",
+                String::from_utf8_lossy(&body)
+            ));
+        }
+        serde_json::from_slice(&body)
+            .map_err(|e| format!("{method} {path}: unexpected answer ({e})"))
+    }
+
+    /// True when `GET /healthz` answers 200.
+    pub fn healthy(&mut self) -> bool {
+        matches!(
+            self.request(Method::GET, "/healthz", Bytes::new()),
+            Ok((200, _))
+        )
+    }
+
+    /// The registered edges' load (`GET /v1/edges`), healthy ones only.
+    pub fn edges(&mut self) -> Result<Vec<EdgeLoad>, String> {
+        #[derive(Deserialize)]
+        struct Edges {
+            edges: Vec<EdgeView>,
+        }
+        let edges: Edges = self.call(Method::GET, "/v1/edges", Bytes::new())?;
+        Ok(edges
+            .edges
+            .into_iter()
+            .filter(|e| e.healthy)
+            .map(|e| EdgeLoad {
+                id: e.edge_id,
+                connections: e.connections,
+                frames_out: e.frames_out,
+                bytes_out: e.bytes_out,
+                msgs_dropped: e.msgs_dropped,
+                slow_closes: e.slow_closes,
+            })
+            .collect())
+    }
+
+    pub fn room(&mut self, room: &str) -> Result<RoomView, String> {
+        self.call(Method::GET, &format!("/v1/rooms/{room}"), Bytes::new())
+    }
+
+    /// Where the dispatcher sends clients of `transport` (`ws` or `tcp`), as socket addresses.
+    pub fn dispatch(&mut self, transport: &str) -> Result<Vec<SocketAddr>, String> {
+        #[derive(Deserialize)]
+        struct Dispatch {
+            addresses: Vec<String>,
+        }
+        let path = format!("/v1/dispatch?transport={transport}");
+        let d: Dispatch = self.call(Method::GET, &path, Bytes::new())?;
+        d.addresses
+            .iter()
+            .map(|a| dial_addr(a).ok_or_else(|| format!("dispatch returned {a:?}: not host:port")))
+            .collect()
+    }
+
+    /// A client token from `POST /v1/tokens`.
+    pub fn token(&mut self, user: &str, ttl_s: u64, room: &str) -> Result<String, String> {
+        #[derive(Deserialize)]
+        struct Token {
+            token: String,
+        }
+        let body = serde_json::json!({"user": user, "ttl_s": ttl_s, "rooms": [room]});
+        let t: Token = self.call(Method::POST, "/v1/tokens", Bytes::from(body.to_string()))?;
+        Ok(t.token)
+    }
+}
+
+async fn connect(addr: SocketAddr) -> Result<SendRequest<Full<Bytes>>, String> {
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    let (sender, conn) = http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
+}
+
+/// `ws://host:port/ws` or `host:port` → `host:port` as a socket address.
+fn dial_addr(address: &str) -> Option<SocketAddr> {
+    let rest = address
+        .strip_prefix("ws://")
+        .or_else(|| address.strip_prefix("tcp://"))
+        .unwrap_or(address);
+    let authority = rest.split('/').next()?;
+    authority.to_socket_addrs().ok()?.next()
+}
+
+/// Publishes with `POST /v1/messages`, one request per batch.
+pub struct ControlSink {
+    api: Api,
+    room_names: Vec<String>,
+}
+
+impl ControlSink {
+    pub fn new(api: Api, rooms: usize) -> ControlSink {
+        ControlSink {
+            api,
+            room_names: (0..rooms).map(room_name).collect(),
+        }
+    }
+
+    fn body(&self, msgs: &[Outgoing]) -> Bytes {
+        let mut body =
+            Vec::with_capacity(32 + msgs.iter().map(|m| m.data.len() + 64).sum::<usize>());
+        body.extend_from_slice(b"{\"messages\":[");
+        for (i, m) in msgs.iter().enumerate() {
+            if i > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(b"{\"room\":\"");
+            body.extend_from_slice(self.room_names[m.room].as_bytes());
+            body.extend_from_slice(b"\",\"priority\":");
+            body.push(b'0' + m.priority);
+            body.extend_from_slice(b",\"kind\":\"bench\",\"data\":");
+            body.extend_from_slice(&m.data);
+            body.push(b'}');
+        }
+        body.extend_from_slice(b"]}");
+        Bytes::from(body)
+    }
+}
+
+impl Sink for ControlSink {
+    fn send(&mut self, msgs: &[Outgoing]) -> Vec<Outcome> {
+        #[derive(Deserialize)]
+        struct Results {
+            results: Vec<PublishResult>,
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum PublishResult {
+            Published { delivered_edges: u64 },
+            Failed { error: serde_json::Value },
+        }
+        let body = self.body(msgs);
+        let answer: Result<Results, String> = self.api.call(Method::POST, "/v1/messages", body);
+        match answer {
+            Err(e) => vec![Outcome::Rejected(e); msgs.len()],
+            Ok(r) if r.results.len() != msgs.len() => {
+                let e = format!("{} results for {} messages", r.results.len(), msgs.len());
+                vec![Outcome::Rejected(e); msgs.len()]
+            }
+            Ok(r) => r
+                .results
+                .into_iter()
+                .map(|result| match result {
+                    PublishResult::Published { delivered_edges: 0 } => Outcome::Unrouted,
+                    PublishResult::Published { .. } => Outcome::Routed,
+                    PublishResult::Failed { error } => Outcome::Rejected(match &error["code"] {
+                        serde_json::Value::String(code) => code.clone(),
+                        _ => error.to_string(),
+                    }),
+                })
+                .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dispatch_addresses_become_socket_addresses() {
+        let want: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        assert_eq!(dial_addr("ws://127.0.0.1:8080/ws"), Some(want));
+        assert_eq!(dial_addr("127.0.0.1:8080"), Some(want));
+        assert_eq!(dial_addr("nonsense"), None);
+    }
+
+    #[test]
+    fn batch_bodies_are_the_documented_json() {
+        let api = Api::new("http://127.0.0.1:9", "k").unwrap();
+        let sink = ControlSink::new(api, 2);
+        let body = sink.body(&[Outgoing {
+            room: 1,
+            priority: 2,
+            data: Bytes::from_static(br#"{"ts":5,"pad":"x"}"#),
+        }]);
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"messages": [{"room": "room-1", "priority": 2, "kind": "bench",
+                "data": {"ts": 5, "pad": "x"}}]})
+        );
+    }
+}

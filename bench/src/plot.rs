@@ -1,0 +1,283 @@
+//! `--plot FILE.svg`: the run's timeline as three stacked charts — latency percentiles (log
+//! scale), throughput (published and delivered messages, frames), connections — with the measured
+//! window shaded. Plain SVG: text is `<text>` elements, so no font files are needed.
+
+use std::ops::Range;
+use std::path::Path;
+
+use plotters::coord::types::RangedCoordf64;
+use plotters::prelude::*;
+
+use crate::progress::Sample;
+
+const WIDTH: u32 = 1100;
+const PANEL_HEIGHT: u32 = 330;
+const WINDOW_SHADE: RGBColor = RGBColor(232, 240, 255);
+
+/// One line of a chart.
+struct Series<'a> {
+    name: &'a str,
+    color: RGBColor,
+    points: Vec<(f64, f64)>,
+}
+
+pub fn draw(
+    path: &Path,
+    title: &str,
+    timeline: &[Sample],
+    window: Option<(f64, f64)>,
+) -> Result<(), String> {
+    let root = SVGBackend::new(path, (WIDTH, PANEL_HEIGHT * 3 + 40)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    let root = root.titled(title, ("sans-serif", 18)).map_err(err)?;
+    let panels = root.split_evenly((3, 1));
+    let end = timeline.last().map_or(1.0, |s| s.t).max(1.0);
+    let time = 0.0..end;
+
+    let pick = |f: &dyn Fn(&Sample) -> Option<f64>| -> Vec<(f64, f64)> {
+        timeline
+            .iter()
+            .filter_map(|s| Some((s.t, f(s)?)))
+            .filter(|&(_, v)| v > 0.0)
+            .collect()
+    };
+    let latency = [
+        ("p50", BLUE, pick(&|s| Some(s.latency_ms?.p50))),
+        ("p90", GREEN, pick(&|s| Some(s.latency_ms?.p90))),
+        ("p99", RED, pick(&|s| Some(s.latency_ms?.p99))),
+        ("max", BLACK, pick(&|s| Some(s.latency_ms?.max))),
+    ];
+    chart(
+        &panels[0],
+        "latency of the normal group, per second (ms)",
+        &time,
+        window,
+        true,
+        latency
+            .into_iter()
+            .map(|(name, color, points)| Series {
+                name,
+                color,
+                points,
+            })
+            .collect(),
+    )?;
+    chart(
+        &panels[1],
+        "throughput per second",
+        &time,
+        window,
+        true,
+        vec![
+            Series {
+                name: "delivered messages/s",
+                color: BLUE,
+                points: pick(&|s| Some(s.delivered_msgs_per_s)),
+            },
+            Series {
+                name: "delivered frames/s",
+                color: GREEN,
+                points: pick(&|s| Some(s.frames_per_s)),
+            },
+            Series {
+                name: "published messages/s",
+                color: RED,
+                points: pick(&|s| Some(s.published_per_s)),
+            },
+        ],
+    )?;
+    chart(
+        &panels[2],
+        "connections",
+        &time,
+        window,
+        false,
+        vec![
+            Series {
+                name: "joined (clients)",
+                color: BLUE,
+                points: pick(&|s| Some(s.conns as f64)),
+            },
+            Series {
+                name: "held (edges' reports)",
+                color: RED,
+                points: pick(&|s| s.edge_conns.map(|c| c as f64)),
+            },
+            Series {
+                name: "reconnects/s",
+                color: GREEN,
+                points: pick(&|s| Some(s.reconnects_per_s)),
+            },
+        ],
+    )?;
+    root.present().map_err(err)
+}
+
+fn chart(
+    area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
+    caption: &str,
+    time: &Range<f64>,
+    window: Option<(f64, f64)>,
+    log_if_wide: bool,
+    series: Vec<Series<'_>>,
+) -> Result<(), String> {
+    let values = series.iter().flat_map(|s| s.points.iter().map(|p| p.1));
+    let (lo, hi) = values.fold((f64::MAX, 0.0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    // A log scale only pays when the values span decades.
+    let log = log_if_wide && hi > 0.0 && hi / lo >= 20.0;
+    let (lo, hi) = if hi <= 0.0 {
+        (0.1, 1.0)
+    } else if log {
+        (lo / 1.5, hi * 1.5)
+    } else {
+        (0.0, hi * 1.1)
+    };
+    let caption = if log {
+        format!("{caption} (log scale)")
+    } else {
+        caption.to_string()
+    };
+    let mut builder = ChartBuilder::on(area);
+    builder
+        .caption(caption, ("sans-serif", 15))
+        .margin(8)
+        .x_label_area_size(36)
+        .y_label_area_size(70);
+    if log {
+        let mut c = builder
+            .build_cartesian_2d(time.clone(), (lo..hi).log_scale())
+            .map_err(err)?;
+        c.configure_mesh()
+            .x_desc("seconds since start")
+            .y_labels(8)
+            .light_line_style(BLACK.mix(0.03))
+            .y_label_formatter(&|v| short(*v))
+            .draw()
+            .map_err(err)?;
+        shade(&mut c, window, lo, hi)?;
+        lines(&mut c, series)?;
+        legend(&mut c)
+    } else {
+        let mut c = builder
+            .build_cartesian_2d(time.clone(), lo..hi)
+            .map_err(err)?;
+        c.configure_mesh()
+            .x_desc("seconds since start")
+            .y_label_formatter(&|v| short(*v))
+            .draw()
+            .map_err(err)?;
+        shade(&mut c, window, lo, hi)?;
+        lines(&mut c, series)?;
+        legend(&mut c)
+    }
+}
+
+type Chart<'a, Y> = ChartContext<'a, SVGBackend<'a>, Cartesian2d<RangedCoordf64, Y>>;
+
+fn shade<Y>(
+    c: &mut Chart<'_, Y>,
+    window: Option<(f64, f64)>,
+    lo: f64,
+    hi: f64,
+) -> Result<(), String>
+where
+    Y: Ranged<ValueType = f64>,
+{
+    if let Some((t0, t1)) = window {
+        c.draw_series(std::iter::once(Rectangle::new(
+            [(t0, lo), (t1, hi)],
+            WINDOW_SHADE.filled(),
+        )))
+        .map_err(err)?
+        .label("measured window")
+        .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 16, y + 5)], WINDOW_SHADE.filled()));
+    }
+    Ok(())
+}
+
+fn lines<Y>(c: &mut Chart<'_, Y>, series: Vec<Series<'_>>) -> Result<(), String>
+where
+    Y: Ranged<ValueType = f64>,
+{
+    for s in series.into_iter().filter(|s| !s.points.is_empty()) {
+        let color = s.color;
+        c.draw_series(LineSeries::new(s.points, color.stroke_width(2)))
+            .map_err(err)?
+            .label(s.name)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
+            });
+    }
+    Ok(())
+}
+
+fn legend<Y>(c: &mut Chart<'_, Y>) -> Result<(), String>
+where
+    Y: Ranged<ValueType = f64>,
+{
+    c.configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK.mix(0.3))
+        .label_font(("sans-serif", 12))
+        .draw()
+        .map_err(err)
+}
+
+/// 1500000 → "1.5M", 2500 → "2.5k", 0.25 → "0.25".
+fn short(v: f64) -> String {
+    if v >= 1e6 {
+        format!("{}M", trim(v / 1e6))
+    } else if v >= 1e3 {
+        format!("{}k", trim(v / 1e3))
+    } else {
+        trim(v)
+    }
+}
+
+fn trim(v: f64) -> String {
+    let s = format!("{v:.2}");
+    s.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
+fn err(e: impl std::fmt::Display) -> String {
+    format!("plot: {e}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::progress::Percentiles;
+
+    #[test]
+    fn draws_an_svg_with_text_and_lines() {
+        let timeline: Vec<Sample> = (0..20)
+            .map(|i| Sample {
+                t: f64::from(i),
+                phase: "window",
+                conns: 1000,
+                edge_conns: Some(1000),
+                published_per_s: 100.0,
+                delivered_msgs_per_s: 100_000.0,
+                frames_per_s: 10_000.0,
+                reconnects_per_s: 0.0,
+                latency_ms: Some(Percentiles {
+                    p50: 5.0,
+                    p90: 9.0,
+                    p99: 20.0 + f64::from(i),
+                    p999: 40.0,
+                    max: 50.0,
+                }),
+                edge_cores: Some(0.5),
+                control_cores: None,
+            })
+            .collect();
+        let path =
+            std::env::temp_dir().join(format!("roomcast-bench-plot-{}.svg", std::process::id()));
+        draw(&path, "test run", &timeline, Some((5.0, 15.0))).unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert!(svg.contains("<text") && svg.contains("measured window"));
+        assert!(svg.contains("<polyline"));
+    }
+}

@@ -1,0 +1,724 @@
+//! The results of a run: the delivery section built from the clients' merged report (per group,
+//! per priority: completeness and latency), the readable table printed at the end, and the
+//! one-line summary. The full result is one JSON document; the table is printed from it.
+
+use std::collections::BTreeMap;
+
+use hdrhistogram::Histogram;
+use roomcast_engine::proto::message::PRIORITIES;
+use serde_json::{json, Value};
+
+use crate::coord::{Measured, Window};
+use crate::dist::Group;
+use crate::floor::FloorResult;
+use crate::msgs::{add_counts, add_pairs, histogram_of, new_latency_histogram, Connected, Report};
+use crate::progress::rate;
+use crate::scenario::RunArgs;
+use crate::sys::{KernelMem, ProcMem};
+use crate::system::{self, EdgeLoad};
+
+/// `v / n`, 0 when `n` is 0.
+pub fn per(v: f64, n: u64) -> f64 {
+    if n == 0 {
+        0.0
+    } else {
+        v / n as f64
+    }
+}
+
+/// Count and percentiles of a µs histogram, in ms (null when empty).
+pub fn latency_json(h: &Histogram<u64>) -> Value {
+    if h.is_empty() {
+        return Value::Null;
+    }
+    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    json!({
+        "count": h.len(),
+        "p50": ms(0.5), "p90": ms(0.9), "p99": ms(0.99), "p999": ms(0.999),
+        "max": h.max() as f64 / 1000.0, "mean": h.mean() / 1000.0,
+    })
+}
+
+/// Per group and priority: what was published to the group's rooms, what its open connections
+/// received (once, twice, out of order), and how late. Churners rejoin with gaps by design, so
+/// their completeness is not judged (null).
+fn delivery_groups(total: &Report, published: &[[u64; PRIORITIES]], planned: [u64; 3]) -> Value {
+    let mut groups = Vec::new();
+    for group in Group::ALL {
+        let g = &total.groups[group.index()];
+        if planned[group.index()] == 0 {
+            continue;
+        }
+        let mut all = new_latency_histogram();
+        let (mut expected, mut unique, mut duplicates, mut out_of_order) = (0, 0, 0, 0);
+        let mut priorities = Vec::new();
+        for (p, r) in g.priorities.iter().enumerate() {
+            let sent: u64 = published.iter().map(|room| room[p]).sum();
+            if sent == 0 && r.received == 0 {
+                continue;
+            }
+            let h = histogram_of(&r.latency_us);
+            all.add(&h).expect("same histogram bounds");
+            expected += r.expected;
+            unique += r.unique;
+            duplicates += r.duplicates;
+            out_of_order += r.out_of_order;
+            priorities.push(json!({
+                "priority": p,
+                "published": sent,
+                "received": r.received,
+                "unique": r.unique,
+                "duplicates": r.duplicates,
+                "out_of_order": r.out_of_order,
+                "latency_ms": latency_json(&h),
+            }));
+            judge(
+                group,
+                priorities.last_mut().expect("just pushed"),
+                r.expected,
+                r.unique,
+            );
+        }
+        let mut g = json!({
+            "group": group.name(),
+            "connections": planned[group.index()],
+            "open": g.open,
+            "unique": unique,
+            "duplicates": duplicates,
+            "out_of_order": out_of_order,
+            "latency_ms": latency_json(&all),
+            "priorities": priorities,
+        });
+        judge(group, &mut g, expected, unique);
+        groups.push(g);
+    }
+    Value::Array(groups)
+}
+
+/// Adds expected, missing and completeness (null for churners).
+fn judge(group: Group, v: &mut Value, expected: u64, unique: u64) {
+    let judged = group != Group::Churn;
+    v["expected"] = json!(judged.then_some(expected));
+    v["missing"] = json!(judged.then(|| expected.saturating_sub(unique)));
+    v["completeness"] = json!(judged.then(|| {
+        if expected == 0 {
+            1.0
+        } else {
+            unique as f64 / expected as f64
+        }
+    }));
+}
+
+/// Delivered rates in the window, and per group and priority completeness and latency.
+pub fn delivery_json(
+    total: &Report,
+    published: &[[u64; PRIORITIES]],
+    group_sizes: [u64; 3],
+    secs: f64,
+) -> Value {
+    let mut delivery = json!({
+        "msgs_per_s": total.window_msgs as f64 / secs,
+        "frames_per_s": total.window_frames as f64 / secs,
+        "msgs_per_frame": per(total.window_msgs as f64, total.window_frames),
+        "received_msgs": total.msgs,
+        "foreign_batches": total.foreign,
+        "decode_errors": total.decode_errors,
+        "no_ts": total.no_ts,
+        "groups": delivery_groups(total, published, group_sizes),
+    });
+    if group_sizes[Group::Slow.index()] > 0 {
+        let warmup = histogram_of(&total.warmup_latency_us);
+        delivery["slow_reader_effect"] = json!({
+            "slow_connections": group_sizes[Group::Slow.index()],
+            "warmup_p99_ms": latency_json(&warmup)["p99"],
+            "window_p99_ms": delivery["groups"][0]["latency_ms"]["p99"],
+            "warmup_latency_ms": latency_json(&warmup),
+        });
+    }
+    delivery
+}
+
+/// The machine: cores, memory, kernel.
+pub fn host_json() -> Value {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mem_total = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .map(|kib| kib * 1024);
+    json!({
+        "cores": std::thread::available_parallelism().map_or(0, |n| n.get()),
+        "mem_total": mem_total,
+        "kernel": kernel.trim(),
+    })
+}
+
+/// How the connections came up: counts, failures by reason, connect rate, setup times.
+pub fn connections_json(args: &RunArgs, connected: &[Connected], connect_secs: f64) -> Value {
+    let ready: u64 = connected.iter().map(|c| c.ready).sum();
+    let mut failures: BTreeMap<String, u64> = BTreeMap::new();
+    let mut setup = new_latency_histogram();
+    for c in connected {
+        add_counts(&mut failures, &c.failures);
+        add_pairs(&mut setup, &c.setup_ms);
+    }
+    json!({
+        "target": args.conns,
+        "joined": ready,
+        "failed": connected.iter().map(|c| c.failed).sum::<u64>(),
+        "failed_attempts": failures,
+        "time_to_all_connected_secs": connect_secs,
+        "connect_rate_per_s": ready as f64 / connect_secs.max(1e-9),
+        "setup_ms": ms_percentiles(&setup),
+        "per_process": connected.iter().map(|c| json!({
+            "index": c.index, "pid": c.pid, "fd_soft": c.fd_soft, "fd_hard": c.fd_hard,
+            "joined": c.ready, "failed": c.failed, "connect_secs": c.connect_secs,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// p50, p99 and max of a histogram that holds milliseconds ([`latency_json`] reads µs).
+fn ms_percentiles(h: &Histogram<u64>) -> Value {
+    if h.is_empty() {
+        return Value::Null;
+    }
+    json!({
+        "p50": h.value_at_quantile(0.5),
+        "p99": h.value_at_quantile(0.99),
+        "max": h.max(),
+    })
+}
+
+/// What the clients held at the end, heartbeats, and the churn.
+pub fn fill_connection_totals(conn: &mut Value, total: &Report, args: &RunArgs) {
+    conn["held_at_end"] = json!(total.open);
+    conn["closed_by_server"] = json!(total.closed);
+    conn["pings_sent"] = json!(total.pings_sent);
+    conn["pongs"] = json!(total.pongs);
+    conn["ping_errors"] = json!(total.ping_errors);
+    if args.churn > 0.0 {
+        conn["churn"] = json!({
+            "closes": total.churn_closes,
+            "reconnects": total.reconnects,
+            "reconnects_per_s": total.reconnects as f64 / args.duration,
+            "setup_ms": ms_percentiles(&histogram_of(&total.reconnect_setup_ms)),
+        });
+    }
+}
+
+/// Memory per idle connection: the edges' RSS growth, the kernel's slab and socket buffers, the
+/// clients' RSS.
+pub fn memory_json(
+    edges_json: &mut [Value],
+    loads_idle: &[EdgeLoad],
+    (before, idle): (&[Option<ProcMem>], &[Option<ProcMem>]),
+    (kernel_start, kernel_before, kernel_idle): (KernelMem, KernelMem, KernelMem),
+    ready: u64,
+    clients_rss: u64,
+) -> Value {
+    let mut rss_delta: i64 = 0;
+    let mut anon_delta: i64 = 0;
+    let mut edge_conns: u64 = 0;
+    for (i, e) in edges_json.iter_mut().enumerate() {
+        let id = e["id"].as_str().unwrap_or_default().to_string();
+        let conns = loads_idle
+            .iter()
+            .find(|l| l.id == id)
+            .map_or(0, |l| l.connections);
+        edge_conns += conns;
+        e["connections_idle"] = json!(conns);
+        if let (Some(b), Some(a)) = (before[i], idle[i]) {
+            let d = a.rss as i64 - b.rss as i64;
+            let da = a.rss_anon as i64 - b.rss_anon as i64;
+            rss_delta += d;
+            anon_delta += da;
+            e["rss_before"] = json!(b.rss);
+            e["rss_idle"] = json!(a.rss);
+            e["rss_per_conn"] = json!(per(d as f64, conns));
+            e["rss_anon_per_conn"] = json!(per(da as f64, conns));
+        }
+    }
+    let have = before.iter().any(Option::is_some);
+    let slab = kernel_idle.slab as i64 - kernel_before.slab as i64;
+    let tcp = kernel_idle.tcp_mem as i64 - kernel_before.tcp_mem as i64;
+    json!({
+        "edge_connections": edge_conns,
+        "edge_rss_delta": rss_delta,
+        "edge_rss_per_conn": have.then(|| per(rss_delta as f64, edge_conns)),
+        "edge_rss_anon_per_conn": have.then(|| per(anon_delta as f64, edge_conns)),
+        "kernel_start": kernel_start,
+        "kernel_before": kernel_before,
+        "kernel_idle": kernel_idle,
+        "kernel_slab_per_conn": per(slab as f64, ready),
+        "kernel_tcp_mem_per_conn": per(tcp as f64, ready),
+        "clients_rss": clients_rss,
+        "client_rss_per_conn": per(clients_rss as f64, ready),
+    })
+}
+
+/// CPU in the window: per delivered frame and message (edges, also as a ratio to the floor),
+/// per published message (control plane), per received message (clients).
+pub fn cpu_json(w: &Window, total: &Report, floor: Option<&FloorResult>) -> Value {
+    let inside =
+        w.edge_cpu.unwrap_or(0.0) + w.control_cpu.unwrap_or(0.0) + w.clients_cpu + w.me_cpu;
+    let (frames, msgs) = (total.window_frames, total.window_msgs);
+    let edge_us_per_frame = w.edge_cpu.map(|c| per(c * 1e6, frames));
+    json!({
+        "edge_cpu_secs": w.edge_cpu,
+        "edge_cores": w.edge_cpu.map(|c| c / w.secs),
+        "edge_us_per_frame": edge_us_per_frame,
+        "edge_us_per_msg": w.edge_cpu.map(|c| per(c * 1e6, msgs)),
+        "edge_frame_vs_floor": edge_us_per_frame
+            .zip(floor)
+            .filter(|_| frames > 0)
+            .map(|(us, fl)| us / (fl.cpu_ns_per_write / 1e3)),
+        "control_cpu_secs": w.control_cpu,
+        "control_cores": w.control_cpu.map(|c| c / w.secs),
+        "control_us_per_published": w.control_cpu.map(|c| per(c * 1e6, w.published)),
+        "clients_cpu_secs": w.clients_cpu,
+        "clients_cores": w.clients_cpu / w.secs,
+        "clients_us_per_msg": per(w.clients_cpu * 1e6, msgs),
+        "coordinator_cores": w.me_cpu / w.secs,
+        "system_busy_cores": w.host_busy / w.secs,
+        "system_cores": w.host_total / w.secs,
+        "other_busy_cores": ((w.host_busy - inside) / w.secs).max(0.0),
+    })
+}
+
+/// The edges' own counters summed, from their newest `edge stats` lines.
+pub fn edge_totals(edges: &[Measured]) -> BTreeMap<String, u64> {
+    let mut total = BTreeMap::new();
+    for stats in edges
+        .iter()
+        .filter_map(|m| system::edge_stats(m.log.as_deref()?))
+    {
+        add_counts(&mut total, &stats);
+    }
+    total
+}
+
+fn f(v: &Value) -> f64 {
+    v.as_f64().unwrap_or(0.0)
+}
+
+fn fmt_bytes(b: f64) -> String {
+    if b.abs() >= 1024.0 * 1024.0 {
+        format!("{:.1} MiB", b / 1024.0 / 1024.0)
+    } else if b.abs() >= 1024.0 {
+        format!("{:.2} KiB", b / 1024.0)
+    } else {
+        format!("{b:.0} B")
+    }
+}
+
+fn ms(v: &Value) -> String {
+    if v.is_number() {
+        format!("{:.2}", f(v))
+    } else {
+        "-".into()
+    }
+}
+
+fn pct(v: &Value) -> String {
+    if v.is_number() {
+        format!("{:.3}%", 100.0 * f(v))
+    } else {
+        "-".into()
+    }
+}
+
+/// A count, or "-" when it is not judged (null).
+fn count(v: &Value) -> String {
+    if v.is_null() {
+        "-".into()
+    } else {
+        v.to_string()
+    }
+}
+
+/// Prints the readable table (stdout).
+pub fn print_table(r: &Value) {
+    let c = &r["config"];
+    let conn = &r["connections"];
+    let mem = &r["memory"];
+    println!();
+    println!(
+        "== roomcast-bench run: {} ==",
+        r["scenario"].as_str().unwrap_or("?")
+    );
+    println!(
+        "setup          {} edge(s) [{}], publish via {}, {} client procs x {} threads, {} connections over {}, {} room(s) ({}); host {} cores",
+        r["system"]["edges"].as_array().map_or(0, Vec::len),
+        r["system"]["drivers"].as_str().unwrap_or("?"),
+        c["publish_via"].as_str().unwrap_or("?"),
+        r["system"]["client_procs"],
+        c["client_threads"],
+        c["conns"],
+        c["transport"].as_str().unwrap_or("?"),
+        c["rooms"],
+        c["room_dist"].as_str().unwrap_or("?"),
+        r["host"]["cores"],
+    );
+    if !c["edge_args"].as_array().is_none_or(Vec::is_empty) {
+        println!("edge args      {}", c["edge_args"]);
+    }
+    if let Some(fl) = r.get("floor").filter(|v| v.is_object()) {
+        println!(
+            "floor          {:.2} us CPU per write ({} loopback sockets x {} rounds, {}-byte frame, {})",
+            f(&fl["cpu_ns_per_write"]) / 1000.0,
+            fl["conns"],
+            fl["iters"],
+            fl["frame_bytes"],
+            fl["syscall"].as_str().unwrap_or("")
+        );
+    }
+    println!(
+        "connections    {} joined of {} ({} failed) in {:.2} s = {}/s, setup p50 {} ms p99 {} ms max {} ms",
+        conn["joined"],
+        conn["target"],
+        conn["failed"],
+        f(&conn["time_to_all_connected_secs"]),
+        rate(f(&conn["connect_rate_per_s"])),
+        ms(&conn["setup_ms"]["p50"]),
+        ms(&conn["setup_ms"]["p99"]),
+        ms(&conn["setup_ms"]["max"]),
+    );
+    let check = &conn["edge_check"];
+    println!(
+        "held at end    {} joined by the clients; the edges report {} connections{}; room members {}",
+        conn["held_at_end"],
+        check["edges_report"],
+        if check["connections_match"] == true { " (match)" } else { " (MISMATCH)" },
+        if check["rooms_checked"].as_u64().unwrap_or(0) == 0 {
+            "not checked".to_string()
+        } else if check["room_mismatches"].as_object().is_some_and(|m| m.is_empty()) {
+            format!("match in all {} rooms checked", check["rooms_checked"])
+        } else {
+            format!("MISMATCH in {} (room: [clients, edges])", check["room_mismatches"])
+        },
+    );
+    let biggest = &check["biggest_room"];
+    if biggest["level"].is_number() {
+        println!(
+            "rate level     biggest room {} ({} members): level {}, tick {} ms (set by the control plane)",
+            biggest["room"].as_str().unwrap_or("?"),
+            biggest["members"],
+            biggest["level"],
+            biggest["tick_ms"]
+        );
+    }
+    for (what, key) in [
+        ("closed by edge", "closed_by_server"),
+        ("failed attempts", "failed_attempts"),
+    ] {
+        if conn[key].as_object().is_some_and(|o| !o.is_empty()) {
+            println!("{what:<15}{}", conn[key]);
+        }
+    }
+    if let Some(ch) = conn.get("churn") {
+        println!(
+            "churn          {} closed and {} rejoined in the window = {}/s; rejoin setup p50 {} ms p99 {} ms max {} ms",
+            ch["closes"],
+            ch["reconnects"],
+            rate(f(&ch["reconnects_per_s"])),
+            ms(&ch["setup_ms"]["p50"]),
+            ms(&ch["setup_ms"]["p99"]),
+            ms(&ch["setup_ms"]["max"]),
+        );
+    }
+    println!(
+        "heartbeats     {} pings sent, {} answered, {} errors",
+        conn["pings_sent"], conn["pongs"], conn["ping_errors"]
+    );
+    if mem["edge_rss_per_conn"].is_number() {
+        println!(
+            "edge memory    RSS {} per idle connection (anon {}), {} connections on the edges",
+            fmt_bytes(f(&mem["edge_rss_per_conn"])),
+            fmt_bytes(f(&mem["edge_rss_anon_per_conn"])),
+            mem["edge_connections"]
+        );
+    }
+    println!(
+        "kernel memory  slab {} + TCP buffers {} per connection (both socket ends are on this host); clients' RSS {} per connection",
+        fmt_bytes(f(&mem["kernel_slab_per_conn"])),
+        fmt_bytes(f(&mem["kernel_tcp_mem_per_conn"])),
+        fmt_bytes(f(&mem["client_rss_per_conn"]))
+    );
+    if let Some(h) = r.get("hold") {
+        println!(
+            "holding        {:.0} s: edges used {:.3} cores ({:.3} us CPU per connection per second)",
+            f(&h["secs"]),
+            f(&h["edge_cores"]),
+            f(&h["edge_cpu_us_per_conn_per_s"])
+        );
+    }
+    if let Some(p) = r.get("publishing") {
+        println!(
+            "publishing     {:.1} msg/s achieved of {} (mix {}, {} B) via {}: {} in the {:.1} s window, {} in all; errors {}{}",
+            f(&p["rate_in_window"]),
+            c["rate"],
+            c["priority_mix"].as_str().unwrap_or("?"),
+            c["payload"],
+            c["publish_via"].as_str().unwrap_or("?"),
+            p["in_window"],
+            f(&r["window"]["secs"]),
+            p["total"],
+            p["errors"],
+            if p["unrouted"].as_u64().unwrap_or(0) > 0 {
+                format!(", {} routed to no edge", p["unrouted"])
+            } else {
+                String::new()
+            }
+        );
+    }
+    if let Some(d) = r.get("delivery") {
+        println!(
+            "delivered      {} msg/s in {} frames/s ({:.2} msgs/frame)",
+            rate(f(&d["msgs_per_s"])),
+            rate(f(&d["frames_per_s"])),
+            f(&d["msgs_per_frame"])
+        );
+        for g in d["groups"].as_array().into_iter().flatten() {
+            print_group(g);
+        }
+        if let Some(s) = d.get("slow_reader_effect") {
+            println!(
+                "slow readers   normal group p99 {} ms in the warm-up (everyone reading) -> {} ms in the window ({} connections not reading)",
+                ms(&s["warmup_p99_ms"]),
+                ms(&s["window_p99_ms"]),
+                s["slow_connections"],
+            );
+        }
+    }
+    if let Some(cpu) = r.get("cpu") {
+        if cpu["edge_cpu_secs"].is_number() {
+            let ratio = if cpu["edge_frame_vs_floor"].is_number() {
+                format!(" = {:.2} x the floor", f(&cpu["edge_frame_vs_floor"]))
+            } else {
+                String::new()
+            };
+            println!(
+                "edge CPU       {:.2} s = {:.2} cores: {:.3} us per delivered frame{ratio}, {:.3} us per delivered message",
+                f(&cpu["edge_cpu_secs"]),
+                f(&cpu["edge_cores"]),
+                f(&cpu["edge_us_per_frame"]),
+                f(&cpu["edge_us_per_msg"])
+            );
+        }
+        if cpu["control_cpu_secs"].is_number() {
+            println!(
+                "control CPU    {:.2} s = {:.2} cores: {:.2} us per published message",
+                f(&cpu["control_cpu_secs"]),
+                f(&cpu["control_cores"]),
+                f(&cpu["control_us_per_published"])
+            );
+        }
+        println!(
+            "client CPU     {:.2} cores ({:.3} us per message); coordinator {:.2} cores",
+            f(&cpu["clients_cores"]),
+            f(&cpu["clients_us_per_msg"]),
+            f(&cpu["coordinator_cores"])
+        );
+        println!(
+            "host CPU       {:.2} of {:.0} cores busy in the window, {:.2} of them outside this benchmark",
+            f(&cpu["system_busy_cores"]),
+            f(&cpu["system_cores"]),
+            f(&cpu["other_busy_cores"])
+        );
+    }
+    if let Some(e) = r.get("edge_counters") {
+        let d = &e["delta"];
+        let t = &e["run_total"];
+        println!(
+            "edge counters  window: {} flushes, {} write calls = {:.3} vectored writes per connection per flush, {:.2} iovecs per write, {:.2} frames per flush; whole run: dropped queue {} budget {} backlog {}, closed slow {}",
+            d["flushes"],
+            d["write_calls"],
+            f(&e["write_calls_per_flush"]),
+            f(&e["iovecs_per_write"]),
+            f(&e["frames_per_flush"]),
+            t["dropped_queue"],
+            t["dropped_budget"],
+            t["dropped_worker_backlog"],
+            t["closed_slow"],
+        );
+    }
+    if let Some(s) = r.get("strace").filter(|s| s["data_writes"].is_number()) {
+        println!(
+            "syscalls       {:.1} s traced: {} frames; {} sendmsg/writev ({} EAGAIN) in {} connection flushes = {:.3} writes per connection per flush; {} io_uring_enter ({:.4}/frame), {} epoll waits",
+            f(&s["secs"]),
+            s["frames_received"],
+            s["data_writes"],
+            s["data_writes_eagain"],
+            s["connection_flushes"],
+            f(&s["writes_per_connection_flush"]),
+            s["io_uring_enter_calls"],
+            f(&s["io_uring_enter_per_frame"]),
+            s["epoll_wait_calls"]
+        );
+    }
+    for e in r["edges"].as_array().into_iter().flatten() {
+        println!(
+            "  edge {} pid {} [{}]: {} conns idle, RSS {} -> {} ({} per conn), CPU in the window {:.2} s",
+            e["id"].as_str().unwrap_or("?"),
+            e["pid"],
+            e["driver"].as_str().unwrap_or("?"),
+            e["connections_idle"],
+            fmt_bytes(f(&e["rss_before"])),
+            fmt_bytes(f(&e["rss_idle"])),
+            fmt_bytes(f(&e["rss_per_conn"])),
+            f(&e["cpu_secs_window"]),
+        );
+    }
+    println!("summary: {}", r["summary"].as_str().unwrap_or(""));
+}
+
+fn print_group(g: &Value) {
+    let name = g["group"].as_str().unwrap_or("?");
+    let judged = if g["completeness"].is_null() {
+        "rejoin with gaps by design, completeness not judged".to_string()
+    } else {
+        format!(
+            "{} complete ({} missing",
+            pct(&g["completeness"]),
+            g["missing"]
+        )
+    };
+    println!(
+        "group {name:<8} {} connections, {} open at the end: {judged}, {} duplicated, {} out of order{}",
+        g["connections"],
+        g["open"],
+        g["duplicates"],
+        g["out_of_order"],
+        if g["completeness"].is_null() { "" } else { ")" },
+    );
+    println!(
+        "  {:<4} {:>10} {:>12} {:>12} {:>10} {:>6} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "prio",
+        "published",
+        "expected",
+        "unique",
+        "missing",
+        "dup",
+        "ooo",
+        "complete",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "p99.9 ms",
+        "max ms"
+    );
+    let row = |label: String, p: &Value, published: String| {
+        let l = &p["latency_ms"];
+        println!(
+            "  {label:<4} {published:>10} {:>12} {:>12} {:>10} {:>6} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            count(&p["expected"]),
+            p["unique"].to_string(),
+            count(&p["missing"]),
+            p["duplicates"].to_string(),
+            p["out_of_order"].to_string(),
+            pct(&p["completeness"]),
+            ms(&l["p50"]),
+            ms(&l["p90"]),
+            ms(&l["p99"]),
+            ms(&l["p999"]),
+            ms(&l["max"]),
+        );
+    };
+    let priorities = g["priorities"].as_array().cloned().unwrap_or_default();
+    for p in &priorities {
+        row(format!("P{}", p["priority"]), p, p["published"].to_string());
+    }
+    if priorities.len() > 1 {
+        let published: u64 = priorities
+            .iter()
+            .filter_map(|p| p["published"].as_u64())
+            .sum();
+        row("all".into(), g, published.to_string());
+    }
+}
+
+/// One line with the numbers that matter most.
+pub fn summary(r: &Value) -> String {
+    let c = &r["config"];
+    let conn = &r["connections"];
+    let mut s = format!(
+        "{}: {} {} conns on {} edge(s) ({}), {} room(s) {}: {}/{} joined in {:.1} s",
+        r["scenario"].as_str().unwrap_or("?"),
+        c["transport"].as_str().unwrap_or("?"),
+        c["conns"],
+        r["system"]["edges"].as_array().map_or(0, Vec::len),
+        r["system"]["drivers"].as_str().unwrap_or("?"),
+        c["rooms"],
+        c["room_dist"].as_str().unwrap_or("?"),
+        conn["joined"],
+        c["conns"],
+        f(&conn["time_to_all_connected_secs"]),
+    );
+    if conn["edge_check"]["connections_match"] != true {
+        s += " (EDGE COUNT MISMATCH)";
+    }
+    let biggest = &conn["edge_check"]["biggest_room"];
+    if biggest["level"].is_number() {
+        s += &format!(
+            ", biggest room at level {} ({} ms tick)",
+            biggest["level"], biggest["tick_ms"]
+        );
+    }
+    if let Some(ch) = conn.get("churn") {
+        s += &format!(", {}/s reconnects", rate(f(&ch["reconnects_per_s"])));
+    }
+    let mem = &r["memory"];
+    if mem["edge_rss_per_conn"].is_number() {
+        s += &format!(
+            ", edge RSS {}/conn",
+            fmt_bytes(f(&mem["edge_rss_per_conn"]))
+        );
+    }
+    if let Some(h) = r.get("hold") {
+        s += &format!(
+            ", held {:.0} s at {:.3} edge cores",
+            f(&h["secs"]),
+            f(&h["edge_cores"])
+        );
+    }
+    if let Some(d) = r.get("delivery") {
+        s += &format!(
+            "; {} msg/s ({}) via {}: {} msg/s delivered in {} frames/s",
+            c["rate"],
+            c["priority_mix"].as_str().unwrap_or("?"),
+            c["publish_via"].as_str().unwrap_or("?"),
+            rate(f(&d["msgs_per_s"])),
+            rate(f(&d["frames_per_s"])),
+        );
+        for g in d["groups"].as_array().into_iter().flatten() {
+            let name = g["group"].as_str().unwrap_or("?");
+            let l = &g["latency_ms"];
+            s += &format!("; {name} ");
+            if g["completeness"].is_number() {
+                s += &format!("{} complete, ", pct(&g["completeness"]));
+            }
+            s += &format!("p50 {} ms p99 {} ms", ms(&l["p50"]), ms(&l["p99"]));
+            if name == "normal" {
+                if let Some(p0) = g["priorities"]
+                    .as_array()
+                    .and_then(|ps| ps.iter().find(|p| p["priority"] == 0))
+                    .filter(|_| g["priorities"].as_array().is_some_and(|ps| ps.len() > 1))
+                {
+                    s += &format!(" (P0 p99 {} ms)", ms(&p0["latency_ms"]["p99"]));
+                }
+            }
+        }
+        let cpu = &r["cpu"];
+        if cpu["edge_us_per_frame"].is_number() {
+            s += &format!(", edge {:.2} us CPU/frame", f(&cpu["edge_us_per_frame"]));
+            if cpu["edge_frame_vs_floor"].is_number() {
+                s += &format!(" = {:.2}x floor", f(&cpu["edge_frame_vs_floor"]));
+            }
+        }
+        if cpu["control_us_per_published"].is_number() {
+            s += &format!(", control {:.2} cores", f(&cpu["control_cores"]));
+        }
+    }
+    s
+}

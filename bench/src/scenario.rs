@@ -1,0 +1,394 @@
+//! The configuration of `roomcast-bench run`: one struct for the command line and the scenario
+//! files in `bench/scenarios/`. `roomcast-bench run big-room.toml --conns 5000` takes every field
+//! from the file (keys are the flag names with `_` for `-`) and every flag given on the command
+//! line over it; the layering is the engine's own [`load_layered`].
+
+use std::ffi::OsString;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+use roomcast_engine::config::load_layered;
+use serde::{Deserialize, Serialize};
+
+use crate::dist::{Population, PriorityMix, PublishSpread, RoomDist};
+use crate::Transport;
+
+/// The control plane's development API key (what `roomcast-control` accepts when none is set).
+pub const DEV_API_KEY: &str = "roomcast-dev-api-key";
+
+/// How published messages reach the edges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PublishVia {
+    /// `POST /v1/messages` batches to `roomcast-control`, which routes them to the edges.
+    Control,
+    /// The bench plays the control plane: edges dial it and it writes `publish` frames itself.
+    Link,
+}
+
+/// Where client tokens come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TokenSource {
+    /// Signed by the client processes with --jwt-secret (what a platform backend does).
+    Local,
+    /// One `POST /v1/tokens` per connection, before connecting (--publish-via control only).
+    Control,
+}
+
+#[derive(Parser, Debug, Clone, Serialize, Deserialize)]
+#[command(
+    name = "roomcast-bench run",
+    about = "Run one benchmark: start the system (or use a running one), connect clients, publish, measure",
+    long_about = "Run one benchmark: start the system (or use a running one), connect clients, \
+        publish, measure.\n\n\
+        A scenario file (TOML, see bench/scenarios/) sets any of the options below; its keys are \
+        the flag names with `_` for `-` (`conns = 100000`, `edge_args = [\"--io=epoll\"]`). Flags \
+        given on the command line override the file."
+)]
+pub struct RunArgs {
+    /// Scenario file (TOML).
+    #[arg(value_name = "SCENARIO")]
+    pub scenario: Option<PathBuf>,
+
+    // ---- the system under test ----
+    /// How messages are published: through roomcast-control's HTTP API, or by the bench
+    /// playing the control plane over the edge link.
+    #[arg(long, value_enum, default_value_t = PublishVia::Control)]
+    pub publish_via: PublishVia,
+
+    /// Use a running system instead of starting one: with --publish-via link, running edges
+    /// dial --link-listen; with --publish-via control, the control plane at --control-url and
+    /// its edges.
+    #[arg(long, alias = "no-spawn-edges")]
+    pub no_spawn: bool,
+
+    /// roomcast-edge processes to start (default: one per 15,000 connections). They share the
+    /// client ports (SO_REUSEPORT spreads connections between them). With --no-spawn: how many
+    /// registered edges to wait for (default 1).
+    #[arg(long)]
+    pub edges: Option<usize>,
+
+    /// PIDs of running edges (with --no-spawn), to measure their CPU and memory.
+    #[arg(long, value_delimiter = ',')]
+    pub edge_pids: Vec<u32>,
+
+    /// PID of a running control plane (with --no-spawn), to measure its CPU.
+    #[arg(long)]
+    pub control_pid: Option<u32>,
+
+    /// The roomcast-edge binary (default: next to this executable).
+    #[arg(long)]
+    pub edge_bin: Option<PathBuf>,
+
+    /// The roomcast-control binary (default: next to this executable).
+    #[arg(long)]
+    pub control_bin: Option<PathBuf>,
+
+    /// Extra argument for every started edge, e.g. --edge-arg=--tick-ms=0 (repeatable).
+    #[arg(long = "edge-arg", allow_hyphen_values = true)]
+    pub edge_args: Vec<String>,
+
+    /// Extra argument for the started control plane, e.g. --control-arg=--level-dwell-ms=0
+    /// (repeatable).
+    #[arg(long = "control-arg", allow_hyphen_values = true)]
+    pub control_args: Vec<String>,
+
+    /// The edge link's address: where the bench (--publish-via link) or the started control
+    /// plane listens for edges.
+    #[arg(long, default_value = "127.0.0.1:9091")]
+    pub link_listen: SocketAddr,
+
+    /// The control plane's HTTP API (--publish-via control).
+    #[arg(long, default_value = "http://127.0.0.1:9090")]
+    pub control_url: String,
+
+    /// The control plane's API key (its development key by default).
+    #[arg(long, default_value = DEV_API_KEY, hide_default_value = true)]
+    pub api_key: String,
+
+    /// Ask the control plane's dispatcher (`GET /v1/dispatch`) where to connect, instead of
+    /// dialling the edges' shared ports directly.
+    #[arg(long)]
+    pub use_dispatch: bool,
+
+    /// Where client tokens come from.
+    #[arg(long, value_enum, default_value_t = TokenSource::Local)]
+    pub tokens: TokenSource,
+
+    /// HS256 secret of client tokens (the edge's development secret by default).
+    #[arg(long, default_value = roomcast_engine::config::DEV_JWT_SECRET, hide_default_value = true)]
+    pub jwt_secret: String,
+
+    /// Edge WebSocket port (every started edge listens on it).
+    #[arg(long, default_value_t = 8080)]
+    pub ws_port: u16,
+
+    /// Edge raw TCP port (every started edge listens on it).
+    #[arg(long, default_value_t = 8081)]
+    pub tcp_port: u16,
+
+    /// The edges' IP address.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub edge_ip: Ipv4Addr,
+
+    // ---- clients ----
+    /// Client connections.
+    #[arg(long, default_value_t = 1000)]
+    pub conns: usize,
+
+    /// Client processes (default: one per 15,000 connections, so each stays under 20,000 fds).
+    #[arg(long)]
+    pub procs: Option<usize>,
+
+    /// Event-loop threads per client process.
+    #[arg(long, default_value_t = 2)]
+    pub client_threads: usize,
+
+    /// Client transport.
+    #[arg(long, value_enum, default_value_t = Transport::Tcp)]
+    pub transport: Transport,
+
+    /// Connection attempts in flight at once, across all client processes.
+    #[arg(long, default_value_t = 2000)]
+    pub connect_inflight: usize,
+
+    /// Connections per source address (127.0.0.2, .3, ...): one address has about 28k
+    /// ephemeral ports towards one edge port.
+    #[arg(long, default_value_t = 10_000)]
+    pub conns_per_ip: usize,
+
+    /// Client heartbeat (`ping` op) interval, seconds.
+    #[arg(long, default_value_t = 20)]
+    pub ping_secs: u64,
+
+    /// Give up connecting after this many seconds.
+    #[arg(long, default_value_t = 180)]
+    pub connect_timeout: u64,
+
+    // ---- rooms and groups ----
+    /// Rooms (1 = everybody in one room).
+    #[arg(long, default_value_t = 1)]
+    pub rooms: usize,
+
+    /// How connections spread over the rooms.
+    #[arg(long, value_enum, default_value_t = RoomDist::Uniform)]
+    pub room_dist: RoomDist,
+
+    /// Exponent s of --room-dist zipf (room r gets a share proportional to 1/(r+1)^s).
+    #[arg(long, default_value_t = 1.0)]
+    pub zipf_exponent: f64,
+
+    /// Fraction of connections that stop reading during the measured window (slow readers);
+    /// they are reported apart from the others.
+    #[arg(long, default_value_t = 0.0)]
+    pub slow_readers: f64,
+
+    /// Fraction of connections that churn (close and reconnect) during the measured window.
+    #[arg(long, default_value_t = 0.0)]
+    pub churn: f64,
+
+    /// Reconnects per second across all churning connections.
+    #[arg(long, default_value_t = 100.0)]
+    pub churn_rate: f64,
+
+    // ---- publishing ----
+    /// Published messages per second, across all rooms.
+    #[arg(long, default_value_t = 10.0)]
+    pub rate: f64,
+
+    /// Size of each message's data (JSON {"ts":...,"pad":"xxx..."}), bytes.
+    #[arg(long, default_value_t = 128)]
+    pub payload: usize,
+
+    /// Priorities of published messages, as weights: `0:1,1:4,2:20,3:75`, or one priority (`3`).
+    #[arg(long, default_value = "3")]
+    pub priority_mix: PriorityMix,
+
+    /// Which rooms get the messages: the same rate for every occupied room, or a rate
+    /// proportional to its members.
+    #[arg(long, value_enum, default_value_t = PublishSpread::Even)]
+    pub publish_spread: PublishSpread,
+
+    /// Most messages in one `POST /v1/messages` (--publish-via control).
+    #[arg(long, default_value_t = 1000)]
+    pub publish_batch: usize,
+
+    // ---- timing ----
+    /// Length of the measured window, seconds.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+
+    /// Publishing before the measured window starts, seconds.
+    #[arg(long, default_value_t = 2.0)]
+    pub warmup: f64,
+
+    /// Seconds to wait after publishing stops, at least; then until the clients have received
+    /// nothing new for 2 s (at most 60 s in all).
+    #[arg(long, default_value_t = 2.0)]
+    pub drain: f64,
+
+    /// Connect and hold the connections (with heartbeats) for --duration; no publishing.
+    #[arg(long)]
+    pub hold_only: bool,
+
+    // ---- measurements and output ----
+    /// Skip the floor measurement at the start of the run (edge CPU per frame is then not
+    /// reported as a ratio to it).
+    #[arg(long)]
+    pub no_floor: bool,
+
+    /// Loopback sockets of the in-run floor measurement.
+    #[arg(long, default_value_t = 2000)]
+    pub floor_conns: usize,
+
+    /// Rounds of the in-run floor measurement.
+    #[arg(long, default_value_t = 50)]
+    pub floor_iters: usize,
+
+    /// After the measured window, trace every edge with `strace -f` for this many seconds
+    /// (publishing continues) to count write syscalls per delivered frame.
+    #[arg(long)]
+    pub strace: Option<f64>,
+
+    /// Write the full results as JSON here.
+    #[arg(long)]
+    pub json_out: Option<PathBuf>,
+
+    /// Draw latency percentiles, throughput and connections over time as an SVG here.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+
+    /// Directory for the started processes' logs (default /tmp/roomcast-bench-<pid>).
+    #[arg(long)]
+    pub log_dir: Option<PathBuf>,
+}
+
+impl RunArgs {
+    /// Parses `roomcast-bench run` arguments (those after `run`) over the scenario file they name.
+    pub fn load(args: impl IntoIterator<Item = OsString>) -> Result<RunArgs, String> {
+        let argv = std::iter::once(OsString::from("roomcast-bench run")).chain(args);
+        let run: RunArgs =
+            load_layered(argv, |a: &RunArgs| a.scenario.clone()).map_err(|e| e.to_string())?;
+        run.validate()?;
+        Ok(run)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let fraction = |name: &str, v: f64| {
+            if (0.0..1.0).contains(&v) {
+                Ok(())
+            } else {
+                Err(format!("--{name} must be a fraction in [0, 1), not {v}"))
+            }
+        };
+        if self.conns == 0 || self.rooms == 0 {
+            return Err("--conns and --rooms must be positive".into());
+        }
+        if !self.hold_only && self.rate <= 0.0 {
+            return Err("--rate must be positive (or use --hold-only)".into());
+        }
+        if self.zipf_exponent <= 0.0 {
+            return Err("--zipf-exponent must be positive".into());
+        }
+        fraction("slow-readers", self.slow_readers)?;
+        fraction("churn", self.churn)?;
+        if self.slow_readers + self.churn >= 1.0 {
+            return Err("--slow-readers + --churn must leave some normal connections".into());
+        }
+        if self.churn > 0.0 && self.churn_rate <= 0.0 {
+            return Err("--churn-rate must be positive".into());
+        }
+        if self.publish_batch == 0 || self.client_threads == 0 {
+            return Err("--publish-batch and --client-threads must be positive".into());
+        }
+        if self.publish_via == PublishVia::Link {
+            if self.use_dispatch {
+                return Err("--use-dispatch needs --publish-via control".into());
+            }
+            if self.tokens == TokenSource::Control {
+                return Err("--tokens control needs --publish-via control".into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Where the connections go and what they do.
+    pub fn population(&self) -> Population {
+        Population::new(
+            self.rooms,
+            self.room_dist,
+            self.zipf_exponent,
+            self.slow_readers,
+            self.churn,
+        )
+    }
+
+    /// The scenario's name: its file stem, or `custom`.
+    pub fn name(&self) -> String {
+        self.scenario
+            .as_ref()
+            .and_then(|p| p.file_stem())
+            .map_or_else(|| "custom".into(), |s| s.to_string_lossy().into_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(args: &[&str]) -> Result<RunArgs, String> {
+        RunArgs::load(args.iter().map(OsString::from))
+    }
+
+    #[test]
+    fn flags_override_the_scenario_file() {
+        let dir =
+            std::env::temp_dir().join(format!("roomcast-bench-scenario-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s.toml");
+        std::fs::write(
+            &path,
+            "conns = 5000\nrooms = 7\nroom_dist = \"zipf\"\npriority_mix = \"0:1,3:9\"\n\
+             edge_args = [\"--tick-ms=0\"]\ntransport = \"ws-json\"\nhold_only = true\n",
+        )
+        .unwrap();
+        let p = path.to_str().unwrap();
+        let a = load(&[p, "--conns", "300"]).unwrap();
+        assert_eq!(a.conns, 300, "the flag wins");
+        assert_eq!(a.rooms, 7, "the file fills what no flag gave");
+        assert_eq!(a.room_dist, RoomDist::Zipf);
+        assert_eq!(a.priority_mix.to_string(), "0:1,3:9");
+        assert_eq!(a.edge_args, ["--tick-ms=0"]);
+        assert_eq!(a.transport, Transport::WsJson);
+        assert!(a.hold_only);
+        assert_eq!(a.name(), "s");
+
+        std::fs::write(&path, "connz = 5\n").unwrap();
+        let err = load(&[p]).unwrap_err();
+        assert!(err.contains("connz"), "{err}");
+    }
+
+    #[test]
+    fn every_shipped_scenario_loads() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                load(&[path.to_str().unwrap()])
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                seen += 1;
+            }
+        }
+        assert!(seen >= 6, "expected the six scenarios in {}", dir.display());
+    }
+
+    #[test]
+    fn rejects_impossible_combinations() {
+        assert!(load(&["--slow-readers", "0.6", "--churn", "0.5"]).is_err());
+        assert!(load(&["--publish-via", "link", "--use-dispatch"]).is_err());
+        assert!(load(&["--use-dispatch"]).is_ok(), "control is the default");
+    }
+}
