@@ -17,7 +17,7 @@ for tool in prometheus promtool curl python3; do
     }
 done
 
-BIN_DIR=${ROOMCAST_BIN_DIR:-target/debug}
+BIN_DIR=${ROOMCAST_BIN_DIR:-${CARGO_TARGET_DIR:-target}/debug}
 if [[ -z ${ROOMCAST_BIN_DIR:-} ]]; then
     cargo build -q -j1 -p roomcast-control -p roomcast-engine --bins
 fi
