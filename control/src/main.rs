@@ -9,14 +9,7 @@ use roomcast_control::{server, ControlConfig};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    roomcast_engine::init_logging();
     let config = match ControlConfig::load_from(std::env::args_os()) {
         Ok(config) => config,
         Err(error) => {
