@@ -109,7 +109,7 @@ impl FloorResult {
 /// Opens `args.conns` loopback connections and writes one pre-encoded frame to each of them,
 /// `args.iters` times over, timing the writing thread's CPU.
 pub fn measure(args: &FloorArgs) -> io::Result<FloorResult> {
-    let (soft, _) = sys::nofile();
+    let (soft, _) = roomcast_engine::sys::socket::nofile_limit()?;
     if (2 * args.conns + 64) as u64 > soft {
         return Err(io::Error::other(format!(
             "{} connections need {} fds (two per connection); the limit is {soft}",

@@ -14,32 +14,12 @@ pub fn unix_micros() -> u64 {
         .map_or(0, |d| d.as_micros() as u64)
 }
 
-/// `RLIMIT_NOFILE` as (soft, hard).
-pub fn nofile() -> (u64, u64) {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `lim` is a valid, writable rlimit that outlives the call.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return (0, 0);
-    }
-    #[allow(clippy::unnecessary_cast)] // rlim_t is not u64 on every target
-    (lim.rlim_cur as u64, lim.rlim_max as u64)
-}
-
-/// Raises the soft fd limit to the hard one (never above it) and returns (soft, hard).
+/// Raises the soft fd limit to the hard one (never above it) and returns (soft, hard), through
+/// the engine's own limit helpers; (0, 0) when the limits cannot be read.
 pub fn raise_nofile() -> (u64, u64) {
-    let (soft, hard) = nofile();
-    if soft < hard {
-        let lim = libc::rlimit {
-            rlim_cur: hard as libc::rlim_t,
-            rlim_max: hard as libc::rlim_t,
-        };
-        // SAFETY: `lim` is a valid rlimit that outlives the call.
-        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
-    }
-    nofile()
+    use roomcast_engine::sys::socket::{nofile_limit, raise_nofile_limit};
+    let _ = raise_nofile_limit();
+    nofile_limit().unwrap_or((0, 0))
 }
 
 /// Makes a child started from `cmd` receive `signal` when this process (its spawning thread,
