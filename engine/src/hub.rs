@@ -370,20 +370,25 @@ impl Hub {
             channel.workers_by_format[format.index()] &= !bit;
         }
         let has_members = channel.has_members();
-        let idle = !has_members && channel.window.is_empty();
         if had_members != has_members {
             self.membership_changed(kind, name, has_members);
         }
-        if idle {
-            match kind {
-                ChannelKind::Room => {
-                    self.rooms.remove(name);
-                }
-                ChannelKind::User => {
-                    self.users.remove(name);
-                }
-                ChannelKind::All => {}
-            }
+        self.forget_if_idle(kind, name);
+    }
+
+    /// Drops a room or user channel that has no member here and nothing waiting to be sent; its
+    /// memory then stays bounded by the channels this edge actually holds.
+    fn forget_if_idle(&mut self, kind: ChannelKind, name: &str) {
+        let table = match kind {
+            ChannelKind::Room => &mut self.rooms,
+            ChannelKind::User => &mut self.users,
+            ChannelKind::All => return,
+        };
+        if table
+            .get(name)
+            .is_some_and(|c| !c.has_members() && c.window.is_empty())
+        {
+            table.remove(name);
         }
     }
 
@@ -729,20 +734,10 @@ impl Hub {
                 }
             }
         }
-        let remove = {
-            let channel = self.channel_mut(target).expect("channel exists");
-            !channel.has_members() && channel.window.is_empty()
-        };
-        if remove {
-            match target {
-                Target::Room(name) => {
-                    self.rooms.remove(name);
-                }
-                Target::User(name) => {
-                    self.users.remove(name);
-                }
-                Target::Broadcast => {}
-            }
+        match target {
+            Target::Room(name) => self.forget_if_idle(ChannelKind::Room, name),
+            Target::User(name) => self.forget_if_idle(ChannelKind::User, name),
+            Target::Broadcast => {}
         }
     }
 

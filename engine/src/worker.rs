@@ -449,7 +449,7 @@ impl Worker {
                 self.begin_close(id, session::CLOSE_SHUTDOWN, CloseReason::Shutdown);
             }
         }
-        shutdown || self.inbox.is_empty() && self.shutting_down
+        self.shutting_down
     }
 
     /// Queues one batch on every member on this core: an `Rc` clone per member, nothing more.
