@@ -138,11 +138,12 @@ pub struct ControlConfig {
     pub level2_budgets: String,
 
     /// Level 3 budgets per tick for priorities 1,2,3.
-    #[arg(long, env = "ROOMCAST_LEVEL3_BUDGETS", default_value = "100,50,20")]
+    #[arg(long, env = "ROOMCAST_LEVEL3_BUDGETS", default_value = "150,75,60")]
     pub level3_budgets: String,
 
-    /// Level 4 budgets per tick for priorities 1,2,3.
-    #[arg(long, env = "ROOMCAST_LEVEL4_BUDGETS", default_value = "50,20,10")]
+    /// Level 4 budgets per tick for priorities 1,2,3 (per second the defaults fall with every
+    /// level; level 4 still passes 100 msg/s of a live room's mix).
+    #[arg(long, env = "ROOMCAST_LEVEL4_BUDGETS", default_value = "200,100,100")]
     pub level4_budgets: String,
 
     /// Lowering margin: a level falls only once the count is below threshold × (1 − this).
@@ -429,8 +430,8 @@ mod tests {
         assert_eq!(levels.ticks_ms, [100, 250, 500, 1_000]);
         assert_eq!(levels.budgets[0], [UNLIMITED; 4]);
         assert_eq!(levels.budgets[1], [UNLIMITED, 200, 100, 50]);
-        assert_eq!(levels.budgets[2], [UNLIMITED, 100, 50, 20]);
-        assert_eq!(levels.budgets[3], [UNLIMITED, 50, 20, 10]);
+        assert_eq!(levels.budgets[2], [UNLIMITED, 150, 75, 60]);
+        assert_eq!(levels.budgets[3], [UNLIMITED, 200, 100, 100]);
         assert_eq!(levels.policy.dwell, Duration::from_secs(10));
         assert_eq!(levels.policy.max_dwell, Duration::from_secs(300));
     }
@@ -442,7 +443,7 @@ mod tests {
         assert_eq!(frame.room, "r1");
         assert_eq!(frame.level, 3);
         assert_eq!(frame.tick_ms, 500);
-        assert_eq!(frame.budgets, [UNLIMITED, 100, 50, 20]);
+        assert_eq!(frame.budgets, [UNLIMITED, 150, 75, 60]);
     }
 
     #[test]
