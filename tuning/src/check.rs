@@ -261,7 +261,7 @@ mod tests {
         );
         assert_eq!(
             find(&findings, "net.ipv4.tcp_mem").target,
-            "1000000 2000000 4000000"
+            "4000000 8000000 16000000"
         );
         // conntrack is not loaded in the fake: fine, not a change.
         assert_eq!(

@@ -40,3 +40,35 @@ pub fn nofile_limit() -> io::Result<(u64, u64)> {
 pub fn raise_nofile_limit() -> io::Result<u64> {
     roomcast_engine::sys::socket::raise_nofile_limit()
 }
+
+/// This host's MemTotal in bytes, from /proc/meminfo.
+pub fn mem_total_bytes() -> io::Result<u64> {
+    let text = fs::read_to_string("/proc/meminfo")?;
+    parse_mem_total(&text)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no MemTotal in /proc/meminfo"))
+}
+
+/// MemTotal in bytes from the text of /proc/meminfo (`MemTotal:   24684084 kB`).
+pub fn parse_mem_total(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let mut words = line["MemTotal:".len()..].split_whitespace();
+    let value: u64 = words.next()?.parse().ok()?;
+    match words.next() {
+        Some("kB") => Some(value * 1024),
+        None => Some(value),
+        Some(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mem_total_is_read_in_bytes() {
+        let meminfo = "MemTotal:       24684084 kB\nMemFree:        22000000 kB\n";
+        assert_eq!(parse_mem_total(meminfo), Some(24_684_084 * 1024));
+        assert_eq!(parse_mem_total("MemFree: 1 kB\n"), None);
+        assert_eq!(parse_mem_total("MemTotal: lots kB\n"), None);
+    }
+}

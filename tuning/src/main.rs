@@ -7,9 +7,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use roomcast_tuning::apply::apply;
 use roomcast_tuning::check::check;
+use roomcast_tuning::costs::PAGE_BYTES;
 use roomcast_tuning::live::{self, ProcSys};
 use roomcast_tuning::plan::{plan, Load};
-use roomcast_tuning::profile::sysctls;
+use roomcast_tuning::profile::{sysctls, tcp_mem_cap_pages, tcp_mem_ram_warning};
 use roomcast_tuning::render::{render, ProfileFormat};
 
 #[derive(Parser)]
@@ -92,6 +93,13 @@ fn main() -> ExitCode {
             for finding in &findings {
                 println!("{finding}");
             }
+            // Advice only: does not change the exit code.
+            if let Ok(mem_total) = live::mem_total_bytes() {
+                let cap = tcp_mem_cap_pages(connections) * PAGE_BYTES;
+                if let Some(warning) = tcp_mem_ram_warning(mem_total, cap) {
+                    println!("WARNING {warning}");
+                }
+            }
             let changes = findings.iter().filter(|f| f.status.needs_action()).count();
             if changes == 0 {
                 println!("all fine for {connections} connections");
@@ -148,7 +156,9 @@ fn main() -> ExitCode {
                 boxes,
                 max_msgs_per_tick,
             };
-            println!("{}", plan(load));
+            let mut plan = plan(load);
+            plan.host_mem_total_bytes = live::mem_total_bytes().ok();
+            println!("{plan}");
             ExitCode::SUCCESS
         }
     }

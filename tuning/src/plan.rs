@@ -4,7 +4,9 @@
 use std::fmt;
 
 use crate::costs::*;
-use crate::profile::{nofile_wanted, tcp_mem_pressure_pages};
+use crate::profile::{
+    nofile_wanted, tcp_mem_cap_pages, tcp_mem_pressure_pages, tcp_mem_ram_warning,
+};
 
 /// What the operator expects. Every viewer is in one room; every room gets `msgs_per_sec`.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -42,6 +44,11 @@ pub struct Plan {
     pub kernel_buffer_worst_bytes: f64,
     /// The profile's tcp_mem pressure threshold for this box's connections, in bytes.
     pub tcp_mem_pressure_bytes: f64,
+    /// The profile's tcp_mem hard cap for this box's connections, in bytes.
+    pub tcp_mem_cap_bytes: u64,
+    /// MemTotal of the host running `plan` (None = not read); above half of it the profile's
+    /// tcp_mem hard cap gets a warning.
+    pub host_mem_total_bytes: Option<u64>,
     pub fds: u64,
 }
 
@@ -93,6 +100,8 @@ pub fn plan(load: Load) -> Plan {
         kernel_buffer_steady_bytes: n * frame_bytes,
         kernel_buffer_worst_bytes: n * (2 * SOCKET_SEND_BUFFER_BYTES) as f64,
         tcp_mem_pressure_bytes: tcp_mem_pressure_pages(per_box) as f64 * PAGE_BYTES as f64,
+        tcp_mem_cap_bytes: tcp_mem_cap_pages(per_box) * PAGE_BYTES,
+        host_mem_total_bytes: None,
         fds: nofile_wanted(per_box),
     }
 }
@@ -142,9 +151,21 @@ impl fmt::Display for Plan {
         )?;
         writeln!(f, "             kernel TCP buffers ~{} steady (one frame in flight each), {} worst (every 64 KiB SO_SNDBUF full, charged x2)",
             gib(self.kernel_buffer_steady_bytes), gib(self.kernel_buffer_worst_bytes))?;
+        writeln!(
+            f,
+            "             profile tcp_mem: {} pressure, {} hard cap (x 32 / 64 KiB per connection)",
+            gib(self.tcp_mem_pressure_bytes),
+            gib(self.tcp_mem_cap_bytes as f64)
+        )?;
         if self.kernel_buffer_steady_bytes > self.tcp_mem_pressure_bytes {
             writeln!(f, "             WARNING: steady buffers exceed the profile's tcp_mem pressure ({}); raise net.ipv4.tcp_mem for frames this large",
                 gib(self.tcp_mem_pressure_bytes))?;
+        }
+        if let Some(warning) = self
+            .host_mem_total_bytes
+            .and_then(|mem| tcp_mem_ram_warning(mem, self.tcp_mem_cap_bytes))
+        {
+            writeln!(f, "             WARNING: {warning}")?;
         }
         writeln!(
             f,
@@ -204,17 +225,40 @@ mod tests {
         assert!(close(p.kernel_slab_bytes, 100_000.0 * 5.3 * 1024.0));
         assert!(close(p.kernel_buffer_worst_bytes, 100_000.0 * 131_072.0));
         assert_eq!(p.fds, 104_096);
-        // 16 KB frames to every viewer exceed 8 KiB of tcp_mem pressure per connection.
-        assert!(p.to_string().contains("WARNING: steady buffers exceed"));
+        // 16 KB frames fit under the profile's 32 KiB of tcp_mem pressure per connection.
+        assert_eq!(p.tcp_mem_cap_bytes, 100_000 * 65_536);
+        assert!(close(p.tcp_mem_pressure_bytes, 100_000.0 * 32_768.0));
+        let text = p.to_string();
+        assert!(!text.contains("WARNING"), "{text}");
+        assert!(text.contains("profile tcp_mem: 3.05 GiB pressure, 6.10 GiB hard cap"));
+    }
+
+    #[test]
+    fn warns_when_the_tcp_mem_cap_exceeds_half_the_host_ram() {
+        let mut p = plan(load(100_000, 1, 100.0, 1000));
+        p.host_mem_total_bytes = Some(24 << 30);
+        assert!(!p.to_string().contains("WARNING"));
+        p.host_mem_total_bytes = Some(8 << 30);
+        let text = p.to_string();
+        assert!(
+            text.contains("WARNING: the profile's net.ipv4.tcp_mem hard cap (6.10 GiB)"),
+            "{text}"
+        );
     }
 
     #[test]
     fn budgets_cap_delivered_messages() {
+        // Level 4: 200 + 100 + 100 per 1 s tick for priorities 1-3.
         let mut l = load(100_000, 1, 100.0, 1000);
-        l.max_msgs_per_tick = Some(80);
+        l.max_msgs_per_tick = Some(400);
         let p = plan(l);
-        assert!(close(p.delivered_msgs_per_viewer_per_sec, 80.0));
-        assert!(close(p.frame_bytes, 80.0 * 161.0));
+        assert!(close(p.delivered_msgs_per_viewer_per_sec, 100.0));
+        l.msgs_per_sec = 1000.0;
+        let p = plan(l);
+        assert!(close(p.delivered_msgs_per_viewer_per_sec, 400.0));
+        assert!(close(p.frame_bytes, 400.0 * 161.0));
+        // A full level-4 frame (~64 KB) in every socket is past the profile's pressure.
+        assert!(p.to_string().contains("WARNING: steady buffers exceed"));
     }
 
     #[test]

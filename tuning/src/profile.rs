@@ -111,9 +111,43 @@ fn pages_for(connections: u64, bytes_each: u64) -> u64 {
     (connections * bytes_each).div_ceil(PAGE_BYTES)
 }
 
-/// tcp_mem's pressure threshold for `connections`: 8 KiB of queued data each.
+/// tcp_mem per connection below which the kernel does not moderate buffers: one level-4 frame
+/// in flight (100 messages of ~161 B merged per 1 s tick is ~16 KB per viewer per tick).
+pub const TCP_MEM_LOW_BYTES_PER_CONNECTION: u64 = 16 * 1024;
+
+/// tcp_mem per connection at which the kernel enters memory pressure: twice a level-4 frame, so
+/// a host that also runs the load generator (it charges the edge's send queue *and* the client's
+/// receive queue to the same tcp_mem) stays out of pressure at steady state.
+pub const TCP_MEM_PRESSURE_BYTES_PER_CONNECTION: u64 = 32 * 1024;
+
+/// tcp_mem's hard cap per connection: every socket's whole send cap (`--socket-send-buffer-bytes`).
+pub const TCP_MEM_CAP_BYTES_PER_CONNECTION: u64 = SOCKET_SEND_BUFFER_BYTES;
+
+/// tcp_mem's pressure threshold for `connections`, in pages.
 pub fn tcp_mem_pressure_pages(connections: u64) -> u64 {
-    pages_for(connections, 8192)
+    pages_for(connections, TCP_MEM_PRESSURE_BYTES_PER_CONNECTION)
+}
+
+/// tcp_mem's hard cap for `connections`, in pages.
+pub fn tcp_mem_cap_pages(connections: u64) -> u64 {
+    pages_for(connections, TCP_MEM_CAP_BYTES_PER_CONNECTION)
+}
+
+/// A warning when the profile's tcp_mem hard cap (`cap_bytes`) exceeds half of the host's RAM
+/// (`mem_total_bytes`, MemTotal): the kernel could then pin most memory in socket buffers.
+/// Advice, not a failure: `check` and `plan` print it as an extra line.
+pub fn tcp_mem_ram_warning(mem_total_bytes: u64, cap_bytes: u64) -> Option<String> {
+    if cap_bytes <= mem_total_bytes / 2 {
+        return None;
+    }
+    let gib = |bytes: u64| bytes as f64 / (1u64 << 30) as f64;
+    Some(format!(
+        "the profile's net.ipv4.tcp_mem hard cap ({:.2} GiB) exceeds half of this host's RAM \
+         (MemTotal {:.2} GiB): this box needs more RAM for that many connections, or a smaller \
+         level-4 budget (smaller frames) with a lower tcp_mem",
+        gib(cap_bytes),
+        gib(mem_total_bytes)
+    ))
 }
 
 /// The table, computed for `n` connections on one host.
@@ -124,11 +158,13 @@ pub fn sysctls(n: u64) -> Vec<Sysctl> {
     let netdev_backlog = (n / 64).clamp(1000, 65_536);
     let conntrack = (n + n / 4).max(262_144);
     // tcp_mem counts queued data (skb truesize) in pages; the ~5 KiB of socket slab per
-    // connection is outside it. Per connection: 4 KiB steady (one tick's frame in flight),
-    // 8 KiB before pressure, 16 KiB hard cap = a quarter of the 64 KiB send cap on every socket.
-    let mem_low = pages_for(n, 4096);
+    // connection is outside it. Per connection: 16 KiB low (one level-4 frame in flight), 32 KiB
+    // pressure (a load-test host charges the client's receive queue too), 64 KiB hard cap = the
+    // whole send cap on every socket. Measured: 100k viewers at level 4 on the stock
+    // 1.1/1.5/2.2 GiB entered pressure, dropped and collapsed; at 4/6/8 GiB they were clean.
+    let mem_low = pages_for(n, TCP_MEM_LOW_BYTES_PER_CONNECTION);
     let mem_pressure = tcp_mem_pressure_pages(n);
-    let mem_high = pages_for(n, SOCKET_SEND_BUFFER_BYTES / 4);
+    let mem_high = tcp_mem_cap_pages(n);
     vec![
         Sysctl {
             key: "fs.file-max",
@@ -175,8 +211,8 @@ pub fn sysctls(n: u64) -> Vec<Sysctl> {
         Sysctl {
             key: "net.ipv4.tcp_mem",
             fields: vec![at_least(mem_low), at_least(mem_pressure), at_least(mem_high)],
-            reason: "pages all TCP buffers may use (no pressure / pressure / hard cap); above the cap writes stall and the edge sheds",
-            scaling: format!("N x 4 KiB / 8 KiB / 16 KiB (a quarter of the 64 KiB send cap) = {mem_low} {mem_pressure} {mem_high} pages"),
+            reason: "pages all TCP buffers may use (no pressure / pressure / hard cap); level 4 puts a ~16 KB frame into every viewer's socket each tick; under pressure the kernel prunes, drops and retransmits, above the cap writes stall",
+            scaling: format!("N x 16 KiB (one level-4 frame) / 32 KiB (x2: a host that also runs the load generator charges both ends) / 64 KiB (every socket's send cap) = {mem_low} {mem_pressure} {mem_high} pages"),
             optional: false,
         },
         Sysctl {
@@ -266,10 +302,10 @@ mod tests {
         assert_eq!(nofile_wanted(n), 1_004_096);
         assert_eq!(setting(n, "fs.file-max").wanted_text(), "1166336");
         assert_eq!(setting(n, "fs.nr_open").wanted_text(), "1048576");
-        // 4 / 8 / 16 KiB per connection in 4 KiB pages.
+        // 16 / 32 / 64 KiB per connection in 4 KiB pages.
         assert_eq!(
             setting(n, "net.ipv4.tcp_mem").wanted_text(),
-            "1000000 2000000 4000000"
+            "4000000 8000000 16000000"
         );
         assert_eq!(
             setting(n, "net.ipv4.tcp_max_syn_backlog").wanted_text(),
@@ -284,6 +320,33 @@ mod tests {
             "1000000"
         );
         assert_eq!(setting(n, "net.core.somaxconn").wanted_text(), "4096");
+    }
+
+    #[test]
+    fn tcp_mem_holds_level_four_frames_for_100k() {
+        // The level-4 benchmark: 100k viewers, one ~16-21 KB frame each per second. The stock
+        // 287898 383867 575796 collapsed; these stay at least one frame / two frames / the
+        // whole send cap per connection.
+        assert_eq!(
+            setting(100_000, "net.ipv4.tcp_mem").wanted_text(),
+            "400000 800000 1600000"
+        );
+        assert_eq!(tcp_mem_cap_pages(100_000) * PAGE_BYTES, 100_000 * 65_536);
+    }
+
+    #[test]
+    fn tcp_mem_warning_only_above_half_the_ram() {
+        let gib = 1u64 << 30;
+        // 100k on a 24 GiB host: 6.25 GiB cap, fine.
+        assert_eq!(tcp_mem_ram_warning(24 * gib, 100_000 * 65_536), None);
+        // Exactly half is still fine.
+        assert_eq!(tcp_mem_ram_warning(24 * gib, 12 * gib), None);
+        // 1M on the same host: 61 GiB cap.
+        let warning = tcp_mem_ram_warning(24 * gib, 1_000_000 * 65_536).unwrap();
+        assert!(warning.contains("(61.04 GiB)"), "{warning}");
+        assert!(warning.contains("MemTotal 24.00 GiB"), "{warning}");
+        assert!(warning.contains("more RAM"), "{warning}");
+        assert!(!warning.contains('\n'));
     }
 
     #[test]
