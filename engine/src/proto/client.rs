@@ -1018,9 +1018,144 @@ pub fn decode_server_json(text: &[u8]) -> Result<ServerMsg, OpError> {
     }
 }
 
+/// One pushed message borrowed from a binary batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PushRef<'a> {
+    pub seq: u64,
+    pub priority: u8,
+    pub kind: &'a str,
+    /// The publisher's JSON text.
+    pub data: &'a [u8],
+}
+
+/// A batch's target, borrowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetRef<'a> {
+    Room(&'a str),
+    User(&'a str),
+    Broadcast,
+}
+
+impl<'a> From<&'a Target> for TargetRef<'a> {
+    fn from(target: &'a Target) -> TargetRef<'a> {
+        match target {
+            Target::Room(id) => TargetRef::Room(id),
+            Target::User(id) => TargetRef::User(id),
+            Target::Broadcast => TargetRef::Broadcast,
+        }
+    }
+}
+
+impl TargetRef<'_> {
+    pub fn to_target(self) -> Target {
+        match self {
+            TargetRef::Room(id) => Target::Room(id.to_owned()),
+            TargetRef::User(id) => Target::User(id.to_owned()),
+            TargetRef::Broadcast => Target::Broadcast,
+        }
+    }
+}
+
+/// A binary batch borrowed from its payload, validated whole when it was made: a client that
+/// only counts and times messages (the load generator) reads 100-message frames without
+/// allocating.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchView<'a> {
+    pub target: TargetRef<'a>,
+    count: u16,
+    /// The messages: `count` × (`seq u64`, `p u8`, `kind str8`, `data bytes32`).
+    body: &'a [u8],
+}
+
+impl<'a> BatchView<'a> {
+    pub fn len(&self) -> usize {
+        usize::from(self.count)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    pub fn iter(&self) -> BatchIter<'a> {
+        BatchIter {
+            reader: Reader::new(self.body),
+            left: self.count,
+        }
+    }
+
+    /// Reads one message; `view_server_binary` ran this over the whole body before handing the
+    /// view out, so on a view it cannot fail.
+    fn read_push(r: &mut Reader<'a>) -> Result<PushRef<'a>, OpError> {
+        let wire = |e| OpError::wire(0, e);
+        let seq = r.u64("seq").map_err(wire)?;
+        let priority = check_priority(r.u8("p").map_err(wire)?)?;
+        let kind = r.str8("kind").map_err(wire)?;
+        let n = r.u32("data").map_err(wire)? as usize;
+        let data = r.bytes(n, "data").map_err(wire)?;
+        Ok(PushRef {
+            seq,
+            priority,
+            kind,
+            data,
+        })
+    }
+}
+
+/// The messages of a [`BatchView`], in order.
+pub struct BatchIter<'a> {
+    reader: Reader<'a>,
+    left: u16,
+}
+
+impl<'a> Iterator for BatchIter<'a> {
+    type Item = PushRef<'a>;
+
+    fn next(&mut self) -> Option<PushRef<'a>> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        BatchView::read_push(&mut self.reader).ok()
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let left = usize::from(self.left);
+        (left, Some(left))
+    }
+}
+
+/// A binary server message as [`view_server_binary`] reads it: batches borrowed, the rare
+/// replies and closes owned.
+#[derive(Debug, Clone)]
+pub enum ServerMsgView<'a> {
+    Batch(BatchView<'a>),
+    /// A reply or a close.
+    Other(ServerMsg),
+}
+
 /// Decodes a binary server message: the payload of a WebSocket binary frame or the bytes after
 /// a raw TCP length prefix (section 3: `0x81` reply, `0x82` batch, `0x83` close).
 pub fn decode_server_binary(payload: &[u8]) -> Result<ServerMsg, OpError> {
+    Ok(match view_server_binary(payload)? {
+        ServerMsgView::Batch(batch) => ServerMsg::Batch {
+            target: batch.target.to_target(),
+            msgs: batch
+                .iter()
+                .map(|m| PushMessage {
+                    seq: m.seq,
+                    priority: m.priority,
+                    kind: m.kind.to_owned(),
+                    data: Bytes::copy_from_slice(m.data),
+                })
+                .collect(),
+        },
+        ServerMsgView::Other(msg) => msg,
+    })
+}
+
+/// Validates a binary server message whole, like [`decode_server_binary`], but borrows a batch
+/// from `payload` instead of copying its messages.
+pub fn view_server_binary(payload: &[u8]) -> Result<ServerMsgView<'_>, OpError> {
     let wire = |e| OpError::wire(0, e);
     let mut r = Reader::new(payload);
     let msg = match r.u8("op").map_err(wire)? {
@@ -1037,15 +1172,15 @@ pub fn decode_server_binary(payload: &[u8]) -> Result<ServerMsg, OpError> {
                     return Err(OpError::bad_request(seq, format!("`ok` is {other}")));
                 }
             };
-            ServerMsg::Reply { seq, result }
+            ServerMsgView::Other(ServerMsg::Reply { seq, result })
         }
         OP_BATCH => {
             let tag = r.u8("target").map_err(wire)?;
             let id = r.str8("id").map_err(wire)?;
             let target = match tag {
-                0 => Target::Room(id.to_owned()),
-                1 => Target::User(id.to_owned()),
-                2 if id.is_empty() => Target::Broadcast,
+                0 => TargetRef::Room(id),
+                1 => TargetRef::User(id),
+                2 if id.is_empty() => TargetRef::Broadcast,
                 _ => {
                     return Err(OpError::bad_request(
                         0,
@@ -1054,27 +1189,20 @@ pub fn decode_server_binary(payload: &[u8]) -> Result<ServerMsg, OpError> {
                 }
             };
             let count = r.u16("count").map_err(wire)?;
-            // Never trust `count` for the allocation beyond what the payload can hold.
-            let capacity = usize::from(count).min(r.remaining() / BINARY_MSG_FIXED_LEN);
-            let mut msgs = Vec::with_capacity(capacity);
+            let body_start = r.position();
             for _ in 0..count {
-                let seq = r.u64("seq").map_err(wire)?;
-                let priority = check_priority(r.u8("p").map_err(wire)?)?;
-                let kind = r.str8("kind").map_err(wire)?.to_owned();
-                let data = r.bytes32("data").map_err(wire)?;
-                msgs.push(PushMessage {
-                    seq,
-                    priority,
-                    kind,
-                    data: Bytes::copy_from_slice(&payload[data]),
-                });
+                BatchView::read_push(&mut r)?;
             }
-            ServerMsg::Batch { target, msgs }
+            ServerMsgView::Batch(BatchView {
+                target,
+                count,
+                body: &payload[body_start..r.position()],
+            })
         }
         OP_CLOSE => {
             let code = r.u16("code").map_err(wire)?;
             let reason = r.str8("reason").map_err(wire)?.to_owned();
-            ServerMsg::Close { code, reason }
+            ServerMsgView::Other(ServerMsg::Close { code, reason })
         }
         other => {
             return Err(OpError::new(
@@ -1927,6 +2055,48 @@ mod tests {
     }
 
     #[test]
+    fn batch_views_borrow_what_the_owned_decode_copies() {
+        let msgs: Vec<PushMessage> = (0..5u64)
+            .map(|seq| msg(100 + seq, (seq % 4) as u8, "gift", r#"{"n":1}"#))
+            .collect();
+        for target in [
+            Target::Room("r1".to_owned()),
+            Target::User("u9".to_owned()),
+            Target::Broadcast,
+        ] {
+            let frame = exact(build_batch(WireFormat::Tcp, &target, &msgs));
+            let payload = &frame[TCP_PREFIX_LEN..];
+            let Ok(ServerMsgView::Batch(view)) = view_server_binary(payload) else {
+                panic!("not a batch view");
+            };
+            assert_eq!(view.target.to_target(), target);
+            assert_eq!(view.len(), msgs.len());
+            assert_eq!(view.iter().size_hint(), (5, Some(5)));
+            let borrowed: Vec<PushMessage> = view
+                .iter()
+                .map(|m| {
+                    msg(
+                        m.seq,
+                        m.priority,
+                        m.kind,
+                        std::str::from_utf8(m.data).unwrap(),
+                    )
+                })
+                .collect();
+            assert_eq!(borrowed, msgs);
+            // A view is only handed out for a payload that is whole: every cut fails.
+            for end in 0..payload.len() {
+                assert!(view_server_binary(&payload[..end]).is_err(), "cut at {end}");
+            }
+        }
+        let close = encode_close(WireFormat::Tcp, 4000, "bye");
+        assert!(matches!(
+            view_server_binary(&close[TCP_PREFIX_LEN..]),
+            Ok(ServerMsgView::Other(ServerMsg::Close { code: 4000, .. }))
+        ));
+    }
+
+    #[test]
     fn binary_batches_cut_overlong_kinds_and_ids() {
         let kind = format!("{}🚀", "k".repeat(253)); // 257 bytes; 🚀 straddles byte 255
         let target = Target::User("u".repeat(300));
@@ -2074,6 +2244,9 @@ mod tests {
             let _ = decode_binary(input);
             let _ = decode_server_json(input);
             let _ = decode_server_binary(input);
+            if let Ok(ServerMsgView::Batch(view)) = view_server_binary(input) {
+                assert_eq!(view.iter().count(), view.len());
+            }
             let _ = tcp_frame_len(input);
         };
         for input in &inputs {
