@@ -25,6 +25,7 @@ use crate::api::{Api, ControlSink};
 use crate::client::ip_add;
 use crate::dist::{room_name, RoomPicker};
 use crate::floor::{self, FloorResult, Syscall};
+use crate::kernel_tcp::{self, Counters};
 use crate::linksrv::{LinkServer, LinkSink};
 use crate::msgs::{ClientMsg, Report, Snap};
 use crate::progress::{say, Live};
@@ -176,6 +177,8 @@ struct Snapshot {
     loads: Vec<EdgeLoad>,
     counters: Vec<Option<BTreeMap<String, u64>>>,
     published: u64,
+    /// The kernel's TCP counters (system-wide).
+    tcp: Option<Counters>,
 }
 
 impl Snapshot {
@@ -198,6 +201,7 @@ impl Snapshot {
                 .map(|m| m.log.as_deref().and_then(system::edge_stats))
                 .collect(),
             published: publisher.map_or(0, |p| p.published.load(Ordering::Relaxed)),
+            tcp: kernel_tcp::read(),
         }
     }
 }
@@ -213,6 +217,8 @@ pub struct Window {
     pub me_cpu: f64,
     pub host_busy: f64,
     pub host_total: f64,
+    /// The kernel's TCP counters over the window.
+    pub tcp: Option<Counters>,
 }
 
 impl Window {
@@ -249,6 +255,11 @@ impl Window {
             me_cpu: b.me - a.me,
             host_busy: b.host.0 - a.host.0,
             host_total: b.host.1 - a.host.1,
+            tcp: a
+                .tcp
+                .as_ref()
+                .zip(b.tcp.as_ref())
+                .map(|(x, y)| kernel_tcp::delta(x, y)),
         }
     }
 
@@ -332,6 +343,10 @@ fn run_inner(args: &RunArgs, ctx: &mut Ctx) -> Res<()> {
         TokenSource::Local => None,
         TokenSource::Control => Some(fetch_tokens(args, &log_dir)?),
     };
+    // The kernel's TCP counters from here to the end, and its socket buffers once a second.
+    let tcp_limits = kernel_tcp::tcp_mem();
+    let tcp_run_start = kernel_tcp::read();
+    let tcp_sampler = kernel_tcp::Sampler::start(tcp_limits);
     let live = Live::new(layout.procs);
     live.set_processes(
         system.edges.iter().filter_map(|m| m.pid).collect(),
@@ -416,6 +431,13 @@ fn run_inner(args: &RunArgs, ctx: &mut Ctx) -> Res<()> {
         log_dir,
         results,
         edges_json,
+        tcp: TcpWatch {
+            limits: tcp_limits,
+            run_start: tcp_run_start,
+            sampler: tcp_sampler,
+            window: None,
+            peak_window: None,
+        },
     };
     let (published, window) = if args.hold_only {
         run.hold(ready)?;
@@ -448,6 +470,17 @@ struct Run<'a> {
     results: Value,
     /// Per edge: identity, memory, CPU and report rates.
     edges_json: Vec<Value>,
+    tcp: TcpWatch,
+}
+
+/// The kernel's TCP counters and socket buffer peaks, watched from before the clients start.
+struct TcpWatch {
+    limits: Option<kernel_tcp::TcpMem>,
+    run_start: Option<Counters>,
+    sampler: kernel_tcp::Sampler,
+    /// Counter deltas and the sockstat peak over the measured window (or the hold).
+    window: Option<Counters>,
+    peak_window: Option<u64>,
 }
 
 impl Run<'_> {
@@ -458,11 +491,14 @@ impl Run<'_> {
             "bench: holding {ready} connections for {:.0} s (pings every {} s)",
             self.args.duration, self.args.ping_secs
         ));
+        self.tcp.sampler.mark();
         let a = Snapshot::take(&self.system, &self.client_pids, None);
         self.ctx
             .sleep(Duration::from_secs_f64(self.args.duration))?;
         let b = Snapshot::take(&self.system, &self.client_pids, None);
+        self.tcp.peak_window = self.tcp.sampler.mark();
         let w = Window::between(&a, &b, &mut self.edges_json);
+        self.tcp.window = w.tcp.clone();
         let cpu = w.edge_cpu.unwrap_or(0.0);
         self.results["hold"] = json!({
             "secs": w.secs,
@@ -511,12 +547,15 @@ impl Run<'_> {
 
         self.live.set_phase("window");
         self.ctx.tell_clients("start")?;
+        self.tcp.sampler.mark();
         let a = Snapshot::take(&self.system, &self.client_pids, Some(&state));
         self.ctx.sleep(Duration::from_secs_f64(args.duration))?;
         self.ctx.tell_clients("end")?;
         let b = Snapshot::take(&self.system, &self.client_pids, Some(&state));
+        self.tcp.peak_window = self.tcp.sampler.mark();
         self.live.set_phase("after");
         let w = Window::between(&a, &b, &mut self.edges_json);
+        self.tcp.window = w.tcp.clone();
         if let Some(c) = Window::counters(&a, &b) {
             self.results["edge_counters"] = c;
         }
@@ -601,7 +640,21 @@ impl Run<'_> {
         window: Option<&Window>,
         floor: Option<&FloorResult>,
     ) {
+        let tcp_run = self
+            .tcp
+            .run_start
+            .as_ref()
+            .zip(kernel_tcp::read())
+            .map(|(a, b)| kernel_tcp::delta(a, &b));
         let r = &mut self.results;
+        r["kernel_tcp"] = kernel_tcp::json(&kernel_tcp::Spans {
+            window: self.tcp.window.as_ref(),
+            run: tcp_run.as_ref(),
+            limits: self.tcp.limits,
+            peak_window: self.tcp.peak_window,
+            peak_run: self.tcp.sampler.run_peak(),
+            conns: self.args.conns as u64,
+        });
         r["connections"]["edge_check"] = edge_check(&self.system.observer, total, members);
         report::fill_connection_totals(&mut r["connections"], total, self.args);
         if let Some(w) = window {
@@ -693,6 +746,11 @@ fn layout(args: &RunArgs) -> Res<Layout> {
     say(&format!(
         "bench: fd limit soft {fd_soft} hard {fd_hard} (children inherit it)"
     ));
+    if !args.hold_only {
+        if let Some(line) = kernel_tcp::preflight(args.conns as u64, kernel_tcp::tcp_mem()) {
+            say(&line);
+        }
+    }
     let per_proc = args.conns.div_ceil(procs);
     if per_proc as u64 + 100 > fd_hard {
         return Err(format!(
@@ -979,6 +1037,11 @@ fn start_clients(
             .args(["--inflight", &inflight.to_string()])
             .args(["--jwt-secret", &args.jwt_secret])
             .args(["--ping-secs", &args.ping_secs.to_string()])
+            .args(["--recv-buffer", &args.client_recv_buffer.to_string()])
+            .args([
+                "--poll-interval-us",
+                &args.client_poll_interval_us.to_string(),
+            ])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());

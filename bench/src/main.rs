@@ -31,6 +31,7 @@ mod client;
 mod coord;
 mod dist;
 mod floor;
+mod kernel_tcp;
 mod linksrv;
 mod msgs;
 mod plot;
@@ -155,6 +156,12 @@ pub struct ClientArgs {
     pub token_file: Option<PathBuf>,
     #[arg(long, default_value_t = 20)]
     pub ping_secs: u64,
+    /// SO_RCVBUF of each socket (0: the host default).
+    #[arg(long, default_value_t = 0)]
+    pub recv_buffer: usize,
+    /// Sleep after a busy poll, microseconds (0: none).
+    #[arg(long, default_value_t = 0)]
+    pub poll_interval_us: u64,
     #[arg(long, default_value_t = 5)]
     pub retries: u8,
 }

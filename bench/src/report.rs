@@ -472,6 +472,11 @@ pub fn print_table(r: &Value) {
             }
         );
     }
+    if let Some(k) = r.get("kernel_tcp") {
+        for line in kernel_tcp_lines(k) {
+            println!("{line}");
+        }
+    }
     if let Some(d) = r.get("delivery") {
         println!(
             "delivered      {} msg/s in {} frames/s ({:.2} msgs/frame)",
@@ -573,6 +578,96 @@ pub fn print_table(r: &Value) {
     println!("summary: {}", r["summary"].as_str().unwrap_or(""));
 }
 
+/// `1.5 GiB`, or smaller units below a GiB.
+fn fmt_size(b: f64) -> String {
+    if b.abs() >= (1u64 << 30) as f64 {
+        format!("{:.1} GiB", b / (1u64 << 30) as f64)
+    } else {
+        fmt_bytes(b)
+    }
+}
+
+/// The kernel's TCP memory and drops over the window, and the warning when it ran out or
+/// dropped segments.
+fn kernel_tcp_lines(k: &Value) -> Vec<String> {
+    let w = &k["window"];
+    let n = |v: &Value| {
+        v.as_u64()
+            .map_or_else(|| "?".to_string(), |x| x.to_string())
+    };
+    let limits = &k["tcp_mem_bytes"];
+    let gib = (1u64 << 30) as f64;
+    let mut line = if limits.is_object() {
+        let (p, h) = (f(&limits["pressure"]), f(&limits["high"]));
+        let pair = if p >= gib && h >= gib {
+            format!("{:.1}/{:.1} GiB", p / gib, h / gib)
+        } else {
+            format!("{}/{}", fmt_size(p), fmt_size(h))
+        };
+        format!("tcp_mem {pair} pressure/max")
+    } else {
+        "tcp_mem unknown".to_string()
+    };
+    if k["sockstat_mem_peak_bytes"].is_number() {
+        let peak = f(&k["sockstat_mem_peak_bytes"]);
+        let peak_text = if peak >= 0.1 * gib {
+            format!("{:.1} GiB", peak / gib)
+        } else {
+            fmt_bytes(peak)
+        };
+        line += &format!(", peak {peak_text} in use");
+        if limits.is_object() && f(&limits["pressure"]) > 0.0 {
+            let share = 100.0 * peak / f(&limits["pressure"]);
+            let digits = usize::from(share < 10.0);
+            line += &format!(" ({share:.digits$}% of pressure)");
+        }
+    }
+    if w.is_object() {
+        line += &format!(
+            "; window: {} memory-pressure events, {} receive-queue drops, {} prunes, {} retransmits",
+            n(&w["TCPMemoryPressures"]),
+            n(&w["TCPRcvQDrop"]),
+            n(&w["PruneCalled"]),
+            n(&w["RetransSegs"]),
+        );
+        // The rest only when something happened.
+        for (key, what) in [
+            ("TCPMemoryPressuresChrono", "ms under pressure"),
+            ("TCPOFODrop", "out-of-order drops"),
+            ("TCPBacklogDrop", "backlog drops"),
+            ("RcvPruned", "pruned"),
+            ("TCPAbortOnMemory", "aborts on memory"),
+            ("ListenOverflows", "listen overflows"),
+            ("ListenDrops", "listen drops"),
+        ] {
+            if w[key].as_u64().is_some_and(|x| x > 0) {
+                line += &format!(", {} {what}", w[key]);
+            }
+        }
+    } else {
+        line += "; window: counters not readable";
+    }
+    let run = &k["run"];
+    let run_bad = |key: &str| run[key].as_u64().unwrap_or(0) > w[key].as_u64().unwrap_or(0);
+    if ["TCPMemoryPressures", "TCPRcvQDrop", "TCPAbortOnMemory"]
+        .iter()
+        .any(|key| run_bad(key))
+    {
+        line += &format!(
+            "; whole run: {} memory-pressure events, {} receive-queue drops, {} aborts on memory",
+            n(&run["TCPMemoryPressures"]),
+            n(&run["TCPRcvQDrop"]),
+            n(&run["TCPAbortOnMemory"]),
+        );
+    }
+    let mut lines = vec![format!("kernel TCP     {line}")];
+    if let Some(warning) = k["warning"].as_str() {
+        // At the start of its line, where nothing else in the table starts, to stand out.
+        lines.push(warning.to_string());
+    }
+    lines
+}
+
 fn print_group(g: &Value) {
     let name = g["group"].as_str().unwrap_or("?");
     let judged = if g["completeness"].is_null() {
@@ -668,6 +763,9 @@ pub fn summary(r: &Value) -> String {
     if let Some(ch) = conn.get("churn") {
         s += &format!(", {}/s reconnects", rate(f(&ch["reconnects_per_s"])));
     }
+    if let Some(w) = r["kernel_tcp"]["warning_short"].as_str() {
+        s += &format!(" ({w})");
+    }
     let mem = &r["memory"];
     if mem["edge_rss_per_conn"].is_number() {
         s += &format!(
@@ -721,4 +819,92 @@ pub fn summary(r: &Value) -> String {
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel_tcp::{self, Counters, Spans, TcpMem};
+
+    fn counters(pairs: &[(&str, u64)]) -> Counters {
+        pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+    }
+
+    const LIMITS: TcpMem = TcpMem {
+        low: 1 << 30,
+        pressure: 3 << 29,
+        high: (22 << 30) / 10,
+    };
+
+    #[test]
+    fn kernel_tcp_line_and_warning() {
+        let clean = counters(&[
+            ("TCPMemoryPressures", 0),
+            ("TCPRcvQDrop", 0),
+            ("PruneCalled", 0),
+            ("RetransSegs", 22),
+            ("ListenOverflows", 0),
+        ]);
+        let k = kernel_tcp::json(&Spans {
+            window: Some(&clean),
+            run: Some(&clean),
+            limits: Some(LIMITS),
+            peak_window: Some(900 << 20),
+            peak_run: Some((9 << 30) / 10),
+            conns: 300,
+        });
+        let lines = kernel_tcp_lines(&k);
+        assert_eq!(
+            lines,
+            ["kernel TCP     tcp_mem 1.5/2.2 GiB pressure/max, peak 0.9 GiB in use (60% of pressure); \
+              window: 0 memory-pressure events, 0 receive-queue drops, 0 prunes, 22 retransmits"]
+        );
+
+        let bad = counters(&[
+            ("TCPMemoryPressures", 4),
+            ("TCPMemoryPressuresChrono", 76_480),
+            ("TCPRcvQDrop", 1_406_341),
+            ("PruneCalled", 1_456_738),
+            ("TCPOFODrop", 47_209),
+            ("RetransSegs", 99),
+        ]);
+        let k = kernel_tcp::json(&Spans {
+            window: Some(&bad),
+            run: Some(&bad),
+            limits: Some(LIMITS),
+            peak_window: None,
+            peak_run: Some(3 << 29),
+            conns: 100_000,
+        });
+        let lines = kernel_tcp_lines(&k);
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(lines[0].contains("window: 4 memory-pressure events, 1406341 receive-queue drops, 1456738 prunes, 99 retransmits, 76480 ms under pressure, 47209 out-of-order drops"), "{}", lines[0]);
+        assert!(
+            lines[1].starts_with("WARNING: the kernel ran out of TCP memory"),
+            "{}",
+            lines[1]
+        );
+        let summary = summary(&json!({"kernel_tcp": k}));
+        assert!(
+            summary.contains("(KERNEL OUT OF TCP MEMORY in the window (4 pressure events"),
+            "{summary}"
+        );
+    }
+
+    #[test]
+    fn kernel_tcp_line_without_proc() {
+        let k = kernel_tcp::json(&Spans {
+            window: None,
+            run: None,
+            limits: None,
+            peak_window: None,
+            peak_run: None,
+            conns: 1,
+        });
+        assert_eq!(
+            kernel_tcp_lines(&k),
+            ["kernel TCP     tcp_mem unknown; window: counters not readable"]
+        );
+        assert!(!summary(&json!({"kernel_tcp": k})).contains("KERNEL"));
+    }
 }

@@ -163,6 +163,19 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 20)]
     pub ping_secs: u64,
 
+    /// SO_RCVBUF of every client socket (0: the host's tcp_rmem default). Viewers' devices do
+    /// not run on the edge host, whose tuning profile shrinks tcp_rmem's default to 16 KiB for
+    /// the edge's own sockets; a level-4 frame is 16-64 KiB, so clients set their own.
+    #[arg(long, default_value_t = 128 * 1024)]
+    pub client_recv_buffer: usize,
+
+    /// After a busy poll, a client thread sleeps this long before waiting again (0: wait at
+    /// once). Like a NIC's interrupt moderation: readiness piles up meanwhile, so a 100k fan-out
+    /// wakes each client thread about once per interval instead of once per frame — on loopback
+    /// the edge pays for every wakeup inside its write. Adds at most this much to latency.
+    #[arg(long, default_value_t = 1000)]
+    pub client_poll_interval_us: u64,
+
     /// Give up connecting after this many seconds.
     #[arg(long, default_value_t = 180)]
     pub connect_timeout: u64,

@@ -57,6 +57,17 @@ fn clock_ticks() -> u64 {
     }
 }
 
+/// The kernel's page size in bytes (the unit of `net.ipv4.tcp_mem` and sockstat's TCP `mem`).
+pub fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if p > 0 {
+        p as u64
+    } else {
+        4096
+    }
+}
+
 /// CPU time (user + system, all threads) of a process, in seconds, from `/proc/<pid>/stat`.
 pub fn proc_cpu_secs(pid: u32) -> Option<f64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

@@ -25,10 +25,11 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use roomcast_engine::auth::{mint, Claims};
 use roomcast_engine::proto::client::{
-    decode_server_binary, decode_server_json, encode_op, tcp_frame_len, ClientOp, ServerMsg,
+    decode_server_json, encode_op, tcp_frame_len, view_server_binary, ClientOp, PushRef, ServerMsg,
+    ServerMsgView, TargetRef,
 };
 use roomcast_engine::proto::handshake::{client_key, client_request, parse_client_response};
-use roomcast_engine::proto::message::{Target, PRIORITIES};
+use roomcast_engine::proto::message::PRIORITIES;
 use roomcast_engine::proto::ws::{parse_server_frame, put_client_frame, OpCode};
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -284,6 +285,7 @@ impl Loop {
         let mut next_tick = Instant::now() + TICK;
         let mut next_report = Instant::now() + REPORT_EVERY;
         let mut next_scan = Instant::now() + Duration::from_secs(1);
+        let poll_interval = Duration::from_micros(self.args.poll_interval_us);
         loop {
             self.start_more();
             let timeout = next_tick.saturating_duration_since(Instant::now());
@@ -306,6 +308,9 @@ impl Loop {
             }
             while let Ok(cmd) = self.cmds.try_recv() {
                 self.on_cmd(cmd);
+            }
+            if !events.is_empty() && !poll_interval.is_zero() {
+                std::thread::sleep(poll_interval);
             }
             let now = Instant::now();
             if now >= next_tick {
@@ -490,7 +495,12 @@ impl Loop {
         self.inflight += 1;
         let dst = self.args.addrs[self.addr_index(k)];
         let slow = self.conns[k].group == Group::Slow;
-        match open_socket(src, dst, slow) {
+        let recv_buffer = if slow {
+            SLOW_READER_RCVBUF
+        } else {
+            self.args.recv_buffer
+        };
+        match open_socket(src, dst, recv_buffer) {
             Ok(mut stream) => {
                 if let Err(e) = self.poll.registry().register(
                     &mut stream,
@@ -668,7 +678,10 @@ impl Loop {
                     None => false,
                 }
             };
-            if !ok {
+            // A short read drained the socket: on Linux's edge-triggered epoll, data arriving
+            // later raises a new edge, so the read that would only say WouldBlock is skipped
+            // (one syscall fewer per frame at 100k frames/s).
+            if !ok || n < scratch.len() {
                 break;
             }
         }
@@ -771,15 +784,92 @@ impl Loop {
     }
 
     fn on_payload(&mut self, k: usize, json: bool, payload: &[u8], now_us: u64) -> Option<()> {
-        let msg = if json {
-            decode_server_json(payload)
-        } else {
-            decode_server_binary(payload)
-        };
-        let Ok(msg) = msg else {
-            self.c.decode_errors += 1;
-            return Some(());
-        };
+        if !json {
+            // Binary batches are read in place: 100-message frames without an allocation.
+            return match view_server_binary(payload) {
+                Ok(ServerMsgView::Batch(batch)) => {
+                    self.on_batch(k, batch.target, batch.iter(), now_us);
+                    Some(())
+                }
+                Ok(ServerMsgView::Other(msg)) => self.on_server_msg(k, msg),
+                Err(_) => {
+                    self.c.decode_errors += 1;
+                    Some(())
+                }
+            };
+        }
+        match decode_server_json(payload) {
+            Ok(ServerMsg::Batch { target, msgs }) => {
+                let pushes = msgs.iter().map(|m| PushRef {
+                    seq: m.seq,
+                    priority: m.priority,
+                    kind: &m.kind,
+                    data: &m.data,
+                });
+                self.on_batch(k, TargetRef::from(&target), pushes, now_us);
+                Some(())
+            }
+            Ok(msg) => self.on_server_msg(k, msg),
+            Err(_) => {
+                self.c.decode_errors += 1;
+                Some(())
+            }
+        }
+    }
+
+    /// Counts a batch's messages (unique, duplicated, out of order) and records their latency.
+    fn on_batch<'a>(
+        &mut self,
+        k: usize,
+        target: TargetRef<'_>,
+        msgs: impl Iterator<Item = PushRef<'a>>,
+        now_us: u64,
+    ) {
+        self.c.frames += 1;
+        let conn = &mut self.conns[k];
+        match target {
+            TargetRef::Room(r) if r == self.room_names[conn.room as usize] => {}
+            _ => {
+                self.c.foreign += 1;
+                return;
+            }
+        }
+        let group = conn.group;
+        for m in msgs {
+            self.c.msgs += 1;
+            let p = usize::from(m.priority).min(PRIORITIES - 1);
+            let counts = &mut self.c.received[group.index()][p];
+            counts.0 += 1;
+            if m.seq > conn.last_seq {
+                conn.unique[p] += 1;
+                conn.last_seq = m.seq;
+            } else if m.seq == conn.last_seq {
+                counts.1 += 1;
+            } else {
+                counts.2 += 1;
+            }
+            let Some(ts) = scan_ts(m.data) else {
+                self.c.no_ts += 1;
+                continue;
+            };
+            let latency = now_us.saturating_sub(ts).max(1);
+            if group == Group::Normal {
+                self.tick_latency.saturating_record(latency);
+            }
+            match self.phase {
+                Phase::Window => {
+                    self.hists.window[group.index()][p].saturating_record(latency);
+                }
+                Phase::Warmup if group == Group::Normal => {
+                    self.hists.warmup.saturating_record(latency);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// A reply or a close (batches go to `on_batch`); None when the connection is gone.
+    fn on_server_msg(&mut self, k: usize, msg: ServerMsg) -> Option<()> {
         match msg {
             ServerMsg::Reply { seq, result } => {
                 if self.conns[k].state == State::Joining && seq <= 2 {
@@ -798,49 +888,7 @@ impl Loop {
                     self.c.ping_errors += 1;
                 }
             }
-            ServerMsg::Batch { target, msgs } => {
-                self.c.frames += 1;
-                let conn = &mut self.conns[k];
-                match &target {
-                    Target::Room(r) if *r == self.room_names[conn.room as usize] => {}
-                    _ => {
-                        self.c.foreign += 1;
-                        return Some(());
-                    }
-                }
-                let group = conn.group;
-                for m in &msgs {
-                    self.c.msgs += 1;
-                    let p = usize::from(m.priority).min(PRIORITIES - 1);
-                    let counts = &mut self.c.received[group.index()][p];
-                    counts.0 += 1;
-                    if m.seq > conn.last_seq {
-                        conn.unique[p] += 1;
-                        conn.last_seq = m.seq;
-                    } else if m.seq == conn.last_seq {
-                        counts.1 += 1;
-                    } else {
-                        counts.2 += 1;
-                    }
-                    let Some(ts) = scan_ts(&m.data) else {
-                        self.c.no_ts += 1;
-                        continue;
-                    };
-                    let latency = now_us.saturating_sub(ts).max(1);
-                    if group == Group::Normal {
-                        self.tick_latency.saturating_record(latency);
-                    }
-                    match self.phase {
-                        Phase::Window => {
-                            self.hists.window[group.index()][p].saturating_record(latency);
-                        }
-                        Phase::Warmup if group == Group::Normal => {
-                            self.hists.warmup.saturating_record(latency);
-                        }
-                        _ => {}
-                    }
-                }
-            }
+            ServerMsg::Batch { .. } => unreachable!("batches are handled by on_batch"),
             ServerMsg::Close { code, reason } => {
                 if self.conns[k].state == State::Joining && code == 4029 {
                     self.fail(k, "full (4029)".into(), true);
@@ -980,11 +1028,13 @@ impl Loop {
 /// a phone on a bad network, not the megabytes Linux would autotune to on loopback.
 const SLOW_READER_RCVBUF: usize = 32 * 1024;
 
-fn open_socket(src: Ipv4Addr, dst: SocketAddr, slow_reader: bool) -> io::Result<TcpStream> {
+/// A non-blocking socket from `src` connecting to `dst`; `recv_buffer` 0 keeps the host's
+/// default receive buffer.
+fn open_socket(src: Ipv4Addr, dst: SocketAddr, recv_buffer: usize) -> io::Result<TcpStream> {
     let sock = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
     sock.set_nonblocking(true)?;
-    if slow_reader {
-        sock.set_recv_buffer_size(SLOW_READER_RCVBUF)?;
+    if recv_buffer > 0 {
+        sock.set_recv_buffer_size(recv_buffer)?;
     }
     // Let connect() pick the port per 4-tuple instead of reserving one per address at bind.
     sys::setsockopt_int(
