@@ -514,19 +514,22 @@ impl Run<'_> {
     fn publish(&mut self, members: &[u64]) -> Res<(Vec<[u64; PRIORITIES]>, Window)> {
         let args = self.args;
         let picker = RoomPicker::new(members, args.publish_spread);
-        let sink = publish_sink(args, &self.system)?;
+        let sinks = (0..args.publishers)
+            .map(|_| publish_sink(args, &self.system))
+            .collect::<Res<Vec<_>>>()?;
         say(&format!(
-            "bench: publishing {} msg/s ({} B, priorities {}) to {} room(s) via {}; warm-up {:.0} s, window {:.0} s",
+            "bench: publishing {} msg/s ({} B, priorities {}) to {} room(s) via {} ({} publisher thread(s)); warm-up {:.0} s, window {:.0} s",
             args.rate,
             args.payload,
             args.priority_mix,
             picker.occupied().len(),
             serde_name(&args.publish_via),
+            args.publishers,
             args.warmup,
             args.duration
         ));
         let publisher = Publisher::start(
-            sink,
+            sinks,
             Plan {
                 rooms: args.rooms,
                 rate: args.rate,
@@ -576,6 +579,7 @@ impl Run<'_> {
             "error_kinds": errors,
             "unrouted": state.unrouted.load(Ordering::Relaxed),
             "send_calls": calls,
+            "publishers": args.publishers,
             "send_ms_mean": per(state.send_us.load(Ordering::Relaxed) as f64 / 1000.0, calls),
         });
         self.results["window"] = json!({"secs": w.secs});

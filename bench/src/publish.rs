@@ -67,29 +67,43 @@ pub struct PubState {
     pub send_calls: AtomicU64,
 }
 
-/// A running publisher.
+/// A running publisher: one thread per sink.
 pub struct Publisher {
     stop: Arc<AtomicBool>,
     state: Arc<PubState>,
-    thread: Option<JoinHandle<()>>,
+    threads: Vec<JoinHandle<()>>,
 }
 
 impl Publisher {
-    pub fn start(sink: Box<dyn Sink>, plan: Plan) -> Publisher {
+    /// Starts one thread per sink; thread `j` of `n` publishes messages `j`, `j + n`, … at
+    /// `rate / n`, so rooms and priorities follow the plan whatever `n` is.
+    pub fn start(sinks: Vec<Box<dyn Sink>>, plan: Plan) -> Publisher {
         let stop = Arc::new(AtomicBool::new(false));
         let state = Arc::new(PubState {
             per_room: Mutex::new(vec![[0; PRIORITIES]; plan.rooms.max(1)]),
             ..PubState::default()
         });
-        let (s, st) = (Arc::clone(&stop), Arc::clone(&state));
-        let thread = std::thread::Builder::new()
-            .name("publisher".into())
-            .spawn(move || publish_loop(sink, &plan, &s, &st))
-            .expect("spawn publisher");
+        let plan = Arc::new(plan);
+        let lanes = sinks.len() as u64;
+        let threads = sinks
+            .into_iter()
+            .enumerate()
+            .map(|(j, sink)| {
+                let (s, st, plan) = (Arc::clone(&stop), Arc::clone(&state), Arc::clone(&plan));
+                let lane = Lane {
+                    index: j as u64,
+                    of: lanes,
+                };
+                std::thread::Builder::new()
+                    .name(format!("publisher-{j}"))
+                    .spawn(move || publish_loop(sink, &plan, lane, &s, &st))
+                    .expect("spawn publisher")
+            })
+            .collect();
         Publisher {
             stop,
             state,
-            thread: Some(thread),
+            threads,
         }
     }
 
@@ -100,7 +114,7 @@ impl Publisher {
     /// Stops publishing; returns what was accepted per room and priority.
     pub fn stop(mut self) -> Vec<[u64; PRIORITIES]> {
         self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
+        for t in self.threads.drain(..) {
             let _ = t.join();
         }
         self.state.per_room.lock().expect("per-room lock").clone()
@@ -129,14 +143,28 @@ pub fn message_data(ts: u64, size: usize) -> Bytes {
     Bytes::from(s)
 }
 
-fn publish_loop(mut sink: Box<dyn Sink>, plan: &Plan, stop: &AtomicBool, state: &PubState) {
-    let interval = Duration::from_secs_f64(1.0 / plan.rate.max(1e-6));
+/// Which share of the messages one publisher thread sends.
+#[derive(Debug, Clone, Copy)]
+struct Lane {
+    index: u64,
+    of: u64,
+}
+
+fn publish_loop(
+    mut sink: Box<dyn Sink>,
+    plan: &Plan,
+    lane: Lane,
+    stop: &AtomicBool,
+    state: &PubState,
+) {
+    let rate = plan.rate / lane.of as f64;
+    let interval = Duration::from_secs_f64(1.0 / rate.max(1e-6));
     let start = Instant::now();
     let mut sent: u64 = 0;
     let mut batch: Vec<Outgoing> = Vec::new();
     while !stop.load(Ordering::Relaxed) {
         let now = Instant::now();
-        let due = (now.duration_since(start).as_secs_f64() * plan.rate) as u64 + 1;
+        let due = (now.duration_since(start).as_secs_f64() * rate) as u64 + 1;
         if due <= sent {
             let next = start + interval.mul_f64(sent as f64);
             std::thread::sleep(
@@ -145,15 +173,16 @@ fn publish_loop(mut sink: Box<dyn Sink>, plan: &Plan, stop: &AtomicBool, state: 
             );
             continue;
         }
-        if due - sent > (plan.rate / 10.0).max(1.0) as u64 + 1 {
+        if due - sent > (rate / 10.0).max(1.0) as u64 + 1 {
             state.late_rounds.fetch_add(1, Ordering::Relaxed);
         }
         batch.clear();
         let until = due.min(sent + plan.max_batch as u64);
         while sent < until {
+            let n = sent * lane.of + lane.index;
             batch.push(Outgoing {
-                room: plan.picker.room(sent),
-                priority: plan.mix.priority(sent),
+                room: plan.picker.room(n),
+                priority: plan.mix.priority(n),
                 data: message_data(sys::unix_micros(), plan.payload),
             });
             sent += 1;
