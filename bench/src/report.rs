@@ -241,7 +241,9 @@ pub fn memory_json(
     }
     let have = before.iter().any(Option::is_some);
     let slab = kernel_idle.slab as i64 - kernel_before.slab as i64;
-    let tcp = kernel_idle.tcp_mem as i64 - kernel_before.tcp_mem as i64;
+    // Buffers other sockets held at the baseline (the floor's, the control link's) may be gone
+    // by idle time: a drop is not a negative cost per connection.
+    let tcp = (kernel_idle.tcp_mem as i64 - kernel_before.tcp_mem as i64).max(0);
     json!({
         "edge_connections": edge_conns,
         "edge_rss_delta": rss_delta,
