@@ -106,20 +106,10 @@ pub fn delta(a: &Counters, b: &Counters) -> Counters {
         .collect()
 }
 
-/// Pages of TCP socket buffers in use: the `mem` field of sockstat's `TCP:` line.
-pub fn parse_sockstat_tcp_pages(text: &str) -> Option<u64> {
-    let rest = text.lines().find_map(|l| l.strip_prefix("TCP:"))?;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    f.chunks(2).find_map(|pair| match pair {
-        [name, value] if *name == "mem" => value.parse().ok(),
-        _ => None,
-    })
-}
-
 /// Bytes of TCP socket buffers in use now (system-wide).
 pub fn sockstat_tcp_bytes() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/net/sockstat").ok()?;
-    Some(parse_sockstat_tcp_pages(&text)? * sys::page_size())
+    Some(sys::sockstat_tcp_field(&text, "mem")? * sys::page_size())
 }
 
 /// `net.ipv4.tcp_mem` in bytes.
@@ -485,8 +475,9 @@ Udp: 5\n";
     #[test]
     fn parses_sockstat_and_tcp_mem() {
         let s = "sockets: used 11\nTCP: inuse 1 orphan 0 tw 87938 alloc 1 mem 235\nUDP: inuse 0 mem 7\n";
-        assert_eq!(parse_sockstat_tcp_pages(s), Some(235));
-        assert_eq!(parse_sockstat_tcp_pages("UDP: inuse 0 mem 7\n"), None);
+        assert_eq!(sys::sockstat_tcp_field(s, "mem"), Some(235));
+        assert_eq!(sys::sockstat_tcp_field(s, "tw"), Some(87938));
+        assert_eq!(sys::sockstat_tcp_field("UDP: inuse 0 mem 7\n", "mem"), None);
         assert_eq!(
             parse_tcp_mem("1048576\t1572864\t2097152\n", 4096),
             Some(TcpMem {

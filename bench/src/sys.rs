@@ -183,24 +183,22 @@ pub fn kernel_mem() -> KernelMem {
         }
     }
     if let Ok(text) = std::fs::read_to_string("/proc/net/sockstat") {
-        for line in text.lines() {
-            if let Some(rest) = line.strip_prefix("TCP:") {
-                let f: Vec<&str> = rest.split_whitespace().collect();
-                for pair in f.chunks(2) {
-                    if let [name, value] = pair {
-                        let v = value.parse::<u64>().unwrap_or(0);
-                        match *name {
-                            "inuse" => k.tcp_inuse = v,
-                            "tw" => k.tcp_tw = v,
-                            "mem" => k.tcp_mem = v * 4096,
-                            _ => {}
-                        }
-                    }
-                }
-            }
-        }
+        let field = |name| sockstat_tcp_field(&text, name).unwrap_or(0);
+        k.tcp_inuse = field("inuse");
+        k.tcp_tw = field("tw");
+        k.tcp_mem = field("mem") * page_size();
     }
     k
+}
+
+/// One field of sockstat's `TCP:` line (`inuse`, `orphan`, `tw`, `alloc`, `mem` in pages).
+pub fn sockstat_tcp_field(sockstat: &str, name: &str) -> Option<u64> {
+    let rest = sockstat.lines().find_map(|l| l.strip_prefix("TCP:"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    fields.chunks(2).find_map(|pair| match pair {
+        [n, value] if *n == name => value.parse().ok(),
+        _ => None,
+    })
 }
 
 /// Finds an executable in `PATH`.
