@@ -115,9 +115,9 @@ fn pages_for(connections: u64, bytes_each: u64) -> u64 {
 /// in flight (100 messages of ~161 B merged per 1 s tick is ~16 KB per viewer per tick).
 pub const TCP_MEM_LOW_BYTES_PER_CONNECTION: u64 = 16 * 1024;
 
-/// tcp_mem per connection at which the kernel enters memory pressure: twice a level-4 frame, so
-/// a host that also runs the load generator (it charges the edge's send queue *and* the client's
-/// receive queue to the same tcp_mem) stays out of pressure at steady state.
+/// tcp_mem per connection at which the kernel enters memory pressure: twice a level-4 frame. A
+/// host that also runs the load generator holds two sockets per viewer (the edge's send queue
+/// *and* the client's receive queue count against the same tcp_mem): size it for 2N.
 pub const TCP_MEM_PRESSURE_BYTES_PER_CONNECTION: u64 = 32 * 1024;
 
 /// tcp_mem's hard cap per connection: every socket's whole send cap (`--socket-send-buffer-bytes`).
@@ -159,9 +159,9 @@ pub fn sysctls(n: u64) -> Vec<Sysctl> {
     let conntrack = (n + n / 4).max(262_144);
     // tcp_mem counts queued data (skb truesize) in pages; the ~5 KiB of socket slab per
     // connection is outside it. Per connection: 16 KiB low (one level-4 frame in flight), 32 KiB
-    // pressure (a load-test host charges the client's receive queue too), 64 KiB hard cap = the
-    // whole send cap on every socket. Measured: 100k viewers at level 4 on the stock
-    // 1.1/1.5/2.2 GiB entered pressure, dropped and collapsed; at 4/6/8 GiB they were clean.
+    // pressure, 64 KiB hard cap = the whole send cap on every socket. Measured with edges and
+    // viewers on one host: 100k viewers at level 4 collapsed on the stock tcp_mem and on this
+    // table for N = 100k, and were clean on the table for N = 200k (two sockets per viewer).
     let mem_low = pages_for(n, TCP_MEM_LOW_BYTES_PER_CONNECTION);
     let mem_pressure = tcp_mem_pressure_pages(n);
     let mem_high = tcp_mem_cap_pages(n);
@@ -212,7 +212,7 @@ pub fn sysctls(n: u64) -> Vec<Sysctl> {
             key: "net.ipv4.tcp_mem",
             fields: vec![at_least(mem_low), at_least(mem_pressure), at_least(mem_high)],
             reason: "pages all TCP buffers may use (no pressure / pressure / hard cap); level 4 puts a ~16 KB frame into every viewer's socket each tick; under pressure the kernel prunes, drops and retransmits, above the cap writes stall",
-            scaling: format!("N x 16 KiB (one level-4 frame) / 32 KiB (x2: a host that also runs the load generator charges both ends) / 64 KiB (every socket's send cap) = {mem_low} {mem_pressure} {mem_high} pages"),
+            scaling: format!("N x 16 KiB (one level-4 frame) / 32 KiB (2 frames; a host that also runs the viewers needs the table for 2N) / 64 KiB (every socket's send cap) = {mem_low} {mem_pressure} {mem_high} pages"),
             optional: false,
         },
         Sysctl {
