@@ -163,6 +163,26 @@ impl LinkServer {
                         Some(edge) => edge.apply(report),
                         None => say(&format!("link {peer}: load report before register")),
                     },
+                    Ok(Some(LinkFrame::Sync(id))) => {
+                        // The edge answers joins of new channels once this barrier comes back;
+                        // this server routes every publish to every edge, so there is nothing
+                        // to apply first.
+                        let mut ack = BytesMut::new();
+                        link::encode(&LinkFrame::SyncAck(id), &mut ack)
+                            .expect("a sync ack encodes");
+                        let written = match &me {
+                            Some(edge) => edge
+                                .writer
+                                .lock()
+                                .expect("link writer lock")
+                                .write_all(&ack),
+                            None => stream.write_all(&ack),
+                        };
+                        if let Err(e) = written {
+                            say(&format!("link {peer}: {e}; dropping the link"));
+                            return;
+                        }
+                    }
                     Ok(Some(other)) => {
                         say(&format!(
                             "link {peer}: unexpected frame from an edge: {other:?}"

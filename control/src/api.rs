@@ -47,6 +47,8 @@ pub struct ApiSettings {
     pub max_body_bytes: usize,
     pub max_batch_messages: usize,
     pub user_query_timeout: Duration,
+    /// Publishes wait until then after a start (`--startup-grace-ms`).
+    pub publish_opens_at: tokio::time::Instant,
 }
 
 impl ApiSettings {
@@ -58,6 +60,7 @@ impl ApiSettings {
             max_body_bytes: config.max_body_bytes,
             max_batch_messages: config.max_batch_messages,
             user_query_timeout: config.user_query_timeout(),
+            publish_opens_at: tokio::time::Instant::now() + config.startup_grace(),
         }
     }
 }
@@ -438,6 +441,13 @@ fn to_req<'a>(message: &'a Message<'a>, body: &Bytes) -> PublishReq<'a> {
     }
 }
 
+/// Holds a publish through the startup grace (edges re-registering) and while an edge link is
+/// congested.
+async fn admit(state: &AppState) {
+    tokio::time::sleep_until(state.settings.publish_opens_at).await;
+    state.router.wait_for_backlog().await;
+}
+
 async fn publish_single(
     state: &AppState,
     target: TargetRef<'_>,
@@ -448,7 +458,7 @@ async fn publish_single(
         .check(Context::Url(target))
         .map_err(ApiError::bad_request)?;
     let req = to_req(&message, body);
-    state.router.wait_for_backlog().await;
+    admit(state).await;
     let mut outcome = state.router.publish(std::slice::from_ref(&req));
     state.metrics.published(1);
     match outcome.pop() {
@@ -507,7 +517,7 @@ async fn publish_batch(
         .filter_map(|c| c.as_ref().ok())
         .map(|m| to_req(m, &body))
         .collect();
-    state.router.wait_for_backlog().await;
+    admit(&state).await;
     let mut outcomes = state.router.publish(&reqs).into_iter();
     state.metrics.published(reqs.len() as u64);
 
@@ -734,6 +744,7 @@ mod tests {
             max_body_bytes: 4096,
             max_batch_messages: 5,
             user_query_timeout: Duration::from_millis(200),
+            publish_opens_at: tokio::time::Instant::now(),
         };
         settings(&mut s);
         let state = AppState {

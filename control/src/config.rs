@@ -28,6 +28,7 @@ pub const LEVELS: usize = 4;
 #[command(
     name = "roomcast-control",
     version,
+    args_override_self = true,
     about = "roomcast control plane: publish API, dispatcher, router and rate levels",
     long_about = "roomcast control plane: the HTTP API a live platform's backend publishes through \
                   (rooms, users, broadcast), the dispatcher that hands clients edge addresses, the \
@@ -158,6 +159,13 @@ pub struct ControlConfig {
     /// Cap of the backed-off dwell of a flapping room.
     #[arg(long, env = "ROOMCAST_LEVEL_MAX_DWELL_MS", default_value_t = 300_000)]
     pub level_max_dwell_ms: u64,
+
+    /// Publishes that arrive this soon after start are held (not refused) until it has passed,
+    /// so edges that were linked to a previous instance can re-register first: a message
+    /// accepted after a restart then reaches every viewer whose join was already answered.
+    /// Edges re-dial at least once a second. 0 = publish at once.
+    #[arg(long, env = "ROOMCAST_STARTUP_GRACE_MS", default_value_t = 2_000)]
+    pub startup_grace_ms: u64,
 
     /// An edge without a load report for this long is dropped from routing and dispatch (edges
     /// report every second).
@@ -334,6 +342,10 @@ impl ControlConfig {
     /// True when the API key is the built-in development key.
     pub fn uses_dev_api_key(&self) -> bool {
         self.api_key == DEV_API_KEY
+    }
+
+    pub fn startup_grace(&self) -> Duration {
+        Duration::from_millis(self.startup_grace_ms)
     }
 
     pub fn edge_report_timeout(&self) -> Duration {

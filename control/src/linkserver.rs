@@ -160,6 +160,14 @@ async fn read_loop(
                     }
                 }
                 LinkFrame::UserConns(answer) => queries.answer(answer),
+                // Every frame before it is applied (frames are handled in order, and a report
+                // updates routing under the router's lock before this line runs): acknowledge,
+                // so the edge can answer the joins waiting on it.
+                LinkFrame::Sync(id) => {
+                    if !link.send(sync_ack(id)) {
+                        return "the link's writer is gone".into();
+                    }
+                }
                 other => {
                     return format!("unexpected {} frame from an edge", frame_name(&other));
                 }
@@ -288,6 +296,12 @@ impl Buf for Chunks {
     }
 }
 
+fn sync_ack(id: u64) -> Bytes {
+    let mut out = BytesMut::with_capacity(16);
+    link::encode(&LinkFrame::SyncAck(id), &mut out).expect("a sync ack always encodes");
+    out.freeze()
+}
+
 fn frame_name(frame: &LinkFrame) -> &'static str {
     match frame {
         LinkFrame::Register(_) => "register",
@@ -296,6 +310,8 @@ fn frame_name(frame: &LinkFrame) -> &'static str {
         LinkFrame::LoadReport(_) => "load report",
         LinkFrame::QueryUser(_) => "query user",
         LinkFrame::UserConns(_) => "user connections",
+        LinkFrame::Sync(_) => "sync",
+        LinkFrame::SyncAck(_) => "sync ack",
     }
 }
 

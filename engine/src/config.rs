@@ -129,6 +129,16 @@ pub struct EdgeConfig {
     #[arg(long, env = "ROOMCAST_STATS_LOG_INTERVAL_MS", default_value_t = 10_000)]
     pub stats_log_interval_ms: u64,
 
+    /// How long a join (or `auth`) of a channel new to a worker waits for the control plane to
+    /// confirm that it routes the channel here (the reply is a subscription in place); past it
+    /// the join is refused `unavailable` (an `auth` also closes with 1013) and may be retried.
+    #[arg(
+        long,
+        env = "ROOMCAST_JOIN_CONFIRM_TIMEOUT_MS",
+        default_value_t = 5_000
+    )]
+    pub join_confirm_timeout_ms: u64,
+
     /// How often the edge sends a load report to the control plane.
     #[arg(long, env = "ROOMCAST_REPORT_INTERVAL_MS", default_value_t = 1_000)]
     pub report_interval_ms: u64,
@@ -239,7 +249,10 @@ impl EdgeConfig {
         if self.max_message_bytes < 128 {
             return bad("--max-message-bytes must be at least 128");
         }
-        if self.heartbeat_timeout_ms == 0 || self.auth_timeout_ms == 0 {
+        if self.heartbeat_timeout_ms == 0
+            || self.auth_timeout_ms == 0
+            || self.join_confirm_timeout_ms == 0
+        {
             return bad("timeouts must be positive");
         }
         if self.report_interval_ms == 0 {
@@ -282,6 +295,10 @@ impl EdgeConfig {
 
     pub fn auth_timeout(&self) -> Duration {
         Duration::from_millis(self.auth_timeout_ms)
+    }
+
+    pub fn join_confirm_timeout(&self) -> Duration {
+        Duration::from_millis(self.join_confirm_timeout_ms)
     }
 
     pub fn report_interval(&self) -> Duration {

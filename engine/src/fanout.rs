@@ -36,6 +36,15 @@ pub enum ToWorker {
         request: u32,
         user: Box<str>,
     },
+    /// The control plane confirmed (with a link `sync` barrier) that it routes the channel to
+    /// this edge: answer the joins (or `auth`) that waited on request `token`.
+    Confirmed {
+        kind: ChannelKind,
+        name: Box<str>,
+        token: u64,
+    },
+    /// The link to the control plane was lost: no channel is confirmed any more.
+    LinkLost,
     /// Close every connection with 1001 and stop.
     Shutdown,
 }
@@ -59,6 +68,15 @@ pub enum ToHub {
         name: Box<str>,
         format: WireFormat,
         present: bool,
+    },
+    /// A channel on this worker is not confirmed yet and a join (or `auth`) waits on it: answer
+    /// with `ToWorker::Confirmed` carrying `token` once the control plane routes it here. Sent
+    /// after the channel's `Presence`, on the same queue.
+    Confirm {
+        worker: usize,
+        kind: ChannelKind,
+        name: Box<str>,
+        token: u64,
     },
     /// The answer to `ToWorker::QueryUser`.
     UserConns { request: u32, conns: Vec<ConnInfo> },

@@ -9,7 +9,7 @@
 //! sums them into the link's load report.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,7 +35,9 @@ use crate::window::{Admit, Pacing, Window, MAX_BATCH_MESSAGES};
 const LINK: Token = Token(0);
 const WAKE: Token = Token(1);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// At most this between re-dials: the control plane holds publishes for `--startup-grace-ms`
+/// (2 s) after a start so edges can re-register first.
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// Link bytes read per `service_link` call: under a publish flood the hub must still get back to
 /// its windows, wake-ups and load reports.
 const LINK_READ_BUDGET: usize = 1 << 20;
@@ -88,8 +90,22 @@ pub struct HubStats {
     pub tick_lag: Hist,
 }
 
+/// Whether the control plane is known to route a channel to this edge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Routed {
+    /// Not confirmed since the channel appeared here or since the link came up.
+    No,
+    /// Reported, and a `sync` barrier with this id is on its way.
+    Syncing(u64),
+    /// The control plane acknowledged a `sync` sent after the channel was reported.
+    Yes,
+}
+
 struct Channel {
     window: Window,
+    routed: Routed,
+    /// Workers waiting for `routed` to become `Yes`, with the token each asked with.
+    waiters: Vec<(usize, u64)>,
     /// The last sequence number published to this channel (reported so a restarted control
     /// plane continues the numbering).
     last_seq: u64,
@@ -101,6 +117,8 @@ impl Channel {
     fn new(pacing: Pacing) -> Channel {
         Channel {
             window: Window::new(pacing),
+            routed: Routed::No,
+            waiters: Vec::new(),
             last_seq: 0,
             workers_by_format: [0; 3],
         }
@@ -157,6 +175,11 @@ pub struct Hub {
     link_unread: bool,
     /// An early incremental load report is due (a channel appeared on or left this edge).
     membership_report_at: Option<Instant>,
+    /// Channels a worker waits on that need a `sync` barrier (sent at the end of the round).
+    syncs_due: Vec<(ChannelKind, String)>,
+    /// `sync` barriers sent and not yet acknowledged, oldest first, with their channels.
+    syncs_in_flight: VecDeque<(u64, Vec<(ChannelKind, String)>)>,
+    next_sync: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -222,6 +245,9 @@ impl Hub {
             next_query: 0,
             link_unread: false,
             membership_report_at: None,
+            syncs_due: Vec::new(),
+            syncs_in_flight: VecDeque::new(),
+            next_sync: 1,
             setup,
         }
     }
@@ -278,6 +304,7 @@ impl Hub {
                 }
             }
             self.fire_timers(Instant::now());
+            self.send_syncs();
             if Instant::now() >= next_report {
                 self.publish_snapshot();
                 self.send_report(false);
@@ -309,6 +336,12 @@ impl Hub {
                     format,
                     present,
                 } => self.presence(worker, kind, &name, format, present),
+                ToHub::Confirm {
+                    worker,
+                    kind,
+                    name,
+                    token,
+                } => self.confirm_request(worker, kind, &name, token),
                 ToHub::UserConns { request, conns } => self.user_conns_answered(request, conns),
                 ToHub::Report {
                     worker,
@@ -370,10 +403,142 @@ impl Hub {
             channel.workers_by_format[format.index()] &= !bit;
         }
         let has_members = channel.has_members();
+        if !has_members {
+            // Gone from this edge: a later first member must be confirmed afresh, after the
+            // report that says it is back.
+            channel.routed = Routed::No;
+            channel.waiters.clear();
+        }
         if had_members != has_members {
             self.membership_changed(kind, name, has_members);
         }
         self.forget_if_idle(kind, name);
+    }
+
+    /// A worker waits for a channel to be routed here (a join or `auth` reply depends on it).
+    fn confirm_request(&mut self, worker: usize, kind: ChannelKind, name: &str, token: u64) {
+        let link_up = matches!(self.link, LinkState::Up(_));
+        let channel = match kind {
+            ChannelKind::Room => self.rooms.get_mut(name),
+            ChannelKind::User => self.users.get_mut(name),
+            ChannelKind::All => None,
+        };
+        let Some(channel) = channel.filter(|c| c.has_members()) else {
+            // Its members left before the hub read this: nobody waits any more.
+            return;
+        };
+        if channel.routed == Routed::Yes && link_up {
+            self.confirm_worker(worker, kind, name, token);
+            return;
+        }
+        channel.waiters.push((worker, token));
+        if channel.routed == Routed::No && channel.waiters.len() == 1 {
+            self.syncs_due.push((kind, name.to_string()));
+        }
+    }
+
+    fn confirm_worker(&mut self, worker: usize, kind: ChannelKind, name: &str, token: u64) {
+        let confirmed = ToWorker::Confirmed {
+            kind,
+            name: name.into(),
+            token,
+        };
+        // The inbox is bounded; a worker that far behind would time the join out anyway, but a
+        // blocking send keeps the answer (the hub never waits on a worker otherwise, and a
+        // confirmation is rare: once per channel per worker).
+        if self.setup.workers[worker].inbox.send(confirmed).is_ok() {
+            self.woken[worker] = true;
+        }
+    }
+
+    /// Reports the channels workers wait on and sends one `sync` barrier behind the report; the
+    /// control plane's `sync ack` confirms them all. Waits for the link when it is down.
+    fn send_syncs(&mut self) {
+        if self.syncs_due.is_empty() || !matches!(self.link, LinkState::Up(_)) {
+            return;
+        }
+        let due = std::mem::take(&mut self.syncs_due);
+        let id = self.next_sync;
+        self.next_sync += 1;
+        let mut syncing = Vec::with_capacity(due.len());
+        for (kind, name) in due {
+            let channel = match kind {
+                ChannelKind::Room => self.rooms.get_mut(&name),
+                ChannelKind::User => self.users.get_mut(&name),
+                ChannelKind::All => None,
+            };
+            if let Some(channel) =
+                channel.filter(|c| c.routed == Routed::No && !c.waiters.is_empty())
+            {
+                channel.routed = Routed::Syncing(id);
+                syncing.push((kind, name));
+            }
+        }
+        if syncing.is_empty() {
+            return;
+        }
+        // The membership changes (the channel's appearance) go first; the barrier follows them.
+        self.send_report(false);
+        self.send_frame(&LinkFrame::Sync(id));
+        if matches!(self.link, LinkState::Up(_)) {
+            self.syncs_in_flight.push_back((id, syncing));
+        } else {
+            // The link failed while sending: `link_lost` already queued every waiter again.
+        }
+    }
+
+    /// The control plane applied everything up to `sync` `id`: confirm those channels.
+    fn sync_acked(&mut self, id: u64) {
+        while self
+            .syncs_in_flight
+            .front()
+            .is_some_and(|(sent, _)| *sent <= id)
+        {
+            let Some((sent, channels)) = self.syncs_in_flight.pop_front() else {
+                break;
+            };
+            for (kind, name) in channels {
+                let channel = match kind {
+                    ChannelKind::Room => self.rooms.get_mut(&name),
+                    ChannelKind::User => self.users.get_mut(&name),
+                    ChannelKind::All => None,
+                };
+                let Some(channel) = channel.filter(|c| c.routed == Routed::Syncing(sent)) else {
+                    continue; // emptied (and maybe re-appeared) since: not this barrier's
+                };
+                channel.routed = Routed::Yes;
+                let waiters = std::mem::take(&mut channel.waiters);
+                for (worker, token) in waiters {
+                    self.confirm_worker(worker, kind, &name, token);
+                }
+            }
+        }
+    }
+
+    /// The link is gone: nothing is confirmed any more. Workers answer new joins only after the
+    /// next registration's full report and a `sync` behind it; waiters keep waiting for that.
+    fn link_lost(&mut self) {
+        self.syncs_in_flight.clear();
+        self.syncs_due.clear();
+        let rooms = self
+            .rooms
+            .iter_mut()
+            .map(|(n, c)| (ChannelKind::Room, n, c));
+        let users = self
+            .users
+            .iter_mut()
+            .map(|(n, c)| (ChannelKind::User, n, c));
+        for (kind, name, channel) in rooms.chain(users) {
+            channel.routed = Routed::No;
+            if !channel.waiters.is_empty() {
+                self.syncs_due.push((kind, name.clone()));
+            }
+        }
+        for (index, worker) in self.setup.workers.iter().enumerate() {
+            if worker.inbox.send(ToWorker::LinkLost).is_ok() {
+                self.woken[index] = true;
+            }
+        }
     }
 
     /// Drops a room or user channel that has no member here and nothing waiting to be sent; its
@@ -503,6 +668,7 @@ impl Hub {
         ) {
             let _ = self.poll.registry().deregister(&mut conn.stream);
             tracing::warn!(why, "link to the control plane lost; re-dialling");
+            self.link_lost();
         } else {
             tracing::debug!(why, "link dial failed");
         }
@@ -570,7 +736,11 @@ impl Hub {
                 LinkFrame::Publish(publish) => self.publish(publish),
                 LinkFrame::SetLevel(level) => self.set_level(level),
                 LinkFrame::QueryUser(query) => self.query_user(query),
-                LinkFrame::Register(_) | LinkFrame::LoadReport(_) | LinkFrame::UserConns(_) => {
+                LinkFrame::SyncAck(id) => self.sync_acked(id),
+                LinkFrame::Register(_)
+                | LinkFrame::LoadReport(_)
+                | LinkFrame::UserConns(_)
+                | LinkFrame::Sync(_) => {
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidData,
                         "control sent an edge-only frame",
@@ -791,20 +961,20 @@ impl Hub {
         for stats in &self.worker_stats {
             total.add(stats);
         }
+        // Member counts come from the workers' periodic reports, which lag their presence
+        // messages: a channel present here is reported with at least 1 member, never 0, so the
+        // control plane routes to it from the moment a join can be answered.
         let (rooms, users) = if full {
             self.changed_rooms.clear();
             self.changed_users.clear();
-            (totals(&self.room_members), totals(&self.user_conns))
+            (
+                full_counts(&self.room_members, &self.rooms),
+                full_counts(&self.user_conns, &self.users),
+            )
         } else {
             (
-                self.changed_rooms
-                    .drain()
-                    .map(|(k, v)| (k.into_string(), v))
-                    .collect(),
-                self.changed_users
-                    .drain()
-                    .map(|(k, v)| (k.into_string(), v))
-                    .collect(),
+                present_counts(self.changed_rooms.drain(), &self.rooms),
+                present_counts(self.changed_users.drain(), &self.users),
             )
         };
         let report = LinkFrame::LoadReport(LoadReport {
@@ -973,10 +1143,41 @@ fn merge_counts(
     }
 }
 
-fn totals(table: &HashMap<Box<str>, Vec<u32>>) -> Vec<(String, u32)> {
-    table
+/// Every channel's member count for a full report: the workers' last counts, and at least 1 for
+/// a channel with members by presence.
+fn full_counts(
+    reported: &HashMap<Box<str>, Vec<u32>>,
+    channels: &HashMap<String, Channel>,
+) -> Vec<(String, u32)> {
+    let mut counts: HashMap<&str, u32> = reported
         .iter()
-        .map(|(name, counts)| (name.to_string(), counts.iter().sum()))
+        .map(|(name, per_worker)| (&**name, per_worker.iter().sum()))
+        .collect();
+    for (name, channel) in channels {
+        if channel.has_members() {
+            let count = counts.entry(name).or_insert(0);
+            *count = (*count).max(1);
+        }
+    }
+    counts
+        .into_iter()
+        .filter(|&(_, n)| n > 0)
+        .map(|(name, n)| (name.to_string(), n))
+        .collect()
+}
+
+/// Changed counts for an incremental report; a 0 for a channel still present by presence (the
+/// workers' counts lag) is reported as 1.
+fn present_counts(
+    changed: impl Iterator<Item = (Box<str>, u32)>,
+    channels: &HashMap<String, Channel>,
+) -> Vec<(String, u32)> {
+    changed
+        .map(|(name, n)| {
+            let present = channels.get(&*name).is_some_and(|c| c.has_members());
+            let n = if present { n.max(1) } else { n };
+            (name.into_string(), n)
+        })
         .collect()
 }
 

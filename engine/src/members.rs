@@ -20,6 +20,10 @@ pub struct Channel {
     pub members: Vec<ConnId>,
     /// Members per wire format, so the hub encodes only the formats in use.
     pub per_format: [u32; 3],
+    /// The control plane has confirmed that it routes this channel to this edge (the hub said
+    /// so since the channel appeared here and since the link last came up): a join answers at
+    /// once. False on a new channel, and again after the link was lost.
+    pub confirmed: bool,
 }
 
 /// Where a join put a connection.
@@ -78,6 +82,7 @@ impl MemberTable {
                     name: name.into(),
                     members: Vec::new(),
                     per_format: [0; 3],
+                    confirmed: false,
                 }) as ChannelSlot;
                 self.index.insert(name.into(), slot);
                 slot
@@ -124,6 +129,24 @@ impl MemberTable {
     }
 
     /// Member counts changed since the last call (0 = the channel is gone from this core).
+    /// Marks the channel confirmed (see [`Channel::confirmed`]); false when it no longer exists.
+    pub fn confirm(&mut self, name: &str) -> bool {
+        match self.index.get(name) {
+            Some(&slot) => {
+                self.channels[slot as usize].confirmed = true;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The link to the control plane was lost: every channel must be confirmed again.
+    pub fn unconfirm_all(&mut self) {
+        for (_, channel) in &mut self.channels {
+            channel.confirmed = false;
+        }
+    }
+
     pub fn take_changes(&mut self) -> HashMap<Box<str>, u32> {
         std::mem::take(&mut self.changed)
     }

@@ -523,6 +523,18 @@ pub fn render(shared: &Shared) -> String {
             total.auth_failures_by[why as usize] as f64,
         );
     }
+    w.single(
+        "roomcast_confirm_waits_total",
+        "counter",
+        "Joins and auths whose reply waited for the control plane to confirm a channel new to a worker (the join acknowledgement).",
+        total.confirm_waits as f64,
+    );
+    w.single(
+        "roomcast_confirm_timeouts_total",
+        "counter",
+        "Joins and auths refused `unavailable` because that confirmation took longer than --join-confirm-timeout-ms.",
+        total.confirm_timeouts as f64,
+    );
 
     // Rooms.
     w.family(
@@ -635,6 +647,12 @@ pub fn render(shared: &Shared) -> String {
         "How late a merge window's timer fired against its deadline.",
         LATENCY_BOUNDS,
         &snap.hub.tick_lag,
+    );
+    w.histogram(
+        "roomcast_confirm_seconds",
+        "From a worker asking the control plane to confirm a channel to the confirmation (one observation per channel per worker).",
+        LATENCY_BOUNDS,
+        &total.confirm_latency,
     );
     w.histogram(
         "roomcast_publish_to_flush_seconds",

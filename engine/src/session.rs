@@ -252,6 +252,8 @@ enum Step {
 pub const CLOSE_NORMAL: u16 = 1000;
 pub const CLOSE_SHUTDOWN: u16 = 1001;
 pub const CLOSE_TOO_BIG: u16 = 1009;
+/// WebSocket's "try again later": `auth` could not be confirmed with the control plane in time.
+pub const CLOSE_TRY_AGAIN: u16 = 1013;
 pub const CLOSE_HEARTBEAT: u16 = 4000;
 pub const CLOSE_UNAUTHENTICATED: u16 = 4001;
 pub const CLOSE_SLOW: u16 = 4008;
@@ -265,6 +267,7 @@ pub fn close_reason(code: u16) -> &'static str {
         1002 => "protocol error",
         1007 => "invalid utf-8",
         CLOSE_TOO_BIG => "too big",
+        CLOSE_TRY_AGAIN => "try again later",
         CLOSE_HEARTBEAT => "heartbeat timeout",
         CLOSE_UNAUTHENTICATED => "unauthenticated",
         CLOSE_SLOW => "slow",

@@ -111,10 +111,12 @@ pub enum CloseReason {
     Slow,
     WriteError,
     Shutdown,
+    /// `auth` could not be confirmed with the control plane in time (closed with 1013).
+    Unconfirmed,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 7] = [
+    pub const ALL: [CloseReason; 8] = [
         CloseReason::Peer,
         CloseReason::Heartbeat,
         CloseReason::Unauthenticated,
@@ -122,6 +124,7 @@ impl CloseReason {
         CloseReason::Slow,
         CloseReason::WriteError,
         CloseReason::Shutdown,
+        CloseReason::Unconfirmed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -133,6 +136,7 @@ impl CloseReason {
             CloseReason::Slow => "slow",
             CloseReason::WriteError => "write_error",
             CloseReason::Shutdown => "shutdown",
+            CloseReason::Unconfirmed => "unconfirmed",
         }
     }
 }
@@ -178,6 +182,12 @@ pub struct WorkerStats {
     /// Nanoseconds spent outside the driver's poll (working) and in it (waiting).
     pub busy_ns: u64,
     pub poll_ns: u64,
+    /// Joins and `auth`s whose reply waited for the control plane to confirm a channel new to
+    /// this worker, and those refused because the confirmation did not come in time.
+    pub confirm_waits: u64,
+    pub confirm_timeouts: u64,
+    /// From a worker asking for a channel's confirmation to getting it, seconds.
+    pub confirm_latency: Hist,
     /// The driver's own counters at the last report.
     pub driver: DriverStats,
 }
@@ -220,6 +230,9 @@ impl WorkerStats {
         self.publish_to_flush.add(&other.publish_to_flush);
         self.busy_ns += other.busy_ns;
         self.poll_ns += other.poll_ns;
+        self.confirm_waits += other.confirm_waits;
+        self.confirm_timeouts += other.confirm_timeouts;
+        self.confirm_latency.add(&other.confirm_latency);
         self.driver.submissions += other.driver.submissions;
         self.driver.completions += other.driver.completions;
         self.driver.accept_fd_exhausted += other.driver.accept_fd_exhausted;

@@ -6,6 +6,7 @@
 //! locks or touches another core's memory; batches arrive as one `Arc` per core and are shared
 //! between members through a per-core `Rc`.
 
+use std::collections::HashMap;
 use std::io::{IoSlice, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
@@ -74,6 +75,32 @@ enum Lifecycle {
     Releasing,
 }
 
+/// An op whose reply waits until the control plane confirms the channel it subscribed to.
+#[derive(Debug, Clone, Copy)]
+struct WaitingOp {
+    conn: ConnId,
+    seq: u64,
+    format: WireFormat,
+    /// `auth` (the user channel) rather than `join` (a room).
+    auth: bool,
+}
+
+/// A channel of this worker waiting for the hub's `Confirmed`.
+#[derive(Debug)]
+struct Awaiting {
+    /// Sent with the request; a `Confirmed` with another token is stale and ignored.
+    token: u64,
+    since: Instant,
+    ops: Vec<WaitingOp>,
+}
+
+/// How a join or auth is answered.
+enum Answer {
+    Now(Result<(), (ErrorCode, &'static str)>),
+    /// Once the channel is confirmed (or its confirmation times out).
+    Later,
+}
+
 /// An authenticated connection's identity and channel memberships.
 struct Identity {
     user_slot: ChannelSlot,
@@ -130,6 +157,9 @@ pub struct Worker {
     iov: Vec<IoSlice<'static>>,
     lingering: std::collections::VecDeque<(Instant, TcpStream)>,
     stats: WorkerStats,
+    /// Channels waiting for the control plane's confirmation, with the ops to answer then.
+    awaiting: HashMap<(ChannelKind, Box<str>), Awaiting>,
+    next_token: u64,
     /// When the hub received the first message of each batch delivered this round (for the
     /// publish→flush histogram, recorded once per batch after the round's flush).
     delivered_at: Vec<Instant>,
@@ -181,6 +211,8 @@ impl Worker {
             iov: Vec::new(),
             lingering: Default::default(),
             stats: WorkerStats::default(),
+            awaiting: HashMap::new(),
+            next_token: 1,
             delivered_at: Vec::new(),
             now: Instant::now(),
             shutting_down: false,
@@ -199,6 +231,7 @@ impl Worker {
                 .config
                 .heartbeat_timeout_ms
                 .min(self.config.auth_timeout_ms)
+                .min(self.config.join_confirm_timeout_ms)
                 / 4)
             .clamp(10, 1000),
         );
@@ -439,6 +472,11 @@ impl Worker {
                     self.deliver(&delivery);
                 }
                 ToWorker::QueryUser { request, user } => self.answer_user_query(request, &user),
+                ToWorker::Confirmed { kind, name, token } => self.confirmed(kind, name, token),
+                ToWorker::LinkLost => {
+                    self.rooms.unconfirm_all();
+                    self.users.unconfirm_all();
+                }
                 ToWorker::Shutdown => shutdown = true,
             }
         }
@@ -678,8 +716,18 @@ impl Worker {
                 Ok(claims) => {
                     // The auth op's frame type picks the connection's encoding on WebSocket.
                     conn.format = arrived_as;
-                    self.authenticate(id, claims);
-                    self.reply(id, arrived_as, seq, Ok(()));
+                    let user: Box<str> = claims.sub.as_str().into();
+                    if self.authenticate(id, claims) {
+                        self.reply(id, arrived_as, seq, Ok(()));
+                    } else {
+                        let op = WaitingOp {
+                            conn: id,
+                            seq,
+                            format: arrived_as,
+                            auth: true,
+                        };
+                        self.await_confirmation(ChannelKind::User, user, op);
+                    }
                 }
                 Err(error) => {
                     let code = if error.code() == "token_expired" {
@@ -700,18 +748,23 @@ impl Worker {
             return;
         }
         let format = conn.format;
-        let result = match op {
-            ClientOp::Auth { .. } => {
-                Err((ErrorCode::AlreadyAuthenticated, "already authenticated"))
-            }
-            ClientOp::Ping { .. } => Ok(()),
-            ClientOp::Join { room, .. } => self.join(id, &room),
-            ClientOp::Leave { room, .. } => self.leave(id, &room),
+        let answer = match op {
+            ClientOp::Auth { .. } => Answer::Now(Err((
+                ErrorCode::AlreadyAuthenticated,
+                "already authenticated",
+            ))),
+            ClientOp::Ping { .. } => Answer::Now(Ok(())),
+            ClientOp::Join { room, .. } => self.join(id, seq, &room),
+            ClientOp::Leave { room, .. } => Answer::Now(self.leave(id, &room)),
         };
-        self.reply(id, format, seq, result);
+        if let Answer::Now(result) = answer {
+            self.reply(id, format, seq, result);
+        }
     }
 
-    fn authenticate(&mut self, id: ConnId, claims: crate::auth::Claims) {
+    /// Joins the connection to its user channel (and the broadcast). Returns whether the user
+    /// channel is confirmed, so `auth` can be answered at once.
+    fn authenticate(&mut self, id: ConnId, claims: crate::auth::Claims) -> bool {
         let conn = &mut self.conns[id.key()];
         let format = conn.format;
         let joined = self.users.join(&claims.sub, id, format);
@@ -729,9 +782,30 @@ impl Worker {
         if self.authed_per_format[format.index()] == 1 {
             self.presence(ChannelKind::All, "", format, true);
         }
+        self.users.channel(joined.slot).is_some_and(|c| c.confirmed)
     }
 
-    fn join(&mut self, id: ConnId, room: &str) -> Result<(), (ErrorCode, &'static str)> {
+    fn join(&mut self, id: ConnId, seq: u64, room: &str) -> Answer {
+        let result = self.join_room(id, room);
+        let format = self.conns[id.key()].format;
+        match result {
+            Ok(true) => Answer::Now(Ok(())),
+            Ok(false) => {
+                let op = WaitingOp {
+                    conn: id,
+                    seq,
+                    format,
+                    auth: false,
+                };
+                self.await_confirmation(ChannelKind::Room, room.into(), op);
+                Answer::Later
+            }
+            Err(error) => Answer::Now(Err(error)),
+        }
+    }
+
+    /// Makes the connection a member of `room`; returns whether the room is confirmed here.
+    fn join_room(&mut self, id: ConnId, room: &str) -> Result<bool, (ErrorCode, &'static str)> {
         if !is_valid_id(room.as_bytes()) {
             return Err((
                 ErrorCode::InvalidId,
@@ -752,8 +826,9 @@ impl Worker {
             }
         }
         let slot = self.rooms.slot_of(room);
-        if slot.is_some_and(|slot| conn.rooms.iter().any(|&(s, _)| s == slot)) {
-            return Ok(()); // already a member: joining again changes nothing
+        if let Some(slot) = slot.filter(|&slot| conn.rooms.iter().any(|&(s, _)| s == slot)) {
+            // Already a member: joining again changes nothing, but answers like the first join.
+            return Ok(self.rooms.channel(slot).is_some_and(|c| c.confirmed));
         }
         if conn.rooms.len() >= self.config.max_rooms_per_conn as usize {
             return Err((
@@ -767,7 +842,109 @@ impl Worker {
         if joined.format_appeared {
             self.presence(ChannelKind::Room, room, format, true);
         }
-        Ok(())
+        Ok(self.rooms.channel(joined.slot).is_some_and(|c| c.confirmed))
+    }
+
+    /// Holds `op`'s reply until the hub confirms the channel; the first waiter asks the hub.
+    fn await_confirmation(&mut self, kind: ChannelKind, name: Box<str>, op: WaitingOp) {
+        let entry = self
+            .awaiting
+            .entry((kind, name))
+            .or_insert_with_key(|(kind, name)| {
+                let token = self.next_token;
+                self.next_token += 1;
+                // After the channel's `Presence` on the same queue, so the hub knows the members.
+                let _ = self.hub.send(ToHub::Confirm {
+                    worker: self.index,
+                    kind: *kind,
+                    name: name.clone(),
+                    token,
+                });
+                self.presence_sent = true;
+                Awaiting {
+                    token,
+                    since: self.now,
+                    ops: Vec::new(),
+                }
+            });
+        entry.ops.push(op);
+        self.stats.confirm_waits += 1;
+    }
+
+    /// The hub's answer to `ToHub::Confirm`: the waiting joins (or `auth`) succeed.
+    fn confirmed(&mut self, kind: ChannelKind, name: Box<str>, token: u64) {
+        let key = (kind, name);
+        if self.awaiting.get(&key).is_none_or(|a| a.token != token) {
+            return; // the channel emptied (or timed out) since it asked: a stale answer
+        }
+        let (kind, name) = key;
+        let Some(awaiting) = self.awaiting.remove(&(kind, name.clone())) else {
+            return;
+        };
+        let table = match kind {
+            ChannelKind::User => &mut self.users,
+            _ => &mut self.rooms,
+        };
+        table.confirm(&name);
+        self.stats.confirm_latency.record(
+            LATENCY_BOUNDS,
+            self.now
+                .saturating_duration_since(awaiting.since)
+                .as_secs_f64(),
+        );
+        for op in awaiting.ops {
+            if self
+                .conns
+                .get(op.conn.key())
+                .is_some_and(|c| c.id == op.conn && c.is_open())
+            {
+                self.reply(op.conn, op.format, op.seq, Ok(()));
+            }
+        }
+    }
+
+    /// Fails the ops of channels whose confirmation took longer than the timeout: a join is
+    /// undone and answered `unavailable`; an `auth` is answered so and the connection closed
+    /// with 1013 (try again later).
+    fn expire_confirmations(&mut self) {
+        let timeout = self.config.join_confirm_timeout();
+        let now = self.now;
+        let expired: Vec<(ChannelKind, Box<str>)> = self
+            .awaiting
+            .iter()
+            .filter(|(_, a)| now.duration_since(a.since) > timeout)
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in expired {
+            let Some(awaiting) = self.awaiting.remove(&key) else {
+                continue;
+            };
+            let (kind, name) = key;
+            self.stats.confirm_timeouts += awaiting.ops.len() as u64;
+            tracing::warn!(worker = self.index, ?kind, channel = %name, waiting = awaiting.ops.len(),
+                "the control plane did not confirm a channel in time; its joins are refused");
+            for op in awaiting.ops {
+                if !self
+                    .conns
+                    .get(op.conn.key())
+                    .is_some_and(|c| c.id == op.conn && c.is_open())
+                {
+                    continue;
+                }
+                let why = "the control plane did not confirm the subscription in time; retry";
+                self.reply(
+                    op.conn,
+                    op.format,
+                    op.seq,
+                    Err((ErrorCode::Unavailable, why)),
+                );
+                if op.auth {
+                    self.begin_close(op.conn, session::CLOSE_TRY_AGAIN, CloseReason::Unconfirmed);
+                } else {
+                    let _ = self.leave(op.conn, &name);
+                }
+            }
+        }
     }
 
     fn leave(&mut self, id: ConnId, room: &str) -> Result<(), (ErrorCode, &'static str)> {
@@ -779,6 +956,20 @@ impl Worker {
         let Some(position) = position else {
             return Err((ErrorCode::NotJoined, "this connection is not in that room"));
         };
+        // A join still waiting for confirmation gets its (ok) reply before the leave's.
+        if let Some(awaiting) = self.awaiting.get_mut(&(ChannelKind::Room, room.into())) {
+            let mine: Vec<WaitingOp> = awaiting
+                .ops
+                .iter()
+                .filter(|op| op.conn == id)
+                .copied()
+                .collect();
+            awaiting.ops.retain(|op| op.conn != id);
+            for op in mine {
+                self.reply(op.conn, op.format, op.seq, Ok(()));
+            }
+        }
+        let conn = &mut self.conns[id.key()];
         let (slot, index) = conn.rooms.swap_remove(position);
         let format = conn.format;
         self.leave_slot(slot, index, format, ChannelKind::Room);
@@ -793,6 +984,7 @@ impl Worker {
         };
         let name: Option<Box<str>> = table.channel(slot).map(|c| c.name.clone());
         let left = table.leave(slot, index, format);
+        let emptied = table.channel(slot).is_none();
         if let Some(Moved { conn, new_index }) = left.moved {
             let moved = &mut self.conns[conn.key()];
             match kind {
@@ -808,8 +1000,12 @@ impl Worker {
                 }
             }
         }
-        if left.format_vanished {
-            if let Some(name) = name {
+        if let Some(name) = name {
+            if emptied {
+                // Nobody left to answer; a later `Confirmed` for it is stale.
+                self.awaiting.remove(&(kind, name.clone()));
+            }
+            if left.format_vanished {
                 self.presence(kind, &name, format, false);
             }
         }
@@ -973,6 +1169,9 @@ impl Worker {
                 Some(code) => self.begin_close(id, code, reason),
                 None => self.close_now(id, reason),
             }
+        }
+        if !self.awaiting.is_empty() {
+            self.expire_confirmations();
         }
     }
 

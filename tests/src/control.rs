@@ -205,6 +205,39 @@ impl Api {
         }
     }
 
+    /// [`publish`](Self::publish) that retries, for up to [`WAIT`], while the API is down or
+    /// answers 5xx (a control plane restarting): what a platform's backend does.
+    pub async fn publish_retrying(
+        &self,
+        target: &Target,
+        priority: u8,
+        kind: &str,
+        data: Value,
+    ) -> Published {
+        let body = json!({ "priority": priority, "kind": kind, "data": data });
+        let deadline = Instant::now() + WAIT;
+        let response = loop {
+            let request = Request::new("POST", &publish_path(target)).json(&body);
+            match self.try_send(request).await {
+                Ok(response) if response.status < 500 => break response,
+                outcome => {
+                    if Instant::now() >= deadline {
+                        panic!("the publish API did not accept within {WAIT:?}: {outcome:?}");
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        };
+        let answer = response.ok();
+        Published {
+            seq: field_u64(&answer, "seq", &response),
+            delivered_edges: field_u64(&answer, "delivered_edges", &response),
+            priority,
+            kind: kind.to_owned(),
+            data,
+        }
+    }
+
     /// `GET /v1/rooms/{room}`, which must succeed.
     pub async fn room(&self, room: &str) -> Value {
         self.get(&format!("/v1/rooms/{room}")).await.ok()
@@ -517,7 +550,20 @@ impl Control {
         edge_id: &str,
         extra_args: &[&str],
     ) -> LinkedEdge {
-        let mut edge = LinkedEdge::spawn(io, &self.link_addr.to_string(), edge_id, extra_args);
+        self.start_edge_via(io, edge_id, self.link_addr, extra_args)
+            .await
+    }
+
+    /// [`start_edge`](Self::start_edge) with the edge dialling `link` (such as a proxy in front
+    /// of this control plane's link address) instead.
+    pub async fn start_edge_via(
+        &self,
+        io: &'static str,
+        edge_id: &str,
+        link: SocketAddr,
+        extra_args: &[&str],
+    ) -> LinkedEdge {
+        let mut edge = LinkedEdge::spawn(io, &link.to_string(), edge_id, extra_args);
         let deadline = Instant::now() + WAIT;
         loop {
             edge.assert_running();
@@ -624,6 +670,9 @@ fn base_args(api: SocketAddr, link: SocketAddr) -> Vec<String> {
         "--link-listen", &link.to_string(),
         "--api-key", API_KEY,
         "--jwt-secret", SECRET,
+        // Scenarios publish as soon as their edges are up; the restart scenarios that need the
+        // grace set it themselves (the later flag wins).
+        "--startup-grace-ms", "0",
     ]
     .map(str::to_owned);
     args.to_vec()

@@ -31,6 +31,7 @@ pub mod http;
 pub mod link;
 pub mod metrics;
 pub mod process;
+pub mod proxy;
 pub mod raw;
 pub mod tokens;
 

@@ -2,6 +2,8 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -23,18 +25,24 @@ use crate::WAIT;
 /// publish, set room levels and read load reports.
 ///
 /// Like the real control plane it numbers publishes itself: one sequence per channel (room, user,
-/// broadcast), starting at 1 and surviving re-dials of the link.
+/// broadcast), starting at 1 and surviving re-dials of the link, and it answers every `sync`
+/// barrier with its `sync ack` (after [`LinkPeer::set_sync_delay`], if set) without showing the
+/// test either frame.
 pub struct LinkPeer {
     listener: TcpListener,
     link: Option<Link>,
     next_seq: HashMap<Target, u64>,
     last_arrival: Option<Instant>,
+    /// How long the reader waits before acknowledging a `sync` (a slow control plane).
+    sync_delay_ms: Arc<AtomicU64>,
+    /// `sync` frames seen since the peer was bound.
+    syncs: Arc<AtomicU64>,
 }
 
 /// One accepted link connection: frames from the edge arrive through a reader task, so the edge
 /// can always write its load reports even while the test is busy elsewhere.
 struct Link {
-    writer: OwnedWriteHalf,
+    writer: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
     /// Each frame with the moment the reader task decoded it.
     from_edge: mpsc::UnboundedReceiver<Result<(Instant, LinkFrame), String>>,
     reader: JoinHandle<()>,
@@ -57,7 +65,20 @@ impl LinkPeer {
             link: None,
             next_seq: HashMap::new(),
             last_arrival: None,
+            sync_delay_ms: Arc::new(AtomicU64::new(0)),
+            syncs: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// Delays every later `sync ack` by `delay` (the edge's joins of new channels wait for it).
+    pub fn set_sync_delay(&self, delay: Duration) {
+        self.sync_delay_ms
+            .store(delay.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// `sync` barriers the edge has sent on any link so far.
+    pub fn syncs(&self) -> u64 {
+        self.syncs.load(Ordering::Relaxed)
     }
 
     /// The address to give the edge as `--control`.
@@ -76,12 +97,28 @@ impl LinkPeer {
             .expect("accept the edge's link");
         stream.set_nodelay(true).expect("TCP_NODELAY on the link");
         let (mut read_half, writer) = stream.into_split();
+        let writer = Arc::new(tokio::sync::Mutex::new(writer));
         let (to_test, from_edge) = mpsc::unbounded_channel();
+        let acks = Arc::clone(&writer);
+        let sync_delay_ms = Arc::clone(&self.sync_delay_ms);
+        let syncs = Arc::clone(&self.syncs);
         let reader = tokio::spawn(async move {
             let mut buf = BytesMut::with_capacity(64 * 1024);
             loop {
                 loop {
                     match decode(&mut buf) {
+                        Ok(Some(LinkFrame::Sync(id))) => {
+                            syncs.fetch_add(1, Ordering::Relaxed);
+                            let delay = sync_delay_ms.load(Ordering::Relaxed);
+                            let acks = Arc::clone(&acks);
+                            tokio::spawn(async move {
+                                tokio::time::sleep(Duration::from_millis(delay)).await;
+                                let mut out = BytesMut::new();
+                                encode(&LinkFrame::SyncAck(id), &mut out).expect("encode");
+                                // A closed link loses the ack, as it would with a real control.
+                                let _ = acks.lock().await.write_all(&out).await;
+                            });
+                        }
                         Ok(Some(frame)) => {
                             if to_test.send(Ok((Instant::now(), frame))).is_err() {
                                 return;
@@ -265,7 +302,8 @@ impl LinkPeer {
             .link
             .as_mut()
             .expect("no link: the edge has not connected");
-        tokio::time::timeout(WAIT, link.writer.write_all(&out))
+        let mut writer = link.writer.lock().await;
+        tokio::time::timeout(WAIT, writer.write_all(&out))
             .await
             .unwrap_or_else(|_| panic!("the edge did not read its link for {WAIT:?}"))
             .unwrap_or_else(|e| panic!("write to the link: {e}"));

@@ -120,11 +120,14 @@ pub enum ErrorCode {
     TooManyRooms,
     /// `leave` of a room this connection is not in.
     NotJoined,
+    /// The edge could not confirm the subscription with the control plane in time (the link is
+    /// down or slow): nothing was subscribed; retry the op.
+    Unavailable,
 }
 
 impl ErrorCode {
     /// Every code, in the order of the protocol's table.
-    pub const ALL: [ErrorCode; 10] = [
+    pub const ALL: [ErrorCode; 11] = [
         ErrorCode::BadRequest,
         ErrorCode::UnknownOp,
         ErrorCode::NotAuthenticated,
@@ -135,6 +138,7 @@ impl ErrorCode {
         ErrorCode::RoomForbidden,
         ErrorCode::TooManyRooms,
         ErrorCode::NotJoined,
+        ErrorCode::Unavailable,
     ];
 
     /// The code as it appears on the wire, e.g. `bad_request`.
@@ -150,6 +154,7 @@ impl ErrorCode {
             ErrorCode::RoomForbidden => "room_forbidden",
             ErrorCode::TooManyRooms => "too_many_rooms",
             ErrorCode::NotJoined => "not_joined",
+            ErrorCode::Unavailable => "unavailable",
         }
     }
 }
@@ -1428,6 +1433,7 @@ mod tests {
                 "room_forbidden",
                 "too_many_rooms",
                 "not_joined",
+                "unavailable",
             ]
         );
         assert_eq!(ErrorCode::NotJoined.to_string(), "not_joined");

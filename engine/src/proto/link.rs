@@ -21,7 +21,7 @@ use super::message::{PushMessage, Target, PRIORITIES};
 use super::wire::{put_bytes32, put_str8, Reader, WireError};
 
 /// Link protocol version carried by `register`; any other version is refused.
-pub const LINK_VERSION: u16 = 2;
+pub const LINK_VERSION: u16 = 3;
 
 /// Largest accepted value of a frame's length prefix (type byte + body), in bytes.
 pub const MAX_LINK_FRAME: usize = 16 << 20;
@@ -38,6 +38,8 @@ const TYPE_SET_LEVEL: u8 = 0x03;
 const TYPE_LOAD_REPORT: u8 = 0x04;
 const TYPE_QUERY_USER: u8 = 0x05;
 const TYPE_USER_CONNS: u8 = 0x06;
+const TYPE_SYNC: u8 = 0x07;
+const TYPE_SYNC_ACK: u8 = 0x08;
 
 // Smallest encodings of the repeated items, used to bound pre-allocation by what the frame can
 // really hold rather than by an untrusted count.
@@ -167,6 +169,12 @@ pub enum LinkFrame {
     QueryUser(QueryUser),
     /// `0x06`, edge → control.
     UserConns(UserConns),
+    /// `0x07`, edge → control: a barrier. The control plane answers [`LinkFrame::SyncAck`] with
+    /// the same id once it has applied every frame the edge sent before it, so the edge knows its
+    /// reported memberships are in the control plane's routing (the join acknowledgement).
+    Sync(u64),
+    /// `0x08`, control → edge: the answer to [`LinkFrame::Sync`].
+    SyncAck(u64),
 }
 
 /// Why a link frame could not be encoded or decoded. After a decode error the link is broken:
@@ -179,7 +187,7 @@ pub enum LinkError {
     /// The length prefix is 0, so there is not even a type byte.
     #[error("zero-length frame")]
     EmptyFrame,
-    /// The type byte is not one of the six link frames.
+    /// The type byte is not one of the eight link frames.
     #[error("unknown link frame type {0:#04x}")]
     UnknownType(u8),
     /// `register` carries a version other than [`LINK_VERSION`].
@@ -310,6 +318,7 @@ fn frame_len(frame: &LinkFrame) -> Result<usize, LinkError> {
             check_id(&u.user, "user")?;
             add_conns(4 + str8_len(&u.user, "user")?, &u.conns)?
         }
+        LinkFrame::Sync(_) | LinkFrame::SyncAck(_) => 8,
     };
     let len = 1 + body;
     if len > MAX_LINK_FRAME {
@@ -434,6 +443,14 @@ fn write_frame(frame: &LinkFrame, len: usize, out: &mut BytesMut) -> Result<(), 
             out.put_u8(TYPE_QUERY_USER);
             out.put_u32(q.request);
             put_str8(out, q.user.as_bytes(), "user")?;
+        }
+        LinkFrame::Sync(id) => {
+            out.put_u8(TYPE_SYNC);
+            out.put_u64(*id);
+        }
+        LinkFrame::SyncAck(id) => {
+            out.put_u8(TYPE_SYNC_ACK);
+            out.put_u64(*id);
         }
         LinkFrame::UserConns(u) => {
             out.put_u8(TYPE_USER_CONNS);
@@ -583,6 +600,8 @@ fn decode_body(frame: Bytes) -> Result<LinkFrame, LinkError> {
                 conns,
             })
         }
+        TYPE_SYNC => LinkFrame::Sync(r.u64("sync id")?),
+        TYPE_SYNC_ACK => LinkFrame::SyncAck(r.u64("sync id")?),
         t => return Err(LinkError::UnknownType(t)),
     };
     r.finish()?;
@@ -799,6 +818,8 @@ mod tests {
     /// One of every frame type, covering the optional/edge-case fields.
     fn samples() -> Vec<LinkFrame> {
         vec![
+            LinkFrame::Sync(7),
+            LinkFrame::SyncAck(u64::MAX),
             register(),
             LinkFrame::Register(Register {
                 edge_id: "e".into(),
