@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use roomcast_tests::control::build_binaries;
 use roomcast_tests::{
-    assert_receives, assert_receives_all, for_each_driver, Client, Control, Target, WireFormat,
+    assert_receives, assert_receives_all, for_each_driver, Client, ClientOp, Control, Target,
+    WireFormat,
 };
 use serde_json::json;
 
@@ -62,7 +63,8 @@ fn restarting_control_keeps_every_connection_and_continues_the_numbering() {
 
         control.kill();
         // The edges keep serving while control is away: their viewers notice nothing, and a
-        // newcomer can still connect and join.
+        // newcomer can still connect. Its auth and join (a user and a room new to the edge) are
+        // answered once the restarted control plane has them routed (PROTOCOL.md §5).
         tokio::time::sleep(Duration::from_millis(500)).await;
         for client in [&mut alice_h5, &mut bob, &mut alice_app] {
             client
@@ -70,12 +72,36 @@ fn restarting_control_keeps_every_connection_and_continues_the_numbering() {
                 .await
                 .expect("still connected while control is away");
         }
-        let mut newcomer = Client::connect_authed(&a, WireFormat::Tcp, "newcomer").await;
-        newcomer.join("late").await.unwrap();
+        let mut newcomer = Client::connect(&a, WireFormat::Tcp).await;
+        let auth_seq = newcomer.next_op_seq();
+        newcomer
+            .send(&ClientOp::Auth {
+                seq: auth_seq,
+                token: roomcast_tests::tokens::token("newcomer"),
+            })
+            .await;
+        let join_seq = newcomer.next_op_seq();
+        newcomer
+            .send(&ClientOp::Join {
+                seq: join_seq,
+                room: "late".into(),
+            })
+            .await;
+        newcomer.expect_silence(QUIET).await;
         a.assert_running();
         b.assert_running();
 
         control.restart().await;
+        assert_eq!(
+            newcomer.reply_to(auth_seq).await,
+            Ok(()),
+            "auth after the restart"
+        );
+        assert_eq!(
+            newcomer.reply_to(join_seq).await,
+            Ok(()),
+            "join after the restart"
+        );
         control.wait_ready().await;
         control
             .wait_healthy_edges(&["edge-a", "edge-b"], Duration::from_secs(10))

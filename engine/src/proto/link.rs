@@ -994,7 +994,7 @@ mod tests {
     fn register_and_set_level_match_the_documented_layout() {
         let mut want = Vec::new();
         want.put_u32(1 + 2 + 2 + 2 + 2 + 1 + 2 + 4);
-        want.extend_from_slice(&[0x01, 0, 2, 1, b'e', 1, b'w', 1, b't', 0, 0, 3, 0, 0, 0, 9]);
+        want.extend_from_slice(&[0x01, 0, 3, 1, b'e', 1, b'w', 1, b't', 0, 0, 3, 0, 0, 0, 9]);
         let reg = LinkFrame::Register(Register {
             edge_id: "e".into(),
             ws_addr: "w".into(),
@@ -1277,8 +1277,22 @@ mod tests {
     }
 
     #[test]
+    fn sync_frames_match_the_documented_layout() {
+        let mut want = Vec::new();
+        want.put_u32(1 + 8);
+        want.push(0x07);
+        want.put_u64(42);
+        assert_eq!(&encoded(&LinkFrame::Sync(42))[..], &want[..]);
+        want[4] = 0x08;
+        assert_eq!(&encoded(&LinkFrame::SyncAck(42))[..], &want[..]);
+        // A sync id is exactly 8 bytes.
+        assert!(matches!(decode_err(raw(0x07, &[0; 7])), LinkError::Wire(_)));
+        assert!(matches!(decode_err(raw(0x08, &[0; 9])), LinkError::Wire(_)));
+    }
+
+    #[test]
     fn unknown_types_are_refused() {
-        for ty in [0x00, 0x07, 0x81, 0xff] {
+        for ty in [0x00, 0x09, 0x81, 0xff] {
             assert_eq!(decode_err(raw(ty, &[])), LinkError::UnknownType(ty));
         }
     }
