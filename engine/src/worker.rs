@@ -134,6 +134,8 @@ pub struct Worker {
     /// publish→flush histogram, recorded once per batch after the round's flush).
     delivered_at: Vec<Instant>,
     now: Instant,
+    /// Per wire format: the frames of the delivery being queued, wrapped once per core.
+    delivery_frames: [Vec<Rc<SharedFrame>>; 3],
     shutting_down: bool,
 }
 
@@ -183,6 +185,7 @@ impl Worker {
             stats: WorkerStats::default(),
             delivered_at: Vec::new(),
             now: Instant::now(),
+            delivery_frames: Default::default(),
             shutting_down: false,
         })
     }
@@ -452,18 +455,22 @@ impl Worker {
         self.shutting_down
     }
 
-    /// Queues one batch on every member on this core: an `Rc` clone per member, nothing more.
+    /// Queues one batch on every member on this core: an `Rc` clone per frame per member,
+    /// nothing more.
     fn deliver(&mut self, delivery: &Delivery) {
         self.stats.deliveries += 1;
-        let frames: [Option<Rc<SharedFrame>>; 3] = std::array::from_fn(|i| {
-            delivery.frames[i].as_ref().map(|bytes| {
-                Rc::new(SharedFrame {
-                    bytes: bytes.clone(),
-                    min_priority: delivery.min_priority,
-                    counts: delivery.counts,
+        for (format, frames) in self.delivery_frames.iter_mut().enumerate() {
+            frames.clear();
+            frames.extend(delivery.frames.iter().filter_map(|frame| {
+                frame.encoded[format].as_ref().map(|bytes| {
+                    Rc::new(SharedFrame {
+                        bytes: bytes.clone(),
+                        min_priority: frame.min_priority,
+                        counts: frame.counts,
+                    })
                 })
-            })
-        });
+            }));
+        }
         let soft = self.config.queue_soft_bytes;
         let hard = self.config.queue_hard_bytes;
         let Worker {
@@ -472,16 +479,18 @@ impl Worker {
             users,
             dirty,
             stats,
+            delivery_frames,
             ..
         } = self;
         let mut slow: Vec<ConnId> = Vec::new();
         let mut enqueue = |conn: &mut Conn, key: usize| {
-            let Some(frame) = &frames[conn.format.index()] else {
+            let frames = &delivery_frames[conn.format.index()];
+            if frames.is_empty() {
                 stats.frames_missing_format += 1;
                 return;
-            };
-            let outcome = conn.out.push_shared(Rc::clone(frame), soft, hard);
-            stats.frames_queued += 1;
+            }
+            let outcome = conn.out.push_batch(frames, soft, hard);
+            stats.frames_queued += frames.len() as u64;
             if outcome.dropped_frames > 0 {
                 for (total, n) in stats.dropped_queue.iter_mut().zip(outcome.dropped) {
                     *total += n;
