@@ -95,6 +95,10 @@ struct Conn {
     close_reason: CloseReason,
     opened: Instant,
     last_heard: Instant,
+    /// Worker clock (ms since the worker started, wrapping) when the socket last accepted a byte
+    /// or data was queued on an empty queue: with data waiting, its age is how long the writes
+    /// have stalled. A u32 rather than an `Instant` keeps `Conn` small.
+    write_progress_ms: u32,
     dirty: bool,
 }
 
@@ -134,6 +138,8 @@ pub struct Worker {
     /// publish→flush histogram, recorded once per batch after the round's flush).
     delivered_at: Vec<Instant>,
     now: Instant,
+    /// The origin of the worker clock (`clock_ms`).
+    started: Instant,
     /// Per wire format: the frames of the delivery being queued, wrapped once per core.
     delivery_frames: [Vec<Rc<SharedFrame>>; 3],
     shutting_down: bool,
@@ -185,6 +191,7 @@ impl Worker {
             stats: WorkerStats::default(),
             delivered_at: Vec::new(),
             now: Instant::now(),
+            started: Instant::now(),
             delivery_frames: Default::default(),
             shutting_down: false,
         })
@@ -202,6 +209,7 @@ impl Worker {
                 .config
                 .heartbeat_timeout_ms
                 .min(self.config.auth_timeout_ms)
+                .min(self.config.write_stall_timeout_ms)
                 / 4)
             .clamp(10, 1000),
         );
@@ -230,7 +238,11 @@ impl Worker {
             let mut driver = self.driver.take().expect("driver present between polls");
             let poll = driver.poll(Some(timeout), &mut |event| {
                 if woke.is_none() {
-                    woke = Some(Instant::now());
+                    // Events are stamped with this (write progress, heartbeats), not with the
+                    // time before a poll that may have waited long.
+                    let now = Instant::now();
+                    woke = Some(now);
+                    self.now = now;
                 }
                 self.on_event(event)
             });
@@ -299,6 +311,9 @@ impl Worker {
                 conn.write = WriteState::Idle;
                 match result {
                     Ok(n) => {
+                        if n > 0 {
+                            conn.write_progress_ms = clock_ms(self.started, self.now);
+                        }
                         conn.out.advance(n);
                         self.stats.bytes_out += n as u64;
                         // More to send, or a close waiting for the queue to drain.
@@ -410,6 +425,7 @@ impl Worker {
             close_reason: CloseReason::Peer,
             opened: self.now,
             last_heard: self.now,
+            write_progress_ms: 0,
             dirty: false,
         });
         self.stats.accepted += 1;
@@ -473,6 +489,7 @@ impl Worker {
         }
         let soft = self.config.queue_soft_bytes;
         let hard = self.config.queue_hard_bytes;
+        let now_ms = clock_ms(self.started, self.now);
         let Worker {
             conns,
             rooms,
@@ -488,6 +505,9 @@ impl Worker {
             if frames.is_empty() {
                 stats.frames_missing_format += 1;
                 return;
+            }
+            if conn.out.is_empty() {
+                conn.write_progress_ms = now_ms;
             }
             let outcome = conn.out.push_batch(frames, soft, hard);
             stats.frames_queued += frames.len() as u64;
@@ -582,6 +602,9 @@ impl Worker {
             self.iov = recycle(iov);
             match status {
                 Ok(WriteStatus::Done(n)) => {
+                    if n > 0 {
+                        conn.write_progress_ms = clock_ms(self.started, self.now);
+                    }
                     conn.out.advance(n);
                     self.stats.bytes_out += n as u64;
                     if n == offered {
@@ -848,7 +871,11 @@ impl Worker {
     }
 
     fn queue_owned(&mut self, id: ConnId, bytes: Bytes) {
-        self.conns[id.key()].out.push_owned(bytes);
+        let conn = &mut self.conns[id.key()];
+        if conn.out.is_empty() {
+            conn.write_progress_ms = clock_ms(self.started, self.now);
+        }
+        conn.out.push_owned(bytes);
         self.mark_dirty(id.key());
     }
 
@@ -940,14 +967,21 @@ impl Worker {
         }
     }
 
-    /// Closes connections that missed the auth deadline or went silent, and cuts closing ones
-    /// that could not flush in time.
+    /// Closes connections that missed the auth deadline, went silent or stopped taking data
+    /// (slow), and cuts closing ones that could not flush in time.
     fn sweep(&mut self) {
         let auth_timeout = self.config.auth_timeout();
         let heartbeat = self.config.heartbeat_timeout();
+        let now_ms = clock_ms(self.started, self.now);
+        let stall_ms = self.config.write_stall_timeout_ms;
         let mut expired: Vec<(ConnId, Option<u16>, CloseReason)> = Vec::new();
         for (_, conn) in &self.conns {
+            let write_stalled = !conn.out.is_empty()
+                && u64::from(now_ms.wrapping_sub(conn.write_progress_ms)) > stall_ms;
             match conn.life {
+                Lifecycle::Open if write_stalled => {
+                    expired.push((conn.id, Some(session::CLOSE_SLOW), CloseReason::Slow));
+                }
                 Lifecycle::Open if conn.identity.is_none() => {
                     if self.now.duration_since(conn.opened) > auth_timeout {
                         // Counted by reason only: `auth_failures` keeps its meaning (failed
@@ -1046,6 +1080,12 @@ impl Worker {
         self.run_actions(id, &mut actions);
         self.actions = actions;
     }
+}
+
+/// The worker clock: milliseconds from `started` to `now`, wrapping after 49 days (compared with
+/// `wrapping_sub`, and only over the few seconds a stall may last).
+fn clock_ms(started: Instant, now: Instant) -> u32 {
+    now.saturating_duration_since(started).as_millis() as u32
 }
 
 /// Reuses a `Vec`'s allocation for slices of another lifetime (it is empty, so no slice outlives
