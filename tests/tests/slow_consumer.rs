@@ -174,6 +174,10 @@ fn a_stalled_reader_under_the_hard_bound_is_closed_after_the_write_stall_timeout
         let close_limit = stall_began + STALL_TIMEOUT + Duration::from_millis(1000);
         for (label, last) in [("tcp", last_tcp), ("ws", last_ws)] {
             let last_published = last.map_or(start, |seq| sent[seq as usize - 1].1);
+            eprintln!(
+                "stalled {label} reader: last message queued to it was published {:?} into the stream",
+                last_published - start
+            );
             assert!(
                 last_published <= close_limit,
                 "stalled {label} reader: still queued to {:?} after the stream began (stall \
@@ -206,6 +210,7 @@ fn a_stalled_reader_under_the_hard_bound_is_closed_after_the_write_stall_timeout
         delays.sort();
         let p99 = delays[delays.len() * 99 / 100];
         let limit = TICK + Duration::from_millis(300);
+        eprintln!("healthy readers: p99 publish→arrival {p99:?} (limit {limit:?})");
         assert!(
             p99 < limit,
             "healthy readers: p99 publish→arrival {p99:?}, over the tick + 300 ms ({limit:?})"
