@@ -99,6 +99,15 @@ pub struct EdgeConfig {
     #[arg(long, env = "ROOMCAST_QUEUE_HARD_BYTES", default_value_t = 1024 * 1024)]
     pub queue_hard_bytes: usize,
 
+    /// A connection with data waiting whose socket has accepted no byte for this long is closed
+    /// as slow (4008): a stalled reader, even one whose queue shedding keeps under the hard bound.
+    #[arg(
+        long,
+        env = "ROOMCAST_WRITE_STALL_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    pub write_stall_timeout_ms: u64,
+
     /// Kernel send buffer per client socket (SO_SNDBUF; 0 = the kernel's autotuned default).
     /// Small keeps a slow reader's backlog in the edge's queue, where it is shed by priority.
     #[arg(long, env = "ROOMCAST_SOCKET_SEND_BUFFER_BYTES", default_value_t = 64 * 1024)]
@@ -252,8 +261,12 @@ impl EdgeConfig {
         if self.heartbeat_timeout_ms == 0
             || self.auth_timeout_ms == 0
             || self.join_confirm_timeout_ms == 0
+            || self.write_stall_timeout_ms == 0
         {
-            return bad("timeouts must be positive");
+            return bad(
+                "--heartbeat-timeout-ms, --auth-timeout-ms, --join-confirm-timeout-ms and \
+                 --write-stall-timeout-ms must be positive",
+            );
         }
         if self.report_interval_ms == 0 {
             return bad("--report-interval-ms must be positive");
@@ -352,6 +365,19 @@ mod tests {
         let err = EdgeConfig::load_from(["roomcast-edge", "--config", path.to_str().unwrap()])
             .unwrap_err();
         assert!(err.to_string().contains("tick_mss"), "{err}");
+    }
+
+    #[test]
+    fn the_write_stall_timeout_is_a_positive_flag_and_variable() {
+        let c =
+            EdgeConfig::load_from(["roomcast-edge", "--write-stall-timeout-ms", "1500"]).unwrap();
+        assert_eq!(c.write_stall_timeout_ms, 1500);
+        assert_eq!(EdgeConfig::default().write_stall_timeout_ms, 10_000);
+        let zero = EdgeConfig {
+            write_stall_timeout_ms: 0,
+            ..EdgeConfig::default()
+        };
+        assert!(zero.validate().is_err());
     }
 
     #[test]

@@ -13,18 +13,27 @@ use crate::proto::link::ConnInfo;
 use crate::proto::message::{Target, PRIORITIES};
 use crate::stats::WorkerStats;
 
-/// One encoded batch for one channel.
+/// One window's batch for one channel: one or more frames (a batch over the frame bound is
+/// split), each encoded once per wire format in use.
 #[derive(Debug)]
 pub struct Delivery {
     pub target: Target,
-    /// The whole wire frame per format (`WireFormat::index()`), for the formats in use.
-    pub frames: [Option<Bytes>; 3],
-    /// Priority of the most important message in the batch.
-    pub min_priority: u8,
-    /// Messages per priority in the batch.
-    pub counts: [u32; PRIORITIES],
+    /// The batch's frames, in message order; queued together on each member so the queue bounds
+    /// judge the window as one arrival.
+    pub frames: Vec<DeliveryFrame>,
     /// When the hub received the batch's first message (publish→flush latency).
     pub first_received: Instant,
+}
+
+/// One frame of a batch.
+#[derive(Debug)]
+pub struct DeliveryFrame {
+    /// The whole wire frame per format (`WireFormat::index()`), for the formats in use.
+    pub encoded: [Option<Bytes>; 3],
+    /// Priority of the most important message in the frame.
+    pub min_priority: u8,
+    /// Messages per priority in the frame.
+    pub counts: [u32; PRIORITIES],
 }
 
 /// Hub → worker.

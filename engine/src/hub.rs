@@ -21,7 +21,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 
-use crate::fanout::{ChannelKind, Delivery, ToHub, ToWorker};
+use crate::fanout::{ChannelKind, Delivery, DeliveryFrame, ToHub, ToWorker};
 use crate::metrics::{CapacitySampler, Shared};
 use crate::proto::client::{self, WireFormat};
 use crate::proto::link::{
@@ -30,7 +30,7 @@ use crate::proto::link::{
 use crate::proto::message::{Target, PRIORITIES};
 use crate::stats::{CloseReason, Hist, WorkerStats, BATCH_BOUNDS, LATENCY_BOUNDS};
 use crate::sys::Waker;
-use crate::window::{Admit, Pacing, Window, MAX_BATCH_MESSAGES};
+use crate::window::{frame_ranges, Admit, Pacing, Window, MAX_FRAME_MESSAGE_BYTES};
 
 const LINK: Token = Token(0);
 const WAKE: Token = Token(1);
@@ -862,41 +862,50 @@ impl Hub {
         };
         let masks = channel.workers_by_format;
         let workers = masks.iter().fold(0u64, |all, m| all | m);
-        for chunk in batch.msgs.chunks(MAX_BATCH_MESSAGES) {
-            let frames = std::array::from_fn(|i| {
-                (masks[i] != 0).then(|| client::encode_batch(WireFormat::ALL[i], target, chunk))
-            });
-            let mut counts = [0u32; PRIORITIES];
-            for m in chunk {
-                counts[(m.priority as usize).min(PRIORITIES - 1)] += 1;
-            }
-            let delivery = Arc::new(Delivery {
-                target: target.clone(),
-                frames,
-                min_priority: counts.iter().position(|&n| n > 0).unwrap_or(0) as u8,
-                counts,
-                first_received: batch.first_received,
-            });
-            self.stats.batches += 1;
-            self.stats
-                .batch_messages
-                .record(BATCH_BOUNDS, chunk.len() as f64);
-            for (index, worker) in self.setup.workers.iter().enumerate() {
-                if workers & (1 << index) == 0 {
-                    continue;
+        // Split once per batch; each frame is encoded once per format and shared by every member.
+        let frames: Vec<DeliveryFrame> = frame_ranges(&batch.msgs, MAX_FRAME_MESSAGE_BYTES)
+            .map(|run| {
+                let chunk = &batch.msgs[run];
+                let mut counts = [0u32; PRIORITIES];
+                for m in chunk {
+                    counts[(m.priority as usize).min(PRIORITIES - 1)] += 1;
                 }
-                match worker
-                    .inbox
-                    .try_send(ToWorker::Deliver(Arc::clone(&delivery)))
-                {
-                    Ok(()) => self.woken[index] = true,
-                    Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                        self.stats.dropped_worker_backlog += 1;
+                self.stats.batches += 1;
+                self.stats
+                    .batch_messages
+                    .record(BATCH_BOUNDS, chunk.len() as f64);
+                DeliveryFrame {
+                    encoded: std::array::from_fn(|i| {
+                        (masks[i] != 0)
+                            .then(|| client::encode_batch(WireFormat::ALL[i], target, chunk))
+                    }),
+                    min_priority: counts.iter().position(|&n| n > 0).unwrap_or(0) as u8,
+                    counts,
+                }
+            })
+            .collect();
+        let delivery = Arc::new(Delivery {
+            target: target.clone(),
+            frames,
+            first_received: batch.first_received,
+        });
+        for (index, worker) in self.setup.workers.iter().enumerate() {
+            if workers & (1 << index) == 0 {
+                continue;
+            }
+            match worker
+                .inbox
+                .try_send(ToWorker::Deliver(Arc::clone(&delivery)))
+            {
+                Ok(()) => self.woken[index] = true,
+                Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                    self.stats.dropped_worker_backlog += 1;
+                    for frame in &delivery.frames {
                         for (total, n) in self
                             .stats
                             .dropped_worker_backlog_msgs
                             .iter_mut()
-                            .zip(delivery.counts)
+                            .zip(frame.counts)
                         {
                             *total += u64::from(n);
                         }

@@ -5,9 +5,14 @@
 //! entry). Replies and control frames get an `Rc` of their own. A flush turns the queue into iovecs for one vectored
 //! write; `advance` consumes what the kernel took, resuming mid-frame after a partial write.
 //!
-//! Bounds: above `soft` bytes the oldest batches of the lowest priority are dropped (never a batch
-//! holding a priority-0 message, never a reply, never a frame the kernel has partly taken or a write
-//! in flight still points at); above `hard` bytes the caller closes the connection as slow.
+//! Bounds apply when a window's batch (one or more frames) arrives. A queue holding at most `soft`
+//! bytes before it takes the whole batch, whatever its size: a reader that keeps up loses nothing.
+//! A queue already over `soft` belongs to a reader that fell behind: its oldest frames of the
+//! lowest priority are dropped until it is back within `soft` (never a frame holding a priority-0
+//! message, never a reply, never a frame the kernel has partly taken or a write in flight still
+//! points at). When what was waiting before the batch is still over `hard` after that, the caller
+//! closes the connection as slow. A reader that stops reading altogether is caught by the
+//! worker's write-stall timeout instead, since shedding alone keeps its queue under `hard`.
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
@@ -53,7 +58,8 @@ pub struct PushOutcome {
     pub dropped: DropCounts,
     /// Batches dropped.
     pub dropped_frames: u32,
-    /// Still over the hard bound after dropping: close the connection as slow.
+    /// What was waiting before the batch is still over the hard bound after dropping: close the
+    /// connection as slow.
     pub over_hard: bool,
 }
 
@@ -86,26 +92,46 @@ impl OutQueue {
         self.frames.push_back(Rc::new(SharedFrame::control(bytes)));
     }
 
-    /// Queues a shared batch frame and enforces the bounds.
-    pub fn push_shared(&mut self, frame: Rc<SharedFrame>, soft: usize, hard: usize) -> PushOutcome {
-        self.queued += frame.bytes.len();
-        self.frames.push_back(frame);
+    /// Queues the frames of one window's batch, in order, and enforces the bounds (see the
+    /// module documentation).
+    pub fn push_batch(
+        &mut self,
+        batch: &[Rc<SharedFrame>],
+        soft: usize,
+        hard: usize,
+    ) -> PushOutcome {
+        let backlog = self.queued;
+        let mut first_new = self.frames.len();
+        let mut new_bytes = 0;
+        for frame in batch {
+            new_bytes += frame.bytes.len();
+            self.frames.push_back(Rc::clone(frame));
+        }
+        self.queued += new_bytes;
         let mut outcome = PushOutcome::default();
+        if backlog <= soft {
+            // Within its bound before this batch: the reader keeps up, take the batch whole.
+            return outcome;
+        }
         while self.queued > soft {
-            match self.lowest_priority_droppable() {
-                Some(index) => {
-                    if let Some(f) = self.frames.remove(index) {
-                        self.queued -= f.bytes.len();
-                        outcome.dropped_frames += 1;
-                        for (total, &n) in outcome.dropped.iter_mut().zip(f.counts.iter()) {
-                            *total += n as u64;
-                        }
-                    }
-                }
-                None => break,
+            let Some(index) = self.lowest_priority_droppable() else {
+                break;
+            };
+            let Some(f) = self.frames.remove(index) else {
+                break;
+            };
+            self.queued -= f.bytes.len();
+            if index >= first_new {
+                new_bytes -= f.bytes.len();
+            } else {
+                first_new -= 1;
+            }
+            outcome.dropped_frames += 1;
+            for (total, &n) in outcome.dropped.iter_mut().zip(f.counts.iter()) {
+                *total += n as u64;
             }
         }
-        outcome.over_hard = self.queued > hard;
+        outcome.over_hard = self.queued - new_bytes > hard;
         outcome
     }
 
@@ -209,11 +235,16 @@ mod tests {
         out
     }
 
+    /// Queues one single-frame batch.
+    fn push(q: &mut OutQueue, frame: Rc<SharedFrame>, soft: usize, hard: usize) -> PushOutcome {
+        q.push_batch(&[frame], soft, hard)
+    }
+
     #[test]
     fn partial_writes_resume_mid_frame() {
         let mut q = OutQueue::default();
         q.push_owned(Bytes::from_static(b"hello"));
-        q.push_shared(batch(3, 2), 1000, 2000);
+        push(&mut q, batch(3, 2), 1000, 2000);
         let mut iov = Vec::new();
         assert_eq!(q.fill_iovecs(&mut iov, 1024), 8);
         drop(iov);
@@ -225,18 +256,49 @@ mod tests {
     }
 
     #[test]
-    fn over_soft_bound_drops_oldest_lowest_priority_first() {
+    fn a_batch_on_a_queue_within_its_bound_is_taken_whole_however_big() {
         let mut q = OutQueue::default();
-        q.push_shared(batch(10, 3), 35, 100); // oldest P3
-        q.push_shared(batch(10, 1), 35, 100);
-        q.push_shared(batch(10, 3), 35, 100); // newer P3
-        let outcome = q.push_shared(batch(10, 2), 35, 100); // 40 > 35: drop one P3
-        assert_eq!(outcome.dropped, [0, 0, 0, 1]);
-        assert!(!outcome.over_hard);
-        // The oldest P3 went; order of the rest is kept.
+        // Alone, and over both bounds: still queued, and not a reason to close.
+        let outcome = push(&mut q, batch(100, 3), 10, 50);
+        assert_eq!(outcome, PushOutcome::default());
+        assert_eq!(q.queued_bytes(), 100);
+        drain(&mut q);
+        // A backlog within the soft bound, then a batch of several frames: nothing is shed.
+        push(&mut q, batch(8, 3), 10, 50);
+        let outcome = q.push_batch(&[batch(20, 3), batch(20, 2), batch(20, 3)], 10, 50);
+        assert_eq!(outcome, PushOutcome::default());
         assert_eq!(
             drain(&mut q),
-            [vec![1u8; 10], vec![3; 10], vec![2; 10]].concat()
+            [vec![3u8; 8], vec![3; 20], vec![2; 20], vec![3; 20]].concat()
+        );
+    }
+
+    #[test]
+    fn over_the_soft_bound_older_frames_go_first() {
+        let mut q = OutQueue::default();
+        push(&mut q, batch(10, 3), 15, 100); // A
+        push(&mut q, batch(10, 3), 15, 100); // B: 10 waiting, within 15
+        let outcome = push(&mut q, batch(10, 3), 15, 100); // C: 20 waiting, over 15
+        assert_eq!(outcome.dropped, [0, 0, 0, 2]);
+        assert_eq!(outcome.dropped_frames, 2);
+        assert!(!outcome.over_hard);
+        // A and B went, oldest first; C, the newest, stays.
+        assert_eq!(q.queued_bytes(), 10);
+        assert_eq!(drain(&mut q), vec![3u8; 10]);
+    }
+
+    #[test]
+    fn over_the_soft_bound_the_lowest_priority_goes_first_oldest_first() {
+        let mut q = OutQueue::default();
+        push(&mut q, batch(10, 3), 25, 100); // oldest P3
+        push(&mut q, batch(10, 1), 25, 100);
+        push(&mut q, batch(10, 3), 25, 100); // newer P3
+        let outcome = push(&mut q, batch(4, 2), 25, 100); // 30 waiting: over 25
+        assert_eq!(outcome.dropped, [0, 0, 0, 1]);
+        // The oldest P3 went, which was enough; order of the rest is kept.
+        assert_eq!(
+            drain(&mut q),
+            [vec![1u8; 10], vec![3; 10], vec![2; 4]].concat()
         );
     }
 
@@ -244,22 +306,40 @@ mod tests {
     fn priority_zero_and_replies_are_never_dropped_and_hard_bound_reports() {
         let mut q = OutQueue::default();
         q.push_owned(Bytes::from(vec![9u8; 30]));
-        let outcome = q.push_shared(batch(30, 0), 40, 50);
+        let outcome = push(&mut q, batch(30, 0), 40, 50);
+        assert_eq!(outcome, PushOutcome::default());
+        // 60 waiting, nothing droppable: a newcomer of priority 3 is the one shed, and what
+        // waits is over the hard bound.
+        let outcome = push(&mut q, batch(30, 3), 40, 50);
+        assert_eq!(outcome.dropped, [0, 0, 0, 1]);
+        assert!(outcome.over_hard);
+        let outcome = push(&mut q, batch(30, 0), 40, 50);
         assert_eq!(outcome.dropped, [0; 4]);
         assert!(outcome.over_hard);
-        assert_eq!(q.queued_bytes(), 60);
+        assert_eq!(q.queued_bytes(), 90);
+    }
+
+    #[test]
+    fn the_hard_bound_counts_what_waited_before_the_batch() {
+        let mut q = OutQueue::default();
+        push(&mut q, batch(40, 0), 10, 50);
+        // 40 waiting (over soft, within hard), 60 arriving: not slow.
+        assert!(!push(&mut q, batch(60, 0), 10, 50).over_hard);
+        // 100 waiting: slow.
+        assert!(push(&mut q, batch(1, 0), 10, 50).over_hard);
     }
 
     #[test]
     fn frames_pinned_by_a_write_in_flight_are_not_dropped() {
         let mut q = OutQueue::default();
-        q.push_shared(batch(10, 3), 100, 1000);
+        push(&mut q, batch(10, 3), 15, 1000);
         let mut iov = Vec::new();
         q.fill_iovecs(&mut iov, 1024);
         drop(iov);
-        // Write in flight points at the first frame; a new P3 over the bound must drop itself.
-        let outcome = q.push_shared(batch(10, 3), 15, 1000);
-        assert_eq!(outcome.dropped, [0, 0, 0, 1]);
+        push(&mut q, batch(10, 3), 15, 1000); // 10 waiting: taken
+                                              // 20 waiting: the write in flight points at the first frame, so the others go.
+        let outcome = push(&mut q, batch(10, 3), 15, 1000);
+        assert_eq!(outcome.dropped, [0, 0, 0, 2]);
         q.advance(10);
         assert!(q.is_empty());
     }
@@ -267,14 +347,15 @@ mod tests {
     #[test]
     fn partly_written_front_frame_is_not_dropped() {
         let mut q = OutQueue::default();
-        q.push_shared(batch(10, 3), 100, 1000);
+        push(&mut q, batch(10, 3), 10, 1000);
         let mut iov = Vec::new();
         q.fill_iovecs(&mut iov, 1024);
         drop(iov);
         q.advance(4);
-        // Over the bound, the partly written P3 cannot go, so the newcomer is the one dropped.
-        let outcome = q.push_shared(batch(10, 1), 10, 1000);
-        assert_eq!(outcome.dropped, [0, 1, 0, 0]);
+        push(&mut q, batch(10, 1), 10, 1000); // 6 waiting: taken
+        let outcome = push(&mut q, batch(10, 2), 10, 1000); // 16 waiting
+                                                            // The partly written P3 cannot go: the P2 and then the P1 do.
+        assert_eq!(outcome.dropped, [0, 1, 1, 0]);
         assert_eq!(drain(&mut q), vec![3u8; 6]);
     }
 
@@ -292,8 +373,8 @@ mod tests {
     #[test]
     fn undelivered_counts_queued_messages() {
         let mut q = OutQueue::default();
-        q.push_shared(batch(1, 1), 100, 100);
-        q.push_shared(batch(1, 3), 100, 100);
+        push(&mut q, batch(1, 1), 100, 100);
+        push(&mut q, batch(1, 3), 100, 100);
         q.push_owned(Bytes::from_static(b"x"));
         assert_eq!(q.undelivered(), [0, 1, 0, 1]);
     }

@@ -7,13 +7,48 @@
 //! holds). A tick of zero sends every publish on its own. Per-window budgets cap how many messages
 //! of priorities 1–3 one batch carries; the rest are dropped and counted.
 
+use std::ops::Range;
 use std::time::{Duration, Instant};
 
+use crate::proto::client::batch_message_len;
 use crate::proto::link::UNLIMITED;
 use crate::proto::message::{PushMessage, PRIORITIES};
 
 /// The most messages one batch frame may carry (the binary batch's count is a u16).
 pub const MAX_BATCH_MESSAGES: usize = crate::proto::client::MAX_MSGS_PER_BATCH;
+
+/// The most bytes the messages of one batch frame may take (see [`frame_ranges`]). A window's
+/// batch over this is sent as several frames, so a queue sheds and a write pins a bounded amount
+/// at a time; a single message over it is a frame of its own.
+pub const MAX_FRAME_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// Splits a window's messages, in order, into the runs that become one frame each: every run
+/// holds at least one message, at most [`MAX_BATCH_MESSAGES`], and messages taking at most
+/// `max_bytes` in the largest wire format ([`batch_message_len`]) unless it is a single message.
+pub fn frame_ranges(
+    msgs: &[PushMessage],
+    max_bytes: usize,
+) -> impl Iterator<Item = Range<usize>> + '_ {
+    let mut start = 0;
+    std::iter::from_fn(move || {
+        if start >= msgs.len() {
+            return None;
+        }
+        let mut end = start;
+        let mut bytes = 0;
+        while end < msgs.len() && end - start < MAX_BATCH_MESSAGES {
+            let len = batch_message_len(&msgs[end]);
+            if end > start && bytes + len > max_bytes {
+                break;
+            }
+            bytes += len;
+            end += 1;
+        }
+        let run = start..end;
+        start = end;
+        Some(run)
+    })
+}
 
 /// A channel's pacing, as set by the control plane's rate level.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -216,6 +251,77 @@ mod tests {
         let t0 = Instant::now();
         let mut w = busy_window(Pacing::unlimited(Duration::ZERO), t0);
         assert_eq!(w.push(msg(1, 3), t0), Admit::FlushNow);
+    }
+
+    fn sized(seq: u64, data_len: usize) -> PushMessage {
+        PushMessage {
+            seq,
+            priority: 3,
+            kind: "k".into(),
+            data: Bytes::from(vec![b'1'; data_len]),
+        }
+    }
+
+    #[test]
+    fn frame_ranges_cover_every_message_once_in_order_within_the_byte_bound() {
+        // 10 messages of the same size (two-digit seqs), 3 per frame (a fourth would pass the
+        // bound).
+        let msgs: Vec<PushMessage> = (10..20).map(|seq| sized(seq, 1000)).collect();
+        let per = batch_message_len(&msgs[0]);
+        let runs: Vec<Range<usize>> = frame_ranges(&msgs, per * 3 + per / 2).collect();
+        assert_eq!(runs, vec![0..3, 3..6, 6..9, 9..10]);
+        // Exactly at the bound still fits.
+        let runs: Vec<Range<usize>> = frame_ranges(&msgs, per * 5).collect();
+        assert_eq!(runs, vec![0..5, 5..10]);
+        // Under the bound altogether: one frame.
+        assert_eq!(
+            frame_ranges(&msgs, 1 << 20).collect::<Vec<_>>(),
+            vec![0..10]
+        );
+        assert_eq!(frame_ranges(&[], 100).count(), 0);
+    }
+
+    #[test]
+    fn a_message_over_the_bound_is_a_frame_of_its_own() {
+        let msgs = vec![sized(1, 10), sized(2, 10), sized(3, 5000), sized(4, 10)];
+        let runs: Vec<Range<usize>> = frame_ranges(&msgs, 1000).collect();
+        assert_eq!(runs, vec![0..2, 2..3, 3..4]);
+        // Even a zero bound makes progress, one message per frame.
+        assert_eq!(frame_ranges(&msgs, 0).count(), 4);
+    }
+
+    #[test]
+    fn frame_ranges_keep_the_message_count_limit() {
+        let msgs: Vec<PushMessage> = (0..MAX_BATCH_MESSAGES as u64 + 5)
+            .map(|s| sized(s, 0))
+            .collect();
+        let runs: Vec<Range<usize>> = frame_ranges(&msgs, usize::MAX).collect();
+        assert_eq!(
+            runs,
+            vec![
+                0..MAX_BATCH_MESSAGES,
+                MAX_BATCH_MESSAGES..MAX_BATCH_MESSAGES + 5
+            ]
+        );
+    }
+
+    #[test]
+    fn the_byte_bound_holds_for_the_encoded_frames_of_every_format() {
+        use crate::proto::client::{encode_batch, WireFormat};
+        let msgs: Vec<PushMessage> = (1..=40).map(|seq| sized(seq, 3000)).collect();
+        let target = crate::proto::message::Target::Room("r1".into());
+        for run in frame_ranges(&msgs, MAX_FRAME_MESSAGE_BYTES) {
+            assert!(run.len() > 1);
+            for format in WireFormat::ALL {
+                let frame = encode_batch(format, &target, &msgs[run.clone()]);
+                // Frame header and batch head take well under 64 bytes for this room.
+                assert!(
+                    frame.len() <= MAX_FRAME_MESSAGE_BYTES + 64,
+                    "{format:?}: {} bytes",
+                    frame.len()
+                );
+            }
+        }
     }
 
     #[test]

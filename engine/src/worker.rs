@@ -122,6 +122,10 @@ struct Conn {
     close_reason: CloseReason,
     opened: Instant,
     last_heard: Instant,
+    /// Worker clock (ms since the worker started, wrapping) when the socket last accepted a byte
+    /// or data was queued on an empty queue: with data waiting, its age is how long the writes
+    /// have stalled. A u32 rather than an `Instant` keeps `Conn` small.
+    write_progress_ms: u32,
     dirty: bool,
 }
 
@@ -164,6 +168,10 @@ pub struct Worker {
     /// publish→flush histogram, recorded once per batch after the round's flush).
     delivered_at: Vec<Instant>,
     now: Instant,
+    /// The origin of the worker clock (`clock_ms`).
+    started: Instant,
+    /// Per wire format: the frames of the delivery being queued, wrapped once per core.
+    delivery_frames: [Vec<Rc<SharedFrame>>; 3],
     shutting_down: bool,
 }
 
@@ -215,6 +223,8 @@ impl Worker {
             next_token: 1,
             delivered_at: Vec::new(),
             now: Instant::now(),
+            started: Instant::now(),
+            delivery_frames: Default::default(),
             shutting_down: false,
         })
     }
@@ -232,6 +242,7 @@ impl Worker {
                 .heartbeat_timeout_ms
                 .min(self.config.auth_timeout_ms)
                 .min(self.config.join_confirm_timeout_ms)
+                .min(self.config.write_stall_timeout_ms)
                 / 4)
             .clamp(10, 1000),
         );
@@ -260,7 +271,11 @@ impl Worker {
             let mut driver = self.driver.take().expect("driver present between polls");
             let poll = driver.poll(Some(timeout), &mut |event| {
                 if woke.is_none() {
-                    woke = Some(Instant::now());
+                    // Events are stamped with this (write progress, heartbeats), not with the
+                    // time before a poll that may have waited long.
+                    let now = Instant::now();
+                    woke = Some(now);
+                    self.now = now;
                 }
                 self.on_event(event)
             });
@@ -329,6 +344,9 @@ impl Worker {
                 conn.write = WriteState::Idle;
                 match result {
                     Ok(n) => {
+                        if n > 0 {
+                            conn.write_progress_ms = clock_ms(self.started, self.now);
+                        }
                         conn.out.advance(n);
                         self.stats.bytes_out += n as u64;
                         // More to send, or a close waiting for the queue to drain.
@@ -440,6 +458,7 @@ impl Worker {
             close_reason: CloseReason::Peer,
             opened: self.now,
             last_heard: self.now,
+            write_progress_ms: 0,
             dirty: false,
         });
         self.stats.accepted += 1;
@@ -490,36 +509,46 @@ impl Worker {
         self.shutting_down
     }
 
-    /// Queues one batch on every member on this core: an `Rc` clone per member, nothing more.
+    /// Queues one batch on every member on this core: an `Rc` clone per frame per member,
+    /// nothing more.
     fn deliver(&mut self, delivery: &Delivery) {
         self.stats.deliveries += 1;
-        let frames: [Option<Rc<SharedFrame>>; 3] = std::array::from_fn(|i| {
-            delivery.frames[i].as_ref().map(|bytes| {
-                Rc::new(SharedFrame {
-                    bytes: bytes.clone(),
-                    min_priority: delivery.min_priority,
-                    counts: delivery.counts,
+        for (format, frames) in self.delivery_frames.iter_mut().enumerate() {
+            frames.clear();
+            frames.extend(delivery.frames.iter().filter_map(|frame| {
+                frame.encoded[format].as_ref().map(|bytes| {
+                    Rc::new(SharedFrame {
+                        bytes: bytes.clone(),
+                        min_priority: frame.min_priority,
+                        counts: frame.counts,
+                    })
                 })
-            })
-        });
+            }));
+        }
         let soft = self.config.queue_soft_bytes;
         let hard = self.config.queue_hard_bytes;
+        let now_ms = clock_ms(self.started, self.now);
         let Worker {
             conns,
             rooms,
             users,
             dirty,
             stats,
+            delivery_frames,
             ..
         } = self;
         let mut slow: Vec<ConnId> = Vec::new();
         let mut enqueue = |conn: &mut Conn, key: usize| {
-            let Some(frame) = &frames[conn.format.index()] else {
+            let frames = &delivery_frames[conn.format.index()];
+            if frames.is_empty() {
                 stats.frames_missing_format += 1;
                 return;
-            };
-            let outcome = conn.out.push_shared(Rc::clone(frame), soft, hard);
-            stats.frames_queued += 1;
+            }
+            if conn.out.is_empty() {
+                conn.write_progress_ms = now_ms;
+            }
+            let outcome = conn.out.push_batch(frames, soft, hard);
+            stats.frames_queued += frames.len() as u64;
             if outcome.dropped_frames > 0 {
                 for (total, n) in stats.dropped_queue.iter_mut().zip(outcome.dropped) {
                     *total += n;
@@ -611,6 +640,9 @@ impl Worker {
             self.iov = recycle(iov);
             match status {
                 Ok(WriteStatus::Done(n)) => {
+                    if n > 0 {
+                        conn.write_progress_ms = clock_ms(self.started, self.now);
+                    }
                     conn.out.advance(n);
                     self.stats.bytes_out += n as u64;
                     if n == offered {
@@ -1035,7 +1067,11 @@ impl Worker {
     }
 
     fn queue_owned(&mut self, id: ConnId, bytes: Bytes) {
-        self.conns[id.key()].out.push_owned(bytes);
+        let conn = &mut self.conns[id.key()];
+        if conn.out.is_empty() {
+            conn.write_progress_ms = clock_ms(self.started, self.now);
+        }
+        conn.out.push_owned(bytes);
         self.mark_dirty(id.key());
     }
 
@@ -1127,14 +1163,21 @@ impl Worker {
         }
     }
 
-    /// Closes connections that missed the auth deadline or went silent, and cuts closing ones
-    /// that could not flush in time.
+    /// Closes connections that missed the auth deadline, went silent or stopped taking data
+    /// (slow), and cuts closing ones that could not flush in time.
     fn sweep(&mut self) {
         let auth_timeout = self.config.auth_timeout();
         let heartbeat = self.config.heartbeat_timeout();
+        let now_ms = clock_ms(self.started, self.now);
+        let stall_ms = self.config.write_stall_timeout_ms;
         let mut expired: Vec<(ConnId, Option<u16>, CloseReason)> = Vec::new();
         for (_, conn) in &self.conns {
+            let write_stalled = !conn.out.is_empty()
+                && u64::from(now_ms.wrapping_sub(conn.write_progress_ms)) > stall_ms;
             match conn.life {
+                Lifecycle::Open if write_stalled => {
+                    expired.push((conn.id, Some(session::CLOSE_SLOW), CloseReason::Slow));
+                }
                 Lifecycle::Open if conn.identity.is_none() => {
                     if self.now.duration_since(conn.opened) > auth_timeout {
                         // Counted by reason only: `auth_failures` keeps its meaning (failed
@@ -1236,6 +1279,12 @@ impl Worker {
         self.run_actions(id, &mut actions);
         self.actions = actions;
     }
+}
+
+/// The worker clock: milliseconds from `started` to `now`, wrapping after 49 days (compared with
+/// `wrapping_sub`, and only over the few seconds a stall may last).
+fn clock_ms(started: Instant, now: Instant) -> u32 {
+    now.saturating_duration_since(started).as_millis() as u32
 }
 
 /// Reuses a `Vec`'s allocation for slices of another lifetime (it is empty, so no slice outlives

@@ -1,5 +1,7 @@
 //! Slow consumers (PROTOCOL.md §5): a reader that stalls is cut off with `4008 slow` once its
-//! send queue passes the hard bound, and the room's healthy members do not notice.
+//! send queue passes the hard bound, or once its socket has taken no byte for the write-stall
+//! timeout while shedding keeps its queue under that bound; the room's healthy members do not
+//! notice.
 
 use std::time::{Duration, Instant};
 
@@ -96,6 +98,149 @@ fn a_stalled_reader_is_closed_with_4008_while_healthy_members_get_everything_in_
             .await;
         edge.assert_running();
     });
+}
+
+/// The stall timeout the stalled-reader test runs with.
+const STALL_TIMEOUT: Duration = Duration::from_millis(1000);
+
+#[test]
+fn a_stalled_reader_under_the_hard_bound_is_closed_after_the_write_stall_timeout() {
+    for_each_driver(|io| async move {
+        const TICK: Duration = Duration::from_millis(100);
+        const STREAM: usize = 2000;
+        #[rustfmt::skip]
+        let mut edge = Edge::start(io, &[
+            "--write-stall-timeout-ms", &STALL_TIMEOUT.as_millis().to_string(),
+            "--tick-ms", &TICK.as_millis().to_string(),
+        ])
+        .await;
+        let room = Target::Room("r1".into());
+
+        let tcp = connect_with_small_recv_buffer(edge.tcp_addr, 4096).await;
+        let mut stalled_tcp = Client::over_tcp(TcpClient::over(tcp));
+        let ws = connect_with_small_recv_buffer(edge.ws_addr, 4096).await;
+        let ws = WsClient::upgrade(ws)
+            .await
+            .expect("upgrade the stalled WebSocket");
+        let mut stalled_ws = Client::over_ws(WireFormat::WsJson, ws);
+        for stalled in [&mut stalled_tcp, &mut stalled_ws] {
+            stalled.authenticate("stalled").await;
+            stalled.join("r1").await.unwrap();
+        }
+        let mut readers = Vec::new();
+        for i in 0..HEALTHY_MEMBERS / 2 {
+            let format = WireFormat::ALL[i % 3];
+            let mut client = Client::connect_authed(&edge, format, &format!("healthy-{i}")).await;
+            client.join("r1").await.unwrap();
+            let room = room.clone();
+            readers.push(tokio::spawn(async move {
+                let arrivals = read_with_arrival_times(&mut client, &room, STREAM).await;
+                (client.label, arrivals)
+            }));
+        }
+
+        // The stalled readers read nothing until well past the stall timeout, then read what the
+        // edge left them: the batches queued before it gave up, and the 4008 close.
+        let start = Instant::now();
+        let resume_at = start + STALL_TIMEOUT * 2 + Duration::from_millis(200);
+        let stalled = tokio::spawn(async move {
+            tokio::time::sleep_until(resume_at.into()).await;
+            let tcp = drain_until_slow_close(&mut stalled_tcp).await;
+            let ws = drain_until_slow_close(&mut stalled_ws).await;
+            (tcp, ws)
+        });
+
+        // ~1 KiB messages, 500/s for 4 s, priorities 2 and 3 only: soft-bound shedding keeps a
+        // stalled reader's queue under the hard bound, so only the stall timeout can close it.
+        let padding = "x".repeat(1000);
+        let mut sent: Vec<(PushMessage, Instant)> = Vec::new();
+        for i in 0..STREAM {
+            let priority = 2 + (i % 2) as u8;
+            let data = format!(r#"{{"i":{i},"pad":"{padding}"}}"#);
+            let msg = edge.link.publish_room("r1", priority, "chat", &data).await;
+            sent.push((msg, Instant::now()));
+            if i % 10 == 9 {
+                let round = (i / 10 + 1) as u32;
+                tokio::time::sleep_until((start + Duration::from_millis(20) * round).into()).await;
+            }
+        }
+
+        let (last_tcp, last_ws) = stalled
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        // Nothing was queued for them after the close: the last message they got was published
+        // before it, so it dates the close.
+        let stall_began = start; // their buffers fill within the first batches
+        let close_limit = stall_began + STALL_TIMEOUT + Duration::from_millis(1000);
+        for (label, last) in [("tcp", last_tcp), ("ws", last_ws)] {
+            let last_published = last.map_or(start, |seq| sent[seq as usize - 1].1);
+            eprintln!(
+                "stalled {label} reader: last message queued to it was published {:?} into the stream",
+                last_published - start
+            );
+            assert!(
+                last_published <= close_limit,
+                "stalled {label} reader: still queued to {:?} after the stream began (stall \
+                 timeout {STALL_TIMEOUT:?})",
+                last_published - start
+            );
+        }
+
+        let mut delays = Vec::new();
+        for reader in futures_util::future::join_all(readers).await {
+            let (label, arrivals) =
+                reader.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+            let got: Vec<&PushMessage> = arrivals.iter().map(|(m, _)| m).collect();
+            let expected: Vec<&PushMessage> = sent.iter().map(|(m, _)| m).collect();
+            if got != expected {
+                let seqs: Vec<u64> = got.iter().map(|m| m.seq).collect();
+                panic!(
+                    "{label}: got seqs {seqs:?}, expected 1..={STREAM} with the published content"
+                );
+            }
+            delays.extend(
+                arrivals
+                    .iter()
+                    .zip(&sent)
+                    .map(|((_, arrived), (_, published))| {
+                        arrived.saturating_duration_since(*published)
+                    }),
+            );
+        }
+        delays.sort();
+        let p99 = delays[delays.len() * 99 / 100];
+        let limit = TICK + Duration::from_millis(300);
+        eprintln!("healthy readers: p99 publish→arrival {p99:?} (limit {limit:?})");
+        assert!(
+            p99 < limit,
+            "healthy readers: p99 publish→arrival {p99:?}, over the tick + 300 ms ({limit:?})"
+        );
+        edge.link
+            .load_reports_until(Duration::from_secs(5), |r| r.slow_closes >= 2)
+            .await;
+        edge.assert_running();
+    });
+}
+
+/// Reads a stalled client's leftovers up to the edge's `4008` close frame and the end of the
+/// connection; returns the seq of the last message it got.
+async fn drain_until_slow_close(client: &mut Client) -> Option<u64> {
+    let mut last = None;
+    loop {
+        match client.next_within(WAIT).await {
+            Some(Incoming::Batch { msgs, .. }) => last = msgs.last().map(|m| m.seq).or(last),
+            Some(Incoming::Close { code, reason }) => {
+                assert_eq!(code, SLOW, "{}: close reason {reason:?}", client.label);
+                client.expect_end(WAIT).await;
+                return last;
+            }
+            other => panic!(
+                "{}: expected the stalled reader's leftovers and a 4008 close, got {other:?} \
+                 (last seq {last:?})",
+                client.label
+            ),
+        }
+    }
 }
 
 /// Reads batches for `room` until `count` messages came, noting when each batch arrived.

@@ -600,6 +600,15 @@ const MSG_TAIL: &str = "}";
 /// of `kind` and the length of `data`.
 const BINARY_MSG_FIXED_LEN: usize = 8 + 1 + 1 + 4;
 
+/// The bytes one message adds to a batch frame's payload in its largest wire format (JSON: the
+/// message object and its separating comma; binary: its fixed fields, `kind` and `data`).
+pub fn batch_message_len(msg: &PushMessage) -> usize {
+    let json = json_msg_len(msg) + 1;
+    let binary =
+        BINARY_MSG_FIXED_LEN + clamp_str(&msg.kind, u8::MAX as usize).len() + msg.data.len();
+    json.max(binary)
+}
+
 /// Encodes one batch of pushes for `target` as complete wire bytes, in the order given.
 ///
 /// `data` of every message must already be valid JSON text (the control plane guarantees it):
