@@ -59,6 +59,18 @@ pub struct Published {
 }
 
 impl Published {
+    /// What the API answered (which must be 200) to the publish of this message.
+    fn from_answer(response: &Response, priority: u8, kind: &str, data: Value) -> Published {
+        let answer = response.ok();
+        Published {
+            seq: field_u64(&answer, "seq", response),
+            delivered_edges: field_u64(&answer, "delivered_edges", response),
+            priority,
+            kind: kind.to_owned(),
+            data,
+        }
+    }
+
     /// Whether `got` (as a client received it) is this message: same seq, priority and kind, and
     /// `data` equal as JSON.
     pub fn matches(&self, got: &PushMessage) -> bool {
@@ -195,14 +207,7 @@ impl Api {
     ) -> Published {
         let body = json!({ "priority": priority, "kind": kind, "data": data });
         let response = self.post(&publish_path(target), &body).await;
-        let answer = response.ok();
-        Published {
-            seq: field_u64(&answer, "seq", &response),
-            delivered_edges: field_u64(&answer, "delivered_edges", &response),
-            priority,
-            kind: kind.to_owned(),
-            data,
-        }
+        Published::from_answer(&response, priority, kind, data)
     }
 
     /// [`publish`](Self::publish) that retries, for up to [`WAIT`], while the API is down or
@@ -228,14 +233,7 @@ impl Api {
                 }
             }
         };
-        let answer = response.ok();
-        Published {
-            seq: field_u64(&answer, "seq", &response),
-            delivered_edges: field_u64(&answer, "delivered_edges", &response),
-            priority,
-            kind: kind.to_owned(),
-            data,
-        }
+        Published::from_answer(&response, priority, kind, data)
     }
 
     /// `GET /v1/rooms/{room}`, which must succeed.

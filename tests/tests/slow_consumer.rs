@@ -29,19 +29,7 @@ fn a_stalled_reader_is_closed_with_4008_while_healthy_members_get_everything_in_
         .await;
         let room = Target::Room("r1".into());
 
-        // Two stalled readers: they join, then never read again; a 4 KiB receive buffer keeps
-        // the kernel from absorbing what the edge queues for them.
-        let tcp = connect_with_small_recv_buffer(edge.tcp_addr, 4096).await;
-        let mut stalled_tcp = Client::over_tcp(TcpClient::over(tcp));
-        let ws = connect_with_small_recv_buffer(edge.ws_addr, 4096).await;
-        let ws = WsClient::upgrade(ws)
-            .await
-            .expect("upgrade the stalled WebSocket");
-        let mut stalled_ws = Client::over_ws(WireFormat::WsBinary, ws);
-        for stalled in [&mut stalled_tcp, &mut stalled_ws] {
-            stalled.authenticate("stalled").await;
-            stalled.join("r1").await.unwrap();
-        }
+        let [mut stalled_tcp, mut stalled_ws] = stalled_readers(&edge, WireFormat::WsBinary).await;
 
         let mut readers = Vec::new();
         for i in 0..HEALTHY_MEMBERS {
@@ -116,17 +104,7 @@ fn a_stalled_reader_under_the_hard_bound_is_closed_after_the_write_stall_timeout
         .await;
         let room = Target::Room("r1".into());
 
-        let tcp = connect_with_small_recv_buffer(edge.tcp_addr, 4096).await;
-        let mut stalled_tcp = Client::over_tcp(TcpClient::over(tcp));
-        let ws = connect_with_small_recv_buffer(edge.ws_addr, 4096).await;
-        let ws = WsClient::upgrade(ws)
-            .await
-            .expect("upgrade the stalled WebSocket");
-        let mut stalled_ws = Client::over_ws(WireFormat::WsJson, ws);
-        for stalled in [&mut stalled_tcp, &mut stalled_ws] {
-            stalled.authenticate("stalled").await;
-            stalled.join("r1").await.unwrap();
-        }
+        let [mut stalled_tcp, mut stalled_ws] = stalled_readers(&edge, WireFormat::WsJson).await;
         let mut readers = Vec::new();
         for i in 0..HEALTHY_MEMBERS / 2 {
             let format = WireFormat::ALL[i % 3];
@@ -289,4 +267,21 @@ async fn assert_cut_off_as_slow(client: &mut Client, close_frame_required: bool)
             ),
         }
     }
+}
+
+/// Two stalled readers in room `r1` (raw TCP and WebSocket in `ws_format`): they join, then never
+/// read again; a 4 KiB receive buffer keeps the kernel from absorbing what the edge queues.
+async fn stalled_readers(edge: &Edge, ws_format: WireFormat) -> [Client; 2] {
+    let tcp = connect_with_small_recv_buffer(edge.tcp_addr, 4096).await;
+    let mut stalled_tcp = Client::over_tcp(TcpClient::over(tcp));
+    let ws = connect_with_small_recv_buffer(edge.ws_addr, 4096).await;
+    let ws = WsClient::upgrade(ws)
+        .await
+        .expect("upgrade the stalled WebSocket");
+    let mut stalled_ws = Client::over_ws(ws_format, ws);
+    for stalled in [&mut stalled_tcp, &mut stalled_ws] {
+        stalled.authenticate("stalled").await;
+        stalled.join("r1").await.unwrap();
+    }
+    [stalled_tcp, stalled_ws]
 }
