@@ -418,11 +418,7 @@ impl Hub {
     /// A worker waits for a channel to be routed here (a join or `auth` reply depends on it).
     fn confirm_request(&mut self, worker: usize, kind: ChannelKind, name: &str, token: u64) {
         let link_up = matches!(self.link, LinkState::Up(_));
-        let channel = match kind {
-            ChannelKind::Room => self.rooms.get_mut(name),
-            ChannelKind::User => self.users.get_mut(name),
-            ChannelKind::All => None,
-        };
+        let channel = self.named_channel_mut(kind, name);
         let Some(channel) = channel.filter(|c| c.has_members()) else {
             // Its members left before the hub read this: nobody waits any more.
             return;
@@ -462,11 +458,7 @@ impl Hub {
         self.next_sync += 1;
         let mut syncing = Vec::with_capacity(due.len());
         for (kind, name) in due {
-            let channel = match kind {
-                ChannelKind::Room => self.rooms.get_mut(&name),
-                ChannelKind::User => self.users.get_mut(&name),
-                ChannelKind::All => None,
-            };
+            let channel = self.named_channel_mut(kind, &name);
             if let Some(channel) =
                 channel.filter(|c| c.routed == Routed::No && !c.waiters.is_empty())
             {
@@ -480,10 +472,9 @@ impl Hub {
         // The membership changes (the channel's appearance) go first; the barrier follows them.
         self.send_report(false);
         self.send_frame(&LinkFrame::Sync(id));
+        // If the link failed while sending, `link_lost` already queued every waiter again.
         if matches!(self.link, LinkState::Up(_)) {
             self.syncs_in_flight.push_back((id, syncing));
-        } else {
-            // The link failed while sending: `link_lost` already queued every waiter again.
         }
     }
 
@@ -498,11 +489,7 @@ impl Hub {
                 break;
             };
             for (kind, name) in channels {
-                let channel = match kind {
-                    ChannelKind::Room => self.rooms.get_mut(&name),
-                    ChannelKind::User => self.users.get_mut(&name),
-                    ChannelKind::All => None,
-                };
+                let channel = self.named_channel_mut(kind, &name);
                 let Some(channel) = channel.filter(|c| c.routed == Routed::Syncing(sent)) else {
                     continue; // emptied (and maybe re-appeared) since: not this barrier's
                 };
@@ -841,6 +828,15 @@ impl Hub {
                 );
                 self.flush_channel(&target, now);
             }
+        }
+    }
+
+    /// A room's or user's channel (the broadcast channel has no name and needs no confirmation).
+    fn named_channel_mut(&mut self, kind: ChannelKind, name: &str) -> Option<&mut Channel> {
+        match kind {
+            ChannelKind::Room => self.rooms.get_mut(name),
+            ChannelKind::User => self.users.get_mut(name),
+            ChannelKind::All => None,
         }
     }
 

@@ -129,15 +129,16 @@ impl MemberTable {
     }
 
     /// Member counts changed since the last call (0 = the channel is gone from this core).
-    /// Marks the channel confirmed (see [`Channel::confirmed`]); false when it no longer exists.
-    pub fn confirm(&mut self, name: &str) -> bool {
-        match self.index.get(name) {
-            Some(&slot) => {
-                self.channels[slot as usize].confirmed = true;
-                true
-            }
-            None => false,
+    /// Marks the channel confirmed (see [`Channel::confirmed`]), if it still exists.
+    pub fn confirm(&mut self, name: &str) {
+        if let Some(&slot) = self.index.get(name) {
+            self.channels[slot as usize].confirmed = true;
         }
+    }
+
+    /// Whether the channel in `slot` is confirmed (see [`Channel::confirmed`]).
+    pub fn is_confirmed(&self, slot: ChannelSlot) -> bool {
+        self.channel(slot).is_some_and(|c| c.confirmed)
     }
 
     /// The link to the control plane was lost: every channel must be confirmed again.

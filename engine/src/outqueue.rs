@@ -336,8 +336,9 @@ mod tests {
         let mut iov = Vec::new();
         q.fill_iovecs(&mut iov, 1024);
         drop(iov);
-        push(&mut q, batch(10, 3), 15, 1000); // 10 waiting: taken
-                                              // 20 waiting: the write in flight points at the first frame, so the others go.
+        // 10 waiting: taken.
+        push(&mut q, batch(10, 3), 15, 1000);
+        // 20 waiting: the write in flight points at the first frame, so the others go.
         let outcome = push(&mut q, batch(10, 3), 15, 1000);
         assert_eq!(outcome.dropped, [0, 0, 0, 2]);
         q.advance(10);
@@ -352,9 +353,10 @@ mod tests {
         q.fill_iovecs(&mut iov, 1024);
         drop(iov);
         q.advance(4);
-        push(&mut q, batch(10, 1), 10, 1000); // 6 waiting: taken
-        let outcome = push(&mut q, batch(10, 2), 10, 1000); // 16 waiting
-                                                            // The partly written P3 cannot go: the P2 and then the P1 do.
+        // 6 waiting: taken.
+        push(&mut q, batch(10, 1), 10, 1000);
+        // 16 waiting: the partly written P3 cannot go, so the P2 and then the P1 do.
+        let outcome = push(&mut q, batch(10, 2), 10, 1000);
         assert_eq!(outcome.dropped, [0, 1, 1, 0]);
         assert_eq!(drain(&mut q), vec![3u8; 6]);
     }

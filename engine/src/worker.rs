@@ -814,7 +814,7 @@ impl Worker {
         if self.authed_per_format[format.index()] == 1 {
             self.presence(ChannelKind::All, "", format, true);
         }
-        self.users.channel(joined.slot).is_some_and(|c| c.confirmed)
+        self.users.is_confirmed(joined.slot)
     }
 
     fn join(&mut self, id: ConnId, seq: u64, room: &str) -> Answer {
@@ -860,7 +860,7 @@ impl Worker {
         let slot = self.rooms.slot_of(room);
         if let Some(slot) = slot.filter(|&slot| conn.rooms.iter().any(|&(s, _)| s == slot)) {
             // Already a member: joining again changes nothing, but answers like the first join.
-            return Ok(self.rooms.channel(slot).is_some_and(|c| c.confirmed));
+            return Ok(self.rooms.is_confirmed(slot));
         }
         if conn.rooms.len() >= self.config.max_rooms_per_conn as usize {
             return Err((
@@ -874,7 +874,7 @@ impl Worker {
         if joined.format_appeared {
             self.presence(ChannelKind::Room, room, format, true);
         }
-        Ok(self.rooms.channel(joined.slot).is_some_and(|c| c.confirmed))
+        Ok(self.rooms.is_confirmed(joined.slot))
     }
 
     /// Holds `op`'s reply until the hub confirms the channel; the first waiter asks the hub.
@@ -909,10 +909,10 @@ impl Worker {
         if self.awaiting.get(&key).is_none_or(|a| a.token != token) {
             return; // the channel emptied (or timed out) since it asked: a stale answer
         }
-        let (kind, name) = key;
-        let Some(awaiting) = self.awaiting.remove(&(kind, name.clone())) else {
+        let Some(awaiting) = self.awaiting.remove(&key) else {
             return;
         };
+        let (kind, name) = key;
         let table = match kind {
             ChannelKind::User => &mut self.users,
             _ => &mut self.rooms,

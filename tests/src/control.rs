@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use crate::client::{Client, Incoming};
-use crate::edge::{edge_binary, EdgeAddrs, LinkedEdge, WORKERS};
+use crate::edge::{edge_binary, EdgeAddresses, LinkedEdge, WORKERS};
 use crate::http::{self, poll, Request, Response};
 use crate::process::{free_local_addrs, ChildProcess, CONTROL_BINARY};
 use crate::tokens::SECRET;
@@ -356,22 +356,6 @@ pub fn dispatch_addrs(transport: &str, response: &Response) -> BTreeSet<SocketAd
         .collect()
 }
 
-/// The addresses of an embedded edge.
-#[derive(Debug, Clone, Copy)]
-pub struct EmbeddedEdge {
-    pub ws_addr: SocketAddr,
-    pub tcp_addr: SocketAddr,
-}
-
-impl EdgeAddrs for EmbeddedEdge {
-    fn ws_addr(&self) -> SocketAddr {
-        self.ws_addr
-    }
-    fn tcp_addr(&self) -> SocketAddr {
-        self.tcp_addr
-    }
-}
-
 /// A running `roomcast-control`.
 ///
 /// Started with `--api-listen` and `--link-listen` on free loopback ports, `--api-key test-key`,
@@ -386,7 +370,7 @@ pub struct Control {
     /// Where edges dial the link.
     pub link_addr: SocketAddr,
     /// The embedded edge, when it runs one.
-    pub embedded_edge: Option<EmbeddedEdge>,
+    pub embedded_edge: Option<EdgeAddresses>,
     args: Vec<String>,
     process: Option<ChildProcess>,
     /// Instances killed by [`kill`](Self::kill), kept for their logs.
@@ -425,7 +409,7 @@ impl Control {
             args.extend(["--edge-admin-listen".to_owned(), "127.0.0.1:0".to_owned()]);
         }
         args.extend(extra_args.iter().map(|a| a.to_string()));
-        let embedded = EmbeddedEdge {
+        let embedded = EdgeAddresses {
             ws_addr: ws,
             tcp_addr: tcp,
         };
@@ -436,7 +420,7 @@ impl Control {
         args: Vec<String>,
         api: SocketAddr,
         link_addr: SocketAddr,
-        embedded_edge: Option<EmbeddedEdge>,
+        embedded_edge: Option<EdgeAddresses>,
     ) -> Control {
         let mut control = Control {
             api: Api {

@@ -210,9 +210,34 @@ impl LinkedEdge {
     pub fn assert_running(&mut self) {
         self.process.assert_running();
     }
+
+    /// Its listen addresses, for a task that outlives this borrow.
+    pub fn addresses(&self) -> EdgeAddresses {
+        EdgeAddresses {
+            ws_addr: self.ws_addr,
+            tcp_addr: self.tcp_addr,
+        }
+    }
 }
 
 impl EdgeAddrs for LinkedEdge {
+    fn ws_addr(&self) -> SocketAddr {
+        self.ws_addr
+    }
+    fn tcp_addr(&self) -> SocketAddr {
+        self.tcp_addr
+    }
+}
+
+/// An edge's listen addresses on their own (a `Copy` value a task can own), such as an embedded
+/// edge's or a [`LinkedEdge::addresses`].
+#[derive(Debug, Clone, Copy)]
+pub struct EdgeAddresses {
+    pub ws_addr: SocketAddr,
+    pub tcp_addr: SocketAddr,
+}
+
+impl EdgeAddrs for EdgeAddresses {
     fn ws_addr(&self) -> SocketAddr {
         self.ws_addr
     }

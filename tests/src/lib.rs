@@ -37,7 +37,7 @@ pub mod tokens;
 
 pub use client::{assert_error, Client, Incoming, TcpClient, WsClient};
 pub use control::{assert_receives, assert_receives_all, Api, Control, Published};
-pub use edge::{Edge, EdgeAddrs, LinkedEdge};
+pub use edge::{Edge, EdgeAddresses, EdgeAddrs, LinkedEdge};
 pub use link::LinkPeer;
 pub use raw::RawConn;
 pub use roomcast_engine::proto::client::{ClientOp, WireFormat};

@@ -34,10 +34,9 @@ impl DelayProxy {
                 let _ = server.set_nodelay(true);
                 let (client_read, client_write) = client.into_split();
                 let (server_read, server_write) = server.into_split();
-                connections.push(forward(client_read, server_write, delay));
-                connections.push(forward(server_read, client_write, delay));
-                connections
-                    .retain(|(reader, _): &(JoinHandle<()>, AbortOnDrop)| !reader.is_finished());
+                connections.extend(forward(client_read, server_write, delay));
+                connections.extend(forward(server_read, client_write, delay));
+                connections.retain(|task: &AbortOnDrop| !task.0.is_finished());
             }
         });
         DelayProxy { addr, accept }
@@ -46,12 +45,12 @@ impl DelayProxy {
 
 impl Drop for DelayProxy {
     fn drop(&mut self) {
-        // Dropping the accept task drops every connection's tasks with it.
+        // Aborting the accept task drops its list of connection tasks, which aborts them.
         self.accept.abort();
     }
 }
 
-/// Aborts the writer task when the connection list forgets it.
+/// Aborts a connection task when the list of them drops it.
 struct AbortOnDrop(JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
@@ -60,12 +59,9 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// One direction: a reader stamps each chunk with its due time, a writer sends it then.
-fn forward(
-    mut from: OwnedReadHalf,
-    mut to: OwnedWriteHalf,
-    delay: Duration,
-) -> (JoinHandle<()>, AbortOnDrop) {
+/// One direction: a reader stamps each chunk with its due time, a writer sends it then (and
+/// closes its side once the reader saw the end and everything due was sent).
+fn forward(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, delay: Duration) -> [AbortOnDrop; 2] {
     let (tx, mut rx) = mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
     let reader = tokio::spawn(async move {
         let mut buf = vec![0u8; 64 * 1024];
@@ -92,5 +88,5 @@ fn forward(
         }
         let _ = to.shutdown().await;
     });
-    (reader, AbortOnDrop(writer))
+    [AbortOnDrop(reader), AbortOnDrop(writer)]
 }

@@ -3,7 +3,6 @@
 //! instant the reply arrives — a welcome notice, a room snapshot — must reach the viewer, on a
 //! fresh room, a fresh user, several edges, a slow link and across a control-plane restart.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +11,7 @@ use futures_util::stream::{self, StreamExt};
 use roomcast_tests::control::build_binaries;
 use roomcast_tests::proxy::DelayProxy;
 use roomcast_tests::{
-    assert_receives, for_each_driver, Api, Client, ClientOp, Control, EdgeAddrs, LinkedEdge,
+    assert_receives, for_each_driver, Api, Client, ClientOp, Control, EdgeAddresses, LinkedEdge,
     Target, WireFormat,
 };
 use serde_json::json;
@@ -108,7 +107,11 @@ fn joins_across_a_control_restart_get_one_reply_and_every_later_publish() {
                 Arc::clone(&rounds),
                 Arc::clone(&retried),
             );
-            let edge = Addrs::of(if worker % 2 == 0 { &a } else { &b });
+            let edge = if worker % 2 == 0 {
+                a.addresses()
+            } else {
+                b.addresses()
+            };
             viewers.push(tokio::spawn(async move {
                 let mut i = 0;
                 while !done.load(Ordering::Relaxed) {
@@ -141,31 +144,12 @@ fn joins_across_a_control_restart_get_one_reply_and_every_later_publish() {
     });
 }
 
-/// An edge's addresses, owned by a task.
-#[derive(Clone, Copy)]
-struct Addrs(SocketAddr, SocketAddr);
-
-impl Addrs {
-    fn of(edge: &LinkedEdge) -> Addrs {
-        Addrs(edge.ws_addr, edge.tcp_addr)
-    }
-}
-
-impl EdgeAddrs for Addrs {
-    fn ws_addr(&self) -> SocketAddr {
-        self.0
-    }
-    fn tcp_addr(&self) -> SocketAddr {
-        self.1
-    }
-}
-
 /// A viewer's round that tolerates the control plane being away: a fresh connection joins a
 /// fresh room (retrying a join refused `unavailable`), then the room is published to at once
 /// and the message must arrive. False when the connection had to be given up (retry).
 async fn join_publish_retrying(
     api: &Api,
-    edge: &Addrs,
+    edge: &EdgeAddresses,
     tag: &str,
     i: usize,
     retried: &AtomicUsize,

@@ -31,43 +31,14 @@ fn a_stalled_reader_is_closed_with_4008_while_healthy_members_get_everything_in_
 
         let [mut stalled_tcp, mut stalled_ws] = stalled_readers(&edge, WireFormat::WsBinary).await;
 
-        let mut readers = Vec::new();
-        for i in 0..HEALTHY_MEMBERS {
-            let format = WireFormat::ALL[i % 3];
-            let mut client = Client::connect_authed(&edge, format, &format!("healthy-{i}")).await;
-            client.join("r1").await.unwrap();
-            let room = room.clone();
-            readers.push(tokio::spawn(async move {
-                let arrivals = read_with_arrival_times(&mut client, &room, MESSAGES).await;
-                (client.label, arrivals)
-            }));
-        }
+        let readers = spawn_healthy_readers(&edge, &room, HEALTHY_MEMBERS, MESSAGES).await;
 
         // ~1 KiB messages, 10 every 20 ms (4 s). Every fourth is priority 0, which is never
         // shed, so the stalled readers' queues must reach the hard bound.
-        let padding = "x".repeat(1000);
-        let mut sent: Vec<(PushMessage, Instant)> = Vec::new();
         let start = Instant::now();
-        for i in 0..MESSAGES {
-            let priority = (i % 4) as u8;
-            let data = format!(r#"{{"i":{i},"pad":"{padding}"}}"#);
-            let msg = edge.link.publish_room("r1", priority, "gift", &data).await;
-            sent.push((msg, Instant::now()));
-            if i % 10 == 9 {
-                let round = (i / 10 + 1) as u32;
-                tokio::time::sleep_until((start + Duration::from_millis(20) * round).into()).await;
-            }
-        }
+        let sent = stream_padded(&mut edge, start, MESSAGES, |i| (i % 4) as u8, "gift").await;
 
-        for reader in futures_util::future::join_all(readers).await {
-            let (label, arrivals) =
-                reader.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
-            let got: Vec<&PushMessage> = arrivals.iter().map(|(m, _)| m).collect();
-            let expected: Vec<&PushMessage> = sent.iter().map(|(m, _)| m).collect();
-            if got != expected {
-                let seqs: Vec<u64> = got.iter().map(|m| m.seq).collect();
-                panic!("{label}: got seqs {seqs:?}, expected 1..={MESSAGES} with the published content");
-            }
+        for (label, arrivals) in complete_arrivals(readers, &sent).await {
             for ((msg, arrived), (_, published)) in arrivals.iter().zip(&sent) {
                 let delay = arrived.saturating_duration_since(*published);
                 assert!(
@@ -105,17 +76,7 @@ fn a_stalled_reader_under_the_hard_bound_is_closed_after_the_write_stall_timeout
         let room = Target::Room("r1".into());
 
         let [mut stalled_tcp, mut stalled_ws] = stalled_readers(&edge, WireFormat::WsJson).await;
-        let mut readers = Vec::new();
-        for i in 0..HEALTHY_MEMBERS / 2 {
-            let format = WireFormat::ALL[i % 3];
-            let mut client = Client::connect_authed(&edge, format, &format!("healthy-{i}")).await;
-            client.join("r1").await.unwrap();
-            let room = room.clone();
-            readers.push(tokio::spawn(async move {
-                let arrivals = read_with_arrival_times(&mut client, &room, STREAM).await;
-                (client.label, arrivals)
-            }));
-        }
+        let readers = spawn_healthy_readers(&edge, &room, HEALTHY_MEMBERS / 2, STREAM).await;
 
         // The stalled readers read nothing until well past the stall timeout, then read what the
         // edge left them: the batches queued before it gave up, and the 4008 close.
@@ -130,18 +91,7 @@ fn a_stalled_reader_under_the_hard_bound_is_closed_after_the_write_stall_timeout
 
         // ~1 KiB messages, 500/s for 4 s, priorities 2 and 3 only: soft-bound shedding keeps a
         // stalled reader's queue under the hard bound, so only the stall timeout can close it.
-        let padding = "x".repeat(1000);
-        let mut sent: Vec<(PushMessage, Instant)> = Vec::new();
-        for i in 0..STREAM {
-            let priority = 2 + (i % 2) as u8;
-            let data = format!(r#"{{"i":{i},"pad":"{padding}"}}"#);
-            let msg = edge.link.publish_room("r1", priority, "chat", &data).await;
-            sent.push((msg, Instant::now()));
-            if i % 10 == 9 {
-                let round = (i / 10 + 1) as u32;
-                tokio::time::sleep_until((start + Duration::from_millis(20) * round).into()).await;
-            }
-        }
+        let sent = stream_padded(&mut edge, start, STREAM, |i| 2 + (i % 2) as u8, "chat").await;
 
         let (last_tcp, last_ws) = stalled
             .await
@@ -165,17 +115,7 @@ fn a_stalled_reader_under_the_hard_bound_is_closed_after_the_write_stall_timeout
         }
 
         let mut delays = Vec::new();
-        for reader in futures_util::future::join_all(readers).await {
-            let (label, arrivals) =
-                reader.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
-            let got: Vec<&PushMessage> = arrivals.iter().map(|(m, _)| m).collect();
-            let expected: Vec<&PushMessage> = sent.iter().map(|(m, _)| m).collect();
-            if got != expected {
-                let seqs: Vec<u64> = got.iter().map(|m| m.seq).collect();
-                panic!(
-                    "{label}: got seqs {seqs:?}, expected 1..={STREAM} with the published content"
-                );
-            }
+        for (_, arrivals) in complete_arrivals(readers, &sent).await {
             delays.extend(
                 arrivals
                     .iter()
@@ -219,6 +159,83 @@ async fn drain_until_slow_close(client: &mut Client) -> Option<u64> {
             ),
         }
     }
+}
+
+type Arrivals = Vec<(PushMessage, Instant)>;
+
+/// `n` healthy members of `room` on mixed transports, each reading `count` messages on its own
+/// task from before the first publish.
+async fn spawn_healthy_readers(
+    edge: &Edge,
+    room: &Target,
+    n: usize,
+    count: usize,
+) -> Vec<tokio::task::JoinHandle<(String, Arrivals)>> {
+    let Target::Room(name) = room else {
+        panic!("readers join a room, not {room:?}");
+    };
+    let mut readers = Vec::new();
+    for i in 0..n {
+        let format = WireFormat::ALL[i % 3];
+        let mut client = Client::connect_authed(edge, format, &format!("healthy-{i}")).await;
+        client.join(name).await.unwrap();
+        let room = room.clone();
+        readers.push(tokio::spawn(async move {
+            let arrivals = read_with_arrival_times(&mut client, &room, count).await;
+            (client.label, arrivals)
+        }));
+    }
+    readers
+}
+
+/// Publishes `count` ~1 KiB messages to `r1`, 10 every 20 ms from `start`, with the priority
+/// `priority_of(i)`; returns each as sent with its publish time.
+async fn stream_padded(
+    edge: &mut Edge,
+    start: Instant,
+    count: usize,
+    priority_of: impl Fn(usize) -> u8,
+    kind: &str,
+) -> Arrivals {
+    let padding = "x".repeat(1000);
+    let mut sent = Vec::with_capacity(count);
+    for i in 0..count {
+        let data = format!(r#"{{"i":{i},"pad":"{padding}"}}"#);
+        let msg = edge
+            .link
+            .publish_room("r1", priority_of(i), kind, &data)
+            .await;
+        sent.push((msg, Instant::now()));
+        if i % 10 == 9 {
+            let round = (i / 10 + 1) as u32;
+            tokio::time::sleep_until((start + Duration::from_millis(20) * round).into()).await;
+        }
+    }
+    sent
+}
+
+/// Waits for the readers and asserts each got exactly `sent` (content and order); returns their
+/// arrivals by label.
+async fn complete_arrivals(
+    readers: Vec<tokio::task::JoinHandle<(String, Arrivals)>>,
+    sent: &Arrivals,
+) -> Vec<(String, Arrivals)> {
+    let expected: Vec<&PushMessage> = sent.iter().map(|(m, _)| m).collect();
+    let mut all = Vec::with_capacity(readers.len());
+    for reader in futures_util::future::join_all(readers).await {
+        let (label, arrivals) =
+            reader.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        let got: Vec<&PushMessage> = arrivals.iter().map(|(m, _)| m).collect();
+        if got != expected {
+            let seqs: Vec<u64> = got.iter().map(|m| m.seq).collect();
+            panic!(
+                "{label}: got seqs {seqs:?}, expected 1..={} with the published content",
+                sent.len()
+            );
+        }
+        all.push((label, arrivals));
+    }
+    all
 }
 
 /// Reads batches for `room` until `count` messages came, noting when each batch arrived.
