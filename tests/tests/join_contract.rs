@@ -185,3 +185,75 @@ async fn join_publish_retrying(
     assert_receives(&mut client, &target, &[&published]).await;
     true
 }
+
+#[test]
+fn a_broadcast_the_instant_an_auth_reply_arrives_reaches_the_viewer() {
+    build_binaries();
+    for_each_driver(|io| async move {
+        let control = Control::start(&[]).await;
+        let a = control.start_edge(io, "edge-a", &[]).await;
+        let b = control.start_edge(io, "edge-b", &[]).await;
+        // One viewer at a time, so each is the first authenticated connection of its format on
+        // its worker (the edge starts sending broadcasts of that format there) and the only one
+        // the broadcast reaches.
+        for i in 0..60 {
+            let edge = if i % 2 == 0 { &a } else { &b };
+            let mut client = Client::connect(edge, WireFormat::ALL[i % 3]).await;
+            client.authenticate(&format!("bc-u{i}")).await;
+            let notice = control
+                .api
+                .publish_retrying(&Target::Broadcast, 0, "system", json!({ "i": i }))
+                .await;
+            assert_receives(&mut client, &Target::Broadcast, &[&notice]).await;
+            client.close().await;
+        }
+    });
+}
+
+#[test]
+fn a_join_or_auth_the_control_plane_does_not_confirm_in_time_is_refused_and_undone() {
+    for_each_driver(|io| async move {
+        let mut edge = roomcast_tests::Edge::start(io, &["--join-confirm-timeout-ms", "300"]).await;
+        let mut viewer = Client::connect_authed(&edge, WireFormat::WsJson, "patient").await;
+
+        // The control plane answers the barrier too late: the join is refused `unavailable`, and
+        // the viewer is not left in the room.
+        edge.link.set_sync_delay(Duration::from_secs(2));
+        let refused = viewer.join("late-room").await;
+        assert_eq!(
+            refused.as_ref().map_err(|(code, _)| code.as_str()),
+            Err("unavailable"),
+            "{refused:?}"
+        );
+        edge.link
+            .publish_room("late-room", 1, "gift", r#"{"n":1}"#)
+            .await;
+        viewer.expect_silence(Duration::from_millis(300)).await;
+
+        // A new user's `auth` the same way: `unavailable`, then closed with 1013.
+        let mut newcomer = Client::connect(&edge, WireFormat::Tcp).await;
+        let seq = newcomer.next_op_seq();
+        let token = roomcast_tests::tokens::token("newcomer");
+        let refused = newcomer.call(ClientOp::Auth { seq, token }).await;
+        assert_eq!(
+            refused.as_ref().map_err(|(code, _)| code.as_str()),
+            Err("unavailable"),
+            "{refused:?}"
+        );
+        let (code, _) = newcomer.expect_close(Duration::from_secs(5)).await;
+        assert_eq!(code, 1013);
+
+        // A prompt control plane again: the retried join succeeds and the room reaches it.
+        edge.link.set_sync_delay(Duration::ZERO);
+        assert_eq!(viewer.join("late-room").await, Ok(()));
+        let sent = edge
+            .link
+            .publish_room("late-room", 1, "gift", r#"{"n":2}"#)
+            .await;
+        let got = viewer
+            .recv_messages(&Target::Room("late-room".into()), 1, Duration::from_secs(5))
+            .await;
+        assert_eq!(got, vec![sent]);
+        edge.assert_running();
+    });
+}
