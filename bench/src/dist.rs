@@ -7,7 +7,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use clap::ValueEnum;
-use roomcast_engine::proto::message::PRIORITIES;
+use roomcast_proto::message::PRIORITIES;
 use serde::{Deserialize, Serialize};
 
 /// How connections spread over `--rooms` rooms.

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use clap::ValueEnum;
 use mio::{Events, Interest, Poll, Token};
-use roomcast_engine::proto::client::encode_batch;
-use roomcast_engine::proto::message::{PushMessage, Target};
+use roomcast_proto::client::encode_batch;
+use roomcast_proto::message::{PushMessage, Target};
 
 use crate::dist::room_name;
 use crate::publish::message_data;
@@ -109,7 +109,7 @@ impl FloorResult {
 /// Opens `args.conns` loopback connections and writes one pre-encoded frame to each of them,
 /// `args.iters` times over, timing the writing thread's CPU.
 pub fn measure(args: &FloorArgs) -> io::Result<FloorResult> {
-    let (soft, _) = roomcast_engine::sys::socket::nofile_limit()?;
+    let (soft, _) = roomcast_ops::limits::nofile_limit()?;
     if (2 * args.conns + 64) as u64 > soft {
         return Err(io::Error::other(format!(
             "{} connections need {} fds (two per connection); the limit is {soft}",

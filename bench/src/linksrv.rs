@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use roomcast_engine::proto::link::{self, LinkFrame, LoadReport, Publish, Register};
-use roomcast_engine::proto::message::{PushMessage, Target};
+use roomcast_proto::link::{self, LinkFrame, LoadReport, Publish, Register};
+use roomcast_proto::message::{PushMessage, Target};
 
 use crate::dist::room_name;
 use crate::publish::{Outcome, Outgoing, Sink};

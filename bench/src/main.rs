@@ -15,13 +15,13 @@
 //! [`report`], [`plot`], [`strace`], [`floor`], [`sys`].
 //!
 //! Every byte on the wire is produced and parsed by the engine's own codecs
-//! (`roomcast_engine::proto`); this crate only adds sockets, clocks and bookkeeping.
+//! (`roomcast_proto`); this crate only adds sockets, clocks and bookkeeping.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use roomcast_engine::proto::client::WireFormat;
+use roomcast_proto::client::WireFormat;
 
 use crate::dist::RoomDist;
 use crate::scenario::RunArgs;

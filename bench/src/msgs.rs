@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use hdrhistogram::Histogram;
-use roomcast_engine::proto::message::PRIORITIES;
+use roomcast_proto::message::PRIORITIES;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use roomcast_engine::proto::message::PRIORITIES;
+use roomcast_proto::message::PRIORITIES;
 
 use crate::dist::{PriorityMix, RoomPicker};
 use crate::sys;

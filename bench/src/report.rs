@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use hdrhistogram::Histogram;
-use roomcast_engine::proto::message::PRIORITIES;
+use roomcast_proto::message::PRIORITIES;
 use serde_json::{json, Value};
 
 use crate::coord::{Measured, Window};

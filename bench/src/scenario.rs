@@ -8,7 +8,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
-use roomcast_engine::config::load_layered;
+use roomcast_ops::config::load_layered;
 use serde::{Deserialize, Serialize};
 
 use crate::dist::{Population, PriorityMix, PublishSpread, RoomDist};
@@ -118,7 +118,7 @@ pub struct RunArgs {
     pub tokens: TokenSource,
 
     /// HS256 secret of client tokens (the edge's development secret by default).
-    #[arg(long, default_value = roomcast_engine::config::DEV_JWT_SECRET, hide_default_value = true)]
+    #[arg(long, default_value = roomcast_proto::auth::DEV_JWT_SECRET, hide_default_value = true)]
     pub jwt_secret: String,
 
     /// Edge WebSocket port (every started edge listens on it).

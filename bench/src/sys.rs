@@ -17,7 +17,7 @@ pub fn unix_micros() -> u64 {
 /// Raises the soft fd limit to the hard one (never above it) and returns (soft, hard), through
 /// the engine's own limit helpers; (0, 0) when the limits cannot be read.
 pub fn raise_nofile() -> (u64, u64) {
-    use roomcast_engine::sys::socket::{nofile_limit, raise_nofile_limit};
+    use roomcast_ops::limits::{nofile_limit, raise_nofile_limit};
     let _ = raise_nofile_limit();
     nofile_limit().unwrap_or((0, 0))
 }

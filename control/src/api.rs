@@ -19,9 +19,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, MethodRouter};
 use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use roomcast_engine::auth::{mint, Claims};
-use roomcast_engine::proto::ids::is_valid_id;
-use roomcast_engine::proto::link::LinkError;
+use roomcast_proto::auth::{mint, Claims};
+use roomcast_proto::ids::is_valid_id;
+use roomcast_proto::link::LinkError;
 use serde::{Deserialize, Serialize};
 
 use crate::config::ControlConfig;
@@ -723,9 +723,9 @@ mod tests {
     use crate::config::Levels;
     use crate::router::tests::{report, FakeEdge};
     use axum::http::Request as HttpRequest;
-    use roomcast_engine::auth::Verifier;
-    use roomcast_engine::proto::link::{LinkFrame, UserConns};
-    use roomcast_engine::proto::message::Target;
+    use roomcast_proto::auth::Verifier;
+    use roomcast_proto::link::{LinkFrame, UserConns};
+    use roomcast_proto::message::Target;
     use serde_json::{json, Value};
     use tower::ServiceExt;
 
@@ -1103,8 +1103,8 @@ mod tests {
                         queries.answer(UserConns {
                             request: q.request,
                             user: q.user,
-                            conns: vec![roomcast_engine::proto::link::ConnInfo {
-                                format: roomcast_engine::proto::client::WireFormat::WsJson,
+                            conns: vec![roomcast_proto::link::ConnInfo {
+                                format: roomcast_proto::client::WireFormat::WsJson,
                                 peer: "127.0.0.1:5555".into(),
                                 rooms: vec!["r1".into()],
                             }],

@@ -8,11 +8,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use roomcast_engine::config::{load_layered, ConfigError, DEV_JWT_SECRET};
-use roomcast_engine::proto::link::{SetLevel, UNLIMITED};
-use roomcast_engine::proto::message::PRIORITIES;
-use roomcast_engine::sys::DriverKind;
+use roomcast_engine::DriverKind;
 use roomcast_engine::EdgeConfig;
+use roomcast_ops::config::{load_layered, ConfigError};
+use roomcast_proto::auth::DEV_JWT_SECRET;
+use roomcast_proto::link::{SetLevel, UNLIMITED};
+use roomcast_proto::message::PRIORITIES;
 use serde::{Deserialize, Serialize};
 
 use crate::levels::LevelPolicy;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
-use roomcast_engine::proto::link::{self, LinkFrame, Register};
+use roomcast_proto::link::{self, LinkFrame, Register};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
@@ -320,9 +320,9 @@ mod tests {
     use super::*;
     use crate::router::tests::{register, report, router};
     use crate::router::{PublishReq, TargetRef};
-    use roomcast_engine::proto::client::WireFormat;
-    use roomcast_engine::proto::link::{ConnInfo, UserConns};
-    use roomcast_engine::proto::message::Target;
+    use roomcast_proto::client::WireFormat;
+    use roomcast_proto::link::{ConnInfo, UserConns};
+    use roomcast_proto::message::Target;
 
     async fn send(stream: &mut TcpStream, frame: LinkFrame) {
         let mut out = BytesMut::new();

@@ -9,7 +9,7 @@ use roomcast_control::{server, ControlConfig};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    roomcast_engine::init_logging();
+    roomcast_ops::init_logging();
     let config = match ControlConfig::load_from(std::env::args_os()) {
         Ok(config) => config,
         Err(error) => {

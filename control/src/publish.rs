@@ -8,7 +8,7 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use roomcast_engine::proto::ids::is_valid_id;
+use roomcast_proto::ids::is_valid_id;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;

@@ -20,8 +20,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use roomcast_engine::proto::link::{self, LinkError, LinkFrame, LoadReport, Publish, Register};
-use roomcast_engine::proto::message::{PushMessage, Target};
+use roomcast_proto::link::{self, LinkError, LinkFrame, LoadReport, Publish, Register};
+use roomcast_proto::message::{PushMessage, Target};
 use serde::Serialize;
 use slab::Slab;
 use tokio::sync::{mpsc, watch, Notify};
@@ -952,7 +952,7 @@ impl EdgeBatch {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use roomcast_engine::proto::link::{SetLevel, UNLIMITED};
+    use roomcast_proto::link::{SetLevel, UNLIMITED};
 
     pub(crate) fn register(id: &str, capacity: u32) -> Register {
         Register {

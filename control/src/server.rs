@@ -6,9 +6,9 @@ use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use roomcast_engine::config::ConfigError;
-use roomcast_engine::edge::StartError;
 use roomcast_engine::Edge;
+use roomcast_engine::StartError;
+use roomcast_ops::config::ConfigError;
 use tokio::net::TcpListener;
 
 use crate::api::{self, ApiSettings, AppState};

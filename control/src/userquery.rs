@@ -8,8 +8,8 @@ use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use roomcast_engine::proto::client::WireFormat;
-use roomcast_engine::proto::link::{self, ConnInfo, LinkFrame, QueryUser, UserConns};
+use roomcast_proto::client::WireFormat;
+use roomcast_proto::link::{self, ConnInfo, LinkFrame, QueryUser, UserConns};
 use serde::Serialize;
 use tokio::sync::oneshot;
 

@@ -6,14 +6,14 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::parser::ValueSource;
 use clap::Parser;
+use roomcast_ops::config::load_layered;
+pub use roomcast_ops::config::ConfigError;
 use serde::{Deserialize, Serialize};
 
-use crate::sys::DriverKind;
+use roomcast_proto::auth::DEV_JWT_SECRET;
 
-/// The development secret used when none is configured; the edge warns loudly when it is in use.
-pub const DEV_JWT_SECRET: &str = "roomcast-dev-secret";
+use crate::sys::DriverKind;
 
 #[derive(Debug, Clone, Parser, Serialize, Deserialize)]
 #[command(
@@ -157,80 +157,6 @@ impl Default for EdgeConfig {
     fn default() -> Self {
         EdgeConfig::parse_from(["roomcast-edge"])
     }
-}
-
-/// A configuration that cannot run, with the reason.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("config file {path}: {message}")]
-    Parse { path: PathBuf, message: String },
-    #[error("invalid configuration: {0}")]
-    Invalid(String),
-}
-
-/// The option naming the file itself; it cannot be set inside the file.
-const CONFIG_KEY: &str = "config";
-
-/// Loads a clap + serde configuration in layers: flags win over `ROOMCAST_*` environment
-/// variables, which win over the TOML file that `config_path` names, which wins over defaults.
-/// Unknown keys in the file are errors. Shared by every roomcast binary.
-pub fn load_layered<C, I, T>(
-    args: I,
-    config_path: impl Fn(&C) -> Option<PathBuf>,
-) -> Result<C, ConfigError>
-where
-    C: Parser + Serialize + serde::de::DeserializeOwned,
-    I: IntoIterator<Item = T>,
-    T: Into<std::ffi::OsString> + Clone,
-{
-    let matches = C::command().get_matches_from(args);
-    let config = C::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-    let Some(path) = config_path(&config) else {
-        return Ok(config);
-    };
-    let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
-        path: path.clone(),
-        source,
-    })?;
-    let file: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Parse {
-        path: path.clone(),
-        message: e.to_string(),
-    })?;
-    let mut merged = toml::Table::try_from(&config).map_err(|e| ConfigError::Parse {
-        path: path.clone(),
-        message: e.to_string(),
-    })?;
-    let command = C::command();
-    for (key, value) in file {
-        let known = command
-            .get_arguments()
-            .any(|arg| arg.get_id() == key.as_str());
-        if key == CONFIG_KEY || !known {
-            return Err(ConfigError::Parse {
-                path: path.clone(),
-                message: format!("unknown option `{key}`"),
-            });
-        }
-        let from_default = matches!(
-            matches.value_source(&key),
-            None | Some(ValueSource::DefaultValue)
-        );
-        if from_default {
-            merged.insert(key, value);
-        }
-    }
-    let layered: C = merged
-        .try_into()
-        .map_err(|e: toml::de::Error| ConfigError::Parse {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
-    Ok(layered)
 }
 
 impl EdgeConfig {

@@ -8,15 +8,16 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::auth::Verifier;
-use crate::config::{EdgeConfig, DEV_JWT_SECRET};
+use crate::config::EdgeConfig;
 use crate::fanout::{ToHub, ToWorker};
 use crate::hub::{Hub, HubPoll, HubSetup, WorkerHandle};
 use crate::metrics::{CapacitySampler, Limits, Shared};
-use crate::proto::link::Register;
 use crate::session::Transport;
 use crate::sys::{self, socket, DriverKind};
 use crate::worker::{Worker, WorkerSetup};
+use roomcast_proto::auth::Verifier;
+use roomcast_proto::auth::DEV_JWT_SECRET;
+use roomcast_proto::link::Register;
 
 /// Batches a worker may have waiting before the hub counts further ones as dropped.
 const WORKER_INBOX: usize = 1 << 16;
@@ -184,7 +185,7 @@ impl Edge {
                 None
             }
         };
-        let fd_limit = socket::nofile_limit().map_or(0, |(soft, _)| soft);
+        let fd_limit = roomcast_ops::limits::nofile_limit().map_or(0, |(soft, _)| soft);
         let limits = Limits {
             max_connections: u64::from(config.max_connections),
             fd_limit,
@@ -296,7 +297,7 @@ fn advertise_host(config: &EdgeConfig, ws_addr: SocketAddr) -> String {
 
 /// Raises the soft fd limit to the hard one and warns when that is still below capacity.
 fn check_fd_limit(max_connections: u32) {
-    let soft = match socket::raise_nofile_limit() {
+    let soft = match roomcast_ops::limits::raise_nofile_limit() {
         Ok(soft) => soft,
         Err(error) => {
             tracing::warn!(%error, "cannot read or raise the open-file limit");

@@ -8,10 +8,10 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use crate::proto::client::WireFormat;
-use crate::proto::link::ConnInfo;
-use crate::proto::message::{Target, PRIORITIES};
 use crate::stats::WorkerStats;
+use roomcast_proto::client::WireFormat;
+use roomcast_proto::link::ConnInfo;
+use roomcast_proto::message::{Target, PRIORITIES};
 
 /// One window's batch for one channel: one or more frames (a batch over the frame bound is
 /// split), each encoded once per wire format in use.

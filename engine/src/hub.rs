@@ -23,14 +23,14 @@ use mio::{Events, Interest, Poll, Token};
 
 use crate::fanout::{ChannelKind, Delivery, DeliveryFrame, ToHub, ToWorker};
 use crate::metrics::{CapacitySampler, Shared};
-use crate::proto::client::{self, WireFormat};
-use crate::proto::link::{
-    self, ConnInfo, LinkFrame, LoadReport, Publish, QueryUser, Register, SetLevel, UserConns,
-};
-use crate::proto::message::{Target, PRIORITIES};
 use crate::stats::{CloseReason, Hist, WorkerStats, BATCH_BOUNDS, LATENCY_BOUNDS};
 use crate::sys::Waker;
 use crate::window::{frame_ranges, Admit, Pacing, Window, MAX_FRAME_MESSAGE_BYTES};
+use roomcast_proto::client::{self, WireFormat};
+use roomcast_proto::link::{
+    self, ConnInfo, LinkFrame, LoadReport, Publish, QueryUser, Register, SetLevel, UserConns,
+};
+use roomcast_proto::message::{Target, PRIORITIES};
 
 const LINK: Token = Token(0);
 const WAKE: Token = Token(1);

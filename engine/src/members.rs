@@ -8,8 +8,8 @@ use std::collections::HashMap;
 
 use slab::Slab;
 
-use crate::proto::client::WireFormat;
 use crate::sys::ConnId;
+use roomcast_proto::client::WireFormat;
 
 /// A channel's slot in the table (stable while the channel has members).
 pub type ChannelSlot = u32;
@@ -66,12 +66,9 @@ impl MemberTable {
         self.channels.get(slot as usize)
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.channels.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.channels.is_empty()
     }
 
     pub fn join(&mut self, name: &str, conn: ConnId, format: WireFormat) -> Joined {
@@ -150,13 +147,6 @@ impl MemberTable {
 
     pub fn take_changes(&mut self) -> HashMap<Box<str>, u32> {
         std::mem::take(&mut self.changed)
-    }
-
-    /// Every channel with its member count.
-    pub fn counts(&self) -> impl Iterator<Item = (&str, u32)> {
-        self.channels
-            .iter()
-            .map(|(_, c)| (&*c.name, c.members.len() as u32))
     }
 }
 

@@ -13,10 +13,10 @@ use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
 use crate::hub::HubStats;
-use crate::proto::message::PRIORITIES;
 use crate::stats::{
     AuthFailure, CloseReason, Hist, WorkerStats, BATCH_BOUNDS, IOVEC_BOUNDS, LATENCY_BOUNDS,
 };
+use roomcast_proto::message::PRIORITIES;
 
 /// The capacity resources, in `roomcast_capacity_ratio{resource=…}` order.
 pub const RESOURCES: [&str; 5] = ["connections", "fds", "egress", "memory", "cpu"];

@@ -20,7 +20,7 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 
-use crate::proto::message::PRIORITIES;
+use roomcast_proto::message::PRIORITIES;
 
 /// A batch frame shared by every member of a channel on one core.
 #[derive(Debug)]

@@ -6,24 +6,15 @@
 
 use bytes::Bytes;
 
-use crate::proto::client::{self, ClientOp, OpError, WireFormat};
-use crate::proto::handshake;
-use crate::proto::ws::{self, Message};
+use roomcast_proto::client::{self, ClientOp, OpError, WireFormat};
+use roomcast_proto::handshake;
+use roomcast_proto::ws::{self, Message};
 
 /// Which listener a connection came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
     WebSocket,
     Tcp,
-}
-
-impl Transport {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Transport::WebSocket => "ws",
-            Transport::Tcp => "tcp",
-        }
-    }
 }
 
 /// What the worker must do after feeding bytes in.
@@ -39,11 +30,7 @@ pub enum Action {
     BadOp { error: OpError, format: WireFormat },
     /// Close the connection: send a close frame with this code and reason (WebSocket close frame or
     /// TCP close frame), or, before the WebSocket upgrade, the HTTP response in `http`.
-    Close {
-        code: u16,
-        reason: &'static str,
-        http: Option<Bytes>,
-    },
+    Close { code: u16, http: Option<Bytes> },
 }
 
 #[derive(Debug)]
@@ -88,6 +75,7 @@ impl Session {
     }
 
     /// Bytes held for an incomplete frame.
+    #[cfg(test)]
     pub fn pending_bytes(&self) -> usize {
         self.pending.len()
     }
@@ -153,7 +141,6 @@ impl Session {
             Err(error) => {
                 actions.push(Action::Close {
                     code: error.status(),
-                    reason: "bad handshake",
                     http: Some(Bytes::from(handshake::error_response(error.status()))),
                 });
                 Step::Closed
@@ -168,7 +155,6 @@ impl Session {
         if len > max_message {
             actions.push(Action::Close {
                 code: CLOSE_TOO_BIG,
-                reason: "too big",
                 http: None,
             });
             return Step::Closed;
@@ -195,11 +181,7 @@ impl Session {
             Ok(step) => step,
             Err(error) => {
                 let code = error.close_code();
-                actions.push(Action::Close {
-                    code,
-                    reason: close_reason(code),
-                    http: None,
-                });
+                actions.push(Action::Close { code, http: None });
                 return Step::Closed;
             }
         };
@@ -232,7 +214,6 @@ impl Session {
             Some(Message::Close(_)) => {
                 actions.push(Action::Close {
                     code: CLOSE_NORMAL,
-                    reason: "bye",
                     http: None,
                 });
                 return Step::Closed;
@@ -279,7 +260,7 @@ pub fn close_reason(code: u16) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::ws::OpCode;
+    use roomcast_proto::ws::OpCode;
 
     fn feed(session: &mut Session, bytes: &[u8]) -> Vec<Action> {
         let mut actions = Vec::new();

@@ -1,8 +1,8 @@
 //! Per-worker counters: plain integers owned by one worker (no atomics on the hot path), copied
 //! to the hub every report interval and summed there.
 
-use crate::proto::message::PRIORITIES;
 use crate::sys::DriverStats;
+use roomcast_proto::message::PRIORITIES;
 
 /// Most buckets a [`Hist`] holds (plus the implicit `+Inf`).
 pub const HIST_BUCKETS: usize = 16;

@@ -10,12 +10,12 @@
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
-use crate::proto::client::batch_message_len;
-use crate::proto::link::UNLIMITED;
-use crate::proto::message::{PushMessage, PRIORITIES};
+use roomcast_proto::client::batch_message_len;
+use roomcast_proto::link::UNLIMITED;
+use roomcast_proto::message::{PushMessage, PRIORITIES};
 
 /// The most messages one batch frame may carry (the binary batch's count is a u16).
-pub const MAX_BATCH_MESSAGES: usize = crate::proto::client::MAX_MSGS_PER_BATCH;
+pub const MAX_BATCH_MESSAGES: usize = roomcast_proto::client::MAX_MSGS_PER_BATCH;
 
 /// The most bytes the messages of one batch frame may take (see [`frame_ranges`]). A window's
 /// batch over this is sent as several frames, so a queue sheds and a write pins a bounded amount
@@ -87,8 +87,6 @@ pub enum Admit {
 #[derive(Debug)]
 pub struct Batch {
     pub msgs: Vec<PushMessage>,
-    pub min_priority: u8,
-    pub counts: [u32; PRIORITIES],
     pub first_received: Instant,
 }
 
@@ -165,15 +163,8 @@ impl Window {
         }
         self.last_flush = Some(now);
         let msgs = std::mem::take(&mut self.msgs);
-        let mut counts = [0u32; PRIORITIES];
-        for m in &msgs {
-            counts[(m.priority as usize).min(PRIORITIES - 1)] += 1;
-        }
-        let min_priority = counts.iter().position(|&n| n > 0).unwrap_or(0) as u8;
         Some(Batch {
             msgs,
-            min_priority,
-            counts,
             first_received,
         })
     }
@@ -218,8 +209,10 @@ mod tests {
             batch.msgs.iter().map(|m| m.seq).collect::<Vec<_>>(),
             vec![1, 2]
         );
-        assert_eq!(batch.counts, [0, 0, 1, 1]);
-        assert_eq!(batch.min_priority, 2);
+        assert_eq!(
+            batch.msgs.iter().map(|m| m.priority).collect::<Vec<_>>(),
+            vec![3, 2]
+        );
         assert_eq!(batch.first_received, t1);
         assert!(w.deadline().is_none());
         // Quiet for a whole tick after that batch: the next publish goes out alone, at once.
@@ -243,7 +236,6 @@ mod tests {
             batch.msgs.iter().map(|m| m.seq).collect::<Vec<_>>(),
             vec![1, 2]
         );
-        assert_eq!(batch.min_priority, 0);
     }
 
     #[test]
@@ -307,9 +299,9 @@ mod tests {
 
     #[test]
     fn the_byte_bound_holds_for_the_encoded_frames_of_every_format() {
-        use crate::proto::client::{encode_batch, WireFormat};
+        use roomcast_proto::client::{encode_batch, WireFormat};
         let msgs: Vec<PushMessage> = (1..=40).map(|seq| sized(seq, 3000)).collect();
-        let target = crate::proto::message::Target::Room("r1".into());
+        let target = roomcast_proto::message::Target::Room("r1".into());
         for run in frame_ranges(&msgs, MAX_FRAME_MESSAGE_BYTES) {
             assert!(run.len() > 1);
             for format in WireFormat::ALL {

@@ -19,19 +19,19 @@ use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
 use slab::Slab;
 
-use crate::auth::Verifier;
 use crate::config::EdgeConfig;
 use crate::fanout::{ChannelKind, Delivery, ToHub, ToWorker};
 use crate::members::{ChannelSlot, MemberTable, Moved};
 use crate::outqueue::{OutQueue, SharedFrame};
-use crate::proto::client::{self, ClientOp, ErrorCode, WireFormat};
-use crate::proto::handshake;
-use crate::proto::ids::is_valid_id;
-use crate::proto::link::ConnInfo;
-use crate::proto::message::Target;
 use crate::session::{self, Action, Session, Transport};
 use crate::stats::{AuthFailure, CloseReason, WorkerStats, IOVEC_BOUNDS, LATENCY_BOUNDS};
 use crate::sys::{socket, ConnId, Driver, Event, WriteStatus, MAX_IOVECS};
+use roomcast_proto::auth::Verifier;
+use roomcast_proto::client::{self, ClientOp, ErrorCode, WireFormat};
+use roomcast_proto::handshake;
+use roomcast_proto::ids::is_valid_id;
+use roomcast_proto::link::ConnInfo;
+use roomcast_proto::message::Target;
 
 /// How long a closing connection may take to flush its last frames before it is cut.
 const CLOSE_FLUSH_GRACE: Duration = Duration::from_secs(2);
@@ -336,7 +336,12 @@ impl Worker {
         match event {
             Event::Accepted { listener, stream } => self.accepted.push((listener, stream)),
             Event::Data { conn, bytes } => self.on_data(conn, bytes),
-            Event::ReadClosed { conn, .. } => self.close_now(conn, CloseReason::Peer),
+            Event::ReadClosed { conn, error } => {
+                if let Some(error) = error {
+                    tracing::debug!(conn = conn.0, %error, "read failed");
+                }
+                self.close_now(conn, CloseReason::Peer)
+            }
             Event::WriteDone { conn: id, result } => {
                 let Some(conn) = self.conns.get_mut(id.key()).filter(|c| c.id == id) else {
                     return;
@@ -796,7 +801,7 @@ impl Worker {
 
     /// Joins the connection to its user channel (and the broadcast). Returns whether the user
     /// channel is confirmed, so `auth` can be answered at once.
-    fn authenticate(&mut self, id: ConnId, claims: crate::auth::Claims) -> bool {
+    fn authenticate(&mut self, id: ConnId, claims: roomcast_proto::auth::Claims) -> bool {
         let conn = &mut self.conns[id.key()];
         let format = conn.format;
         let joined = self.users.join(&claims.sub, id, format);

@@ -6,7 +6,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use roomcast_engine::proto::client::{
+use roomcast_proto::client::{
     decode_binary, decode_json, encode_op, encode_reply, ClientOp, ErrorCode, WireFormat,
     MAX_JSON_SEQ,
 };

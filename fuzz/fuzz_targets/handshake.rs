@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use roomcast_engine::proto::handshake::{self, MAX_REQUEST_HEAD};
+use roomcast_proto::handshake::{self, MAX_REQUEST_HEAD};
 
 /// The example key of RFC 6455 §1.3.
 const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";

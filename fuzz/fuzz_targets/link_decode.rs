@@ -10,7 +10,7 @@
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use roomcast_engine::proto::link::{self, LinkError, LinkFrame};
+use roomcast_proto::link::{self, LinkError, LinkFrame};
 
 /// Decodes frames until the input runs out or an error breaks the link.
 fn whole(data: &[u8]) -> (Vec<LinkFrame>, Option<LinkError>) {

@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use roomcast_engine::proto::ws::{self, Decoder, Message};
+use roomcast_proto::ws::{self, Decoder, Message};
 
 fuzz_target!(|data: &[u8]| {
     // The first two bytes choose the message limit (small, so the too-big paths are reached)

@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
-use roomcast_engine::proto::client::{
+use roomcast_proto::client::{
     decode_server_binary, decode_server_json, encode_op, tcp_frame_len, ClientOp, ServerMsg,
     WireFormat,
 };
-use roomcast_engine::proto::message::{PushMessage, Target};
+use roomcast_proto::message::{PushMessage, Target};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;

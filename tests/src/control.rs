@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use roomcast_engine::proto::message::{PushMessage, Target};
+use roomcast_proto::message::{PushMessage, Target};
 use serde_json::{json, Value};
 use tokio::time::Instant;
 

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use roomcast_engine::proto::link::Register;
+use roomcast_proto::link::Register;
 
 use crate::link::LinkPeer;
 use crate::process::{free_local_addrs, ChildProcess, EDGE_BINARY};

@@ -40,9 +40,9 @@ pub use control::{assert_receives, assert_receives_all, Api, Control, Published}
 pub use edge::{Edge, EdgeAddresses, EdgeAddrs, LinkedEdge};
 pub use link::LinkPeer;
 pub use raw::RawConn;
-pub use roomcast_engine::proto::client::{ClientOp, WireFormat};
-pub use roomcast_engine::proto::link::{LoadReport, Register};
-pub use roomcast_engine::proto::message::{PushMessage, Target};
+pub use roomcast_proto::client::{ClientOp, WireFormat};
+pub use roomcast_proto::link::{LoadReport, Register};
+pub use roomcast_proto::message::{PushMessage, Target};
 
 /// The default bound on every wait: no test may hang.
 pub const WAIT: Duration = Duration::from_secs(10);

@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use roomcast_engine::proto::link::{
+use roomcast_proto::link::{
     decode, encode, LinkFrame, LoadReport, Publish, QueryUser, Register, SetLevel, UserConns,
     UNLIMITED,
 };
-use roomcast_engine::proto::message::{PushMessage, Target};
+use roomcast_proto::message::{PushMessage, Target};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpListener;

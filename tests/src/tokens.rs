@@ -3,7 +3,7 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use roomcast_engine::auth::{mint, Claims};
+use roomcast_proto::auth::{mint, Claims};
 
 use crate::unix_now;
 

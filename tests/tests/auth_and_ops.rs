@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use roomcast_engine::proto::client::{decode_server_binary, decode_server_json, ServerMsg};
+use roomcast_proto::client::{decode_server_binary, decode_server_json, ServerMsg};
 use roomcast_tests::client::{binary_op, json_op};
 use roomcast_tests::raw::{masked_frame, opcode, RawConn, ServerFrame};
 use roomcast_tests::tokens::{

@@ -33,12 +33,12 @@ impl ProcSys {
 
 /// `(soft, hard)` RLIMIT_NOFILE of this process.
 pub fn nofile_limit() -> io::Result<(u64, u64)> {
-    roomcast_engine::sys::socket::nofile_limit()
+    roomcast_ops::limits::nofile_limit()
 }
 
 /// Raises this process's soft limit to its hard limit; returns the new soft limit.
 pub fn raise_nofile_limit() -> io::Result<u64> {
-    roomcast_engine::sys::socket::raise_nofile_limit()
+    roomcast_ops::limits::raise_nofile_limit()
 }
 
 /// This host's MemTotal in bytes, from /proc/meminfo.

@@ -23,14 +23,14 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
-use roomcast_engine::auth::{mint, Claims};
-use roomcast_engine::proto::client::{
+use roomcast_proto::auth::{mint, Claims};
+use roomcast_proto::client::{
     decode_server_json, encode_op, tcp_frame_len, view_server_binary, ClientOp, PushRef, ServerMsg,
     ServerMsgView, TargetRef,
 };
-use roomcast_engine::proto::handshake::{client_key, client_request, parse_client_response};
-use roomcast_engine::proto::message::PRIORITIES;
-use roomcast_engine::proto::ws::{parse_server_frame, put_client_frame, OpCode};
+use roomcast_proto::handshake::{client_key, client_request, parse_client_response};
+use roomcast_proto::message::PRIORITIES;
+use roomcast_proto::ws::{parse_server_frame, put_client_frame, OpCode};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::{ip_add, Cmd, Input, ThreadHistograms, WAKE};

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use hdrhistogram::Histogram;
 use mio::{Poll, Token, Waker};
-use roomcast_engine::proto::message::PRIORITIES;
+use roomcast_proto::message::PRIORITIES;
 
 use crate::msgs::{
     add_counts, histogram_pairs, new_latency_histogram, new_tick_histogram, ClientMsg, Connected,

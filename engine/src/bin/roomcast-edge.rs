@@ -10,7 +10,7 @@ use roomcast_engine::{Edge, EdgeConfig};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
-    roomcast_engine::init_logging();
+    roomcast_ops::init_logging();
     let config = match EdgeConfig::load_from(std::env::args_os()) {
         Ok(config) => config,
         Err(error) => {

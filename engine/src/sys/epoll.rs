@@ -253,6 +253,7 @@ fn read_conn(
 }
 
 impl Driver for EpollDriver {
+    #[cfg(test)]
     fn name(&self) -> &'static str {
         "epoll"
     }

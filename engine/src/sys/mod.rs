@@ -47,6 +47,7 @@ impl ConnId {
     pub fn key(self) -> usize {
         (self.0 & 0xffff_ffff) as usize
     }
+    #[cfg(test)]
     pub fn generation(self) -> u32 {
         (self.0 >> 32) as u32
     }
@@ -108,6 +109,7 @@ pub trait Waker: Send + Sync {
 /// One worker's I/O driver. See the module documentation for the contract.
 pub trait Driver {
     /// "uring" or "epoll".
+    #[cfg(test)]
     fn name(&self) -> &'static str;
     fn add_listener(&mut self, listener: TcpListener) -> io::Result<usize>;
     fn register(&mut self, conn: ConnId, fd: RawFd) -> io::Result<()>;

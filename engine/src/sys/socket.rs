@@ -21,49 +21,6 @@ pub fn reuseport_listener(addr: SocketAddr, backlog: i32) -> io::Result<TcpListe
     Ok(socket.into())
 }
 
-/// The process's `RLIMIT_NOFILE` as `(soft, hard)`.
-#[allow(clippy::unnecessary_cast)] // rlim_t is not u64 on every target
-pub fn nofile_limit() -> io::Result<(u64, u64)> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `lim` is a valid, writable rlimit struct that outlives the call.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok((lim.rlim_cur as u64, lim.rlim_max as u64))
-}
-
-/// Raises the soft `RLIMIT_NOFILE` to the hard limit and returns the new soft limit.
-///
-/// An unlimited hard limit is not a valid value for the soft nofile limit on Linux, so it is
-/// capped at `/proc/sys/fs/nr_open` in that case.
-#[allow(clippy::unnecessary_cast)] // rlim_t is not u64 on every target
-pub fn raise_nofile_limit() -> io::Result<u64> {
-    let (soft, hard) = nofile_limit()?;
-    let target = if hard == libc::RLIM_INFINITY as u64 {
-        std::fs::read_to_string("/proc/sys/fs/nr_open")
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
-            .unwrap_or(1 << 20)
-    } else {
-        hard
-    };
-    if soft >= target {
-        return Ok(soft);
-    }
-    let lim = libc::rlimit {
-        rlim_cur: target as libc::rlim_t,
-        rlim_max: hard as libc::rlim_t,
-    };
-    // SAFETY: `lim` is a valid rlimit struct that outlives the call.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(target)
-}
-
 /// Turns on `TCP_NODELAY` (pushes are latency-sensitive and already batched by the worker) and
 /// makes the socket nonblocking.
 pub fn set_nodelay_nonblocking(stream: &TcpStream) -> io::Result<()> {
@@ -155,15 +112,6 @@ mod tests {
         let addr = a.local_addr().unwrap();
         let b = reuseport_listener(addr, 16).unwrap();
         assert_eq!(b.local_addr().unwrap(), addr);
-    }
-
-    #[test]
-    fn nofile_limits() {
-        let (soft, hard) = nofile_limit().unwrap();
-        assert!(soft <= hard);
-        let raised = raise_nofile_limit().unwrap();
-        assert!(raised >= soft);
-        assert_eq!(nofile_limit().unwrap().0, raised);
     }
 
     #[test]

@@ -808,6 +808,7 @@ impl UringDriver {
 }
 
 impl Driver for UringDriver {
+    #[cfg(test)]
     fn name(&self) -> &'static str {
         "uring"
     }

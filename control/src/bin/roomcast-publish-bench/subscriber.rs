@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use hdrhistogram::Histogram;
-use roomcast_engine::proto::client::{
+use roomcast_proto::client::{
     decode_server_binary, encode_op, tcp_frame_len, ClientOp, ServerMsg, WireFormat,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

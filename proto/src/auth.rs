@@ -8,7 +8,11 @@
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 
-use crate::proto::ids::is_valid_id;
+use crate::ids::is_valid_id;
+
+/// The development secret used when none is configured; the edge and the control plane warn loudly
+/// when it is in use.
+pub const DEV_JWT_SECRET: &str = "roomcast-dev-secret";
 
 /// The claims roomcast reads from a client token. Other claims in a token are ignored.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
