@@ -23,7 +23,7 @@ use mio::{Events, Interest, Poll, Token};
 
 use crate::fanout::{ChannelKind, Delivery, DeliveryFrame, ToHub, ToWorker};
 use crate::metrics::{CapacitySampler, Shared};
-use crate::stats::{CloseReason, Hist, WorkerStats, BATCH_BOUNDS, LATENCY_BOUNDS};
+use crate::stats::{CloseReason, HubStats, WorkerStats, BATCH_BOUNDS, LATENCY_BOUNDS};
 use crate::sys::Waker;
 use crate::window::{frame_ranges, Admit, Pacing, Window, MAX_FRAME_MESSAGE_BYTES};
 use roomcast_proto::client::{self, WireFormat};
@@ -67,27 +67,6 @@ pub struct HubSetup {
     pub metrics: Arc<Shared>,
     /// Measures use against configured capacity at each snapshot.
     pub capacity: CapacitySampler,
-}
-
-/// Counters the hub keeps about itself.
-#[derive(Debug, Default, Clone)]
-pub struct HubStats {
-    pub publishes: u64,
-    /// `publishes` by message priority.
-    pub publishes_by_priority: [u64; PRIORITIES],
-    /// Publishes for a channel with no member on this edge (nothing to do).
-    pub publishes_without_members: u64,
-    pub dropped_budget: [u64; PRIORITIES],
-    /// Deliveries a worker's full inbox refused (that worker is far behind).
-    pub dropped_worker_backlog: u64,
-    /// Messages in those refused deliveries, per priority.
-    pub dropped_worker_backlog_msgs: [u64; PRIORITIES],
-    pub batches: u64,
-    pub link_connects: u64,
-    /// Messages per batch handed to the workers.
-    pub batch_messages: Hist,
-    /// How late a window's timer fired against its deadline, seconds.
-    pub tick_lag: Hist,
 }
 
 /// Whether the control plane is known to route a channel to this edge.

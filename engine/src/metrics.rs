@@ -12,9 +12,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
-use crate::hub::HubStats;
 use crate::stats::{
-    AuthFailure, CloseReason, Hist, WorkerStats, BATCH_BOUNDS, IOVEC_BOUNDS, LATENCY_BOUNDS,
+    AuthFailure, CloseReason, Hist, HubStats, WorkerStats, BATCH_BOUNDS, IOVEC_BOUNDS,
+    LATENCY_BOUNDS,
 };
 use roomcast_proto::message::PRIORITIES;
 
