@@ -100,8 +100,8 @@ pub struct ControlConfig {
     #[arg(long, env = "ROOMCAST_EDGE_IO", value_enum, default_value_t = DriverKind::Auto)]
     pub edge_io: DriverKind,
 
-    /// Embedded edge: host or IP advertised to clients by /v1/dispatch (default: the listen IP,
-    /// or 127.0.0.1 when listening on 0.0.0.0).
+    /// Embedded edge: host or IP advertised to clients by /v1/dispatch (default: the listen IP;
+    /// on a wildcard address, the address the edge reaches the control plane's link from).
     #[arg(long, env = "ROOMCAST_EDGE_ADVERTISE_HOST", default_value = "")]
     pub edge_advertise_host: String,
 

@@ -53,8 +53,8 @@ pub struct EdgeConfig {
     #[arg(long, env = "ROOMCAST_TCP_LISTEN", default_value = "0.0.0.0:8081")]
     pub tcp_listen: SocketAddr,
 
-    /// Host or IP advertised to the control plane for clients to dial (default: the listen IP,
-    /// or 127.0.0.1 when listening on 0.0.0.0).
+    /// Host or IP advertised to the control plane for clients to dial (default: the listen IP;
+    /// when listening on a wildcard address, the local address of the link to the control plane).
     #[arg(long, env = "ROOMCAST_ADVERTISE_HOST", default_value = "")]
     pub advertise_host: String,
 

@@ -10,14 +10,13 @@ use std::time::Duration;
 
 use crate::config::EdgeConfig;
 use crate::fanout::{ToHub, ToWorker};
-use crate::hub::{Hub, HubPoll, HubSetup, WorkerHandle};
+use crate::hub::{Advertised, Hub, HubConfig, HubPoll, HubSetup, WorkerHandle};
 use crate::metrics::{CapacitySampler, Limits, Shared};
 use crate::session::Transport;
 use crate::sys::{self, socket, DriverKind};
 use crate::worker::{Worker, WorkerSetup};
 use roomcast_proto::auth::Verifier;
 use roomcast_proto::auth::DEV_JWT_SECRET;
-use roomcast_proto::link::Register;
 
 /// Batches a worker may have waiting before the hub counts further ones as dropped.
 const WORKER_INBOX: usize = 1 << 16;
@@ -162,7 +161,6 @@ impl Edge {
         }
         drop(hub_tx);
 
-        let advertise = advertise_host(&config, ws_addr);
         let shutdown = Arc::new(AtomicBool::new(false));
         let metrics = Arc::new(Shared::new(driver_name, edge_id.clone()));
         let admin = match crate::admin::bind(config.admin_listen) {
@@ -200,28 +198,23 @@ impl Edge {
         let hub_waker = hub_poll.waker();
         let hub = Hub::new(
             HubSetup {
-                register: Register {
-                    edge_id: edge_id.clone(),
-                    ws_addr: format!("{advertise}:{}", ws_addr.port()),
-                    tcp_addr: format!("{advertise}:{}", tcp_addr.port()),
-                    admin_addr: admin
-                        .map(|a| {
-                            let host = if a.ip().is_unspecified() {
-                                advertise.clone()
-                            } else {
-                                a.ip().to_string()
-                            };
-                            format!("{host}:{}", a.port())
-                        })
-                        .unwrap_or_default(),
-                    workers: workers as u16,
-                    capacity: config.max_connections,
+                config: HubConfig {
+                    advertised: Advertised {
+                        edge_id: edge_id.clone(),
+                        host: advertise_host(&config, ws_addr),
+                        ws_port: ws_addr.port(),
+                        tcp_port: tcp_addr.port(),
+                        admin,
+                        workers: workers as u16,
+                        capacity: config.max_connections,
+                    },
+                    default_tick: Duration::from_millis(config.tick_ms as u64),
+                    report_interval: config.report_interval(),
+                    stats_log_interval: (config.stats_log_interval_ms > 0)
+                        .then(|| Duration::from_millis(config.stats_log_interval_ms)),
+                    workers,
                 },
                 control: config.control.clone(),
-                default_tick: Duration::from_millis(config.tick_ms as u64),
-                report_interval: config.report_interval(),
-                stats_log_interval: (config.stats_log_interval_ms > 0)
-                    .then(|| Duration::from_millis(config.stats_log_interval_ms)),
                 workers: handles,
                 inbox: hub_rx,
                 shutdown: Arc::clone(&shutdown),
@@ -285,13 +278,16 @@ fn bind(addr: &mut SocketAddr) -> Result<TcpListener, StartError> {
     Ok(listener)
 }
 
-fn advertise_host(config: &EdgeConfig, ws_addr: SocketAddr) -> String {
+/// The host clients are told to dial: `--advertise-host`, else the listen IP, else (listening on
+/// a wildcard address) `None`: the hub advertises the local address of its link connection, the
+/// address this host uses to reach the control plane.
+fn advertise_host(config: &EdgeConfig, ws_addr: SocketAddr) -> Option<String> {
     if !config.advertise_host.is_empty() {
-        config.advertise_host.clone()
+        Some(config.advertise_host.clone())
     } else if ws_addr.ip().is_unspecified() {
-        "127.0.0.1".to_string()
+        None
     } else {
-        ws_addr.ip().to_string()
+        Some(ws_addr.ip().to_string())
     }
 }
 

@@ -1,0 +1,1044 @@
+//! The hub's logic as a state machine without I/O: channels and their merge windows, the
+//! encode-once step, membership and load reports, the join acknowledgement's `sync` barriers,
+//! user queries and the link's dial backoff.
+//!
+//! It takes events — a message from a worker, a link frame, the link coming up or going down,
+//! time passing — each with an explicit `now`, and leaves what to do in outboxes the loop
+//! ([`super::Hub`]) empties: link frames to send ([`HubCore::poll_transmit`]), messages for each
+//! worker ([`HubCore::drain_to_workers`]), whether to dial ([`HubCore::take_dial`]), and when to
+//! call again ([`HubCore::poll_timeout`]). It never reads the clock, touches a socket or blocks,
+//! so every rule here is tested in memory with fake time (see `tests.rs`).
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::fanout::{ChannelKind, Delivery, DeliveryFrame, ToHub, ToWorker};
+use crate::stats::{CloseReason, HubStats, WorkerStats, BATCH_BOUNDS, LATENCY_BOUNDS};
+use crate::window::{frame_ranges, Admit, Pacing, Window, MAX_FRAME_MESSAGE_BYTES};
+use roomcast_proto::client::{self, WireFormat};
+use roomcast_proto::link::{
+    ConnInfo, LinkFrame, LoadReport, Publish, QueryUser, Register, SetLevel, UserConns,
+};
+use roomcast_proto::message::{Target, PRIORITIES};
+
+/// The first re-dial waits this long; each failed dial doubles it.
+pub const BACKOFF_MIN: Duration = Duration::from_millis(100);
+/// At most this between re-dials: the control plane holds publishes for `--startup-grace-ms`
+/// (2 s) after a start so edges can re-register first.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// How soon after a channel appears on (or leaves) this edge the control plane hears of it, so a
+/// publish right after a first join is routed here without waiting for the next regular report.
+pub const MEMBERSHIP_REPORT_DELAY: Duration = Duration::from_millis(20);
+
+/// What the hub is configured with.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// Who this edge is and where clients reach it (sent in the link's `register` frame).
+    pub advertised: Advertised,
+    /// The merge window of a channel no rate level was set for.
+    pub default_tick: Duration,
+    /// How often a load report goes to the control plane (and a metrics snapshot is taken).
+    pub report_interval: Duration,
+    /// How often to log the summed counters (None = never).
+    pub stats_log_interval: Option<Duration>,
+    pub workers: usize,
+}
+
+/// The edge's identity and addresses as the control plane hands them to clients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Advertised {
+    pub edge_id: String,
+    /// `--advertise-host`; when `None`, the local address of the link connection (the address
+    /// this host uses to reach the control plane, so routable from where the control plane is).
+    pub host: Option<String>,
+    pub ws_port: u16,
+    pub tcp_port: u16,
+    /// The admin listener; an unspecified IP is advertised under the advertised host.
+    pub admin: Option<SocketAddr>,
+    pub workers: u16,
+    pub capacity: u32,
+}
+
+impl Advertised {
+    /// The `register` frame for a link whose local end is `link_ip`.
+    pub fn register(&self, link_ip: IpAddr) -> Register {
+        let host = match &self.host {
+            Some(host) => host.clone(),
+            None => link_ip.to_string(),
+        };
+        let join = |host: &str, port: u16| {
+            if host.contains(':') && !host.starts_with('[') {
+                format!("[{host}]:{port}") // an IPv6 literal
+            } else {
+                format!("{host}:{port}")
+            }
+        };
+        Register {
+            edge_id: self.edge_id.clone(),
+            ws_addr: join(&host, self.ws_port),
+            tcp_addr: join(&host, self.tcp_port),
+            admin_addr: self.admin.map_or_else(String::new, |a| {
+                if a.ip().is_unspecified() {
+                    join(&host, a.port())
+                } else {
+                    a.to_string()
+                }
+            }),
+            workers: self.workers,
+            capacity: self.capacity,
+        }
+    }
+}
+
+/// Whether the control plane is known to route a channel to this edge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Routed {
+    /// Not confirmed since the channel appeared here or since the link came up.
+    No,
+    /// Reported, and a `sync` barrier with this id is on its way.
+    Syncing(u64),
+    /// The control plane acknowledged a `sync` sent after the channel was reported.
+    Yes,
+}
+
+struct Channel {
+    window: Window,
+    routed: Routed,
+    /// Workers waiting for `routed` to become `Yes`, with the token each asked with.
+    waiters: Vec<(usize, u64)>,
+    /// The last sequence number published to this channel (reported so a restarted control
+    /// plane continues the numbering).
+    last_seq: u64,
+    /// Per wire format: bitmask of workers holding members of that format.
+    workers_by_format: [u64; 3],
+}
+
+impl Channel {
+    fn new(pacing: Pacing) -> Channel {
+        Channel {
+            window: Window::new(pacing),
+            routed: Routed::No,
+            waiters: Vec::new(),
+            last_seq: 0,
+            workers_by_format: [0; 3],
+        }
+    }
+
+    fn has_members(&self) -> bool {
+        self.workers_by_format.iter().any(|&m| m != 0)
+    }
+
+    fn workers(&self) -> u64 {
+        self.workers_by_format.iter().fold(0, |all, m| all | m)
+    }
+}
+
+/// The link as the hub sees it; the loop owns the socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Link {
+    /// Dial at `retry_at`; a failure then waits `backoff`.
+    Down {
+        retry_at: Instant,
+        backoff: Duration,
+    },
+    /// The loop is dialling; a failure waits `backoff`.
+    Dialing {
+        backoff: Duration,
+    },
+    Up,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum TimerKey {
+    Room(String),
+    User(String),
+    Broadcast,
+}
+
+impl TimerKey {
+    fn of(target: &Target) -> TimerKey {
+        match target {
+            Target::Room(name) => TimerKey::Room(name.clone()),
+            Target::User(name) => TimerKey::User(name.clone()),
+            Target::Broadcast => TimerKey::Broadcast,
+        }
+    }
+
+    fn into_target(self) -> Target {
+        match self {
+            TimerKey::Room(name) => Target::Room(name),
+            TimerKey::User(name) => Target::User(name),
+            TimerKey::Broadcast => Target::Broadcast,
+        }
+    }
+}
+
+/// A `query user` the workers are still answering.
+struct PendingQuery {
+    /// The control plane's request id.
+    request: u32,
+    user: String,
+    workers_left: usize,
+    conns: Vec<ConnInfo>,
+}
+
+/// A link frame the control plane may not send (it is edge → control only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EdgeOnlyFrame;
+
+/// Messages waiting for one worker's inbox, in order.
+#[derive(Default)]
+struct Outbox {
+    queue: VecDeque<ToWorker>,
+    /// The inbox refused a message that must not be dropped (it waits at the head of `queue`):
+    /// deliveries for this worker are dropped at once instead of piling up behind it.
+    blocked: bool,
+}
+
+pub struct HubCore {
+    config: HubConfig,
+    link: Link,
+    rooms: HashMap<String, Channel>,
+    users: HashMap<String, Channel>,
+    broadcast: Channel,
+    /// Level settings for rooms, kept while the room has no member here.
+    room_pacing: HashMap<String, Pacing>,
+    timers: BinaryHeap<Reverse<(Instant, TimerKey)>>,
+    /// Per worker: last reported counters, and member counts per channel.
+    worker_stats: Vec<WorkerStats>,
+    room_members: HashMap<Box<str>, Vec<u32>>,
+    user_conns: HashMap<Box<str>, Vec<u32>>,
+    changed_rooms: HashMap<Box<str>, u32>,
+    changed_users: HashMap<Box<str>, u32>,
+    stats: HubStats,
+    /// `query user` requests being answered by workers, by the hub's own query id.
+    queries: HashMap<u32, PendingQuery>,
+    next_query: u32,
+    next_report: Instant,
+    next_stats_log: Option<Instant>,
+    /// An early incremental load report is due (a channel appeared on or left this edge).
+    membership_report_at: Option<Instant>,
+    /// Channels a worker waits on that need a `sync` barrier (sent at the end of the round).
+    syncs_due: Vec<(ChannelKind, String)>,
+    /// `sync` barriers sent and not yet acknowledged, oldest first, with their channels.
+    syncs_in_flight: VecDeque<(u64, Vec<(ChannelKind, String)>)>,
+    next_sync: u64,
+    /// The highest use/capacity ratio, ‰, reported to the control plane's dispatcher.
+    capacity_permille: u16,
+    transmit: VecDeque<LinkFrame>,
+    outboxes: Vec<Outbox>,
+    dial: bool,
+}
+
+impl HubCore {
+    pub fn new(config: HubConfig, now: Instant) -> HubCore {
+        let workers = config.workers;
+        assert!(workers <= 64, "worker sets are 64-bit masks");
+        HubCore {
+            link: Link::Down {
+                retry_at: now,
+                backoff: BACKOFF_MIN,
+            },
+            rooms: HashMap::new(),
+            users: HashMap::new(),
+            broadcast: Channel::new(Pacing::unlimited(config.default_tick)),
+            room_pacing: HashMap::new(),
+            timers: BinaryHeap::new(),
+            worker_stats: vec![WorkerStats::default(); workers],
+            room_members: HashMap::new(),
+            user_conns: HashMap::new(),
+            changed_rooms: HashMap::new(),
+            changed_users: HashMap::new(),
+            stats: HubStats::default(),
+            queries: HashMap::new(),
+            next_query: 0,
+            next_report: now + config.report_interval,
+            next_stats_log: config.stats_log_interval.map(|every| now + every),
+            membership_report_at: None,
+            syncs_due: Vec::new(),
+            syncs_in_flight: VecDeque::new(),
+            next_sync: 1,
+            capacity_permille: 0,
+            transmit: VecDeque::new(),
+            outboxes: (0..workers).map(|_| Outbox::default()).collect(),
+            dial: false,
+            config,
+        }
+    }
+
+    // ---- events -------------------------------------------------------------------------------
+
+    /// A message from a worker.
+    pub fn handle_worker(&mut self, message: ToHub, now: Instant) {
+        match message {
+            ToHub::Presence {
+                worker,
+                kind,
+                name,
+                format,
+                present,
+            } => self.presence(worker, kind, &name, format, present, now),
+            ToHub::Confirm {
+                worker,
+                kind,
+                name,
+                token,
+            } => self.confirm_request(worker, kind, &name, token),
+            ToHub::UserConns { request, conns } => self.user_conns_answered(request, conns),
+            ToHub::Report {
+                worker,
+                rooms,
+                users,
+                stats,
+            } => {
+                let workers = self.worker_stats.len();
+                merge_counts(
+                    &mut self.room_members,
+                    &mut self.changed_rooms,
+                    worker,
+                    rooms,
+                    workers,
+                );
+                merge_counts(
+                    &mut self.user_conns,
+                    &mut self.changed_users,
+                    worker,
+                    users,
+                    workers,
+                );
+                self.worker_stats[worker] = *stats;
+            }
+        }
+    }
+
+    /// A frame from the control plane. An edge-only frame is a protocol error: drop the link.
+    pub fn handle_link_frame(
+        &mut self,
+        frame: LinkFrame,
+        now: Instant,
+    ) -> Result<(), EdgeOnlyFrame> {
+        match frame {
+            LinkFrame::Publish(publish) => self.publish(publish, now),
+            LinkFrame::SetLevel(level) => self.set_level(level),
+            LinkFrame::QueryUser(query) => self.query_user(query),
+            LinkFrame::SyncAck(id) => self.sync_acked(id),
+            LinkFrame::Register(_)
+            | LinkFrame::LoadReport(_)
+            | LinkFrame::UserConns(_)
+            | LinkFrame::Sync(_) => return Err(EdgeOnlyFrame),
+        }
+        Ok(())
+    }
+
+    /// The loop's dial connected; `local_ip` is this end's address on the link. Registers and
+    /// sends a full load report.
+    pub fn link_connected(&mut self, local_ip: IpAddr) {
+        self.link = Link::Up;
+        self.stats.link_connects += 1;
+        self.transmit.clear();
+        self.transmit.push_back(LinkFrame::Register(
+            self.config.advertised.register(local_ip),
+        ));
+        self.send_report(true);
+    }
+
+    /// The dial failed, or the link broke (bad frame, closed, write error, backlog). Everything
+    /// the control plane confirmed is forgotten; the loop dials again after the backoff.
+    pub fn link_failed(&mut self, why: &str, now: Instant) {
+        let backoff = match self.link {
+            Link::Up => {
+                tracing::warn!(why, "link to the control plane lost; re-dialling");
+                self.forget_link();
+                BACKOFF_MIN
+            }
+            Link::Dialing { backoff } | Link::Down { backoff, .. } => {
+                tracing::debug!(why, "link dial failed");
+                backoff
+            }
+        };
+        // Nobody waits for answers on a link that is gone.
+        self.queries.clear();
+        self.transmit.clear();
+        self.link = Link::Down {
+            retry_at: now + backoff,
+            backoff: (backoff * 2).min(BACKOFF_MAX),
+        };
+    }
+
+    /// Time passed: closes due windows, sends `sync` barriers, reports and the stats log line.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.fire_timers(now);
+        self.send_syncs();
+        if now >= self.next_report {
+            self.send_report(false);
+            self.next_report = now + self.config.report_interval;
+        }
+        if self.membership_report_at.is_some_and(|at| now >= at) {
+            self.send_report(false);
+        }
+        if let (Some(at), Some(every)) = (self.next_stats_log, self.config.stats_log_interval) {
+            if now >= at {
+                self.log_stats();
+                self.next_stats_log = Some(now + every);
+            }
+        }
+        if let Link::Down { retry_at, backoff } = self.link {
+            if now >= retry_at {
+                self.link = Link::Dialing { backoff };
+                self.dial = true;
+            }
+        }
+    }
+
+    /// The edge is stopping: every worker closes its connections (1001) and stops.
+    pub fn shutdown(&mut self) {
+        self.log_stats();
+        for outbox in &mut self.outboxes {
+            outbox.queue.push_back(ToWorker::Shutdown);
+        }
+    }
+
+    /// The capacity sampler's latest highest ratio, ‰, for the next load reports.
+    pub fn set_capacity_permille(&mut self, permille: u16) {
+        self.capacity_permille = permille;
+    }
+
+    // ---- outputs ------------------------------------------------------------------------------
+
+    /// When [`handle_timeout`](Self::handle_timeout) has something to do next.
+    pub fn poll_timeout(&self) -> Instant {
+        let mut at = self.next_report;
+        if let Some(log) = self.next_stats_log {
+            at = at.min(log);
+        }
+        if let Some(Reverse((timer, _))) = self.timers.peek() {
+            at = at.min(*timer);
+        }
+        if let Link::Down { retry_at, .. } = self.link {
+            at = at.min(retry_at);
+        }
+        if let Some(report) = self.membership_report_at {
+            at = at.min(report);
+        }
+        at
+    }
+
+    /// Whether the loop should dial the control plane now (then report with
+    /// [`link_connected`](Self::link_connected) or [`link_failed`](Self::link_failed)).
+    pub fn take_dial(&mut self) -> bool {
+        std::mem::take(&mut self.dial)
+    }
+
+    /// The next frame to write on the link, in order.
+    pub fn poll_transmit(&mut self) -> Option<LinkFrame> {
+        self.transmit.pop_front()
+    }
+
+    /// Hands each worker its messages, in order, through `send` (a non-blocking send that gives
+    /// the message back when the inbox is full). A refused delivery is dropped and counted (that
+    /// worker is far behind); any other refused message waits for the next call. Returns the
+    /// workers that were sent something (to wake).
+    pub fn drain_to_workers(
+        &mut self,
+        mut send: impl FnMut(usize, ToWorker) -> Result<(), ToWorker>,
+    ) -> u64 {
+        let mut sent = 0u64;
+        for (worker, outbox) in self.outboxes.iter_mut().enumerate() {
+            outbox.blocked = false;
+            while let Some(message) = outbox.queue.pop_front() {
+                match send(worker, message) {
+                    Ok(()) => sent |= 1 << worker,
+                    Err(ToWorker::Deliver(delivery)) => {
+                        count_backlog_drop(&mut self.stats, &delivery);
+                    }
+                    Err(message) => {
+                        outbox.queue.push_front(message);
+                        outbox.blocked = true;
+                        break;
+                    }
+                }
+            }
+        }
+        sent
+    }
+
+    /// When the next load report is due (the loop samples capacity and stores a metrics snapshot
+    /// just before it).
+    pub fn report_due(&self, now: Instant) -> bool {
+        now >= self.next_report
+    }
+
+    pub fn worker_stats(&self) -> &[WorkerStats] {
+        &self.worker_stats
+    }
+
+    pub fn stats(&self) -> &HubStats {
+        &self.stats
+    }
+
+    /// Rooms with members here and their members, by rate level.
+    pub fn rooms_by_level(&self) -> BTreeMap<u8, (u64, u64)> {
+        let mut levels = BTreeMap::<u8, (u64, u64)>::new();
+        for (room, counts) in &self.room_members {
+            let members: u64 = counts.iter().map(|&n| u64::from(n)).sum();
+            if members == 0 {
+                continue;
+            }
+            let level = self.room_pacing.get(&**room).map_or(0, |p| p.level);
+            let entry = levels.entry(level).or_default();
+            entry.0 += 1;
+            entry.1 += members;
+        }
+        levels
+    }
+
+    /// Users with at least one connection here.
+    pub fn users_connected(&self) -> u64 {
+        self.user_conns
+            .values()
+            .filter(|c| c.iter().any(|&n| n > 0))
+            .count() as u64
+    }
+
+    /// One log line with every worker's latest counters summed, and the hub's own. Field names
+    /// are the `/metrics` series they match, without the `roomcast_` prefix.
+    pub fn log_stats(&self) {
+        let total = self.total();
+        let per_flush = if total.flushes > 0 {
+            total.write_calls as f64 / total.flushes as f64
+        } else {
+            0.0
+        };
+        tracing::info!(
+            connections = total.connections,
+            accepted = total.accepted,
+            refused_full = total.refused_full,
+            closed_slow = total.close_count(CloseReason::Slow),
+            publishes = self.stats.publishes,
+            batches = self.stats.batches,
+            deliveries = total.deliveries,
+            frames_queued = total.frames_queued,
+            bytes_out = total.bytes_out,
+            flushes = total.flushes,
+            write_calls = total.write_calls,
+            write_iovecs = total.write_iovecs,
+            write_calls_per_flush = format!("{per_flush:.3}"),
+            dropped_queue = total.dropped_queue.iter().sum::<u64>(),
+            dropped_closed = total.dropped_closed.iter().sum::<u64>(),
+            dropped_budget = self.stats.dropped_budget.iter().sum::<u64>(),
+            dropped_worker_backlog = self.stats.dropped_worker_backlog,
+            queue_high_water = total.queue_high_water,
+            "edge stats"
+        );
+    }
+
+    // ---- membership and the join acknowledgement ----------------------------------------------
+
+    fn presence(
+        &mut self,
+        worker: usize,
+        kind: ChannelKind,
+        name: &str,
+        format: WireFormat,
+        present: bool,
+        now: Instant,
+    ) {
+        let default_tick = self.config.default_tick;
+        let channel = match kind {
+            ChannelKind::All => &mut self.broadcast,
+            ChannelKind::Room => {
+                let pacing = self
+                    .room_pacing
+                    .get(name)
+                    .copied()
+                    .unwrap_or_else(|| Pacing::unlimited(default_tick));
+                self.rooms
+                    .entry(name.to_string())
+                    .or_insert_with(|| Channel::new(pacing))
+            }
+            ChannelKind::User => self
+                .users
+                .entry(name.to_string())
+                .or_insert_with(|| Channel::new(Pacing::unlimited(default_tick))),
+        };
+        let had_members = channel.has_members();
+        let bit = 1u64 << worker;
+        if present {
+            channel.workers_by_format[format.index()] |= bit;
+        } else {
+            channel.workers_by_format[format.index()] &= !bit;
+        }
+        let has_members = channel.has_members();
+        if !has_members {
+            // Gone from this edge: a later first member must be confirmed afresh, after the
+            // report that says it is back.
+            channel.routed = Routed::No;
+            channel.waiters.clear();
+        }
+        if had_members != has_members {
+            self.membership_changed(kind, name, has_members, now);
+        }
+        self.forget_if_idle(kind, name);
+    }
+
+    /// A worker waits for a channel to be routed here (a join or `auth` reply depends on it).
+    fn confirm_request(&mut self, worker: usize, kind: ChannelKind, name: &str, token: u64) {
+        let link_up = self.link == Link::Up;
+        let channel = self.named_channel_mut(kind, name);
+        let Some(channel) = channel.filter(|c| c.has_members()) else {
+            // Its members left before the hub read this: nobody waits any more.
+            return;
+        };
+        if channel.routed == Routed::Yes && link_up {
+            self.confirm_worker(worker, kind, name, token);
+            return;
+        }
+        channel.waiters.push((worker, token));
+        if channel.routed == Routed::No && channel.waiters.len() == 1 {
+            self.syncs_due.push((kind, name.to_string()));
+        }
+    }
+
+    fn confirm_worker(&mut self, worker: usize, kind: ChannelKind, name: &str, token: u64) {
+        self.outboxes[worker].queue.push_back(ToWorker::Confirmed {
+            kind,
+            name: name.into(),
+            token,
+        });
+    }
+
+    /// Reports the channels workers wait on and sends one `sync` barrier behind the report; the
+    /// control plane's `sync ack` confirms them all. Waits for the link when it is down.
+    fn send_syncs(&mut self) {
+        if self.syncs_due.is_empty() || self.link != Link::Up {
+            return;
+        }
+        let due = std::mem::take(&mut self.syncs_due);
+        let id = self.next_sync;
+        self.next_sync += 1;
+        let mut syncing = Vec::with_capacity(due.len());
+        for (kind, name) in due {
+            let channel = self.named_channel_mut(kind, &name);
+            if let Some(channel) =
+                channel.filter(|c| c.routed == Routed::No && !c.waiters.is_empty())
+            {
+                channel.routed = Routed::Syncing(id);
+                syncing.push((kind, name));
+            }
+        }
+        if syncing.is_empty() {
+            return;
+        }
+        // The membership changes (the channel's appearance) go first; the barrier follows them.
+        self.send_report(false);
+        self.transmit.push_back(LinkFrame::Sync(id));
+        self.syncs_in_flight.push_back((id, syncing));
+    }
+
+    /// The control plane applied everything up to `sync` `id`: confirm those channels.
+    fn sync_acked(&mut self, id: u64) {
+        while self
+            .syncs_in_flight
+            .front()
+            .is_some_and(|(sent, _)| *sent <= id)
+        {
+            let Some((sent, channels)) = self.syncs_in_flight.pop_front() else {
+                break;
+            };
+            for (kind, name) in channels {
+                let channel = self.named_channel_mut(kind, &name);
+                let Some(channel) = channel.filter(|c| c.routed == Routed::Syncing(sent)) else {
+                    continue; // emptied (and maybe re-appeared) since: not this barrier's
+                };
+                channel.routed = Routed::Yes;
+                let waiters = std::mem::take(&mut channel.waiters);
+                for (worker, token) in waiters {
+                    self.confirm_worker(worker, kind, &name, token);
+                }
+            }
+        }
+    }
+
+    /// The link is gone: nothing is confirmed any more. Workers answer new joins only after the
+    /// next registration's full report and a `sync` behind it; waiters keep waiting for that.
+    fn forget_link(&mut self) {
+        self.syncs_in_flight.clear();
+        self.syncs_due.clear();
+        let rooms = self
+            .rooms
+            .iter_mut()
+            .map(|(n, c)| (ChannelKind::Room, n, c));
+        let users = self
+            .users
+            .iter_mut()
+            .map(|(n, c)| (ChannelKind::User, n, c));
+        for (kind, name, channel) in rooms.chain(users) {
+            channel.routed = Routed::No;
+            if !channel.waiters.is_empty() {
+                self.syncs_due.push((kind, name.clone()));
+            }
+        }
+        for outbox in &mut self.outboxes {
+            outbox.queue.push_back(ToWorker::LinkLost);
+        }
+    }
+
+    /// Drops a room or user channel that has no member here and nothing waiting to be sent; its
+    /// memory then stays bounded by the channels this edge actually holds.
+    fn forget_if_idle(&mut self, kind: ChannelKind, name: &str) {
+        let table = match kind {
+            ChannelKind::Room => &mut self.rooms,
+            ChannelKind::User => &mut self.users,
+            ChannelKind::All => return,
+        };
+        if table
+            .get(name)
+            .is_some_and(|c| !c.has_members() && c.window.is_empty())
+        {
+            table.remove(name);
+        }
+    }
+
+    /// A room or user appeared on this edge or left it: tell the control plane soon, so it routes
+    /// publishes here (or stops) without waiting for the next regular report. The exact member
+    /// count follows with the workers' next report; until then an appearance counts as at least 1.
+    fn membership_changed(&mut self, kind: ChannelKind, name: &str, present: bool, now: Instant) {
+        let (changed, known) = match kind {
+            ChannelKind::Room => (&mut self.changed_rooms, &self.room_members),
+            ChannelKind::User => (&mut self.changed_users, &self.user_conns),
+            ChannelKind::All => return,
+        };
+        let total = known
+            .get(name)
+            .map_or(0, |per_worker| per_worker.iter().sum::<u32>());
+        let count = if present { total.max(1) } else { 0 };
+        changed.insert(name.into(), count);
+        let at = now + MEMBERSHIP_REPORT_DELAY;
+        self.membership_report_at = Some(self.membership_report_at.map_or(at, |t| t.min(at)));
+    }
+
+    // ---- publishes, windows and the encode-once step ------------------------------------------
+
+    fn publish(&mut self, publish: Publish, now: Instant) {
+        self.stats.publishes += 1;
+        let Publish { target, msg } = publish;
+        let priority = (msg.priority as usize).min(PRIORITIES - 1);
+        self.stats.publishes_by_priority[priority] += 1;
+        let Some(channel) = self.channel_mut(&target).filter(|c| c.has_members()) else {
+            self.stats.publishes_without_members += 1;
+            return;
+        };
+        channel.last_seq = channel.last_seq.max(msg.seq);
+        match channel.window.push(msg, now) {
+            Admit::Opened(deadline) => self.timers.push(Reverse((deadline, TimerKey::of(&target)))),
+            Admit::Queued => {}
+            Admit::FlushNow => self.flush_channel(&target, now),
+            Admit::OverBudget => self.stats.dropped_budget[priority] += 1,
+        }
+    }
+
+    fn set_level(&mut self, level: SetLevel) {
+        let pacing = Pacing {
+            level: level.level,
+            tick: Duration::from_millis(level.tick_ms as u64),
+            budgets: level.budgets,
+        };
+        if let Some(channel) = self.rooms.get_mut(&level.room) {
+            channel.window.pacing = pacing;
+        }
+        self.room_pacing.insert(level.room, pacing);
+    }
+
+    fn fire_timers(&mut self, now: Instant) {
+        while let Some(Reverse((at, _))) = self.timers.peek() {
+            if *at > now {
+                break;
+            }
+            let Some(Reverse((at, key))) = self.timers.pop() else {
+                break;
+            };
+            let target = key.into_target();
+            // A window flushed early (priority 0) leaves a stale timer: only its own deadline fires.
+            let due = self.channel_mut(&target).and_then(|c| c.window.deadline()) == Some(at);
+            if due {
+                self.stats.tick_lag.record(
+                    LATENCY_BOUNDS,
+                    now.saturating_duration_since(at).as_secs_f64(),
+                );
+                self.flush_channel(&target, now);
+            }
+        }
+    }
+
+    /// Encodes the channel's window once per format in use and hands it to the cores holding it.
+    fn flush_channel(&mut self, target: &Target, now: Instant) {
+        let Some(channel) = self.channel_mut(target) else {
+            return;
+        };
+        let Some(batch) = channel.window.take(now) else {
+            return;
+        };
+        let masks = channel.workers_by_format;
+        let workers = channel.workers();
+        // Split once per batch; each frame is encoded once per format and shared by every member.
+        let frames: Vec<DeliveryFrame> = frame_ranges(&batch.msgs, MAX_FRAME_MESSAGE_BYTES)
+            .map(|run| {
+                let chunk = &batch.msgs[run];
+                let mut counts = [0u32; PRIORITIES];
+                for m in chunk {
+                    counts[(m.priority as usize).min(PRIORITIES - 1)] += 1;
+                }
+                self.stats.batches += 1;
+                self.stats
+                    .batch_messages
+                    .record(BATCH_BOUNDS, chunk.len() as f64);
+                DeliveryFrame {
+                    encoded: std::array::from_fn(|i| {
+                        (masks[i] != 0)
+                            .then(|| client::encode_batch(WireFormat::ALL[i], target, chunk))
+                    }),
+                    min_priority: counts.iter().position(|&n| n > 0).unwrap_or(0) as u8,
+                    counts,
+                }
+            })
+            .collect();
+        let delivery = Arc::new(Delivery {
+            target: target.clone(),
+            frames,
+            first_received: batch.first_received,
+        });
+        for (worker, outbox) in self.outboxes.iter_mut().enumerate() {
+            if workers & (1 << worker) == 0 {
+                continue;
+            }
+            if outbox.blocked {
+                count_backlog_drop(&mut self.stats, &delivery);
+            } else {
+                outbox
+                    .queue
+                    .push_back(ToWorker::Deliver(Arc::clone(&delivery)));
+            }
+        }
+        match target {
+            Target::Room(name) => self.forget_if_idle(ChannelKind::Room, name),
+            Target::User(name) => self.forget_if_idle(ChannelKind::User, name),
+            Target::Broadcast => {}
+        }
+    }
+
+    // ---- reports and queries ------------------------------------------------------------------
+
+    fn total(&self) -> WorkerStats {
+        let mut total = WorkerStats::default();
+        for stats in &self.worker_stats {
+            total.add(stats);
+        }
+        total
+    }
+
+    fn send_report(&mut self, full: bool) {
+        self.membership_report_at = None;
+        if self.link != Link::Up {
+            return;
+        }
+        let total = self.total();
+        // Member counts come from the workers' periodic reports, which lag their presence
+        // messages: a channel present here is reported with at least 1 member, never 0, so the
+        // control plane routes to it from the moment a join can be answered.
+        let (rooms, users) = if full {
+            self.changed_rooms.clear();
+            self.changed_users.clear();
+            (
+                full_counts(&self.room_members, &self.rooms),
+                full_counts(&self.user_conns, &self.users),
+            )
+        } else {
+            (
+                present_counts(self.changed_rooms.drain(), &self.rooms),
+                present_counts(self.changed_users.drain(), &self.users),
+            )
+        };
+        let report = LinkFrame::LoadReport(LoadReport {
+            connections: total.connections as u32,
+            bytes_out: total.bytes_out,
+            frames_out: total.frames_queued,
+            msgs_dropped: total.messages_dropped()
+                + self.stats.dropped_budget.iter().sum::<u64>()
+                + self.stats.dropped_worker_backlog_msgs.iter().sum::<u64>(),
+            slow_closes: total.close_count(CloseReason::Slow),
+            full,
+            rooms,
+            users,
+            seqs: if full { self.last_seqs() } else { Vec::new() },
+            capacity_ratio_permille: self.capacity_permille,
+        });
+        self.transmit.push_back(report);
+    }
+
+    /// The last sequence number of every channel this edge holds.
+    fn last_seqs(&self) -> Vec<(Target, u64)> {
+        let rooms = self
+            .rooms
+            .iter()
+            .map(|(name, c)| (Target::Room(name.clone()), c.last_seq));
+        let users = self
+            .users
+            .iter()
+            .map(|(name, c)| (Target::User(name.clone()), c.last_seq));
+        rooms
+            .chain(users)
+            .chain(std::iter::once((
+                Target::Broadcast,
+                self.broadcast.last_seq,
+            )))
+            .filter(|&(_, seq)| seq > 0)
+            .collect()
+    }
+
+    /// Asks the workers holding the user for its connections; answers at once when none does.
+    fn query_user(&mut self, query: QueryUser) {
+        let holders = self.users.get(&query.user).map_or(0, Channel::workers);
+        let id = self.next_query;
+        self.next_query = self.next_query.wrapping_add(1);
+        let mut asked = 0;
+        for (worker, outbox) in self.outboxes.iter_mut().enumerate() {
+            if holders & (1 << worker) == 0 {
+                continue;
+            }
+            outbox.queue.push_back(ToWorker::QueryUser {
+                request: id,
+                user: query.user.as_str().into(),
+            });
+            asked += 1;
+        }
+        let pending = PendingQuery {
+            request: query.request,
+            user: query.user,
+            workers_left: asked,
+            conns: Vec::new(),
+        };
+        if asked == 0 {
+            self.answer_query(pending);
+        } else {
+            self.queries.insert(id, pending);
+        }
+    }
+
+    fn user_conns_answered(&mut self, id: u32, conns: Vec<ConnInfo>) {
+        let Some(pending) = self.queries.get_mut(&id) else {
+            return; // asked before the link dropped; nobody waits for it any more
+        };
+        pending.conns.extend(conns);
+        pending.workers_left -= 1;
+        if pending.workers_left == 0 {
+            let pending = self.queries.remove(&id).expect("present");
+            self.answer_query(pending);
+        }
+    }
+
+    fn answer_query(&mut self, pending: PendingQuery) {
+        if self.link != Link::Up {
+            return;
+        }
+        self.transmit.push_back(LinkFrame::UserConns(UserConns {
+            request: pending.request,
+            user: pending.user,
+            conns: pending.conns,
+        }));
+    }
+
+    // ---- lookups ------------------------------------------------------------------------------
+
+    /// A room's or user's channel (the broadcast channel has no name and needs no confirmation).
+    fn named_channel_mut(&mut self, kind: ChannelKind, name: &str) -> Option<&mut Channel> {
+        match kind {
+            ChannelKind::Room => self.rooms.get_mut(name),
+            ChannelKind::User => self.users.get_mut(name),
+            ChannelKind::All => None,
+        }
+    }
+
+    fn channel_mut(&mut self, target: &Target) -> Option<&mut Channel> {
+        match target {
+            Target::Room(name) => self.rooms.get_mut(name),
+            Target::User(name) => self.users.get_mut(name),
+            Target::Broadcast => Some(&mut self.broadcast),
+        }
+    }
+}
+
+/// A worker's full inbox refused a delivery: count the batch and its messages.
+fn count_backlog_drop(stats: &mut HubStats, delivery: &Delivery) {
+    stats.dropped_worker_backlog += 1;
+    for frame in &delivery.frames {
+        for (total, n) in stats
+            .dropped_worker_backlog_msgs
+            .iter_mut()
+            .zip(frame.counts)
+        {
+            *total += u64::from(n);
+        }
+    }
+}
+
+/// Applies one worker's changed counts and records the new totals as changed.
+fn merge_counts(
+    table: &mut HashMap<Box<str>, Vec<u32>>,
+    changed: &mut HashMap<Box<str>, u32>,
+    worker: usize,
+    updates: HashMap<Box<str>, u32>,
+    workers: usize,
+) {
+    for (name, count) in updates {
+        let per_worker = table
+            .entry(name.clone())
+            .or_insert_with(|| vec![0; workers]);
+        per_worker[worker] = count;
+        let total: u32 = per_worker.iter().sum();
+        if total == 0 {
+            table.remove(&name);
+        }
+        changed.insert(name, total);
+    }
+}
+
+/// Every channel's member count for a full report: the workers' last counts, and at least 1 for
+/// a channel with members by presence.
+fn full_counts(
+    reported: &HashMap<Box<str>, Vec<u32>>,
+    channels: &HashMap<String, Channel>,
+) -> Vec<(String, u32)> {
+    let mut counts: HashMap<&str, u32> = reported
+        .iter()
+        .map(|(name, per_worker)| (&**name, per_worker.iter().sum()))
+        .collect();
+    for (name, channel) in channels {
+        if channel.has_members() {
+            let count = counts.entry(name).or_insert(0);
+            *count = (*count).max(1);
+        }
+    }
+    counts
+        .into_iter()
+        .filter(|&(_, n)| n > 0)
+        .map(|(name, n)| (name.to_string(), n))
+        .collect()
+}
+
+/// Changed counts for an incremental report; a 0 for a channel still present by presence (the
+/// workers' counts lag) is reported as 1.
+fn present_counts(
+    changed: impl Iterator<Item = (Box<str>, u32)>,
+    channels: &HashMap<String, Channel>,
+) -> Vec<(String, u32)> {
+    changed
+        .map(|(name, n)| {
+            let present = channels.get(&*name).is_some_and(|c| c.has_members());
+            let n = if present { n.max(1) } else { n };
+            (name.into_string(), n)
+        })
+        .collect()
+}

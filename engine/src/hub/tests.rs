@@ -1,0 +1,771 @@
+//! The hub's state machine driven in memory with explicit time: no threads, sockets or sleeps.
+//! Each test scripts what workers and the control plane say and checks what the hub sends where.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::core::{Advertised, HubConfig, HubCore, BACKOFF_MAX, BACKOFF_MIN};
+use crate::fanout::{ChannelKind, Delivery, ToHub, ToWorker};
+use crate::stats::WorkerStats;
+use roomcast_proto::client::{decode_server_binary, decode_server_json, ServerMsg, WireFormat};
+use roomcast_proto::link::{
+    ConnInfo, LinkFrame, LoadReport, Publish, QueryUser, SetLevel, UNLIMITED,
+};
+use roomcast_proto::message::{PushMessage, Target};
+use roomcast_proto::ws::parse_server_frame;
+
+const TICK: Duration = Duration::from_millis(100);
+const REPORT: Duration = Duration::from_secs(1);
+const LINK_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3));
+
+/// A hub core, its clock, and the workers' inboxes (bounded like the real ones).
+struct Harness {
+    core: HubCore,
+    now: Instant,
+    inboxes: Vec<VecDeque<ToWorker>>,
+    inbox_capacity: usize,
+}
+
+impl Harness {
+    /// A hub with `workers` workers whose link is up (register and first report consumed).
+    fn new(workers: usize) -> Harness {
+        let mut h = Harness::down(workers);
+        h.connect();
+        h
+    }
+
+    /// A hub that has not dialled yet.
+    fn down(workers: usize) -> Harness {
+        let now = Instant::now();
+        let config = HubConfig {
+            advertised: Advertised {
+                edge_id: "e1".into(),
+                host: None,
+                ws_port: 8080,
+                tcp_port: 8081,
+                admin: Some("0.0.0.0:9101".parse().unwrap()),
+                workers: workers as u16,
+                capacity: 1000,
+            },
+            default_tick: TICK,
+            report_interval: REPORT,
+            stats_log_interval: None,
+            workers,
+        };
+        Harness {
+            core: HubCore::new(config, now),
+            now,
+            inboxes: (0..workers).map(|_| VecDeque::new()).collect(),
+            inbox_capacity: 1024,
+        }
+    }
+
+    /// Dials and connects; returns the frames sent on connecting (register, full report).
+    fn connect(&mut self) -> Vec<LinkFrame> {
+        self.core.handle_timeout(self.now);
+        assert!(self.core.take_dial(), "a hub with its link down dials");
+        self.core.link_connected(LINK_IP);
+        self.sent()
+    }
+
+    fn advance(&mut self, by: Duration) {
+        self.now += by;
+        self.core.handle_timeout(self.now);
+    }
+
+    /// Everything queued for the link since the last call.
+    fn sent(&mut self) -> Vec<LinkFrame> {
+        std::iter::from_fn(|| self.core.poll_transmit()).collect()
+    }
+
+    /// Moves the hub's outboxes into the workers' bounded inboxes; returns the woken mask.
+    fn drain(&mut self) -> u64 {
+        let inboxes = &mut self.inboxes;
+        let capacity = self.inbox_capacity;
+        self.core.drain_to_workers(|w, m| {
+            if inboxes[w].len() >= capacity {
+                return Err(m);
+            }
+            inboxes[w].push_back(m);
+            Ok(())
+        })
+    }
+
+    /// Drains, then takes what worker `w` received.
+    fn received(&mut self, w: usize) -> Vec<ToWorker> {
+        self.drain();
+        self.inboxes[w].drain(..).collect()
+    }
+
+    fn presence(&mut self, worker: usize, room: &str, format: WireFormat, present: bool) {
+        self.core.handle_worker(
+            ToHub::Presence {
+                worker,
+                kind: ChannelKind::Room,
+                name: room.into(),
+                format,
+                present,
+            },
+            self.now,
+        );
+    }
+
+    fn confirm(&mut self, worker: usize, kind: ChannelKind, name: &str, token: u64) {
+        self.core.handle_worker(
+            ToHub::Confirm {
+                worker,
+                kind,
+                name: name.into(),
+                token,
+            },
+            self.now,
+        );
+    }
+
+    fn publish(&mut self, target: Target, seq: u64, priority: u8) {
+        let frame = LinkFrame::Publish(Publish {
+            target,
+            msg: msg(seq, priority, 10),
+        });
+        self.core.handle_link_frame(frame, self.now).unwrap();
+    }
+
+    fn control_says(&mut self, frame: LinkFrame) {
+        self.core.handle_link_frame(frame, self.now).unwrap();
+    }
+}
+
+fn msg(seq: u64, priority: u8, data_len: usize) -> PushMessage {
+    PushMessage {
+        seq,
+        priority,
+        kind: "chat".into(),
+        data: Bytes::from(format!("\"{}\"", "x".repeat(data_len))),
+    }
+}
+
+fn room(name: &str) -> Target {
+    Target::Room(name.into())
+}
+
+fn deliveries(messages: &[ToWorker]) -> Vec<&Delivery> {
+    messages
+        .iter()
+        .filter_map(|m| match m {
+            ToWorker::Deliver(d) => Some(&**d),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The sequence numbers a delivery carries, decoded from the bytes of `format`.
+fn seqs_in(delivery: &Delivery, format: WireFormat) -> Vec<u64> {
+    let mut seqs = Vec::new();
+    for frame in &delivery.frames {
+        let bytes = frame.encoded[format.index()]
+            .as_ref()
+            .expect("encoded for this format");
+        let decoded = match format {
+            WireFormat::WsJson | WireFormat::WsBinary => {
+                let head = parse_server_frame(bytes).unwrap().unwrap();
+                assert_eq!(head.len, bytes.len(), "one whole WebSocket frame");
+                let payload = &bytes[head.payload];
+                if format == WireFormat::WsJson {
+                    decode_server_json(payload).unwrap()
+                } else {
+                    decode_server_binary(payload).unwrap()
+                }
+            }
+            WireFormat::Tcp => decode_server_binary(&bytes[4..]).unwrap(),
+        };
+        let ServerMsg::Batch { msgs, .. } = decoded else {
+            panic!("not a batch: {decoded:?}");
+        };
+        seqs.extend(msgs.iter().map(|m| m.seq));
+    }
+    seqs
+}
+
+fn reports(frames: &[LinkFrame]) -> Vec<&LoadReport> {
+    frames
+        .iter()
+        .filter_map(|f| match f {
+            LinkFrame::LoadReport(r) => Some(r),
+            _ => None,
+        })
+        .collect()
+}
+
+fn confirmed_tokens(messages: &[ToWorker]) -> Vec<u64> {
+    messages
+        .iter()
+        .filter_map(|m| match m {
+            ToWorker::Confirmed { token, .. } => Some(*token),
+            _ => None,
+        })
+        .collect()
+}
+
+// ---- merge windows and the encode-once step -----------------------------------------------------
+
+#[test]
+fn a_publish_to_a_channel_without_members_here_is_counted_and_goes_nowhere() {
+    let mut h = Harness::new(2);
+    h.publish(room("r1"), 1, 2);
+    assert_eq!(h.core.stats().publishes_without_members, 1);
+    assert_eq!(h.drain(), 0, "no worker is woken");
+}
+
+#[test]
+fn a_quiet_room_sends_at_once_and_a_busy_one_merges_until_the_tick() {
+    let mut h = Harness::new(2);
+    h.presence(1, "r1", WireFormat::WsJson, true);
+    h.publish(room("r1"), 1, 2);
+    let got = h.received(1);
+    assert_eq!(seqs_in(deliveries(&got)[0], WireFormat::WsJson), vec![1]);
+    assert!(h.received(0).is_empty(), "worker 0 holds no member of r1");
+
+    // Within the tick after that batch: merged, sent when the tick ends.
+    h.now += Duration::from_millis(10);
+    h.publish(room("r1"), 2, 2);
+    h.publish(room("r1"), 3, 3);
+    h.advance(TICK - Duration::from_millis(11));
+    assert!(
+        h.received(1).is_empty(),
+        "not before the tick after the last batch"
+    );
+    h.advance(Duration::from_millis(1));
+    let got = h.received(1);
+    assert_eq!(deliveries(&got).len(), 1, "one delivery per window");
+    assert_eq!(seqs_in(deliveries(&got)[0], WireFormat::WsJson), vec![2, 3]);
+}
+
+#[test]
+fn a_batch_is_encoded_once_per_format_in_use_and_shared_by_every_core() {
+    let mut h = Harness::new(3);
+    h.presence(0, "r1", WireFormat::WsJson, true);
+    h.presence(2, "r1", WireFormat::Tcp, true);
+    h.presence(2, "r1", WireFormat::WsJson, true);
+    h.publish(room("r1"), 7, 1);
+    let woken = h.drain();
+    assert_eq!(woken, 0b101);
+    let a = h.inboxes[0].pop_front().unwrap();
+    let b = h.inboxes[2].pop_front().unwrap();
+    let (ToWorker::Deliver(a), ToWorker::Deliver(b)) = (a, b) else {
+        panic!("deliveries expected");
+    };
+    assert!(std::sync::Arc::ptr_eq(&a, &b), "the same encoded batch");
+    let frame = &a.frames[0];
+    assert!(
+        frame.encoded[WireFormat::WsBinary.index()].is_none(),
+        "no binary member"
+    );
+    assert_eq!(seqs_in(&a, WireFormat::WsJson), vec![7]);
+    assert_eq!(seqs_in(&a, WireFormat::Tcp), vec![7]);
+    assert_eq!(frame.min_priority, 1);
+    assert_eq!(frame.counts, [0, 1, 0, 0]);
+}
+
+#[test]
+fn priority_zero_closes_the_window_at_once_keeping_order_and_its_stale_timer_does_nothing() {
+    let mut h = Harness::new(1);
+    h.presence(0, "r1", WireFormat::WsBinary, true);
+    h.publish(room("r1"), 1, 2); // quiet: at once
+    h.received(0);
+    h.now += Duration::from_millis(5);
+    h.publish(room("r1"), 2, 3); // window opens
+    h.publish(room("r1"), 3, 0); // P0: flush now
+    let got = h.received(0);
+    assert_eq!(
+        seqs_in(deliveries(&got)[0], WireFormat::WsBinary),
+        vec![2, 3]
+    );
+    h.advance(TICK);
+    assert!(
+        h.received(0).is_empty(),
+        "the early-closed window's timer fires nothing"
+    );
+    assert_eq!(h.core.stats().tick_lag.count, 0);
+}
+
+#[test]
+fn a_window_over_the_frame_bound_goes_out_as_several_frames_in_one_delivery() {
+    let mut h = Harness::new(1);
+    h.presence(0, "r1", WireFormat::WsJson, true);
+    h.publish(room("r1"), 1, 2);
+    h.received(0);
+    for seq in 2..=21 {
+        let frame = LinkFrame::Publish(Publish {
+            target: room("r1"),
+            msg: msg(seq, 2, 10_000),
+        });
+        h.control_says(frame);
+    }
+    h.advance(TICK);
+    let got = h.received(0);
+    let all = deliveries(&got);
+    assert_eq!(all.len(), 1, "one handoff per batch per core");
+    assert!(all[0].frames.len() >= 3, "200 KB split at 64 KiB");
+    assert_eq!(
+        seqs_in(all[0], WireFormat::WsJson),
+        (2..=21).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn a_rate_level_set_before_any_member_paces_the_room_once_it_appears() {
+    let mut h = Harness::new(1);
+    let mut budgets = [UNLIMITED; 4];
+    budgets[3] = 1;
+    h.control_says(LinkFrame::SetLevel(SetLevel {
+        room: "r1".into(),
+        level: 3,
+        tick_ms: 500,
+        budgets,
+    }));
+    h.presence(0, "r1", WireFormat::WsJson, true);
+    h.publish(room("r1"), 1, 3);
+    h.received(0);
+    h.now += Duration::from_millis(10);
+    h.publish(room("r1"), 2, 3);
+    h.publish(room("r1"), 3, 3); // over the P3 budget of 1 per window
+    h.advance(Duration::from_millis(100));
+    assert!(
+        h.received(0).is_empty(),
+        "a 500 ms window, not the 100 ms default"
+    );
+    h.advance(Duration::from_millis(400));
+    let got = h.received(0);
+    assert_eq!(seqs_in(deliveries(&got)[0], WireFormat::WsJson), vec![2]);
+    assert_eq!(h.core.stats().dropped_budget[3], 1);
+    assert_eq!(
+        h.core.rooms_by_level().len(),
+        0,
+        "no report from workers yet"
+    );
+}
+
+// ---- a full worker inbox ----------------------------------------------------------------------
+
+#[test]
+fn a_full_worker_inbox_drops_deliveries_counted_but_keeps_confirmations_in_order() {
+    let mut h = Harness::new(1);
+    h.inbox_capacity = 1;
+    h.presence(0, "r1", WireFormat::WsJson, true);
+    h.publish(room("r1"), 1, 2);
+    h.drain(); // fills the inbox
+    h.confirm(0, ChannelKind::Room, "r1", 42);
+    h.advance(Duration::ZERO);
+    let sync = h.sent().into_iter().find_map(|f| match f {
+        LinkFrame::Sync(id) => Some(id),
+        _ => None,
+    });
+    h.control_says(LinkFrame::SyncAck(sync.unwrap()));
+    h.drain(); // the inbox is full: the confirmation waits
+    h.now += TICK;
+    h.publish(room("r1"), 2, 1); // behind a waiting confirmation: dropped at once
+    h.drain();
+    assert_eq!(h.core.stats().dropped_worker_backlog, 1);
+    assert_eq!(h.core.stats().dropped_worker_backlog_msgs, [0, 1, 0, 0]);
+    // The worker catches up: the confirmation arrives, nothing was lost silently.
+    let first = h.inboxes[0].pop_front().unwrap();
+    assert!(matches!(first, ToWorker::Deliver(_)));
+    let got = h.received(0);
+    assert_eq!(confirmed_tokens(&got), vec![42]);
+    // And deliveries flow again.
+    h.now += TICK;
+    h.publish(room("r1"), 3, 2);
+    let got = h.received(0);
+    assert_eq!(seqs_in(deliveries(&got)[0], WireFormat::WsJson), vec![3]);
+}
+
+// ---- the join acknowledgement (PROTOCOL.md §5) ----------------------------------------------
+
+/// The `sync` id in frames, checking the report announcing `room` goes before it.
+fn sync_after_report(frames: &[LinkFrame], room: &str) -> u64 {
+    let sync_at = frames
+        .iter()
+        .position(|f| matches!(f, LinkFrame::Sync(_)))
+        .expect("a sync barrier");
+    let reported_at = frames
+        .iter()
+        .position(|f| {
+            matches!(f, LinkFrame::LoadReport(r)
+                if r.rooms.iter().any(|(n, c)| n == room && *c >= 1))
+        })
+        .expect("a report announcing the room");
+    assert!(reported_at < sync_at, "the report goes before the barrier");
+    let LinkFrame::Sync(id) = frames[sync_at] else {
+        unreachable!()
+    };
+    id
+}
+
+#[test]
+fn a_first_join_is_confirmed_only_after_the_control_plane_acknowledges_the_report() {
+    let mut h = Harness::new(2);
+    h.presence(1, "r1", WireFormat::WsJson, true);
+    h.confirm(1, ChannelKind::Room, "r1", 7);
+    h.advance(Duration::ZERO);
+    let frames = h.sent();
+    let id = sync_after_report(&frames, "r1");
+    assert!(
+        confirmed_tokens(&h.received(1)).is_empty(),
+        "not before the ack"
+    );
+    h.control_says(LinkFrame::SyncAck(id));
+    assert_eq!(confirmed_tokens(&h.received(1)), vec![7]);
+
+    // A later join of the routed room is confirmed at once, without a barrier.
+    h.confirm(0, ChannelKind::Room, "r1", 8);
+    h.advance(Duration::ZERO);
+    assert!(!h.sent().iter().any(|f| matches!(f, LinkFrame::Sync(_))));
+    assert_eq!(confirmed_tokens(&h.received(0)), vec![8]);
+}
+
+#[test]
+fn joins_of_many_channels_in_one_round_share_one_barrier_and_an_ack_confirms_every_earlier_sync() {
+    let mut h = Harness::new(1);
+    h.presence(0, "a", WireFormat::WsJson, true);
+    h.presence(0, "b", WireFormat::WsJson, true);
+    h.confirm(0, ChannelKind::Room, "a", 1);
+    h.confirm(0, ChannelKind::Room, "b", 2);
+    h.advance(Duration::ZERO);
+    let first = h.sent();
+    assert_eq!(
+        first
+            .iter()
+            .filter(|f| matches!(f, LinkFrame::Sync(_)))
+            .count(),
+        1
+    );
+    h.presence(0, "c", WireFormat::WsJson, true);
+    h.confirm(0, ChannelKind::Room, "c", 3);
+    h.advance(Duration::ZERO);
+    let second = sync_after_report(&h.sent(), "c");
+    h.control_says(LinkFrame::SyncAck(second));
+    let mut tokens = confirmed_tokens(&h.received(0));
+    tokens.sort();
+    assert_eq!(tokens, vec![1, 2, 3]);
+}
+
+#[test]
+fn a_channel_emptied_while_syncing_ignores_the_stale_ack_and_waits_for_its_own_barrier() {
+    let mut h = Harness::new(1);
+    h.presence(0, "r1", WireFormat::WsJson, true);
+    h.confirm(0, ChannelKind::Room, "r1", 1);
+    h.advance(Duration::ZERO);
+    let old = sync_after_report(&h.sent(), "r1");
+    // The member leaves and another joins before the ack arrives.
+    h.presence(0, "r1", WireFormat::WsJson, false);
+    h.presence(0, "r1", WireFormat::WsJson, true);
+    h.confirm(0, ChannelKind::Room, "r1", 2);
+    h.control_says(LinkFrame::SyncAck(old));
+    assert!(
+        confirmed_tokens(&h.received(0)).is_empty(),
+        "the old barrier predates the rejoin"
+    );
+    h.advance(Duration::ZERO);
+    let new = sync_after_report(&h.sent(), "r1");
+    h.control_says(LinkFrame::SyncAck(new));
+    assert_eq!(confirmed_tokens(&h.received(0)), vec![2]);
+}
+
+#[test]
+fn a_confirmation_for_a_channel_whose_members_left_is_not_answered() {
+    let mut h = Harness::new(1);
+    h.presence(0, "r1", WireFormat::WsJson, true);
+    h.presence(0, "r1", WireFormat::WsJson, false);
+    h.confirm(0, ChannelKind::Room, "r1", 1);
+    h.advance(Duration::ZERO);
+    assert!(!h.sent().iter().any(|f| matches!(f, LinkFrame::Sync(_))));
+}
+
+#[test]
+fn a_join_while_the_link_is_down_is_confirmed_after_the_registration_and_a_barrier() {
+    let mut h = Harness::down(1);
+    h.presence(0, "r1", WireFormat::WsBinary, true);
+    h.confirm(0, ChannelKind::User, "nobody", 9); // no such user channel: ignored
+    h.confirm(0, ChannelKind::Room, "r1", 1);
+    h.core.handle_timeout(h.now);
+    assert!(
+        h.sent().is_empty(),
+        "nothing is sent on a link that is down"
+    );
+    let mut frames = h.connect();
+    let LinkFrame::Register(register) = &frames[0] else {
+        panic!("register first: {frames:?}");
+    };
+    assert_eq!(register.edge_id, "e1");
+    let full = reports(&frames)[0];
+    assert!(full.full);
+    assert!(
+        full.rooms.contains(&("r1".to_string(), 1)),
+        "present by presence"
+    );
+    h.advance(Duration::ZERO);
+    frames.extend(h.sent());
+    let id = sync_after_report(&frames, "r1");
+    h.control_says(LinkFrame::SyncAck(id));
+    assert_eq!(confirmed_tokens(&h.received(0)), vec![1]);
+}
+
+#[test]
+fn link_loss_unconfirms_everything_and_waiters_are_confirmed_after_the_next_registration() {
+    let mut h = Harness::new(2);
+    h.presence(0, "r1", WireFormat::WsJson, true);
+    h.confirm(0, ChannelKind::Room, "r1", 1);
+    h.advance(Duration::ZERO);
+    let confirmed = sync_after_report(&h.sent(), "r1");
+    h.control_says(LinkFrame::SyncAck(confirmed));
+    assert_eq!(confirmed_tokens(&h.received(0)), vec![1]);
+    // A second room's barrier is in flight when the link drops.
+    h.presence(1, "r2", WireFormat::WsJson, true);
+    h.confirm(1, ChannelKind::Room, "r2", 2);
+    h.advance(Duration::ZERO);
+    let lost = sync_after_report(&h.sent(), "r2");
+    h.core.link_failed("reset", h.now);
+    for w in 0..2 {
+        assert!(
+            h.received(w)
+                .iter()
+                .any(|m| matches!(m, ToWorker::LinkLost)),
+            "worker {w} hears of the loss"
+        );
+    }
+    h.control_says(LinkFrame::SyncAck(lost)); // late, from the old link: confirms nothing
+    assert!(confirmed_tokens(&h.received(1)).is_empty());
+    // A join of the once-routed room now waits too.
+    h.confirm(0, ChannelKind::Room, "r1", 3);
+    h.advance(BACKOFF_MIN);
+    assert!(h.core.take_dial(), "re-dials after the minimum backoff");
+    h.core.link_connected(LINK_IP);
+    let mut frames = h.sent();
+    let full = reports(&frames)[0];
+    assert!(full.full && full.rooms.len() == 2, "{full:?}");
+    h.advance(Duration::ZERO);
+    frames.extend(h.sent());
+    let id = sync_after_report(&frames, "r2");
+    h.control_says(LinkFrame::SyncAck(id));
+    assert_eq!(confirmed_tokens(&h.received(0)), vec![3]);
+    assert_eq!(confirmed_tokens(&h.received(1)), vec![2]);
+}
+
+#[test]
+fn link_loss_mid_window_still_delivers_the_window_to_members() {
+    let mut h = Harness::new(1);
+    h.presence(0, "r1", WireFormat::WsJson, true);
+    h.publish(room("r1"), 1, 2);
+    h.received(0);
+    h.now += Duration::from_millis(1);
+    h.publish(room("r1"), 2, 2);
+    h.core.link_failed("reset", h.now);
+    h.advance(TICK);
+    let got = h.received(0);
+    assert!(got.iter().any(|m| matches!(m, ToWorker::LinkLost)));
+    assert_eq!(seqs_in(deliveries(&got)[0], WireFormat::WsJson), vec![2]);
+}
+
+// ---- reports, dialling and queries --------------------------------------------------------------
+
+#[test]
+fn a_membership_change_is_reported_within_the_short_delay_and_a_full_report_carries_last_seqs() {
+    let mut h = Harness::new(1);
+    h.presence(0, "r1", WireFormat::WsJson, true);
+    h.advance(Duration::from_millis(10));
+    assert!(h.sent().is_empty());
+    h.advance(Duration::from_millis(10));
+    let frames = h.sent();
+    let report = reports(&frames)[0];
+    assert!(!report.full);
+    assert_eq!(report.rooms, vec![("r1".to_string(), 1)]);
+
+    // A worker report with counts and stats; the next regular report sums them.
+    let stats = WorkerStats {
+        connections: 5,
+        bytes_out: 1234,
+        ..WorkerStats::default()
+    };
+    h.core.handle_worker(
+        ToHub::Report {
+            worker: 0,
+            rooms: HashMap::from([("r1".into(), 5)]),
+            users: HashMap::new(),
+            stats: Box::new(stats),
+        },
+        h.now,
+    );
+    h.publish(room("r1"), 41, 2);
+    h.core.set_capacity_permille(250);
+    assert!(!h.core.report_due(h.now));
+    h.advance(REPORT);
+    let frames = h.sent();
+    let report = reports(&frames)[0];
+    assert_eq!(report.connections, 5);
+    assert_eq!(report.bytes_out, 1234);
+    assert_eq!(report.rooms, vec![("r1".to_string(), 5)]);
+    assert_eq!(report.capacity_ratio_permille, 250);
+    assert_eq!(h.core.rooms_by_level().get(&0), Some(&(1, 5)));
+
+    // After a reconnection the full report continues the numbering.
+    h.core.link_failed("reset", h.now);
+    h.advance(BACKOFF_MIN);
+    assert!(h.core.take_dial());
+    h.core.link_connected(LINK_IP);
+    let frames = h.sent();
+    let full = reports(&frames)[0];
+    assert!(full.full);
+    assert_eq!(full.seqs, vec![(room("r1"), 41)]);
+}
+
+#[test]
+fn failed_dials_back_off_doubling_up_to_the_cap() {
+    let mut h = Harness::down(1);
+    h.core.handle_timeout(h.now);
+    for wait_ms in [100, 200, 400, 800, 1000, 1000] {
+        assert!(h.core.take_dial());
+        h.core.link_failed("refused", h.now);
+        h.advance(Duration::from_millis(wait_ms - 1));
+        assert!(!h.core.take_dial(), "not before the {wait_ms} ms backoff");
+        h.advance(Duration::from_millis(1));
+    }
+    assert!(h.core.take_dial());
+    assert_eq!(BACKOFF_MAX, Duration::from_secs(1));
+}
+
+#[test]
+fn an_edge_only_frame_from_the_control_plane_is_refused() {
+    let mut h = Harness::new(1);
+    assert!(h.core.handle_link_frame(LinkFrame::Sync(1), h.now).is_err());
+}
+
+#[test]
+fn a_user_query_collects_every_holding_worker_and_is_dropped_with_the_link() {
+    let mut h = Harness::new(2);
+    // Nobody holds u1: answered at once, empty.
+    h.control_says(LinkFrame::QueryUser(QueryUser {
+        request: 5,
+        user: "u1".into(),
+    }));
+    let frames = h.sent();
+    assert!(
+        matches!(&frames[..], [LinkFrame::UserConns(a)] if a.request == 5 && a.conns.is_empty())
+    );
+
+    for w in 0..2 {
+        h.core.handle_worker(
+            ToHub::Presence {
+                worker: w,
+                kind: ChannelKind::User,
+                name: "u1".into(),
+                format: WireFormat::WsJson,
+                present: true,
+            },
+            h.now,
+        );
+    }
+    h.control_says(LinkFrame::QueryUser(QueryUser {
+        request: 6,
+        user: "u1".into(),
+    }));
+    let mut asked = Vec::new();
+    for w in 0..2 {
+        for m in h.received(w) {
+            if let ToWorker::QueryUser { request, .. } = m {
+                asked.push(request);
+            }
+        }
+    }
+    assert_eq!(asked.len(), 2);
+    let conn = |port: u16| ConnInfo {
+        format: WireFormat::WsJson,
+        peer: format!("127.0.0.1:{port}"),
+        rooms: vec![],
+    };
+    h.core.handle_worker(
+        ToHub::UserConns {
+            request: asked[0],
+            conns: vec![conn(1)],
+        },
+        h.now,
+    );
+    assert!(!h
+        .sent()
+        .iter()
+        .any(|f| matches!(f, LinkFrame::UserConns(_))));
+    h.core.handle_worker(
+        ToHub::UserConns {
+            request: asked[1],
+            conns: vec![conn(2)],
+        },
+        h.now,
+    );
+    let frames = h.sent();
+    let [LinkFrame::UserConns(answer)] = &frames[..] else {
+        panic!("one answer: {frames:?}");
+    };
+    assert_eq!(answer.request, 6);
+    assert_eq!(answer.conns.len(), 2);
+
+    // A query outstanding when the link drops is forgotten: a late answer sends nothing.
+    h.control_says(LinkFrame::QueryUser(QueryUser {
+        request: 7,
+        user: "u1".into(),
+    }));
+    let request = match h.received(0).pop() {
+        Some(ToWorker::QueryUser { request, .. }) => request,
+        other => panic!("{other:?}"),
+    };
+    h.core.link_failed("reset", h.now);
+    h.core.handle_worker(
+        ToHub::UserConns {
+            request,
+            conns: vec![],
+        },
+        h.now,
+    );
+    assert!(h.sent().is_empty());
+}
+
+#[test]
+fn shutdown_reaches_every_worker() {
+    let mut h = Harness::new(3);
+    h.core.shutdown();
+    assert_eq!(h.drain(), 0b111);
+    for w in 0..3 {
+        assert!(matches!(h.inboxes[w].pop_back(), Some(ToWorker::Shutdown)));
+    }
+}
+
+// ---- the advertised address -------------------------------------------------------------------
+
+#[test]
+fn a_wildcard_edge_advertises_the_address_its_link_comes_from() {
+    let mut advertised = Advertised {
+        edge_id: "e1".into(),
+        host: None,
+        ws_port: 8080,
+        tcp_port: 8081,
+        admin: Some("0.0.0.0:9101".parse().unwrap()),
+        workers: 2,
+        capacity: 10,
+    };
+    let r = advertised.register(LINK_IP);
+    assert_eq!(
+        (&*r.ws_addr, &*r.tcp_addr, &*r.admin_addr),
+        ("10.1.2.3:8080", "10.1.2.3:8081", "10.1.2.3:9101")
+    );
+    let r = advertised.register("fd00::7".parse().unwrap());
+    assert_eq!(r.ws_addr, "[fd00::7]:8080");
+    // --advertise-host wins; an admin listener on a specific IP keeps it.
+    advertised.host = Some("edge-1.example.com".into());
+    advertised.admin = Some(SocketAddr::from(([192, 168, 0, 9], 9101)));
+    let r = advertised.register(LINK_IP);
+    assert_eq!(r.ws_addr, "edge-1.example.com:8080");
+    assert_eq!(r.admin_addr, "192.168.0.9:9101");
+    advertised.admin = None;
+    assert_eq!(advertised.register(LINK_IP).admin_addr, "");
+}
