@@ -81,10 +81,15 @@ fn a_full_load_report_carries_the_last_seq_of_each_channel_the_edge_holds() {
     });
 }
 
+/// Well under the 5 s regular report interval the test sets.
+const EARLY: Duration = Duration::from_millis(2500);
+
 #[test]
 fn a_room_appearing_on_the_edge_is_reported_at_once_not_at_the_next_regular_report() {
     for_each_driver(|io| async move {
-        // Regular reports every 5 s: only the early membership report can arrive within 1 s.
+        // Regular reports every 5 s: a report naming the new channel well before that is the early
+        // membership report. (Its exact 20 ms delay is pinned by the hub core's unit tests; here
+        // the bound only has to tell the two kinds of report apart on a loaded machine.)
         let mut edge = Edge::start(io, &["--report-interval-ms", "5000"]).await;
         edge.link
             .load_reports_until(Duration::from_secs(7), |r| r.full)
@@ -93,30 +98,27 @@ fn a_room_appearing_on_the_edge_is_reported_at_once_not_at_the_next_regular_repo
         let mut member = Client::connect_authed(&edge, WireFormat::WsJson, "u9").await;
         // The user's channel is reported before its auth is answered (PROTOCOL.md §5).
         edge.link
-            .load_reports_until(Duration::from_secs(1), |r| {
+            .load_reports_until(EARLY, |r| {
                 r.users.iter().any(|(user, n)| user == "u9" && *n >= 1)
             })
             .await;
         let elapsed = edge.link.last_arrival().duration_since(authed_at);
-        assert!(elapsed < Duration::from_millis(500), "{elapsed:?}");
+        assert!(elapsed < EARLY, "{elapsed:?}");
         let joined_at = tokio::time::Instant::now();
         assert_eq!(member.join("fresh").await, Ok(()));
         let reports = edge
             .link
-            .load_reports_until(Duration::from_secs(1), |r| {
+            .load_reports_until(EARLY, |r| {
                 r.rooms.iter().any(|(room, n)| room == "fresh" && *n >= 1)
             })
             .await;
         let elapsed = edge.link.last_arrival().duration_since(joined_at);
-        assert!(
-            elapsed < Duration::from_millis(500),
-            "{elapsed:?}: {reports:?}"
-        );
+        assert!(elapsed < EARLY, "{elapsed:?}: {reports:?}");
 
         // Leaving is reported early too (0 = gone), so the control plane stops routing here.
         assert_eq!(member.leave("fresh").await, Ok(()));
         edge.link
-            .load_reports_until(Duration::from_secs(1), |r| {
+            .load_reports_until(EARLY, |r| {
                 r.rooms.iter().any(|(room, n)| room == "fresh" && *n == 0)
             })
             .await;
