@@ -57,9 +57,14 @@ impl Drop for Link {
 impl LinkPeer {
     /// Binds 127.0.0.1 on a free port.
     pub async fn bind() -> LinkPeer {
-        let listener = TcpListener::bind("127.0.0.1:0")
+        LinkPeer::bind_at("127.0.0.1:0".parse().expect("an address")).await
+    }
+
+    /// Binds `addr` (port 0: a free one).
+    pub async fn bind_at(addr: SocketAddr) -> LinkPeer {
+        let listener = TcpListener::bind(addr)
             .await
-            .expect("bind the link listener");
+            .unwrap_or_else(|e| panic!("bind the link listener on {addr}: {e}"));
         LinkPeer {
             listener,
             link: None,
