@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::Parser;
 use roomcast_engine::DriverKind;
 use roomcast_engine::EdgeConfig;
-use roomcast_ops::config::{load_layered, ConfigError};
+use roomcast_ops::config::{load_layered, unknown_env_vars, ConfigError};
 use roomcast_proto::auth::DEV_JWT_SECRET;
 use roomcast_proto::link::{SetLevel, UNLIMITED};
 use roomcast_proto::message::PRIORITIES;
@@ -41,7 +41,18 @@ pub const LEVELS: usize = 4;
                   `roomcast-edge --control HOST:9091`.\n\n\
                   Every option can also be set as an environment variable ROOMCAST_<NAME> (for \
                   example ROOMCAST_API_KEY=...) or as a key in the TOML file given with --config \
-                  (api_key = \"...\"). Flags win over the environment, which wins over the file."
+                  (api_key = \"...\"). Flags win over the environment, which wins over the file.\n\n\
+                  The embedded edge takes --edge-ws-listen, --edge-tcp-listen, \
+                  --edge-admin-listen, --edge-workers, --edge-io, --edge-advertise-host and \
+                  --edge-max-connections, shares --jwt-secret, dials this process's link, and \
+                  merges each room in the window of its rate level: --level-ticks-ms (levels 1-4; \
+                  a room starts at level 1, so the first value is the window of every room below \
+                  the first threshold, e.g. --level-ticks-ms 50,250,500,1000). The edge's other \
+                  options (queue bounds, timeouts, socket buffer, capacities, stats interval) are \
+                  read only from roomcast-edge's own variables, such as \
+                  ROOMCAST_QUEUE_SOFT_BYTES=262144 (not flags or --config keys here). A ROOMCAST_* \
+                  variable that nothing reads, such as roomcast-edge's ROOMCAST_TICK_MS or \
+                  ROOMCAST_WORKERS, is warned about at start with what to set instead."
 )]
 #[serde(default, deny_unknown_fields)]
 pub struct ControlConfig {
@@ -118,7 +129,9 @@ pub struct ControlConfig {
     pub level_thresholds: String,
 
     /// Merge window (tick) of levels 1,2,3,4 in milliseconds: a room sends at most one batch per
-    /// tick.
+    /// tick. Rooms start at level 1, so the first value is the embedded edge's merge window for
+    /// every room below the first threshold (roomcast-edge's --tick-ms / ROOMCAST_TICK_MS is not
+    /// read here).
     #[arg(
         long,
         env = "ROOMCAST_LEVEL_TICKS_MS",
@@ -257,6 +270,10 @@ impl ControlConfig {
     {
         let config: ControlConfig = load_layered(args, |c: &ControlConfig| c.config.clone())?;
         config.validate()?;
+        let command = <ControlConfig as clap::CommandFactory>::command();
+        for advice in unknown_env_advice(&unknown_env_vars(&command), !config.no_embedded_edge) {
+            tracing::warn!("{advice}");
+        }
         Ok(config)
     }
 
@@ -371,7 +388,7 @@ impl ControlConfig {
     /// The embedded edge's configuration: engine defaults (and `ROOMCAST_*` variables only the
     /// edge knows, such as `ROOMCAST_QUEUE_SOFT_BYTES`) with listeners, workers, driver, capacity
     /// and secret from here, the level-1 tick as its default tick, and the link pointed at this
-    /// process.
+    /// process. The edge options set here are [`EMBEDDED_EDGE_OPTIONS_SET_HERE`].
     pub fn embedded_edge(&self, link: SocketAddr) -> EdgeConfig {
         EdgeConfig {
             config: None,
@@ -388,6 +405,81 @@ impl ControlConfig {
             ..EdgeConfig::default()
         }
     }
+}
+
+/// The `roomcast-edge` options (their argument ids) that [`ControlConfig::embedded_edge`] sets
+/// from this process's own options, with what to set here instead of the edge's `ROOMCAST_*`
+/// variable, which the embedded edge does not read. Every other edge option the embedded edge
+/// reads from its own variable (`ROOMCAST_QUEUE_SOFT_BYTES`, ...). `ROOMCAST_CONFIG` and
+/// `ROOMCAST_JWT_SECRET` have the same names here and are this process's.
+pub const EMBEDDED_EDGE_OPTIONS_SET_HERE: &[(&str, &str)] = &[
+    (
+        "control",
+        "nothing: the embedded edge dials this process's own link (--link-listen)",
+    ),
+    ("ws_listen", "--edge-ws-listen (ROOMCAST_EDGE_WS_LISTEN)"),
+    ("tcp_listen", "--edge-tcp-listen (ROOMCAST_EDGE_TCP_LISTEN)"),
+    (
+        "admin_listen",
+        "--edge-admin-listen (ROOMCAST_EDGE_ADMIN_LISTEN)",
+    ),
+    ("workers", "--edge-workers (ROOMCAST_EDGE_WORKERS)"),
+    ("io", "--edge-io (ROOMCAST_EDGE_IO)"),
+    (
+        "advertise_host",
+        "--edge-advertise-host (ROOMCAST_EDGE_ADVERTISE_HOST)",
+    ),
+    (
+        "max_connections",
+        "--edge-max-connections (ROOMCAST_EDGE_MAX_CONNECTIONS)",
+    ),
+    (
+        "tick_ms",
+        "--level-ticks-ms (ROOMCAST_LEVEL_TICKS_MS): a room's merge window is its level's tick, \
+         and rooms start at level 1, so the first value is the default window (for example \
+         ROOMCAST_LEVEL_TICKS_MS=50,250,500,1000)",
+    ),
+    ("jwt_secret", "--jwt-secret (ROOMCAST_JWT_SECRET)"),
+];
+
+/// One warning per `ROOMCAST_*` variable that no option of the control plane reads (`unknown`),
+/// naming it and saying what to set instead. A `roomcast-edge` variable that the embedded edge
+/// reads is not warned about while the edge runs (`embedded`).
+fn unknown_env_advice(unknown: &[String], embedded: bool) -> Vec<String> {
+    let edge = <EdgeConfig as clap::CommandFactory>::command();
+    let edge_arg = |var: &str| {
+        edge.get_arguments()
+            .find(|arg| arg.get_env().is_some_and(|env| env == var))
+            .map(|arg| arg.get_id().as_str().to_owned())
+    };
+    unknown
+        .iter()
+        .filter_map(|name| {
+            let Some(id) = edge_arg(name) else {
+                return Some(format!(
+                    "roomcast-control ignores the environment variable {name}: none of its \
+                     options reads it (roomcast-control --help lists them)"
+                ));
+            };
+            let set_here = EMBEDDED_EDGE_OPTIONS_SET_HERE
+                .iter()
+                .find(|(edge_id, _)| *edge_id == id)
+                .map(|(_, instead)| *instead);
+            match (set_here, embedded) {
+                (Some(instead), _) => Some(format!(
+                    "roomcast-control ignores the environment variable {name}: it is a \
+                     roomcast-edge option, and the embedded edge takes it from \
+                     roomcast-control's own options; set {instead}"
+                )),
+                // The embedded edge reads it.
+                (None, true) => None,
+                (None, false) => Some(format!(
+                    "roomcast-control ignores the environment variable {name}: it is a \
+                     roomcast-edge option, and --no-embedded-edge runs no edge here"
+                )),
+            }
+        })
+        .collect()
 }
 
 /// Parses exactly `N` comma-separated values.
@@ -501,6 +593,87 @@ mod tests {
         assert_eq!(c.api_key, "from-file");
         assert_eq!(c.level_dwell_ms, 30_000, "flag wins over file");
         assert_eq!(c.levels().unwrap().budgets[2], [UNLIMITED, 7, 8, 9]);
+    }
+
+    #[test]
+    fn edge_variables_are_read_by_the_embedded_edge_or_named_with_what_to_set() {
+        let names = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let advice = unknown_env_advice(
+            &names(&[
+                "ROOMCAST_TICK_MS",
+                "ROOMCAST_WORKERS",
+                "ROOMCAST_QUEUE_SOFT_BYTES",
+                "ROOMCAST_NO_SUCH_OPTION",
+            ]),
+            true,
+        );
+        assert_eq!(advice.len(), 3, "{advice:#?}");
+        assert!(
+            advice[0].contains("ROOMCAST_TICK_MS") && advice[0].contains("--level-ticks-ms"),
+            "{}",
+            advice[0]
+        );
+        assert!(
+            advice[1].contains("ROOMCAST_WORKERS") && advice[1].contains("--edge-workers"),
+            "{}",
+            advice[1]
+        );
+        assert!(
+            advice[2].contains("ROOMCAST_NO_SUCH_OPTION") && advice[2].contains("none of its"),
+            "{}",
+            advice[2]
+        );
+        // Without the embedded edge nothing reads the edge's variables.
+        let alone = unknown_env_advice(&names(&["ROOMCAST_QUEUE_SOFT_BYTES"]), false);
+        assert!(alone[0].contains("--no-embedded-edge"), "{}", alone[0]);
+    }
+
+    #[test]
+    fn the_options_set_here_are_exactly_the_ones_the_embedded_edge_overrides() {
+        // Every control option that feeds the edge differs from the edge's default, so the
+        // fields embedded_edge() changes are the ones it sets.
+        let c = ControlConfig {
+            jwt_secret: "other-secret".into(),
+            edge_ws_listen: "127.0.0.1:1".parse().unwrap(),
+            edge_tcp_listen: "127.0.0.1:2".parse().unwrap(),
+            edge_admin_listen: "127.0.0.1:3".parse().unwrap(),
+            edge_workers: 3,
+            edge_io: DriverKind::Epoll,
+            edge_advertise_host: "edge.example".into(),
+            edge_max_connections: 7,
+            level_ticks_ms: "55,250,500,1000".into(),
+            ..ControlConfig::default()
+        };
+        let defaults = serde_json::to_value(EdgeConfig::default()).unwrap();
+        let embedded =
+            serde_json::to_value(c.embedded_edge("127.0.0.1:9".parse().unwrap())).unwrap();
+        let (defaults, embedded) = (defaults.as_object().unwrap(), embedded.as_object().unwrap());
+        let mut changed: Vec<&str> = embedded
+            .iter()
+            .filter(|(key, value)| defaults.get(*key) != Some(*value))
+            .map(|(key, _)| key.as_str())
+            .collect();
+        changed.sort();
+        let mut listed: Vec<&str> = EMBEDDED_EDGE_OPTIONS_SET_HERE
+            .iter()
+            .map(|(id, _)| *id)
+            .collect();
+        listed.sort();
+        assert_eq!(changed, listed);
+        // Each listed id is an edge option with a variable of its own.
+        let edge = <EdgeConfig as clap::CommandFactory>::command();
+        for id in listed {
+            assert!(
+                edge.get_arguments()
+                    .any(|arg| arg.get_id() == id && arg.get_env().is_some()),
+                "{id}"
+            );
+        }
+        assert_eq!(
+            c.embedded_edge("127.0.0.1:9".parse().unwrap()).tick_ms,
+            55,
+            "the level-1 tick is the default window"
+        );
     }
 
     #[test]

@@ -84,7 +84,11 @@ pub async fn run(
             .expect("edge start does not panic")?;
         Some(edge)
     };
-    println!("{}", banner(&config, api_addr, link_addr, edge.as_ref()));
+    let key_source = KeySource::of(&config);
+    println!(
+        "{}",
+        banner(&config, key_source, api_addr, link_addr, edge.as_ref())
+    );
 
     let state = AppState {
         router,
@@ -108,20 +112,69 @@ fn local(addr: SocketAddr) -> SocketAddr {
     ControlConfig::link_dial_addr(addr)
 }
 
-/// What is running and a first session to copy: mint a token, connect and join, publish.
+/// Where the API key came from, for the banner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeySource {
+    /// The built-in development key (no key configured).
+    Development,
+    /// `ROOMCAST_API_KEY` of this process's environment.
+    Environment,
+    /// `--api-key` or the `--config` file.
+    FlagOrFile,
+}
+
+impl KeySource {
+    fn of(config: &ControlConfig) -> KeySource {
+        if config.uses_dev_api_key() {
+            KeySource::Development
+        } else if std::env::var("ROOMCAST_API_KEY").is_ok_and(|k| k == config.api_key) {
+            KeySource::Environment
+        } else {
+            KeySource::FlagOrFile
+        }
+    }
+}
+
+/// The placeholder of the banner's `export ROOMCAST_API_KEY=...` line.
+const KEY_PLACEHOLDER: &str = "<the API key>";
+
+/// What is running and a first session to copy: mint a token, connect and join, publish. Each
+/// command is on a line of its own and works as printed in a POSIX shell: the development key is
+/// printed (it is public); a configured key never is, and the commands read it from
+/// `$ROOMCAST_API_KEY` (in double quotes, so the shell expands it) after a line saying to set it.
 fn banner(
     config: &ControlConfig,
+    key_source: KeySource,
     api: SocketAddr,
     link: SocketAddr,
     edge: Option<&Edge>,
 ) -> String {
     let api = local(api);
-    let key = if config.uses_dev_api_key() {
-        config.api_key.clone()
-    } else {
-        "$ROOMCAST_API_KEY".to_string()
+    let (auth, key_steps) = match key_source {
+        KeySource::Development => (
+            format!("-H 'Authorization: Bearer {}'", config.api_key),
+            "Try it (with the built-in development API key; set --api-key before exposing this \
+             control plane):\n"
+                .to_string(),
+        ),
+        source => {
+            let from = if source == KeySource::Environment {
+                "came from ROOMCAST_API_KEY; set it in the shell you run these commands from too"
+            } else {
+                "came from --api-key or the --config file; set it in the shell you run these \
+                 commands from"
+            };
+            (
+                "-H \"Authorization: Bearer $ROOMCAST_API_KEY\"".to_string(),
+                format!(
+                    "Try it (the API key is not printed: it {from}):\n  \
+                     0. the API key:\n     \
+                     export ROOMCAST_API_KEY='{KEY_PLACEHOLDER}'\n"
+                ),
+            )
+        }
     };
-    let auth = format!("-H 'Authorization: Bearer {key}' -H 'Content-Type: application/json'");
+    let curl = format!("curl -sS {auth} -H 'Content-Type: application/json'");
     let mut text = format!(
         "roomcast control plane is up\n  \
          HTTP API   http://{api}  (OpenAPI document: http://{api}/openapi.json)\n  \
@@ -143,11 +196,87 @@ fn banner(
             "<ws address from /v1/dispatch>".to_string()
         }
     };
+    text += &key_steps;
     text += &format!(
-        "Try it:\n  \
-         1. mint a token:  curl -s {auth} -d '{{\"user\":\"u1\",\"rooms\":[\"r1\"]}}' http://{api}/v1/tokens\n  \
-         2. connect, join: websocat {ws}   then send  {{\"op\":\"auth\",\"seq\":1,\"token\":\"<token>\"}}  and  {{\"op\":\"join\",\"seq\":2,\"room\":\"r1\"}}\n  \
-         3. publish:       curl -s {auth} -d '{{\"priority\":2,\"kind\":\"chat\",\"data\":{{\"text\":\"hello\"}}}}' http://{api}/v1/rooms/r1/messages"
+        "  1. mint a token:\n     \
+         {curl} -d '{{\"user\":\"u1\",\"rooms\":[\"r1\"]}}' http://{api}/v1/tokens\n  \
+         2. connect and join:\n     \
+         websocat {ws}\n     \
+         then send  {{\"op\":\"auth\",\"seq\":1,\"token\":\"<token>\"}}  and  {{\"op\":\"join\",\"seq\":2,\"room\":\"r1\"}}\n  \
+         3. publish:\n     \
+         {curl} -d '{{\"priority\":2,\"kind\":\"chat\",\"data\":{{\"text\":\"hello\"}}}}' http://{api}/v1/rooms/r1/messages"
     );
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addrs() -> (SocketAddr, SocketAddr) {
+        (
+            "0.0.0.0:9090".parse().unwrap(),
+            "0.0.0.0:9091".parse().unwrap(),
+        )
+    }
+
+    fn commands(text: &str) -> Vec<&str> {
+        text.lines()
+            .map(str::trim)
+            .filter(|l| l.starts_with("curl ") || l.starts_with("export "))
+            .collect()
+    }
+
+    #[test]
+    fn the_development_key_is_printed_in_the_commands() {
+        let (api, link) = addrs();
+        let text = banner(
+            &ControlConfig::default(),
+            KeySource::Development,
+            api,
+            link,
+            None,
+        );
+        let commands = commands(&text);
+        assert_eq!(commands.len(), 2, "{text}");
+        for command in commands {
+            assert!(
+                command.starts_with(
+                    "curl -sS -H 'Authorization: Bearer roomcast-dev-api-key' \
+                     -H 'Content-Type: application/json' -d '"
+                ),
+                "{command}"
+            );
+            assert!(command.contains("http://127.0.0.1:9090/v1/"), "{command}");
+        }
+        assert!(!text.contains("ROOMCAST_API_KEY"), "{text}");
+    }
+
+    #[test]
+    fn a_configured_key_is_read_from_the_shell_never_printed() {
+        let (api, link) = addrs();
+        let config = ControlConfig {
+            api_key: "s3cret-key".into(),
+            ..ControlConfig::default()
+        };
+        for (source, from) in [
+            (KeySource::FlagOrFile, "--api-key or the --config file"),
+            (KeySource::Environment, "came from ROOMCAST_API_KEY"),
+        ] {
+            let text = banner(&config, source, api, link, None);
+            assert!(!text.contains("s3cret-key"), "{text}");
+            assert!(text.contains(from), "{text}");
+            let commands = commands(&text);
+            assert_eq!(commands.len(), 3, "{text}");
+            assert_eq!(commands[0], "export ROOMCAST_API_KEY='<the API key>'");
+            for curl in &commands[1..] {
+                // Double quotes: the shell expands the variable.
+                assert!(
+                    curl.starts_with("curl -sS -H \"Authorization: Bearer $ROOMCAST_API_KEY\" "),
+                    "{curl}"
+                );
+                assert!(!curl.contains("'Authorization"), "{curl}");
+            }
+        }
+    }
 }

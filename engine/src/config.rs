@@ -6,9 +6,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
-use roomcast_ops::config::load_layered;
+use clap::{CommandFactory, Parser};
 pub use roomcast_ops::config::ConfigError;
+use roomcast_ops::config::{load_layered, unknown_env_vars};
 use serde::{Deserialize, Serialize};
 
 use roomcast_proto::auth::DEV_JWT_SECRET;
@@ -25,7 +25,10 @@ use crate::sys::DriverKind;
                   member. It dials the control plane's link address to receive publishes.\n\n\
                   Every option can also be set as an environment variable ROOMCAST_<NAME> (for \
                   example ROOMCAST_TICK_MS=250) or as a key in the TOML file given with --config \
-                  (tick_ms = 250). Flags win over the environment, which wins over the file."
+                  (tick_ms = 250). Flags win over the environment, which wins over the file. A \
+                  ROOMCAST_* variable that no option reads is warned about at start (for example \
+                  ROOMCAST_EDGE_WORKERS, which is roomcast-control's name for its embedded \
+                  edge's --workers)."
 )]
 #[serde(default, deny_unknown_fields)]
 pub struct EdgeConfig {
@@ -169,6 +172,9 @@ impl EdgeConfig {
     {
         let config: EdgeConfig = load_layered(args, |c: &EdgeConfig| c.config.clone())?;
         config.validate()?;
+        for advice in unknown_env_advice(&unknown_env_vars(&EdgeConfig::command())) {
+            tracing::warn!("{advice}");
+        }
         Ok(config)
     }
 
@@ -245,9 +251,67 @@ impl EdgeConfig {
     }
 }
 
+/// One warning per `ROOMCAST_*` variable of the environment (`unknown`) that no option of the
+/// edge reads, naming it and saying what the edge reads instead, if anything.
+fn unknown_env_advice(unknown: &[String]) -> Vec<String> {
+    let command = EdgeConfig::command();
+    let flag_of = |var: &str| {
+        command
+            .get_arguments()
+            .find(|arg| arg.get_env().is_some_and(|env| env == var))
+            .and_then(|arg| arg.get_long())
+            .map(str::to_owned)
+    };
+    unknown
+        .iter()
+        .map(|name| {
+            // `ROOMCAST_EDGE_*`: roomcast-control's names for its embedded edge's options.
+            let edge_name = name
+                .strip_prefix("ROOMCAST_EDGE_")
+                .map(|rest| format!("ROOMCAST_{rest}"));
+            match edge_name.and_then(|n| flag_of(&n).map(|flag| (n, flag))) {
+                Some((edge_name, flag)) => format!(
+                    "roomcast-edge ignores the environment variable {name}: ROOMCAST_EDGE_* \
+                     names are roomcast-control's options for its embedded edge; set \
+                     {edge_name} (--{flag}) instead"
+                ),
+                None => format!(
+                    "roomcast-edge ignores the environment variable {name}: none of its options \
+                     reads it (roomcast-edge --help lists them; rate levels and the API are \
+                     roomcast-control's)"
+                ),
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unknown_variables_are_named_with_what_to_set_instead() {
+        let advice = unknown_env_advice(&[
+            "ROOMCAST_EDGE_WORKERS".to_owned(),
+            "ROOMCAST_TICKS_MS".to_owned(),
+        ]);
+        assert_eq!(advice.len(), 2);
+        assert!(
+            advice[0].contains("ROOMCAST_EDGE_WORKERS")
+                && advice[0].contains("set ROOMCAST_WORKERS (--workers) instead"),
+            "{}",
+            advice[0]
+        );
+        assert!(
+            advice[1].contains("ROOMCAST_TICKS_MS") && advice[1].contains("none of its options"),
+            "{}",
+            advice[1]
+        );
+        // ROOMCAST_EDGE_ID is the edge's own option, so never unknown; an `EDGE_` name with no
+        // edge counterpart gets the plain advice.
+        let plain = unknown_env_advice(&["ROOMCAST_EDGE_REPORT_TIMEOUT_MS".to_owned()]);
+        assert!(plain[0].contains("none of its options"), "{}", plain[0]);
+    }
 
     #[test]
     fn defaults_match_the_documented_ports() {

@@ -21,6 +21,30 @@ use crate::WAIT;
 /// The `--api-key` every test control plane runs with.
 pub const API_KEY: &str = "test-key";
 
+/// roomcast-control's built-in development API key, used when none is configured.
+pub const DEV_API_KEY: &str = "roomcast-dev-api-key";
+
+/// How a test control plane is given its API key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiKeyFrom {
+    /// `--api-key test-key` (what [`Control::start`] and [`Control::start_embedded`] do).
+    Flag,
+    /// `ROOMCAST_API_KEY=test-key` in its environment.
+    Env,
+    /// None: the built-in development key ([`DEV_API_KEY`]).
+    Default,
+}
+
+impl ApiKeyFrom {
+    /// The key the control plane then requires.
+    pub fn key(self) -> &'static str {
+        match self {
+            ApiKeyFrom::Flag | ApiKeyFrom::Env => API_KEY,
+            ApiKeyFrom::Default => DEV_API_KEY,
+        }
+    }
+}
+
 /// The `roomcast-control` binary, built once per test process (see
 /// [`WorkspaceBinary::path`](crate::process::WorkspaceBinary::path);
 /// `ROOMCAST_TEST_CONTROL_BIN` names a prebuilt one).
@@ -358,7 +382,8 @@ pub fn dispatch_addrs(transport: &str, response: &Response) -> BTreeSet<SocketAd
 
 /// A running `roomcast-control`.
 ///
-/// Started with `--api-listen` and `--link-listen` on free loopback ports, `--api-key test-key`,
+/// Started with `--api-listen` and `--link-listen` on free loopback ports, `--api-key test-key`
+/// (or the key as [`start_embedded_with`](Self::start_embedded_with) was told to give it),
 /// `--jwt-secret test-secret` (the test edges' secret) and either `--no-embedded-edge`
 /// ([`start`](Self::start)) or an embedded edge on free ports ([`start_embedded`]
 /// (Self::start_embedded)). It can be killed and restarted on the same ports. The process is
@@ -372,6 +397,8 @@ pub struct Control {
     /// The embedded edge, when it runs one.
     pub embedded_edge: Option<EdgeAddresses>,
     args: Vec<String>,
+    /// Environment variables of the process (beyond the harness's).
+    env: Vec<(String, String)>,
     process: Option<ChildProcess>,
     /// Instances killed by [`kill`](Self::kill), kept for their logs.
     retired: Vec<ChildProcess>,
@@ -384,20 +411,38 @@ impl Control {
         let [api, link] = free_local_addrs(2)[..] else {
             unreachable!()
         };
-        let mut args = base_args(api, link);
+        let mut args = base_args(api, link, ApiKeyFrom::Flag);
         args.push("--no-embedded-edge".to_owned());
         args.extend(extra_args.iter().map(|a| a.to_string()));
-        Control::launch(args, api, link, None).await
+        Control::launch(args, Vec::new(), ApiKeyFrom::Flag, api, link, None).await
     }
 
     /// Starts the whole system in one process: control plus its embedded edge on driver `io`
     /// (`--edge-io`, `--edge-workers 2`, `--edge-ws-listen` and `--edge-tcp-listen` on free
     /// ports), plus `extra_args`, and waits for `/healthz`.
     pub async fn start_embedded(io: &'static str, extra_args: &[&str]) -> Control {
+        Control::start_embedded_with(io, extra_args, &[], ApiKeyFrom::Flag).await
+    }
+
+    /// [`start_embedded`](Self::start_embedded) with `env` in the process's environment and the
+    /// API key given as `key` says.
+    pub async fn start_embedded_with(
+        io: &'static str,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+        key: ApiKeyFrom,
+    ) -> Control {
         let [api, link, ws, tcp] = free_local_addrs(4)[..] else {
             unreachable!()
         };
-        let mut args = base_args(api, link);
+        let mut args = base_args(api, link, key);
+        let mut env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        if key == ApiKeyFrom::Env {
+            env.push(("ROOMCAST_API_KEY".to_owned(), API_KEY.to_owned()));
+        }
         #[rustfmt::skip]
         args.extend([
             "--edge-ws-listen".to_owned(), ws.to_string(),
@@ -413,11 +458,13 @@ impl Control {
             ws_addr: ws,
             tcp_addr: tcp,
         };
-        Control::launch(args, api, link, Some(embedded)).await
+        Control::launch(args, env, key, api, link, Some(embedded)).await
     }
 
     async fn launch(
         args: Vec<String>,
+        env: Vec<(String, String)>,
+        key: ApiKeyFrom,
         api: SocketAddr,
         link_addr: SocketAddr,
         embedded_edge: Option<EdgeAddresses>,
@@ -425,11 +472,12 @@ impl Control {
         let mut control = Control {
             api: Api {
                 addr: api,
-                key: Some(API_KEY.to_owned()),
+                key: Some(key.key().to_owned()),
             },
             link_addr,
             embedded_edge,
             args,
+            env,
             process: None,
             retired: Vec::new(),
         };
@@ -443,7 +491,8 @@ impl Control {
             Some(_) => "embedded-edge",
             None => "no-edge",
         };
-        let process = ChildProcess::spawn(control_binary(), "control", tag, &self.args);
+        let process =
+            ChildProcess::spawn_with_env(control_binary(), "control", tag, &self.args, &self.env);
         let process = self.process.insert(process);
         let deadline = Instant::now() + WAIT;
         loop {
@@ -645,17 +694,20 @@ impl Control {
     }
 }
 
-fn base_args(api: SocketAddr, link: SocketAddr) -> Vec<String> {
+fn base_args(api: SocketAddr, link: SocketAddr, key: ApiKeyFrom) -> Vec<String> {
     #[rustfmt::skip]
     let args = [
         "--api-listen", &api.to_string(),
         "--link-listen", &link.to_string(),
-        "--api-key", API_KEY,
         "--jwt-secret", SECRET,
         // Scenarios publish as soon as their edges are up; the restart scenarios that need the
         // grace set it themselves (the later flag wins).
         "--startup-grace-ms", "0",
     ]
     .map(str::to_owned);
-    args.to_vec()
+    let mut args = args.to_vec();
+    if key == ApiKeyFrom::Flag {
+        args.extend(["--api-key".to_owned(), API_KEY.to_owned()]);
+    }
+    args
 }

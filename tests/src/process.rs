@@ -27,6 +27,18 @@ impl ChildProcess {
     /// Only the arguments configure it: `ROOMCAST_*` variables of the test's environment are not
     /// passed on.
     pub fn spawn(binary: &Path, name: &str, tag: &str, args: &[String]) -> ChildProcess {
+        ChildProcess::spawn_with_env(binary, name, tag, args, &[])
+    }
+
+    /// [`spawn`](Self::spawn) with `env` set in the child's environment (after the test's own
+    /// `ROOMCAST_*` variables are removed), for tests of what a binary does with its variables.
+    pub fn spawn_with_env(
+        binary: &Path,
+        name: &str,
+        tag: &str,
+        args: &[String],
+        env: &[(String, String)],
+    ) -> ChildProcess {
         let log_path = new_log_path(name, tag);
         let log = File::create(&log_path)
             .unwrap_or_else(|e| panic!("create {name} log {}: {e}", log_path.display()));
@@ -43,6 +55,7 @@ impl ChildProcess {
                 command.env_remove(var);
             }
         }
+        command.envs(env.iter().map(|(k, v)| (k, v)));
         let child = command
             .spawn()
             .unwrap_or_else(|e| panic!("start {}: {e}", binary.display()));

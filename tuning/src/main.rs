@@ -7,10 +7,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use roomcast_tuning::apply::apply;
 use roomcast_tuning::check::check;
-use roomcast_tuning::costs::PAGE_BYTES;
 use roomcast_tuning::live::{self, ProcSys};
 use roomcast_tuning::plan::{plan, Load};
-use roomcast_tuning::profile::{sysctls, tcp_mem_cap_pages, tcp_mem_ram_warning};
+use roomcast_tuning::profile::{sysctls, tcp_mem_cap_bytes, tcp_mem_ram_warning};
 use roomcast_tuning::render::{render, ProfileFormat};
 
 #[derive(Parser)]
@@ -95,7 +94,7 @@ fn main() -> ExitCode {
             }
             // Advice only: does not change the exit code.
             if let Ok(mem_total) = live::mem_total_bytes() {
-                let cap = tcp_mem_cap_pages(connections) * PAGE_BYTES;
+                let cap = tcp_mem_cap_bytes(connections);
                 if let Some(warning) = tcp_mem_ram_warning(mem_total, cap) {
                     println!("WARNING {warning}");
                 }
@@ -135,7 +134,7 @@ fn main() -> ExitCode {
             connections,
             format,
         } => {
-            print!("{}", render(format, connections));
+            print!("{}", render(format, connections, live::page_bytes()));
             ExitCode::SUCCESS
         }
         Command::Plan {
@@ -158,6 +157,7 @@ fn main() -> ExitCode {
             };
             let mut plan = plan(load);
             plan.host_mem_total_bytes = live::mem_total_bytes().ok();
+            plan.page_bytes = Some(live::page_bytes());
             println!("{plan}");
             ExitCode::SUCCESS
         }

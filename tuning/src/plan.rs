@@ -5,7 +5,8 @@ use std::fmt;
 
 use crate::costs::*;
 use crate::profile::{
-    nofile_wanted, tcp_mem_cap_pages, tcp_mem_pressure_pages, tcp_mem_ram_warning,
+    nofile_wanted, tcp_mem_cap_bytes, tcp_mem_pressure_bytes, tcp_mem_ram_warning,
+    TCP_MEM_CAP_BYTES_PER_CONNECTION, TCP_MEM_PRESSURE_BYTES_PER_CONNECTION,
 };
 
 /// What the operator expects. Every viewer is in one room; every room gets `msgs_per_sec`.
@@ -49,6 +50,8 @@ pub struct Plan {
     /// MemTotal of the host running `plan` (None = not read); above half of it the profile's
     /// tcp_mem hard cap gets a warning.
     pub host_mem_total_bytes: Option<u64>,
+    /// Page size of the host running `plan` (None = not read): tcp_mem is set in pages.
+    pub page_bytes: Option<u64>,
     pub fds: u64,
 }
 
@@ -99,11 +102,17 @@ pub fn plan(load: Load) -> Plan {
         // kernel charges at twice the requested size (bookkeeping overhead).
         kernel_buffer_steady_bytes: n * frame_bytes,
         kernel_buffer_worst_bytes: n * (2 * SOCKET_SEND_BUFFER_BYTES) as f64,
-        tcp_mem_pressure_bytes: tcp_mem_pressure_pages(per_box) as f64 * PAGE_BYTES as f64,
-        tcp_mem_cap_bytes: tcp_mem_cap_pages(per_box) * PAGE_BYTES,
+        tcp_mem_pressure_bytes: tcp_mem_pressure_bytes(per_box) as f64,
+        tcp_mem_cap_bytes: tcp_mem_cap_bytes(per_box),
         host_mem_total_bytes: None,
+        page_bytes: None,
         fds: nofile_wanted(per_box),
     }
+}
+
+/// A figure as README.md prints it (`7.0`, `1.33`).
+fn figure(value: f64) -> String {
+    format!("{value:?}")
 }
 
 fn gib(bytes: f64) -> String {
@@ -136,26 +145,40 @@ impl fmt::Display for Plan {
             self.frames_per_viewer_per_sec, self.connections_per_box, self.frames_per_sec, self.msgs_per_frame, self.frame_bytes, self.segments_per_frame, self.msgs_per_sec)?;
         writeln!(f, "  bandwidth: {} payload, {} on the wire (+{WIRE_HEADER_BYTES_PER_SEGMENT} B Ethernet/IP/TCP per segment)",
             gbit(self.payload_egress_bytes_per_sec), gbit(self.wire_egress_bytes_per_sec))?;
-        writeln!(f, "  CPU:       {:.2}-{:.2} cores = frames/s x {}-{} us per frame + {:.2} cores holding ({HOLD_CPU_MICROS_PER_CONNECTION_PER_SEC} us per connection/s)",
-            self.cpu_cores.0, self.cpu_cores.1, EDGE_MICROS_PER_FRAME.0, EDGE_MICROS_PER_FRAME.1, self.hold_cpu_cores)?;
+        writeln!(f, "  CPU:       {:.2}-{:.2} cores = frames/s x {}-{} us per frame + {:.2} cores holding ({} us per connection/s)",
+            self.cpu_cores.0, self.cpu_cores.1, figure(EDGE_MICROS_PER_FRAME.0), figure(EDGE_MICROS_PER_FRAME.1),
+            self.hold_cpu_cores, figure(HOLD_CPU_MICROS_PER_CONNECTION_PER_SEC))?;
         if l.tick_ms == 0 && l.msgs_per_sec > 10.0 {
-            writeln!(f, "             (tick 0 upper bound; measured at 100 msg/s flushes coalesce 5.7 frames per write: {}-{} us per message)",
-                EDGE_MICROS_PER_COALESCED_MESSAGE_TICK0.0, EDGE_MICROS_PER_COALESCED_MESSAGE_TICK0.1)?;
+            writeln!(f, "             (tick 0 upper bound; measured at 100 msg/s flushes coalesce {}-{} frames per write: {}-{} us per message)",
+                figure(FRAMES_PER_WRITE_AT_TICK0.0), figure(FRAMES_PER_WRITE_AT_TICK0.1),
+                figure(EDGE_MICROS_PER_COALESCED_MESSAGE_TICK0.0), figure(EDGE_MICROS_PER_COALESCED_MESSAGE_TICK0.1))?;
         }
         writeln!(
             f,
-            "  memory:    edge {} ({} x 1.15 KiB idle), kernel slab {} (x 5.3 KiB per socket)",
+            "  memory:    edge {} ({} x {} KiB idle), kernel slab {} (x {} KiB per socket)",
             gib(self.user_memory_bytes),
             self.connections_per_box,
-            gib(self.kernel_slab_bytes)
+            figure(EDGE_BYTES_PER_IDLE_CONNECTION / 1024.0),
+            gib(self.kernel_slab_bytes),
+            figure(KERNEL_SLAB_BYTES_PER_SOCKET / 1024.0)
         )?;
         writeln!(f, "             kernel TCP buffers ~{} steady (one frame in flight each), {} worst (every 64 KiB SO_SNDBUF full, charged x2)",
             gib(self.kernel_buffer_steady_bytes), gib(self.kernel_buffer_worst_bytes))?;
+        let pages = match self.page_bytes {
+            Some(page) => format!(
+                " = {} / {} pages of {page} B",
+                (self.tcp_mem_pressure_bytes as u64).div_ceil(page),
+                self.tcp_mem_cap_bytes.div_ceil(page)
+            ),
+            None => String::new(),
+        };
         writeln!(
             f,
-            "             profile tcp_mem: {} pressure, {} hard cap (x 32 / 64 KiB per connection)",
+            "             profile tcp_mem: {} pressure, {} hard cap (x {} / {} KiB per connection{pages})",
             gib(self.tcp_mem_pressure_bytes),
-            gib(self.tcp_mem_cap_bytes as f64)
+            gib(self.tcp_mem_cap_bytes as f64),
+            TCP_MEM_PRESSURE_BYTES_PER_CONNECTION / 1024,
+            TCP_MEM_CAP_BYTES_PER_CONNECTION / 1024,
         )?;
         if self.kernel_buffer_steady_bytes > self.tcp_mem_pressure_bytes {
             writeln!(f, "             WARNING: steady buffers exceed the profile's tcp_mem pressure ({}); raise net.ipv4.tcp_mem for frames this large",
@@ -172,7 +195,8 @@ impl fmt::Display for Plan {
             "  fds:       {} (nofile; fs.file-max above it)",
             self.fds
         )?;
-        write!(f, "costs: README Performance (2-vCPU EPYC, loopback): 100k hold run, 10k room matrix; floor {FLOOR_MICROS_PER_WRITEV} us per writev")
+        write!(f, "costs: README Performance (2-vCPU EPYC, loopback): 100k hold run, 10k room matrix; floor {} us per writev",
+            figure(FLOOR_MICROS_PER_WRITEV))
     }
 }
 
@@ -205,8 +229,10 @@ mod tests {
         assert!(close(p.msgs_per_frame, 10.0));
         assert!(close(p.frame_bytes, 1610.0));
         assert_eq!(p.segments_per_frame, 2);
-        // 100k frames/s x 5.1..6.3 us + 10k x 1.1 us.
-        assert!(close(p.cpu_cores.0, 0.51 + 0.011) && close(p.cpu_cores.1, 0.63 + 0.011));
+        // 100k frames/s x the per-frame range + 10k x the holding cost.
+        let hold = 10_000.0 * HOLD_CPU_MICROS_PER_CONNECTION_PER_SEC / 1e6;
+        assert!(close(p.cpu_cores.0, 0.1 * EDGE_MICROS_PER_FRAME.0 + hold));
+        assert!(close(p.cpu_cores.1, 0.1 * EDGE_MICROS_PER_FRAME.1 + hold));
     }
 
     #[test]
@@ -220,9 +246,18 @@ mod tests {
             p.wire_egress_bytes_per_sec,
             100_000.0 * (16_100.0 + 12.0 * 66.0)
         ));
-        assert!(close(p.hold_cpu_cores, 0.11));
-        assert!(close(p.user_memory_bytes, 100_000.0 * 1.15 * 1024.0));
-        assert!(close(p.kernel_slab_bytes, 100_000.0 * 5.3 * 1024.0));
+        assert!(close(
+            p.hold_cpu_cores,
+            0.1 * HOLD_CPU_MICROS_PER_CONNECTION_PER_SEC
+        ));
+        assert!(close(
+            p.user_memory_bytes,
+            100_000.0 * EDGE_BYTES_PER_IDLE_CONNECTION
+        ));
+        assert!(close(
+            p.kernel_slab_bytes,
+            100_000.0 * KERNEL_SLAB_BYTES_PER_SOCKET
+        ));
         assert!(close(p.kernel_buffer_worst_bytes, 100_000.0 * 131_072.0));
         assert_eq!(p.fds, 104_096);
         // 16 KB frames fit under the profile's 32 KiB of tcp_mem pressure per connection.
@@ -231,6 +266,24 @@ mod tests {
         let text = p.to_string();
         assert!(!text.contains("WARNING"), "{text}");
         assert!(text.contains("profile tcp_mem: 3.05 GiB pressure, 6.10 GiB hard cap"));
+        // The figures as README.md prints them.
+        assert!(text.contains("x 6.6-7.8 us per frame"), "{text}");
+        assert!(text.contains("(1.56 us per connection/s)"), "{text}");
+        assert!(text.contains("(100000 x 1.33 KiB idle)"), "{text}");
+        assert!(text.contains("(x 5.15 KiB per socket)"), "{text}");
+        assert!(text.contains("floor 7.0 us per writev"), "{text}");
+    }
+
+    #[test]
+    fn tcp_mem_is_shown_in_the_hosts_pages_when_known() {
+        let mut p = plan(load(100_000, 1, 100.0, 1000));
+        assert!(p.to_string().contains("(x 32 / 64 KiB per connection)\n"));
+        p.page_bytes = Some(4096);
+        assert!(p
+            .to_string()
+            .contains("(x 32 / 64 KiB per connection = 800000 / 1600000 pages of 4096 B)"));
+        p.page_bytes = Some(65_536);
+        assert!(p.to_string().contains("= 50000 / 100000 pages of 65536 B)"));
     }
 
     #[test]

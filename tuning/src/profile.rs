@@ -3,7 +3,8 @@
 //! `check`, `apply`, `profile` and the committed files under `tuning/profile/` all read this table,
 //! so the advice and the profile cannot drift apart (a test compares the committed files).
 
-use crate::costs::{EDGE_LISTEN_BACKLOG, PAGE_BYTES, SOCKET_SEND_BUFFER_BYTES};
+use crate::costs::{EDGE_LISTEN_BACKLOG, SOCKET_SEND_BUFFER_BYTES};
+use crate::live::page_bytes;
 
 /// The connection count the committed files in `tuning/profile/` are rendered for.
 pub const PROFILE_CONNECTIONS: u64 = 1_000_000;
@@ -106,9 +107,9 @@ pub fn nofile_wanted(connections: u64) -> u64 {
     connections + FD_SLACK
 }
 
-/// Kernel pages for `connections` sockets holding `bytes_each` of queued data each.
-fn pages_for(connections: u64, bytes_each: u64) -> u64 {
-    (connections * bytes_each).div_ceil(PAGE_BYTES)
+/// Pages of `page_bytes` that hold `bytes`, rounded up.
+fn pages(bytes: u64, page_bytes: u64) -> u64 {
+    bytes.div_ceil(page_bytes)
 }
 
 /// tcp_mem per connection below which the kernel does not moderate buffers: one level-4 frame
@@ -123,14 +124,14 @@ pub const TCP_MEM_PRESSURE_BYTES_PER_CONNECTION: u64 = 32 * 1024;
 /// tcp_mem's hard cap per connection: every socket's whole send cap (`--socket-send-buffer-bytes`).
 pub const TCP_MEM_CAP_BYTES_PER_CONNECTION: u64 = SOCKET_SEND_BUFFER_BYTES;
 
-/// tcp_mem's pressure threshold for `connections`, in pages.
-pub fn tcp_mem_pressure_pages(connections: u64) -> u64 {
-    pages_for(connections, TCP_MEM_PRESSURE_BYTES_PER_CONNECTION)
+/// tcp_mem's pressure threshold for `connections`, in bytes.
+pub fn tcp_mem_pressure_bytes(connections: u64) -> u64 {
+    connections * TCP_MEM_PRESSURE_BYTES_PER_CONNECTION
 }
 
-/// tcp_mem's hard cap for `connections`, in pages.
-pub fn tcp_mem_cap_pages(connections: u64) -> u64 {
-    pages_for(connections, TCP_MEM_CAP_BYTES_PER_CONNECTION)
+/// tcp_mem's hard cap for `connections`, in bytes.
+pub fn tcp_mem_cap_bytes(connections: u64) -> u64 {
+    connections * TCP_MEM_CAP_BYTES_PER_CONNECTION
 }
 
 /// A warning when the profile's tcp_mem hard cap (`cap_bytes`) exceeds half of the host's RAM
@@ -150,8 +151,14 @@ pub fn tcp_mem_ram_warning(mem_total_bytes: u64, cap_bytes: u64) -> Option<Strin
     ))
 }
 
-/// The table, computed for `n` connections on one host.
+/// The table, computed for `n` connections on this host (its page size read at run time).
 pub fn sysctls(n: u64) -> Vec<Sysctl> {
+    sysctls_for(n, page_bytes())
+}
+
+/// The table for `n` connections on a host whose pages are `page_bytes` long (the unit of
+/// `net.ipv4.tcp_mem`).
+pub fn sysctls_for(n: u64, page_bytes: u64) -> Vec<Sysctl> {
     let nofile = nofile_wanted(n);
     let file_max = (n + n / 10 + 65_536).next_multiple_of(1024);
     let syn_backlog = (n / 100).clamp(4096, 262_144);
@@ -162,9 +169,9 @@ pub fn sysctls(n: u64) -> Vec<Sysctl> {
     // pressure, 64 KiB hard cap = the whole send cap on every socket. Measured with edges and
     // viewers on one host: 100k viewers at level 4 collapsed on the stock tcp_mem and on this
     // table for N = 100k, and were clean on the table for N = 200k (two sockets per viewer).
-    let mem_low = pages_for(n, TCP_MEM_LOW_BYTES_PER_CONNECTION);
-    let mem_pressure = tcp_mem_pressure_pages(n);
-    let mem_high = tcp_mem_cap_pages(n);
+    let mem_low = pages(n * TCP_MEM_LOW_BYTES_PER_CONNECTION, page_bytes);
+    let mem_pressure = pages(tcp_mem_pressure_bytes(n), page_bytes);
+    let mem_high = pages(tcp_mem_cap_bytes(n), page_bytes);
     vec![
         Sysctl {
             key: "fs.file-max",
@@ -212,7 +219,7 @@ pub fn sysctls(n: u64) -> Vec<Sysctl> {
             key: "net.ipv4.tcp_mem",
             fields: vec![at_least(mem_low), at_least(mem_pressure), at_least(mem_high)],
             reason: "pages all TCP buffers may use (no pressure / pressure / hard cap); level 4 puts a ~16 KB frame into every viewer's socket each tick; under pressure the kernel prunes, drops and retransmits, above the cap writes stall",
-            scaling: format!("N x 16 KiB (one level-4 frame) / 32 KiB (2 frames; a host that also runs the viewers needs the table for 2N) / 64 KiB (every socket's send cap) = {mem_low} {mem_pressure} {mem_high} pages"),
+            scaling: format!("N x 16 KiB (one level-4 frame) / 32 KiB (2 frames; a host that also runs the viewers needs the table for 2N) / 64 KiB (every socket's send cap) = {mem_low} {mem_pressure} {mem_high} pages of {page_bytes} B (this host's page size)"),
             optional: false,
         },
         Sysctl {
@@ -292,8 +299,12 @@ pub fn sysctls(n: u64) -> Vec<Sysctl> {
 mod tests {
     use super::*;
 
+    /// A setting of the table on a host with 4 KiB pages.
     fn setting(n: u64, key: &str) -> Sysctl {
-        sysctls(n).into_iter().find(|s| s.key == key).unwrap()
+        sysctls_for(n, 4096)
+            .into_iter()
+            .find(|s| s.key == key)
+            .unwrap()
     }
 
     #[test]
@@ -331,7 +342,28 @@ mod tests {
             setting(100_000, "net.ipv4.tcp_mem").wanted_text(),
             "400000 800000 1600000"
         );
-        assert_eq!(tcp_mem_cap_pages(100_000) * PAGE_BYTES, 100_000 * 65_536);
+        assert_eq!(tcp_mem_cap_bytes(100_000), 100_000 * 65_536);
+    }
+
+    #[test]
+    fn tcp_mem_is_counted_in_this_hosts_pages() {
+        // The same bytes in 64 KiB pages (arm64, ppc64 kernels): a sixteenth of the pages.
+        let tcp_mem = |page: u64| {
+            sysctls_for(100_000, page)
+                .into_iter()
+                .find(|s| s.key == "net.ipv4.tcp_mem")
+                .unwrap()
+        };
+        assert_eq!(tcp_mem(65_536).wanted_text(), "25000 50000 100000");
+        assert!(tcp_mem(65_536)
+            .scaling
+            .ends_with("pages of 65536 B (this host's page size)"));
+        // `sysctls` uses the page size of the host it runs on.
+        let here = sysctls(100_000)
+            .into_iter()
+            .find(|s| s.key == "net.ipv4.tcp_mem")
+            .unwrap();
+        assert_eq!(here.wanted_text(), tcp_mem(page_bytes()).wanted_text());
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use crate::profile::{nofile_wanted, sysctls, FD_SLACK};
+use crate::profile::{nofile_wanted, sysctls_for, FD_SLACK};
 
 /// Which file `roomcast-tune profile` prints.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -12,9 +12,11 @@ pub enum ProfileFormat {
     Systemd,
 }
 
-pub fn render(format: ProfileFormat, connections: u64) -> String {
+/// The file for `connections` on a host with pages of `page_bytes` (`net.ipv4.tcp_mem` counts
+/// pages; `roomcast-tune profile` passes this host's page size).
+pub fn render(format: ProfileFormat, connections: u64, page_bytes: u64) -> String {
     match format {
-        ProfileFormat::Sysctl => sysctl_file(connections),
+        ProfileFormat::Sysctl => sysctl_file(connections, page_bytes),
         ProfileFormat::Limits => limits_file(connections),
         ProfileFormat::Systemd => systemd_dropin(connections),
     }
@@ -35,15 +37,16 @@ fn header(out: &mut String, connections: u64, regenerate: &str) {
     );
 }
 
-/// `/etc/sysctl.d/99-roomcast.conf`: each setting preceded by its reason and its scaling with N.
-pub fn sysctl_file(connections: u64) -> String {
+/// `/etc/sysctl.d/99-roomcast.conf`: each setting preceded by its reason and its scaling with N,
+/// for a host with pages of `page_bytes`.
+pub fn sysctl_file(connections: u64, page_bytes: u64) -> String {
     let mut out = String::new();
     header(&mut out, connections, "");
     let _ = writeln!(
         out,
         "# Install: cp 99-roomcast.conf /etc/sysctl.d/ && sysctl --system"
     );
-    for setting in sysctls(connections) {
+    for setting in sysctls_for(connections, page_bytes) {
         let _ = writeln!(out);
         let _ = writeln!(out, "# {}", setting.reason);
         let _ = writeln!(out, "# scale: {}", setting.scaling);
@@ -107,18 +110,25 @@ mod tests {
     use super::*;
     use crate::profile::PROFILE_CONNECTIONS;
 
+    /// The page size the committed profile is rendered for: x86-64's 4 KiB.
+    const COMMITTED_PAGE_BYTES: u64 = 4096;
+
     fn committed(name: &str) -> String {
         let path = format!("{}/profile/{name}", env!("CARGO_MANIFEST_DIR"));
         std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
     }
 
-    // The committed profile is the table's output: regenerate with
-    // `roomcast-tune profile --connections 1000000 [--format …] > tuning/profile/…`.
+    // The committed profile is the table's output on a host with 4 KiB pages: regenerate there
+    // with `roomcast-tune profile --connections 1000000 [--format …] > tuning/profile/…`.
     #[test]
     fn committed_sysctl_profile_is_the_tables_output() {
         assert_eq!(
             committed("99-roomcast.conf"),
-            render(ProfileFormat::Sysctl, PROFILE_CONNECTIONS)
+            render(
+                ProfileFormat::Sysctl,
+                PROFILE_CONNECTIONS,
+                COMMITTED_PAGE_BYTES
+            )
         );
     }
 
@@ -126,7 +136,11 @@ mod tests {
     fn committed_limits_file_is_the_tables_output() {
         assert_eq!(
             committed("limits.conf"),
-            render(ProfileFormat::Limits, PROFILE_CONNECTIONS)
+            render(
+                ProfileFormat::Limits,
+                PROFILE_CONNECTIONS,
+                COMMITTED_PAGE_BYTES
+            )
         );
     }
 
@@ -134,18 +148,25 @@ mod tests {
     fn committed_systemd_dropin_is_the_tables_output() {
         assert_eq!(
             committed("roomcast-edge.service.d/nofile.conf"),
-            render(ProfileFormat::Systemd, PROFILE_CONNECTIONS)
+            render(
+                ProfileFormat::Systemd,
+                PROFILE_CONNECTIONS,
+                COMMITTED_PAGE_BYTES
+            )
         );
     }
 
     #[test]
     fn every_setting_line_has_a_reason_and_a_scaling_line() {
-        let text = sysctl_file(250_000);
+        let text = sysctl_file(250_000, COMMITTED_PAGE_BYTES);
         let lines: Vec<&str> = text.lines().collect();
         let settings: Vec<usize> = (0..lines.len())
             .filter(|&i| !lines[i].starts_with('#') && lines[i].contains(" = "))
             .collect();
-        assert_eq!(settings.len(), sysctls(250_000).len());
+        assert_eq!(
+            settings.len(),
+            sysctls_for(250_000, COMMITTED_PAGE_BYTES).len()
+        );
         for i in settings {
             assert!(
                 lines[i - 2].starts_with("# ") && lines[i - 1].starts_with("# scale: "),
