@@ -8,14 +8,30 @@ use hdrhistogram::Histogram;
 use roomcast_proto::message::PRIORITIES;
 use serde_json::{json, Value};
 
-use crate::coord::{Measured, Window};
 use crate::dist::Group;
 use crate::floor::FloorResult;
+use crate::kernel_tcp::Counters;
 use crate::msgs::{add_counts, add_pairs, histogram_of, new_latency_histogram, Connected, Report};
 use crate::progress::rate;
 use crate::scenario::RunArgs;
 use crate::sys::{KernelMem, ProcMem};
-use crate::system::{self, EdgeLoad};
+use crate::system::{self, EdgeLoad, Measured};
+
+/// What changed over the measured window (or the hold) between two snapshots the coordinator
+/// took: the raw measurements the CPU figures are made of.
+pub struct Window {
+    pub secs: f64,
+    pub published: u64,
+    pub edge_cpu: Option<f64>,
+    pub control_cpu: Option<f64>,
+    pub clients_cpu: f64,
+    /// The coordinator's own.
+    pub me_cpu: f64,
+    pub host_busy: f64,
+    pub host_total: f64,
+    /// The kernel's TCP counters over the window.
+    pub tcp: Option<Counters>,
+}
 
 /// `v / n`, 0 when `n` is 0.
 pub fn per(v: f64, n: u64) -> f64 {

@@ -11,8 +11,8 @@ use clap::{Parser, ValueEnum};
 use roomcast_ops::config::load_layered;
 use serde::{Deserialize, Serialize};
 
+use crate::client::Transport;
 use crate::dist::{Population, PriorityMix, PublishSpread, RoomDist};
-use crate::Transport;
 
 /// The control plane's development API key (what `roomcast-control` accepts when none is set).
 pub const DEV_API_KEY: &str = "roomcast-dev-api-key";
