@@ -23,14 +23,14 @@ use serde_json::{json, Value};
 
 use crate::api::{Api, ControlSink};
 use crate::client::ip_add;
-use crate::dist::{room_name, RoomPicker};
+use crate::dist::{room_name, PublishSpread, RoomPicker};
 use crate::floor::{self, FloorArgs, FloorResult, Syscall};
 use crate::kernel_tcp::{self, Counters};
 use crate::linksrv::{LinkServer, LinkSink};
-use crate::msgs::{ClientMsg, Report};
+use crate::msgs::{new_latency_histogram, ClientMsg, Report};
 use crate::observer::Observer;
 use crate::progress::Live;
-use crate::publish::{Plan, PubState, Publisher, Sink};
+use crate::publish::{Plan, Probe, PubState, Publisher, Sink};
 use crate::report::{self, per, Window};
 use crate::scenario::{PublishVia, RunArgs, TokenSource};
 use crate::sys::{self, ProcMem};
@@ -399,16 +399,42 @@ impl Run<'_> {
             .map(|_| publish_sink(args, &self.system))
             .collect::<Res<Vec<_>>>()?;
         say(&format!(
-            "bench: publishing {} msg/s ({} B, priorities {}) to {} room(s) via {} ({} publisher thread(s)); warm-up {:.0} s, window {:.0} s",
-            args.rate,
+            "bench: publishing {} ({} B, priorities {}) to {} room(s) via {} ({} publisher thread(s){}); warm-up {:.0} s, window {:.0} s",
+            args.rate_text(),
             args.payload,
             args.priority_mix,
             picker.occupied().len(),
             serde_name(&args.publish_via),
             args.publishers,
+            if args.replay_batches {
+                format!(", each replaying one batch of {}", args.publish_batch)
+            } else {
+                String::new()
+            },
             args.warmup,
             args.duration
         ));
+        // --probe-rate: priority-0 messages one per request, on a connection of their own.
+        let probe = if args.probe_rate > 0.0 {
+            say(&format!(
+                "bench: probing with {} priority-0 msg/s, one per request",
+                args.probe_rate
+            ));
+            Some(Probe {
+                sink: publish_sink(args, &self.system)?,
+                plan: Plan {
+                    rooms: args.rooms,
+                    rate: args.probe_rate,
+                    payload: args.payload,
+                    mix: "0".parse().expect("priority 0 is a mix"),
+                    picker: RoomPicker::new(members, PublishSpread::Even),
+                    max_batch: 1,
+                    replay: false,
+                },
+            })
+        } else {
+            None
+        };
         let publisher = Publisher::start(
             sinks,
             Plan {
@@ -421,7 +447,9 @@ impl Run<'_> {
                     PublishVia::Control => args.publish_batch,
                     PublishVia::Link => 10_000,
                 },
+                replay: args.replay_batches,
             },
+            probe,
         );
         let state = Arc::clone(publisher.state());
         self.live.set_publisher(Some(Arc::clone(&state)));
@@ -432,10 +460,12 @@ impl Run<'_> {
         self.live.set_phase("window");
         self.ctx.tell_clients("start")?;
         self.tcp.sampler.mark();
+        state.measuring.store(true, Ordering::Relaxed);
         let a = Snapshot::take(&self.system, &self.client_pids, Some(&state));
         self.ctx.sleep(Duration::from_secs_f64(args.duration))?;
         self.ctx.tell_clients("end")?;
         let b = Snapshot::take(&self.system, &self.client_pids, Some(&state));
+        state.measuring.store(false, Ordering::Relaxed);
         self.tcp.peak_window = self.tcp.sampler.mark();
         self.live.set_phase("after");
         let w = window_between(&a, &b, &mut self.edges_json);
@@ -451,6 +481,18 @@ impl Run<'_> {
         self.live.set_publisher(None);
         let errors = state.errors.lock().expect("errors lock").clone();
         let calls = state.send_calls.load(Ordering::Relaxed);
+        let window_calls = state
+            .window_calls
+            .lock()
+            .expect("window calls lock")
+            .take()
+            .unwrap_or_else(new_latency_histogram);
+        let probe_calls = state
+            .probe_calls
+            .lock()
+            .expect("probe calls lock")
+            .take()
+            .unwrap_or_else(new_latency_histogram);
         self.results["publishing"] = json!({
             "total": published.iter().flatten().sum::<u64>(),
             "in_window": w.published,
@@ -462,7 +504,20 @@ impl Run<'_> {
             "send_calls": calls,
             "publishers": args.publishers,
             "send_ms_mean": per(state.send_us.load(Ordering::Relaxed) as f64 / 1000.0, calls),
+            "replay_batches": args.replay_batches,
+            // Each call is one POST /v1/messages (or one write to the edge links).
+            "window_calls": window_calls.len(),
+            "window_calls_per_s": window_calls.len() as f64 / w.secs,
+            "window_call_ms": report::latency_json(&window_calls),
         });
+        if args.probe_rate > 0.0 {
+            self.results["publishing"]["probe"] = json!({
+                "rate": args.probe_rate,
+                "window_calls": probe_calls.len(),
+                "window_calls_per_s": probe_calls.len() as f64 / w.secs,
+                "window_call_ms": report::latency_json(&probe_calls),
+            });
+        }
         self.results["window"] = json!({"secs": w.secs});
         say(&format!(
             "bench: published {} messages; draining",
@@ -566,13 +621,17 @@ impl Run<'_> {
         }
         if let Some(path) = &args.plot {
             let title = format!(
-                "roomcast-bench {}: {} {} conns, {} room(s) {}, {} msg/s (priorities {}) via {}, {} edge(s) [{}]",
+                "roomcast-bench {}: {} {} conns, {} room(s) {}, {} (priorities {}) via {}, {} edge(s) [{}]",
                 args.name(),
                 args.conns,
                 args.transport.name(),
                 args.rooms,
                 serde_name(&args.room_dist),
-                if args.hold_only { 0.0 } else { args.rate },
+                if args.hold_only {
+                    "0 msg/s".into()
+                } else {
+                    args.rate_text()
+                },
                 args.priority_mix,
                 serde_name(&args.publish_via),
                 self.system.edges.len(),

@@ -4,7 +4,11 @@
 //!   test (the control plane and edges, or only edges when it plays the control plane on the edge
 //!   link itself), starts client processes (copies of itself running the hidden `client`
 //!   subcommand) that hold the viewer connections, publishes, and measures from the outside
-//!   (`/proc`, load reports, the edges' own counters, optionally `strace`).
+//!   (`/proc`, load reports, the edges' own counters, optionally `strace`). Against a running
+//!   control plane (`--no-spawn`), `bench/scenarios/control-publish.toml` and
+//!   `control-latency.toml` measure its publish path: throughput with publishers replaying
+//!   encoded batches (`--replay-batches`), the request round trip, and the control hop's latency
+//!   (`--probe-rate` under load).
 //! * `roomcast-bench floor` measures the cost of the bare syscall the edge is built around: one
 //!   pre-encoded frame written to many loopback sockets.
 //!
@@ -24,7 +28,7 @@
 //   dist, msgs, sys, term        who is where and gets what; client <-> coordinator messages;
 //                                the OS; stderr and the progress line
 //   client, kernel_tcp, publish  a client process (owns Transport, ClientArgs); the kernel's TCP
-//                                counters; the publisher and its Sink, Outgoing, Outcome
+//                                counters; the publisher and its Sink, Outgoing, Outcome, Encoded
 //   floor, scenario              the syscall floor (FloorArgs); a run's configuration (RunArgs)
 //   system                       started processes and a run's hold on them (Ctx), the edges
 //                                under measurement (Measured) and their load (EdgeLoad), logs
