@@ -1,6 +1,6 @@
 //! `--publish-via control`: a small blocking client of the control plane's HTTP API (hyper over
 //! one kept-alive connection, driven by a current-thread tokio runtime), and the publishing
-//! [`Sink`] built on it (`POST /v1/messages` batches).
+//! [`Sink`] built on it (`POST /v1/messages` batches, also encoded once and replayed).
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use crate::dist::room_name;
-use crate::publish::{Outcome, Outgoing, Sink};
+use crate::publish::{ts_digits_at, Encoded, Outcome, Outgoing, Sink};
 use crate::system::EdgeLoad;
 
 /// Longest wait for one request, connect included.
@@ -248,6 +248,11 @@ impl ControlSink {
     }
 
     fn body(&self, msgs: &[Outgoing]) -> Bytes {
+        Bytes::from(self.encode_with(msgs, |_, _| {}))
+    }
+
+    /// The `POST /v1/messages` body for `msgs`; `data` is told where each message's data starts.
+    fn encode_with(&self, msgs: &[Outgoing], mut data: impl FnMut(usize, &[u8])) -> Vec<u8> {
         let mut body =
             Vec::with_capacity(32 + msgs.iter().map(|m| m.data.len() + 64).sum::<usize>());
         body.extend_from_slice(b"{\"messages\":[");
@@ -260,16 +265,16 @@ impl ControlSink {
             body.extend_from_slice(b"\",\"priority\":");
             body.push(b'0' + m.priority);
             body.extend_from_slice(b",\"kind\":\"bench\",\"data\":");
+            data(body.len(), &m.data);
             body.extend_from_slice(&m.data);
             body.push(b'}');
         }
         body.extend_from_slice(b"]}");
-        Bytes::from(body)
+        body
     }
-}
 
-impl Sink for ControlSink {
-    fn send(&mut self, msgs: &[Outgoing]) -> Vec<Outcome> {
+    /// POSTs one batch body of `n` messages; one outcome per message.
+    fn publish(&mut self, body: Bytes, n: usize) -> Vec<Outcome> {
         #[derive(Deserialize)]
         struct Results {
             results: Vec<PublishResult>,
@@ -280,13 +285,12 @@ impl Sink for ControlSink {
             Published { delivered_edges: u64 },
             Failed { error: serde_json::Value },
         }
-        let body = self.body(msgs);
         let answer: Result<Results, String> = self.api.call(Method::POST, "/v1/messages", body);
         match answer {
-            Err(e) => vec![Outcome::Rejected(e); msgs.len()],
-            Ok(r) if r.results.len() != msgs.len() => {
-                let e = format!("{} results for {} messages", r.results.len(), msgs.len());
-                vec![Outcome::Rejected(e); msgs.len()]
+            Err(e) => vec![Outcome::Rejected(e); n],
+            Ok(r) if r.results.len() != n => {
+                let e = format!("{} results for {n} messages", r.results.len());
+                vec![Outcome::Rejected(e); n]
             }
             Ok(r) => r
                 .results
@@ -301,6 +305,27 @@ impl Sink for ControlSink {
                 })
                 .collect(),
         }
+    }
+}
+
+impl Sink for ControlSink {
+    fn send(&mut self, msgs: &[Outgoing]) -> Vec<Outcome> {
+        let body = self.body(msgs);
+        self.publish(body, msgs.len())
+    }
+
+    fn encode(&self, msgs: &[Outgoing]) -> Option<Encoded> {
+        let mut ts_at = Vec::with_capacity(msgs.len());
+        let body = self.encode_with(msgs, |at, data| {
+            if let Some(ts) = ts_digits_at(data) {
+                ts_at.push(at + ts);
+            }
+        });
+        Some(Encoded { body, ts_at })
+    }
+
+    fn send_encoded(&mut self, batch: &Encoded, n: usize) -> Vec<Outcome> {
+        self.publish(Bytes::copy_from_slice(&batch.body), n)
     }
 }
 
@@ -331,5 +356,27 @@ mod tests {
             serde_json::json!({"messages": [{"room": "room-1", "priority": 2, "kind": "bench",
                 "data": {"ts": 5, "pad": "x"}}]})
         );
+    }
+
+    #[test]
+    fn a_replayed_batch_is_the_same_body_with_fresh_timestamps() {
+        let api = Api::new("http://127.0.0.1:9", "k").unwrap();
+        let sink = ControlSink::new(api, 3);
+        let msgs: Vec<Outgoing> = (0..3)
+            .map(|i| Outgoing {
+                room: i,
+                priority: 3,
+                data: crate::publish::message_data(1_700_000_000_000_000, 100),
+            })
+            .collect();
+        let mut encoded = sink.encode(&msgs).expect("the API sink replays");
+        assert_eq!(encoded.body, sink.body(&msgs), "encoded once, as sent");
+        assert_eq!(encoded.ts_at.len(), 3);
+        encoded.stamp(1_700_000_000_999_999);
+        let v: serde_json::Value = serde_json::from_slice(&encoded.body).unwrap();
+        for (i, m) in v["messages"].as_array().unwrap().iter().enumerate() {
+            assert_eq!(m["room"], format!("room-{i}"));
+            assert_eq!(m["data"]["ts"], 1_700_000_000_999_999u64);
+        }
     }
 }

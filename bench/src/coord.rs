@@ -9,12 +9,12 @@
 //! coordinator if it is killed.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,18 +23,20 @@ use serde_json::{json, Value};
 
 use crate::api::{Api, ControlSink};
 use crate::client::ip_add;
-use crate::dist::{room_name, RoomPicker};
-use crate::floor::{self, FloorResult, Syscall};
+use crate::dist::{room_name, PublishSpread, RoomPicker};
+use crate::floor::{self, FloorArgs, FloorResult, Syscall};
 use crate::kernel_tcp::{self, Counters};
 use crate::linksrv::{LinkServer, LinkSink};
-use crate::msgs::{ClientMsg, Report, Snap};
-use crate::progress::{say, Live};
-use crate::publish::{Plan, PubState, Publisher, Sink};
-use crate::report::{self, per};
+use crate::msgs::{new_latency_histogram, ClientMsg, Report};
+use crate::observer::Observer;
+use crate::progress::Live;
+use crate::publish::{Plan, Probe, PubState, Publisher, Sink};
+use crate::report::{self, per, Window};
 use crate::scenario::{PublishVia, RunArgs, TokenSource};
 use crate::sys::{self, ProcMem};
-use crate::system::{self, ClientProc, EdgeLoad, EdgePlan, Kids, Observer};
-use crate::{plot, strace, FloorArgs};
+use crate::system::{self, ClientProc, Ctx, EdgeLoad, EdgePlan, Measured};
+use crate::term::say;
+use crate::{plot, strace};
 
 type Res<T> = Result<T, String>;
 
@@ -46,107 +48,6 @@ const MAX_DRAIN: Duration = Duration::from_secs(60);
 const QUIET_BEFORE_FINAL: Duration = Duration::from_secs(2);
 /// Rooms whose member counts are checked through the control plane's API (one request each).
 const ROOMS_CHECKED_VIA_API: usize = 50;
-
-/// Shared state of a run: stop flag, children, client output.
-pub struct Ctx {
-    stop: Arc<AtomicBool>,
-    pub kids: Kids,
-    from_clients: Option<Receiver<(usize, Option<ClientMsg>)>>,
-}
-
-impl Ctx {
-    /// Sleeps, checking for Ctrl-C and dead children every 100 ms.
-    pub fn sleep(&mut self, d: Duration) -> Res<()> {
-        let until = Instant::now() + d;
-        loop {
-            self.check()?;
-            let now = Instant::now();
-            if now >= until {
-                return Ok(());
-            }
-            std::thread::sleep((until - now).min(Duration::from_millis(100)));
-        }
-    }
-
-    fn check(&mut self) -> Res<()> {
-        if self.stop.load(Ordering::Relaxed) {
-            return Err("interrupted".into());
-        }
-        self.kids.check_alive()
-    }
-
-    fn tell_clients(&mut self, line: &str) -> Res<()> {
-        for (i, c) in self.kids.clients.iter_mut().enumerate() {
-            let stdin = c.stdin.as_mut().ok_or("client stdin closed")?;
-            writeln!(stdin, "{line}")
-                .and_then(|()| stdin.flush())
-                .map_err(|e| format!("cannot talk to client process {i}: {e}"))?;
-        }
-        Ok(())
-    }
-
-    /// Waits for one message per client process that `pick` accepts.
-    fn collect<T>(
-        &mut self,
-        what: &str,
-        timeout: Duration,
-        mut pick: impl FnMut(ClientMsg) -> Option<T>,
-    ) -> Res<Vec<T>> {
-        let n = self.kids.clients.len();
-        let mut got: Vec<Option<T>> = (0..n).map(|_| None).collect();
-        let deadline = Instant::now() + timeout;
-        while got.iter().any(Option::is_none) {
-            self.check()?;
-            if Instant::now() >= deadline {
-                let missing: Vec<usize> = (0..n).filter(|&i| got[i].is_none()).collect();
-                return Err(format!(
-                    "timed out after {timeout:?} waiting for {what} from client processes {missing:?}"
-                ));
-            }
-            let rx = self.from_clients.as_ref().ok_or("no clients")?;
-            match rx.recv_timeout(Duration::from_millis(100)) {
-                Ok((i, Some(msg))) => {
-                    if let Some(v) = pick(msg) {
-                        got[i] = Some(v);
-                    }
-                }
-                Ok((i, None)) => {
-                    return Err(format!("client process {i} ended while waiting for {what}"))
-                }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => return Err("client output closed".into()),
-            }
-        }
-        Ok(got.into_iter().map(|g| g.expect("all present")).collect())
-    }
-
-    pub fn snap(&mut self, tag: &str) -> Res<Snap> {
-        self.tell_clients(&format!("snap {tag}"))?;
-        let snaps = self.collect("snapshot", Duration::from_secs(20), |m| match m {
-            ClientMsg::Snap(s) => Some(s),
-            _ => None,
-        })?;
-        let mut all = Snap {
-            tag: tag.into(),
-            ..Snap::default()
-        };
-        for s in snaps {
-            all.frames += s.frames;
-            all.msgs += s.msgs;
-            all.open += s.open;
-        }
-        Ok(all)
-    }
-}
-
-/// One edge under measurement.
-pub struct Measured {
-    pub id: String,
-    pub pid: Option<u32>,
-    pub driver: String,
-    /// Its log, when the bench started it.
-    pub log: Option<PathBuf>,
-}
 
 /// How many processes of each kind, and how big.
 struct Layout {
@@ -206,87 +107,71 @@ impl Snapshot {
     }
 }
 
-/// What changed between two snapshots.
-pub struct Window {
-    pub secs: f64,
-    pub published: u64,
-    pub edge_cpu: Option<f64>,
-    pub control_cpu: Option<f64>,
-    pub clients_cpu: f64,
-    /// The coordinator's own.
-    pub me_cpu: f64,
-    pub host_busy: f64,
-    pub host_total: f64,
-    /// The kernel's TCP counters over the window.
-    pub tcp: Option<Counters>,
+/// What changed between two snapshots; adds each edge's CPU and report rates to `edges_json`.
+fn window_between(a: &Snapshot, b: &Snapshot, edges_json: &mut [Value]) -> Window {
+    let secs = b.at.duration_since(a.at).as_secs_f64();
+    let mut edge_cpu = None;
+    for (i, e) in edges_json.iter_mut().enumerate() {
+        if let (Some(x), Some(y)) = (a.edges[i], b.edges[i]) {
+            *edge_cpu.get_or_insert(0.0) += y - x;
+            e["cpu_secs_window"] = json!(y - x);
+        }
+        let id = e["id"].as_str().unwrap_or_default().to_string();
+        let load = |s: &Snapshot| s.loads.iter().find(|l| l.id == id).cloned();
+        if let (Some(x), Some(y)) = (load(a), load(b)) {
+            e["report_frames_out_per_s"] =
+                json!(y.frames_out.saturating_sub(x.frames_out) as f64 / secs);
+            e["report_bytes_out_per_s"] =
+                json!(y.bytes_out.saturating_sub(x.bytes_out) as f64 / secs);
+            e["report_msgs_dropped"] = json!(y.msgs_dropped.saturating_sub(x.msgs_dropped));
+            e["report_slow_closes"] = json!(y.slow_closes.saturating_sub(x.slow_closes));
+        }
+    }
+    Window {
+        secs,
+        published: b.published - a.published,
+        edge_cpu,
+        control_cpu: b.control.zip(a.control).map(|(y, x)| y - x),
+        clients_cpu: a
+            .clients
+            .iter()
+            .zip(&b.clients)
+            .filter_map(|(x, y)| Some((*y)? - (*x)?))
+            .sum(),
+        me_cpu: b.me - a.me,
+        host_busy: b.host.0 - a.host.0,
+        host_total: b.host.1 - a.host.1,
+        tcp: a
+            .tcp
+            .as_ref()
+            .zip(b.tcp.as_ref())
+            .map(|(x, y)| kernel_tcp::delta(x, y)),
+    }
 }
 
-impl Window {
-    fn between(a: &Snapshot, b: &Snapshot, edges_json: &mut [Value]) -> Window {
-        let secs = b.at.duration_since(a.at).as_secs_f64();
-        let mut edge_cpu = None;
-        for (i, e) in edges_json.iter_mut().enumerate() {
-            if let (Some(x), Some(y)) = (a.edges[i], b.edges[i]) {
-                *edge_cpu.get_or_insert(0.0) += y - x;
-                e["cpu_secs_window"] = json!(y - x);
+/// The edges' own counters (from their `edge stats` log lines) over the window.
+fn edge_counters(a: &Snapshot, b: &Snapshot) -> Option<Value> {
+    let mut delta: BTreeMap<String, u64> = BTreeMap::new();
+    let mut any = false;
+    for (x, y) in a.counters.iter().zip(&b.counters) {
+        if let (Some(x), Some(y)) = (x, y) {
+            any = true;
+            for (k, vy) in y {
+                *delta.entry(k.clone()).or_default() +=
+                    vy.saturating_sub(x.get(k).copied().unwrap_or(0));
             }
-            let id = e["id"].as_str().unwrap_or_default().to_string();
-            let load = |s: &Snapshot| s.loads.iter().find(|l| l.id == id).cloned();
-            if let (Some(x), Some(y)) = (load(a), load(b)) {
-                e["report_frames_out_per_s"] =
-                    json!(y.frames_out.saturating_sub(x.frames_out) as f64 / secs);
-                e["report_bytes_out_per_s"] =
-                    json!(y.bytes_out.saturating_sub(x.bytes_out) as f64 / secs);
-                e["report_msgs_dropped"] = json!(y.msgs_dropped.saturating_sub(x.msgs_dropped));
-                e["report_slow_closes"] = json!(y.slow_closes.saturating_sub(x.slow_closes));
-            }
-        }
-        Window {
-            secs,
-            published: b.published - a.published,
-            edge_cpu,
-            control_cpu: b.control.zip(a.control).map(|(y, x)| y - x),
-            clients_cpu: a
-                .clients
-                .iter()
-                .zip(&b.clients)
-                .filter_map(|(x, y)| Some((*y)? - (*x)?))
-                .sum(),
-            me_cpu: b.me - a.me,
-            host_busy: b.host.0 - a.host.0,
-            host_total: b.host.1 - a.host.1,
-            tcp: a
-                .tcp
-                .as_ref()
-                .zip(b.tcp.as_ref())
-                .map(|(x, y)| kernel_tcp::delta(x, y)),
         }
     }
-
-    /// The edges' own counters (from their `edge stats` log lines) over the window.
-    fn counters(a: &Snapshot, b: &Snapshot) -> Option<Value> {
-        let mut delta: BTreeMap<String, u64> = BTreeMap::new();
-        let mut any = false;
-        for (x, y) in a.counters.iter().zip(&b.counters) {
-            if let (Some(x), Some(y)) = (x, y) {
-                any = true;
-                for (k, vy) in y {
-                    *delta.entry(k.clone()).or_default() +=
-                        vy.saturating_sub(x.get(k).copied().unwrap_or(0));
-                }
-            }
-        }
-        let g = |k: &str| delta.get(k).copied().unwrap_or(0);
-        any.then(|| {
-            json!({
-                "source": "the edges' own `edge stats` log lines (1 s granularity) across the measured window",
-                "write_calls_per_flush": per(g("write_calls") as f64, g("flushes")),
-                "iovecs_per_write": per(g("write_iovecs") as f64, g("write_calls")),
-                "frames_per_flush": per(g("frames_queued") as f64, g("flushes")),
-                "delta": delta,
-            })
+    let g = |k: &str| delta.get(k).copied().unwrap_or(0);
+    any.then(|| {
+        json!({
+            "source": "the edges' own `edge stats` log lines (1 s granularity) across the measured window",
+            "write_calls_per_flush": per(g("write_calls") as f64, g("flushes")),
+            "iovecs_per_write": per(g("write_iovecs") as f64, g("write_calls")),
+            "frames_per_flush": per(g("frames_queued") as f64, g("flushes")),
+            "delta": delta,
         })
-    }
+    })
 }
 
 pub fn run(args: &RunArgs) -> i32 {
@@ -296,11 +181,7 @@ pub fn run(args: &RunArgs) -> i32 {
             say(&format!("bench: cannot install a signal handler: {e}"));
         }
     }
-    let mut ctx = Ctx {
-        stop,
-        kids: Kids::default(),
-        from_clients: None,
-    };
+    let mut ctx = Ctx::new(stop);
     let result = run_inner(args, &mut ctx);
     ctx.kids.shutdown();
     match result {
@@ -497,7 +378,7 @@ impl Run<'_> {
             .sleep(Duration::from_secs_f64(self.args.duration))?;
         let b = Snapshot::take(&self.system, &self.client_pids, None);
         self.tcp.peak_window = self.tcp.sampler.mark();
-        let w = Window::between(&a, &b, &mut self.edges_json);
+        let w = window_between(&a, &b, &mut self.edges_json);
         self.tcp.window = w.tcp.clone();
         let cpu = w.edge_cpu.unwrap_or(0.0);
         self.results["hold"] = json!({
@@ -518,16 +399,42 @@ impl Run<'_> {
             .map(|_| publish_sink(args, &self.system))
             .collect::<Res<Vec<_>>>()?;
         say(&format!(
-            "bench: publishing {} msg/s ({} B, priorities {}) to {} room(s) via {} ({} publisher thread(s)); warm-up {:.0} s, window {:.0} s",
-            args.rate,
+            "bench: publishing {} ({} B, priorities {}) to {} room(s) via {} ({} publisher thread(s){}); warm-up {:.0} s, window {:.0} s",
+            args.rate_text(),
             args.payload,
             args.priority_mix,
             picker.occupied().len(),
             serde_name(&args.publish_via),
             args.publishers,
+            if args.replay_batches {
+                format!(", each replaying one batch of {}", args.publish_batch)
+            } else {
+                String::new()
+            },
             args.warmup,
             args.duration
         ));
+        // --probe-rate: priority-0 messages one per request, on a connection of their own.
+        let probe = if args.probe_rate > 0.0 {
+            say(&format!(
+                "bench: probing with {} priority-0 msg/s, one per request",
+                args.probe_rate
+            ));
+            Some(Probe {
+                sink: publish_sink(args, &self.system)?,
+                plan: Plan {
+                    rooms: args.rooms,
+                    rate: args.probe_rate,
+                    payload: args.payload,
+                    mix: "0".parse().expect("priority 0 is a mix"),
+                    picker: RoomPicker::new(members, PublishSpread::Even),
+                    max_batch: 1,
+                    replay: false,
+                },
+            })
+        } else {
+            None
+        };
         let publisher = Publisher::start(
             sinks,
             Plan {
@@ -540,7 +447,9 @@ impl Run<'_> {
                     PublishVia::Control => args.publish_batch,
                     PublishVia::Link => 10_000,
                 },
+                replay: args.replay_batches,
             },
+            probe,
         );
         let state = Arc::clone(publisher.state());
         self.live.set_publisher(Some(Arc::clone(&state)));
@@ -551,15 +460,17 @@ impl Run<'_> {
         self.live.set_phase("window");
         self.ctx.tell_clients("start")?;
         self.tcp.sampler.mark();
+        state.measuring.store(true, Ordering::Relaxed);
         let a = Snapshot::take(&self.system, &self.client_pids, Some(&state));
         self.ctx.sleep(Duration::from_secs_f64(args.duration))?;
         self.ctx.tell_clients("end")?;
         let b = Snapshot::take(&self.system, &self.client_pids, Some(&state));
+        state.measuring.store(false, Ordering::Relaxed);
         self.tcp.peak_window = self.tcp.sampler.mark();
         self.live.set_phase("after");
-        let w = Window::between(&a, &b, &mut self.edges_json);
+        let w = window_between(&a, &b, &mut self.edges_json);
         self.tcp.window = w.tcp.clone();
-        if let Some(c) = Window::counters(&a, &b) {
+        if let Some(c) = edge_counters(&a, &b) {
             self.results["edge_counters"] = c;
         }
         if let (Some(bin), Some(secs)) = (strace_binary(args), args.strace) {
@@ -570,6 +481,18 @@ impl Run<'_> {
         self.live.set_publisher(None);
         let errors = state.errors.lock().expect("errors lock").clone();
         let calls = state.send_calls.load(Ordering::Relaxed);
+        let window_calls = state
+            .window_calls
+            .lock()
+            .expect("window calls lock")
+            .take()
+            .unwrap_or_else(new_latency_histogram);
+        let probe_calls = state
+            .probe_calls
+            .lock()
+            .expect("probe calls lock")
+            .take()
+            .unwrap_or_else(new_latency_histogram);
         self.results["publishing"] = json!({
             "total": published.iter().flatten().sum::<u64>(),
             "in_window": w.published,
@@ -581,7 +504,20 @@ impl Run<'_> {
             "send_calls": calls,
             "publishers": args.publishers,
             "send_ms_mean": per(state.send_us.load(Ordering::Relaxed) as f64 / 1000.0, calls),
+            "replay_batches": args.replay_batches,
+            // Each call is one POST /v1/messages (or one write to the edge links).
+            "window_calls": window_calls.len(),
+            "window_calls_per_s": window_calls.len() as f64 / w.secs,
+            "window_call_ms": report::latency_json(&window_calls),
         });
+        if args.probe_rate > 0.0 {
+            self.results["publishing"]["probe"] = json!({
+                "rate": args.probe_rate,
+                "window_calls": probe_calls.len(),
+                "window_calls_per_s": probe_calls.len() as f64 / w.secs,
+                "window_call_ms": report::latency_json(&probe_calls),
+            });
+        }
         self.results["window"] = json!({"secs": w.secs});
         say(&format!(
             "bench: published {} messages; draining",
@@ -685,13 +621,17 @@ impl Run<'_> {
         }
         if let Some(path) = &args.plot {
             let title = format!(
-                "roomcast-bench {}: {} {} conns, {} room(s) {}, {} msg/s (priorities {}) via {}, {} edge(s) [{}]",
+                "roomcast-bench {}: {} {} conns, {} room(s) {}, {} (priorities {}) via {}, {} edge(s) [{}]",
                 args.name(),
                 args.conns,
                 args.transport.name(),
                 args.rooms,
                 serde_name(&args.room_dist),
-                if args.hold_only { 0.0 } else { args.rate },
+                if args.hold_only {
+                    "0 msg/s".into()
+                } else {
+                    args.rate_text()
+                },
                 args.priority_mix,
                 serde_name(&args.publish_via),
                 self.system.edges.len(),

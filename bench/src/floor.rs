@@ -11,14 +11,43 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clap::ValueEnum;
+use clap::{Args, ValueEnum};
 use mio::{Events, Interest, Poll, Token};
 use roomcast_proto::client::encode_batch;
 use roomcast_proto::message::{PushMessage, Target};
+use std::path::PathBuf;
 
+use crate::client::Transport;
 use crate::dist::room_name;
 use crate::publish::message_data;
-use crate::{sys, FloorArgs};
+use crate::sys;
+
+/// `roomcast-bench floor`.
+#[derive(Args, Debug, Clone)]
+pub struct FloorArgs {
+    /// Loopback TCP connections (each takes two fds in this process).
+    #[arg(long, default_value_t = 5000)]
+    pub conns: usize,
+    /// Payload of the frame's one message, bytes (the frame adds the batch header).
+    #[arg(long, default_value_t = 128)]
+    pub payload: usize,
+    /// Rounds: each round writes the frame once to every connection.
+    #[arg(long, default_value_t = 200)]
+    pub iters: usize,
+    /// Syscall used for the writes: writev, or sendmsg with MSG_NOSIGNAL (what the edge's epoll
+    /// driver uses).
+    #[arg(long, value_enum, default_value_t = Syscall::Writev)]
+    pub syscall: Syscall,
+    /// Wire format of the frame.
+    #[arg(long, value_enum, default_value_t = Transport::Tcp)]
+    pub transport: Transport,
+    /// Split the frame into this many iovecs (the edge writes a header and a shared body).
+    #[arg(long, default_value_t = 1)]
+    pub iovecs: usize,
+    /// Write the results as JSON here.
+    #[arg(long)]
+    pub json_out: Option<PathBuf>,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Syscall {

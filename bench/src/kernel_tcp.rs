@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::progress::say;
 use crate::sys;
+use crate::term::say;
 
 /// The TcpExt counters of `/proc/net/netstat` a run reports.
 pub const NETSTAT: [&str; 10] = [

@@ -17,6 +17,7 @@ use roomcast_proto::message::{PushMessage, Target};
 use crate::dist::room_name;
 use crate::publish::{Outcome, Outgoing, Sink};
 use crate::system::EdgeLoad;
+use crate::term::say;
 
 /// One edge as its link shows it.
 pub struct EdgeLink {
@@ -99,7 +100,7 @@ impl LinkServer {
                             let s = Arc::clone(&s);
                             std::thread::spawn(move || s.serve(stream));
                         }
-                        Err(e) => crate::progress::say(&format!("link: accept failed: {e}")),
+                        Err(e) => say(&format!("link: accept failed: {e}")),
                     }
                 }
             })?;
@@ -117,7 +118,6 @@ impl LinkServer {
     }
 
     fn serve(self: Arc<Self>, mut stream: TcpStream) {
-        let say = crate::progress::say;
         let peer = stream
             .peer_addr()
             .map_or_else(|_| "?".to_string(), |a| a.to_string());

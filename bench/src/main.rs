@@ -4,26 +4,46 @@
 //!   test (the control plane and edges, or only edges when it plays the control plane on the edge
 //!   link itself), starts client processes (copies of itself running the hidden `client`
 //!   subcommand) that hold the viewer connections, publishes, and measures from the outside
-//!   (`/proc`, load reports, the edges' own counters, optionally `strace`).
+//!   (`/proc`, load reports, the edges' own counters, optionally `strace`). Against a running
+//!   control plane (`--no-spawn`), `bench/scenarios/control-publish.toml` and
+//!   `control-latency.toml` measure its publish path: throughput with publishers replaying
+//!   encoded batches (`--replay-batches`), the request round trip, and the control hop's latency
+//!   (`--probe-rate` under load).
 //! * `roomcast-bench floor` measures the cost of the bare syscall the edge is built around: one
 //!   pre-encoded frame written to many loopback sockets.
 //!
 //! Modules by job: [`scenario`] (the run's configuration), [`dist`] (who joins which room, which
 //! group, which priority), [`coord`] (the phases of a run), [`system`] (the processes and their
 //! view of themselves), [`publish`] with its sinks [`api`] (HTTP API) and [`linksrv`] (edge link),
-//! [`client`] (a client process) and [`msgs`] (what it tells the coordinator), [`progress`],
-//! [`report`], [`plot`], [`strace`], [`floor`], [`sys`].
+//! [`observer`] (the edges' load, through either), [`client`] (a client process) and [`msgs`]
+//! (what it tells the coordinator), [`progress`], [`report`], [`plot`], [`strace`], [`floor`],
+//! [`kernel_tcp`], [`sys`] (the OS), [`term`] (stderr).
 //!
 //! Every byte on the wire is produced and parsed by the engine's own codecs
 //! (`roomcast_proto`); this crate only adds sockets, clocks and bookkeeping.
 
-use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+// Module layering. A module uses only modules on the rows above its own, so the dependencies
+// form a DAG (`grep -n "^use crate::" bench/src/*.rs bench/src/*/*.rs` to check):
+//
+//   dist, msgs, sys, term        who is where and gets what; client <-> coordinator messages;
+//                                the OS; stderr and the progress line
+//   client, kernel_tcp, publish  a client process (owns Transport, ClientArgs); the kernel's TCP
+//                                counters; the publisher and its Sink, Outgoing, Outcome, Encoded
+//   floor, scenario              the syscall floor (FloorArgs); a run's configuration (RunArgs)
+//   system                       started processes and a run's hold on them (Ctx), the edges
+//                                under measurement (Measured) and their load (EdgeLoad), logs
+//   api, linksrv                 the control plane's API and the edge link: sinks, load readers
+//   observer                     the edges' load through either
+//   progress                     the live view (Live, Sample)
+//   plot, report                 the outputs; report owns the measured Window
+//   strace                       the syscall cross-check
+//   coord                        the phases of a run
+//   main                         the command line
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
-use roomcast_proto::client::WireFormat;
+use clap::{Parser, Subcommand};
 
-use crate::dist::RoomDist;
+use crate::client::ClientArgs;
+use crate::floor::FloorArgs;
 use crate::scenario::RunArgs;
 
 mod api;
@@ -34,6 +54,7 @@ mod floor;
 mod kernel_tcp;
 mod linksrv;
 mod msgs;
+mod observer;
 mod plot;
 mod progress;
 mod publish;
@@ -42,6 +63,7 @@ mod scenario;
 mod strace;
 mod sys;
 mod system;
+mod term;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -76,120 +98,6 @@ enum Command {
     /// (internal) A client process started by `run`; talks to the coordinator over stdin/stdout.
     #[command(hide = true)]
     Client(ClientArgs),
-}
-
-/// How the clients talk to the edge.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Transport {
-    /// WebSocket, JSON text frames.
-    WsJson,
-    /// WebSocket, binary frames.
-    WsBinary,
-    /// Raw TCP, length-prefixed binary frames (cheapest for the client).
-    Tcp,
-}
-
-impl Transport {
-    pub fn format(self) -> WireFormat {
-        match self {
-            Transport::WsJson => WireFormat::WsJson,
-            Transport::WsBinary => WireFormat::WsBinary,
-            Transport::Tcp => WireFormat::Tcp,
-        }
-    }
-
-    pub fn is_ws(self) -> bool {
-        self != Transport::Tcp
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Transport::WsJson => "ws-json",
-            Transport::WsBinary => "ws-binary",
-            Transport::Tcp => "tcp",
-        }
-    }
-}
-
-/// The hidden `client` subcommand: one client process, started by `run`.
-#[derive(Args, Debug, Clone)]
-pub struct ClientArgs {
-    #[arg(long)]
-    pub index: usize,
-    #[arg(long)]
-    pub conns: usize,
-    /// Global index of this process's first connection (rooms, groups and user ids derive from it).
-    #[arg(long)]
-    pub first: usize,
-    #[arg(long, value_enum)]
-    pub transport: Transport,
-    /// Edge addresses; connection i dials address i mod N.
-    #[arg(long, value_delimiter = ',', required = true)]
-    pub addrs: Vec<SocketAddr>,
-    #[arg(long)]
-    pub rooms: usize,
-    #[arg(long, value_enum)]
-    pub room_dist: RoomDist,
-    #[arg(long)]
-    pub zipf_exponent: f64,
-    #[arg(long)]
-    pub slow_readers: f64,
-    #[arg(long)]
-    pub churn: f64,
-    /// Reconnects per second of this process's churners.
-    #[arg(long)]
-    pub churn_rate: f64,
-    /// First source address; connection j of this process uses src_first + j / conns_per_ip.
-    #[arg(long)]
-    pub src_first: Ipv4Addr,
-    #[arg(long)]
-    pub conns_per_ip: usize,
-    #[arg(long, default_value_t = 2)]
-    pub threads: usize,
-    #[arg(long, default_value_t = 500)]
-    pub inflight: usize,
-    #[arg(long)]
-    pub jwt_secret: String,
-    /// Tokens to use instead of minting them, one per line, line i for global connection i.
-    #[arg(long)]
-    pub token_file: Option<PathBuf>,
-    #[arg(long, default_value_t = 20)]
-    pub ping_secs: u64,
-    /// SO_RCVBUF of each socket (0: the host default).
-    #[arg(long, default_value_t = 0)]
-    pub recv_buffer: usize,
-    /// Sleep after a busy poll, microseconds (0: none).
-    #[arg(long, default_value_t = 0)]
-    pub poll_interval_us: u64,
-    #[arg(long, default_value_t = 5)]
-    pub retries: u8,
-}
-
-#[derive(Args, Debug, Clone)]
-pub struct FloorArgs {
-    /// Loopback TCP connections (each takes two fds in this process).
-    #[arg(long, default_value_t = 5000)]
-    pub conns: usize,
-    /// Payload of the frame's one message, bytes (the frame adds the batch header).
-    #[arg(long, default_value_t = 128)]
-    pub payload: usize,
-    /// Rounds: each round writes the frame once to every connection.
-    #[arg(long, default_value_t = 200)]
-    pub iters: usize,
-    /// Syscall used for the writes: writev, or sendmsg with MSG_NOSIGNAL (what the edge's epoll
-    /// driver uses).
-    #[arg(long, value_enum, default_value_t = floor::Syscall::Writev)]
-    pub syscall: floor::Syscall,
-    /// Wire format of the frame.
-    #[arg(long, value_enum, default_value_t = Transport::Tcp)]
-    pub transport: Transport,
-    /// Split the frame into this many iovecs (the edge writes a header and a shared body).
-    #[arg(long, default_value_t = 1)]
-    pub iovecs: usize,
-    /// Write the results as JSON here.
-    #[arg(long)]
-    pub json_out: Option<PathBuf>,
 }
 
 fn main() {

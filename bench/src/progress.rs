@@ -3,7 +3,7 @@
 //! [`Sample`] per second — the timeline behind `--plot` and the JSON — and shows the newest on
 //! stderr: redrawn in place on a terminal, one line every five seconds otherwise.
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -13,35 +13,10 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::msgs::{add_pairs, new_tick_histogram, Tick};
+use crate::observer::Observer;
 use crate::publish::PubState;
 use crate::sys;
-use crate::system::Observer;
-
-/// Whether a progress line is on screen now (terminal mode).
-static LINE_SHOWN: AtomicBool = AtomicBool::new(false);
-static STDERR: Mutex<()> = Mutex::new(());
-
-/// Prints a line on stderr, above the progress line if one is shown.
-pub fn say(msg: &str) {
-    let _guard = STDERR.lock().unwrap_or_else(|e| e.into_inner());
-    let mut err = std::io::stderr().lock();
-    if LINE_SHOWN.swap(false, Ordering::Relaxed) {
-        let _ = write!(err, "\r\x1b[K");
-    }
-    let _ = writeln!(err, "{msg}");
-}
-
-fn show(line: &str, terminal: bool) {
-    let _guard = STDERR.lock().unwrap_or_else(|e| e.into_inner());
-    let mut err = std::io::stderr().lock();
-    if terminal {
-        let _ = write!(err, "\r\x1b[K{line}");
-        LINE_SHOWN.store(true, Ordering::Relaxed);
-    } else {
-        let _ = writeln!(err, "{line}");
-    }
-    let _ = err.flush();
-}
+use crate::term;
 
 /// One second of the run.
 #[derive(Debug, Clone, Serialize)]
@@ -229,12 +204,10 @@ impl Live {
                     let sample = live.sample(&observer, &mut totals);
                     n += 1;
                     if terminal || n % 5 == 0 {
-                        show(&live.line(&sample, target_conns), terminal);
+                        term::show(&live.line(&sample, target_conns), terminal);
                     }
                 }
-                if LINE_SHOWN.swap(false, Ordering::Relaxed) {
-                    eprint!("\r\x1b[K");
-                }
+                term::clear();
             })
             .expect("spawn progress thread");
         Progress {

@@ -1,6 +1,11 @@
-//! The publisher: a thread that sends messages at a fixed rate, each to the room and with the
-//! priority the plan picks, through a [`Sink`] (the control plane's HTTP API or the edge links),
-//! and counts what was accepted per room and priority, which is what the clients should receive.
+//! The publisher: a thread that sends messages at a fixed rate (or as fast as the sink takes
+//! them), each to the room and with the priority the plan picks, through a [`Sink`] (the control
+//! plane's HTTP API or the edge links), and counts what was accepted per room and priority, which
+//! is what the clients should receive.
+//!
+//! With `--replay-batches` each thread encodes its batch once ([`Sink::encode`]) and sends the
+//! same bytes again and again, only the messages' timestamps stamped in place ([`Encoded`]): the
+//! publisher then costs next to nothing, and the host is left to the system under test.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -9,9 +14,11 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use hdrhistogram::Histogram;
 use roomcast_proto::message::PRIORITIES;
 
 use crate::dist::{PriorityMix, RoomPicker};
+use crate::msgs::new_latency_histogram;
 use crate::sys;
 
 /// One message to publish.
@@ -36,17 +43,75 @@ pub enum Outcome {
 pub trait Sink: Send {
     /// Publishes `msgs` in order; one outcome per message.
     fn send(&mut self, msgs: &[Outgoing]) -> Vec<Outcome>;
+
+    /// Encodes `msgs` once, for [`Sink::send_encoded`] to send again and again; `None` when this
+    /// sink cannot (the edge link numbers every message itself).
+    fn encode(&self, _msgs: &[Outgoing]) -> Option<Encoded> {
+        None
+    }
+
+    /// Publishes a batch of `n` messages that [`Sink::encode`] made; one outcome per message.
+    fn send_encoded(&mut self, _batch: &Encoded, n: usize) -> Vec<Outcome> {
+        vec![Outcome::Rejected("this sink cannot replay a batch".into()); n]
+    }
+}
+
+/// A batch a sink encoded once, sent again and again with fresh timestamps (`--replay-batches`).
+pub struct Encoded {
+    pub body: Vec<u8>,
+    /// Where each message's [`TS_DIGITS`] `ts` digits start in `body`.
+    pub ts_at: Vec<usize>,
+}
+
+impl Encoded {
+    /// Sets every message's `ts` to `ts` (unix µs), in place.
+    pub fn stamp(&mut self, ts: u64) {
+        let mut digits = [b'0'; TS_DIGITS];
+        let mut v = ts;
+        for d in digits.iter_mut().rev() {
+            *d = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+        for &at in &self.ts_at {
+            self.body[at..at + TS_DIGITS].copy_from_slice(&digits);
+        }
+    }
+}
+
+/// Digits of a `ts` in [`message_data`]: unix microseconds have 16 from 2001 to 2286.
+pub const TS_DIGITS: usize = 16;
+
+/// Where the `ts` digits of [`message_data`] start in `data`, when there are [`TS_DIGITS`].
+pub fn ts_digits_at(data: &[u8]) -> Option<usize> {
+    const HEAD: &[u8] = b"{\"ts\":";
+    let digits = data.strip_prefix(HEAD)?;
+    let n = digits.iter().take_while(|b| b.is_ascii_digit()).count();
+    (n == TS_DIGITS).then_some(HEAD.len())
 }
 
 /// What to publish.
 pub struct Plan {
     pub rooms: usize,
+    /// Messages per second over all threads; 0: as fast as the sinks take them.
     pub rate: f64,
     pub payload: usize,
     pub mix: PriorityMix,
     pub picker: RoomPicker,
     /// Most messages handed to the sink at once.
     pub max_batch: usize,
+    /// Each thread sends one batch of `max_batch` messages, encoded once, again and again.
+    pub replay: bool,
+}
+
+impl Plan {
+    /// The `n`-th message of the plan, stamped now.
+    fn message(&self, n: u64) -> Outgoing {
+        Outgoing {
+            room: self.picker.room(n),
+            priority: self.mix.priority(n),
+            data: message_data(sys::unix_micros(), self.payload),
+        }
+    }
 }
 
 /// Counters shared with the coordinator.
@@ -65,6 +130,20 @@ pub struct PubState {
     /// Wall time spent inside the sink, µs (the publish round trip).
     pub send_us: AtomicU64,
     pub send_calls: AtomicU64,
+    /// Set by the coordinator for the measured window: sink calls are timed into `window_calls`.
+    pub measuring: AtomicBool,
+    /// The round trip (µs) of every sink call made while `measuring`, from every thread once the
+    /// publisher has stopped.
+    pub window_calls: Mutex<Option<Histogram<u64>>>,
+    /// The probe's calls in the window, likewise.
+    pub probe_calls: Mutex<Option<Histogram<u64>>>,
+}
+
+/// A publisher thread of its own beside the load (`--probe-rate`): its own sink (connection) and
+/// plan, counted with the load's messages but timed apart.
+pub struct Probe {
+    pub sink: Box<dyn Sink>,
+    pub plan: Plan,
 }
 
 /// A running publisher: one thread per sink.
@@ -76,8 +155,9 @@ pub struct Publisher {
 
 impl Publisher {
     /// Starts one thread per sink; thread `j` of `n` publishes messages `j`, `j + n`, … at
-    /// `rate / n`, so rooms and priorities follow the plan whatever `n` is.
-    pub fn start(sinks: Vec<Box<dyn Sink>>, plan: Plan) -> Publisher {
+    /// `rate / n`, so rooms and priorities follow the plan whatever `n` is. A probe runs its own
+    /// plan on one more thread.
+    pub fn start(sinks: Vec<Box<dyn Sink>>, plan: Plan, probe: Option<Probe>) -> Publisher {
         let stop = Arc::new(AtomicBool::new(false));
         let state = Arc::new(PubState {
             per_room: Mutex::new(vec![[0; PRIORITIES]; plan.rooms.max(1)]),
@@ -85,7 +165,7 @@ impl Publisher {
         });
         let plan = Arc::new(plan);
         let lanes = sinks.len() as u64;
-        let threads = sinks
+        let mut threads: Vec<JoinHandle<()>> = sinks
             .into_iter()
             .enumerate()
             .map(|(j, sink)| {
@@ -96,10 +176,19 @@ impl Publisher {
                 };
                 std::thread::Builder::new()
                     .name(format!("publisher-{j}"))
-                    .spawn(move || publish_loop(sink, &plan, lane, &s, &st))
+                    .spawn(move || publish_loop(sink, &plan, lane, &s, &st, false))
                     .expect("spawn publisher")
             })
             .collect();
+        if let Some(Probe { sink, plan }) = probe {
+            let (s, st) = (Arc::clone(&stop), Arc::clone(&state));
+            let lane = Lane { index: 0, of: 1 };
+            let thread = std::thread::Builder::new()
+                .name("publish-probe".into())
+                .spawn(move || publish_loop(sink, &plan, lane, &s, &st, true))
+                .expect("spawn the probe");
+            threads.push(thread);
+        }
         Publisher {
             stop,
             state,
@@ -156,62 +245,107 @@ fn publish_loop(
     lane: Lane,
     stop: &AtomicBool,
     state: &PubState,
+    probe: bool,
 ) {
+    // --replay-batches: this thread's one batch, encoded once.
+    let mut replay = None;
+    if plan.replay {
+        let msgs: Vec<Outgoing> = (0..plan.max_batch as u64)
+            .map(|j| plan.message(j * lane.of + lane.index))
+            .collect();
+        match sink.encode(&msgs) {
+            Some(encoded) => replay = Some((msgs, encoded)),
+            None => {
+                let mut errors = state.errors.lock().expect("errors lock");
+                *errors
+                    .entry("this sink cannot replay a batch".into())
+                    .or_default() += 1;
+                return;
+            }
+        }
+    }
+    // A round sends everything due, or (replaying) one whole batch once it is due.
+    let round = replay.as_ref().map_or(1, |(msgs, _)| msgs.len() as u64);
     let rate = plan.rate / lane.of as f64;
     let interval = Duration::from_secs_f64(1.0 / rate.max(1e-6));
     let start = Instant::now();
     let mut sent: u64 = 0;
     let mut batch: Vec<Outgoing> = Vec::new();
+    let mut calls = new_latency_histogram();
     while !stop.load(Ordering::Relaxed) {
-        let now = Instant::now();
-        let due = (now.duration_since(start).as_secs_f64() * rate) as u64 + 1;
-        if due <= sent {
-            let next = start + interval.mul_f64(sent as f64);
-            std::thread::sleep(
-                next.saturating_duration_since(now)
-                    .min(Duration::from_millis(50)),
-            );
-            continue;
-        }
-        if due - sent > (rate / 10.0).max(1.0) as u64 + 1 {
-            state.late_rounds.fetch_add(1, Ordering::Relaxed);
-        }
-        batch.clear();
-        let until = due.min(sent + plan.max_batch as u64);
-        while sent < until {
-            let n = sent * lane.of + lane.index;
-            batch.push(Outgoing {
-                room: plan.picker.room(n),
-                priority: plan.mix.priority(n),
-                data: message_data(sys::unix_micros(), plan.payload),
-            });
-            sent += 1;
-        }
-        let t0 = Instant::now();
-        let results = sink.send(&batch);
-        state
-            .send_us
-            .fetch_add(t0.elapsed().as_micros() as u64, Ordering::Relaxed);
-        state.send_calls.fetch_add(1, Ordering::Relaxed);
-        let mut accepted = 0;
-        {
-            let mut per_room = state.per_room.lock().expect("per-room lock");
-            let mut errors = state.errors.lock().expect("errors lock");
-            for (m, outcome) in batch.iter().zip(results) {
-                match outcome {
-                    Outcome::Routed | Outcome::Unrouted => {
-                        if outcome == Outcome::Unrouted {
-                            state.unrouted.fetch_add(1, Ordering::Relaxed);
-                        }
-                        per_room[m.room][usize::from(m.priority)] += 1;
-                        accepted += 1;
-                    }
-                    Outcome::Rejected(e) => *errors.entry(e).or_default() += 1,
-                }
+        // Paced: message k is due k / rate seconds after the start. Unpaced: everything is.
+        let due = if rate > 0.0 {
+            let now = Instant::now();
+            let due = (now.duration_since(start).as_secs_f64() * rate) as u64 + 1;
+            if due < sent + round {
+                let next = start + interval.mul_f64((sent + round - 1) as f64);
+                std::thread::sleep(
+                    next.saturating_duration_since(now)
+                        .min(Duration::from_millis(50)),
+                );
+                continue;
+            }
+            if due - (sent + round - 1) > (rate / 10.0).max(1.0) as u64 + 1 {
+                state.late_rounds.fetch_add(1, Ordering::Relaxed);
+            }
+            due
+        } else {
+            u64::MAX
+        };
+        match &mut replay {
+            Some((_, encoded)) => encoded.stamp(sys::unix_micros()),
+            None => {
+                batch.clear();
+                let until = due.min(sent + plan.max_batch as u64);
+                batch.extend((sent..until).map(|k| plan.message(k * lane.of + lane.index)));
             }
         }
-        state.published.fetch_add(accepted, Ordering::Relaxed);
+        let t0 = Instant::now();
+        let (msgs, results) = match &replay {
+            Some((msgs, encoded)) => (&msgs[..], sink.send_encoded(encoded, msgs.len())),
+            None => (&batch[..], sink.send(&batch)),
+        };
+        let took = t0.elapsed().as_micros() as u64;
+        sent += msgs.len() as u64;
+        state.send_us.fetch_add(took, Ordering::Relaxed);
+        state.send_calls.fetch_add(1, Ordering::Relaxed);
+        if state.measuring.load(Ordering::Relaxed) {
+            let _ = calls.record(took.max(1));
+        }
+        account(state, msgs, results);
     }
+    let all_calls = if probe {
+        &state.probe_calls
+    } else {
+        &state.window_calls
+    };
+    let mut window_calls = all_calls.lock().expect("window calls lock");
+    match window_calls.as_mut() {
+        Some(all) => all.add(&calls).expect("same histogram bounds"),
+        None => *window_calls = Some(calls),
+    }
+}
+
+/// Counts what the sink accepted (per room and priority) and rejected (by error).
+fn account(state: &PubState, msgs: &[Outgoing], results: Vec<Outcome>) {
+    let mut accepted = 0;
+    {
+        let mut per_room = state.per_room.lock().expect("per-room lock");
+        let mut errors = state.errors.lock().expect("errors lock");
+        for (m, outcome) in msgs.iter().zip(results) {
+            match outcome {
+                Outcome::Routed | Outcome::Unrouted => {
+                    if outcome == Outcome::Unrouted {
+                        state.unrouted.fetch_add(1, Ordering::Relaxed);
+                    }
+                    per_room[m.room][usize::from(m.priority)] += 1;
+                    accepted += 1;
+                }
+                Outcome::Rejected(e) => *errors.entry(e).or_default() += 1,
+            }
+        }
+    }
+    state.published.fetch_add(accepted, Ordering::Relaxed);
 }
 
 #[cfg(test)]
@@ -228,5 +362,29 @@ mod tests {
                 assert_eq!(d.len(), size);
             }
         }
+    }
+
+    #[test]
+    fn a_stamp_rewrites_every_timestamp_in_place() {
+        let data = message_data(1_700_000_000_000_000, 64);
+        let at = ts_digits_at(&data).expect("a 16-digit ts");
+        let mut body = b"[".to_vec();
+        let mut ts_at = Vec::new();
+        for i in 0..3 {
+            if i > 0 {
+                body.push(b',');
+            }
+            ts_at.push(body.len() + at);
+            body.extend_from_slice(&data);
+        }
+        body.push(b']');
+        let mut encoded = Encoded { body, ts_at };
+        encoded.stamp(1_800_000_000_123_456);
+        let v: serde_json::Value = serde_json::from_slice(&encoded.body).unwrap();
+        for m in v.as_array().unwrap() {
+            assert_eq!(m["ts"], 1_800_000_000_123_456u64);
+            assert_eq!(m["pad"].as_str().unwrap().len(), 64 - 32, "the same size");
+        }
+        assert_eq!(ts_digits_at(&message_data(12, 64)), None, "not 16 digits");
     }
 }

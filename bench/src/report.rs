@@ -8,14 +8,30 @@ use hdrhistogram::Histogram;
 use roomcast_proto::message::PRIORITIES;
 use serde_json::{json, Value};
 
-use crate::coord::{Measured, Window};
 use crate::dist::Group;
 use crate::floor::FloorResult;
+use crate::kernel_tcp::Counters;
 use crate::msgs::{add_counts, add_pairs, histogram_of, new_latency_histogram, Connected, Report};
 use crate::progress::rate;
-use crate::scenario::RunArgs;
+use crate::scenario::{rate_text, RunArgs};
 use crate::sys::{KernelMem, ProcMem};
-use crate::system::{self, EdgeLoad};
+use crate::system::{self, EdgeLoad, Measured};
+
+/// What changed over the measured window (or the hold) between two snapshots the coordinator
+/// took: the raw measurements the CPU figures are made of.
+pub struct Window {
+    pub secs: f64,
+    pub published: u64,
+    pub edge_cpu: Option<f64>,
+    pub control_cpu: Option<f64>,
+    pub clients_cpu: f64,
+    /// The coordinator's own.
+    pub me_cpu: f64,
+    pub host_busy: f64,
+    pub host_total: f64,
+    /// The kernel's TCP counters over the window.
+    pub tcp: Option<Counters>,
+}
 
 /// `v / n`, 0 when `n` is 0.
 pub fn per(v: f64, n: u64) -> f64 {
@@ -457,9 +473,12 @@ pub fn print_table(r: &Value) {
     }
     if let Some(p) = r.get("publishing") {
         println!(
-            "publishing     {:.1} msg/s achieved of {} (mix {}, {} B) via {}: {} in the {:.1} s window, {} in all; errors {}{}",
+            "publishing     {:.1} msg/s achieved {} (mix {}, {} B) via {}: {} in the {:.1} s window, {} in all; errors {}{}",
             f(&p["rate_in_window"]),
-            c["rate"],
+            match rate_text(f(&c["rate"])).as_str() {
+                "unpaced" => "unpaced".to_string(),
+                requested => format!("of {requested}"),
+            },
             c["priority_mix"].as_str().unwrap_or("?"),
             c["payload"],
             c["publish_via"].as_str().unwrap_or("?"),
@@ -473,6 +492,42 @@ pub fn print_table(r: &Value) {
                 String::new()
             }
         );
+        if p["window_calls"].as_u64().is_some_and(|n| n > 0) {
+            let l = &p["window_call_ms"];
+            println!(
+                "publish calls  {} {} in the window = {}/s{}: round trip p50 {} p90 {} p99 {} p99.9 {} max {} ms",
+                p["window_calls"],
+                if c["publish_via"] == "control" {
+                    "POST /v1/messages"
+                } else {
+                    "writes to the edge links"
+                },
+                rate(f(&p["window_calls_per_s"])),
+                if p["replay_batches"] == true {
+                    format!(", each the same batch of {} replayed", c["publish_batch"])
+                } else {
+                    String::new()
+                },
+                ms(&l["p50"]),
+                ms(&l["p90"]),
+                ms(&l["p99"]),
+                ms(&l["p999"]),
+                ms(&l["max"]),
+            );
+        }
+        if let Some(probe) = p.get("probe") {
+            let l = &probe["window_call_ms"];
+            println!(
+                "probe calls    {} POST /v1/messages of one priority-0 message in the window = {}/s, on a connection of their own: round trip p50 {} p90 {} p99 {} p99.9 {} max {} ms",
+                probe["window_calls"],
+                rate(f(&probe["window_calls_per_s"])),
+                ms(&l["p50"]),
+                ms(&l["p90"]),
+                ms(&l["p99"]),
+                ms(&l["p999"]),
+                ms(&l["max"]),
+            );
+        }
     }
     if let Some(k) = r.get("kernel_tcp") {
         for line in kernel_tcp_lines(k) {
@@ -784,10 +839,11 @@ pub fn summary(r: &Value) -> String {
     }
     if let Some(d) = r.get("delivery") {
         s += &format!(
-            "; {} msg/s ({}) via {}: {} msg/s delivered in {} frames/s",
-            c["rate"],
+            "; {} ({}) via {}: {} msg/s published, {} msg/s delivered in {} frames/s",
+            rate_text(f(&c["rate"])),
             c["priority_mix"].as_str().unwrap_or("?"),
             c["publish_via"].as_str().unwrap_or("?"),
+            rate(f(&r["publishing"]["rate_in_window"])),
             rate(f(&d["msgs_per_s"])),
             rate(f(&d["frames_per_s"])),
         );
@@ -817,7 +873,11 @@ pub fn summary(r: &Value) -> String {
             }
         }
         if cpu["control_us_per_published"].is_number() {
-            s += &format!(", control {:.2} cores", f(&cpu["control_cores"]));
+            s += &format!(
+                ", control {:.2} cores ({:.2} us/msg)",
+                f(&cpu["control_cores"]),
+                f(&cpu["control_us_per_published"])
+            );
         }
     }
     s

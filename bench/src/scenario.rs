@@ -11,8 +11,8 @@ use clap::{Parser, ValueEnum};
 use roomcast_ops::config::load_layered;
 use serde::{Deserialize, Serialize};
 
+use crate::client::Transport;
 use crate::dist::{Population, PriorityMix, PublishSpread, RoomDist};
-use crate::Transport;
 
 /// The control plane's development API key (what `roomcast-control` accepts when none is set).
 pub const DEV_API_KEY: &str = "roomcast-dev-api-key";
@@ -207,7 +207,8 @@ pub struct RunArgs {
     pub churn_rate: f64,
 
     // ---- publishing ----
-    /// Published messages per second, across all rooms.
+    /// Published messages per second, across all rooms (0: as fast as the control plane or the
+    /// edge links take them).
     #[arg(long, default_value_t = 10.0)]
     pub rate: f64,
 
@@ -233,6 +234,22 @@ pub struct RunArgs {
     /// near 0.7M msg/s, below what the control plane takes.
     #[arg(long, default_value_t = 1)]
     pub publishers: usize,
+
+    /// Each publisher thread encodes one batch of --publish-batch messages once and POSTs the same
+    /// bytes again and again, only the messages' timestamps stamped in place (--publish-via
+    /// control): the publisher then takes a fraction of the CPU, and the host is left to the
+    /// system under test. Every request carries the same rooms and priorities; with --rate it
+    /// waits until a whole batch is due.
+    #[arg(long)]
+    pub replay_batches: bool,
+
+    /// Also publish this many priority-0 messages per second, one per request, from a publisher
+    /// thread with an HTTP connection of its own, round-robin over the occupied rooms
+    /// (--publish-via control; 0: none). Their publish -> receive latency is the P0 row when the
+    /// load has no priority 0, and their request round trip is reported apart: the control hop's
+    /// latency under the load.
+    #[arg(long, default_value_t = 0.0)]
+    pub probe_rate: f64,
 
     // ---- timing ----
     /// Length of the measured window, seconds.
@@ -305,8 +322,11 @@ impl RunArgs {
         if self.conns == 0 || self.rooms == 0 {
             return Err("--conns and --rooms must be positive".into());
         }
-        if !self.hold_only && self.rate <= 0.0 {
-            return Err("--rate must be positive (or use --hold-only)".into());
+        if self.rate.is_nan() || self.rate < 0.0 {
+            return Err("--rate must be positive, or 0 for as fast as they are taken".into());
+        }
+        if self.probe_rate.is_nan() || self.probe_rate < 0.0 {
+            return Err("--probe-rate must be positive, or 0 for no probe".into());
         }
         if self.zipf_exponent <= 0.0 {
             return Err("--zipf-exponent must be positive".into());
@@ -328,6 +348,9 @@ impl RunArgs {
             return Err("--publishers above 1 needs --publish-via control".into());
         }
         if self.publish_via == PublishVia::Link {
+            if self.replay_batches || self.probe_rate > 0.0 {
+                return Err("--replay-batches and --probe-rate need --publish-via control".into());
+            }
             if self.use_dispatch {
                 return Err("--use-dispatch needs --publish-via control".into());
             }
@@ -349,12 +372,26 @@ impl RunArgs {
         )
     }
 
+    /// `100 msg/s`, or `unpaced` for --rate 0.
+    pub fn rate_text(&self) -> String {
+        rate_text(self.rate)
+    }
+
     /// The scenario's name: its file stem, or `custom`.
     pub fn name(&self) -> String {
         self.scenario
             .as_ref()
             .and_then(|p| p.file_stem())
             .map_or_else(|| "custom".into(), |s| s.to_string_lossy().into_owned())
+    }
+}
+
+/// A requested publish rate: `100 msg/s`, or `unpaced` for 0.
+pub fn rate_text(rate: f64) -> String {
+    if rate == 0.0 {
+        "unpaced".into()
+    } else {
+        format!("{rate} msg/s")
     }
 }
 
@@ -413,6 +450,13 @@ mod tests {
     fn rejects_impossible_combinations() {
         assert!(load(&["--slow-readers", "0.6", "--churn", "0.5"]).is_err());
         assert!(load(&["--publish-via", "link", "--use-dispatch"]).is_err());
+        assert!(load(&["--publish-via", "link", "--replay-batches"]).is_err());
+        assert!(load(&["--publish-via", "link", "--probe-rate", "100"]).is_err());
+        assert!(load(&["--rate=-1"]).is_err());
+        assert!(
+            load(&["--rate", "0", "--replay-batches"]).is_ok(),
+            "0 is unpaced"
+        );
         assert!(load(&["--use-dispatch"]).is_ok(), "control is the default");
     }
 }

@@ -9,11 +9,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::coord::{Ctx, Measured};
-use crate::progress::say;
 use crate::report::per;
 use crate::sys;
-use crate::system::wait_all;
+use crate::system::{wait_all, Ctx, Measured};
+use crate::term::say;
 
 /// Runs `strace -f` on every measured edge for `secs` seconds while publishing continues, and
 /// relates its write syscalls to the frames the clients received meanwhile. Each worker's loop

@@ -1,21 +1,22 @@
 //! The system under test: the processes the bench starts (edges, control plane, client
-//! processes), their logs, and what the edges say about their load — over the link, or through
-//! the control plane's API.
+//! processes) and a run's hold on them ([`Ctx`]), their logs, the edges under measurement, and
+//! what the edges say about their load ([`EdgeLoad`]; read by [`crate::observer`]).
 
 use std::collections::BTreeMap;
 use std::fs::File;
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::api::Api;
-use crate::dist::room_name;
-use crate::linksrv::LinkServer;
-use crate::progress::say;
+use crate::msgs::{ClientMsg, Snap};
 use crate::scenario::RunArgs;
 use crate::sys;
+use crate::term::say;
 
 /// The edges to start.
 pub struct EdgePlan {
@@ -40,6 +41,119 @@ pub struct ClientProc {
     pub stdin: Option<ChildStdin>,
 }
 
+/// What a running benchmark holds: its stop flag (Ctrl-C), its children, and what its client
+/// processes say (one line each, by process index; `None` when one ended).
+pub struct Ctx {
+    stop: Arc<AtomicBool>,
+    pub kids: Kids,
+    pub from_clients: Option<Receiver<(usize, Option<ClientMsg>)>>,
+}
+
+impl Ctx {
+    pub fn new(stop: Arc<AtomicBool>) -> Ctx {
+        Ctx {
+            stop,
+            kids: Kids::default(),
+            from_clients: None,
+        }
+    }
+
+    /// Sleeps, checking for Ctrl-C and dead children every 100 ms.
+    pub fn sleep(&mut self, d: Duration) -> Result<(), String> {
+        let until = Instant::now() + d;
+        loop {
+            self.check()?;
+            let now = Instant::now();
+            if now >= until {
+                return Ok(());
+            }
+            std::thread::sleep((until - now).min(Duration::from_millis(100)));
+        }
+    }
+
+    /// Fails on Ctrl-C, or when a started process has exited.
+    pub fn check(&mut self) -> Result<(), String> {
+        if self.stop.load(Ordering::Relaxed) {
+            return Err("interrupted".into());
+        }
+        self.kids.check_alive()
+    }
+
+    /// Sends one command line to every client process.
+    pub fn tell_clients(&mut self, line: &str) -> Result<(), String> {
+        for (i, c) in self.kids.clients.iter_mut().enumerate() {
+            let stdin = c.stdin.as_mut().ok_or("client stdin closed")?;
+            writeln!(stdin, "{line}")
+                .and_then(|()| stdin.flush())
+                .map_err(|e| format!("cannot talk to client process {i}: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// Waits for one message per client process that `pick` accepts.
+    pub fn collect<T>(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        mut pick: impl FnMut(ClientMsg) -> Option<T>,
+    ) -> Result<Vec<T>, String> {
+        let n = self.kids.clients.len();
+        let mut got: Vec<Option<T>> = (0..n).map(|_| None).collect();
+        let deadline = Instant::now() + timeout;
+        while got.iter().any(Option::is_none) {
+            self.check()?;
+            if Instant::now() >= deadline {
+                let missing: Vec<usize> = (0..n).filter(|&i| got[i].is_none()).collect();
+                return Err(format!(
+                    "timed out after {timeout:?} waiting for {what} from client processes {missing:?}"
+                ));
+            }
+            let rx = self.from_clients.as_ref().ok_or("no clients")?;
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok((i, Some(msg))) => {
+                    if let Some(v) = pick(msg) {
+                        got[i] = Some(v);
+                    }
+                }
+                Ok((i, None)) => {
+                    return Err(format!("client process {i} ended while waiting for {what}"))
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return Err("client output closed".into()),
+            }
+        }
+        Ok(got.into_iter().map(|g| g.expect("all present")).collect())
+    }
+
+    /// Asks every client process for its counters now (`snap <tag>`) and adds them up.
+    pub fn snap(&mut self, tag: &str) -> Result<Snap, String> {
+        self.tell_clients(&format!("snap {tag}"))?;
+        let snaps = self.collect("snapshot", Duration::from_secs(20), |m| match m {
+            ClientMsg::Snap(s) => Some(s),
+            _ => None,
+        })?;
+        let mut all = Snap {
+            tag: tag.into(),
+            ..Snap::default()
+        };
+        for s in snaps {
+            all.frames += s.frames;
+            all.msgs += s.msgs;
+            all.open += s.open;
+        }
+        Ok(all)
+    }
+}
+
+/// One edge under measurement.
+pub struct Measured {
+    pub id: String,
+    pub pid: Option<u32>,
+    pub driver: String,
+    /// Its log, when the bench started it.
+    pub log: Option<PathBuf>,
+}
+
 /// Every child process the bench started; stopped (by PID) on shutdown and when dropped.
 #[derive(Default)]
 pub struct Kids {
@@ -59,7 +173,6 @@ impl Kids {
         // Clients exit on `exit` (or when their stdin closes); kill what is left after a while.
         for c in &mut self.clients {
             if let Some(mut stdin) = c.stdin.take() {
-                use std::io::Write;
                 let _ = writeln!(stdin, "exit");
             }
         }
@@ -270,80 +383,6 @@ pub struct EdgeLoad {
     pub bytes_out: u64,
     pub msgs_dropped: u64,
     pub slow_closes: u64,
-}
-
-/// Where the edges' load reports are read: the bench's own link server, or the control plane.
-pub enum Observer {
-    Link(Arc<LinkServer>),
-    Control(Mutex<Api>),
-}
-
-impl Observer {
-    /// Every live edge's newest load report (empty when it cannot be read).
-    pub fn edges(&self) -> Vec<EdgeLoad> {
-        match self {
-            Observer::Link(server) => server
-                .live()
-                .iter()
-                .filter_map(|e| e.load())
-                .map(|(_, load)| load)
-                .collect(),
-            Observer::Control(api) => api.lock().expect("api lock").edges().unwrap_or_default(),
-        }
-    }
-
-    /// Members of each room in `rooms`, summed over the edges.
-    pub fn room_members(&self, rooms: &[usize]) -> Result<BTreeMap<usize, u64>, String> {
-        let mut members = BTreeMap::new();
-        match self {
-            Observer::Link(server) => {
-                let edges = server.live();
-                for &r in rooms {
-                    let name = room_name(r);
-                    members.insert(r, edges.iter().map(|e| e.members(&name)).sum());
-                }
-            }
-            Observer::Control(api) => {
-                let mut api = api.lock().expect("api lock");
-                for &r in rooms {
-                    members.insert(r, api.room(&room_name(r))?.online);
-                }
-            }
-        }
-        Ok(members)
-    }
-
-    /// The control plane's rate level and tick of `room` (through the API only).
-    pub fn room_level(&self, room: usize) -> Option<(u8, u32)> {
-        match self {
-            Observer::Link(_) => None,
-            Observer::Control(api) => {
-                let view = api.lock().expect("api lock").room(&room_name(room)).ok()?;
-                Some((view.level, view.tick_ms))
-            }
-        }
-    }
-
-    /// Waits until a load report newer than now has come from every edge (about one report
-    /// interval), so that what it says covers everything done before the call.
-    pub fn wait_fresh(&self) {
-        match self {
-            Observer::Link(server) => {
-                let since = Instant::now();
-                let deadline = since + Duration::from_secs(3);
-                while Instant::now() < deadline
-                    && !server
-                        .live()
-                        .iter()
-                        .all(|e| e.load().is_some_and(|(at, _)| at > since))
-                {
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-            }
-            // The control plane answers from reports that arrive every second.
-            Observer::Control(_) => std::thread::sleep(Duration::from_millis(2200)),
-        }
-    }
 }
 
 /// The end of a log file, without colour codes.

@@ -4,13 +4,16 @@
 //! order, in sane time, and that the edge's own connection count matches the clients'.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use roomcast_tests::drivers;
 use roomcast_tests::process::{free_local_addrs, CONTROL_BINARY, EDGE_BINARY};
 use serde_json::Value;
+
+mod common;
+
+use common::{run_bench, scenario};
 
 /// One run may take this long (it takes about 12 s).
 const RUN_LIMIT: Duration = Duration::from_secs(60);
@@ -29,21 +32,16 @@ fn control_binary() -> &'static Path {
 /// `roomcast-bench run <big-room scenario, scaled down> --publish-via <via>
 /// --edge-arg=--io=<io>`; its JSON result.
 fn run_small_scenario(via: &str, io: &str) -> Value {
-    let dir = std::env::temp_dir().join(format!(
-        "roomcast-bench-smoke-{}-{via}-{io}",
-        std::process::id()
-    ));
-    std::fs::create_dir_all(&dir).expect("create the run directory");
-    let json = dir.join("result.json");
-    let output = dir.join("bench-output.txt");
     let ports = free_local_addrs(4);
-    let scenario = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/big-room.toml");
-    let mut bench = Command::new(env!("CARGO_BIN_EXE_roomcast-bench"));
-    bench
-        .arg("run")
-        .arg(&scenario)
-        .args(["--conns", &CONNS.to_string(), "--procs", "1"])
-        .args([
+    let mut args: Vec<String> = vec![
+        scenario("big-room.toml").display().to_string(),
+        "--conns".into(),
+        CONNS.to_string(),
+        "--procs".into(),
+        "1".into(),
+    ];
+    args.extend(
+        [
             "--rate",
             "20",
             "--warmup",
@@ -52,61 +50,31 @@ fn run_small_scenario(via: &str, io: &str) -> Value {
             "3",
             "--drain",
             "1",
-        ])
-        .args(["--floor-conns", "200", "--floor-iters", "10"])
-        .args(["--publish-via", via])
-        .arg("--edge-bin")
-        .arg(edge_binary())
-        .arg("--control-bin")
-        .arg(control_binary())
-        .arg(format!("--edge-arg=--io={io}"))
-        .args(["--link-listen", &ports[2].to_string()])
-        .args(["--control-url", &format!("http://{}", ports[3])])
-        .args(["--ws-port", &ports[0].port().to_string()])
-        .args(["--tcp-port", &ports[1].port().to_string()])
-        .arg("--json-out")
-        .arg(&json)
-        .arg("--log-dir")
-        .arg(&dir)
-        .stdin(Stdio::null());
-    let out = std::fs::File::create(&output).expect("create the output file");
-    bench
-        .stdout(out.try_clone().expect("clone the output file"))
-        .stderr(out);
-    let mut child = bench.spawn().expect("start roomcast-bench");
-    let deadline = Instant::now() + RUN_LIMIT;
-    let failed = |why: String| -> ! {
-        let text = std::fs::read_to_string(&output).unwrap_or_default();
-        panic!("{why}; its output:\n{text}\n(logs in {})", dir.display())
-    };
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("poll roomcast-bench") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            failed(format!("roomcast-bench took longer than {RUN_LIMIT:?}"));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    if !status.success() {
-        failed(format!("roomcast-bench failed: {status}"));
-    }
-    eprintln!("{}", summary_line(&output));
-    let text = std::fs::read_to_string(&json).expect("read the JSON result");
-    let result = serde_json::from_str(&text).expect("parse the JSON result");
-    let _ = std::fs::remove_dir_all(&dir);
-    result
-}
-
-/// The run's `summary:` line.
-fn summary_line(output: &Path) -> String {
-    let text = std::fs::read_to_string(output).unwrap_or_default();
-    text.lines()
-        .find(|l| l.starts_with("summary:"))
-        .unwrap_or("(no summary line)")
-        .to_string()
+            "--floor-conns",
+            "200",
+            "--floor-iters",
+            "10",
+            "--publish-via",
+            via,
+        ]
+        .map(String::from),
+    );
+    args.extend([
+        "--edge-bin".into(),
+        edge_binary().display().to_string(),
+        "--control-bin".into(),
+        control_binary().display().to_string(),
+        format!("--edge-arg=--io={io}"),
+        "--link-listen".into(),
+        ports[2].to_string(),
+        "--control-url".into(),
+        format!("http://{}", ports[3]),
+        "--ws-port".into(),
+        ports[0].port().to_string(),
+        "--tcp-port".into(),
+        ports[1].port().to_string(),
+    ]);
+    run_bench(&format!("smoke-{via}-{io}"), &args, RUN_LIMIT).result
 }
 
 #[test]

@@ -33,10 +33,10 @@ use roomcast_proto::message::PRIORITIES;
 use roomcast_proto::ws::{parse_server_frame, put_client_frame, OpCode};
 use socket2::{Domain, Protocol, Socket, Type};
 
-use super::{ip_add, Cmd, Input, ThreadHistograms, WAKE};
+use super::{ip_add, ClientArgs, Cmd, Input, ThreadHistograms, Transport, WAKE};
 use crate::dist::{room_name, Group, Population};
 use crate::msgs::{new_tick_histogram, Connected, GroupReport, Report, Snap, Tick};
-use crate::{sys, ClientArgs, Transport};
+use crate::sys;
 
 /// A connection still setting up after this long is abandoned (and retried).
 const SETUP_TIMEOUT: Duration = Duration::from_secs(15);

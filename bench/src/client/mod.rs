@@ -5,23 +5,115 @@
 //! with `add`.
 
 use std::io::{self, BufRead, Write};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 
+use clap::{Args, ValueEnum};
 use hdrhistogram::Histogram;
 use mio::{Poll, Token, Waker};
+use roomcast_proto::client::WireFormat;
 use roomcast_proto::message::PRIORITIES;
 
+use crate::dist::RoomDist;
 use crate::msgs::{
     add_counts, histogram_pairs, new_latency_histogram, new_tick_histogram, ClientMsg, Connected,
     Report, Snap, Tick,
 };
-use crate::{sys, ClientArgs};
+use crate::sys;
 
 mod event_loop;
 
 use event_loop::Loop;
+
+/// How the clients talk to the edge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Transport {
+    /// WebSocket, JSON text frames.
+    WsJson,
+    /// WebSocket, binary frames.
+    WsBinary,
+    /// Raw TCP, length-prefixed binary frames (cheapest for the client).
+    Tcp,
+}
+
+impl Transport {
+    pub fn format(self) -> WireFormat {
+        match self {
+            Transport::WsJson => WireFormat::WsJson,
+            Transport::WsBinary => WireFormat::WsBinary,
+            Transport::Tcp => WireFormat::Tcp,
+        }
+    }
+
+    pub fn is_ws(self) -> bool {
+        self != Transport::Tcp
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::WsJson => "ws-json",
+            Transport::WsBinary => "ws-binary",
+            Transport::Tcp => "tcp",
+        }
+    }
+}
+
+/// The hidden `client` subcommand: one client process, started by `run`.
+#[derive(Args, Debug, Clone)]
+pub struct ClientArgs {
+    #[arg(long)]
+    pub index: usize,
+    #[arg(long)]
+    pub conns: usize,
+    /// Global index of this process's first connection (rooms, groups and user ids derive from it).
+    #[arg(long)]
+    pub first: usize,
+    #[arg(long, value_enum)]
+    pub transport: Transport,
+    /// Edge addresses; connection i dials address i mod N.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub addrs: Vec<SocketAddr>,
+    #[arg(long)]
+    pub rooms: usize,
+    #[arg(long, value_enum)]
+    pub room_dist: RoomDist,
+    #[arg(long)]
+    pub zipf_exponent: f64,
+    #[arg(long)]
+    pub slow_readers: f64,
+    #[arg(long)]
+    pub churn: f64,
+    /// Reconnects per second of this process's churners.
+    #[arg(long)]
+    pub churn_rate: f64,
+    /// First source address; connection j of this process uses src_first + j / conns_per_ip.
+    #[arg(long)]
+    pub src_first: Ipv4Addr,
+    #[arg(long)]
+    pub conns_per_ip: usize,
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    #[arg(long, default_value_t = 500)]
+    pub inflight: usize,
+    #[arg(long)]
+    pub jwt_secret: String,
+    /// Tokens to use instead of minting them, one per line, line i for global connection i.
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    #[arg(long, default_value_t = 20)]
+    pub ping_secs: u64,
+    /// SO_RCVBUF of each socket (0: the host default).
+    #[arg(long, default_value_t = 0)]
+    pub recv_buffer: usize,
+    /// Sleep after a busy poll, microseconds (0: none).
+    #[arg(long, default_value_t = 0)]
+    pub poll_interval_us: u64,
+    #[arg(long, default_value_t = 5)]
+    pub retries: u8,
+}
 
 /// The token of each loop's waker.
 const WAKE: Token = Token(usize::MAX);
