@@ -167,7 +167,7 @@ fn edge_counters(a: &Snapshot, b: &Snapshot) -> Option<Value> {
         json!({
             "source": "the edges' own `edge stats` log lines (1 s granularity) across the measured window",
             "write_calls_per_flush": per(g("write_calls") as f64, g("flushes")),
-            "iovecs_per_write": per(g("write_iovecs") as f64, g("write_calls")),
+            "iovecs_per_write": per(g("write_iovecs_sum") as f64, g("write_calls")),
             "frames_per_flush": per(g("frames_queued") as f64, g("flushes")),
             "delta": delta,
         })

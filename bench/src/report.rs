@@ -593,16 +593,16 @@ pub fn print_table(r: &Value) {
         let d = &e["delta"];
         let t = &e["run_total"];
         println!(
-            "edge counters  window: {} flushes, {} write calls = {:.3} vectored writes per connection per flush, {:.2} iovecs per write, {:.2} frames per flush; whole run: dropped queue {} budget {} backlog {}, closed slow {}",
+            "edge counters  window: {} flushes, {} write calls = {:.3} vectored writes per connection per flush, {:.2} iovecs per write, {:.2} frames per flush; whole run: messages dropped queue {} budget {} worker backlog {}, slow-consumer closes {}",
             d["flushes"],
             d["write_calls"],
             f(&e["write_calls_per_flush"]),
             f(&e["iovecs_per_write"]),
             f(&e["frames_per_flush"]),
-            t["dropped_queue"],
-            t["dropped_budget"],
-            t["dropped_worker_backlog"],
-            t["closed_slow"],
+            t["messages_dropped_queue"],
+            t["messages_dropped_budget"],
+            t["messages_dropped_worker_backlog"],
+            t["slow_consumer_closes"],
         );
     }
     if let Some(s) = r.get("strace").filter(|s| s["data_writes"].is_number()) {

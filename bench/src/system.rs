@@ -392,7 +392,24 @@ pub fn log_tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// The counters of the newest `edge stats` line in an edge's log (numeric fields only).
+/// `edge stats` fields renamed to match the edges' `/metrics` series, old name first: an edge
+/// built before the rename still reads the same. (`dropped_worker_backlog` is not here: it counted
+/// batches, while `messages_dropped_worker_backlog` counts messages.)
+const LEGACY_EDGE_STATS: [(&str, &str); 10] = [
+    ("accepted", "connections_accepted"),
+    ("refused_full", "connections_refused_full"),
+    ("closed_slow", "slow_consumer_closes"),
+    ("publishes", "messages_in"),
+    ("deliveries", "worker_batches"),
+    ("bytes_out", "written_bytes"),
+    ("write_iovecs", "write_iovecs_sum"),
+    ("dropped_queue", "messages_dropped_queue"),
+    ("dropped_closed", "messages_dropped_closed"),
+    ("dropped_budget", "messages_dropped_budget"),
+];
+
+/// The counters of the newest `edge stats` line in an edge's log (numeric fields only), under
+/// their current names.
 pub fn edge_stats(log: &Path) -> Option<BTreeMap<String, u64>> {
     let text = strip_ansi(&std::fs::read_to_string(log).ok()?);
     let line = text.lines().rev().find(|l| l.contains("edge stats"))?;
@@ -400,6 +417,10 @@ pub fn edge_stats(log: &Path) -> Option<BTreeMap<String, u64>> {
     for token in line.split_whitespace() {
         if let Some((k, v)) = token.split_once('=') {
             if let Ok(v) = v.trim_matches('"').parse::<u64>() {
+                let k = LEGACY_EDGE_STATS
+                    .iter()
+                    .find(|(old, _)| *old == k)
+                    .map_or(k, |(_, new)| new);
                 out.insert(k.to_string(), v);
             }
         }

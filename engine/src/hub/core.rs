@@ -514,23 +514,24 @@ impl HubCore {
         };
         tracing::info!(
             connections = total.connections,
-            accepted = total.accepted,
-            refused_full = total.refused_full,
-            closed_slow = total.close_count(CloseReason::Slow),
-            publishes = self.stats.publishes,
+            connections_accepted = total.accepted,
+            connections_refused_full = total.refused_full,
+            slow_consumer_closes = total.close_count(CloseReason::Slow),
+            messages_in = self.stats.publishes,
             batches = self.stats.batches,
-            deliveries = total.deliveries,
+            worker_batches = total.deliveries,
             frames_queued = total.frames_queued,
-            bytes_out = total.bytes_out,
+            written_bytes = total.bytes_out,
             flushes = total.flushes,
             write_calls = total.write_calls,
-            write_iovecs = total.write_iovecs,
+            write_iovecs_sum = total.write_iovecs,
             write_calls_per_flush = format!("{per_flush:.3}"),
-            dropped_queue = total.dropped_queue.iter().sum::<u64>(),
-            dropped_closed = total.dropped_closed.iter().sum::<u64>(),
-            dropped_budget = self.stats.dropped_budget.iter().sum::<u64>(),
-            dropped_worker_backlog = self.stats.dropped_worker_backlog,
-            queue_high_water = total.queue_high_water,
+            messages_dropped_queue = total.dropped_queue.iter().sum::<u64>(),
+            messages_dropped_closed = total.dropped_closed.iter().sum::<u64>(),
+            messages_dropped_budget = self.stats.dropped_budget.iter().sum::<u64>(),
+            messages_dropped_worker_backlog =
+                self.stats.dropped_worker_backlog_msgs.iter().sum::<u64>(),
+            connection_queue_high_water_bytes = total.queue_high_water,
             "edge stats"
         );
     }
