@@ -1012,7 +1012,6 @@ impl Hub {
             users,
             capacity,
             busy: self.setup.capacity.busy().to_vec(),
-            taken: true,
         });
     }
 
