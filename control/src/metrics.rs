@@ -2,14 +2,15 @@
 //! requests by endpoint and status, fan-out, level changes and dispatch answers.
 //!
 //! Counters are per request, not per recipient: a mutex-guarded map for the (bounded) endpoint ×
-//! status pairs and atomics for the rest.
+//! status pairs and atomics for the rest. A scrape turns them and the router's edge table into
+//! metric families ([`ControlCollector`]) rendered by `roomcast_ops::metrics`.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::Instant;
 
-use roomcast_engine::metrics::TextWriter;
+use roomcast_ops::metrics::{Collector, Desc, Families, MetricFamily};
 
 use crate::router::{Router, LEVEL_CHANGES};
 
@@ -56,112 +57,133 @@ impl ControlMetrics {
         self.publish_messages.fetch_add(messages, Ordering::Relaxed);
     }
 
+    /// The `/metrics` page.
     pub fn render(&self, router: &Router) -> String {
-        let mut w = TextWriter::new();
-        let edges = router.edges(Instant::now());
-        w.family(
-            "roomcast_control_edges",
-            "gauge",
-            "Registered edges by state (registered, healthy: reporting; dispatchable: healthy, not full, under the watermark).",
-        );
+        roomcast_ops::metrics::render(&ControlCollector::new(self, router))
+    }
+}
+
+/// The control plane's collector for one scrape: the counters here and the router's edges, read
+/// when collected.
+pub struct ControlCollector<'a> {
+    metrics: &'a ControlMetrics,
+    router: &'a Router,
+    descs: OnceLock<Vec<Desc>>,
+}
+
+impl<'a> ControlCollector<'a> {
+    pub fn new(metrics: &'a ControlMetrics, router: &'a Router) -> ControlCollector<'a> {
+        ControlCollector {
+            metrics,
+            router,
+            descs: OnceLock::new(),
+        }
+    }
+
+    /// The families in page order; every family is written even without samples, so that they
+    /// describe the collector too.
+    fn families(&self) -> Families {
+        let mut f = Families::new();
+        let edges = self.router.edges(Instant::now());
         let healthy = edges.iter().filter(|e| e.healthy).count();
         let dispatchable = edges.iter().filter(|e| e.dispatchable).count();
+        let states = f.gauge(
+            "roomcast_control_edges",
+            "Registered edges by state (registered, healthy: reporting; dispatchable: healthy, not full, under the watermark).",
+            &["state"],
+        );
         for (state, n) in [
             ("registered", edges.len()),
             ("healthy", healthy),
             ("dispatchable", dispatchable),
         ] {
-            w.sample("roomcast_control_edges", &[("state", state)], n as f64);
+            states.sample(&[state], n as f64);
         }
-        w.single(
+        f.gauge(
             "roomcast_control_edges_up",
-            "gauge",
             "Edges registered and reporting.",
-            healthy as f64,
-        );
-        w.single(
+            &[],
+        )
+        .sample(&[], healthy as f64);
+        f.gauge(
             "roomcast_control_edge_connections",
-            "gauge",
             "Client connections summed over all edges' last load reports.",
-            edges.iter().map(|e| f64::from(e.connections)).sum(),
-        );
-        w.single(
+            &[],
+        )
+        .sample(&[], edges.iter().map(|e| f64::from(e.connections)).sum());
+        f.gauge(
             "roomcast_control_edge_capacity_ratio_max",
-            "gauge",
             "The highest capacity ratio any edge reported.",
+            &[],
+        )
+        .sample(
+            &[],
             edges.iter().map(|e| e.capacity_ratio).fold(0.0, f64::max),
         );
-        w.single(
+        f.counter(
             "roomcast_control_edge_link_drops_total",
-            "counter",
             "Publishes not sent to an edge because its link backlog was over the limit (summed over current edges).",
-            edges.iter().map(|e| e.link_drops as f64).sum(),
-        );
+            &[],
+        )
+        .sample(&[], edges.iter().map(|e| e.link_drops as f64).sum());
 
         let requests = self
+            .metrics
             .requests
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
-        w.family(
+        let by_route = f.counter(
             "roomcast_control_http_requests_total",
-            "counter",
             "API requests by route and status.",
+            &["endpoint", "status"],
         );
         for ((endpoint, status), n) in &requests {
-            w.sample(
-                "roomcast_control_http_requests_total",
-                &[("endpoint", endpoint), ("status", &status.to_string())],
-                *n as f64,
-            );
+            by_route.sample(&[endpoint, &status.to_string()], *n as f64);
         }
-        w.family(
+        let publishes = f.counter(
             "roomcast_control_publishes_total",
-            "counter",
             "Publish requests by endpoint and status.",
+            &["endpoint", "status"],
         );
         for endpoint in PUBLISH_ENDPOINTS {
             let mut any = false;
             for ((e, status), n) in requests.iter().filter(|((e, _), _)| *e == endpoint) {
                 any = true;
-                w.sample(
-                    "roomcast_control_publishes_total",
-                    &[("endpoint", e), ("status", &status.to_string())],
-                    *n as f64,
-                );
+                publishes.sample(&[e, &status.to_string()], *n as f64);
             }
             if !any {
-                w.sample(
-                    "roomcast_control_publishes_total",
-                    &[("endpoint", endpoint), ("status", "200")],
-                    0.0,
-                );
+                publishes.sample(&[endpoint, "200"], 0.0);
             }
         }
-        w.single(
+        f.counter(
             "roomcast_control_published_messages_total",
-            "counter",
             "Messages accepted for publishing (a batch counts each entry).",
-            self.publish_messages.load(Ordering::Relaxed) as f64,
+            &[],
+        )
+        .sample(
+            &[],
+            self.metrics.publish_messages.load(Ordering::Relaxed) as f64,
         );
-        w.single(
+        f.counter(
             "roomcast_control_fanout_messages_total",
-            "counter",
             "Publish frames queued to edge links (one per message per edge it went to).",
-            router.fanout_messages() as f64,
-        );
-        w.single(
+            &[],
+        )
+        .sample(&[], self.router.fanout_messages() as f64);
+        f.counter(
             "roomcast_control_level_changes_total",
-            "counter",
             "Room rate-level changes.",
-            LEVEL_CHANGES.load(Ordering::Relaxed) as f64,
-        );
-        w.family(
+            &[],
+        )
+        .sample(&[], LEVEL_CHANGES.load(Ordering::Relaxed) as f64);
+        let answers = f.counter(
             "roomcast_control_dispatch_answers_total",
-            "counter",
             "GET /v1/dispatch answers by transport and result (ok, unavailable).",
+            &["transport", "result"],
         );
         let dispatch = self
+            .metrics
             .dispatch
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -169,13 +191,54 @@ impl ControlMetrics {
         for transport in ["ws", "tcp"] {
             for result in ["ok", "unavailable"] {
                 let n = dispatch.get(&(transport, result)).copied().unwrap_or(0);
-                w.sample(
-                    "roomcast_control_dispatch_answers_total",
-                    &[("transport", transport), ("result", result)],
-                    n as f64,
-                );
+                answers.sample(&[transport, result], n as f64);
             }
         }
-        w.finish()
+        f
+    }
+}
+
+impl Collector for ControlCollector<'_> {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs
+            .get_or_init(|| self.families().descs())
+            .iter()
+            .collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        self.families().into_families()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Levels;
+    use std::time::Duration;
+
+    #[test]
+    fn every_control_family_is_described_and_rendered() {
+        let router = Router::new(Levels::default(), Duration::from_secs(3), 64 << 20);
+        let metrics = ControlMetrics::default();
+        metrics.request("/v1/rooms/{room}/messages", 200);
+        metrics.request("/v1/rooms/{room}", 404);
+        metrics.dispatch("ws", "ok");
+        metrics.published(3);
+        let collector = ControlCollector::new(&metrics, &router);
+        roomcast_ops::metrics::check_described(&collector).unwrap();
+        assert_eq!(collector.desc().len(), collector.collect().len());
+        let text = metrics.render(&router);
+        for line in [
+            "# TYPE roomcast_control_edges gauge\n",
+            "roomcast_control_edges{state=\"registered\"} 0\n",
+            "roomcast_control_http_requests_total{endpoint=\"/v1/rooms/{room}\",status=\"404\"} 1\n",
+            "roomcast_control_publishes_total{endpoint=\"/v1/rooms/{room}/messages\",status=\"200\"} 1\n",
+            "roomcast_control_publishes_total{endpoint=\"/v1/broadcast\",status=\"200\"} 0\n",
+            "roomcast_control_published_messages_total 3\n",
+            "roomcast_control_dispatch_answers_total{transport=\"tcp\",result=\"unavailable\"} 0\n",
+        ] {
+            assert!(text.contains(line), "no {line:?} in\n{text}");
+        }
     }
 }

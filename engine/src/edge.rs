@@ -8,6 +8,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use roomcast_ops::admin::AdminServer;
+
 use crate::config::EdgeConfig;
 use crate::fanout::{ToHub, ToWorker};
 use crate::hub::{Advertised, Hub, HubConfig, HubPoll, HubSetup, WorkerHandle};
@@ -49,6 +51,7 @@ pub struct Edge {
     pub edge_id: String,
     /// The admin endpoint (/metrics, /healthz, /readyz), when it could bind.
     pub admin_addr: Option<SocketAddr>,
+    admin: Option<AdminServer>,
     metrics: Arc<Shared>,
     shutdown: Arc<AtomicBool>,
     hub_waker: Arc<mio::Waker>,
@@ -162,17 +165,9 @@ impl Edge {
         drop(hub_tx);
 
         let shutdown = Arc::new(AtomicBool::new(false));
-        let metrics = Arc::new(Shared::new(driver_name, edge_id.clone()));
-        let admin = match crate::admin::bind(config.admin_listen) {
-            Ok(listener) => {
-                let addr = listener.local_addr().unwrap_or(config.admin_listen);
-                threads.push(crate::admin::spawn(
-                    listener,
-                    Arc::clone(&metrics),
-                    Arc::clone(&shutdown),
-                ));
-                Some(addr)
-            }
+        let metrics = Arc::new(Shared::new(driver_name));
+        let admin = match crate::admin::start(config.admin_listen, Arc::clone(&metrics)) {
+            Ok(server) => Some(server),
             Err(error) => {
                 tracing::warn!(
                     addr = %config.admin_listen,
@@ -183,16 +178,17 @@ impl Edge {
                 None
             }
         };
+        let admin_addr = admin.as_ref().map(AdminServer::local_addr);
         let fd_limit = roomcast_ops::limits::nofile_limit().map_or(0, |(soft, _)| soft);
         let limits = Limits {
             max_connections: u64::from(config.max_connections),
             fd_limit,
-            fd_baseline: crate::metrics::count_open_fds(),
+            fd_baseline: roomcast_ops::process::count_open_fds(),
             egress_bytes_per_second: config.egress_bandwidth_bytes as f64,
             memory_bytes: if config.memory_limit_bytes > 0 {
                 config.memory_limit_bytes
             } else {
-                crate::metrics::default_memory_limit()
+                roomcast_ops::process::default_memory_limit()
             },
         };
         let hub_waker = hub_poll.waker();
@@ -204,7 +200,7 @@ impl Edge {
                         host: advertise_host(&config, ws_addr),
                         ws_port: ws_addr.port(),
                         tcp_port: tcp_addr.port(),
-                        admin,
+                        admin: admin_addr,
                         workers: workers as u16,
                         capacity: config.max_connections,
                     },
@@ -232,7 +228,7 @@ impl Edge {
         metrics.workers_running.store(true, Ordering::Release);
         tracing::info!(
             edge_id,
-            admin = ?admin,
+            admin = ?admin_addr,
             driver = driver_name,
             workers,
             ws = %ws_addr,
@@ -245,7 +241,8 @@ impl Edge {
             tcp_addr,
             driver: driver_name,
             edge_id,
-            admin_addr: admin,
+            admin_addr,
+            admin,
             metrics,
             shutdown,
             hub_waker,
@@ -253,13 +250,17 @@ impl Edge {
         })
     }
 
-    /// Closes every connection (1001) and stops the threads.
+    /// Closes every connection (1001) and stops the threads. The admin endpoint stops last, so
+    /// `/readyz` answers 503 while the connections close.
     pub fn shutdown(self) {
         self.metrics.workers_running.store(false, Ordering::Release);
         self.shutdown.store(true, Ordering::Release);
         let _ = self.hub_waker.wake();
         for thread in self.threads {
             let _ = thread.join();
+        }
+        if let Some(admin) = self.admin {
+            admin.stop();
         }
     }
 }

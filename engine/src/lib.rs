@@ -3,9 +3,11 @@
 //!
 //! The crate exports the edge ([`Edge`]) and its configuration ([`EdgeConfig`]), nothing more.
 //! Inside: `session`, `outqueue`, `members` and `window` are pure per-connection and per-channel
-//! logic; `worker` and `hub` are the two kinds of thread; `sys` is the OS seam (the I/O drivers,
-//! sockets and descriptors, and the only `unsafe` in the crate). The wire codecs live in
-//! `roomcast-proto`; layered configuration and logging in `roomcast-ops`.
+//! logic; `worker` and `hub` are the two kinds of thread; `metrics` turns the hub's snapshot into
+//! the `/metrics` page and `admin` serves it on `roomcast-ops`' admin server; `sys` is the OS seam
+//! (the I/O drivers, sockets and descriptors, and the only `unsafe` in the crate). The wire codecs
+//! live in `roomcast-proto`; layered configuration, logging, `/proc` readers, Prometheus
+//! exposition and the admin server in `roomcast-ops`.
 
 mod admin;
 mod config;
@@ -13,7 +15,7 @@ mod edge;
 mod fanout;
 mod hub;
 mod members;
-pub mod metrics;
+mod metrics;
 mod outqueue;
 mod session;
 mod stats;

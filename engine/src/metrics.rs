@@ -4,13 +4,15 @@
 //! histograms ([`WorkerStats`]) and send a copy to the hub every report interval, as they always
 //! did; the hub stores the latest copies, its own counters, rooms by level and the capacity
 //! watermarks as one [`Snapshot`] once per report interval ([`Shared::store`]). A scrape clones
-//! that snapshot under a mutex the hub takes once a second, sums it and renders it.
+//! that snapshot under a mutex the hub takes once a second and [`EdgeCollector`] sums it into
+//! `prometheus` metric families (the exposition helpers are `roomcast_ops::metrics`).
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
+
+use roomcast_ops::metrics::{Collector, Desc, Families, Family, MetricFamily};
 
 use crate::stats::{
     AuthFailure, CloseReason, Hist, HubStats, WorkerStats, BATCH_BOUNDS, IOVEC_BOUNDS,
@@ -59,15 +61,12 @@ pub struct Snapshot {
     pub capacity: Capacity,
     /// Per worker busy ratio over the last interval.
     pub busy: Vec<f64>,
-    /// False until the hub stored its first snapshot.
-    pub taken: bool,
 }
 
 /// Shared between the hub (writer), the admin server (reader) and [`crate::Edge`].
 pub struct Shared {
     snapshot: Mutex<Snapshot>,
     pub driver: &'static str,
-    pub edge_id: String,
     /// Every worker started and none has been told to stop.
     pub workers_running: AtomicBool,
     /// The link to the control plane is up.
@@ -75,11 +74,10 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(driver: &'static str, edge_id: String) -> Shared {
+    pub fn new(driver: &'static str) -> Shared {
         Shared {
             snapshot: Mutex::new(Snapshot::default()),
             driver,
-            edge_id,
             workers_running: AtomicBool::new(false),
             link_up: AtomicBool::new(false),
         }
@@ -178,7 +176,7 @@ impl CapacitySampler {
                 total.connections as f64,
                 (l.fd_baseline + total.connections) as f64,
                 egress,
-                resident_bytes().unwrap_or(0) as f64,
+                roomcast_ops::process::resident_bytes().unwrap_or(0) as f64,
                 busiest,
             ],
             limit: [
@@ -207,465 +205,347 @@ impl CapacitySampler {
     }
 }
 
-/// The process's resident set, bytes (`VmRSS` of `/proc/self/status`).
-pub fn resident_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    kib_field(&status, "VmRSS:")
-}
-
-fn kib_field(text: &str, key: &str) -> Option<u64> {
-    let line = text.lines().find(|l| l.starts_with(key))?;
-    let kib: u64 = line[key.len()..]
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kib * 1024)
-}
-
-/// The memory an edge may use when `--memory-limit-bytes` is 0: the cgroup's `memory.max` when
-/// it is set (cgroup v2, then v1), else the machine's `MemTotal`.
-pub fn default_memory_limit() -> u64 {
-    let total = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| kib_field(&m, "MemTotal:"))
-        .unwrap_or(0);
-    let cgroup = [
-        "/sys/fs/cgroup/memory.max",
-        "/sys/fs/cgroup/memory/memory.limit_in_bytes",
-    ]
-    .iter()
-    .filter_map(|p| std::fs::read_to_string(p).ok())
-    .filter_map(|v| v.trim().parse::<u64>().ok())
-    .find(|&v| v > 0 && (total == 0 || v < total));
-    cgroup.unwrap_or(total)
-}
-
-/// Open descriptors of this process (counted once at start for the fd baseline).
-pub fn count_open_fds() -> u64 {
-    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64)
-}
-
-/// Writes the Prometheus text exposition format (version 0.0.4).
-pub struct TextWriter {
-    out: String,
-}
-
-impl Default for TextWriter {
-    fn default() -> Self {
-        TextWriter::new()
-    }
-}
-
-impl TextWriter {
-    pub fn new() -> TextWriter {
-        TextWriter {
-            out: String::with_capacity(16 * 1024),
-        }
-    }
-
-    /// Starts a metric family.
-    pub fn family(&mut self, name: &str, kind: &str, help: &str) {
-        let _ = writeln!(self.out, "# HELP {name} {help}");
-        let _ = writeln!(self.out, "# TYPE {name} {kind}");
-    }
-
-    /// One sample; label values are escaped.
-    pub fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
-        self.out.push_str(name);
-        if !labels.is_empty() {
-            self.out.push('{');
-            for (i, (k, v)) in labels.iter().enumerate() {
-                if i > 0 {
-                    self.out.push(',');
-                }
-                let _ = write!(self.out, "{k}=\"");
-                for c in v.chars() {
-                    match c {
-                        '\\' => self.out.push_str("\\\\"),
-                        '"' => self.out.push_str("\\\""),
-                        '\n' => self.out.push_str("\\n"),
-                        c => self.out.push(c),
-                    }
-                }
-                self.out.push('"');
-            }
-            self.out.push('}');
-        }
-        self.out.push(' ');
-        push_value(&mut self.out, value);
-        self.out.push('\n');
-    }
-
-    /// A family with one unlabelled sample.
-    pub fn single(&mut self, name: &str, kind: &str, help: &str, value: f64) {
-        self.family(name, kind, help);
-        self.sample(name, &[], value);
-    }
-
-    /// A whole histogram family from a [`Hist`] and its bounds.
-    pub fn histogram(&mut self, name: &str, help: &str, bounds: &[f64], hist: &Hist) {
-        self.family(name, "histogram", help);
-        let bucket = format!("{name}_bucket");
-        let mut cumulative = 0u64;
-        for (i, bound) in bounds.iter().enumerate() {
-            cumulative += hist.counts[i];
-            let le = format_value(*bound);
-            self.sample(&bucket, &[("le", &le)], cumulative as f64);
-        }
-        self.sample(&bucket, &[("le", "+Inf")], hist.count as f64);
-        self.sample(&format!("{name}_sum"), &[], hist.sum);
-        self.sample(&format!("{name}_count"), &[], hist.count as f64);
-    }
-
-    pub fn finish(self) -> String {
-        self.out
-    }
-}
-
-fn push_value(out: &mut String, value: f64) {
-    out.push_str(&format_value(value));
-}
-
-fn format_value(value: f64) -> String {
-    if value.is_nan() {
-        "NaN".into()
-    } else if value.is_infinite() {
-        if value > 0.0 { "+Inf" } else { "-Inf" }.into()
-    } else if value.fract() == 0.0 && value.abs() < 1e15 {
-        format!("{}", value as i64)
-    } else {
-        format!("{value}")
-    }
-}
-
 const PRIORITY_LABELS: [&str; PRIORITIES] = ["0", "1", "2", "3"];
 
-/// Renders an edge's `/metrics` page from its latest snapshot.
-pub fn render(shared: &Shared) -> String {
-    let snap = shared.load();
-    let mut w = TextWriter::new();
+/// The edge's `/metrics` collector: at each scrape, the hub's latest [`Snapshot`] summed over the
+/// workers and turned into metric families (registered nowhere: the admin server renders it with
+/// [`roomcast_ops::metrics::render`]).
+pub struct EdgeCollector {
+    shared: Arc<Shared>,
+    descs: Vec<Desc>,
+}
+
+impl EdgeCollector {
+    pub fn new(shared: Arc<Shared>) -> EdgeCollector {
+        // Every family is written whatever the snapshot holds, so an empty one describes them all.
+        let descs = families(&shared, &Snapshot::default()).descs();
+        EdgeCollector { shared, descs }
+    }
+}
+
+impl Collector for EdgeCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        families(&self.shared, &self.shared.load()).into_families()
+    }
+}
+
+/// One histogram sample (no labels) from a [`Hist`] recorded against `bounds`.
+fn observe(family: &mut Family, bounds: &[f64], hist: &Hist) {
+    family.histogram(
+        &[],
+        bounds,
+        &hist.counts[..bounds.len()],
+        hist.count,
+        hist.sum,
+    );
+}
+
+/// The families of an edge's `/metrics` page from one snapshot, in page order (capacity
+/// watermarks first: what on-call looks at). Every family is written even when it has no sample,
+/// so that [`EdgeCollector::new`] can describe them all.
+fn families(shared: &Shared, snap: &Snapshot) -> Families {
+    let mut f = Families::new();
     let mut total = WorkerStats::default();
     for stats in &snap.workers {
         total.add(stats);
     }
     let cores: Vec<String> = (0..snap.workers.len()).map(|i| i.to_string()).collect();
-    let per_core = |w: &mut TextWriter,
-                    name: &str,
-                    kind: &str,
-                    help: &str,
-                    f: &dyn Fn(&WorkerStats) -> u64| {
-        w.family(name, kind, help);
-        for (i, stats) in snap.workers.iter().enumerate() {
-            w.sample(name, &[("core", &cores[i])], f(stats) as f64);
+    let per_core = |family: &mut Family, value: &dyn Fn(&WorkerStats) -> u64| {
+        for (core, stats) in cores.iter().zip(&snap.workers) {
+            family.sample(&[core], value(stats) as f64);
         }
     };
 
-    w.family(
+    f.gauge(
         "roomcast_driver_info",
-        "gauge",
         "The I/O driver this edge runs (value is always 1).",
-    );
-    w.sample("roomcast_driver_info", &[("driver", shared.driver)], 1.0);
-    w.single(
+        &["driver"],
+    )
+    .sample(&[shared.driver], 1.0);
+    f.gauge(
         "roomcast_workers",
-        "gauge",
         "Worker threads (one pinned per core).",
-        snap.workers.len() as f64,
-    );
-    w.single(
+        &[],
+    )
+    .sample(&[], snap.workers.len() as f64);
+    f.gauge(
         "roomcast_link_up",
-        "gauge",
         "1 while the link to the control plane is up.",
+        &[],
+    )
+    .sample(
+        &[],
         f64::from(u8::from(shared.link_up.load(Ordering::Acquire))),
     );
-    w.single(
+    f.counter(
         "roomcast_link_connects_total",
-        "counter",
         "Times the link to the control plane was established.",
-        snap.hub.link_connects as f64,
-    );
+        &[],
+    )
+    .sample(&[], snap.hub.link_connects as f64);
 
     // Capacity watermarks first: what on-call looks at.
-    w.family(
+    let ratio = f.gauge(
         "roomcast_capacity_ratio",
-        "gauge",
         "Use against configured capacity per resource (1 = at capacity).",
+        &["resource"],
     );
     for (i, resource) in RESOURCES.iter().enumerate() {
-        w.sample(
-            "roomcast_capacity_ratio",
-            &[("resource", resource)],
-            snap.capacity.ratio(i),
-        );
+        ratio.sample(&[resource], snap.capacity.ratio(i));
     }
-    w.single(
+    f.gauge(
         "roomcast_capacity_ratio_max",
-        "gauge",
         "The highest roomcast_capacity_ratio (reported to the control plane, which stops dispatching above its watermark).",
-        snap.capacity.max_ratio(),
-    );
+        &[],
+    )
+    .sample(&[], snap.capacity.max_ratio());
     let c = &snap.capacity;
-    w.single(
+    f.gauge(
         "roomcast_connections_limit",
-        "gauge",
         "Configured --max-connections.",
-        c.limit[0],
-    );
-    w.single(
+        &[],
+    )
+    .sample(&[], c.limit[0]);
+    f.gauge(
         "roomcast_open_fds",
-        "gauge",
         "File descriptors in use (start-up baseline plus client connections).",
-        c.used[1],
-    );
-    w.single(
-        "roomcast_max_fds",
-        "gauge",
-        "The soft open-file limit.",
-        c.limit[1],
-    );
-    w.single(
+        &[],
+    )
+    .sample(&[], c.used[1]);
+    f.gauge("roomcast_max_fds", "The soft open-file limit.", &[])
+        .sample(&[], c.limit[1]);
+    f.gauge(
         "roomcast_egress_rate_bytes",
-        "gauge",
         "Bytes per second written to clients over the last report interval.",
-        c.used[2],
-    );
-    w.single(
+        &[],
+    )
+    .sample(&[], c.used[2]);
+    f.gauge(
         "roomcast_egress_limit_bytes",
-        "gauge",
         "Configured egress bandwidth, bytes per second (--egress-bandwidth-bytes).",
-        c.limit[2],
-    );
-    w.single(
-        "roomcast_resident_memory_bytes",
-        "gauge",
-        "Resident set size.",
-        c.used[3],
-    );
-    w.single(
+        &[],
+    )
+    .sample(&[], c.limit[2]);
+    f.gauge("roomcast_resident_memory_bytes", "Resident set size.", &[])
+        .sample(&[], c.used[3]);
+    f.gauge(
         "roomcast_memory_limit_bytes",
-        "gauge",
         "Memory the edge may use (--memory-limit-bytes, else cgroup memory.max, else MemTotal).",
-        c.limit[3],
-    );
-    w.family(
+        &[],
+    )
+    .sample(&[], c.limit[3]);
+    let busy = f.gauge(
         "roomcast_worker_busy_ratio",
-        "gauge",
         "Share of wall time a worker spent outside its poll over the last report interval.",
+        &["core"],
     );
-    for (i, busy) in snap.busy.iter().enumerate() {
-        w.sample("roomcast_worker_busy_ratio", &[("core", &cores[i])], *busy);
+    for (core, ratio) in cores.iter().zip(&snap.busy) {
+        busy.sample(&[core], *ratio);
     }
 
     // Connections.
     per_core(
-        &mut w,
-        "roomcast_connections",
-        "gauge",
-        "Client connections open.",
+        f.gauge(
+            "roomcast_connections",
+            "Client connections open.",
+            &["core"],
+        ),
         &|s| s.connections,
     );
     per_core(
-        &mut w,
-        "roomcast_connections_accepted_total",
-        "counter",
-        "Client connections accepted.",
+        f.counter(
+            "roomcast_connections_accepted_total",
+            "Client connections accepted.",
+            &["core"],
+        ),
         &|s| s.accepted,
     );
-    w.family(
+    f.counter(
         "roomcast_connections_refused_total",
-        "counter",
         "Client connections refused, by reason.",
-    );
-    w.sample(
-        "roomcast_connections_refused_total",
-        &[("reason", "full")],
-        total.refused_full as f64,
-    );
-    w.family(
+        &["reason"],
+    )
+    .sample(&["full"], total.refused_full as f64);
+    let closed = f.counter(
         "roomcast_connections_closed_total",
-        "counter",
         "Client connections closed, by reason.",
+        &["reason"],
     );
     for reason in CloseReason::ALL {
-        w.sample(
-            "roomcast_connections_closed_total",
-            &[("reason", reason.as_str())],
-            total.close_count(reason) as f64,
-        );
+        closed.sample(&[reason.as_str()], total.close_count(reason) as f64);
     }
-    w.single(
+    f.counter(
         "roomcast_slow_consumer_closes_total",
-        "counter",
         "Connections closed because their send queue went over --queue-hard-bytes (4008).",
-        total.close_count(CloseReason::Slow) as f64,
-    );
-    w.family(
+        &[],
+    )
+    .sample(&[], total.close_count(CloseReason::Slow) as f64);
+    f.counter(
         "roomcast_handshake_failures_total",
-        "counter",
         "WebSocket upgrade requests refused, by reason.",
-    );
-    w.sample(
-        "roomcast_handshake_failures_total",
-        &[("reason", "bad_upgrade")],
-        total.handshake_failures as f64,
-    );
-    w.family(
+        &["reason"],
+    )
+    .sample(&["bad_upgrade"], total.handshake_failures as f64);
+    let auth = f.counter(
         "roomcast_auth_failures_total",
-        "counter",
         "Connections that failed to authenticate, by reason.",
+        &["reason"],
     );
     for why in AuthFailure::ALL {
-        w.sample(
-            "roomcast_auth_failures_total",
-            &[("reason", why.as_str())],
-            total.auth_failures_by[why as usize] as f64,
-        );
+        auth.sample(&[why.as_str()], total.auth_failures_by[why as usize] as f64);
     }
-    w.single(
+    f.counter(
         "roomcast_confirm_waits_total",
-        "counter",
         "Joins and auths whose reply waited for the control plane to confirm a channel new to a worker (the join acknowledgement).",
-        total.confirm_waits as f64,
-    );
-    w.single(
+        &[],
+    )
+    .sample(&[], total.confirm_waits as f64);
+    f.counter(
         "roomcast_confirm_timeouts_total",
-        "counter",
         "Joins and auths refused `unavailable` because that confirmation took longer than --join-confirm-timeout-ms.",
-        total.confirm_timeouts as f64,
-    );
+        &[],
+    )
+    .sample(&[], total.confirm_timeouts as f64);
 
     // Rooms.
-    w.family(
+    let levels: Vec<String> = snap.levels.keys().map(|l| l.to_string()).collect();
+    let rooms = f.gauge(
         "roomcast_rooms",
-        "gauge",
         "Rooms with members on this edge, by rate level.",
+        &["level"],
     );
-    for (level, (rooms, _)) in &snap.levels {
-        w.sample(
-            "roomcast_rooms",
-            &[("level", &level.to_string())],
-            *rooms as f64,
-        );
+    for (level, (n, _)) in levels.iter().zip(snap.levels.values()) {
+        rooms.sample(&[level], *n as f64);
     }
-    w.family(
+    let members = f.gauge(
         "roomcast_room_members",
-        "gauge",
         "Room memberships on this edge, by the room's rate level.",
+        &["level"],
     );
-    for (level, (_, members)) in &snap.levels {
-        w.sample(
-            "roomcast_room_members",
-            &[("level", &level.to_string())],
-            *members as f64,
-        );
+    for (level, (_, n)) in levels.iter().zip(snap.levels.values()) {
+        members.sample(&[level], *n as f64);
     }
-    w.single(
+    f.gauge(
         "roomcast_users",
-        "gauge",
         "Users with at least one authenticated connection on this edge.",
-        snap.users as f64,
-    );
+        &[],
+    )
+    .sample(&[], snap.users as f64);
 
     // Traffic.
-    w.family(
+    let messages_in = f.counter(
         "roomcast_messages_in_total",
-        "counter",
         "Messages published to this edge by the control plane, by priority.",
+        &["priority"],
     );
-    for (p, label) in PRIORITY_LABELS.iter().enumerate() {
-        w.sample(
-            "roomcast_messages_in_total",
-            &[("priority", label)],
-            snap.hub.publishes_by_priority[p] as f64,
-        );
+    for (label, n) in PRIORITY_LABELS.iter().zip(snap.hub.publishes_by_priority) {
+        messages_in.sample(&[label], n as f64);
     }
-    w.single(
+    f.counter(
         "roomcast_messages_without_members_total",
-        "counter",
         "Published messages for a channel with no member on this edge.",
-        snap.hub.publishes_without_members as f64,
-    );
-    w.single(
+        &[],
+    )
+    .sample(&[], snap.hub.publishes_without_members as f64);
+    f.counter(
         "roomcast_batches_total",
-        "counter",
         "Batches (closed merge windows) handed to the workers.",
-        snap.hub.batches as f64,
-    );
-    w.histogram(
-        "roomcast_batch_messages",
-        "Messages per batch.",
+        &[],
+    )
+    .sample(&[], snap.hub.batches as f64);
+    observe(
+        f.histogram("roomcast_batch_messages", "Messages per batch.", &[]),
         BATCH_BOUNDS,
         &snap.hub.batch_messages,
     );
     per_core(
-        &mut w,
-        "roomcast_deliveries_total",
-        "counter",
-        "Batches received by each worker.",
+        f.counter(
+            "roomcast_deliveries_total",
+            "Batches received by each worker.",
+            &["core"],
+        ),
         &|s| s.deliveries,
     );
     per_core(
-        &mut w,
-        "roomcast_frames_queued_total",
-        "counter",
-        "Batch frames queued to connections for writing.",
+        f.counter(
+            "roomcast_frames_queued_total",
+            "Batch frames queued to connections for writing.",
+            &["core"],
+        ),
         &|s| s.frames_queued,
     );
     per_core(
-        &mut w,
-        "roomcast_written_bytes_total",
-        "counter",
-        "Bytes written to client sockets.",
+        f.counter(
+            "roomcast_written_bytes_total",
+            "Bytes written to client sockets.",
+            &["core"],
+        ),
         &|s| s.bytes_out,
     );
     per_core(
-        &mut w,
-        "roomcast_flushes_total",
-        "counter",
-        "Connection flushes (one per connection with something to send per poll round).",
+        f.counter(
+            "roomcast_flushes_total",
+            "Connection flushes (one per connection with something to send per poll round).",
+            &["core"],
+        ),
         &|s| s.flushes,
     );
     per_core(
-        &mut w,
-        "roomcast_write_calls_total",
-        "counter",
-        "Vectored write calls (writev / io_uring writev).",
+        f.counter(
+            "roomcast_write_calls_total",
+            "Vectored write calls (writev / io_uring writev).",
+            &["core"],
+        ),
         &|s| s.write_calls,
     );
-    w.histogram(
-        "roomcast_write_iovecs",
-        "iovecs per vectored write call.",
+    observe(
+        f.histogram(
+            "roomcast_write_iovecs",
+            "iovecs per vectored write call.",
+            &[],
+        ),
         IOVEC_BOUNDS,
         &total.iovecs_per_write,
     );
 
     // Latency.
-    w.histogram(
-        "roomcast_tick_lag_seconds",
-        "How late a merge window's timer fired against its deadline.",
+    observe(
+        f.histogram(
+            "roomcast_tick_lag_seconds",
+            "How late a merge window's timer fired against its deadline.",
+            &[],
+        ),
         LATENCY_BOUNDS,
         &snap.hub.tick_lag,
     );
-    w.histogram(
-        "roomcast_confirm_seconds",
-        "From a worker asking the control plane to confirm a channel to the confirmation (one observation per channel per worker).",
+    observe(
+        f.histogram(
+            "roomcast_confirm_seconds",
+            "From a worker asking the control plane to confirm a channel to the confirmation (one observation per channel per worker).",
+            &[],
+        ),
         LATENCY_BOUNDS,
         &total.confirm_latency,
     );
-    w.histogram(
-        "roomcast_publish_to_flush_seconds",
-        "From the edge receiving a batch's first message to a worker flushing it (per batch per worker).",
+    observe(
+        f.histogram(
+            "roomcast_publish_to_flush_seconds",
+            "From the edge receiving a batch's first message to a worker flushing it (per batch per worker).",
+            &[],
+        ),
         LATENCY_BOUNDS,
         &total.publish_to_flush,
     );
 
     // Drops and queues.
-    w.family(
+    let dropped = f.counter(
         "roomcast_messages_dropped_total",
-        "counter",
         "Messages dropped, by priority and reason (queue: shed over --queue-soft-bytes; closed: queued when the connection closed; budget: over the room level's budget; worker_backlog: a worker's inbox was full).",
+        &["priority", "reason"],
     );
     for (p, label) in PRIORITY_LABELS.iter().enumerate() {
         for (reason, n) in [
@@ -674,93 +554,64 @@ pub fn render(shared: &Shared) -> String {
             ("budget", snap.hub.dropped_budget[p]),
             ("worker_backlog", snap.hub.dropped_worker_backlog_msgs[p]),
         ] {
-            w.sample(
-                "roomcast_messages_dropped_total",
-                &[("priority", label), ("reason", reason)],
-                n as f64,
-            );
+            dropped.sample(&[label, reason], n as f64);
         }
     }
-    w.single(
+    f.gauge(
         "roomcast_queued_bytes",
-        "gauge",
         "Bytes waiting in connections' send queues.",
-        total.queued_bytes as f64,
-    );
-    w.single(
+        &[],
+    )
+    .sample(&[], total.queued_bytes as f64);
+    f.gauge(
         "roomcast_queued_high_water_bytes",
-        "gauge",
         "Highest roomcast_queued_bytes seen (summed over workers' own highs).",
-        total.queued_bytes_high_water as f64,
-    );
-    w.single(
+        &[],
+    )
+    .sample(&[], total.queued_bytes_high_water as f64);
+    f.gauge(
         "roomcast_connection_queue_high_water_bytes",
-        "gauge",
         "Largest send queue seen on any one connection.",
-        total.queue_high_water as f64,
-    );
+        &[],
+    )
+    .sample(&[], total.queue_high_water as f64);
 
     // Driver.
     per_core(
-        &mut w,
-        "roomcast_driver_submissions_total",
-        "counter",
-        "io_uring: submission queue entries pushed; epoll: wait calls.",
+        f.counter(
+            "roomcast_driver_submissions_total",
+            "io_uring: submission queue entries pushed; epoll: wait calls.",
+            &["core"],
+        ),
         &|s| s.driver.submissions,
     );
     per_core(
-        &mut w,
-        "roomcast_driver_completions_total",
-        "counter",
-        "io_uring: completions reaped; epoll: readiness events.",
+        f.counter(
+            "roomcast_driver_completions_total",
+            "io_uring: completions reaped; epoll: readiness events.",
+            &["core"],
+        ),
         &|s| s.driver.completions,
     );
-    w.single(
+    f.counter(
         "roomcast_driver_accept_fd_exhausted_total",
-        "counter",
         "Accepts that failed because the process ran out of file descriptors.",
-        total.driver.accept_fd_exhausted as f64,
-    );
-    w.single(
+        &[],
+    )
+    .sample(&[], total.driver.accept_fd_exhausted as f64);
+    f.counter(
         "roomcast_driver_recv_no_buffers_total",
-        "counter",
         "io_uring: multishot recv re-armed after the provided-buffer ring ran empty.",
-        total.driver.recv_no_buffers as f64,
-    );
-    w.finish()
+        &[],
+    )
+    .sample(&[], total.driver.recv_no_buffers as f64);
+    f
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn histogram_buckets_are_cumulative() {
-        let mut h = Hist::default();
-        for v in [1.0, 2.0, 3.0, 100.0, 5000.0] {
-            h.record(IOVEC_BOUNDS, v);
-        }
-        let mut w = TextWriter::new();
-        w.histogram("x", "help", IOVEC_BOUNDS, &h);
-        let text = w.finish();
-        assert!(text.contains("x_bucket{le=\"1\"} 1\n"), "{text}");
-        assert!(text.contains("x_bucket{le=\"4\"} 3\n"), "{text}");
-        assert!(text.contains("x_bucket{le=\"128\"} 4\n"), "{text}");
-        assert!(text.contains("x_bucket{le=\"+Inf\"} 5\n"), "{text}");
-        assert!(text.contains("x_count 5\n"), "{text}");
-    }
-
-    #[test]
-    fn labels_are_escaped_and_values_formatted() {
-        let mut w = TextWriter::new();
-        w.family("m", "gauge", "h");
-        w.sample("m", &[("a", "q\"\\\n")], 0.25);
-        w.sample("m", &[], 3.0);
-        assert_eq!(
-            w.finish(),
-            "# HELP m h\n# TYPE m gauge\nm{a=\"q\\\"\\\\\\n\"} 0.25\nm 3\n"
-        );
-    }
+    use roomcast_ops::metrics::{check_described, render};
 
     #[test]
     fn capacity_ratio_max_is_the_highest() {
@@ -773,11 +624,131 @@ mod tests {
         assert_eq!(Capacity::default().max_ratio(), 0.0);
     }
 
+    /// Three workers and the hub with something in every counter and histogram.
+    fn busy_snapshot() -> Snapshot {
+        let mut workers = Vec::new();
+        for i in 0..3u64 {
+            let mut w = WorkerStats {
+                connections: 10 + i,
+                accepted: 20 + i,
+                refused_full: i,
+                handshake_failures: 1,
+                deliveries: 5,
+                frames_queued: 7 * (i + 1),
+                bytes_out: 1000,
+                write_calls: 9,
+                flushes: 4,
+                queue_high_water: 100 + i,
+                queued_bytes: 50,
+                queued_bytes_high_water: 70,
+                busy_ns: 10,
+                poll_ns: 30,
+                confirm_waits: 2,
+                confirm_timeouts: 1,
+                ..WorkerStats::default()
+            };
+            w.closed[CloseReason::Slow as usize] = 3;
+            w.auth_failures_by[1] = 2;
+            w.dropped_queue[2] = 4;
+            w.dropped_closed[0] = 1;
+            w.driver.submissions = 11;
+            w.driver.completions = 12;
+            w.driver.accept_fd_exhausted = 1;
+            w.driver.recv_no_buffers = 2;
+            for v in [1.0, 3.0, 100.0, 5000.0] {
+                w.iovecs_per_write.record(IOVEC_BOUNDS, v);
+            }
+            for v in [0.0001, 0.003, 0.7, 9.0] {
+                w.publish_to_flush.record(LATENCY_BOUNDS, v);
+                w.confirm_latency.record(LATENCY_BOUNDS, v / 2.0);
+            }
+            workers.push(w);
+        }
+        let mut hub = HubStats {
+            publishes_by_priority: [1, 2, 3, 4],
+            publishes_without_members: 5,
+            dropped_budget: [0, 1, 0, 2],
+            dropped_worker_backlog_msgs: [3, 0, 0, 1],
+            batches: 8,
+            link_connects: 1,
+            ..HubStats::default()
+        };
+        let mut bm = Hist::default();
+        for v in [1.0, 7.0, 60.0, 2000.0] {
+            bm.record(BATCH_BOUNDS, v);
+        }
+        hub.batch_messages = bm;
+        hub.tick_lag.record(LATENCY_BOUNDS, 0.002);
+        Snapshot {
+            workers,
+            hub,
+            levels: [(0u8, (3u64, 10u64)), (2, (1, 4))].into_iter().collect(),
+            users: 12,
+            capacity: Capacity {
+                used: [33.0, 97.0, 1234.5, 1e8, 0.4],
+                limit: [1000.0, 4096.0, 1e9, 4e9, 1.0],
+                busiest_worker: 0.4,
+            },
+            busy: vec![0.25, 0.4, 0.1],
+        }
+    }
+
+    fn busy_edge() -> EdgeCollector {
+        let shared = Arc::new(Shared::new("uring"));
+        shared.store(busy_snapshot());
+        shared.link_up.store(true, Ordering::Release);
+        EdgeCollector::new(shared)
+    }
+
     #[test]
     fn a_fresh_edge_renders() {
-        let shared = Shared::new("epoll", "e".into());
-        let text = render(&shared);
+        let collector = EdgeCollector::new(Arc::new(Shared::new("epoll")));
+        check_described(&collector).unwrap();
+        let text = render(&collector);
         assert!(text.contains("roomcast_driver_info{driver=\"epoll\"} 1\n"));
         assert!(text.contains("roomcast_capacity_ratio_max 0\n"));
+        // Nothing sampled yet: no rooms, no per-core series, no empty family headers.
+        assert!(!text.contains("roomcast_rooms"), "{text}");
+    }
+
+    #[test]
+    fn every_family_of_a_busy_edge_is_described() {
+        let collector = busy_edge();
+        check_described(&collector).unwrap();
+        let described: Vec<&str> = collector
+            .desc()
+            .iter()
+            .map(|d| d.fq_name.as_str())
+            .collect();
+        let collected: Vec<String> = collector
+            .collect()
+            .iter()
+            .filter(|f| !f.get_metric().is_empty())
+            .map(|f| f.name().to_owned())
+            .collect();
+        assert_eq!(described, collected, "a busy edge samples every family");
+    }
+
+    #[test]
+    fn a_busy_edge_sums_workers_and_keeps_per_core_series() {
+        let text = render(&busy_edge());
+        for line in [
+            "roomcast_frames_queued_total{core=\"2\"} 21\n",
+            "roomcast_connections_refused_total{reason=\"full\"} 3\n",
+            "roomcast_slow_consumer_closes_total 9\n",
+            "roomcast_messages_dropped_total{priority=\"2\",reason=\"queue\"} 12\n",
+            "roomcast_messages_dropped_total{priority=\"3\",reason=\"worker_backlog\"} 1\n",
+            "roomcast_rooms{level=\"2\"} 1\n",
+            "roomcast_room_members{level=\"0\"} 10\n",
+            "roomcast_write_iovecs_bucket{le=\"4\"} 6\n",
+            "roomcast_write_iovecs_bucket{le=\"1024\"} 9\n",
+            "roomcast_write_iovecs_bucket{le=\"+Inf\"} 12\n",
+            "roomcast_write_iovecs_count 12\n",
+            "roomcast_publish_to_flush_seconds_bucket{le=\"0.0005\"} 3\n",
+            "roomcast_worker_busy_ratio{core=\"1\"} 0.4\n",
+            "roomcast_link_up 1\n",
+        ] {
+            assert!(text.contains(line), "no {line:?} in\n{text}");
+        }
     }
 }

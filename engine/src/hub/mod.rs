@@ -363,7 +363,6 @@ impl Hub {
             users: self.core.users_connected(),
             capacity,
             busy: self.capacity.busy().to_vec(),
-            taken: true,
         });
     }
 }
