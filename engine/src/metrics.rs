@@ -464,8 +464,8 @@ fn families(shared: &Shared, snap: &Snapshot) -> Families {
     );
     per_core(
         f.counter(
-            "roomcast_deliveries_total",
-            "Batches received by each worker.",
+            "roomcast_worker_batches_total",
+            "Batches (one per closed window and core, shared by its members) handed to each worker.",
             &["core"],
         ),
         &|s| s.deliveries,
