@@ -100,6 +100,42 @@ impl Shared {
     }
 }
 
+/// Logs a snapshot's counters, every worker's summed with the hub's, as one `edge stats` line.
+/// Field names are the `/metrics` series they match, without the `roomcast_` prefix and `_total`.
+pub fn log_edge_stats(snap: &Snapshot) {
+    let mut total = WorkerStats::default();
+    for stats in &snap.workers {
+        total.add(stats);
+    }
+    let hub = &snap.hub;
+    let per_flush = if total.flushes > 0 {
+        total.write_calls as f64 / total.flushes as f64
+    } else {
+        0.0
+    };
+    tracing::info!(
+        connections = total.connections,
+        connections_accepted = total.accepted,
+        connections_refused_full = total.refused_full,
+        slow_consumer_closes = total.close_count(CloseReason::Slow),
+        messages_in = hub.publishes,
+        batches = hub.batches,
+        worker_batches = total.deliveries,
+        frames_queued = total.frames_queued,
+        written_bytes = total.bytes_out,
+        flushes = total.flushes,
+        write_calls = total.write_calls,
+        write_iovecs_sum = total.write_iovecs,
+        write_calls_per_flush = format!("{per_flush:.3}"),
+        messages_dropped_queue = total.dropped_queue.iter().sum::<u64>(),
+        messages_dropped_closed = total.dropped_closed.iter().sum::<u64>(),
+        messages_dropped_budget = hub.dropped_budget.iter().sum::<u64>(),
+        messages_dropped_worker_backlog = hub.dropped_worker_backlog_msgs.iter().sum::<u64>(),
+        connection_queue_high_water_bytes = total.queue_high_water,
+        "edge stats"
+    );
+}
+
 /// Configured capacity of an edge.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {

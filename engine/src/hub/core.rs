@@ -379,12 +379,6 @@ impl HubCore {
         if self.membership_report_at.is_some_and(|at| now >= at) {
             self.send_report(false);
         }
-        if let (Some(at), Some(every)) = (self.next_stats_log, self.config.stats_log_interval) {
-            if now >= at {
-                self.log_stats();
-                self.next_stats_log = Some(now + every);
-            }
-        }
         if let Link::Down { retry_at, backoff } = self.link {
             if now >= retry_at {
                 self.link = Link::Dialing { backoff };
@@ -395,7 +389,6 @@ impl HubCore {
 
     /// The edge is stopping: every worker closes its connections (1001) and stops.
     pub fn shutdown(&mut self) {
-        self.log_stats();
         for outbox in &mut self.outboxes {
             outbox.queue.push_back(ToWorker::Shutdown);
         }
@@ -503,37 +496,14 @@ impl HubCore {
             .count() as u64
     }
 
-    /// One log line with every worker's latest counters summed, and the hub's own. Field names
-    /// are the `/metrics` series they match, without the `roomcast_` prefix.
-    pub fn log_stats(&self) {
-        let total = self.total();
-        let per_flush = if total.flushes > 0 {
-            total.write_calls as f64 / total.flushes as f64
-        } else {
-            0.0
-        };
-        tracing::info!(
-            connections = total.connections,
-            connections_accepted = total.accepted,
-            connections_refused_full = total.refused_full,
-            slow_consumer_closes = total.close_count(CloseReason::Slow),
-            messages_in = self.stats.publishes,
-            batches = self.stats.batches,
-            worker_batches = total.deliveries,
-            frames_queued = total.frames_queued,
-            written_bytes = total.bytes_out,
-            flushes = total.flushes,
-            write_calls = total.write_calls,
-            write_iovecs_sum = total.write_iovecs,
-            write_calls_per_flush = format!("{per_flush:.3}"),
-            messages_dropped_queue = total.dropped_queue.iter().sum::<u64>(),
-            messages_dropped_closed = total.dropped_closed.iter().sum::<u64>(),
-            messages_dropped_budget = self.stats.dropped_budget.iter().sum::<u64>(),
-            messages_dropped_worker_backlog =
-                self.stats.dropped_worker_backlog_msgs.iter().sum::<u64>(),
-            connection_queue_high_water_bytes = total.queue_high_water,
-            "edge stats"
-        );
+    /// Whether the `edge stats` line is due (the loop logs it from the snapshot it stores, so the
+    /// line shows what `/metrics` shows).
+    pub fn stats_log_due(&self, now: Instant) -> bool {
+        self.next_stats_log.is_some_and(|at| now >= at)
+    }
+
+    pub fn stats_logged(&mut self, now: Instant) {
+        self.next_stats_log = self.config.stats_log_interval.map(|every| now + every);
     }
 
     // ---- membership and the join acknowledgement ----------------------------------------------

@@ -30,7 +30,7 @@ use mio::{Events, Interest, Poll, Token};
 
 pub use self::core::{Advertised, HubConfig, HubCore};
 use crate::fanout::{ToHub, ToWorker};
-use crate::metrics::{CapacitySampler, Shared, Snapshot};
+use crate::metrics::{log_edge_stats, CapacitySampler, Shared, Snapshot};
 use crate::sys::Waker;
 use roomcast_proto::link;
 
@@ -129,6 +129,7 @@ impl Hub {
         let mut events = Events::with_capacity(64);
         loop {
             if self.shutdown.load(Ordering::Acquire) {
+                self.store_snapshot(Instant::now(), true);
                 self.core.shutdown();
                 // Blocking: every worker must hear it (a dead worker's inbox fails at once).
                 self.core
@@ -157,8 +158,9 @@ impl Hub {
                 self.on_link_ready();
             }
             let now = Instant::now();
-            if self.core.report_due(now) {
-                self.store_snapshot(now);
+            let log = self.core.stats_log_due(now);
+            if self.core.report_due(now) || log {
+                self.store_snapshot(now, log);
             }
             self.core.handle_timeout(now);
             if self.core.take_dial() {
@@ -346,8 +348,9 @@ impl Hub {
     }
 
     /// Samples capacity, hands the core the ratio for its report, and leaves the latest counters
-    /// where the admin server reads them (once per report interval).
-    fn store_snapshot(&mut self, now: Instant) {
+    /// where the admin server reads them (once per report interval); with `log`, also logs them
+    /// as the `edge stats` line, so the line shows what `/metrics` shows.
+    fn store_snapshot(&mut self, now: Instant, log: bool) {
         let workers = self.core.worker_stats().to_vec();
         let mut total = crate::stats::WorkerStats::default();
         for stats in &workers {
@@ -356,14 +359,19 @@ impl Hub {
         let capacity = self.capacity.sample(now, &workers, &total);
         self.core
             .set_capacity_permille(self.capacity.max_permille());
-        self.metrics.store(Snapshot {
+        let snapshot = Snapshot {
             workers,
             hub: self.core.stats().clone(),
             levels: self.core.rooms_by_level(),
             users: self.core.users_connected(),
             capacity,
             busy: self.capacity.busy().to_vec(),
-        });
+        };
+        if log {
+            log_edge_stats(&snapshot);
+            self.core.stats_logged(now);
+        }
+        self.metrics.store(snapshot);
     }
 }
 
