@@ -21,8 +21,9 @@ use roomcast_proto::link::Register;
 
 /// Batches a worker may have waiting before the hub counts further ones as dropped.
 const WORKER_INBOX: usize = 1 << 16;
-/// Messages the workers may have waiting for the hub (presence, confirmations, reports).
-const HUB_INBOX: usize = 1 << 16;
+/// Messages the workers may have waiting for the hub (presence, confirmations, reports). A
+/// bounded channel's slots are allocated (and touched) up front: 4096 of them take about 0.5 MiB.
+const HUB_INBOX: usize = 4096;
 /// File descriptors an edge needs beyond its client connections (listeners, rings, logs, link).
 const FD_OVERHEAD: u64 = 64;
 

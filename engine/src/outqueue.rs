@@ -229,8 +229,12 @@ mod tests {
         })
     }
 
+    fn buf() -> WriteBuf {
+        crate::sys::WriteBufs::new().take()
+    }
+
     fn drain(q: &mut OutQueue) -> Vec<u8> {
-        let mut buf = WriteBuf::new();
+        let mut buf = buf();
         let n = q.fill(&mut buf, 1024);
         let out = buf.to_vec();
         assert_eq!(out.len(), n);
@@ -248,7 +252,7 @@ mod tests {
         let mut q = OutQueue::default();
         q.push_owned(Bytes::from_static(b"hello"));
         push(&mut q, batch(3, 2), 1000, 2000);
-        assert_eq!(q.fill(&mut WriteBuf::new(), 1024), 8);
+        assert_eq!(q.fill(&mut buf(), 1024), 8);
         q.advance(3);
         assert_eq!(q.queued_bytes(), 5);
         assert_eq!(drain(&mut q), b"lo\x02\x02\x02");
@@ -334,7 +338,7 @@ mod tests {
     fn frames_pinned_by_a_write_in_flight_are_not_dropped() {
         let mut q = OutQueue::default();
         push(&mut q, batch(10, 3), 15, 1000);
-        q.fill(&mut WriteBuf::new(), 1024);
+        q.fill(&mut buf(), 1024);
         // 10 waiting: taken.
         push(&mut q, batch(10, 3), 15, 1000);
         // 20 waiting: the write in flight points at the first frame, so the others go.
@@ -348,7 +352,7 @@ mod tests {
     fn partly_written_front_frame_is_not_dropped() {
         let mut q = OutQueue::default();
         push(&mut q, batch(10, 3), 10, 1000);
-        q.fill(&mut WriteBuf::new(), 1024);
+        q.fill(&mut buf(), 1024);
         q.advance(4);
         // 6 waiting: taken.
         push(&mut q, batch(10, 1), 10, 1000);
@@ -364,9 +368,9 @@ mod tests {
         for _ in 0..5 {
             q.push_owned(Bytes::from_static(b"ab"));
         }
-        let mut buf = WriteBuf::new();
-        assert_eq!(q.fill(&mut buf, 3), 6);
-        assert_eq!(buf.parts(), 3);
+        let mut b = buf();
+        assert_eq!(q.fill(&mut b, 3), 6);
+        assert_eq!(b.parts(), 3);
     }
 
     #[test]

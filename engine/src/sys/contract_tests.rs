@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use super::socket::reuseport_listener;
 use super::{
     epoll, syscall, uring, Accepted, ConnId, Driver, Event, Payload, SocketOptions, WriteBuf,
-    WriteStatus,
+    WriteBufs, WriteStatus,
 };
 
 type Factory = fn(SocketOptions) -> Option<Box<dyn Driver>>;
@@ -107,6 +107,7 @@ struct Harness {
     d: Box<dyn Driver>,
     addr: SocketAddr,
     queue: VecDeque<Ev>,
+    bufs: WriteBufs,
 }
 
 impl Harness {
@@ -123,6 +124,7 @@ impl Harness {
             d,
             addr,
             queue: VecDeque::new(),
+            bufs: WriteBufs::new(),
         })
     }
 
@@ -219,7 +221,7 @@ impl Harness {
         let total: usize = parts.iter().map(|p| p.bytes().len()).sum();
         let mut pos = 0;
         while pos < total {
-            match self.d.write(conn, remaining(&parts, pos)) {
+            match self.d.write(conn, remaining(&self.bufs, &parts, pos)) {
                 WriteStatus::Done(Ok(n), _) => pos += n,
                 WriteStatus::Done(Err(e), _) => panic!("{}: write failed: {e}", self.d.name()),
                 WriteStatus::WouldBlock(_) => {
@@ -251,8 +253,8 @@ fn shared(parts: &[&[u8]]) -> Vec<Rc<dyn Payload>> {
 }
 
 /// A write buffer with the unwritten rest of `parts` after `pos` bytes.
-fn remaining(parts: &[Rc<dyn Payload>], mut pos: usize) -> WriteBuf {
-    let mut buf = WriteBuf::new();
+fn remaining(bufs: &WriteBufs, parts: &[Rc<dyn Payload>], mut pos: usize) -> WriteBuf {
+    let mut buf = bufs.take();
     for part in parts {
         let len = part.bytes().len();
         if pos >= len {
@@ -372,7 +374,7 @@ fn large_write_resumes(make: Factory) {
     let mut stalled = false;
     let mut first = true;
     while pos < TOTAL {
-        let status = h.d.write(conn, remaining(&parts, pos));
+        let status = h.d.write(conn, remaining(&h.bufs, &parts, pos));
         if first {
             assert!(
                 !matches!(status, WriteStatus::Done(Ok(TOTAL), _)),
@@ -483,7 +485,7 @@ fn write_until_stuck(h: &mut Harness, conn: ConnId) -> (bool, Rc<dyn Payload>) {
     let data: Rc<dyn Payload> = Rc::new(pattern(4 << 20));
     let mut pos = 0;
     loop {
-        let mut buf = WriteBuf::new();
+        let mut buf = h.bufs.take();
         buf.push(Rc::clone(&data), pos);
         match h.d.write(conn, buf) {
             WriteStatus::Done(Ok(n), buf) => {
@@ -530,7 +532,7 @@ fn write_buffers_come_back_only_on_completion(make: Factory) {
         // Nothing completes while the client does not read: the driver still holds the buffer.
         assert!(h.collect(Duration::from_millis(200)).is_empty());
         assert_eq!(Rc::strong_count(&data), 2, "{}", h.d.name());
-        let mut second = WriteBuf::new();
+        let mut second = h.bufs.take();
         second.push(Rc::clone(&data), 0);
         match h.d.write(conn, second) {
             WriteStatus::Done(Err(_), buf) => drop(buf),
@@ -590,6 +592,7 @@ fn close_with_write_in_flight(make: Factory) {
         "{}: the write's buffer outlived Released",
         h.d.name()
     );
+    assert_eq!(h.bufs.slots().1, 0, "{}: a buffer still taken", h.d.name());
     drop(client);
 }
 
@@ -722,7 +725,7 @@ fn stale_generation_gets_no_events(make: Factory) {
     let _ = old_client.write_all(b"stale");
     new_client.write_all(b"fresh").unwrap();
     assert_eq!(h.read_data(new, 5), b"fresh");
-    let mut stale = WriteBuf::new();
+    let mut stale = h.bufs.take();
     stale.push(Rc::new(b"x".to_vec()), 0);
     match h.d.write(old, stale) {
         WriteStatus::Done(Err(_), buf) => assert_eq!(buf.len(), 1),

@@ -14,14 +14,18 @@
 //!   buffer per worker), so an idle connection holds no read buffer. End of stream or a read error
 //!   arrives as [`Event::ReadClosed`]; after it no more `Data` comes for that connection.
 //! * **Writes hand owned buffers over.** `write` takes a [`WriteBuf`] (reference-counted handles
-//!   to the bytes, no copy) and starts one vectored write. It returns [`WriteStatus::Done`] with
-//!   the buffer when the write finished at once (possibly short, or failed),
+//!   to the bytes, no copy, plus the driver's iovec/`msghdr` scratch, in a slot of the worker's
+//!   [`WriteBufs`] arena) and starts one vectored write. It returns [`WriteStatus::Done`] with the
+//!   buffer when the write finished at once (possibly short, or failed),
 //!   [`WriteStatus::WouldBlock`] with the buffer when nothing could be written yet
 //!   ([`Event::Writable`] follows once it can), or [`WriteStatus::Pending`] when it was submitted:
 //!   the driver keeps the buffer, and with it every byte the kernel reads, until the write
 //!   completes, and gives it back in [`Event::WriteDone`]. The caller may do anything with its own
-//!   data meanwhile; nothing it does can free memory the kernel still reads. At most one write
-//!   per connection is outstanding (a second one fails with the buffer returned).
+//!   data meanwhile; nothing it does can free memory the kernel still reads, and the soundness of
+//!   a write rests on no caller discipline. At most one write per connection is outstanding (a
+//!   second one fails with the buffer returned). Dropping a buffer frees its slot; the arena maps
+//!   memory for the writes in flight at once and gives it back to the OS when they no longer
+//!   need it (`WriteBufs::trim`).
 //! * **Closing.** `close` stops all I/O on a connection; [`Event::Released`] follows (on a later
 //!   `poll`) once no operation on it is in flight, and by then the driver has closed the
 //!   descriptor and dropped the buffer of a write that was in flight (no `WriteDone` comes for it).
@@ -43,13 +47,14 @@ use std::time::Duration;
 
 pub mod buf;
 pub mod epoll;
+mod mem;
 pub mod socket;
 pub mod uring;
 
 #[cfg(test)]
 mod contract_tests;
 
-pub use buf::{Payload, WriteBuf};
+pub use buf::{Payload, WriteBuf, WriteBufs};
 
 /// Turns the `-1` a libc call returns on failure into the calling thread's `errno` as an
 /// `io::Error` (mio's `syscall!`; the call itself stays in the caller's `unsafe` block, next to

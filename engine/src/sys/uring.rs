@@ -22,7 +22,6 @@ use std::io;
 use std::mem;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::ptr::{self, NonNull};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,6 +29,7 @@ use std::time::{Duration, Instant};
 use io_uring::types::{BufRingEntry, CancelBuilder, Fd, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, IoUring, Probe};
 
+use super::mem::Mmap;
 use super::socket::{self, is_fd_exhaustion, Lingering, Refusal, ReserveFd};
 use super::{
     claim_slot, syscall, Accepted, ConnId, Driver, DriverStats, Event, SocketOptions, Waker,
@@ -223,44 +223,6 @@ fn probe_multishot_recv(mut ring: IoUring) -> (Result<(), String>, bool) {
     (result, finished)
 }
 
-/// An anonymous private memory mapping (page-aligned and zero-filled, as the buffer ring needs).
-struct Mmap {
-    ptr: NonNull<u8>,
-    len: usize,
-}
-
-impl Mmap {
-    fn new(len: usize) -> io::Result<Mmap> {
-        // SAFETY: an anonymous mapping with no address hint touches no existing memory; the
-        // result is checked for MAP_FAILED below.
-        let p = unsafe {
-            libc::mmap(
-                ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        // The kernel writes into these pages; a forked child must not share them.
-        // SAFETY: `p..p+len` is the mapping just created.
-        unsafe { libc::madvise(p, len, libc::MADV_DONTFORK) };
-        let ptr = NonNull::new(p.cast::<u8>()).ok_or_else(|| io::Error::other("mmap gave null"))?;
-        Ok(Mmap { ptr, len })
-    }
-}
-
-impl Drop for Mmap {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly the mapping created in `new`; nothing borrows it any more.
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
-    }
-}
-
 /// The provided-buffer ring: `count` buffers of `size` bytes the kernel picks from for every
 /// multishot recv, following the io-uring crate's own `register_buf_ring` test.
 struct BufRing {
@@ -283,8 +245,8 @@ impl BufRing {
             ));
         }
         Ok(BufRing {
-            entries: Mmap::new(count as usize * mem::size_of::<BufRingEntry>())?,
-            bufs: Mmap::new(count as usize * size as usize)?,
+            entries: Mmap::new(count as usize * mem::size_of::<BufRingEntry>(), true)?,
+            bufs: Mmap::new(count as usize * size as usize, true)?,
             count,
             size,
             local_tail: 0,
@@ -297,7 +259,7 @@ impl BufRing {
         // stays mapped until `self` drops, and every owner drops its ring before its BufRing.
         unsafe {
             ring.submitter().register_buf_ring_with_flags(
-                self.entries.ptr.as_ptr() as u64,
+                self.entries.as_ptr() as u64,
                 self.count,
                 BGID,
                 0,
@@ -313,13 +275,13 @@ impl BufRing {
     /// Writes buffer `bid` into the next free ring slot (not yet visible to the kernel).
     fn push(&mut self, bid: u16) {
         let idx = (self.local_tail & (self.count - 1)) as usize;
-        let base = self.entries.ptr.as_ptr().cast::<BufRingEntry>();
+        let base = self.entries.as_ptr().cast::<BufRingEntry>();
         // SAFETY: `idx < count`, so the entry lies inside the mapping. The slot at our tail is
         // not owned by the kernel (it only reads slots between its head and the published
         // tail, and at most `count - 1` buffers are out there while we hold `bid`), and the
         // setters write addr/len/bid only, never the tail word that shares entry 0.
         let entry = unsafe { &mut *base.add(idx) };
-        entry.set_addr(self.bufs.ptr.as_ptr() as u64 + u64::from(bid) * u64::from(self.size));
+        entry.set_addr(self.bufs.as_ptr() as u64 + u64::from(bid) * u64::from(self.size));
         entry.set_len(self.size);
         entry.set_bid(bid);
         self.local_tail = self.local_tail.wrapping_add(1);
@@ -327,7 +289,7 @@ impl BufRing {
 
     /// Publishes our tail to the kernel.
     fn sync(&self) {
-        let base = self.entries.ptr.as_ptr().cast::<BufRingEntry>();
+        let base = self.entries.as_ptr().cast::<BufRingEntry>();
         // SAFETY: `base` is the start of a registered buffer ring; `tail` only computes the
         // address of its tail field.
         let tail = unsafe { BufRingEntry::tail(base) }.cast::<AtomicU16>();
@@ -353,7 +315,7 @@ impl BufRing {
         // SAFETY: the range lies inside the buffer mapping. The kernel selected buffer `bid`
         // for this completion and will not touch it until `recycle(bid)` puts it back, and
         // `&mut self` keeps us from handing out a second slice at the same time.
-        Some(unsafe { std::slice::from_raw_parts_mut(self.bufs.ptr.as_ptr().add(offset), len) })
+        Some(unsafe { std::slice::from_raw_parts_mut(self.bufs.as_ptr().add(offset), len) })
     }
 }
 

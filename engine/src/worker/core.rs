@@ -16,8 +16,8 @@
 //! and carries out what the core asks for:
 //!
 //! * [`WorkerCore::poll_action`] until `None`: start a write (the [`WriteBuf`] comes from the
-//!   core's pool and goes back to it with the outcome), close a connection, look up peers for a
-//!   user query;
+//!   core's [`WriteBufs`] and is dropped when it comes back with the outcome), close a
+//!   connection, look up peers for a user query;
 //! * [`WorkerCore::poll_to_hub`] until `None`: messages for the hub, in order. The hub's inbox is
 //!   bounded: a message it has no room for is handed back with [`WorkerCore::hub_full`], stays at
 //!   the head of the queue (order is kept: a channel's `Confirm` must follow its `Presence`) and
@@ -26,8 +26,9 @@
 //!   never blocks and never drops a message for the hub.
 //!
 //! Hot path: a batch is queued on every member by `Rc` clones of frames wrapped once per core; a
-//! flush builds one [`WriteBuf`] per connection from a pool (no allocation in steady state) holding
-//! one more `Rc` clone per frame. Nothing here allocates, locks or copies per recipient.
+//! flush builds one [`WriteBuf`] per connection in a slot of the write-buffer arena (no
+//! allocation) holding one more `Rc` clone per frame. Nothing here allocates, locks or copies per
+//! recipient.
 
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
@@ -44,7 +45,7 @@ use crate::members::{ChannelSlot, MemberTable, Moved};
 use crate::outqueue::{OutQueue, SharedFrame};
 use crate::session::{self, Session, Transport};
 use crate::stats::{AuthFailure, CloseReason, WorkerStats, IOVEC_BOUNDS, LATENCY_BOUNDS};
-use crate::sys::{ConnId, DriverStats, WriteBuf, WriteStatus, MAX_IOVECS};
+use crate::sys::{ConnId, DriverStats, WriteBuf, WriteBufs, WriteStatus, MAX_IOVECS};
 use roomcast_proto::auth::Verifier;
 use roomcast_proto::client::{self, ClientOp, ErrorCode, WireFormat};
 use roomcast_proto::handshake;
@@ -56,7 +57,7 @@ use roomcast_proto::message::Target;
 pub const CLOSE_FLUSH_GRACE: Duration = Duration::from_secs(2);
 /// How soon a message the hub's inbox had no room for is offered again.
 pub const HUB_RETRY: Duration = Duration::from_millis(1);
-/// How often the write-buffer pool gives back what the last two periods did not use.
+/// How often the write-buffer arena gives back what the last two periods did not use.
 pub const POOL_TRIM_EVERY: Duration = Duration::from_secs(2);
 
 /// Everything a core needs, handed over when the worker starts.
@@ -204,11 +205,8 @@ pub struct WorkerCore {
     wake_hub: bool,
     /// When to offer the head of the outbox again after the hub's inbox was full.
     hub_retry_at: Option<Instant>,
-    /// Write buffers not in use, the number handed out and not back yet, and the most handed out
-    /// at once in this period and the last.
-    pool: Vec<WriteBuf>,
-    bufs_out: usize,
-    bufs_peak: [usize; 2],
+    /// Storage for the writes in flight; trimmed every [`POOL_TRIM_EVERY`].
+    bufs: WriteBufs,
     next_trim: Instant,
     actions: Vec<session::Action>,
     stats: WorkerStats,
@@ -270,9 +268,7 @@ impl WorkerCore {
             outbox: VecDeque::new(),
             wake_hub: false,
             hub_retry_at: None,
-            pool: Vec::new(),
-            bufs_out: 0,
-            bufs_peak: [0; 2],
+            bufs: WriteBufs::new(),
             next_trim: now + POOL_TRIM_EVERY,
             actions: Vec::new(),
             stats: WorkerStats::default(),
@@ -377,11 +373,11 @@ impl WorkerCore {
     pub fn on_write_status(&mut self, now: Instant, id: ConnId, status: WriteStatus) {
         match status {
             WriteStatus::Done(result, buf) => {
-                self.recycle(buf);
+                drop(buf);
                 self.write_finished(now, id, result, true);
             }
             WriteStatus::WouldBlock(buf) => {
-                self.recycle(buf);
+                drop(buf);
                 if let Some(conn) = self.conns.get_mut(id.key()).filter(|c| c.id == id) {
                     conn.out.unpin();
                     conn.write = WriteState::Blocked;
@@ -400,7 +396,7 @@ impl WorkerCore {
         result: std::io::Result<usize>,
         buf: WriteBuf,
     ) {
-        self.recycle(buf);
+        drop(buf);
         self.write_finished(now, id, result, false);
     }
 
@@ -420,10 +416,6 @@ impl WorkerCore {
             return;
         }
         let conn = self.conns.remove(id.key());
-        if conn.write == WriteState::InFlight {
-            // Its write never completed: the driver dropped the buffer.
-            self.bufs_out = self.bufs_out.saturating_sub(1);
-        }
         self.open_connections.fetch_sub(1, Ordering::Relaxed);
         self.stats.closed[conn.close_reason as usize] += 1;
         for (total, n) in self
@@ -474,7 +466,7 @@ impl WorkerCore {
     }
 
     /// Runs the timers that are due: the sweep (auth, heartbeat, write-stall and close-grace
-    /// deadlines, join confirmations), the report to the hub, the pool trim. `wall` is the wall
+    /// deadlines, join confirmations), the report to the hub, the write-buffer trim. `wall` is the wall
     /// clock at `now`; `driver` the driver's counters, for the report.
     pub fn on_timeout(&mut self, now: Instant, wall: SystemTime, driver: DriverStats) {
         self.wall = (now, wall);
@@ -488,7 +480,7 @@ impl WorkerCore {
             self.next_report = now + self.config.report_interval();
         }
         if now >= self.next_trim {
-            self.trim_pool();
+            self.bufs.trim();
             self.next_trim = now + POOL_TRIM_EVERY;
         }
     }
@@ -604,9 +596,7 @@ impl WorkerCore {
         if !continued {
             self.stats.flushes += 1;
         }
-        let mut buf = self.pool.pop().unwrap_or_default();
-        self.bufs_out += 1;
-        self.bufs_peak[0] = self.bufs_peak[0].max(self.bufs_out);
+        let mut buf = self.bufs.take();
         conn.out.fill(&mut buf, MAX_IOVECS);
         conn.write = WriteState::InFlight;
         let parts = buf.parts() as u64;
@@ -658,29 +648,10 @@ impl WorkerCore {
         }
     }
 
-    /// A buffer is back from the driver: into the pool.
-    fn recycle(&mut self, mut buf: WriteBuf) {
-        self.bufs_out = self.bufs_out.saturating_sub(1);
-        buf.clear();
-        self.pool.push(buf);
-    }
-
-    /// Gives back pooled buffers beyond what the last two periods needed at once (the pool never
-    /// holds more than the connections ever wrote to at once, and nothing after a quiet spell).
-    fn trim_pool(&mut self) {
-        let needed = self.bufs_peak[0].max(self.bufs_peak[1]);
-        let keep = needed.saturating_sub(self.bufs_out);
-        if self.pool.len() > keep {
-            self.pool.truncate(keep);
-            self.pool.shrink_to(keep);
-        }
-        self.bufs_peak = [self.bufs_out, self.bufs_peak[0]];
-    }
-
-    /// Pooled write buffers and buffers handed out (for tests of the pool's bounds).
+    /// Write-buffer slots mapped, and buffers out (for tests of the arena's bounds).
     #[cfg(test)]
-    pub fn pool_sizes(&self) -> (usize, usize) {
-        (self.pool.len(), self.bufs_out)
+    pub fn write_bufs(&self) -> (usize, usize) {
+        self.bufs.slots()
     }
 
     // ---- deliveries --------------------------------------------------------------------------

@@ -214,7 +214,11 @@ impl Harness {
     // ---- the fake driver, as the test scripts it ---------------------------------------------
 
     fn connect_with(&mut self, mode: Mode) -> ConnId {
-        let Admission::Admit(id) = self.core.admit(self.now, Transport::Tcp) else {
+        self.connect_over(Transport::Tcp, mode)
+    }
+
+    fn connect_over(&mut self, transport: Transport, mode: Mode) -> ConnId {
+        let Admission::Admit(id) = self.core.admit(self.now, transport) else {
             panic!("refused");
         };
         self.conns.insert(
@@ -751,8 +755,8 @@ fn a_completion_driver_writes_in_pieces_as_completions_come() {
     h.complete_all(a);
     assert!(h.fake(a).in_flight.is_none());
     assert_eq!(batch_priorities(&h.read(a)), vec![3, 2, 1]);
-    // The buffers went back to the pool; none is out.
-    assert_eq!(h.core.pool_sizes().1, 0);
+    // The buffers came back and were dropped; none is out.
+    assert_eq!(h.core.write_bufs().1, 0);
 }
 
 #[test]
@@ -791,7 +795,7 @@ fn a_close_while_a_write_is_in_flight_waits_for_the_completion_before_release() 
     assert_eq!(h.stats().close_count(CloseReason::Peer), 1);
     assert_eq!(h.open.load(Ordering::Relaxed), 0);
     assert_eq!(
-        h.core.pool_sizes().1,
+        h.core.write_bufs().1,
         0,
         "the driver's dropped buffer is not counted out"
     );
@@ -1061,6 +1065,39 @@ fn a_silent_connection_is_closed_4000_while_pings_keep_another_open() {
 }
 
 #[test]
+fn websocket_ping_frames_count_as_heartbeats() {
+    let mut h = Harness::with(EdgeConfig {
+        heartbeat_timeout_ms: 800,
+        ..config()
+    });
+    let unlimited = Mode::Sync { room: usize::MAX };
+    let ws = h.connect_over(Transport::WebSocket, unlimited);
+    let request = handshake::client_request("edge", "/ws", "dGhlIHNhbXBsZSBub25jZQ==");
+    h.send_raw(ws, &request);
+    let auth = ClientOp::Auth {
+        seq: 1,
+        token: token("alice", EPOCH_SECS + 3600),
+    };
+    h.send_raw(ws, &encode_op(WireFormat::WsBinary, &auth, [1, 2, 3, 4]));
+    h.confirm_all();
+    // A masked, empty WebSocket ping every 200 ms: answered with a pong, and kept open.
+    const PING: [u8; 6] = [0x89, 0x80, 1, 2, 3, 4];
+    for _ in 0..12 {
+        h.advance_in_steps(Duration::from_millis(200), Duration::from_millis(50));
+        h.send_raw(ws, &PING);
+    }
+    assert!(!h.closed(ws));
+    let wire = std::mem::take(&mut h.fake(ws).wire);
+    let pongs = wire.windows(2).filter(|w| w == &[0x8a, 0x00]).count();
+    assert!(pongs >= 12, "{pongs} pongs");
+    // Silent from now on: closed after the timeout.
+    h.advance_in_steps(Duration::from_millis(1_200), Duration::from_millis(50));
+    assert!(h.closed(ws));
+    h.round();
+    assert_eq!(h.stats().close_count(CloseReason::Heartbeat), 1);
+}
+
+#[test]
 fn a_connection_that_does_not_authenticate_in_time_is_closed_4001() {
     let mut h = Harness::with(EdgeConfig {
         auth_timeout_ms: 1_000,
@@ -1211,10 +1248,10 @@ fn presence_changes_wake_the_hub_once_per_round() {
     assert_eq!(h.hub_wakes, wakes);
 }
 
-// ---- the write-buffer pool -------------------------------------------------------------------
+// ---- the write buffers -----------------------------------------------------------------------
 
 #[test]
-fn write_buffers_are_pooled_and_given_back_when_idle() {
+fn write_buffers_are_reused_while_busy_and_given_back_when_idle() {
     let mut h = Harness::new();
     let members: Vec<ConnId> = (0..50)
         .map(|i| {
@@ -1224,29 +1261,32 @@ fn write_buffers_are_pooled_and_given_back_when_idle() {
         })
         .collect();
     // A fan-out every 500 ms for 10 s: 50 writes in flight at once each time.
+    let mut mapped = None;
     for _ in 0..20 {
         h.deliver(room("r1"), &[(3, 100)]);
-        assert_eq!(h.core.pool_sizes().1, 50);
+        let (slots, out) = h.core.write_bufs();
+        assert_eq!(out, 50);
+        assert_eq!(
+            *mapped.get_or_insert(slots),
+            slots,
+            "no more memory while busy"
+        );
         for &id in &members {
             h.complete_all(id);
         }
-        assert_eq!(h.core.pool_sizes(), (50, 0));
+        assert_eq!(h.core.write_bufs(), (slots, 0));
         h.advance_in_steps(Duration::from_millis(500), Duration::from_millis(100));
-        assert_eq!(
-            h.core.pool_sizes().0,
-            50,
-            "kept while in use: no allocation per write"
-        );
+        assert_eq!(h.core.write_bufs().0, slots, "kept while in use");
     }
-    // Quiet: a few trim periods later the pool is empty.
+    // Quiet: a few trim periods later nothing is mapped any more.
     h.advance_in_steps(POOL_TRIM_EVERY * 4, Duration::from_millis(500));
-    assert_eq!(h.core.pool_sizes(), (0, 0));
-    // A readiness driver needs one buffer however many members.
+    assert_eq!(h.core.write_bufs(), (0, 0));
+    // A readiness driver needs one buffer at a time however many members.
     for &id in &members {
         h.set_mode(id, Mode::Sync { room: usize::MAX });
     }
     h.deliver(room("r1"), &[(3, 100)]);
-    assert_eq!(h.core.pool_sizes(), (1, 0));
+    assert_eq!(h.core.write_bufs().1, 0);
 }
 
 // ---- admission, shutdown, queries ------------------------------------------------------------
