@@ -200,9 +200,13 @@ impl WriteBufs {
             }
         }
         if !unmapped.is_empty() {
+            let mut gone = vec![false; arena.chunks.len()];
+            for &chunk in &unmapped {
+                gone[chunk] = true;
+            }
             arena
                 .free
-                .retain(|&slot| !unmapped.contains(&(slot as usize / SLOTS_PER_CHUNK)));
+                .retain(|&slot| !gone[slot as usize / SLOTS_PER_CHUNK]);
             for chunk in unmapped {
                 // Its slots are all free (none taken) and out of the free list: nothing refers
                 // into it.

@@ -83,6 +83,8 @@ fn decode(ud: u64) -> Option<(Kind, usize)> {
 const ACCEPT_RETRY: Duration = Duration::from_millis(10);
 /// CQ drain passes per `poll` (each pass takes everything currently in the CQ).
 const DRAIN_PASSES: usize = 4;
+/// Completions copied out of the CQ at a time.
+const CQE_BATCH: usize = 1024;
 /// Flags for accepted sockets: the worker expects nonblocking, close-on-exec streams.
 const ACCEPT_FLAGS: i32 = libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
 
@@ -452,7 +454,7 @@ impl UringDriver {
             options: cfg.socket,
             backlog: VecDeque::new(),
             released: Vec::new(),
-            cqes: Vec::new(),
+            cqes: Vec::with_capacity(CQE_BATCH),
             waker: Arc::new(UringWaker { fd: efd }),
             in_flight: 0,
             stats: DriverStats::default(),
@@ -596,21 +598,29 @@ impl UringDriver {
         }
     }
 
-    /// Reaps and dispatches completions.
+    /// Reaps and dispatches completions: each pass takes everything in the CQ, in batches of at
+    /// most [`CQE_BATCH`] (so the scratch list stays small however full the CQ was).
     fn drain(&mut self, on_event: &mut dyn FnMut(Event<'_>)) {
         for _ in 0..DRAIN_PASSES {
-            let mut cqes = mem::take(&mut self.cqes);
-            cqes.clear();
-            cqes.extend(self.ring.completion());
-            if cqes.is_empty() {
+            let mut reaped = false;
+            loop {
+                let mut cqes = mem::take(&mut self.cqes);
+                cqes.clear();
+                cqes.extend(self.ring.completion().take(CQE_BATCH));
+                let full = cqes.len() == CQE_BATCH;
+                reaped |= !cqes.is_empty();
+                self.stats.completions += cqes.len() as u64;
+                for cqe in &cqes {
+                    self.dispatch(cqe, on_event);
+                }
                 self.cqes = cqes;
+                if !full {
+                    break;
+                }
+            }
+            if !reaped {
                 return;
             }
-            self.stats.completions += cqes.len() as u64;
-            for cqe in &cqes {
-                self.dispatch(cqe, on_event);
-            }
-            self.cqes = cqes;
         }
     }
 
