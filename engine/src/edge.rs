@@ -22,6 +22,9 @@ use roomcast_proto::auth::DEV_JWT_SECRET;
 
 /// Batches a worker may have waiting before the hub counts further ones as dropped.
 const WORKER_INBOX: usize = 1 << 16;
+/// Messages the workers may have waiting for the hub (presence, confirmations, reports). A
+/// bounded channel's slots are allocated (and touched) up front: 4096 of them take about 0.5 MiB.
+const HUB_INBOX: usize = 4096;
 /// File descriptors an edge needs beyond its client connections (listeners, rings, logs, link).
 const FD_OVERHEAD: u64 = 64;
 
@@ -100,7 +103,9 @@ impl Edge {
         }
 
         let verifier = Arc::new(Verifier::new(config.jwt_secret.as_bytes()));
-        let (hub_tx, hub_rx) = crossbeam_channel::unbounded::<ToHub>();
+        // Bounded: a worker whose message finds it full keeps it and offers it again shortly
+        // (see `worker::core`), so a stalled hub cannot make the workers grow it without limit.
+        let (hub_tx, hub_rx) = crossbeam_channel::bounded::<ToHub>(HUB_INBOX);
         let hub_poll = HubPoll::new().map_err(StartError::Hub)?;
         let open_connections = Arc::new(AtomicUsize::new(0));
         let cores = core_affinity::get_core_ids().unwrap_or_default();
@@ -112,7 +117,7 @@ impl Edge {
             let config = Arc::clone(&config);
             let verifier = Arc::clone(&verifier);
             let hub = hub_tx.clone();
-            let hub_waker = hub_poll.waker();
+            let hub_waker: Arc<dyn sys::Waker> = Arc::new(sys::MioWaker(hub_poll.waker()));
             let open_connections = Arc::clone(&open_connections);
             let core = (!cores.is_empty()).then(|| cores[index % cores.len()]);
             let thread = std::thread::Builder::new()
@@ -122,7 +127,10 @@ impl Edge {
                         core_affinity::set_for_current(core);
                     }
                     // The ring is built on its own thread (io_uring single-issuer rings must be).
-                    let driver = match sys::new_driver(kind) {
+                    let options = sys::SocketOptions {
+                        send_buffer_bytes: config.socket_send_buffer_bytes,
+                    };
+                    let driver = match sys::new_driver(kind, options) {
                         Ok((driver, _)) => driver,
                         Err(error) => {
                             let _ = ready_tx.send(Err(error));

@@ -2,24 +2,26 @@
 //!
 //! Room batches are shared: one `Rc<SharedFrame>` per core points at the batch's `Bytes`, and each
 //! member's queue holds a clone of that `Rc` (a plain, non-atomic increment, and an 8-byte queue
-//! entry). Replies and control frames get an `Rc` of their own. A flush turns the queue into iovecs for one vectored
-//! write; `advance` consumes what the kernel took, resuming mid-frame after a partial write.
+//! entry). Replies and control frames get an `Rc` of their own. A flush puts the queued frames
+//! into a [`WriteBuf`] for one vectored write (one more `Rc` clone per frame: the buffer keeps
+//! what the kernel reads alive on its own); `advance` consumes what the kernel took, resuming
+//! mid-frame after a partial write.
 //!
 //! Bounds apply when a window's batch (one or more frames) arrives. A queue holding at most `soft`
 //! bytes before it takes the whole batch, whatever its size: a reader that keeps up loses nothing.
 //! A queue already over `soft` belongs to a reader that fell behind: its oldest frames of the
 //! lowest priority are dropped until it is back within `soft` (never a frame holding a priority-0
-//! message, never a reply, never a frame the kernel has partly taken or a write in flight still
-//! points at). When what was waiting before the batch is still over `hard` after that, the caller
+//! message, never a reply, never a frame the kernel has partly taken or a write in flight carries
+//! — the queue's front must stay what that write sent, for `advance`). When what was waiting before the batch is still over `hard` after that, the caller
 //! closes the connection as slow. A reader that stops reading altogether is caught by the
 //! worker's write-stall timeout instead, since shedding alone keeps its queue under `hard`.
 
 use std::collections::VecDeque;
-use std::io::IoSlice;
 use std::rc::Rc;
 
 use bytes::Bytes;
 
+use crate::sys::{Payload, WriteBuf};
 use roomcast_proto::message::PRIORITIES;
 
 /// A batch frame shared by every member of a channel on one core.
@@ -30,6 +32,12 @@ pub struct SharedFrame {
     pub min_priority: u8,
     /// Messages per priority in the batch (for drop accounting).
     pub counts: [u32; PRIORITIES],
+}
+
+impl Payload for SharedFrame {
+    fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
 }
 
 impl SharedFrame {
@@ -70,7 +78,8 @@ pub struct OutQueue {
     head_offset: usize,
     /// Bytes queued and not yet written.
     queued: usize,
-    /// Frames that the write in flight points into (front of the queue); they must not move.
+    /// Frames the write in flight carries (front of the queue); `advance` consumes them, so they
+    /// must not be dropped meanwhile.
     pinned: usize,
 }
 
@@ -150,24 +159,19 @@ impl OutQueue {
         best.map(|(index, _)| index)
     }
 
-    /// Fills `iov` with slices of the queued bytes (at most `max` of them) and pins those frames
-    /// until `advance`. Returns the number of bytes offered.
-    pub fn fill_iovecs<'a>(&'a mut self, iov: &mut Vec<IoSlice<'a>>, max: usize) -> usize {
-        let mut offered = 0;
+    /// Puts the queued frames (at most `max` of them) into `buf`, from where the last write
+    /// stopped, and pins them until `advance`. Returns the number of bytes offered.
+    pub fn fill(&mut self, buf: &mut WriteBuf, max: usize) -> usize {
+        let mut skip = self.head_offset;
         let mut count = 0;
-        for (index, frame) in self.frames.iter().enumerate().take(max) {
-            let bytes = &frame.bytes[..];
-            let slice = if index == 0 {
-                &bytes[self.head_offset..]
-            } else {
-                bytes
-            };
-            offered += slice.len();
-            iov.push(IoSlice::new(slice));
+        for frame in self.frames.iter().take(max) {
+            let part: Rc<dyn Payload> = Rc::<SharedFrame>::clone(frame);
+            buf.push(part, skip);
+            skip = 0;
             count += 1;
         }
         self.pinned = count;
-        offered
+        buf.len()
     }
 
     /// Consumes `written` bytes from the front after a write finished, and unpins.
@@ -225,12 +229,15 @@ mod tests {
         })
     }
 
+    fn buf() -> WriteBuf {
+        crate::sys::WriteBufs::new().take()
+    }
+
     fn drain(q: &mut OutQueue) -> Vec<u8> {
-        let mut iov = Vec::new();
-        let n = q.fill_iovecs(&mut iov, 1024);
-        let out: Vec<u8> = iov.iter().flat_map(|s| s.iter().copied()).collect();
+        let mut buf = buf();
+        let n = q.fill(&mut buf, 1024);
+        let out = buf.to_vec();
         assert_eq!(out.len(), n);
-        drop(iov);
         q.advance(n);
         out
     }
@@ -245,9 +252,7 @@ mod tests {
         let mut q = OutQueue::default();
         q.push_owned(Bytes::from_static(b"hello"));
         push(&mut q, batch(3, 2), 1000, 2000);
-        let mut iov = Vec::new();
-        assert_eq!(q.fill_iovecs(&mut iov, 1024), 8);
-        drop(iov);
+        assert_eq!(q.fill(&mut buf(), 1024), 8);
         q.advance(3);
         assert_eq!(q.queued_bytes(), 5);
         assert_eq!(drain(&mut q), b"lo\x02\x02\x02");
@@ -333,9 +338,7 @@ mod tests {
     fn frames_pinned_by_a_write_in_flight_are_not_dropped() {
         let mut q = OutQueue::default();
         push(&mut q, batch(10, 3), 15, 1000);
-        let mut iov = Vec::new();
-        q.fill_iovecs(&mut iov, 1024);
-        drop(iov);
+        q.fill(&mut buf(), 1024);
         // 10 waiting: taken.
         push(&mut q, batch(10, 3), 15, 1000);
         // 20 waiting: the write in flight points at the first frame, so the others go.
@@ -349,9 +352,7 @@ mod tests {
     fn partly_written_front_frame_is_not_dropped() {
         let mut q = OutQueue::default();
         push(&mut q, batch(10, 3), 10, 1000);
-        let mut iov = Vec::new();
-        q.fill_iovecs(&mut iov, 1024);
-        drop(iov);
+        q.fill(&mut buf(), 1024);
         q.advance(4);
         // 6 waiting: taken.
         push(&mut q, batch(10, 1), 10, 1000);
@@ -367,9 +368,9 @@ mod tests {
         for _ in 0..5 {
             q.push_owned(Bytes::from_static(b"ab"));
         }
-        let mut iov = Vec::new();
-        assert_eq!(q.fill_iovecs(&mut iov, 3), 6);
-        assert_eq!(iov.len(), 3);
+        let mut b = buf();
+        assert_eq!(q.fill(&mut b, 3), 6);
+        assert_eq!(b.parts(), 3);
     }
 
     #[test]

@@ -2,20 +2,26 @@
 //!
 //! Readiness-based: `poll` waits in `epoll_wait`, then reads readable connections into one
 //! per-driver scratch buffer and reports `Data`; `write` is a synchronous `sendmsg` that returns
-//! `Done` or `WouldBlock` (never `Pending`). See the contract in [`super`].
+//! `Done` or `WouldBlock` (never `Pending`), so every write buffer comes straight back. See the
+//! contract in [`super`].
 
-use std::io::{self, IoSlice};
+use std::io;
 use std::mem;
-use std::net::TcpListener;
-use std::os::fd::{AsRawFd, RawFd};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
-use super::socket::{is_fd_exhaustion, set_nodelay_nonblocking, Refusal, ReserveFd};
-use super::{claim_slot, ConnId, Driver, DriverStats, Event, Waker, WriteStatus, MAX_IOVECS};
+use super::socket::{
+    self, is_fd_exhaustion, set_nodelay_nonblocking, Lingering, Refusal, ReserveFd,
+};
+use super::{
+    claim_slot, syscall, Accepted, ConnId, Driver, DriverStats, Event, SocketOptions, Waker,
+    WriteBuf, WriteStatus,
+};
 
 // Tokens are `usize`; connection tokens carry the 64-bit `ConnId`, so this driver needs 64 bits.
 const _: () = assert!(usize::BITS == 64, "the epoll driver needs a 64-bit target");
@@ -46,7 +52,8 @@ fn conn_token(conn: ConnId) -> usize {
 #[derive(Debug)]
 struct ConnState {
     id: ConnId,
-    fd: RawFd,
+    /// The connection's socket, owned from `register` until `close`.
+    stream: TcpStream,
     /// `write` returned `WouldBlock`: report `Writable` on the next writable edge.
     want_writable: bool,
     /// `ReadClosed` was reported: no more reads.
@@ -93,6 +100,8 @@ pub struct EpollDriver {
     readable_backlog: Vec<ConnId>,
     /// Closed connections whose `Released` is delivered at the start of the next `poll`.
     released: Vec<ConnId>,
+    lingering: Lingering,
+    options: SocketOptions,
     scratch: Box<[u8]>,
     round: u64,
     stats: DriverStats,
@@ -100,7 +109,7 @@ pub struct EpollDriver {
 
 impl EpollDriver {
     /// Creates the epoll instance, its waker and the reserve descriptor.
-    pub fn new() -> io::Result<EpollDriver> {
+    pub fn new(options: SocketOptions) -> io::Result<EpollDriver> {
         let poll = Poll::new()?;
         let waker = Arc::new(EpollWaker(mio::Waker::new(poll.registry(), WAKER_TOKEN)?));
         Ok(EpollDriver {
@@ -116,6 +125,8 @@ impl EpollDriver {
             conns: Vec::new(),
             readable_backlog: Vec::new(),
             released: Vec::new(),
+            lingering: Lingering::default(),
+            options,
             scratch: vec![0u8; SCRATCH_SIZE].into_boxed_slice(),
             round: 0,
             stats: DriverStats::default(),
@@ -140,12 +151,12 @@ impl EpollDriver {
             match listener.accept() {
                 Ok((stream, _)) => {
                     // mio accepts with accept4(SOCK_NONBLOCK | SOCK_CLOEXEC).
-                    let stream: std::net::TcpStream = stream.into();
+                    let stream: TcpStream = stream.into();
                     // A failure here means the socket is already dead: drop (close) it.
                     if set_nodelay_nonblocking(&stream).is_ok() {
                         on_event(Event::Accepted {
                             listener: idx,
-                            stream,
+                            socket: Accepted { stream },
                         });
                     }
                 }
@@ -215,26 +226,25 @@ fn read_conn(
     on_event: &mut dyn FnMut(Event<'_>),
 ) {
     state.read_round = round;
+    let fd = state.stream.as_raw_fd();
     for _ in 0..READ_BUDGET {
         // SAFETY: `scratch` is a valid, writable buffer of `scratch.len()` bytes that nothing
-        // else borrows during the call; `state.fd` is a registered socket the worker keeps open
-        // until `Released`.
-        let n = unsafe { libc::read(state.fd, scratch.as_mut_ptr().cast(), scratch.len()) };
-        if n > 0 {
-            on_event(Event::Data {
+        // else borrows during the call; `fd` is the connection's socket, owned by `state`.
+        let read = syscall(unsafe { libc::read(fd, scratch.as_mut_ptr().cast(), scratch.len()) });
+        match read {
+            Ok(0) => {
+                state.read_closed = true;
+                on_event(Event::ReadClosed {
+                    conn: state.id,
+                    error: None,
+                });
+                return;
+            }
+            Ok(n) => on_event(Event::Data {
                 conn: state.id,
                 bytes: &mut scratch[..n as usize],
-            });
-        } else if n == 0 {
-            state.read_closed = true;
-            on_event(Event::ReadClosed {
-                conn: state.id,
-                error: None,
-            });
-            return;
-        } else {
-            let err = io::Error::last_os_error();
-            match err.kind() {
+            }),
+            Err(err) => match err.kind() {
                 io::ErrorKind::WouldBlock => return,
                 io::ErrorKind::Interrupted => {}
                 _ => {
@@ -245,7 +255,7 @@ fn read_conn(
                     });
                     return;
                 }
-            }
+            },
         }
     }
     // Budget used up without hitting WouldBlock: there may be more, and no new edge will say so.
@@ -271,19 +281,21 @@ impl Driver for EpollDriver {
         Ok(idx)
     }
 
-    fn register(&mut self, conn: ConnId, fd: RawFd) -> io::Result<()> {
+    fn register(&mut self, conn: ConnId, socket: Accepted) -> io::Result<()> {
         let key = conn.key();
         claim_slot(&mut self.conns, key)?;
+        let stream = socket.stream;
+        socket::apply(&stream, self.options);
         // Edge-triggered: EPOLL_CTL_ADD reports readiness that already exists (bytes that
         // arrived before registration), so nothing is lost.
         self.poll.registry().register(
-            &mut SourceFd(&fd),
+            &mut SourceFd(&stream.as_raw_fd()),
             Token(conn_token(conn)),
             Interest::READABLE | Interest::WRITABLE,
         )?;
         self.conns[key] = Some(ConnState {
             id: conn,
-            fd,
+            stream,
             want_writable: false,
             read_closed: false,
             read_round: 0,
@@ -291,53 +303,72 @@ impl Driver for EpollDriver {
         Ok(())
     }
 
-    fn write(&mut self, conn: ConnId, fd: RawFd, bufs: &[IoSlice<'_>]) -> io::Result<WriteStatus> {
+    fn refuse(&mut self, socket: Accepted, notice: &[u8]) {
+        self.lingering.refuse(socket.stream, notice);
+    }
+
+    fn write(&mut self, conn: ConnId, mut buf: WriteBuf) -> WriteStatus {
         let Some(state) = self.conn_mut(conn) else {
-            return Err(io::Error::new(
+            let error = io::Error::new(
                 io::ErrorKind::NotFound,
                 "write on a connection that is not registered",
-            ));
+            );
+            return WriteStatus::Done(Err(error), buf);
         };
-        if bufs.is_empty() {
-            return Ok(WriteStatus::Done(0));
+        if buf.is_empty() {
+            return WriteStatus::Done(Ok(0), buf);
         }
+        let fd = state.stream.as_raw_fd();
+        let iov = buf.iovecs();
         // SAFETY: an all-zero msghdr is valid (null name/control, no iovecs).
         let mut msg: libc::msghdr = unsafe { mem::zeroed() };
-        // IoSlice is guaranteed ABI-compatible with iovec on Unix; sendmsg only reads them.
-        msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
-        msg.msg_iovlen = bufs.len().min(MAX_IOVECS) as _;
+        msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
+        msg.msg_iovlen = iov.len() as _;
         loop {
             // sendmsg rather than writev: MSG_NOSIGNAL turns a peer reset into EPIPE instead
             // of SIGPIPE whatever the process's signal disposition.
-            // SAFETY: `msg` points at `msg_iovlen` valid iovecs borrowed from `bufs` for the
-            // duration of the call; `fd` is the caller's open socket.
-            let n = unsafe { libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL) };
-            if n >= 0 {
-                return Ok(WriteStatus::Done(n as usize));
-            }
-            let err = io::Error::last_os_error();
-            match err.kind() {
-                io::ErrorKind::Interrupted => continue,
-                io::ErrorKind::WouldBlock => {
-                    state.want_writable = true;
-                    return Ok(WriteStatus::WouldBlock);
-                }
-                _ => return Err(err),
+            // SAFETY: `msg` points at `msg_iovlen` valid iovecs in `buf`, which point at bytes
+            // `buf` holds; sendmsg only reads them during the call. `fd` is the connection's
+            // socket, owned by `state`.
+            let sent = syscall(unsafe { libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL) });
+            match sent {
+                Ok(n) => return WriteStatus::Done(Ok(n as usize), buf),
+                Err(err) => match err.kind() {
+                    io::ErrorKind::Interrupted => continue,
+                    io::ErrorKind::WouldBlock => {
+                        state.want_writable = true;
+                        return WriteStatus::WouldBlock(buf);
+                    }
+                    _ => return WriteStatus::Done(Err(err), buf),
+                },
             }
         }
     }
 
-    fn close(&mut self, conn: ConnId, _fd: RawFd) {
+    fn close(&mut self, conn: ConnId) {
         if let Some(slot) = self.conns.get_mut(conn.key()) {
             if slot.as_ref().is_some_and(|s| s.id == conn) {
                 if let Some(state) = slot.take() {
                     // Failure means the fd is already gone from the epoll set: nothing to do.
-                    let _ = self.poll.registry().deregister(&mut SourceFd(&state.fd));
+                    let _ = self
+                        .poll
+                        .registry()
+                        .deregister(&mut SourceFd(&state.stream.as_raw_fd()));
+                    // Nothing is in flight with epoll: the socket closes here.
+                    drop(state);
                 }
             }
         }
         // Backlog entries are dropped lazily (they no longer match a registered connection).
         self.released.push(conn);
+    }
+
+    fn peer_addr(&self, conn: ConnId) -> Option<SocketAddr> {
+        self.conns
+            .get(conn.key())
+            .and_then(Option::as_ref)
+            .filter(|s| s.id == conn)
+            .and_then(|s| s.stream.peer_addr().ok())
     }
 
     fn poll(
@@ -347,6 +378,7 @@ impl Driver for EpollDriver {
     ) -> io::Result<()> {
         self.round += 1;
         let round = self.round;
+        self.lingering.expire();
 
         let mut delivered = false;
         for conn in self.released.drain(..) {

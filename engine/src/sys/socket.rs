@@ -1,11 +1,15 @@
 //! Socket and process helpers shared by both drivers and the worker setup code.
 
+use std::collections::VecDeque;
 use std::fs::File;
-use std::io;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::{self, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::RawFd;
+use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
+
+use super::{syscall, SocketOptions};
 
 /// Creates a nonblocking TCP listener bound to `addr` with `SO_REUSEADDR` and `SO_REUSEPORT`, so
 /// several edge processes and several workers per process can listen on the same port and the
@@ -60,21 +64,23 @@ impl ReserveFd {
         if had_spare {
             // SAFETY: accept4 with null address pointers is valid; `listener` is a socket fd
             // owned by the caller and open for the duration of the call.
-            let fd = unsafe {
+            let accepted = syscall(unsafe {
                 libc::accept4(
                     listener,
                     std::ptr::null_mut(),
                     std::ptr::null_mut(),
                     libc::SOCK_CLOEXEC,
                 )
-            };
-            if fd >= 0 {
-                // SAFETY: `fd` was just returned by accept4, is owned by nobody else and is
-                // closed exactly once here.
-                unsafe { libc::close(fd) };
-                outcome = Refusal::Refused;
-            } else if io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock {
-                outcome = Refusal::BacklogEmpty;
+            });
+            match accepted {
+                Ok(fd) => {
+                    // SAFETY: `fd` was just returned by accept4, is owned by nobody else and is
+                    // closed exactly once here.
+                    unsafe { libc::close(fd) };
+                    outcome = Refusal::Refused;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => outcome = Refusal::BacklogEmpty,
+                Err(_) => {}
             }
         }
         self.spare = File::open("/dev/null").ok();
@@ -100,6 +106,52 @@ pub(crate) enum Refusal {
 /// memory per socket.
 pub fn set_send_buffer(stream: &TcpStream, bytes: usize) -> io::Result<()> {
     socket2::SockRef::from(stream).set_send_buffer_size(bytes)
+}
+
+/// Applies the per-connection options to a socket being registered (best effort: the kernel's
+/// default send buffer still works, only less tightly bounded).
+pub(crate) fn apply(stream: &TcpStream, options: SocketOptions) {
+    if options.send_buffer_bytes > 0 {
+        let _ = set_send_buffer(stream, options.send_buffer_bytes);
+    }
+}
+
+/// How long a refused socket stays half-open so the client can read why it was refused.
+const REFUSE_LINGER: Duration = Duration::from_secs(1);
+/// Refused sockets kept lingering at most (the oldest is closed early beyond this).
+const MAX_LINGERING: usize = 256;
+
+/// Refused sockets: sent their notice, write side shut, closed after [`REFUSE_LINGER`].
+#[derive(Debug, Default)]
+pub(crate) struct Lingering {
+    queue: VecDeque<(Instant, TcpStream)>,
+}
+
+impl Lingering {
+    /// Sends `notice` (best effort, on a fresh socket whose send buffer is empty: a failure only
+    /// loses the notice), shuts the write side and keeps the socket for a moment.
+    pub(crate) fn refuse(&mut self, stream: TcpStream, notice: &[u8]) {
+        let _ = (&stream).write(notice);
+        let _ = stream.shutdown(Shutdown::Write);
+        if self.queue.len() >= MAX_LINGERING {
+            self.queue.pop_front();
+        }
+        self.queue.push_back((Instant::now(), stream));
+    }
+
+    /// Closes the sockets that lingered long enough.
+    pub(crate) fn expire(&mut self) {
+        if self.queue.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        while let Some((since, _)) = self.queue.front() {
+            if now.duration_since(*since) < REFUSE_LINGER {
+                break;
+            }
+            self.queue.pop_front();
+        }
+    }
 }
 
 #[cfg(test)]

@@ -6,25 +6,35 @@
 //! `io_uring_enter` per loop for all writes of a flush), cancel-by-fd on close, and an eventfd
 //! with a multishot poll as the cross-thread waker. See the contract in [`super`].
 //!
+//! Memory the kernel reads or writes is owned here until the operation's final completion is
+//! reaped: the provided-buffer ring, and each in-flight send's [`WriteBuf`] (its `msghdr`, its
+//! iovecs and the bytes they point at), kept in the connection's entry — at most one per
+//! connection, so nothing is pooled here and nothing stays behind after a fan-out. Operations
+//! are named in `user_data` by kind and index (connection key or listener index); an entry is
+//! freed only after its last operation's final completion, so a completion always finds its own
+//! entry.
+//!
 //! The driver is deliberately `!Send`: with `IORING_SETUP_SINGLE_ISSUER` only the creating thread
 //! may submit, so a worker must build its driver on its own thread.
 
 use std::collections::VecDeque;
-use std::io::{self, IoSlice};
+use std::io;
 use std::mem;
-use std::net::{TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::ptr::{self, NonNull};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use io_uring::types::{BufRingEntry, CancelBuilder, Fd, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, IoUring, Probe};
-use slab::Slab;
 
-use super::socket::{is_fd_exhaustion, Refusal, ReserveFd};
-use super::{claim_slot, ConnId, Driver, DriverStats, Event, Waker, WriteStatus, MAX_IOVECS};
+use super::mem::Mmap;
+use super::socket::{self, is_fd_exhaustion, Lingering, Refusal, ReserveFd};
+use super::{
+    claim_slot, syscall, Accepted, ConnId, Driver, DriverStats, Event, SocketOptions, Waker,
+    WriteBuf, WriteStatus,
+};
 
 /// Sends queued before the driver submits them without waiting for `poll` (see `write`).
 const SUBMIT_SLICE: usize = 256;
@@ -35,10 +45,46 @@ const BGID: u16 = 0;
 const WAKER_UD: u64 = u64::MAX;
 /// user_data of cancel requests (their completions carry no information we need).
 const CANCEL_UD: u64 = u64::MAX - 1;
+/// user_data of the other operations: the kind in the top byte, an index below.
+const KIND_SHIFT: u32 = 56;
+const INDEX_MASK: u64 = (1 << KIND_SHIFT) - 1;
+
+/// What an operation is; its index is a connection key or a listener index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Kind {
+    /// A listener's multishot accept.
+    Accept = 1,
+    /// A one-shot poll for a pending connection, armed instead of the accept while the process
+    /// is out of descriptors and the backlog is empty (an accept would fail at once).
+    AcceptWait = 2,
+    /// A connection's multishot recv.
+    Recv = 3,
+    /// A connection's send.
+    Send = 4,
+}
+
+fn user_data(kind: Kind, index: usize) -> u64 {
+    ((kind as u64) << KIND_SHIFT) | index as u64
+}
+
+fn decode(ud: u64) -> Option<(Kind, usize)> {
+    let index = (ud & INDEX_MASK) as usize;
+    let kind = match ud >> KIND_SHIFT {
+        1 => Kind::Accept,
+        2 => Kind::AcceptWait,
+        3 => Kind::Recv,
+        4 => Kind::Send,
+        _ => return None,
+    };
+    Some((kind, index))
+}
 /// How long to back off before re-arming an accept after descriptor exhaustion.
 const ACCEPT_RETRY: Duration = Duration::from_millis(10);
 /// CQ drain passes per `poll` (each pass takes everything currently in the CQ).
 const DRAIN_PASSES: usize = 4;
+/// Completions copied out of the CQ at a time.
+const CQE_BATCH: usize = 1024;
 /// Flags for accepted sockets: the worker expects nonblocking, close-on-exec streams.
 const ACCEPT_FLAGS: i32 = libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
 
@@ -51,6 +97,8 @@ pub struct UringConfig {
     pub buf_count: u16,
     /// Size of each provided read buffer in bytes.
     pub buf_size: u32,
+    /// Applied to every registered connection.
+    pub socket: SocketOptions,
 }
 
 impl Default for UringConfig {
@@ -59,6 +107,7 @@ impl Default for UringConfig {
             entries: 4096,
             buf_count: 1024,
             buf_size: 4096,
+            socket: SocketOptions::default(),
         }
     }
 }
@@ -97,42 +146,52 @@ pub fn probe() -> Result<(), String> {
     bufs.register(&ring).map_err(|e| {
         format!("kernel lacks provided-buffer rings (register_buf_ring: {e}; Linux 5.19+)")
     })?;
-    probe_multishot_recv(ring)
+    let (result, finished) = probe_multishot_recv(ring);
+    if !finished {
+        // The test recv may still pick a buffer: the kernel must never write into freed memory.
+        mem::forget(bufs);
+    }
+    result
 }
 
 /// Multishot recv (Linux 6.0) shares its opcode with plain recv, so the opcode probe cannot see
-/// it: try it on a socketpair.
-fn probe_multishot_recv(mut ring: IoUring) -> Result<(), String> {
+/// it: try it on a socketpair. Also says whether the recv is known to be over (else the caller
+/// must not free the buffer ring).
+fn probe_multishot_recv(mut ring: IoUring) -> (Result<(), String>, bool) {
     let mut fds = [0 as RawFd; 2];
     // SAFETY: `fds` is a valid array of two ints for socketpair to fill.
-    let rc = unsafe {
+    let pair = syscall(unsafe {
         libc::socketpair(
             libc::AF_UNIX,
             libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
             0,
             fds.as_mut_ptr(),
         )
-    };
-    if rc != 0 {
-        return Err(format!("socketpair failed: {}", io::Error::last_os_error()));
+    });
+    if let Err(e) = pair {
+        return (Err(format!("socketpair failed: {e}")), true);
     }
     // SAFETY: socketpair succeeded, so both fds are fresh and owned by nobody else.
     let (a, b) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
     let recv = opcode::RecvMulti::new(Fd(a.as_raw_fd()), BGID)
         .build()
         .user_data(1);
-    // SAFETY: the recv only references the registered buffer ring, which outlives `ring`
-    // (see `probe`), and the fd `a`, which is open until the op is cancelled below.
+    // SAFETY: the recv only references the registered buffer ring, which the caller frees only
+    // when this returns that the recv is over, and the fd `a`, which outlives the ring.
     if unsafe { ring.submission().push(&recv) }.is_err() {
-        return Err("io_uring submission queue unexpectedly full".into());
+        return (
+            Err("io_uring submission queue unexpectedly full".into()),
+            true,
+        );
     }
     // SAFETY: writes one byte from a valid static buffer to our own socket.
-    unsafe { libc::write(b.as_raw_fd(), b"x".as_ptr().cast(), 1) };
+    let _ = syscall(unsafe { libc::write(b.as_raw_fd(), b"x".as_ptr().cast(), 1) });
     let ts = Timespec::from(Duration::from_secs(1));
     let args = SubmitArgs::new().timespec(&ts);
     let _ = ring.submitter().submit_with_args(1, &args);
+    let mut finished = false;
     let first = ring.completion().next();
-    let result = match first {
+    let result = match &first {
         Some(cqe) if cqe.result() == 1 && cqueue::more(cqe.flags()) => Ok(()),
         Some(cqe) if cqe.result() < 0 => Err(format!(
             "kernel lacks multishot recv ({}; Linux 6.0+)",
@@ -141,6 +200,9 @@ fn probe_multishot_recv(mut ring: IoUring) -> Result<(), String> {
         Some(_) => Err("kernel lacks multishot recv (no MORE flag; Linux 6.0+)".into()),
         None => Err("multishot recv did not complete".into()),
     };
+    if first.as_ref().is_some_and(|cqe| !cqueue::more(cqe.flags())) {
+        finished = true;
+    }
     // Cancel everything and wait for it, so nothing is in flight when the buffers go away.
     let cancel = opcode::AsyncCancel2::new(CancelBuilder::any())
         .build()
@@ -148,57 +210,19 @@ fn probe_multishot_recv(mut ring: IoUring) -> Result<(), String> {
     // SAFETY: a cancel request references no memory.
     let _ = unsafe { ring.submission().push(&cancel) };
     let deadline = Instant::now() + Duration::from_secs(1);
-    'wait: while Instant::now() < deadline {
+    while !finished && Instant::now() < deadline {
         let ts = Timespec::from(Duration::from_millis(50));
         let args = SubmitArgs::new().timespec(&ts);
         let _ = ring.submitter().submit_with_args(1, &args);
         for cqe in ring.completion() {
             if cqe.user_data() == 1 && !cqueue::more(cqe.flags()) {
-                break 'wait;
+                finished = true;
             }
         }
     }
     drop(ring);
     drop((a, b));
-    result
-}
-
-/// An anonymous private memory mapping (page-aligned and zero-filled, as the buffer ring needs).
-struct Mmap {
-    ptr: NonNull<u8>,
-    len: usize,
-}
-
-impl Mmap {
-    fn new(len: usize) -> io::Result<Mmap> {
-        // SAFETY: an anonymous mapping with no address hint touches no existing memory; the
-        // result is checked for MAP_FAILED below.
-        let p = unsafe {
-            libc::mmap(
-                ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        // The kernel writes into these pages; a forked child must not share them.
-        // SAFETY: `p..p+len` is the mapping just created.
-        unsafe { libc::madvise(p, len, libc::MADV_DONTFORK) };
-        let ptr = NonNull::new(p.cast::<u8>()).ok_or_else(|| io::Error::other("mmap gave null"))?;
-        Ok(Mmap { ptr, len })
-    }
-}
-
-impl Drop for Mmap {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly the mapping created in `new`; nothing borrows it any more.
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
-    }
+    (result, finished)
 }
 
 /// The provided-buffer ring: `count` buffers of `size` bytes the kernel picks from for every
@@ -223,8 +247,8 @@ impl BufRing {
             ));
         }
         Ok(BufRing {
-            entries: Mmap::new(count as usize * mem::size_of::<BufRingEntry>())?,
-            bufs: Mmap::new(count as usize * size as usize)?,
+            entries: Mmap::new(count as usize * mem::size_of::<BufRingEntry>(), true)?,
+            bufs: Mmap::new(count as usize * size as usize, true)?,
             count,
             size,
             local_tail: 0,
@@ -237,7 +261,7 @@ impl BufRing {
         // stays mapped until `self` drops, and every owner drops its ring before its BufRing.
         unsafe {
             ring.submitter().register_buf_ring_with_flags(
-                self.entries.ptr.as_ptr() as u64,
+                self.entries.as_ptr() as u64,
                 self.count,
                 BGID,
                 0,
@@ -253,13 +277,13 @@ impl BufRing {
     /// Writes buffer `bid` into the next free ring slot (not yet visible to the kernel).
     fn push(&mut self, bid: u16) {
         let idx = (self.local_tail & (self.count - 1)) as usize;
-        let base = self.entries.ptr.as_ptr().cast::<BufRingEntry>();
+        let base = self.entries.as_ptr().cast::<BufRingEntry>();
         // SAFETY: `idx < count`, so the entry lies inside the mapping. The slot at our tail is
         // not owned by the kernel (it only reads slots between its head and the published
         // tail, and at most `count - 1` buffers are out there while we hold `bid`), and the
         // setters write addr/len/bid only, never the tail word that shares entry 0.
         let entry = unsafe { &mut *base.add(idx) };
-        entry.set_addr(self.bufs.ptr.as_ptr() as u64 + u64::from(bid) * u64::from(self.size));
+        entry.set_addr(self.bufs.as_ptr() as u64 + u64::from(bid) * u64::from(self.size));
         entry.set_len(self.size);
         entry.set_bid(bid);
         self.local_tail = self.local_tail.wrapping_add(1);
@@ -267,7 +291,7 @@ impl BufRing {
 
     /// Publishes our tail to the kernel.
     fn sync(&self) {
-        let base = self.entries.ptr.as_ptr().cast::<BufRingEntry>();
+        let base = self.entries.as_ptr().cast::<BufRingEntry>();
         // SAFETY: `base` is the start of a registered buffer ring; `tail` only computes the
         // address of its tail field.
         let tail = unsafe { BufRingEntry::tail(base) }.cast::<AtomicU16>();
@@ -293,59 +317,28 @@ impl BufRing {
         // SAFETY: the range lies inside the buffer mapping. The kernel selected buffer `bid`
         // for this completion and will not touch it until `recycle(bid)` puts it back, and
         // `&mut self` keeps us from handing out a second slice at the same time.
-        Some(unsafe { std::slice::from_raw_parts_mut(self.bufs.ptr.as_ptr().add(offset), len) })
+        Some(unsafe { std::slice::from_raw_parts_mut(self.bufs.as_ptr().add(offset), len) })
     }
-}
-
-/// Storage for one in-flight `SendMsg`: the header and a copy of the iovec array (not the
-/// data). Boxed so its address is stable; pooled so steady-state writes do not allocate.
-struct SendStorage {
-    msg: libc::msghdr,
-    iov: Vec<libc::iovec>,
-}
-
-fn empty_msghdr() -> libc::msghdr {
-    // SAFETY: an all-zero msghdr is valid (no name, no iovecs, no control data).
-    unsafe { mem::zeroed() }
-}
-
-/// What an in-flight operation is, keyed in the op slab by its user_data.
-enum Op {
-    Accept {
-        listener: usize,
-    },
-    /// A one-shot poll for a pending connection, armed instead of the accept while the process
-    /// is out of descriptors and the backlog is empty (an accept would fail at once).
-    AcceptWait {
-        listener: usize,
-    },
-    Recv {
-        conn: ConnId,
-    },
-    Send {
-        conn: ConnId,
-        storage: Box<SendStorage>,
-    },
 }
 
 #[derive(Debug)]
 struct ConnEntry {
     id: ConnId,
-    fd: RawFd,
-    /// Op key of the armed multishot recv.
-    recv_op: Option<usize>,
-    /// Op key of the in-flight send.
-    send_op: Option<usize>,
+    /// The connection's socket, owned from `register` until the entry is freed.
+    stream: TcpStream,
+    /// The multishot recv is armed (its final completion not reaped yet).
+    recv_armed: bool,
+    /// The in-flight send's buffer: the kernel reads its header, iovecs and bytes until the
+    /// send's final completion.
+    send: Option<WriteBuf>,
     /// `close` was called: suppress events, release once no op is left.
     closing: bool,
 }
 
-struct ListenerEntry {
-    listener: TcpListener,
-    /// Op key of this listener's multishot accept (kept across re-arms).
-    op: usize,
-    /// Op key of its readiness poll (see [`Op::AcceptWait`]).
-    wait_op: usize,
+impl ConnEntry {
+    fn idle(&self) -> bool {
+        !self.recv_armed && self.send.is_none()
+    }
 }
 
 /// The worker's waker: an eventfd watched by a multishot poll on the ring.
@@ -358,30 +351,30 @@ impl Waker for UringWaker {
         let one: u64 = 1;
         // SAFETY: writes 8 bytes from a valid u64 to our own eventfd. EAGAIN (counter full)
         // means a wake-up is pending anyway.
-        unsafe { libc::write(self.fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        let _ =
+            syscall(unsafe { libc::write(self.fd.as_raw_fd(), (&one as *const u64).cast(), 8) });
     }
 }
 
 /// The io_uring driver. Create one per worker thread with [`UringDriver::new`].
 pub struct UringDriver {
-    // Field order matters: the ring is dropped (closed) before the memory it points into.
+    // Dropped first (fields drop in order): the ring is closed before the memory it points into.
     ring: IoUring,
-    buf_ring: BufRing,
-    ops: Slab<Op>,
+    /// `None` only while dropping, when it was leaked (see `Drop`).
+    buf_ring: Option<BufRing>,
     /// Indexed by `ConnId::key()`.
     conns: Vec<Option<ConnEntry>>,
-    listeners: Vec<ListenerEntry>,
+    listeners: Vec<TcpListener>,
     /// Listeners whose accept is re-armed at `accept_retry_at` (after descriptor exhaustion).
     accept_retry: Vec<usize>,
     accept_retry_at: Option<Instant>,
     reserve: ReserveFd,
+    lingering: Lingering,
+    options: SocketOptions,
     /// SQEs that did not fit into the SQ even after a submit; pushed first by the next `poll`.
     backlog: VecDeque<squeue::Entry>,
     /// Connections released without anything in flight, reported by the next `poll`.
     released: Vec<ConnId>,
-    /// Boxed because the storage moves into an op record while the kernel holds its address.
-    #[allow(clippy::vec_box)]
-    send_pool: Vec<Box<SendStorage>>,
     cqes: Vec<cqueue::Entry>,
     waker: Arc<UringWaker>,
     /// Operations submitted (or queued) whose final completion has not been reaped yet,
@@ -446,25 +439,22 @@ impl UringDriver {
         }
         buf_ring.register(&ring)?;
         // SAFETY: plain eventfd creation; the result is checked.
-        let efd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-        if efd < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let efd = syscall(unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) })?;
         // SAFETY: `efd` is a fresh descriptor owned by nobody else.
         let efd = unsafe { OwnedFd::from_raw_fd(efd) };
         let mut driver = UringDriver {
             ring,
-            buf_ring,
-            ops: Slab::new(),
+            buf_ring: Some(buf_ring),
             conns: Vec::new(),
             listeners: Vec::new(),
             accept_retry: Vec::new(),
             accept_retry_at: None,
             reserve: ReserveFd::new(),
+            lingering: Lingering::default(),
+            options: cfg.socket,
             backlog: VecDeque::new(),
             released: Vec::new(),
-            send_pool: Vec::new(),
-            cqes: Vec::new(),
+            cqes: Vec::with_capacity(CQE_BATCH),
             waker: Arc::new(UringWaker { fd: efd }),
             in_flight: 0,
             stats: DriverStats::default(),
@@ -473,14 +463,20 @@ impl UringDriver {
         Ok(driver)
     }
 
+    fn buf_ring(&mut self) -> &mut BufRing {
+        self.buf_ring
+            .as_mut()
+            .expect("the buffer ring lives as long as the driver")
+    }
+
     /// Queues one SQE: into the SQ if it has room (submitting once to make room if not), else
     /// into the backlog that the next `poll` pushes first. Never waits.
     fn push(&mut self, sqe: squeue::Entry) {
         self.stats.submissions += 1;
         if self.backlog.is_empty() {
             // SAFETY: every SQE built by this driver references only memory that lives until
-            // its completion: op records in `self.ops` (boxed send storage), the buffer ring,
-            // and fds the worker keeps open until `Released`.
+            // its final completion is reaped (or is leaked): the buffer ring, and the send's
+            // `WriteBuf` kept in its connection's entry. The fds it names are owned here.
             if unsafe { self.ring.submission().push(&sqe) }.is_ok() {
                 return;
             }
@@ -521,10 +517,10 @@ impl UringDriver {
         self.push_op(sqe);
     }
 
-    fn arm_recv(&mut self, op: usize, fd: RawFd) {
+    fn arm_recv(&mut self, key: usize, fd: RawFd) {
         let sqe = opcode::RecvMulti::new(Fd(fd), BGID)
             .build()
-            .user_data(op as u64);
+            .user_data(user_data(Kind::Recv, key));
         self.push_op(sqe);
     }
 
@@ -532,10 +528,10 @@ impl UringDriver {
         let Some(l) = self.listeners.get(listener) else {
             return;
         };
-        let sqe = opcode::AcceptMulti::new(Fd(l.listener.as_raw_fd()))
+        let sqe = opcode::AcceptMulti::new(Fd(l.as_raw_fd()))
             .flags(ACCEPT_FLAGS)
             .build()
-            .user_data(l.op as u64);
+            .user_data(user_data(Kind::Accept, listener));
         self.push_op(sqe);
     }
 
@@ -543,9 +539,9 @@ impl UringDriver {
         let Some(l) = self.listeners.get(listener) else {
             return;
         };
-        let sqe = opcode::PollAdd::new(Fd(l.listener.as_raw_fd()), libc::POLLIN as u32)
+        let sqe = opcode::PollAdd::new(Fd(l.as_raw_fd()), libc::POLLIN as u32)
             .build()
-            .user_data(l.wait_op as u64);
+            .user_data(user_data(Kind::AcceptWait, listener));
         self.push_op(sqe);
     }
 
@@ -564,25 +560,15 @@ impl UringDriver {
             .filter(|e| e.id == conn)
     }
 
-    /// Whether events for `conn` may still be reported (registered, same generation, not
-    /// closing).
-    fn is_live(&self, conn: ConnId) -> bool {
-        self.conns
-            .get(conn.key())
-            .and_then(Option::as_ref)
-            .is_some_and(|e| e.id == conn && !e.closing)
-    }
-
-    /// Reports `Released` once a closing connection has nothing in flight.
-    fn maybe_release(&mut self, conn: ConnId, on_event: &mut dyn FnMut(Event<'_>)) {
-        let Some(slot) = self.conns.get_mut(conn.key()) else {
+    /// Frees a closing connection's entry (closing its socket) once nothing is in flight on it,
+    /// and reports `Released`.
+    fn maybe_release(&mut self, key: usize, on_event: &mut dyn FnMut(Event<'_>)) {
+        let Some(slot) = self.conns.get_mut(key) else {
             return;
         };
-        let done = slot.as_ref().is_some_and(|e| {
-            e.id == conn && e.closing && e.recv_op.is_none() && e.send_op.is_none()
-        });
-        if done {
-            *slot = None;
+        if let Some(entry) = slot.take_if(|e| e.closing && e.idle()) {
+            let conn = entry.id;
+            drop(entry);
             on_event(Event::Released { conn });
         }
     }
@@ -612,21 +598,29 @@ impl UringDriver {
         }
     }
 
-    /// Reaps and dispatches completions.
+    /// Reaps and dispatches completions: each pass takes everything in the CQ, in batches of at
+    /// most [`CQE_BATCH`] (so the scratch list stays small however full the CQ was).
     fn drain(&mut self, on_event: &mut dyn FnMut(Event<'_>)) {
         for _ in 0..DRAIN_PASSES {
-            let mut cqes = mem::take(&mut self.cqes);
-            cqes.clear();
-            cqes.extend(self.ring.completion());
-            if cqes.is_empty() {
+            let mut reaped = false;
+            loop {
+                let mut cqes = mem::take(&mut self.cqes);
+                cqes.clear();
+                cqes.extend(self.ring.completion().take(CQE_BATCH));
+                let full = cqes.len() == CQE_BATCH;
+                reaped |= !cqes.is_empty();
+                self.stats.completions += cqes.len() as u64;
+                for cqe in &cqes {
+                    self.dispatch(cqe, on_event);
+                }
                 self.cqes = cqes;
+                if !full {
+                    break;
+                }
+            }
+            if !reaped {
                 return;
             }
-            self.stats.completions += cqes.len() as u64;
-            for cqe in &cqes {
-                self.dispatch(cqe, on_event);
-            }
-            self.cqes = cqes;
         }
     }
 
@@ -640,33 +634,22 @@ impl UringDriver {
             CANCEL_UD => return,
             _ => {}
         }
-        let key = ud as usize;
-        match self.ops.get(key) {
-            Some(Op::Accept { listener }) => {
-                let listener = *listener;
-                self.on_accept(listener, res, flags, on_event)
-            }
-            Some(Op::AcceptWait { listener }) => {
-                let listener = *listener;
+        match decode(ud) {
+            Some((Kind::Accept, listener)) => self.on_accept(listener, res, flags, on_event),
+            Some((Kind::AcceptWait, listener)) => {
                 if res >= 0 {
                     self.arm_accept(listener);
                 } else {
                     self.schedule_accept_retry(listener);
                 }
             }
-            Some(Op::Recv { conn }) => {
-                let conn = *conn;
-                self.on_recv(key, conn, res, flags, on_event)
-            }
-            Some(Op::Send { conn, .. }) => {
-                let conn = *conn;
-                self.on_send(key, conn, res, on_event)
-            }
+            Some((Kind::Recv, key)) => self.on_recv(key, res, flags, on_event),
+            Some((Kind::Send, key)) => self.on_send(key, res, on_event),
             None => {
-                // Unknown op (cannot happen while op keys are freed only on final CQEs): at
+                // Unknown op (cannot happen: every SQE carries one of the kinds above): at
                 // least do not leak a buffer.
                 if let Some(bid) = cqueue::buffer_select(flags) {
-                    self.buf_ring.recycle(bid);
+                    self.buf_ring().recycle(bid);
                 }
             }
         }
@@ -676,13 +659,13 @@ impl UringDriver {
         let mut counter: u64 = 0;
         // SAFETY: reads 8 bytes into a valid u64 from our own nonblocking eventfd (resetting
         // it; EAGAIN just means it was already reset).
-        unsafe {
+        let _ = syscall(unsafe {
             libc::read(
                 self.waker.fd.as_raw_fd(),
                 (&mut counter as *mut u64).cast(),
                 8,
             )
-        };
+        });
         on_event(Event::Woken);
         if !cqueue::more(flags) {
             self.arm_waker();
@@ -703,7 +686,10 @@ impl UringDriver {
             // Nonblocking came with the accept flags. A failing setsockopt means the socket
             // is already dead: drop (close) it.
             if stream.set_nodelay(true).is_ok() {
-                on_event(Event::Accepted { listener, stream });
+                on_event(Event::Accepted {
+                    listener,
+                    socket: Accepted { stream },
+                });
             }
             if !more {
                 self.arm_accept(listener);
@@ -713,7 +699,7 @@ impl UringDriver {
         let err = io::Error::from_raw_os_error(-res);
         if is_fd_exhaustion(&err) {
             self.stats.accept_fd_exhausted += 1;
-            let fd = self.listeners.get(listener).map(|l| l.listener.as_raw_fd());
+            let fd = self.listeners.get(listener).map(|l| l.as_raw_fd());
             let outcome = fd.map_or(Refusal::Failed, |fd| self.reserve.refuse_one(fd));
             if !more {
                 match outcome {
@@ -735,22 +721,19 @@ impl UringDriver {
         }
     }
 
-    fn on_recv(
-        &mut self,
-        op: usize,
-        conn: ConnId,
-        res: i32,
-        flags: u32,
-        on_event: &mut dyn FnMut(Event<'_>),
-    ) {
-        let live = self.is_live(conn);
+    fn on_recv(&mut self, key: usize, res: i32, flags: u32, on_event: &mut dyn FnMut(Event<'_>)) {
+        let (conn, live) = match self.conns.get(key).and_then(Option::as_ref) {
+            Some(entry) => (entry.id, !entry.closing),
+            None => (ConnId::new(key, 0), false),
+        };
         if let Some(bid) = cqueue::buffer_select(flags) {
+            let buf_ring = self.buf_ring();
             if res > 0 && live {
-                if let Some(bytes) = self.buf_ring.get(bid, res as usize) {
+                if let Some(bytes) = buf_ring.get(bid, res as usize) {
                     on_event(Event::Data { conn, bytes });
                 }
             }
-            self.buf_ring.recycle(bid);
+            self.buf_ring().recycle(bid);
         }
         if cqueue::more(flags) {
             return;
@@ -761,14 +744,13 @@ impl UringDriver {
             self.stats.recv_no_buffers += 1;
         }
         if live && (res > 0 || res == -libc::ENOBUFS) {
-            if let Some(fd) = self.conn_mut(conn).map(|e| e.fd) {
-                self.arm_recv(op, fd);
+            if let Some(fd) = self.conn_mut(conn).map(|e| e.stream.as_raw_fd()) {
+                self.arm_recv(key, fd);
                 return;
             }
         }
-        self.ops.remove(op);
-        if let Some(entry) = self.conn_mut(conn) {
-            entry.recv_op = None;
+        if let Some(entry) = self.conns.get_mut(key).and_then(Option::as_mut) {
+            entry.recv_armed = false;
         }
         if live {
             let error = match res {
@@ -780,29 +762,31 @@ impl UringDriver {
             on_event(Event::ReadClosed { conn, error });
         } else {
             // ECANCELED after close (or EOF racing it) is swallowed.
-            self.maybe_release(conn, on_event);
+            self.maybe_release(key, on_event);
         }
     }
 
-    fn on_send(&mut self, op: usize, conn: ConnId, res: i32, on_event: &mut dyn FnMut(Event<'_>)) {
-        if let Op::Send { mut storage, .. } = self.ops.remove(op) {
-            storage.iov.clear();
-            storage.msg = empty_msghdr();
-            self.send_pool.push(storage);
-        }
-        let live = self.is_live(conn);
-        if let Some(entry) = self.conn_mut(conn) {
-            entry.send_op = None;
-        }
-        if live {
-            let result = if res >= 0 {
-                Ok(res as usize)
-            } else {
-                Err(io::Error::from_raw_os_error(-res))
-            };
-            on_event(Event::WriteDone { conn, result });
-        } else {
-            self.maybe_release(conn, on_event);
+    fn on_send(&mut self, key: usize, res: i32, on_event: &mut dyn FnMut(Event<'_>)) {
+        let Some(entry) = self.conns.get_mut(key).and_then(Option::as_mut) else {
+            return;
+        };
+        // The kernel is done with the buffer.
+        let buf = entry.send.take();
+        let (conn, live) = (entry.id, !entry.closing);
+        match buf {
+            Some(buf) if live => {
+                let result = if res >= 0 {
+                    Ok(res as usize)
+                } else {
+                    Err(io::Error::from_raw_os_error(-res))
+                };
+                on_event(Event::WriteDone { conn, result, buf });
+            }
+            // Closed meanwhile: the buffer is dropped, the entry released if nothing else runs.
+            unsent => {
+                drop(unsent);
+                self.maybe_release(key, on_event);
+            }
         }
     }
 }
@@ -817,70 +801,52 @@ impl Driver for UringDriver {
         // Nonblocking so the reserve-fd trick's accept4 cannot block.
         listener.set_nonblocking(true)?;
         let idx = self.listeners.len();
-        let op = self.ops.insert(Op::Accept { listener: idx });
-        let wait_op = self.ops.insert(Op::AcceptWait { listener: idx });
-        self.listeners.push(ListenerEntry {
-            listener,
-            op,
-            wait_op,
-        });
+        self.listeners.push(listener);
         self.arm_accept(idx);
         Ok(idx)
     }
 
-    fn register(&mut self, conn: ConnId, fd: RawFd) -> io::Result<()> {
+    fn register(&mut self, conn: ConnId, socket: Accepted) -> io::Result<()> {
         let key = conn.key();
         claim_slot(&mut self.conns, key)?;
-        let op = self.ops.insert(Op::Recv { conn });
+        let stream = socket.stream;
+        socket::apply(&stream, self.options);
+        let fd = stream.as_raw_fd();
         self.conns[key] = Some(ConnEntry {
             id: conn,
-            fd,
-            recv_op: Some(op),
-            send_op: None,
+            stream,
+            recv_armed: true,
+            send: None,
             closing: false,
         });
-        self.arm_recv(op, fd);
+        self.arm_recv(key, fd);
         Ok(())
     }
 
-    fn write(&mut self, conn: ConnId, fd: RawFd, bufs: &[IoSlice<'_>]) -> io::Result<WriteStatus> {
+    fn refuse(&mut self, socket: Accepted, notice: &[u8]) {
+        self.lingering.refuse(socket.stream, notice);
+    }
+
+    fn write(&mut self, conn: ConnId, mut buf: WriteBuf) -> WriteStatus {
         let Some(entry) = self.conn_mut(conn).filter(|e| !e.closing) else {
-            return Err(not_registered());
+            return WriteStatus::Done(Err(not_registered()), buf);
         };
-        if entry.send_op.is_some() {
-            return Err(io::Error::other(
-                "a write is already in flight on this connection",
-            ));
+        if entry.send.is_some() {
+            let error = io::Error::other("a write is already in flight on this connection");
+            return WriteStatus::Done(Err(error), buf);
         }
-        if bufs.is_empty() {
-            return Ok(WriteStatus::Done(0));
+        if buf.is_empty() {
+            return WriteStatus::Done(Ok(0), buf);
         }
-        let mut storage = self.send_pool.pop().unwrap_or_else(|| {
-            Box::new(SendStorage {
-                msg: empty_msghdr(),
-                iov: Vec::new(),
-            })
-        });
-        // Copies the iovec array only; the caller keeps the data alive until WriteDone.
-        storage
-            .iov
-            .extend(bufs.iter().take(MAX_IOVECS).map(|b| libc::iovec {
-                iov_base: b.as_ptr() as *mut libc::c_void,
-                iov_len: b.len(),
-            }));
-        storage.msg = empty_msghdr();
-        storage.msg.msg_iov = storage.iov.as_mut_ptr();
-        storage.msg.msg_iovlen = storage.iov.len() as _;
-        let msg: *const libc::msghdr = &storage.msg;
-        let op = self.ops.insert(Op::Send { conn, storage });
-        if let Some(entry) = self.conn_mut(conn) {
-            entry.send_op = Some(op);
-        }
+        let fd = entry.stream.as_raw_fd();
+        // Points into `buf`'s box, which the entry keeps until the send's final completion.
+        let msg = buf.msghdr();
+        entry.send = Some(buf);
         // MSG_NOSIGNAL: a reset peer yields EPIPE, not SIGPIPE.
         let sqe = opcode::SendMsg::new(Fd(fd), msg)
             .flags(libc::MSG_NOSIGNAL as u32)
             .build()
-            .user_data(op as u64);
+            .user_data(user_data(Kind::Send, conn.key()));
         self.push_op(sqe);
         // A fan-out round queues one send per member. Submitting them in slices rather than in
         // one enormous `io_uring_enter` returns to user space between slices, where the scheduler
@@ -888,10 +854,10 @@ impl Driver for UringDriver {
         if self.ring.submission().len() >= SUBMIT_SLICE {
             let _ = self.ring.submit();
         }
-        Ok(WriteStatus::Pending)
+        WriteStatus::Pending
     }
 
-    fn close(&mut self, conn: ConnId, _fd: RawFd) {
+    fn close(&mut self, conn: ConnId) {
         let Some(entry) = self.conn_mut(conn) else {
             // Never registered (or already released): nothing in flight.
             self.released.push(conn);
@@ -901,17 +867,26 @@ impl Driver for UringDriver {
             return; // Released is already on its way.
         }
         entry.closing = true;
-        if entry.recv_op.is_none() && entry.send_op.is_none() {
+        if entry.idle() {
             self.conns[conn.key()] = None;
             self.released.push(conn);
             return;
         }
-        let fd = entry.fd;
+        let fd = entry.stream.as_raw_fd();
         // One request cancels the recv and the send; queued behind them in submission order.
+        // The socket stays open (owned by the entry) until both have completed.
         let sqe = opcode::AsyncCancel2::new(CancelBuilder::fd(Fd(fd)).all())
             .build()
             .user_data(CANCEL_UD);
         self.push(sqe);
+    }
+
+    fn peer_addr(&self, conn: ConnId) -> Option<SocketAddr> {
+        self.conns
+            .get(conn.key())
+            .and_then(Option::as_ref)
+            .filter(|e| e.id == conn)
+            .and_then(|e| e.stream.peer_addr().ok())
     }
 
     fn poll(
@@ -920,6 +895,7 @@ impl Driver for UringDriver {
         on_event: &mut dyn FnMut(Event<'_>),
     ) -> io::Result<()> {
         self.flush_backlog();
+        self.lingering.expire();
 
         let mut delivered = false;
         for conn in mem::take(&mut self.released) {
@@ -958,10 +934,13 @@ impl Driver for UringDriver {
     }
 }
 
+/// How long dropping a driver waits for the kernel to finish cancelled operations.
+const DROP_WAIT: Duration = Duration::from_millis(500);
+
 impl Drop for UringDriver {
     fn drop(&mut self) {
-        // Cancel everything and give the kernel a moment to finish, so no request is left
-        // writing into the buffer ring or reading send iovecs when they are freed.
+        // Cancel everything and give the kernel a moment to finish, so that no request is left
+        // writing into the buffer ring or reading a send's buffer.
         self.flush_backlog();
         // Whatever still did not fit is never submitted.
         for sqe in mem::take(&mut self.backlog) {
@@ -973,7 +952,7 @@ impl Drop for UringDriver {
             .build()
             .user_data(CANCEL_UD);
         self.push(cancel);
-        let deadline = Instant::now() + Duration::from_millis(500);
+        let deadline = Instant::now() + DROP_WAIT;
         while self.in_flight > 0 && Instant::now() < deadline {
             if self.enter(Some(Duration::from_millis(10))).is_err() {
                 break;
@@ -983,6 +962,16 @@ impl Drop for UringDriver {
                     self.in_flight = self.in_flight.saturating_sub(1);
                 }
             }
+        }
+        if self.in_flight > 0 {
+            // The kernel may still read send buffers or write into the buffer ring: leak them
+            // rather than free memory it uses. (Soundness does not depend on the wait above.)
+            tracing::warn!(
+                in_flight = self.in_flight,
+                "io_uring operations outlived the driver; leaking their buffers"
+            );
+            mem::forget(mem::take(&mut self.conns));
+            mem::forget(self.buf_ring.take());
         }
     }
 }

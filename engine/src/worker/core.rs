@@ -1,0 +1,1400 @@
+//! One worker's logic as a deterministic state machine: no driver, no clock, no channel.
+//!
+//! [`WorkerCore`] holds a worker's connections (sessions, identities, memberships, send queues),
+//! its room and user tables, the joins waiting for the control plane's confirmation and the
+//! worker's stats. The loop in [`super`] feeds it events, each stamped with an explicit `now`:
+//!
+//! * a socket accepted ([`WorkerCore::admit`]: an id to register it under, or a refusal notice),
+//!   bytes read ([`WorkerCore::on_data`]), the read side closed
+//!   ([`WorkerCore::on_read_closed`]), a write's outcome ([`WorkerCore::on_write_status`] when
+//!   the driver answered at once, [`WorkerCore::on_write_done`] on completion), the socket
+//!   writable again ([`WorkerCore::on_writable`]), a connection released
+//!   ([`WorkerCore::on_released`]);
+//! * a message from the hub ([`WorkerCore::on_message`]) or its inbox closing;
+//! * a timer ([`WorkerCore::on_timeout`], due at [`WorkerCore::poll_timeout`]).
+//!
+//! and carries out what the core asks for:
+//!
+//! * [`WorkerCore::poll_action`] until `None`: start a write (the [`WriteBuf`] comes from the
+//!   core's [`WriteBufs`] and is dropped when it comes back with the outcome), close a
+//!   connection, look up peers for a user query;
+//! * [`WorkerCore::poll_to_hub`] until `None`: messages for the hub, in order. The hub's inbox is
+//!   bounded: a message it has no room for is handed back with [`WorkerCore::hub_full`], stays at
+//!   the head of the queue (order is kept: a channel's `Confirm` must follow its `Presence`) and
+//!   is sent again after [`HUB_RETRY`]; meanwhile a newer report replaces an unsent one (merging
+//!   their member-count changes) and joins waiting for confirmation time out as usual. The core
+//!   never blocks and never drops a message for the hub.
+//!
+//! Hot path: a batch is queued on every member by `Rc` clones of frames wrapped once per core; a
+//! flush builds one [`WriteBuf`] per connection in a slot of the write-buffer arena (no
+//! allocation) holding one more `Rc` clone per frame. Nothing here allocates, locks or copies per
+//! recipient.
+
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use slab::Slab;
+
+use crate::config::EdgeConfig;
+use crate::fanout::{ChannelKind, Delivery, ToHub, ToWorker};
+use crate::members::{ChannelSlot, MemberTable, Moved};
+use crate::outqueue::{OutQueue, SharedFrame};
+use crate::session::{self, Session, Transport};
+use crate::stats::{AuthFailure, CloseReason, WorkerStats, IOVEC_BOUNDS, LATENCY_BOUNDS};
+use crate::sys::{ConnId, DriverStats, WriteBuf, WriteBufs, WriteStatus, MAX_IOVECS};
+use roomcast_proto::auth::Verifier;
+use roomcast_proto::client::{self, ClientOp, ErrorCode, WireFormat};
+use roomcast_proto::handshake;
+use roomcast_proto::ids::is_valid_id;
+use roomcast_proto::link::ConnInfo;
+use roomcast_proto::message::Target;
+
+/// How long a closing connection may take to flush its last frames before it is cut.
+pub const CLOSE_FLUSH_GRACE: Duration = Duration::from_secs(2);
+/// How soon a message the hub's inbox had no room for is offered again.
+pub const HUB_RETRY: Duration = Duration::from_millis(1);
+/// How often the write-buffer arena gives back what the last two periods did not use.
+pub const POOL_TRIM_EVERY: Duration = Duration::from_secs(2);
+
+/// Everything a core needs, handed over when the worker starts.
+pub struct CoreSetup {
+    pub index: usize,
+    pub config: Arc<EdgeConfig>,
+    pub verifier: Arc<Verifier>,
+    /// Connections open on every worker of this edge, against `max_connections`. Touched once
+    /// per accept and once per close, never per message.
+    pub open_connections: Arc<AtomicUsize>,
+    /// The worker's start.
+    pub now: Instant,
+    /// The wall clock at `now` (token expiry is checked against it).
+    pub wall: SystemTime,
+}
+
+/// What the loop must do for the core (see the module documentation).
+#[derive(Debug)]
+pub enum Action {
+    /// Start this write (`Driver::write`) and give the outcome to
+    /// [`WorkerCore::on_write_status`] at once.
+    Write { conn: ConnId, buf: WriteBuf },
+    /// Stop all I/O on the connection (`Driver::close`); [`WorkerCore::on_released`] follows.
+    Close { conn: ConnId },
+    /// Answer a user query: fill in each connection's peer address (`Driver::peer_addr`) and
+    /// give the list to [`WorkerCore::user_conns_ready`].
+    UserConns {
+        request: u32,
+        conns: Vec<(ConnId, ConnInfo)>,
+    },
+}
+
+/// What to do with an accepted socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// Register it under this id (and call [`WorkerCore::registration_failed`] if that fails).
+    Admit(ConnId),
+    /// Refuse it with this notice: the edge is full or shutting down.
+    Refuse(Bytes),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WriteState {
+    Idle,
+    /// The socket was full; waiting for `on_writable`.
+    Blocked,
+    /// A write was handed to the loop (its buffer is out); waiting for its outcome.
+    InFlight,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lifecycle {
+    Open,
+    /// Close frame queued; the driver is closed once the queue drains (or the grace runs out).
+    Flushing {
+        since: Instant,
+    },
+    /// `Action::Close` was issued; waiting for `on_released`.
+    Releasing,
+}
+
+/// An op whose reply waits until the control plane confirms the channel it subscribed to.
+#[derive(Debug, Clone, Copy)]
+struct WaitingOp {
+    conn: ConnId,
+    seq: u64,
+    format: WireFormat,
+    /// `auth` (the user channel) rather than `join` (a room).
+    auth: bool,
+}
+
+/// A channel of this worker waiting for the hub's `Confirmed`.
+#[derive(Debug)]
+struct Awaiting {
+    /// Sent with the request; a `Confirmed` with another token is stale and ignored.
+    token: u64,
+    since: Instant,
+    ops: Vec<WaitingOp>,
+}
+
+/// How a join or auth is answered.
+enum Answer {
+    Now(Result<(), (ErrorCode, &'static str)>),
+    /// Once the channel is confirmed (or its confirmation times out).
+    Later,
+}
+
+/// An authenticated connection's identity and channel memberships.
+struct Identity {
+    user_slot: ChannelSlot,
+    user_index: u32,
+    allowed_rooms: Option<Box<[Box<str>]>>,
+}
+
+struct Conn {
+    id: ConnId,
+    session: Session,
+    /// The encoding of replies and pushes (decided by `auth` on WebSocket).
+    format: WireFormat,
+    identity: Option<Box<Identity>>,
+    rooms: Vec<(ChannelSlot, u32)>,
+    out: OutQueue,
+    write: WriteState,
+    life: Lifecycle,
+    close_reason: CloseReason,
+    opened: Instant,
+    last_heard: Instant,
+    /// Core clock (ms since the worker started, wrapping) when the socket last accepted a byte
+    /// or data was queued on an empty queue: with data waiting, its age is how long the writes
+    /// have stalled. A u32 rather than an `Instant` keeps `Conn` small.
+    write_progress_ms: u32,
+    dirty: bool,
+}
+
+impl Conn {
+    fn is_open(&self) -> bool {
+        self.life == Lifecycle::Open
+    }
+}
+
+/// One worker's state machine. See the module documentation.
+pub struct WorkerCore {
+    index: usize,
+    config: Arc<EdgeConfig>,
+    verifier: Arc<Verifier>,
+    open_connections: Arc<AtomicUsize>,
+    conns: Slab<Conn>,
+    rooms: MemberTable,
+    users: MemberTable,
+    authed_per_format: [u32; 3],
+    next_generation: u32,
+    /// Connections with something new to send, flushed by `poll_action` from `dirty_next` on.
+    dirty: Vec<usize>,
+    dirty_next: usize,
+    /// A connection whose write went out in full at once with more queued: written again in the
+    /// same flush.
+    again: Option<usize>,
+    /// Connections to hand to `Driver::close`.
+    to_close: Vec<ConnId>,
+    /// User queries to answer (peer addresses to fill in).
+    user_answers: Vec<(u32, Vec<(ConnId, ConnInfo)>)>,
+    /// Messages for the hub, in order.
+    outbox: VecDeque<ToHub>,
+    /// Something the hub should see this round went into the outbox: wake it (once).
+    wake_hub: bool,
+    /// When to offer the head of the outbox again after the hub's inbox was full.
+    hub_retry_at: Option<Instant>,
+    /// Storage for the writes in flight; trimmed every [`POOL_TRIM_EVERY`].
+    bufs: WriteBufs,
+    next_trim: Instant,
+    actions: Vec<session::Action>,
+    stats: WorkerStats,
+    driver_stats: DriverStats,
+    /// Channels waiting for the control plane's confirmation, with the ops to answer then.
+    awaiting: HashMap<(ChannelKind, Box<str>), Awaiting>,
+    next_token: u64,
+    /// When the hub received the first message of each batch delivered this round (for the
+    /// publish→flush histogram, recorded once per batch after the round's flush).
+    delivered_at: Vec<Instant>,
+    /// The origin of the core clock (`clock_ms`).
+    started: Instant,
+    /// The wall clock at an instant (updated by every `on_timeout`).
+    wall: (Instant, SystemTime),
+    /// Per wire format: the frames of the delivery being queued, wrapped once per core.
+    delivery_frames: [Vec<Rc<SharedFrame>>; 3],
+    sweep_every: Duration,
+    next_sweep: Instant,
+    next_report: Instant,
+    /// Set by `Shutdown`: connections closing, and the deadline for the last of them.
+    shutdown: Option<Instant>,
+}
+
+impl WorkerCore {
+    pub fn new(setup: CoreSetup) -> WorkerCore {
+        let CoreSetup {
+            index,
+            config,
+            verifier,
+            open_connections,
+            now,
+            wall,
+        } = setup;
+        let sweep_every = Duration::from_millis(
+            (config
+                .heartbeat_timeout_ms
+                .min(config.auth_timeout_ms)
+                .min(config.join_confirm_timeout_ms)
+                .min(config.write_stall_timeout_ms)
+                / 4)
+            .clamp(10, 1000),
+        );
+        let next_report = now + config.report_interval();
+        WorkerCore {
+            index,
+            config,
+            verifier,
+            open_connections,
+            conns: Slab::new(),
+            rooms: MemberTable::default(),
+            users: MemberTable::default(),
+            authed_per_format: [0; 3],
+            next_generation: 1,
+            dirty: Vec::new(),
+            dirty_next: 0,
+            again: None,
+            to_close: Vec::new(),
+            user_answers: Vec::new(),
+            outbox: VecDeque::new(),
+            wake_hub: false,
+            hub_retry_at: None,
+            bufs: WriteBufs::new(),
+            next_trim: now + POOL_TRIM_EVERY,
+            actions: Vec::new(),
+            stats: WorkerStats::default(),
+            driver_stats: DriverStats::default(),
+            awaiting: HashMap::new(),
+            next_token: 1,
+            delivered_at: Vec::new(),
+            started: now,
+            wall: (now, wall),
+            delivery_frames: Default::default(),
+            sweep_every,
+            next_sweep: now + sweep_every,
+            next_report,
+            shutdown: None,
+        }
+    }
+
+    #[cfg(test)]
+    pub fn stats(&self) -> &WorkerStats {
+        &self.stats
+    }
+
+    // ---- events: connections -----------------------------------------------------------------
+
+    /// A socket was accepted on a listener of `transport`: admit it (the caller registers it
+    /// with the driver under the returned id) or refuse it (the edge is full or shutting down).
+    pub fn admit(&mut self, now: Instant, transport: Transport) -> Admission {
+        let max = self.config.max_connections as usize;
+        let shutting_down = self.shutdown.is_some();
+        if shutting_down || self.open_connections.fetch_add(1, Ordering::Relaxed) >= max {
+            if !shutting_down {
+                self.open_connections.fetch_sub(1, Ordering::Relaxed);
+            }
+            self.stats.refused_full += 1;
+            return Admission::Refuse(match transport {
+                Transport::WebSocket => Bytes::from(handshake::full_response()),
+                Transport::Tcp => {
+                    client::encode_close(WireFormat::Tcp, session::CLOSE_FULL, "full")
+                }
+            });
+        }
+        let entry = self.conns.vacant_entry();
+        let id = ConnId::new(entry.key(), self.next_generation);
+        self.next_generation = self.next_generation.wrapping_add(1).max(1);
+        entry.insert(Conn {
+            id,
+            session: Session::new(transport, self.config.max_message_bytes),
+            format: match transport {
+                Transport::WebSocket => WireFormat::WsJson,
+                Transport::Tcp => WireFormat::Tcp,
+            },
+            identity: None,
+            rooms: Vec::new(),
+            out: OutQueue::default(),
+            write: WriteState::Idle,
+            life: Lifecycle::Open,
+            close_reason: CloseReason::Peer,
+            opened: now,
+            last_heard: now,
+            write_progress_ms: 0,
+            dirty: false,
+        });
+        self.stats.accepted += 1;
+        self.stats.connections = self.conns.len() as u64;
+        Admission::Admit(id)
+    }
+
+    /// The driver could not register an admitted connection: forget it.
+    pub fn registration_failed(&mut self, id: ConnId) {
+        if self.conns.get(id.key()).is_some_and(|c| c.id == id) {
+            self.conns.remove(id.key());
+            self.open_connections.fetch_sub(1, Ordering::Relaxed);
+            self.stats.accepted -= 1;
+            self.stats.connections = self.conns.len() as u64;
+        }
+    }
+
+    /// Processes input for one connection.
+    pub fn on_data(&mut self, now: Instant, id: ConnId, bytes: &mut [u8]) {
+        let mut actions = std::mem::take(&mut self.actions);
+        if let Some(conn) = self
+            .conns
+            .get_mut(id.key())
+            .filter(|c| c.id == id && c.is_open())
+        {
+            conn.last_heard = now;
+            conn.session.on_bytes(bytes, &mut actions);
+        }
+        self.run_actions(now, id, &mut actions);
+        self.actions = actions;
+    }
+
+    /// The peer closed its side, or the read failed.
+    pub fn on_read_closed(&mut self, id: ConnId, error: Option<std::io::Error>) {
+        if let Some(error) = error {
+            tracing::debug!(conn = id.0, %error, "read failed");
+        }
+        self.close_now(id, CloseReason::Peer);
+    }
+
+    /// The loop started an `Action::Write`; this is what the driver answered.
+    pub fn on_write_status(&mut self, now: Instant, id: ConnId, status: WriteStatus) {
+        match status {
+            WriteStatus::Done(result, buf) => {
+                drop(buf);
+                self.write_finished(now, id, result, true);
+            }
+            WriteStatus::WouldBlock(buf) => {
+                drop(buf);
+                if let Some(conn) = self.conns.get_mut(id.key()).filter(|c| c.id == id) {
+                    conn.out.unpin();
+                    conn.write = WriteState::Blocked;
+                }
+            }
+            // The buffer stays with the driver until `on_write_done`.
+            WriteStatus::Pending => {}
+        }
+    }
+
+    /// A write that was `Pending` completed.
+    pub fn on_write_done(
+        &mut self,
+        now: Instant,
+        id: ConnId,
+        result: std::io::Result<usize>,
+        buf: WriteBuf,
+    ) {
+        drop(buf);
+        self.write_finished(now, id, result, false);
+    }
+
+    /// The socket can take data again after a write would have blocked.
+    pub fn on_writable(&mut self, id: ConnId) {
+        if let Some(conn) = self.conns.get_mut(id.key()).filter(|c| c.id == id) {
+            if conn.write == WriteState::Blocked {
+                conn.write = WriteState::Idle;
+                self.mark_dirty(id.key());
+            }
+        }
+    }
+
+    /// The driver has nothing in flight for a closed connection any more: free its slot.
+    pub fn on_released(&mut self, id: ConnId) {
+        if !self.conns.get(id.key()).is_some_and(|c| c.id == id) {
+            return;
+        }
+        let conn = self.conns.remove(id.key());
+        self.open_connections.fetch_sub(1, Ordering::Relaxed);
+        self.stats.closed[conn.close_reason as usize] += 1;
+        for (total, n) in self
+            .stats
+            .dropped_closed
+            .iter_mut()
+            .zip(conn.out.undelivered())
+        {
+            *total += n;
+        }
+        self.stats.connections = self.conns.len() as u64;
+    }
+
+    // ---- events: the hub and time ------------------------------------------------------------
+
+    /// A message from the hub.
+    pub fn on_message(&mut self, now: Instant, message: ToWorker) {
+        match message {
+            ToWorker::Deliver(delivery) => {
+                self.delivered_at.push(delivery.first_received);
+                self.deliver(now, &delivery);
+            }
+            ToWorker::QueryUser { request, user } => self.answer_user_query(request, &user),
+            ToWorker::Confirmed { kind, name, token } => self.confirmed(now, kind, name, token),
+            ToWorker::LinkLost => {
+                self.rooms.unconfirm_all();
+                self.users.unconfirm_all();
+            }
+            ToWorker::Shutdown => self.begin_shutdown(now),
+        }
+    }
+
+    /// The hub's channel closed (the hub is gone): shut down as if told to.
+    pub fn on_inbox_closed(&mut self, now: Instant) {
+        self.begin_shutdown(now);
+    }
+
+    /// When the core wants `on_timeout` next.
+    pub fn poll_timeout(&self) -> Instant {
+        let mut at = self.next_sweep.min(self.next_report).min(self.next_trim);
+        if let Some(deadline) = self.shutdown {
+            at = at.min(deadline);
+        }
+        if let Some(retry) = self.hub_retry_at.filter(|_| !self.outbox.is_empty()) {
+            at = at.min(retry);
+        }
+        at
+    }
+
+    /// Runs the timers that are due: the sweep (auth, heartbeat, write-stall and close-grace
+    /// deadlines, join confirmations), the report to the hub, the write-buffer trim. `wall` is the wall
+    /// clock at `now`; `driver` the driver's counters, for the report.
+    pub fn on_timeout(&mut self, now: Instant, wall: SystemTime, driver: DriverStats) {
+        self.wall = (now, wall);
+        self.driver_stats = driver;
+        if now >= self.next_sweep {
+            self.sweep(now);
+            self.next_sweep = now + self.sweep_every;
+        }
+        if now >= self.next_report {
+            self.report();
+            self.next_report = now + self.config.report_interval();
+        }
+        if now >= self.next_trim {
+            self.bufs.trim();
+            self.next_trim = now + POOL_TRIM_EVERY;
+        }
+    }
+
+    /// Whether the worker is done: shut down, and every connection gone or out of time.
+    pub fn is_finished(&self, now: Instant) -> bool {
+        self.shutdown
+            .is_some_and(|deadline| self.conns.is_empty() || now >= deadline)
+    }
+
+    /// Queues the last report (the loop sends it on its way out).
+    pub fn finish(&mut self) {
+        self.report();
+    }
+
+    /// The round's writes were started: records publish→flush for the batches delivered in it.
+    pub fn on_flushed(&mut self, now: Instant) {
+        for at in self.delivered_at.drain(..) {
+            self.stats.publish_to_flush.record(
+                LATENCY_BOUNDS,
+                now.saturating_duration_since(at).as_secs_f64(),
+            );
+        }
+    }
+
+    /// Time the loop spent waiting in the driver's poll and working, since the last call.
+    pub fn add_loop_time(&mut self, poll_ns: u64, busy_ns: u64) {
+        self.stats.poll_ns += poll_ns;
+        self.stats.busy_ns += busy_ns;
+    }
+
+    // ---- outputs -----------------------------------------------------------------------------
+
+    /// The next thing the loop must do, or `None` when the round's work is done. Writes come
+    /// first (one flush per connection with something new), then closes, then user queries.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        if let Some(key) = self.again.take() {
+            if let Some(action) = self.next_write(key, true) {
+                return Some(action);
+            }
+        }
+        while self.dirty_next < self.dirty.len() {
+            let key = self.dirty[self.dirty_next];
+            self.dirty_next += 1;
+            if let Some(conn) = self.conns.get_mut(key) {
+                conn.dirty = false;
+            }
+            if let Some(action) = self.next_write(key, false) {
+                return Some(action);
+            }
+        }
+        self.dirty.clear();
+        self.dirty_next = 0;
+        if let Some(conn) = self.to_close.pop() {
+            return Some(Action::Close { conn });
+        }
+        self.user_answers
+            .pop()
+            .map(|(request, conns)| Action::UserConns { request, conns })
+    }
+
+    /// The answer to a user query, with peer addresses filled in by the loop.
+    pub fn user_conns_ready(&mut self, request: u32, conns: Vec<ConnInfo>) {
+        self.outbox.push_back(ToHub::UserConns { request, conns });
+        self.wake_hub = true;
+    }
+
+    /// The next message for the hub, unless the hub's inbox was full a moment ago.
+    pub fn poll_to_hub(&mut self, now: Instant) -> Option<ToHub> {
+        if self.hub_retry_at.is_some_and(|at| now < at) {
+            return None;
+        }
+        self.hub_retry_at = None;
+        self.outbox.pop_front()
+    }
+
+    /// The hub's inbox had no room for `message`: it goes back to the head of the queue and is
+    /// offered again after [`HUB_RETRY`].
+    pub fn hub_full(&mut self, now: Instant, message: ToHub) {
+        self.outbox.push_front(message);
+        self.hub_retry_at = Some(now + HUB_RETRY);
+    }
+
+    /// Whether the hub should be woken for what was sent this round (once per round, however
+    /// many members joined or left in it).
+    pub fn take_hub_wake(&mut self) -> bool {
+        std::mem::take(&mut self.wake_hub)
+    }
+
+    // ---- writes ------------------------------------------------------------------------------
+
+    fn mark_dirty(&mut self, key: usize) {
+        let conn = &mut self.conns[key];
+        if !conn.dirty {
+            conn.dirty = true;
+            self.dirty.push(key);
+        }
+    }
+
+    /// Builds the connection's next write, if it can take one; closes a flushed closing one.
+    fn next_write(&mut self, key: usize, continued: bool) -> Option<Action> {
+        let conn = self.conns.get_mut(key)?;
+        if conn.write != WriteState::Idle || conn.life == Lifecycle::Releasing {
+            return None;
+        }
+        if conn.out.is_empty() {
+            if matches!(conn.life, Lifecycle::Flushing { .. }) {
+                let (id, reason) = (conn.id, conn.close_reason);
+                self.close_now(id, reason);
+            }
+            return None;
+        }
+        if !continued {
+            self.stats.flushes += 1;
+        }
+        let mut buf = self.bufs.take();
+        conn.out.fill(&mut buf, MAX_IOVECS);
+        conn.write = WriteState::InFlight;
+        let parts = buf.parts() as u64;
+        self.stats.write_calls += 1;
+        self.stats.write_iovecs += parts;
+        self.stats
+            .iovecs_per_write
+            .record_pow2(IOVEC_BOUNDS.len(), parts);
+        Some(Action::Write { conn: conn.id, buf })
+    }
+
+    /// A write's outcome: consume what was written; write again, close, or wait.
+    fn write_finished(
+        &mut self,
+        now: Instant,
+        id: ConnId,
+        result: std::io::Result<usize>,
+        at_once: bool,
+    ) {
+        let Some(conn) = self.conns.get_mut(id.key()).filter(|c| c.id == id) else {
+            return;
+        };
+        conn.write = WriteState::Idle;
+        match result {
+            Ok(n) => {
+                if n > 0 {
+                    conn.write_progress_ms = clock_ms(self.started, now);
+                }
+                conn.out.advance(n);
+                self.stats.bytes_out += n as u64;
+                if !conn.out.is_empty() {
+                    if !at_once {
+                        self.mark_dirty(id.key());
+                    } else if n > 0 {
+                        // All of it went (more remains past MAX_IOVECS), or a short write: try
+                        // once more in this flush, so that the driver either takes more or says
+                        // WouldBlock (and arms the writable notification).
+                        self.again = Some(id.key());
+                    }
+                } else if matches!(conn.life, Lifecycle::Flushing { .. }) {
+                    let reason = conn.close_reason;
+                    self.close_now(id, reason);
+                }
+            }
+            Err(_) => {
+                conn.out.unpin();
+                self.close_now(id, CloseReason::WriteError);
+            }
+        }
+    }
+
+    /// Write-buffer slots mapped, and buffers out (for tests of the arena's bounds).
+    #[cfg(test)]
+    pub fn write_bufs(&self) -> (usize, usize) {
+        self.bufs.slots()
+    }
+
+    // ---- deliveries --------------------------------------------------------------------------
+
+    /// Queues one batch on every member on this core: an `Rc` clone per frame per member,
+    /// nothing more.
+    fn deliver(&mut self, now: Instant, delivery: &Delivery) {
+        self.stats.deliveries += 1;
+        for (format, frames) in self.delivery_frames.iter_mut().enumerate() {
+            frames.clear();
+            frames.extend(delivery.frames.iter().filter_map(|frame| {
+                frame.encoded[format].as_ref().map(|bytes| {
+                    Rc::new(SharedFrame {
+                        bytes: bytes.clone(),
+                        min_priority: frame.min_priority,
+                        counts: frame.counts,
+                    })
+                })
+            }));
+        }
+        let soft = self.config.queue_soft_bytes;
+        let hard = self.config.queue_hard_bytes;
+        let now_ms = clock_ms(self.started, now);
+        let WorkerCore {
+            conns,
+            rooms,
+            users,
+            dirty,
+            stats,
+            delivery_frames,
+            ..
+        } = self;
+        let mut slow: Vec<ConnId> = Vec::new();
+        let mut enqueue = |conn: &mut Conn, key: usize| {
+            let frames = &delivery_frames[conn.format.index()];
+            if frames.is_empty() {
+                stats.frames_missing_format += 1;
+                return;
+            }
+            if conn.out.is_empty() {
+                conn.write_progress_ms = now_ms;
+            }
+            let outcome = conn.out.push_batch(frames, soft, hard);
+            stats.frames_queued += frames.len() as u64;
+            if outcome.dropped_frames > 0 {
+                for (total, n) in stats.dropped_queue.iter_mut().zip(outcome.dropped) {
+                    *total += n;
+                }
+            }
+            let queued = conn.out.queued_bytes() as u64;
+            if queued > stats.queue_high_water {
+                stats.queue_high_water = queued;
+            }
+            if outcome.over_hard {
+                slow.push(conn.id);
+            } else if !conn.dirty {
+                conn.dirty = true;
+                dirty.push(key);
+            }
+        };
+        match &delivery.target {
+            Target::Room(name) | Target::User(name) => {
+                let table = if matches!(delivery.target, Target::Room(_)) {
+                    &*rooms
+                } else {
+                    &*users
+                };
+                let Some(channel) = table.slot_of(name).and_then(|slot| table.channel(slot)) else {
+                    return;
+                };
+                for member in &channel.members {
+                    let conn = &mut conns[member.key()];
+                    enqueue(conn, member.key());
+                }
+            }
+            Target::Broadcast => {
+                for (key, conn) in conns.iter_mut() {
+                    if conn.identity.is_some() && conn.is_open() {
+                        enqueue(conn, key);
+                    }
+                }
+            }
+        }
+        for id in slow {
+            self.begin_close(now, id, session::CLOSE_SLOW, CloseReason::Slow);
+        }
+    }
+
+    // ---- client ops --------------------------------------------------------------------------
+
+    /// Runs the actions a connection's input produced.
+    fn run_actions(&mut self, now: Instant, id: ConnId, actions: &mut Vec<session::Action>) {
+        for action in actions.drain(..) {
+            let Some(conn) = self
+                .conns
+                .get_mut(id.key())
+                .filter(|c| c.id == id && c.is_open())
+            else {
+                return;
+            };
+            match action {
+                session::Action::Send(bytes) => self.queue_owned(now, id, bytes),
+                session::Action::Upgraded => {}
+                session::Action::Op { op, format } => self.handle_op(now, id, op, format),
+                session::Action::BadOp { error, format } => {
+                    let authed = conn.identity.is_some();
+                    self.reply(
+                        now,
+                        id,
+                        format,
+                        error.seq,
+                        Err((error.code, &error.message)),
+                    );
+                    if !authed {
+                        self.stats.auth_failed(AuthFailure::NotAuthenticated);
+                        self.begin_close(
+                            now,
+                            id,
+                            session::CLOSE_UNAUTHENTICATED,
+                            CloseReason::Unauthenticated,
+                        );
+                    }
+                }
+                session::Action::Close { code, http, .. } => {
+                    let reason = if code == session::CLOSE_NORMAL {
+                        CloseReason::Peer
+                    } else {
+                        CloseReason::ProtocolError
+                    };
+                    match http {
+                        Some(response) => {
+                            self.stats.handshake_failures += 1;
+                            self.queue_owned(now, id, response);
+                            self.start_flushing(now, id, reason);
+                        }
+                        None => self.begin_close(now, id, code, reason),
+                    }
+                }
+            }
+        }
+    }
+
+    fn handle_op(&mut self, now: Instant, id: ConnId, op: ClientOp, arrived_as: WireFormat) {
+        let conn = &mut self.conns[id.key()];
+        let seq = op.seq();
+        if conn.identity.is_none() {
+            let ClientOp::Auth { token, .. } = op else {
+                self.stats.auth_failed(AuthFailure::NotAuthenticated);
+                self.reply(
+                    now,
+                    id,
+                    arrived_as,
+                    seq,
+                    Err((ErrorCode::NotAuthenticated, "auth must be the first op")),
+                );
+                self.begin_close(
+                    now,
+                    id,
+                    session::CLOSE_UNAUTHENTICATED,
+                    CloseReason::Unauthenticated,
+                );
+                return;
+            };
+            match self.verifier.verify(&token, unix_secs(self.wall, now)) {
+                Ok(claims) => {
+                    // The auth op's frame type picks the connection's encoding on WebSocket.
+                    conn.format = arrived_as;
+                    let user: Box<str> = claims.sub.as_str().into();
+                    if self.authenticate(id, claims) {
+                        self.reply(now, id, arrived_as, seq, Ok(()));
+                    } else {
+                        let op = WaitingOp {
+                            conn: id,
+                            seq,
+                            format: arrived_as,
+                            auth: true,
+                        };
+                        self.await_confirmation(now, ChannelKind::User, user, op);
+                    }
+                }
+                Err(error) => {
+                    let code = if error.code() == "token_expired" {
+                        self.stats.auth_failed(AuthFailure::TokenExpired);
+                        ErrorCode::TokenExpired
+                    } else {
+                        self.stats.auth_failed(AuthFailure::InvalidToken);
+                        ErrorCode::InvalidToken
+                    };
+                    self.reply(now, id, arrived_as, seq, Err((code, &error.to_string())));
+                    self.begin_close(
+                        now,
+                        id,
+                        session::CLOSE_UNAUTHENTICATED,
+                        CloseReason::Unauthenticated,
+                    );
+                }
+            }
+            return;
+        }
+        let format = conn.format;
+        let answer = match op {
+            ClientOp::Auth { .. } => Answer::Now(Err((
+                ErrorCode::AlreadyAuthenticated,
+                "already authenticated",
+            ))),
+            ClientOp::Ping { .. } => Answer::Now(Ok(())),
+            ClientOp::Join { room, .. } => self.join(now, id, seq, &room),
+            ClientOp::Leave { room, .. } => Answer::Now(self.leave(now, id, &room)),
+        };
+        if let Answer::Now(result) = answer {
+            self.reply(now, id, format, seq, result);
+        }
+    }
+
+    /// Joins the connection to its user channel (and the broadcast). Returns whether the user
+    /// channel is confirmed, so `auth` can be answered at once.
+    fn authenticate(&mut self, id: ConnId, claims: roomcast_proto::auth::Claims) -> bool {
+        let conn = &mut self.conns[id.key()];
+        let format = conn.format;
+        let joined = self.users.join(&claims.sub, id, format);
+        conn.identity = Some(Box::new(Identity {
+            user_slot: joined.slot,
+            user_index: joined.index,
+            allowed_rooms: claims
+                .rooms
+                .map(|rooms| rooms.into_iter().map(String::into_boxed_str).collect()),
+        }));
+        if joined.format_appeared {
+            self.presence(ChannelKind::User, &claims.sub, format, true);
+        }
+        self.authed_per_format[format.index()] += 1;
+        if self.authed_per_format[format.index()] == 1 {
+            self.presence(ChannelKind::All, "", format, true);
+        }
+        self.users.is_confirmed(joined.slot)
+    }
+
+    fn join(&mut self, now: Instant, id: ConnId, seq: u64, room: &str) -> Answer {
+        let result = self.join_room(id, room);
+        let format = self.conns[id.key()].format;
+        match result {
+            Ok(true) => Answer::Now(Ok(())),
+            Ok(false) => {
+                let op = WaitingOp {
+                    conn: id,
+                    seq,
+                    format,
+                    auth: false,
+                };
+                self.await_confirmation(now, ChannelKind::Room, room.into(), op);
+                Answer::Later
+            }
+            Err(error) => Answer::Now(Err(error)),
+        }
+    }
+
+    /// Makes the connection a member of `room`; returns whether the room is confirmed here.
+    fn join_room(&mut self, id: ConnId, room: &str) -> Result<bool, (ErrorCode, &'static str)> {
+        if !is_valid_id(room.as_bytes()) {
+            return Err((
+                ErrorCode::InvalidId,
+                "room ids are 1-128 bytes of [A-Za-z0-9_.:-]",
+            ));
+        }
+        let conn = &mut self.conns[id.key()];
+        let identity = conn
+            .identity
+            .as_ref()
+            .expect("join is only handled after auth");
+        if let Some(allowed) = &identity.allowed_rooms {
+            if !allowed.iter().any(|r| &**r == room) {
+                return Err((
+                    ErrorCode::RoomForbidden,
+                    "the token does not allow this room",
+                ));
+            }
+        }
+        let slot = self.rooms.slot_of(room);
+        if let Some(slot) = slot.filter(|&slot| conn.rooms.iter().any(|&(s, _)| s == slot)) {
+            // Already a member: joining again changes nothing, but answers like the first join.
+            return Ok(self.rooms.is_confirmed(slot));
+        }
+        if conn.rooms.len() >= self.config.max_rooms_per_conn as usize {
+            return Err((
+                ErrorCode::TooManyRooms,
+                "this connection is in too many rooms",
+            ));
+        }
+        let format = conn.format;
+        let joined = self.rooms.join(room, id, format);
+        conn.rooms.push((joined.slot, joined.index));
+        if joined.format_appeared {
+            self.presence(ChannelKind::Room, room, format, true);
+        }
+        Ok(self.rooms.is_confirmed(joined.slot))
+    }
+
+    /// Holds `op`'s reply until the hub confirms the channel; the first waiter asks the hub.
+    fn await_confirmation(
+        &mut self,
+        now: Instant,
+        kind: ChannelKind,
+        name: Box<str>,
+        op: WaitingOp,
+    ) {
+        let entry = self
+            .awaiting
+            .entry((kind, name))
+            .or_insert_with_key(|(kind, name)| {
+                let token = self.next_token;
+                self.next_token += 1;
+                // After the channel's `Presence` on the same queue, so the hub knows the members.
+                self.outbox.push_back(ToHub::Confirm {
+                    worker: self.index,
+                    kind: *kind,
+                    name: name.clone(),
+                    token,
+                });
+                self.wake_hub = true;
+                Awaiting {
+                    token,
+                    since: now,
+                    ops: Vec::new(),
+                }
+            });
+        entry.ops.push(op);
+        self.stats.confirm_waits += 1;
+    }
+
+    /// The hub's answer to `ToHub::Confirm`: the waiting joins (or `auth`) succeed.
+    fn confirmed(&mut self, now: Instant, kind: ChannelKind, name: Box<str>, token: u64) {
+        let key = (kind, name);
+        if self.awaiting.get(&key).is_none_or(|a| a.token != token) {
+            return; // the channel emptied (or timed out) since it asked: a stale answer
+        }
+        let Some(awaiting) = self.awaiting.remove(&key) else {
+            return;
+        };
+        let (kind, name) = key;
+        let table = match kind {
+            ChannelKind::User => &mut self.users,
+            _ => &mut self.rooms,
+        };
+        table.confirm(&name);
+        self.stats.confirm_latency.record(
+            LATENCY_BOUNDS,
+            now.saturating_duration_since(awaiting.since).as_secs_f64(),
+        );
+        for op in awaiting.ops {
+            if self
+                .conns
+                .get(op.conn.key())
+                .is_some_and(|c| c.id == op.conn && c.is_open())
+            {
+                self.reply(now, op.conn, op.format, op.seq, Ok(()));
+            }
+        }
+    }
+
+    /// Fails the ops of channels whose confirmation took longer than the timeout: a join is
+    /// undone and answered `unavailable`; an `auth` is answered so and the connection closed
+    /// with 1013 (try again later).
+    fn expire_confirmations(&mut self, now: Instant) {
+        let timeout = self.config.join_confirm_timeout();
+        let expired: Vec<(ChannelKind, Box<str>)> = self
+            .awaiting
+            .iter()
+            .filter(|(_, a)| now.saturating_duration_since(a.since) > timeout)
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in expired {
+            let Some(awaiting) = self.awaiting.remove(&key) else {
+                continue;
+            };
+            let (kind, name) = key;
+            self.stats.confirm_timeouts += awaiting.ops.len() as u64;
+            tracing::warn!(worker = self.index, ?kind, channel = %name, waiting = awaiting.ops.len(),
+                "the control plane did not confirm a channel in time; its joins are refused");
+            for op in awaiting.ops {
+                if !self
+                    .conns
+                    .get(op.conn.key())
+                    .is_some_and(|c| c.id == op.conn && c.is_open())
+                {
+                    continue;
+                }
+                let why = "the control plane did not confirm the subscription in time; retry";
+                self.reply(
+                    now,
+                    op.conn,
+                    op.format,
+                    op.seq,
+                    Err((ErrorCode::Unavailable, why)),
+                );
+                if op.auth {
+                    self.begin_close(
+                        now,
+                        op.conn,
+                        session::CLOSE_TRY_AGAIN,
+                        CloseReason::Unconfirmed,
+                    );
+                } else {
+                    let _ = self.leave(now, op.conn, &name);
+                }
+            }
+        }
+    }
+
+    fn leave(
+        &mut self,
+        now: Instant,
+        id: ConnId,
+        room: &str,
+    ) -> Result<(), (ErrorCode, &'static str)> {
+        let conn = &mut self.conns[id.key()];
+        let position = self
+            .rooms
+            .slot_of(room)
+            .and_then(|slot| conn.rooms.iter().position(|&(s, _)| s == slot));
+        let Some(position) = position else {
+            return Err((ErrorCode::NotJoined, "this connection is not in that room"));
+        };
+        // A join still waiting for confirmation gets its (ok) reply before the leave's.
+        if let Some(awaiting) = self.awaiting.get_mut(&(ChannelKind::Room, room.into())) {
+            let mine: Vec<WaitingOp> = awaiting
+                .ops
+                .iter()
+                .filter(|op| op.conn == id)
+                .copied()
+                .collect();
+            awaiting.ops.retain(|op| op.conn != id);
+            for op in mine {
+                self.reply(now, op.conn, op.format, op.seq, Ok(()));
+            }
+        }
+        let conn = &mut self.conns[id.key()];
+        let (slot, index) = conn.rooms.swap_remove(position);
+        let format = conn.format;
+        self.leave_slot(slot, index, format, ChannelKind::Room);
+        Ok(())
+    }
+
+    /// Removes a membership and fixes up the member that moved into its place.
+    fn leave_slot(&mut self, slot: ChannelSlot, index: u32, format: WireFormat, kind: ChannelKind) {
+        let table = match kind {
+            ChannelKind::User => &mut self.users,
+            _ => &mut self.rooms,
+        };
+        let name: Option<Box<str>> = table.channel(slot).map(|c| c.name.clone());
+        let left = table.leave(slot, index, format);
+        let emptied = table.channel(slot).is_none();
+        if let Some(Moved { conn, new_index }) = left.moved {
+            let moved = &mut self.conns[conn.key()];
+            match kind {
+                ChannelKind::User => {
+                    if let Some(identity) = moved.identity.as_mut() {
+                        identity.user_index = new_index;
+                    }
+                }
+                _ => {
+                    if let Some(entry) = moved.rooms.iter_mut().find(|(s, _)| *s == slot) {
+                        entry.1 = new_index;
+                    }
+                }
+            }
+        }
+        if let Some(name) = name {
+            if emptied {
+                // Nobody left to answer; a later `Confirmed` for it is stale.
+                self.awaiting.remove(&(kind, name.clone()));
+            }
+            if left.format_vanished {
+                self.presence(kind, &name, format, false);
+            }
+        }
+    }
+
+    fn presence(&mut self, kind: ChannelKind, name: &str, format: WireFormat, present: bool) {
+        // The hub hears of it when it next wakes; `wake_hub` makes that this round, so the
+        // control plane hears of a new room or user within a few milliseconds.
+        self.wake_hub = true;
+        self.outbox.push_back(ToHub::Presence {
+            worker: self.index,
+            kind,
+            name: name.into(),
+            format,
+            present,
+        });
+    }
+
+    fn reply(
+        &mut self,
+        now: Instant,
+        id: ConnId,
+        format: WireFormat,
+        seq: u64,
+        result: Result<(), (ErrorCode, &str)>,
+    ) {
+        self.queue_owned(now, id, client::encode_reply(format, seq, result));
+    }
+
+    fn queue_owned(&mut self, now: Instant, id: ConnId, bytes: Bytes) {
+        let conn = &mut self.conns[id.key()];
+        if conn.out.is_empty() {
+            conn.write_progress_ms = clock_ms(self.started, now);
+        }
+        conn.out.push_owned(bytes);
+        self.mark_dirty(id.key());
+    }
+
+    // ---- closing -----------------------------------------------------------------------------
+
+    /// Leaves every channel (so nothing more is delivered), queues a close frame, and closes the
+    /// socket once it is flushed.
+    fn begin_close(&mut self, now: Instant, id: ConnId, code: u16, reason: CloseReason) {
+        let Some(conn) = self
+            .conns
+            .get(id.key())
+            .filter(|c| c.id == id && c.is_open())
+        else {
+            return;
+        };
+        let notice = if conn.session.is_framing() {
+            Some(client::encode_close(
+                conn.format,
+                code,
+                session::close_reason(code),
+            ))
+        } else {
+            None
+        };
+        self.leave_all(id);
+        if let Some(notice) = notice {
+            self.queue_owned(now, id, notice);
+        }
+        self.start_flushing(now, id, reason);
+    }
+
+    fn start_flushing(&mut self, now: Instant, id: ConnId, reason: CloseReason) {
+        let conn = &mut self.conns[id.key()];
+        if !conn.is_open() {
+            return;
+        }
+        conn.close_reason = reason;
+        conn.life = Lifecycle::Flushing { since: now };
+        self.mark_dirty(id.key());
+    }
+
+    /// Stops all I/O now; the slot is freed when the driver releases it.
+    fn close_now(&mut self, id: ConnId, reason: CloseReason) {
+        let Some(conn) = self.conns.get_mut(id.key()).filter(|c| c.id == id) else {
+            return;
+        };
+        if conn.life == Lifecycle::Releasing {
+            return;
+        }
+        if conn.is_open() {
+            conn.close_reason = reason;
+        }
+        conn.life = Lifecycle::Releasing;
+        self.leave_all(id);
+        self.to_close.push(id);
+    }
+
+    fn leave_all(&mut self, id: ConnId) {
+        let conn = &mut self.conns[id.key()];
+        let format = conn.format;
+        let rooms = std::mem::take(&mut conn.rooms);
+        let identity = conn.identity.take();
+        for (slot, index) in rooms {
+            self.leave_slot(slot, index, format, ChannelKind::Room);
+        }
+        if let Some(identity) = identity {
+            self.leave_slot(
+                identity.user_slot,
+                identity.user_index,
+                format,
+                ChannelKind::User,
+            );
+            self.authed_per_format[format.index()] -= 1;
+            if self.authed_per_format[format.index()] == 0 {
+                self.presence(ChannelKind::All, "", format, false);
+            }
+        }
+    }
+
+    fn begin_shutdown(&mut self, now: Instant) {
+        if self.shutdown.is_some() {
+            return;
+        }
+        self.shutdown = Some(now + CLOSE_FLUSH_GRACE);
+        let ids: Vec<ConnId> = self.conns.iter().map(|(_, c)| c.id).collect();
+        for id in ids {
+            self.begin_close(now, id, session::CLOSE_SHUTDOWN, CloseReason::Shutdown);
+        }
+    }
+
+    // ---- timers ------------------------------------------------------------------------------
+
+    /// Closes connections that missed the auth deadline, went silent or stopped taking data
+    /// (slow), and cuts closing ones that could not flush in time.
+    fn sweep(&mut self, now: Instant) {
+        let auth_timeout = self.config.auth_timeout();
+        let heartbeat = self.config.heartbeat_timeout();
+        let now_ms = clock_ms(self.started, now);
+        let stall_ms = self.config.write_stall_timeout_ms;
+        let mut expired: Vec<(ConnId, Option<u16>, CloseReason)> = Vec::new();
+        for (_, conn) in &self.conns {
+            let write_stalled = !conn.out.is_empty()
+                && u64::from(now_ms.wrapping_sub(conn.write_progress_ms)) > stall_ms;
+            match conn.life {
+                Lifecycle::Open if write_stalled => {
+                    expired.push((conn.id, Some(session::CLOSE_SLOW), CloseReason::Slow));
+                }
+                Lifecycle::Open if conn.identity.is_none() => {
+                    if now.saturating_duration_since(conn.opened) > auth_timeout {
+                        // Counted by reason only: `auth_failures` keeps its meaning (failed
+                        // auth attempts), a timeout is the absence of one.
+                        self.stats.auth_failures_by[AuthFailure::Timeout as usize] += 1;
+                        expired.push((
+                            conn.id,
+                            Some(session::CLOSE_UNAUTHENTICATED),
+                            CloseReason::Unauthenticated,
+                        ));
+                    }
+                }
+                Lifecycle::Open => {
+                    if now.saturating_duration_since(conn.last_heard) > heartbeat {
+                        expired.push((
+                            conn.id,
+                            Some(session::CLOSE_HEARTBEAT),
+                            CloseReason::Heartbeat,
+                        ));
+                    }
+                }
+                Lifecycle::Flushing { since } => {
+                    if now.saturating_duration_since(since) > CLOSE_FLUSH_GRACE {
+                        expired.push((conn.id, None, conn.close_reason));
+                    }
+                }
+                Lifecycle::Releasing => {}
+            }
+        }
+        for (id, code, reason) in expired {
+            match code {
+                Some(code) => self.begin_close(now, id, code, reason),
+                None => self.close_now(id, reason),
+            }
+        }
+        if !self.awaiting.is_empty() {
+            self.expire_confirmations(now);
+        }
+    }
+
+    /// Describes this worker's connections of one user (rare: an operator's lookup); the loop
+    /// adds their peer addresses.
+    fn answer_user_query(&mut self, request: u32, user: &str) {
+        let mut conns = Vec::new();
+        if let Some(channel) = self.users.slot_of(user).and_then(|s| self.users.channel(s)) {
+            for member in &channel.members {
+                let conn = &self.conns[member.key()];
+                let rooms = conn
+                    .rooms
+                    .iter()
+                    .filter_map(|&(slot, _)| self.rooms.channel(slot))
+                    .map(|room| room.name.to_string())
+                    .collect();
+                let info = ConnInfo {
+                    format: conn.format,
+                    peer: String::new(),
+                    rooms,
+                };
+                conns.push((conn.id, info));
+            }
+        }
+        self.user_answers.push((request, conns));
+    }
+
+    /// Queues the report for the hub: member counts changed since the last one and the counters.
+    /// If the previous report is still waiting (the hub's inbox was full), this one replaces it,
+    /// carrying its changes too.
+    fn report(&mut self) {
+        self.stats.connections = self.conns.len() as u64;
+        // Once per report interval, not per message: the hot path keeps no running total.
+        let queued: u64 = self
+            .conns
+            .iter()
+            .map(|(_, c)| c.out.queued_bytes() as u64)
+            .sum();
+        self.stats.queued_bytes = queued;
+        self.stats.queued_bytes_high_water = self.stats.queued_bytes_high_water.max(queued);
+        self.stats.driver = self.driver_stats;
+        let mut rooms = self.rooms.take_changes();
+        let mut users = self.users.take_changes();
+        let unsent = self
+            .outbox
+            .iter()
+            .position(|m| matches!(m, ToHub::Report { .. }));
+        if let Some(ToHub::Report {
+            rooms: older_rooms,
+            users: older_users,
+            ..
+        }) = unsent.and_then(|at| self.outbox.remove(at))
+        {
+            rooms = merge_changes(older_rooms, rooms);
+            users = merge_changes(older_users, users);
+        }
+        self.outbox.push_back(ToHub::Report {
+            worker: self.index,
+            rooms,
+            users,
+            stats: Box::new(self.stats.clone()),
+        });
+    }
+}
+
+/// Member-count changes of two reports, the newer count winning.
+fn merge_changes(
+    mut older: HashMap<Box<str>, u32>,
+    newer: HashMap<Box<str>, u32>,
+) -> HashMap<Box<str>, u32> {
+    older.extend(newer);
+    older
+}
+
+/// The core clock: milliseconds from `started` to `now`, wrapping after 49 days (compared with
+/// `wrapping_sub`, and only over the few seconds a stall may last).
+fn clock_ms(started: Instant, now: Instant) -> u32 {
+    now.saturating_duration_since(started).as_millis() as u32
+}
+
+/// Seconds since the Unix epoch at `now`, from the wall clock read at a nearby instant.
+fn unix_secs(wall: (Instant, SystemTime), now: Instant) -> u64 {
+    let (at, time) = wall;
+    let time = if now >= at {
+        time + (now - at)
+    } else {
+        time - (at - now)
+    };
+    time.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+#[path = "core_tests.rs"]
+mod tests;
