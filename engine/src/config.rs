@@ -94,6 +94,13 @@ pub struct EdgeConfig {
     #[arg(long, env = "ROOMCAST_TICK_MS", default_value_t = 100)]
     pub tick_ms: u32,
 
+    /// Longest a merge window may stretch past the previous batch while the edge is still
+    /// writing that batch to most of its members (a room's tick is the minimum; windows stretch
+    /// with the fan-out under load, up to this, then the queue bounds shed). Never below the
+    /// room's tick.
+    #[arg(long, env = "ROOMCAST_MAX_WINDOW_MS", default_value_t = 2_000)]
+    pub max_window_ms: u32,
+
     /// Send-queue soft bound per connection: above it the oldest lowest-priority batches drop.
     #[arg(long, env = "ROOMCAST_QUEUE_SOFT_BYTES", default_value_t = 256 * 1024)]
     pub queue_soft_bytes: usize,

@@ -213,6 +213,7 @@ impl Edge {
                         capacity: config.max_connections,
                     },
                     default_tick: Duration::from_millis(config.tick_ms as u64),
+                    max_window: Duration::from_millis(config.max_window_ms as u64),
                     report_interval: config.report_interval(),
                     stats_log_interval: (config.stats_log_interval_ms > 0)
                         .then(|| Duration::from_millis(config.stats_log_interval_ms)),

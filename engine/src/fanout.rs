@@ -23,6 +23,8 @@ pub struct Delivery {
     pub frames: Vec<DeliveryFrame>,
     /// When the hub received the batch's first message (publish→flush latency).
     pub first_received: Instant,
+    /// Names this batch of its channel in the worker's [`ToHub::Written`] (unique per hub).
+    pub ticket: u64,
 }
 
 /// One frame of a batch.
@@ -86,6 +88,12 @@ pub enum ToHub {
         kind: ChannelKind,
         name: Box<str>,
         token: u64,
+    },
+    /// The worker has written this batch to most of its members here (or dropped it for them,
+    /// or they left): the channel's next window need not wait for this worker.
+    Written {
+        worker: usize,
+        delivery: Arc<Delivery>,
     },
     /// The answer to `ToWorker::QueryUser`.
     UserConns { request: u32, conns: Vec<ConnInfo> },

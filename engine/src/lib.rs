@@ -2,8 +2,8 @@
 //! core and fans out each room's merged batch, encoded once, to every member.
 //!
 //! The crate exports the edge ([`Edge`]) and its configuration ([`EdgeConfig`]), nothing more.
-//! Inside: `session`, `outqueue`, `members` and `window` are pure per-connection and per-channel
-//! logic; `worker` and `hub` are the two kinds of thread, each a thin loop around a state machine
+//! Inside: `session`, `outqueue`, `progress`, `members` and `window` are pure per-connection and
+//! per-channel logic; `worker` and `hub` are the two kinds of thread, each a thin loop around a state machine
 //! with no I/O and no clock (`worker::core::WorkerCore`, `hub::HubCore`); `metrics` turns the
 //! hub's snapshot into the `/metrics` page and `admin` serves it on `roomcast-ops`' admin server;
 //! `sys` is the OS seam (the I/O drivers, sockets and descriptors, and the only `unsafe` in the
@@ -26,6 +26,7 @@ mod hub;
 mod members;
 mod metrics;
 mod outqueue;
+mod progress;
 mod session;
 mod stats;
 mod sys;

@@ -16,7 +16,7 @@ use roomcast_ops::metrics::{Collector, Desc, Families, Family, MetricFamily};
 
 use crate::stats::{
     AuthFailure, CloseReason, Hist, HubStats, WorkerStats, BATCH_BOUNDS, IOVEC_BOUNDS,
-    LATENCY_BOUNDS,
+    LATENCY_BOUNDS, WINDOW_BOUNDS,
 };
 use roomcast_proto::message::PRIORITIES;
 
@@ -108,6 +108,8 @@ pub fn log_edge_stats(snap: &Snapshot) {
         total.add(stats);
     }
     let hub = &snap.hub;
+    let windows_sum: f64 = hub.windows.iter().map(|h| h.sum).sum();
+    let windows_count: u64 = hub.windows.iter().map(|h| h.count).sum();
     let per_flush = if total.flushes > 0 {
         total.write_calls as f64 / total.flushes as f64
     } else {
@@ -132,6 +134,11 @@ pub fn log_edge_stats(snap: &Snapshot) {
         messages_dropped_budget = hub.dropped_budget.iter().sum::<u64>(),
         messages_dropped_worker_backlog = hub.dropped_worker_backlog_msgs.iter().sum::<u64>(),
         connection_queue_high_water_bytes = total.queue_high_water,
+        window_seconds_sum = format!("{windows_sum:.3}"),
+        window_seconds_count = windows_count,
+        windows_stretched = hub.windows_stretched,
+        windows_capped = hub.windows_capped,
+        channels_stretched = hub.channels_stretched,
         "edge stats"
     );
 }
@@ -547,6 +554,40 @@ fn families(shared: &Shared, snap: &Snapshot) -> Families {
         IOVEC_BOUNDS,
         &total.iovecs_per_write,
     );
+
+    // Merge windows that follow the fan-out.
+    let windows = f.histogram(
+        "roomcast_window_seconds",
+        "Effective merge window of each batch, by the channel's rate level (0: none set): from the channel's previous batch (or a quiet channel's first message) to the close. Above the level's tick when the window stretched while the previous batch was still being written.",
+        &["level"],
+    );
+    for (level, hist) in snap.hub.windows.iter().enumerate() {
+        windows.histogram(
+            &[&level.to_string()],
+            WINDOW_BOUNDS,
+            &hist.counts[..WINDOW_BOUNDS.len()],
+            hist.count,
+            hist.sum,
+        );
+    }
+    f.gauge(
+        "roomcast_channels_stretched",
+        "Channels whose merge window is past its tick, waiting for the edge to write the previous batch.",
+        &[],
+    )
+    .sample(&[], snap.hub.channels_stretched as f64);
+    f.counter(
+        "roomcast_windows_stretched_total",
+        "Batches whose window stretched past its tick while the previous batch was written.",
+        &[],
+    )
+    .sample(&[], snap.hub.windows_stretched as f64);
+    f.counter(
+        "roomcast_windows_capped_total",
+        "Batches that closed with the previous batch still being written (at --max-window-ms or the window byte bound); the connections' queue bounds apply to them.",
+        &[],
+    )
+    .sample(&[], snap.hub.windows_capped as f64);
 
     // Latency.
     observe(

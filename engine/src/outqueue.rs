@@ -15,12 +15,17 @@
 //! — the queue's front must stay what that write sent, for `advance`). When what was waiting before the batch is still over `hard` after that, the caller
 //! closes the connection as slow. A reader that stops reading altogether is caught by the
 //! worker's write-stall timeout instead, since shedding alone keeps its queue under `hard`.
+//!
+//! A batch's last frame carries its [`WriteProgress`] slot: whichever way that frame leaves a
+//! queue (written, shed, or the connection gone — [`OutQueue::abandon`]) the slot is settled once
+//! for this member, so the hub learns when the batch is written (see `progress`).
 
 use std::collections::VecDeque;
 use std::rc::Rc;
 
 use bytes::Bytes;
 
+use crate::progress::{ProgressSlot, WriteProgress};
 use crate::sys::{Payload, WriteBuf};
 use roomcast_proto::message::PRIORITIES;
 
@@ -32,6 +37,8 @@ pub struct SharedFrame {
     pub min_priority: u8,
     /// Messages per priority in the batch (for drop accounting).
     pub counts: [u32; PRIORITIES],
+    /// On the last frame of a batch: the batch's write-progress slot on this core.
+    pub progress: Option<ProgressSlot>,
 }
 
 impl Payload for SharedFrame {
@@ -48,6 +55,7 @@ impl SharedFrame {
             bytes,
             min_priority: 0,
             counts: [0; PRIORITIES],
+            progress: None,
         }
     }
 }
@@ -108,6 +116,7 @@ impl OutQueue {
         batch: &[Rc<SharedFrame>],
         soft: usize,
         hard: usize,
+        progress: &mut WriteProgress,
     ) -> PushOutcome {
         let backlog = self.queued;
         let mut first_new = self.frames.len();
@@ -130,6 +139,9 @@ impl OutQueue {
                 break;
             };
             self.queued -= f.bytes.len();
+            if let Some(slot) = f.progress {
+                progress.settle(slot);
+            }
             if index >= first_new {
                 new_bytes -= f.bytes.len();
             } else {
@@ -175,7 +187,7 @@ impl OutQueue {
     }
 
     /// Consumes `written` bytes from the front after a write finished, and unpins.
-    pub fn advance(&mut self, mut written: usize) {
+    pub fn advance(&mut self, mut written: usize, progress: &mut WriteProgress) {
         self.pinned = 0;
         self.queued -= written.min(self.queued);
         while written > 0 {
@@ -186,7 +198,9 @@ impl OutQueue {
             if written >= left {
                 written -= left;
                 self.head_offset = 0;
-                self.frames.pop_front();
+                if let Some(slot) = self.frames.pop_front().and_then(|f| f.progress) {
+                    progress.settle(slot);
+                }
             } else {
                 self.head_offset += written;
                 written = 0;
@@ -200,6 +214,16 @@ impl OutQueue {
 
     /// Releases the pin after a failed write (nothing was consumed).
     pub fn unpin(&mut self) {
+        self.pinned = 0;
+    }
+
+    /// The connection is gone: settles the batches still queued.
+    pub fn abandon(&mut self, progress: &mut WriteProgress) {
+        for slot in self.frames.drain(..).filter_map(|f| f.progress) {
+            progress.settle(slot);
+        }
+        self.queued = 0;
+        self.head_offset = 0;
         self.pinned = 0;
     }
 
@@ -226,6 +250,7 @@ mod tests {
             bytes: Bytes::from(vec![priority; len]),
             min_priority: priority,
             counts,
+            progress: None,
         })
     }
 
@@ -238,13 +263,13 @@ mod tests {
         let n = q.fill(&mut buf, 1024);
         let out = buf.to_vec();
         assert_eq!(out.len(), n);
-        q.advance(n);
+        q.advance(n, &mut WriteProgress::default());
         out
     }
 
     /// Queues one single-frame batch.
     fn push(q: &mut OutQueue, frame: Rc<SharedFrame>, soft: usize, hard: usize) -> PushOutcome {
-        q.push_batch(&[frame], soft, hard)
+        q.push_batch(&[frame], soft, hard, &mut WriteProgress::default())
     }
 
     #[test]
@@ -253,7 +278,7 @@ mod tests {
         q.push_owned(Bytes::from_static(b"hello"));
         push(&mut q, batch(3, 2), 1000, 2000);
         assert_eq!(q.fill(&mut buf(), 1024), 8);
-        q.advance(3);
+        q.advance(3, &mut WriteProgress::default());
         assert_eq!(q.queued_bytes(), 5);
         assert_eq!(drain(&mut q), b"lo\x02\x02\x02");
         assert!(q.is_empty());
@@ -270,7 +295,12 @@ mod tests {
         drain(&mut q);
         // A backlog within the soft bound, then a batch of several frames: nothing is shed.
         push(&mut q, batch(8, 3), 10, 50);
-        let outcome = q.push_batch(&[batch(20, 3), batch(20, 2), batch(20, 3)], 10, 50);
+        let outcome = q.push_batch(
+            &[batch(20, 3), batch(20, 2), batch(20, 3)],
+            10,
+            50,
+            &mut WriteProgress::default(),
+        );
         assert_eq!(outcome, PushOutcome::default());
         assert_eq!(
             drain(&mut q),
@@ -344,7 +374,7 @@ mod tests {
         // 20 waiting: the write in flight points at the first frame, so the others go.
         let outcome = push(&mut q, batch(10, 3), 15, 1000);
         assert_eq!(outcome.dropped, [0, 0, 0, 2]);
-        q.advance(10);
+        q.advance(10, &mut WriteProgress::default());
         assert!(q.is_empty());
     }
 
@@ -353,7 +383,7 @@ mod tests {
         let mut q = OutQueue::default();
         push(&mut q, batch(10, 3), 10, 1000);
         q.fill(&mut buf(), 1024);
-        q.advance(4);
+        q.advance(4, &mut WriteProgress::default());
         // 6 waiting: taken.
         push(&mut q, batch(10, 1), 10, 1000);
         // 16 waiting: the partly written P3 cannot go, so the P2 and then the P1 do.
@@ -380,5 +410,53 @@ mod tests {
         push(&mut q, batch(1, 3), 100, 100);
         q.push_owned(Bytes::from_static(b"x"));
         assert_eq!(q.undelivered(), [0, 1, 0, 1]);
+    }
+
+    #[test]
+    fn a_batch_settles_once_per_member_when_written_shed_or_abandoned() {
+        use crate::fanout::Delivery;
+        use roomcast_proto::message::Target;
+        use std::sync::Arc;
+        use std::time::Instant;
+
+        let mut progress = WriteProgress::default();
+        let delivery = Arc::new(Delivery {
+            target: Target::Room("r".into()),
+            frames: Vec::new(),
+            first_received: Instant::now(),
+            ticket: 5,
+        });
+        let slot = progress.begin(&delivery);
+        // A two-frame batch: only the last frame carries the slot.
+        let last = Rc::new(SharedFrame {
+            progress: Some(slot),
+            ..Rc::into_inner(batch(10, 3)).unwrap()
+        });
+        let frames = [batch(10, 3), last];
+        let (mut written, mut shed, mut gone) = (
+            OutQueue::default(),
+            OutQueue::default(),
+            OutQueue::default(),
+        );
+        for q in [&mut written, &mut shed, &mut gone] {
+            q.push_batch(&frames, 1000, 1000, &mut progress);
+        }
+        progress.queued(slot, 3);
+        // Written: the first frame and part of the last do not settle; the rest does.
+        written.advance(15, &mut progress);
+        assert_eq!(progress.take_written().count(), 0);
+        written.advance(5, &mut progress);
+        // Shed: a later batch pushes the queue over its soft bound.
+        shed.push_batch(&[batch(10, 3)], 5, 1000, &mut progress);
+        assert_eq!(progress.take_written().count(), 0, "2 of 3 is under 90 %");
+        gone.abandon(&mut progress);
+        assert_eq!(
+            progress
+                .take_written()
+                .map(|d| d.ticket)
+                .collect::<Vec<_>>(),
+            vec![5]
+        );
+        assert_eq!(progress.in_flight(), 0);
     }
 }

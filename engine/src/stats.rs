@@ -15,6 +15,14 @@ pub const IOVEC_BOUNDS: &[f64] = &[
 pub const LATENCY_BOUNDS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
+/// Upper bounds of the effective-window histogram, seconds (0: a quiet channel's publish went
+/// out at once).
+pub const WINDOW_BOUNDS: &[f64] = &[
+    0.0, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0,
+];
+/// Rate levels a window is labelled with: 0 (none set: user and broadcast channels, rooms the
+/// control plane has not levelled) to 4.
+pub const LEVELS: usize = 5;
 /// Upper bounds of the messages-per-batch histogram.
 pub const BATCH_BOUNDS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0];
 
@@ -285,4 +293,14 @@ pub struct HubStats {
     pub batch_messages: Hist,
     /// How late a window's timer fired against its deadline, seconds.
     pub tick_lag: Hist,
+    /// Effective window of each batch (from the channel's previous batch to its close), by the
+    /// channel's rate level, seconds.
+    pub windows: [Hist; LEVELS],
+    /// Batches whose window stretched past its tick while the previous batch was written.
+    pub windows_stretched: u64,
+    /// Batches that closed with the previous one still being written (at `--max-window-ms` or
+    /// the window byte bound).
+    pub windows_capped: u64,
+    /// Channels whose window is stretched right now (gauge).
+    pub channels_stretched: u64,
 }

@@ -16,8 +16,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::fanout::{ChannelKind, Delivery, DeliveryFrame, ToHub, ToWorker};
-use crate::stats::{CloseReason, HubStats, WorkerStats, BATCH_BOUNDS, LATENCY_BOUNDS};
-use crate::window::{frame_ranges, Admit, Pacing, Window, MAX_FRAME_MESSAGE_BYTES};
+use crate::stats::{
+    CloseReason, HubStats, WorkerStats, BATCH_BOUNDS, LATENCY_BOUNDS, LEVELS, WINDOW_BOUNDS,
+};
+use crate::window::{frame_ranges, Admit, Next, Pacing, Window, MAX_FRAME_MESSAGE_BYTES};
 use roomcast_proto::client::{self, WireFormat};
 use roomcast_proto::link::{
     ConnInfo, LinkFrame, LoadReport, Publish, QueryUser, Register, SetLevel, UserConns,
@@ -40,6 +42,9 @@ pub struct HubConfig {
     pub advertised: Advertised,
     /// The merge window of a channel no rate level was set for.
     pub default_tick: Duration,
+    /// How long a window may stretch after its previous batch while that batch is still being
+    /// written (`--max-window-ms`; never below the channel's tick).
+    pub max_window: Duration,
     /// How often a load report goes to the control plane (and a metrics snapshot is taken).
     pub report_interval: Duration,
     /// How often to log the summed counters (None = never).
@@ -114,16 +119,25 @@ struct Channel {
     last_seq: u64,
     /// Per wire format: bitmask of workers holding members of that format.
     workers_by_format: [u64; 3],
+    /// The last batch handed to the workers (its `Delivery::ticket`) and the workers that have
+    /// not written it yet: the window waits for them (see `window`).
+    ticket: u64,
+    writing: u64,
+    /// The instant of the window timer that counts (earlier ones left in the heap are stale).
+    armed: Option<Instant>,
 }
 
 impl Channel {
-    fn new(pacing: Pacing) -> Channel {
+    fn new(pacing: Pacing, max_window: Duration) -> Channel {
         Channel {
-            window: Window::new(pacing),
+            window: Window::new(pacing, max_window),
             routed: Routed::No,
             waiters: Vec::new(),
             last_seq: 0,
             workers_by_format: [0; 3],
+            ticket: 0,
+            writing: 0,
+            armed: None,
         }
     }
 
@@ -231,6 +245,8 @@ pub struct HubCore {
     transmit: VecDeque<LinkFrame>,
     outboxes: Vec<Outbox>,
     dial: bool,
+    /// The ticket of the next batch handed to the workers.
+    next_ticket: u64,
 }
 
 impl HubCore {
@@ -244,7 +260,7 @@ impl HubCore {
             },
             rooms: HashMap::new(),
             users: HashMap::new(),
-            broadcast: Channel::new(Pacing::unlimited(config.default_tick)),
+            broadcast: Channel::new(Pacing::unlimited(config.default_tick), config.max_window),
             room_pacing: HashMap::new(),
             timers: BinaryHeap::new(),
             worker_stats: vec![WorkerStats::default(); workers],
@@ -265,6 +281,7 @@ impl HubCore {
             transmit: VecDeque::new(),
             outboxes: (0..workers).map(|_| Outbox::default()).collect(),
             dial: false,
+            next_ticket: 1,
             config,
         }
     }
@@ -288,6 +305,9 @@ impl HubCore {
                 token,
             } => self.confirm_request(worker, kind, &name, token),
             ToHub::UserConns { request, conns } => self.user_conns_answered(request, conns),
+            ToHub::Written { worker, delivery } => {
+                self.fanout_written(worker, &delivery.target, delivery.ticket, now)
+            }
             ToHub::Report {
                 worker,
                 rooms,
@@ -436,9 +456,11 @@ impl HubCore {
     /// workers that were sent something (to wake).
     pub fn drain_to_workers(
         &mut self,
+        now: Instant,
         mut send: impl FnMut(usize, ToWorker) -> Result<(), ToWorker>,
     ) -> u64 {
         let mut sent = 0u64;
+        let mut refused = Vec::new();
         for (worker, outbox) in self.outboxes.iter_mut().enumerate() {
             outbox.blocked = false;
             while let Some(message) = outbox.queue.pop_front() {
@@ -446,6 +468,7 @@ impl HubCore {
                     Ok(()) => sent |= 1 << worker,
                     Err(ToWorker::Deliver(delivery)) => {
                         count_backlog_drop(&mut self.stats, &delivery);
+                        refused.push((worker, delivery));
                     }
                     Err(message) => {
                         outbox.queue.push_front(message);
@@ -454,6 +477,10 @@ impl HubCore {
                     }
                 }
             }
+        }
+        // A dropped batch is not being written: the channel's next window need not wait for it.
+        for (worker, delivery) in refused {
+            self.fanout_written(worker, &delivery.target, delivery.ticket, now);
         }
         sent
     }
@@ -518,6 +545,7 @@ impl HubCore {
         now: Instant,
     ) {
         let default_tick = self.config.default_tick;
+        let max_window = self.config.max_window;
         let channel = match kind {
             ChannelKind::All => &mut self.broadcast,
             ChannelKind::Room => {
@@ -528,12 +556,12 @@ impl HubCore {
                     .unwrap_or_else(|| Pacing::unlimited(default_tick));
                 self.rooms
                     .entry(name.to_string())
-                    .or_insert_with(|| Channel::new(pacing))
+                    .or_insert_with(|| Channel::new(pacing, max_window))
             }
             ChannelKind::User => self
                 .users
                 .entry(name.to_string())
-                .or_insert_with(|| Channel::new(Pacing::unlimited(default_tick))),
+                .or_insert_with(|| Channel::new(Pacing::unlimited(default_tick), max_window)),
         };
         let had_members = channel.has_members();
         let bit = 1u64 << worker;
@@ -543,6 +571,9 @@ impl HubCore {
             channel.workers_by_format[format.index()] &= !bit;
         }
         let has_members = channel.has_members();
+        // A worker whose members all left writes nothing more of the last batch.
+        let released = channel.writing != 0 && channel.writing & !channel.workers() != 0;
+        channel.writing &= channel.workers();
         if !has_members {
             // Gone from this edge: a later first member must be confirmed afresh, after the
             // report that says it is back.
@@ -551,6 +582,14 @@ impl HubCore {
         }
         if had_members != has_members {
             self.membership_changed(kind, name, has_members, now);
+        }
+        if released {
+            let target = match kind {
+                ChannelKind::Room => Target::Room(name.to_string()),
+                ChannelKind::User => Target::User(name.to_string()),
+                ChannelKind::All => Target::Broadcast,
+            };
+            self.maybe_written(&target, now);
         }
         self.forget_if_idle(kind, name);
     }
@@ -704,9 +743,7 @@ impl HubCore {
         };
         channel.last_seq = channel.last_seq.max(msg.seq);
         match channel.window.push(msg, now) {
-            Admit::Opened(deadline) => self.timers.push(Reverse((deadline, TimerKey::of(&target)))),
-            Admit::Queued => {}
-            Admit::FlushNow => self.flush_channel(&target, now),
+            Admit::Queued => self.schedule(&target, now),
             Admit::OverBudget => self.stats.dropped_budget[priority] += 1,
         }
     }
@@ -717,10 +754,11 @@ impl HubCore {
             tick: Duration::from_millis(level.tick_ms as u64),
             budgets: level.budgets,
         };
-        if let Some(channel) = self.rooms.get_mut(&level.room) {
+        let room = level.room;
+        if let Some(channel) = self.rooms.get_mut(&room) {
             channel.window.pacing = pacing;
         }
-        self.room_pacing.insert(level.room, pacing);
+        self.room_pacing.insert(room, pacing);
     }
 
     fn fire_timers(&mut self, now: Instant) {
@@ -732,15 +770,66 @@ impl HubCore {
                 break;
             };
             let target = key.into_target();
-            // A window flushed early (priority 0) leaves a stale timer: only its own deadline fires.
-            let due = self.channel_mut(&target).and_then(|c| c.window.deadline()) == Some(at);
-            if due {
-                self.stats.tick_lag.record(
-                    LATENCY_BOUNDS,
-                    now.saturating_duration_since(at).as_secs_f64(),
-                );
-                self.flush_channel(&target, now);
+            // A window closed or rescheduled since leaves a stale timer: only the armed one counts.
+            let Some(channel) = self.channel_mut(&target).filter(|c| c.armed == Some(at)) else {
+                continue;
+            };
+            channel.armed = None;
+            self.stats.tick_lag.record(
+                LATENCY_BOUNDS,
+                now.saturating_duration_since(at).as_secs_f64(),
+            );
+            self.schedule(&target, now);
+        }
+    }
+
+    /// Asks the channel's window when it closes: closes it now, or arms its timer.
+    fn schedule(&mut self, target: &Target, now: Instant) {
+        let Some(channel) = self.channel_mut(target) else {
+            return;
+        };
+        let was_held = channel.window.is_held();
+        let next = channel.window.poll(now);
+        let held = channel.window.is_held();
+        match next {
+            Next::Idle => {}
+            Next::CloseNow => {}
+            Next::At(at) => {
+                if channel.armed != Some(at) {
+                    channel.armed = Some(at);
+                    self.timers.push(Reverse((at, TimerKey::of(target))));
+                }
             }
+        }
+        if held && !was_held {
+            self.stats.channels_stretched += 1;
+        }
+        if next == Next::CloseNow {
+            self.flush_channel(target, now);
+        }
+    }
+
+    /// Worker `worker` has written the batch `ticket` of `target` to most of its members there
+    /// (or will not write it: its members left, its inbox refused it).
+    fn fanout_written(&mut self, worker: usize, target: &Target, ticket: u64, now: Instant) {
+        let Some(channel) = self.channel_mut(target) else {
+            return;
+        };
+        if channel.ticket != ticket {
+            return; // an older batch (the window closed at its cap meanwhile)
+        }
+        channel.writing &= !(1u64 << worker);
+        self.maybe_written(target, now);
+    }
+
+    /// When no worker is still writing the channel's last batch, its window may close.
+    fn maybe_written(&mut self, target: &Target, now: Instant) {
+        let Some(channel) = self.channel_mut(target) else {
+            return;
+        };
+        if channel.writing == 0 && channel.window.in_flight() {
+            channel.window.written();
+            self.schedule(target, now);
         }
     }
 
@@ -752,8 +841,21 @@ impl HubCore {
         let Some(batch) = channel.window.take(now) else {
             return;
         };
+        channel.armed = None;
+        let level = channel.window.pacing.level;
         let masks = channel.workers_by_format;
         let workers = channel.workers();
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        if batch.stretched {
+            self.stats.channels_stretched -= 1;
+            self.stats.windows_stretched += 1;
+        }
+        if batch.capped {
+            self.stats.windows_capped += 1;
+        }
+        self.stats.windows[usize::from(level).min(LEVELS - 1)]
+            .record(WINDOW_BOUNDS, batch.window.as_secs_f64());
         // Split once per batch; each frame is encoded once per format and shared by every member.
         let frames: Vec<DeliveryFrame> = frame_ranges(&batch.msgs, MAX_FRAME_MESSAGE_BYTES)
             .map(|run| {
@@ -780,7 +882,9 @@ impl HubCore {
             target: target.clone(),
             frames,
             first_received: batch.first_received,
+            ticket,
         });
+        let mut writing = 0u64;
         for (worker, outbox) in self.outboxes.iter_mut().enumerate() {
             if workers & (1 << worker) == 0 {
                 continue;
@@ -791,6 +895,14 @@ impl HubCore {
                 outbox
                     .queue
                     .push_back(ToWorker::Deliver(Arc::clone(&delivery)));
+                writing |= 1 << worker;
+            }
+        }
+        if writing != 0 {
+            if let Some(channel) = self.channel_mut(target) {
+                channel.ticket = ticket;
+                channel.writing = writing;
+                channel.window.handed_over();
             }
         }
         match target {

@@ -132,8 +132,10 @@ impl Hub {
                 self.store_snapshot(Instant::now(), true);
                 self.core.shutdown();
                 // Blocking: every worker must hear it (a dead worker's inbox fails at once).
-                self.core
-                    .drain_to_workers(|w, m| self.workers[w].inbox.send(m).map_err(|e| e.0));
+                let workers = &self.workers;
+                self.core.drain_to_workers(Instant::now(), |w, m| {
+                    workers[w].inbox.send(m).map_err(|e| e.0)
+                });
                 for worker in &self.workers {
                     worker.waker.wake();
                 }
@@ -168,12 +170,12 @@ impl Hub {
             }
             self.write_link();
             let workers = &self.workers;
-            let woken = self
-                .core
-                .drain_to_workers(|w, m| match workers[w].inbox.try_send(m) {
-                    Ok(()) => Ok(()),
-                    Err(TrySendError::Full(m) | TrySendError::Disconnected(m)) => Err(m),
-                });
+            let woken =
+                self.core
+                    .drain_to_workers(now, |w, m| match workers[w].inbox.try_send(m) {
+                        Ok(()) => Ok(()),
+                        Err(TrySendError::Full(m) | TrySendError::Disconnected(m)) => Err(m),
+                    });
             for (index, worker) in self.workers.iter().enumerate() {
                 if woken & (1 << index) != 0 {
                     worker.waker.wake();

@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -18,6 +19,7 @@ use roomcast_proto::message::{PushMessage, Target};
 use roomcast_proto::ws::parse_server_frame;
 
 const TICK: Duration = Duration::from_millis(100);
+const MAX_WINDOW: Duration = Duration::from_millis(1000);
 const REPORT: Duration = Duration::from_secs(1);
 const LINK_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3));
 
@@ -27,6 +29,9 @@ struct Harness {
     now: Instant,
     inboxes: Vec<VecDeque<ToWorker>>,
     inbox_capacity: usize,
+    /// Workers that write every batch the moment it enters their inbox (report it written);
+    /// the others leave that to the test (`written`).
+    instant_writers: u64,
 }
 
 impl Harness {
@@ -51,6 +56,7 @@ impl Harness {
                 capacity: 1000,
             },
             default_tick: TICK,
+            max_window: MAX_WINDOW,
             report_interval: REPORT,
             stats_log_interval: None,
             workers,
@@ -60,6 +66,7 @@ impl Harness {
             now,
             inboxes: (0..workers).map(|_| VecDeque::new()).collect(),
             inbox_capacity: 1024,
+            instant_writers: u64::MAX,
         }
     }
 
@@ -85,13 +92,34 @@ impl Harness {
     fn drain(&mut self) -> u64 {
         let inboxes = &mut self.inboxes;
         let capacity = self.inbox_capacity;
-        self.core.drain_to_workers(|w, m| {
+        let instant = self.instant_writers;
+        let mut written = Vec::new();
+        let woken = self.core.drain_to_workers(self.now, |w, m| {
             if inboxes[w].len() >= capacity {
                 return Err(m);
             }
+            if let (ToWorker::Deliver(d), true) = (&m, instant & (1 << w) != 0) {
+                written.push((w, Arc::clone(d)));
+            }
             inboxes[w].push_back(m);
             Ok(())
-        })
+        });
+        for (worker, delivery) in written {
+            self.core
+                .handle_worker(ToHub::Written { worker, delivery }, self.now);
+        }
+        woken
+    }
+
+    /// Worker `worker` reports the batch `delivery` written.
+    fn written(&mut self, worker: usize, delivery: &Arc<Delivery>) {
+        self.core.handle_worker(
+            ToHub::Written {
+                worker,
+                delivery: Arc::clone(delivery),
+            },
+            self.now,
+        );
     }
 
     /// Drains, then takes what worker `w` received.
@@ -346,6 +374,216 @@ fn a_rate_level_set_before_any_member_paces_the_room_once_it_appears() {
         0,
         "no report from workers yet"
     );
+}
+
+// ---- windows that follow the fan-out ---------------------------------------------------------
+
+impl Harness {
+    /// Drains, then takes the batches worker `w` received, as the `Arc`s it would report back.
+    fn batches(&mut self, w: usize) -> Vec<Arc<Delivery>> {
+        self.drain();
+        self.inboxes[w]
+            .drain(..)
+            .filter_map(|m| match m {
+                ToWorker::Deliver(d) => Some(d),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn window_count(&self, level: usize) -> u64 {
+        self.core.stats().windows[level].count
+    }
+}
+
+fn all_seqs(batches: &[Arc<Delivery>]) -> Vec<u64> {
+    batches
+        .iter()
+        .flat_map(|d| seqs_in(d, WireFormat::WsJson))
+        .collect()
+}
+
+#[test]
+fn a_window_waits_for_every_core_to_write_the_previous_batch_then_closes_at_once() {
+    let mut h = Harness::new(2);
+    h.instant_writers = 0;
+    h.presence(0, "r1", WireFormat::WsJson, true);
+    h.presence(1, "r1", WireFormat::WsJson, true);
+    h.publish(room("r1"), 1, 2);
+    let (a, b) = (h.batches(0), h.batches(1));
+    assert_eq!((all_seqs(&a), all_seqs(&b)), (vec![1], vec![1]));
+    // The next messages wait past the tick: the first batch is still being written.
+    h.now += Duration::from_millis(10);
+    h.publish(room("r1"), 2, 2);
+    h.advance(TICK);
+    h.publish(room("r1"), 3, 3);
+    assert!(h.batches(0).is_empty() && h.batches(1).is_empty());
+    assert_eq!(h.core.stats().channels_stretched, 1);
+    // Core 0 is done; core 1 is not: still waiting.
+    h.written(0, &a[0]);
+    h.advance(Duration::from_millis(50));
+    assert!(h.batches(0).is_empty());
+    // Core 1 is done 170 ms after the first batch: the stretched window closes right then,
+    // carrying everything that waited, to both cores.
+    h.advance(Duration::from_millis(10));
+    h.written(1, &b[0]);
+    let (a, b) = (h.batches(0), h.batches(1));
+    assert_eq!((all_seqs(&a), all_seqs(&b)), (vec![2, 3], vec![2, 3]));
+    let stats = h.core.stats();
+    assert_eq!(stats.channels_stretched, 0);
+    assert_eq!(stats.windows_stretched, 1);
+    assert_eq!(stats.windows_capped, 0);
+    let windows = &stats.windows[0];
+    assert_eq!(
+        windows.count, 2,
+        "the quiet first publish and the stretched window"
+    );
+    assert!((windows.sum - 0.170).abs() < 1e-9, "{}", windows.sum);
+}
+
+#[test]
+fn windows_stretch_under_load_and_shrink_back_when_it_passes() {
+    // One message every 5 ms; the worker needs `fan_out` to write each batch, scripted per
+    // phase: fast (10 ms), slow (350 ms), fast again.
+    let mut h = Harness::new(1);
+    h.instant_writers = 0;
+    h.presence(0, "r1", WireFormat::WsJson, true);
+    let step = Duration::from_millis(5);
+    let mut seq = 0;
+    let mut writing: VecDeque<(Instant, Arc<Delivery>)> = VecDeque::new();
+    let mut windows: Vec<(u64, Duration, usize)> = Vec::new(); // (phase, window, messages)
+    let mut last_batch = h.now;
+    let mut delivered = Vec::new();
+    for (phase, fan_out, steps) in [(0, 10, 300), (1, 350, 600), (2, 10, 300)] {
+        let fan_out = Duration::from_millis(fan_out);
+        for _ in 0..steps {
+            seq += 1;
+            h.publish(room("r1"), seq, 3);
+            for batch in h.batches(0) {
+                windows.push((
+                    phase,
+                    h.now - last_batch,
+                    batch.frames[0].counts[3] as usize,
+                ));
+                last_batch = h.now;
+                delivered.extend(seqs_in(&batch, WireFormat::WsJson));
+                // One fan-out at a time per core, as a worker writes them.
+                let start = writing.back().map_or(h.now, |(done, _)| (*done).max(h.now));
+                writing.push_back((start + fan_out, batch));
+                assert_eq!(writing.len(), 1, "one batch of the channel outstanding");
+            }
+            h.now += step;
+            while writing.front().is_some_and(|(done, _)| *done <= h.now) {
+                let (_, batch) = writing.pop_front().unwrap();
+                h.written(0, &batch);
+            }
+            h.advance(Duration::ZERO);
+        }
+    }
+    let median = |phase: u64| {
+        let mut w: Vec<Duration> = windows
+            .iter()
+            .filter(|(p, ..)| *p == phase)
+            .skip(3) // the phase's first windows still feel the previous one
+            .map(|&(_, w, _)| w)
+            .collect();
+        w.sort();
+        w[w.len() / 2]
+    };
+    assert_eq!(median(0), TICK, "light load: the tick");
+    let slow = median(1);
+    assert!(
+        slow >= Duration::from_millis(350) && slow <= Duration::from_millis(360),
+        "under load the window is one fan-out: {slow:?}"
+    );
+    assert_eq!(median(2), TICK, "load passed: back to the tick");
+    // Never more than one batch written at a time, and nothing lost or reordered.
+    assert!(writing.len() <= 1);
+    for (_, batch) in writing.drain(..) {
+        h.written(0, &batch);
+    }
+    h.advance(TICK);
+    for batch in h.batches(0) {
+        delivered.extend(seqs_in(&batch, WireFormat::WsJson));
+    }
+    assert_eq!(delivered, (1..=seq).collect::<Vec<_>>());
+    assert!(h.core.stats().windows_stretched > 0);
+    assert_eq!(h.core.stats().windows_capped, 0);
+}
+
+#[test]
+fn a_window_closes_at_max_window_when_the_fan_out_is_stuck_and_old_reports_are_ignored() {
+    let mut h = Harness::new(1);
+    h.instant_writers = 0;
+    h.presence(0, "r1", WireFormat::WsJson, true);
+    h.publish(room("r1"), 1, 2);
+    let first = h.batches(0);
+    h.now += Duration::from_millis(20);
+    h.publish(room("r1"), 2, 2);
+    h.advance(MAX_WINDOW - Duration::from_millis(21));
+    assert!(h.batches(0).is_empty());
+    h.advance(Duration::from_millis(1));
+    let second = h.batches(0);
+    assert_eq!(all_seqs(&second), vec![2], "closed at the cap");
+    assert_eq!(h.core.stats().windows_capped, 1);
+    assert_eq!(h.core.stats().channels_stretched, 0);
+    // The first batch's late report does not release the window waiting on the second.
+    h.now += Duration::from_millis(10);
+    h.publish(room("r1"), 3, 2);
+    h.advance(TICK);
+    h.written(0, &first[0]);
+    assert!(h.batches(0).is_empty());
+    h.written(0, &second[0]);
+    assert_eq!(all_seqs(&h.batches(0)), vec![3]);
+}
+
+#[test]
+fn priority_zero_waits_for_the_fan_out_too_and_consecutive_ones_ride_together() {
+    let mut h = Harness::new(1);
+    h.instant_writers = 0;
+    h.presence(0, "r1", WireFormat::WsJson, true);
+    h.publish(room("r1"), 1, 0);
+    let first = h.batches(0);
+    assert_eq!(all_seqs(&first), vec![1], "P0 to a quiet room: at once");
+    h.publish(room("r1"), 2, 0);
+    h.publish(room("r1"), 3, 3);
+    h.publish(room("r1"), 4, 0);
+    assert!(h.batches(0).is_empty(), "the first is still being written");
+    h.now += Duration::from_millis(3);
+    h.written(0, &first[0]);
+    let next = h.batches(0);
+    assert_eq!(next.len(), 1, "one batch");
+    assert_eq!(all_seqs(&next), vec![2, 3, 4]);
+    assert_eq!(h.window_count(0), 2);
+}
+
+#[test]
+fn a_refused_delivery_or_a_core_whose_members_left_does_not_hold_the_window() {
+    let mut h = Harness::new(2);
+    h.instant_writers = 0;
+    h.presence(0, "r1", WireFormat::WsJson, true);
+    h.presence(1, "r1", WireFormat::WsJson, true);
+    h.publish(room("r1"), 1, 2);
+    let a = h.batches(0);
+    h.batches(1);
+    // Core 1's members leave: it will not write the batch; core 0 does.
+    h.presence(1, "r1", WireFormat::WsJson, false);
+    h.written(0, &a[0]);
+    h.now += TICK;
+    h.publish(room("r1"), 2, 2);
+    let second = h.batches(0);
+    assert_eq!(all_seqs(&second), vec![2], "nothing held it");
+    h.written(0, &second[0]);
+    // Core 0's inbox is full: the next batch is dropped (counted), and nothing waits for it.
+    h.inbox_capacity = 0;
+    h.now += TICK;
+    h.publish(room("r1"), 3, 2);
+    h.drain();
+    assert_eq!(h.core.stats().dropped_worker_backlog, 1);
+    h.inbox_capacity = 1024;
+    h.now += TICK;
+    h.publish(room("r1"), 4, 2);
+    assert_eq!(all_seqs(&h.batches(0)), vec![4]);
 }
 
 // ---- a full worker inbox ----------------------------------------------------------------------

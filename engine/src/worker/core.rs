@@ -43,6 +43,7 @@ use crate::config::EdgeConfig;
 use crate::fanout::{ChannelKind, Delivery, ToHub, ToWorker};
 use crate::members::{ChannelSlot, MemberTable, Moved};
 use crate::outqueue::{OutQueue, SharedFrame};
+use crate::progress::WriteProgress;
 use crate::session::{self, Session, Transport};
 use crate::stats::{AuthFailure, CloseReason, WorkerStats, IOVEC_BOUNDS, LATENCY_BOUNDS};
 use crate::sys::{ConnId, DriverStats, WriteBuf, WriteBufs, WriteStatus, MAX_IOVECS};
@@ -223,6 +224,9 @@ pub struct WorkerCore {
     wall: (Instant, SystemTime),
     /// Per wire format: the frames of the delivery being queued, wrapped once per core.
     delivery_frames: [Vec<Rc<SharedFrame>>; 3],
+    /// How far each batch queued here has been written (reported to the hub, which holds the
+    /// channel's next window until it is).
+    progress: WriteProgress,
     sweep_every: Duration,
     next_sweep: Instant,
     next_report: Instant,
@@ -279,6 +283,7 @@ impl WorkerCore {
             started: now,
             wall: (now, wall),
             delivery_frames: Default::default(),
+            progress: WriteProgress::default(),
             sweep_every,
             next_sweep: now + sweep_every,
             next_report,
@@ -415,7 +420,7 @@ impl WorkerCore {
         if !self.conns.get(id.key()).is_some_and(|c| c.id == id) {
             return;
         }
-        let conn = self.conns.remove(id.key());
+        let mut conn = self.conns.remove(id.key());
         self.open_connections.fetch_sub(1, Ordering::Relaxed);
         self.stats.closed[conn.close_reason as usize] += 1;
         for (total, n) in self
@@ -426,6 +431,8 @@ impl WorkerCore {
         {
             *total += n;
         }
+        conn.out.abandon(&mut self.progress);
+        self.report_written();
         self.stats.connections = self.conns.len() as u64;
     }
 
@@ -437,6 +444,7 @@ impl WorkerCore {
             ToWorker::Deliver(delivery) => {
                 self.delivered_at.push(delivery.first_received);
                 self.deliver(now, &delivery);
+                self.report_written();
             }
             ToWorker::QueryUser { request, user } => self.answer_user_query(request, &user),
             ToWorker::Confirmed { kind, name, token } => self.confirmed(now, kind, name, token),
@@ -548,8 +556,21 @@ impl WorkerCore {
         self.wake_hub = true;
     }
 
+    /// Batches written to enough of their members since the last call go to the hub (they let
+    /// a stretched window close, so the hub is woken for them).
+    fn report_written(&mut self) {
+        let worker = self.index;
+        let mut any = false;
+        for delivery in self.progress.take_written() {
+            self.outbox.push_back(ToHub::Written { worker, delivery });
+            any = true;
+        }
+        self.wake_hub |= any;
+    }
+
     /// The next message for the hub, unless the hub's inbox was full a moment ago.
     pub fn poll_to_hub(&mut self, now: Instant) -> Option<ToHub> {
+        self.report_written();
         if self.hub_retry_at.is_some_and(|at| now < at) {
             return None;
         }
@@ -625,7 +646,7 @@ impl WorkerCore {
                 if n > 0 {
                     conn.write_progress_ms = clock_ms(self.started, now);
                 }
-                conn.out.advance(n);
+                conn.out.advance(n, &mut self.progress);
                 self.stats.bytes_out += n as u64;
                 if !conn.out.is_empty() {
                     if !at_once {
@@ -658,16 +679,19 @@ impl WorkerCore {
 
     /// Queues one batch on every member on this core: an `Rc` clone per frame per member,
     /// nothing more.
-    fn deliver(&mut self, now: Instant, delivery: &Delivery) {
+    fn deliver(&mut self, now: Instant, delivery: &Arc<Delivery>) {
         self.stats.deliveries += 1;
+        let slot = self.progress.begin(delivery);
+        let last = delivery.frames.len().saturating_sub(1);
         for (format, frames) in self.delivery_frames.iter_mut().enumerate() {
             frames.clear();
-            frames.extend(delivery.frames.iter().filter_map(|frame| {
+            frames.extend(delivery.frames.iter().enumerate().filter_map(|(i, frame)| {
                 frame.encoded[format].as_ref().map(|bytes| {
                     Rc::new(SharedFrame {
                         bytes: bytes.clone(),
                         min_priority: frame.min_priority,
                         counts: frame.counts,
+                        progress: (i == last).then_some(slot),
                     })
                 })
             }));
@@ -682,9 +706,11 @@ impl WorkerCore {
             dirty,
             stats,
             delivery_frames,
+            progress,
             ..
         } = self;
         let mut slow: Vec<ConnId> = Vec::new();
+        let mut members = 0u32;
         let mut enqueue = |conn: &mut Conn, key: usize| {
             let frames = &delivery_frames[conn.format.index()];
             if frames.is_empty() {
@@ -694,7 +720,8 @@ impl WorkerCore {
             if conn.out.is_empty() {
                 conn.write_progress_ms = now_ms;
             }
-            let outcome = conn.out.push_batch(frames, soft, hard);
+            members += 1;
+            let outcome = conn.out.push_batch(frames, soft, hard, progress);
             stats.frames_queued += frames.len() as u64;
             if outcome.dropped_frames > 0 {
                 for (total, n) in stats.dropped_queue.iter_mut().zip(outcome.dropped) {
@@ -719,12 +746,11 @@ impl WorkerCore {
                 } else {
                     &*users
                 };
-                let Some(channel) = table.slot_of(name).and_then(|slot| table.channel(slot)) else {
-                    return;
-                };
-                for member in &channel.members {
-                    let conn = &mut conns[member.key()];
-                    enqueue(conn, member.key());
+                if let Some(channel) = table.slot_of(name).and_then(|slot| table.channel(slot)) {
+                    for member in &channel.members {
+                        let conn = &mut conns[member.key()];
+                        enqueue(conn, member.key());
+                    }
                 }
             }
             Target::Broadcast => {
@@ -735,6 +761,7 @@ impl WorkerCore {
                 }
             }
         }
+        progress.queued(slot, members);
         for id in slow {
             self.begin_close(now, id, session::CLOSE_SLOW, CloseReason::Slow);
         }

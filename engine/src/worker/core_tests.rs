@@ -393,10 +393,29 @@ impl Harness {
     }
 
     fn deliver(&mut self, target: Target, frames: &[(u8, usize)]) {
-        let delivery = delivery(target, frames, self.now);
+        self.deliver_ticket(target, frames, 0);
+    }
+
+    /// Delivers a batch the hub numbered `ticket`.
+    fn deliver_ticket(&mut self, target: Target, frames: &[(u8, usize)], ticket: u64) {
+        let delivery = delivery(target, frames, self.now, ticket);
         self.core
             .on_message(self.now, ToWorker::Deliver(Arc::new(delivery)));
         self.round();
+    }
+
+    /// Takes the tickets of the batches reported written to the hub, in order.
+    fn take_written(&mut self) -> Vec<u64> {
+        let mut out = Vec::new();
+        self.hub.retain(|m| match m {
+            ToHub::Written { delivery, worker } => {
+                assert_eq!(*worker, 0);
+                out.push(delivery.ticket);
+                false
+            }
+            _ => true,
+        });
+        out
     }
 
     fn stats(&self) -> &WorkerStats {
@@ -420,7 +439,7 @@ fn token(user: &str, exp: u64) -> String {
 }
 
 /// A batch for `target`: one frame per `(priority, padding bytes)`, each message numbered.
-fn delivery(target: Target, frames: &[(u8, usize)], now: Instant) -> Delivery {
+fn delivery(target: Target, frames: &[(u8, usize)], now: Instant, ticket: u64) -> Delivery {
     let frames = frames
         .iter()
         .enumerate()
@@ -448,6 +467,7 @@ fn delivery(target: Target, frames: &[(u8, usize)], now: Instant) -> Delivery {
         target,
         frames,
         first_received: now,
+        ticket,
     }
 }
 
@@ -835,6 +855,84 @@ fn a_batch_delivered_to_a_closing_connection_is_not_queued() {
     assert!(batch_priorities(&got).is_empty(), "{got:?}");
     assert!(got.iter().any(|m| close_code(m).is_some()));
     assert!(h.closed(a));
+}
+
+// ---- write progress: what lets the hub close a channel's next window --------------------------
+
+#[test]
+fn a_batch_is_reported_written_once_when_90_percent_of_its_members_took_it() {
+    let mut h = Harness::new();
+    let members: Vec<ConnId> = (0..10).map(|i| h.member(&format!("u{i}"), "r1")).collect();
+    for &m in &members {
+        h.set_mode(m, Mode::Async);
+    }
+    h.take_written();
+    h.deliver_ticket(room("r1"), &[(3, 100), (2, 100)], 7);
+    // A write that stops inside the batch does not count.
+    h.complete(members[0], 120);
+    for &m in &members[1..9] {
+        h.complete_all(m);
+    }
+    assert!(h.take_written().is_empty(), "8 of 10 written");
+    h.complete_all(members[0]);
+    assert_eq!(h.take_written(), vec![7], "9 of 10");
+    assert!(h.hub_wakes > 0);
+    h.complete_all(members[9]);
+    assert!(h.take_written().is_empty(), "reported once");
+}
+
+#[test]
+fn members_shed_closed_or_gone_do_not_hold_a_batch_back() {
+    let mut h = bounded(150, 100_000);
+    let a = h.member("alice", "r1");
+    let b = h.member("bob", "r1");
+    let c = h.member("carol", "r1");
+    // Alice cannot take anything; Bob's write never completes; Carol reads.
+    h.set_mode(a, Mode::Sync { room: 0 });
+    h.set_mode(b, Mode::Async);
+    h.take_written();
+    h.deliver_ticket(room("r1"), &[(3, 200)], 1);
+    assert!(h.take_written().is_empty(), "1 of 3 written");
+    // A second batch finds Alice over her soft bound (both batches are shed for her) and Bob
+    // with batch 1 pinned by his write in flight (batch 2 is shed for him).
+    h.deliver_ticket(room("r1"), &[(3, 200)], 2);
+    assert_eq!(h.stats().dropped_queue[3], 3);
+    assert_eq!(
+        h.take_written(),
+        vec![2],
+        "batch 2: written or shed for all three"
+    );
+    // Bob goes away with batch 1 in flight: once the driver releases him, he is done with it.
+    h.core.on_read_closed(b, None);
+    h.round();
+    assert!(h.take_written().is_empty(), "still in flight");
+    h.complete(b, 0);
+    assert!(h.released(b));
+    assert_eq!(h.take_written(), vec![1]);
+    assert_eq!(batch_priorities(&h.read(c)), vec![3, 3]);
+    // A batch for a room with no member here is written at once.
+    h.deliver_ticket(room("nobody-here"), &[(3, 10)], 3);
+    assert_eq!(h.take_written(), vec![3]);
+}
+
+#[test]
+fn a_backlogged_connection_writes_every_queued_batch_in_one_vectored_call() {
+    let mut h = Harness::new();
+    let a = h.member("alice", "r1");
+    h.set_mode(a, Mode::Async);
+    h.deliver_ticket(room("r1"), &[(3, 50)], 1);
+    // Eight more batches while the first write is in flight: queued, no write each.
+    for ticket in 2..10 {
+        h.deliver_ticket(room("r1"), &[(3, 50)], ticket);
+    }
+    assert_eq!(h.fake(a).writes, 1);
+    h.complete_all(a);
+    assert_eq!(h.take_written(), vec![1]);
+    let next = h.fake(a).in_flight.as_ref().expect("the backlog's write");
+    assert_eq!(next.parts(), 8, "one iovec per queued frame, one call");
+    assert_eq!(h.fake(a).writes, 2);
+    h.complete_all(a);
+    assert_eq!(h.take_written(), (2..10).collect::<Vec<_>>());
 }
 
 // ---- queue bounds and shedding ----------------------------------------------------------------
