@@ -926,14 +926,11 @@ pub fn summary(r: &Value) -> String {
         }
         let cpu = &r["cpu"];
         if cpu["edge_us_per_frame"].is_number() {
-            s += &format!(
-                ", {edge} {:.2} us CPU/frame, {:.3} us CPU/msg",
-                f(&cpu["edge_us_per_frame"]),
-                f(&cpu["edge_us_per_msg"])
-            );
+            s += &format!(", {edge} {:.2} us CPU/frame", f(&cpu["edge_us_per_frame"]));
             if cpu["edge_frame_vs_floor"].is_number() {
                 s += &format!(" = {:.2}x floor", f(&cpu["edge_frame_vs_floor"]));
             }
+            s += &format!(", {:.3} us CPU/msg", f(&cpu["edge_us_per_msg"]));
         }
         if cpu["control_us_per_published"].is_number() {
             s += &format!(
