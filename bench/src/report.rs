@@ -490,11 +490,12 @@ pub fn print_table(r: &Value) {
     );
     if mem["edge_rss_per_conn"].is_number() {
         println!(
-            "{:<15}RSS {} per idle connection (anon {}), {} connections on the server(s)",
+            "{:<15}RSS {} per idle connection (anon {}), {} connections on {}",
             format!("{edge} memory"),
             fmt_bytes(f(&mem["edge_rss_per_conn"])),
             fmt_bytes(f(&mem["edge_rss_anon_per_conn"])),
-            mem["edge_connections"]
+            mem["edge_connections"],
+            if nats { "the NATS server" } else { "the edges" },
         );
     }
     println!(
