@@ -149,6 +149,11 @@ impl Api {
             .map_err(|e| format!("{method} {path}: unexpected answer ({e})"))
     }
 
+    /// `GET path`, its JSON answer.
+    pub fn get_json<T: DeserializeOwned>(&mut self, path: &str) -> Result<T, String> {
+        self.call(Method::GET, path, Bytes::new())
+    }
+
     /// True when `GET /healthz` answers 200.
     pub fn healthy(&mut self) -> bool {
         matches!(

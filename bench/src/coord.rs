@@ -28,11 +28,12 @@ use crate::floor::{self, FloorArgs, FloorResult, Syscall};
 use crate::kernel_tcp::{self, Counters};
 use crate::linksrv::{LinkServer, LinkSink};
 use crate::msgs::{new_latency_histogram, ClientMsg, Report};
+use crate::nats::{self, Monitor, NatsSink};
 use crate::observer::Observer;
 use crate::progress::Live;
 use crate::publish::{Plan, Probe, PubState, Publisher, Sink};
 use crate::report::{self, per, Window};
-use crate::scenario::{PublishVia, RunArgs, TokenSource};
+use crate::scenario::{PublishVia, RunArgs, ServerKind, TokenSource};
 use crate::sys::{self, ProcMem};
 use crate::system::{self, ClientProc, Ctx, EdgeLoad, EdgePlan, Measured};
 use crate::term::say;
@@ -208,11 +209,18 @@ fn run_inner(args: &RunArgs, ctx: &mut Ctx) -> Res<()> {
         .then(|| measure_floor(args))
         .flatten();
     let kernel_start = sys::kernel_mem();
-    let mut system = start_system(args, ctx, &layout, &log_dir)?;
+    let mut system = match args.server {
+        ServerKind::Roomcast => start_system(args, ctx, &layout, &log_dir)?,
+        ServerKind::Nats => start_nats(args, ctx, &log_dir)?,
+    };
 
     // Baselines before any connection.
     ctx.sleep(Duration::from_secs(1))?;
-    for m in &mut system.edges {
+    for m in system
+        .edges
+        .iter_mut()
+        .filter(|_| args.server == ServerKind::Roomcast)
+    {
         if let Some(log) = &m.log {
             m.driver = system::edge_driver(log);
         }
@@ -291,7 +299,8 @@ fn run_inner(args: &RunArgs, ctx: &mut Ctx) -> Res<()> {
         "host": report::host_json(),
         "floor": floor,
         "system": {
-            "publish_via": args.publish_via,
+            "server": args.server,
+            "publish_via": publish_via_text(args),
             "edges": system.edges.iter().map(|m| json!({"id": m.id, "pid": m.pid, "driver": m.driver})).collect::<Vec<_>>(),
             "drivers": drivers(&system.edges),
             "control_pid": system.control_pid,
@@ -398,13 +407,14 @@ impl Run<'_> {
         let sinks = (0..args.publishers)
             .map(|_| publish_sink(args, &self.system))
             .collect::<Res<Vec<_>>>()?;
+        let nats = args.server == ServerKind::Nats;
         say(&format!(
             "bench: publishing {} ({} B, priorities {}) to {} room(s) via {} ({} publisher thread(s){}); warm-up {:.0} s, window {:.0} s",
             args.rate_text(),
             args.payload,
             args.priority_mix,
             picker.occupied().len(),
-            serde_name(&args.publish_via),
+            publish_via_text(args),
             args.publishers,
             if args.replay_batches {
                 format!(", each replaying one batch of {}", args.publish_batch)
@@ -430,6 +440,7 @@ impl Run<'_> {
                     picker: RoomPicker::new(members, PublishSpread::Even),
                     max_batch: 1,
                     replay: false,
+                    numbered: false,
                 },
             })
         } else {
@@ -444,10 +455,11 @@ impl Run<'_> {
                 mix: args.priority_mix,
                 picker,
                 max_batch: match args.publish_via {
-                    PublishVia::Control => args.publish_batch,
-                    PublishVia::Link => 10_000,
+                    PublishVia::Control if !nats => args.publish_batch,
+                    _ => 10_000,
                 },
                 replay: args.replay_batches,
+                numbered: nats,
             },
             probe,
         );
@@ -472,6 +484,9 @@ impl Run<'_> {
         self.tcp.window = w.tcp.clone();
         if let Some(c) = edge_counters(&a, &b) {
             self.results["edge_counters"] = c;
+        }
+        if nats {
+            self.results["nats"]["window"] = nats_window(&a, &b);
         }
         if let (Some(bin), Some(secs)) = (strace_binary(args), args.strace) {
             self.results["strace"] =
@@ -601,6 +616,14 @@ impl Run<'_> {
             r["cpu"] = report::cpu_json(w, total, floor);
             r["delivery"] = report::delivery_json(total, published, group_sizes, w.secs);
         }
+        if self.args.server == ServerKind::Nats {
+            if let Observer::Nats(monitor) = &*self.system.observer {
+                r["nats"]["varz_at_end"] = json!(monitor.varz().ok());
+            }
+            if let Some(log) = self.ctx.kids.edges.first().map(|s| &s.log) {
+                r["nats"]["slow_consumer_log_lines"] = json!(nats::slow_consumer_lines(log));
+            }
+        }
         if let Some(counters) = r.get_mut("edge_counters") {
             counters["run_total"] = json!(report::edge_totals(&self.system.edges));
         }
@@ -633,7 +656,7 @@ impl Run<'_> {
                     args.rate_text()
                 },
                 args.priority_mix,
-                serde_name(&args.publish_via),
+                publish_via_text(args),
                 self.system.edges.len(),
                 drivers(&self.system.edges),
             );
@@ -676,7 +699,10 @@ fn layout(args: &RunArgs) -> Res<Layout> {
     let spawn = !args.no_spawn;
     let edges = args
         .edges
-        .unwrap_or(if spawn {
+        .filter(|_| args.server == ServerKind::Roomcast)
+        .unwrap_or(if args.server == ServerKind::Nats {
+            1
+        } else if spawn {
             args.conns.div_ceil(PER_PROCESS)
         } else {
             1
@@ -1042,6 +1068,10 @@ fn serde_name<T: serde::Serialize>(v: &T) -> String {
 }
 
 fn publish_sink(args: &RunArgs, system: &System) -> Res<Box<dyn Sink>> {
+    if args.server == ServerKind::Nats {
+        let addr = SocketAddr::from((args.edge_ip, args.nats_port));
+        return Ok(Box::new(NatsSink::connect(addr, args.rooms)?));
+    }
     Ok(match args.publish_via {
         PublishVia::Link => {
             let server = system.link.clone().expect("link mode has a link server");
@@ -1051,6 +1081,94 @@ fn publish_sink(args: &RunArgs, system: &System) -> Res<Box<dyn Sink>> {
             Api::new(&args.control_url, &args.api_key)?,
             args.rooms,
         )),
+    })
+}
+
+/// How messages are published: `control`, `link`, or `nats` (PUB over NATS's client port).
+fn publish_via_text(args: &RunArgs) -> String {
+    match args.server {
+        ServerKind::Nats => "nats".into(),
+        ServerKind::Roomcast => serde_name(&args.publish_via),
+    }
+}
+
+/// The NATS server's counters (`/varz`) over the measured window.
+fn nats_window(a: &Snapshot, b: &Snapshot) -> Value {
+    let (Some(x), Some(y)) = (a.loads.first(), b.loads.first()) else {
+        return Value::Null;
+    };
+    let secs = b.at.duration_since(a.at).as_secs_f64();
+    json!({
+        "source": "the NATS server's /varz at the start and the end of the measured window",
+        "out_msgs": y.frames_out.saturating_sub(x.frames_out),
+        "out_msgs_per_s": y.frames_out.saturating_sub(x.frames_out) as f64 / secs,
+        "out_bytes_per_s": y.bytes_out.saturating_sub(x.bytes_out) as f64 / secs,
+        "slow_consumers": y.slow_closes.saturating_sub(x.slow_closes),
+        "connections_at_end": y.connections,
+    })
+}
+
+/// Starts `nats-server` with a generated config (`--server nats`) and waits until it answers.
+fn start_nats(args: &RunArgs, ctx: &mut Ctx, log_dir: &Path) -> Res<System> {
+    let ws_addr = SocketAddr::from((args.edge_ip, args.ws_port));
+    let client_addr = SocketAddr::from((args.edge_ip, args.nats_port));
+    let monitor_addr = SocketAddr::from((args.edge_ip, args.nats_monitor_port));
+    for (addr, flag) in [
+        (ws_addr, "--ws-port"),
+        (client_addr, "--nats-port"),
+        (monitor_addr, "--nats-monitor-port"),
+    ] {
+        TcpListener::bind(addr).map_err(|e| format!("port {addr} is taken ({e}); pick {flag}"))?;
+    }
+    let bin = if args.nats_bin.components().count() > 1 {
+        Some(args.nats_bin.clone())
+    } else {
+        sys::which(&args.nats_bin.to_string_lossy())
+    }
+    .filter(|b| b.is_file())
+    .ok_or_else(|| {
+        format!(
+            "{} not found: install it (bench/scripts/install-peers.sh) or pass --nats-bin",
+            args.nats_bin.display()
+        )
+    })?;
+    let version = nats::version(&bin).unwrap_or_else(|| "nats-server ?".into());
+    let conf = log_dir.join("nats.conf");
+    std::fs::write(&conf, nats::config(args)).map_err(|e| format!("{}: {e}", conf.display()))?;
+    let log = log_dir.join("nats-server.log");
+    let pid = ctx.kids.start_peer(
+        nats::SERVER_ID,
+        &bin,
+        &["-c".into(), conf.display().to_string()],
+        log.clone(),
+    )?;
+    let monitor = Monitor::new(monitor_addr)?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !monitor.healthy() {
+        ctx.check()?;
+        if Instant::now() > deadline {
+            return Err(format!(
+                "{version} did not answer on {monitor_addr}/healthz within 20 s; see {}",
+                log.display()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    say(&format!(
+        "bench: {version} (pid {pid}) up: websocket {ws_addr}, clients {client_addr}, monitoring http://{monitor_addr}, config {}",
+        conf.display()
+    ));
+    Ok(System {
+        observer: Arc::new(Observer::Nats(monitor)),
+        edges: vec![Measured {
+            id: nats::SERVER_ID.into(),
+            pid: Some(pid),
+            driver: version,
+            log: Some(log),
+        }],
+        control_pid: None,
+        dial: vec![ws_addr],
+        link: None,
     })
 }
 

@@ -25,14 +25,15 @@
 // Module layering. A module uses only modules on the rows above its own, so the dependencies
 // form a DAG (`grep -n "^use crate::" bench/src/*.rs bench/src/*/*.rs` to check):
 //
-//   dist, msgs, sys, term        who is where and gets what; client <-> coordinator messages;
-//                                the OS; stderr and the progress line
+//   dist, msgs, sys, term,       who is where and gets what; client <-> coordinator messages;
+//   natsproto                    the OS; stderr and the progress line; NATS's client protocol
 //   client, kernel_tcp, publish  a client process (owns Transport, ClientArgs); the kernel's TCP
 //                                counters; the publisher and its Sink, Outgoing, Outcome, Encoded
 //   floor, scenario              the syscall floor (FloorArgs); a run's configuration (RunArgs)
 //   system                       started processes and a run's hold on them (Ctx), the edges
 //                                under measurement (Measured) and their load (EdgeLoad), logs
 //   api, linksrv                 the control plane's API and the edge link: sinks, load readers
+//   nats                         --server nats: the NATS server's config, monitor and sink
 //   observer                     the edges' load through either
 //   progress                     the live view (Live, Sample)
 //   plot, report                 the outputs; report owns the measured Window
@@ -54,6 +55,8 @@ mod floor;
 mod kernel_tcp;
 mod linksrv;
 mod msgs;
+mod nats;
+mod natsproto;
 mod observer;
 mod plot;
 mod progress;

@@ -8,12 +8,15 @@ use std::time::{Duration, Instant};
 use crate::api::Api;
 use crate::dist::room_name;
 use crate::linksrv::LinkServer;
+use crate::nats::Monitor;
 use crate::system::EdgeLoad;
 
 /// Where the edges' load reports are read: the bench's own link server, or the control plane.
 pub enum Observer {
     Link(Arc<LinkServer>),
     Control(Mutex<Api>),
+    /// `--server nats`: the NATS server's monitoring endpoint.
+    Nats(Monitor),
 }
 
 impl Observer {
@@ -27,6 +30,7 @@ impl Observer {
                 .map(|(_, load)| load)
                 .collect(),
             Observer::Control(api) => api.lock().expect("api lock").edges().unwrap_or_default(),
+            Observer::Nats(monitor) => monitor.load().into_iter().collect(),
         }
     }
 
@@ -34,6 +38,7 @@ impl Observer {
     pub fn room_members(&self, rooms: &[usize]) -> Result<BTreeMap<usize, u64>, String> {
         let mut members = BTreeMap::new();
         match self {
+            Observer::Nats(monitor) => return monitor.room_members(rooms),
             Observer::Link(server) => {
                 let edges = server.live();
                 for &r in rooms {
@@ -54,7 +59,7 @@ impl Observer {
     /// The control plane's rate level and tick of `room` (through the API only).
     pub fn room_level(&self, room: usize) -> Option<(u8, u32)> {
         match self {
-            Observer::Link(_) => None,
+            Observer::Link(_) | Observer::Nats(_) => None,
             Observer::Control(api) => {
                 let view = api.lock().expect("api lock").room(&room_name(room)).ok()?;
                 Some((view.level, view.tick_ms))
@@ -80,6 +85,8 @@ impl Observer {
             }
             // The control plane answers from reports that arrive every second.
             Observer::Control(_) => std::thread::sleep(Duration::from_millis(2200)),
+            // Its monitoring endpoint answers from live counters; a moment for closes to land.
+            Observer::Nats(_) => std::thread::sleep(Duration::from_millis(300)),
         }
     }
 }

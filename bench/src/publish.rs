@@ -101,15 +101,24 @@ pub struct Plan {
     pub max_batch: usize,
     /// Each thread sends one batch of `max_batch` messages, encoded once, again and again.
     pub replay: bool,
+    /// The data also carries the message's number and priority (`--server nats`, whose
+    /// messages have neither a sequence number nor a priority): [`numbered_message_data`].
+    pub numbered: bool,
 }
 
 impl Plan {
     /// The `n`-th message of the plan, stamped now.
     fn message(&self, n: u64) -> Outgoing {
+        let priority = self.mix.priority(n);
+        let ts = sys::unix_micros();
         Outgoing {
             room: self.picker.room(n),
-            priority: self.mix.priority(n),
-            data: message_data(sys::unix_micros(), self.payload),
+            priority,
+            data: if self.numbered {
+                numbered_message_data(ts, n, priority, self.payload)
+            } else {
+                message_data(ts, self.payload)
+            },
         }
     }
 }
@@ -222,6 +231,23 @@ pub fn message_data(ts: u64, size: usize) -> Bytes {
     let bare = head.len() + 1;
     let with_pad = head.len() + ",\"pad\":\"\"}".len();
     if size <= bare || size < with_pad {
+        return Bytes::from(format!("{head}}}"));
+    }
+    let mut s = String::with_capacity(size);
+    s.push_str(&head);
+    s.push_str(",\"pad\":\"");
+    s.extend(std::iter::repeat_n('x', size - with_pad));
+    s.push_str("\"}");
+    Bytes::from(s)
+}
+
+/// `{"ts":<unix µs>,"n":<message number>,"p":<priority>,"pad":"xxx…"}`, padded to `size` bytes
+/// when `size` allows: what `--server nats` publishes, since NATS messages carry no sequence
+/// number (the subscribers judge loss, duplicates and order from `n`) and no priority.
+pub fn numbered_message_data(ts: u64, n: u64, priority: u8, size: usize) -> Bytes {
+    let head = format!("{{\"ts\":{ts},\"n\":{n},\"p\":{priority}");
+    let with_pad = head.len() + ",\"pad\":\"\"}".len();
+    if size < with_pad {
         return Bytes::from(format!("{head}}}"));
     }
     let mut s = String::with_capacity(size);
@@ -359,6 +385,19 @@ mod tests {
             let v: serde_json::Value = serde_json::from_slice(&d).unwrap();
             assert_eq!(v["ts"], 1_700_000_000_000_000u64);
             if size >= 40 {
+                assert_eq!(d.len(), size);
+            }
+        }
+    }
+
+    #[test]
+    fn numbered_data_is_padded_json_with_number_and_priority() {
+        for size in [0, 50, 100, 1000] {
+            let d = numbered_message_data(1_700_000_000_000_000, 123_456, 2, size);
+            let v: serde_json::Value = serde_json::from_slice(&d).unwrap();
+            assert_eq!(v["ts"], 1_700_000_000_000_000u64);
+            assert_eq!((v["n"].as_u64(), v["p"].as_u64()), (Some(123_456), Some(2)));
+            if size >= 60 {
                 assert_eq!(d.len(), size);
             }
         }

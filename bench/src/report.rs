@@ -355,21 +355,38 @@ fn count(v: &Value) -> String {
     }
 }
 
+/// True when the run measured a NATS server (`--server nats`) instead of roomcast.
+fn is_nats(r: &Value) -> bool {
+    r["config"]["server"] == "nats"
+}
+
 /// Prints the readable table (stdout).
 pub fn print_table(r: &Value) {
     let c = &r["config"];
     let conn = &r["connections"];
     let mem = &r["memory"];
+    let nats = is_nats(r);
+    // The server's rows: roomcast's edges, or the NATS server in their place.
+    let edge = if nats { "NATS" } else { "edge" };
     println!();
     println!(
-        "== roomcast-bench run: {} ==",
-        r["scenario"].as_str().unwrap_or("?")
+        "== roomcast-bench run: {}{} ==",
+        r["scenario"].as_str().unwrap_or("?"),
+        if nats {
+            format!(
+                " -- PEER: {} over its websocket, not roomcast",
+                r["system"]["drivers"].as_str().unwrap_or("nats-server")
+            )
+        } else {
+            String::new()
+        }
     );
     println!(
-        "setup          {} edge(s) [{}], publish via {}, {} client procs x {} threads, {} connections over {}, {} room(s) ({}); host {} cores",
+        "setup          {} {}(s) [{}], publish via {}, {} client procs x {} threads, {} connections over {}, {} room(s) ({}); host {} cores",
         r["system"]["edges"].as_array().map_or(0, Vec::len),
+        if nats { "NATS server" } else { "edge" },
         r["system"]["drivers"].as_str().unwrap_or("?"),
-        c["publish_via"].as_str().unwrap_or("?"),
+        r["system"]["publish_via"].as_str().unwrap_or("?"),
         r["system"]["client_procs"],
         c["client_threads"],
         c["conns"],
@@ -404,16 +421,31 @@ pub fn print_table(r: &Value) {
     );
     let check = &conn["edge_check"];
     println!(
-        "held at end    {} joined by the clients; the edges report {} connections{}; room members {}",
+        "held at end    {} joined by the clients; the {} {} connections{}; room members {}",
         conn["held_at_end"],
+        if nats {
+            "NATS server (/varz) reports"
+        } else {
+            "edges report"
+        },
         check["edges_report"],
-        if check["connections_match"] == true { " (match)" } else { " (MISMATCH)" },
+        if check["connections_match"] == true {
+            " (match)"
+        } else {
+            " (MISMATCH)"
+        },
         if check["rooms_checked"].as_u64().unwrap_or(0) == 0 {
             "not checked".to_string()
-        } else if check["room_mismatches"].as_object().is_some_and(|m| m.is_empty()) {
+        } else if check["room_mismatches"]
+            .as_object()
+            .is_some_and(|m| m.is_empty())
+        {
             format!("match in all {} rooms checked", check["rooms_checked"])
         } else {
-            format!("MISMATCH in {} (room: [clients, edges])", check["room_mismatches"])
+            format!(
+                "MISMATCH in {} (room: [clients, edges])",
+                check["room_mismatches"]
+            )
         },
     );
     let biggest = &check["biggest_room"];
@@ -427,7 +459,14 @@ pub fn print_table(r: &Value) {
         );
     }
     for (what, key) in [
-        ("closed by edge", "closed_by_server"),
+        (
+            if nats {
+                "closed by NATS"
+            } else {
+                "closed by edge"
+            },
+            "closed_by_server",
+        ),
         ("failed attempts", "failed_attempts"),
     ] {
         if conn[key].as_object().is_some_and(|o| !o.is_empty()) {
@@ -451,10 +490,12 @@ pub fn print_table(r: &Value) {
     );
     if mem["edge_rss_per_conn"].is_number() {
         println!(
-            "edge memory    RSS {} per idle connection (anon {}), {} connections on the edges",
+            "{:<15}RSS {} per idle connection (anon {}), {} connections on {}",
+            format!("{edge} memory"),
             fmt_bytes(f(&mem["edge_rss_per_conn"])),
             fmt_bytes(f(&mem["edge_rss_anon_per_conn"])),
-            mem["edge_connections"]
+            mem["edge_connections"],
+            if nats { "the NATS server" } else { "the edges" },
         );
     }
     println!(
@@ -465,7 +506,7 @@ pub fn print_table(r: &Value) {
     );
     if let Some(h) = r.get("hold") {
         println!(
-            "holding        {:.0} s: edges used {:.3} cores ({:.3} us CPU per connection per second)",
+            "holding        {:.0} s: {edge} server(s) used {:.3} cores ({:.3} us CPU per connection per second)",
             f(&h["secs"]),
             f(&h["edge_cores"]),
             f(&h["edge_cpu_us_per_conn_per_s"])
@@ -481,7 +522,7 @@ pub fn print_table(r: &Value) {
             },
             c["priority_mix"].as_str().unwrap_or("?"),
             c["payload"],
-            c["publish_via"].as_str().unwrap_or("?"),
+            r["system"]["publish_via"].as_str().unwrap_or("?"),
             p["in_window"],
             f(&r["window"]["secs"]),
             p["total"],
@@ -497,7 +538,9 @@ pub fn print_table(r: &Value) {
             println!(
                 "publish calls  {} {} in the window = {}/s{}: round trip p50 {} p90 {} p99 {} p99.9 {} max {} ms",
                 p["window_calls"],
-                if c["publish_via"] == "control" {
+                if nats {
+                    "writes of PUB batches to NATS"
+                } else if c["publish_via"] == "control" {
                     "POST /v1/messages"
                 } else {
                     "writes to the edge links"
@@ -561,7 +604,8 @@ pub fn print_table(r: &Value) {
                 String::new()
             };
             println!(
-                "edge CPU       {:.2} s = {:.2} cores: {:.3} us per delivered frame{ratio}, {:.3} us per delivered message",
+                "{:<15}{:.2} s = {:.2} cores: {:.3} us per delivered frame{ratio}, {:.3} us per delivered message",
+                format!("{edge} CPU"),
                 f(&cpu["edge_cpu_secs"]),
                 f(&cpu["edge_cores"]),
                 f(&cpu["edge_us_per_frame"]),
@@ -619,9 +663,21 @@ pub fn print_table(r: &Value) {
             s["epoll_wait_calls"]
         );
     }
+    if let Some(n) = r.get("nats") {
+        let w = &n["window"];
+        println!(
+            "NATS server    window: {} msg/s out ({}/s), {} slow consumers; whole run: {} slow consumers (/varz), {} slow-consumer log lines",
+            rate(f(&w["out_msgs_per_s"])),
+            fmt_bytes(f(&w["out_bytes_per_s"])),
+            w["slow_consumers"],
+            n["varz_at_end"]["slow_consumers"],
+            n["slow_consumer_log_lines"],
+        );
+    }
     for e in r["edges"].as_array().into_iter().flatten() {
         println!(
-            "  edge {} pid {} [{}]: {} conns idle, RSS {} -> {} ({} per conn), CPU in the window {:.2} s",
+            "  {} {} pid {} [{}]: {} conns idle, RSS {} -> {} ({} per conn), CPU in the window {:.2} s",
+            if nats { "server" } else { "edge" },
             e["id"].as_str().unwrap_or("?"),
             e["pid"],
             e["driver"].as_str().unwrap_or("?"),
@@ -794,12 +850,16 @@ fn print_group(g: &Value) {
 pub fn summary(r: &Value) -> String {
     let c = &r["config"];
     let conn = &r["connections"];
+    let nats = is_nats(r);
+    let edge = if nats { "NATS" } else { "edge" };
     let mut s = format!(
-        "{}: {} {} conns on {} edge(s) ({}), {} room(s) {}: {}/{} joined in {:.1} s",
+        "{}{}: {} {} conns on {} {}(s) ({}), {} room(s) {}: {}/{} joined in {:.1} s",
+        if nats { "NATS PEER " } else { "" },
         r["scenario"].as_str().unwrap_or("?"),
         c["transport"].as_str().unwrap_or("?"),
         c["conns"],
         r["system"]["edges"].as_array().map_or(0, Vec::len),
+        if nats { "server" } else { "edge" },
         r["system"]["drivers"].as_str().unwrap_or("?"),
         c["rooms"],
         c["room_dist"].as_str().unwrap_or("?"),
@@ -826,13 +886,13 @@ pub fn summary(r: &Value) -> String {
     let mem = &r["memory"];
     if mem["edge_rss_per_conn"].is_number() {
         s += &format!(
-            ", edge RSS {}/conn",
+            ", {edge} RSS {}/conn",
             fmt_bytes(f(&mem["edge_rss_per_conn"]))
         );
     }
     if let Some(h) = r.get("hold") {
         s += &format!(
-            ", held {:.0} s at {:.3} edge cores",
+            ", held {:.0} s at {:.3} {edge} cores",
             f(&h["secs"]),
             f(&h["edge_cores"])
         );
@@ -842,7 +902,7 @@ pub fn summary(r: &Value) -> String {
             "; {} ({}) via {}: {} msg/s published, {} msg/s delivered in {} frames/s",
             rate_text(f(&c["rate"])),
             c["priority_mix"].as_str().unwrap_or("?"),
-            c["publish_via"].as_str().unwrap_or("?"),
+            r["system"]["publish_via"].as_str().unwrap_or("?"),
             rate(f(&r["publishing"]["rate_in_window"])),
             rate(f(&d["msgs_per_s"])),
             rate(f(&d["frames_per_s"])),
@@ -867,10 +927,11 @@ pub fn summary(r: &Value) -> String {
         }
         let cpu = &r["cpu"];
         if cpu["edge_us_per_frame"].is_number() {
-            s += &format!(", edge {:.2} us CPU/frame", f(&cpu["edge_us_per_frame"]));
+            s += &format!(", {edge} {:.2} us CPU/frame", f(&cpu["edge_us_per_frame"]));
             if cpu["edge_frame_vs_floor"].is_number() {
                 s += &format!(" = {:.2}x floor", f(&cpu["edge_frame_vs_floor"]));
             }
+            s += &format!(", {:.3} us CPU/msg", f(&cpu["edge_us_per_msg"]));
         }
         if cpu["control_us_per_published"].is_number() {
             s += &format!(

@@ -27,6 +27,18 @@ pub enum PublishVia {
     Link,
 }
 
+/// The system under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServerKind {
+    /// roomcast: its edges (and control plane, or the bench on the edge link).
+    Roomcast,
+    /// A NATS server (`nats-server`, started with a generated config) as the peer to compare
+    /// with: viewers subscribe over its websocket, the bench publishes with `PUB` over its client
+    /// port. The clients' transport is `nats-ws`.
+    Nats,
+}
+
 /// Where client tokens come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -53,6 +65,37 @@ pub struct RunArgs {
     pub scenario: Option<PathBuf>,
 
     // ---- the system under test ----
+    /// What to measure: roomcast, or a NATS server doing the same fan-out for comparison
+    /// (`nats`: starts --nats-bin with a generated config in the log dir, viewers subscribe to
+    /// the room's subject over NATS's websocket on --ws-port, the bench publishes with `PUB`
+    /// over --nats-port; the report's edge figures are then the NATS server's).
+    #[arg(long, value_enum, default_value_t = ServerKind::Roomcast)]
+    pub server: ServerKind,
+
+    /// The nats-server binary (--server nats): a path, or a name looked up on PATH
+    /// (`bench/scripts/install-peers.sh` installs Debian's).
+    #[arg(long, default_value = "nats-server")]
+    pub nats_bin: PathBuf,
+
+    /// NATS's client port, where the bench publishes (--server nats).
+    #[arg(long, default_value_t = 4222)]
+    pub nats_port: u16,
+
+    /// NATS's monitoring port (--server nats): `/varz` for its connections, messages and slow
+    /// consumers, `/connz` for the subscriptions per subject.
+    #[arg(long, default_value_t = 8222)]
+    pub nats_monitor_port: u16,
+
+    /// NATS's `max_pending` per connection, bytes (--server nats): what it buffers for a client
+    /// before calling it a slow consumer and closing it.
+    #[arg(long, default_value_t = 128 << 20)]
+    pub nats_max_pending: u64,
+
+    /// NATS's `write_deadline`, seconds (--server nats): a flush to one client blocked longer is
+    /// a slow consumer too.
+    #[arg(long, default_value_t = 60)]
+    pub nats_write_deadline: u64,
+
     /// How messages are published: through roomcast-control's HTTP API, or by the bench
     /// playing the control plane over the edge link.
     #[arg(long, value_enum, default_value_t = PublishVia::Control)]
@@ -307,6 +350,11 @@ impl RunArgs {
         let argv = std::iter::once(OsString::from("roomcast-bench run")).chain(args);
         let run: RunArgs =
             load_layered(argv, |a: &RunArgs| a.scenario.clone()).map_err(|e| e.to_string())?;
+        let mut run = run;
+        if run.server == ServerKind::Nats {
+            // NATS speaks its own protocol over its websocket.
+            run.transport = Transport::NatsWs;
+        }
         run.validate()?;
         Ok(run)
     }
@@ -344,6 +392,13 @@ impl RunArgs {
                 "--publish-batch, --client-threads and --publishers must be positive".into(),
             );
         }
+        match self.server {
+            ServerKind::Roomcast if self.transport == Transport::NatsWs => {
+                return Err("--transport nats-ws is for --server nats".into());
+            }
+            ServerKind::Nats => return self.validate_nats(),
+            ServerKind::Roomcast => {}
+        }
         if self.publishers > 1 && self.publish_via == PublishVia::Link {
             return Err("--publishers above 1 needs --publish-via control".into());
         }
@@ -357,6 +412,31 @@ impl RunArgs {
             if self.tokens == TokenSource::Control {
                 return Err("--tokens control needs --publish-via control".into());
             }
+        }
+        Ok(())
+    }
+
+    /// What `--server nats` supports: one publisher connection (NATS orders messages per
+    /// publishing connection only, and the subscribers judge order and loss from one number
+    /// sequence), a server it starts itself, no roomcast-only features.
+    fn validate_nats(&self) -> Result<(), String> {
+        if self.publishers != 1 {
+            return Err("--server nats publishes from one connection: --publishers 1".into());
+        }
+        if self.no_spawn {
+            return Err("--server nats starts its own nats-server: no --no-spawn".into());
+        }
+        if self.replay_batches || self.probe_rate > 0.0 || self.use_dispatch {
+            return Err(
+                "--replay-batches, --probe-rate and --use-dispatch are roomcast's (--server roomcast)"
+                    .into(),
+            );
+        }
+        if self.tokens == TokenSource::Control {
+            return Err("--tokens control needs roomcast's control plane".into());
+        }
+        if self.edges.is_some_and(|n| n != 1) {
+            return Err("--server nats runs one nats-server".into());
         }
         Ok(())
     }
@@ -458,5 +538,10 @@ mod tests {
             "0 is unpaced"
         );
         assert!(load(&["--use-dispatch"]).is_ok(), "control is the default");
+        assert!(load(&["--transport", "nats-ws"]).is_err());
+        assert!(load(&["--server", "nats", "--publishers", "2"]).is_err());
+        assert!(load(&["--server", "nats", "--no-spawn"]).is_err());
+        let nats = load(&["--server", "nats", "--transport", "ws-json"]).unwrap();
+        assert_eq!(nats.transport, Transport::NatsWs, "NATS's own protocol");
     }
 }

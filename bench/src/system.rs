@@ -254,6 +254,20 @@ impl Kids {
         Ok(())
     }
 
+    /// Starts a peer server to compare with (`--server nats`), measured where the edges are.
+    pub fn start_peer(
+        &mut self,
+        id: &str,
+        bin: &Path,
+        args: &[String],
+        log: PathBuf,
+    ) -> Result<u32, String> {
+        let server = start_server(id, bin, args, log)?;
+        let pid = server.child.id();
+        self.edges.push(server);
+        Ok(pid)
+    }
+
     /// Fails when a started process has exited.
     pub fn check_alive(&mut self) -> Result<(), String> {
         for s in self.edges.iter_mut().chain(self.control.as_mut()) {
@@ -445,8 +459,14 @@ pub fn edge_driver(log: &Path) -> String {
 pub fn log_warnings(log: &Path) -> Vec<String> {
     strip_ansi(&std::fs::read_to_string(log).unwrap_or_default())
         .lines()
-        .filter(|l| l.contains("ERROR") || l.contains("panicked") || l.contains("WARN"))
+        .filter(|l| {
+            ["ERROR", "panicked", "WARN", "[ERR]", "[WRN]"]
+                .iter()
+                .any(|w| l.contains(w))
+        })
         .filter(|l| !l.contains("development JWT secret") && !l.contains("development API key"))
+        // NATS's websocket without TLS, as the bench configures it on loopback.
+        .filter(|l| !l.contains("Websocket not configured with TLS"))
         .map(str::to_owned)
         .collect()
 }

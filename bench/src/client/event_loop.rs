@@ -36,8 +36,11 @@ use socket2::{Domain, Protocol, Socket, Type};
 use super::{ip_add, ClientArgs, Cmd, Input, ThreadHistograms, Transport, WAKE};
 use crate::dist::{room_name, Group, Population};
 use crate::msgs::{new_tick_histogram, Connected, GroupReport, Report, Snap, Tick};
+use crate::natsproto::{self, Op};
 use crate::sys;
 
+/// The subscription id of a `nats-ws` connection's one `SUB`.
+const NATS_SID: u32 = 1;
 /// A connection still setting up after this long is abandoned (and retried).
 const SETUP_TIMEOUT: Duration = Duration::from_secs(15);
 /// A single server frame larger than this is treated as a protocol error.
@@ -118,6 +121,9 @@ struct Conn {
     rbuf: Vec<u8>,
     /// Bytes not yet accepted by the socket (only during setup, realistically).
     wbuf: Vec<u8>,
+    /// `nats-ws`: the NATS protocol stream inside the websocket frames (an op split across
+    /// frames waits here).
+    nats: natsproto::Stream,
 }
 
 /// Counters of one thread.
@@ -212,6 +218,7 @@ impl Loop {
                     unique: [0; PRIORITIES],
                     rbuf: Vec::new(),
                     wbuf: Vec::new(),
+                    nats: natsproto::Stream::default(),
                 }
             })
             .collect();
@@ -573,6 +580,15 @@ impl Loop {
 
     fn send_auth_join(&mut self, k: usize) {
         self.conns[k].state = State::Joining;
+        if self.args.transport == Transport::NatsWs {
+            // CONNECT, SUB and a PING: its PONG is the join reply.
+            let lines =
+                natsproto::subscribe_lines(&self.room_names[self.conns[k].room as usize], NATS_SID);
+            let mut frame = Vec::with_capacity(lines.len() + 16);
+            put_client_frame(&mut frame, OpCode::Binary, &lines, self.mask(k));
+            self.send(k, &frame);
+            return;
+        }
         let format = self.args.transport.format();
         let mask = self.mask(k);
         let token = self.token(k);
@@ -734,6 +750,47 @@ impl Loop {
                     self.on_payload(k, false, &rest[4..4 + len], now_us)?;
                     pos += 4 + len;
                 }
+                Transport::NatsWs => {
+                    let frame = match parse_server_frame(rest) {
+                        Ok(None) => return Some(pos),
+                        Ok(Some(f)) => f,
+                        Err(e) => {
+                            self.lost(k, format!("ws: {e}"));
+                            return None;
+                        }
+                    };
+                    if frame.len > MAX_FRAME {
+                        self.lost(k, format!("frame of {} bytes", frame.len));
+                        return None;
+                    }
+                    let payload = &rest[frame.payload.clone()];
+                    match frame.opcode {
+                        // The protocol is a byte stream: fragments and frames alike.
+                        OpCode::Binary | OpCode::Text | OpCode::Continuation => {
+                            self.on_nats(k, payload, now_us)?;
+                        }
+                        OpCode::Close => {
+                            let code = match payload {
+                                [a, b, ..] => u16::from_be_bytes([*a, *b]),
+                                _ => 1005,
+                            };
+                            let reason =
+                                String::from_utf8_lossy(payload.get(2..).unwrap_or_default())
+                                    .into_owned();
+                            self.lost(k, format!("close {code} {reason}"));
+                            return None;
+                        }
+                        OpCode::Ping => {
+                            let mut pong = Vec::with_capacity(payload.len() + 8);
+                            put_client_frame(&mut pong, OpCode::Pong, payload, self.mask(k));
+                            if !self.send(k, &pong) {
+                                return None;
+                            }
+                        }
+                        OpCode::Pong => {}
+                    }
+                    pos += frame.len;
+                }
                 Transport::WsJson | Transport::WsBinary => {
                     let frame = match parse_server_frame(rest) {
                         Ok(None) => return Some(pos),
@@ -826,44 +883,116 @@ impl Loop {
         now_us: u64,
     ) {
         self.c.frames += 1;
-        let conn = &mut self.conns[k];
         match target {
-            TargetRef::Room(r) if r == self.room_names[conn.room as usize] => {}
+            TargetRef::Room(r) if r == self.room_names[self.conns[k].room as usize] => {}
             _ => {
                 self.c.foreign += 1;
                 return;
             }
         }
-        let group = conn.group;
         for m in msgs {
-            self.c.msgs += 1;
-            let p = usize::from(m.priority).min(PRIORITIES - 1);
-            let counts = &mut self.c.received[group.index()][p];
-            counts.0 += 1;
-            if m.seq > conn.last_seq {
-                conn.unique[p] += 1;
-                conn.last_seq = m.seq;
-            } else if m.seq == conn.last_seq {
-                counts.1 += 1;
-            } else {
-                counts.2 += 1;
+            self.record(k, m.priority, m.seq, m.data, now_us);
+        }
+    }
+
+    /// Counts one message of connection `k` (unique, duplicated, out of order by `seq`) and
+    /// records its latency from the `ts` in its data.
+    fn record(&mut self, k: usize, priority: u8, seq: u64, data: &[u8], now_us: u64) {
+        self.c.msgs += 1;
+        let conn = &mut self.conns[k];
+        let group = conn.group;
+        let p = usize::from(priority).min(PRIORITIES - 1);
+        let counts = &mut self.c.received[group.index()][p];
+        counts.0 += 1;
+        if seq > conn.last_seq {
+            conn.unique[p] += 1;
+            conn.last_seq = seq;
+        } else if seq == conn.last_seq {
+            counts.1 += 1;
+        } else {
+            counts.2 += 1;
+        }
+        let Some(ts) = scan_ts(data) else {
+            self.c.no_ts += 1;
+            return;
+        };
+        let latency = now_us.saturating_sub(ts).max(1);
+        if group == Group::Normal {
+            self.tick_latency.saturating_record(latency);
+        }
+        match self.phase {
+            Phase::Window => {
+                self.hists.window[group.index()][p].saturating_record(latency);
             }
-            let Some(ts) = scan_ts(m.data) else {
-                self.c.no_ts += 1;
-                continue;
-            };
-            let latency = now_us.saturating_sub(ts).max(1);
-            if group == Group::Normal {
-                self.tick_latency.saturating_record(latency);
+            Phase::Warmup if group == Group::Normal => {
+                self.hists.warmup.saturating_record(latency);
             }
-            match self.phase {
-                Phase::Window => {
-                    self.hists.window[group.index()][p].saturating_record(latency);
+            _ => {}
+        }
+    }
+
+    /// `nats-ws`: one websocket frame's worth of the NATS stream. Every data frame of a joined
+    /// connection counts as a frame; each `MSG` is a message, numbered by the publisher (`"n"`,
+    /// from 0: its sequence is n + 1) and with the priority it drew (`"p"`). None when the
+    /// connection is gone.
+    fn on_nats(&mut self, k: usize, payload: &[u8], now_us: u64) -> Option<()> {
+        if self.conns[k].state == State::Ready {
+            self.c.frames += 1;
+        }
+        let mut stream = std::mem::take(&mut self.conns[k].nats);
+        let fed = stream.feed(payload, |op| self.on_nats_op(k, op, now_us));
+        match fed {
+            Ok(true) => {
+                self.conns[k].nats = stream;
+                Some(())
+            }
+            Ok(false) => None,
+            Err(e) => {
+                self.c.decode_errors += 1;
+                self.lost(k, format!("nats: {e}"));
+                None
+            }
+        }
+    }
+
+    /// One NATS op; false when the connection is gone.
+    fn on_nats_op(&mut self, k: usize, op: Op<'_>, now_us: u64) -> bool {
+        match op {
+            Op::Msg {
+                subject, payload, ..
+            } => {
+                if subject != self.room_names[self.conns[k].room as usize].as_bytes() {
+                    self.c.foreign += 1;
+                    return true;
                 }
-                Phase::Warmup if group == Group::Normal => {
-                    self.hists.warmup.saturating_record(latency);
+                let seq = natsproto::scan_u64(payload, b"n").map_or(0, |n| n + 1);
+                let priority = natsproto::scan_u64(payload, b"p")
+                    .map_or(PRIORITIES as u8 - 1, |p| p.min(PRIORITIES as u64 - 1) as u8);
+                self.record(k, priority, seq, payload, now_us);
+                true
+            }
+            Op::Ping => {
+                let mut pong = Vec::with_capacity(16);
+                put_client_frame(&mut pong, OpCode::Binary, b"PONG\r\n", self.mask(k));
+                self.send(k, &pong)
+            }
+            Op::Pong => {
+                if self.conns[k].state == State::Joining {
+                    self.on_ready(k);
+                } else {
+                    self.c.pongs += 1;
                 }
-                _ => {}
+                true
+            }
+            Op::Ok | Op::Info(_) => true,
+            Op::Err(text) => {
+                let reason = format!("nats -ERR {}", String::from_utf8_lossy(text));
+                if self.conns[k].state == State::Ready {
+                    self.lost(k, reason);
+                } else {
+                    self.fail(k, reason, true);
+                }
+                false
             }
         }
     }
@@ -940,6 +1069,7 @@ impl Loop {
         *self.c.failures.entry(reason).or_default() += 1;
         conn.rbuf = Vec::new();
         conn.wbuf = Vec::new();
+        conn.nats = natsproto::Stream::default();
         if retryable && conn.attempts < self.args.retries {
             conn.attempts += 1;
             conn.state = State::Idle;
@@ -982,6 +1112,7 @@ impl Loop {
             conn.unique = [0; PRIORITIES];
             conn.rbuf = Vec::new();
             conn.wbuf = Vec::new();
+            conn.nats = natsproto::Stream::default();
             self.c.open -= 1;
             self.c.churn_closes += 1;
             self.pending.push_back(k);
@@ -997,7 +1128,13 @@ impl Loop {
         while k < self.conns.len() {
             if self.conns[k].state == State::Ready {
                 self.ping_seq += 1;
-                let frame = encode_op(format, &ClientOp::Ping { seq: self.ping_seq }, self.mask(k));
+                let frame = if self.args.transport == Transport::NatsWs {
+                    let mut f = Vec::with_capacity(16);
+                    put_client_frame(&mut f, OpCode::Binary, b"PING\r\n", self.mask(k));
+                    f.into()
+                } else {
+                    encode_op(format, &ClientOp::Ping { seq: self.ping_seq }, self.mask(k))
+                };
                 if self.send(k, &frame) {
                     self.c.pings_sent += 1;
                 }

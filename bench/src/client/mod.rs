@@ -37,13 +37,17 @@ pub enum Transport {
     WsBinary,
     /// Raw TCP, length-prefixed binary frames (cheapest for the client).
     Tcp,
+    /// NATS's text protocol in binary WebSocket frames (`--server nats`: subscribe to the
+    /// room's subject, count `MSG`s).
+    NatsWs,
 }
 
 impl Transport {
     pub fn format(self) -> WireFormat {
         match self {
             Transport::WsJson => WireFormat::WsJson,
-            Transport::WsBinary => WireFormat::WsBinary,
+            // NATS frames are not roomcast's; the nearest for the floor's frame.
+            Transport::WsBinary | Transport::NatsWs => WireFormat::WsBinary,
             Transport::Tcp => WireFormat::Tcp,
         }
     }
@@ -57,6 +61,7 @@ impl Transport {
             Transport::WsJson => "ws-json",
             Transport::WsBinary => "ws-binary",
             Transport::Tcp => "tcp",
+            Transport::NatsWs => "nats-ws",
         }
     }
 }
