@@ -6,6 +6,11 @@ and 0, 10 and 100 msg/s, both drivers) and the 100k hold (`--hold-only`, both dr
 same roomcast-bench, alternating the two edges run by run so both see the same machine noise, and
 prints medians (with ranges) as a Markdown table.
 
+`--only overload` runs issue 11's matrix instead: one 10k room of WebSocket/JSON viewers,
+100-byte payloads, 10, 50 and 100 msg/s (100k, 500k and 1M deliveries/s), with a window of 0 and
+100 ms (`--publish-via link`, the edge's `--tick-ms`) and the control plane's default levels
+(`--publish-via control`: a 10k room sits at level 3, a 500 ms tick), both drivers.
+
     cargo build --release -p roomcast-bench -p roomcast-engine -p roomcast-control
     python3 bench/scripts/before_after.py --before /path/to/old/roomcast-edge \
         --after target/release/roomcast-edge --runs 3 [--only room|hold]
@@ -54,6 +59,26 @@ def room_metrics(report):
     }
 
 
+def overload_metrics(report):
+    groups = find(report, "groups") or [{}]
+    latency = groups[0].get("latency_ms", {})
+    delta = (find(report, "edge_counters") or {}).get("delta", {})
+    duration = (report.get("config") or {}).get("duration") or 0
+    batches = delta.get("batches")
+    msgs, frames = find(report, "msgs_per_s"), find(report, "frames_per_s")
+    return {
+        "delivered msg/s": msgs,
+        "msgs/frame": msgs / frames if msgs and frames else None,
+        "complete %": 100 * (groups[0].get("completeness") or 0),
+        "p50 ms": latency.get("p50"),
+        "p99 ms": latency.get("p99"),
+        "batches/s": batches / duration if batches is not None and duration else None,
+        "edge µs/msg": find(report, "edge_us_per_msg"),
+        "edge cores": find(report, "edge_cores"),
+        "iovecs/write": (find(report, "edge_counters") or {}).get("iovecs_per_write"),
+    }
+
+
 def hold_metrics(report):
     rss = find(report, "edge_rss_per_conn")
     return {
@@ -75,6 +100,20 @@ def matrix(only):
                             "--duration", "10", f"--edge-arg=--tick-ms={tick}",
                             f"--edge-arg=--io={io}"]
                     configs.append((name, args, room_metrics))
+    if only == "overload":
+        common = ["--conns", "10000", "--rooms", "1", "--transport", "ws-json", "--payload", "100",
+                  "--warmup", "3", "--duration", "10"]
+        for rate in (10, 50, 100):
+            for window in ("0", "100", "levels"):
+                for io in ("uring", "epoll"):
+                    if window == "levels":
+                        name = f"{rate} msg/s, default levels, {io}"
+                        via = ["--publish-via", "control"]
+                    else:
+                        name = f"{rate} msg/s, window {window} ms, {io}"
+                        via = ["--publish-via", "link", f"--edge-arg=--tick-ms={window}"]
+                    args = [*common, *via, "--rate", str(rate), f"--edge-arg=--io={io}"]
+                    configs.append((name, args, overload_metrics))
     if only in (None, "hold"):
         for io in ("uring", "epoll"):
             name = f"100k hold, {io}"
@@ -90,7 +129,7 @@ def main():
     p.add_argument("--after", required=True, help="the new roomcast-edge binary")
     p.add_argument("--bench", help="roomcast-bench (default: next to --after)")
     p.add_argument("--runs", type=int, default=3)
-    p.add_argument("--only", choices=["room", "hold"])
+    p.add_argument("--only", choices=["room", "hold", "overload"])
     p.add_argument("--out", default="target/before-after")
     a = p.parse_args()
     bench = a.bench or os.path.join(os.path.dirname(a.after), "roomcast-bench")

@@ -227,25 +227,19 @@ impl Drop for Publisher {
 
 /// `{"ts":<unix µs>,"pad":"xxx…"}`, padded to `size` bytes when `size` allows.
 pub fn message_data(ts: u64, size: usize) -> Bytes {
-    let head = format!("{{\"ts\":{ts}");
-    let bare = head.len() + 1;
-    let with_pad = head.len() + ",\"pad\":\"\"}".len();
-    if size <= bare || size < with_pad {
-        return Bytes::from(format!("{head}}}"));
-    }
-    let mut s = String::with_capacity(size);
-    s.push_str(&head);
-    s.push_str(",\"pad\":\"");
-    s.extend(std::iter::repeat_n('x', size - with_pad));
-    s.push_str("\"}");
-    Bytes::from(s)
+    padded(format!("{{\"ts\":{ts}"), size)
 }
 
 /// `{"ts":<unix µs>,"n":<message number>,"p":<priority>,"pad":"xxx…"}`, padded to `size` bytes
 /// when `size` allows: what `--server nats` publishes, since NATS messages carry no sequence
 /// number (the subscribers judge loss, duplicates and order from `n`) and no priority.
 pub fn numbered_message_data(ts: u64, n: u64, priority: u8, size: usize) -> Bytes {
-    let head = format!("{{\"ts\":{ts},\"n\":{n},\"p\":{priority}");
+    padded(format!("{{\"ts\":{ts},\"n\":{n},\"p\":{priority}"), size)
+}
+
+/// Closes the JSON object `head` (its fields so far), with a `pad` field that brings it to `size`
+/// bytes when it fits.
+fn padded(head: String, size: usize) -> Bytes {
     let with_pad = head.len() + ",\"pad\":\"\"}".len();
     if size < with_pad {
         return Bytes::from(format!("{head}}}"));

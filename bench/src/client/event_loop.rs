@@ -769,25 +769,9 @@ impl Loop {
                         OpCode::Binary | OpCode::Text | OpCode::Continuation => {
                             self.on_nats(k, payload, now_us)?;
                         }
-                        OpCode::Close => {
-                            let code = match payload {
-                                [a, b, ..] => u16::from_be_bytes([*a, *b]),
-                                _ => 1005,
-                            };
-                            let reason =
-                                String::from_utf8_lossy(payload.get(2..).unwrap_or_default())
-                                    .into_owned();
-                            self.lost(k, format!("close {code} {reason}"));
-                            return None;
+                        OpCode::Close | OpCode::Ping | OpCode::Pong => {
+                            self.on_ws_control(k, frame.opcode, payload)?;
                         }
-                        OpCode::Ping => {
-                            let mut pong = Vec::with_capacity(payload.len() + 8);
-                            put_client_frame(&mut pong, OpCode::Pong, payload, self.mask(k));
-                            if !self.send(k, &pong) {
-                                return None;
-                            }
-                        }
-                        OpCode::Pong => {}
                     }
                     pos += frame.len;
                 }
@@ -812,31 +796,38 @@ impl Loop {
                         match frame.opcode {
                             OpCode::Text => self.on_payload(k, true, payload, now_us)?,
                             OpCode::Binary => self.on_payload(k, false, payload, now_us)?,
-                            OpCode::Close => {
-                                let code = match payload {
-                                    [a, b, ..] => u16::from_be_bytes([*a, *b]),
-                                    _ => 1005,
-                                };
-                                let reason =
-                                    String::from_utf8_lossy(payload.get(2..).unwrap_or_default())
-                                        .into_owned();
-                                self.lost(k, format!("close {code} {reason}"));
-                                return None;
+                            OpCode::Close | OpCode::Ping | OpCode::Pong => {
+                                self.on_ws_control(k, frame.opcode, payload)?;
                             }
-                            OpCode::Ping => {
-                                let mut pong = Vec::with_capacity(payload.len() + 8);
-                                put_client_frame(&mut pong, OpCode::Pong, payload, self.mask(k));
-                                if !self.send(k, &pong) {
-                                    return None;
-                                }
-                            }
-                            OpCode::Pong => {}
                             OpCode::Continuation => self.c.decode_errors += 1,
                         }
                     }
                     pos += frame.len;
                 }
             }
+        }
+    }
+
+    /// A WebSocket close (the connection is lost, with its code and reason), ping (answered)
+    /// or pong frame. `None` when the connection is gone.
+    fn on_ws_control(&mut self, k: usize, opcode: OpCode, payload: &[u8]) -> Option<()> {
+        match opcode {
+            OpCode::Close => {
+                let code = match payload {
+                    [a, b, ..] => u16::from_be_bytes([*a, *b]),
+                    _ => 1005,
+                };
+                let reason =
+                    String::from_utf8_lossy(payload.get(2..).unwrap_or_default()).into_owned();
+                self.lost(k, format!("close {code} {reason}"));
+                None
+            }
+            OpCode::Ping => {
+                let mut pong = Vec::with_capacity(payload.len() + 8);
+                put_client_frame(&mut pong, OpCode::Pong, payload, self.mask(k));
+                self.send(k, &pong).then_some(())
+            }
+            _ => Some(()),
         }
     }
 
