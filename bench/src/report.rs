@@ -12,8 +12,8 @@ use crate::dist::Group;
 use crate::floor::FloorResult;
 use crate::kernel_tcp::Counters;
 use crate::msgs::{add_counts, add_pairs, histogram_of, new_latency_histogram, Connected, Report};
-use crate::progress::rate;
-use crate::scenario::{rate_text, RunArgs};
+use crate::progress::{rate, Sample};
+use crate::scenario::{ramp_text, rate_text, RunArgs};
 use crate::sys::{KernelMem, ProcMem};
 use crate::system::{self, EdgeLoad, Measured};
 
@@ -311,7 +311,7 @@ pub fn edge_totals(edges: &[Measured]) -> BTreeMap<String, u64> {
         .iter()
         .filter_map(|m| system::edge_stats(m.log.as_deref()?))
     {
-        add_counts(&mut total, &stats);
+        add_counts(&mut total, &stats.counters);
     }
     total
 }
@@ -475,7 +475,7 @@ pub fn print_table(r: &Value) {
         println!(
             "publishing     {:.1} msg/s achieved {} (mix {}, {} B) via {}: {} in the {:.1} s window, {} in all; errors {}{}",
             f(&p["rate_in_window"]),
-            match rate_text(f(&c["rate"])).as_str() {
+            match requested_text(c).as_str() {
                 "unpaced" => "unpaced".to_string(),
                 requested => format!("of {requested}"),
             },
@@ -528,6 +528,9 @@ pub fn print_table(r: &Value) {
                 ms(&l["max"]),
             );
         }
+    }
+    for line in window_lines(r) {
+        println!("{line}");
     }
     if let Some(k) = r.get("kernel_tcp") {
         for line in kernel_tcp_lines(k) {
@@ -633,6 +636,131 @@ pub fn print_table(r: &Value) {
         );
     }
     println!("summary: {}", r["summary"].as_str().unwrap_or(""));
+}
+
+/// The requested rate from the run's config: `100 msg/s`, `unpaced`, or a ramp with its mean.
+fn requested_text(c: &Value) -> String {
+    match c["ramp_to"].as_f64() {
+        Some(to) => {
+            let from = f(&c["rate"]);
+            format!("{} (mean {} msg/s)", ramp_text(from, to), (from + to) / 2.0)
+        }
+        None => rate_text(f(&c["rate"])),
+    }
+}
+
+/// 1234567 → "1,234,567".
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, d) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(d);
+    }
+    out
+}
+
+/// The value of an edge flag given with --edge-arg (`--tick-ms=0` or `--tick-ms`, `0`).
+pub fn edge_arg(edge_args: &[String], name: &str) -> Option<String> {
+    let mut it = edge_args.iter();
+    while let Some(a) = it.next() {
+        if let Some(v) = a.strip_prefix(name) {
+            if let Some(v) = v.strip_prefix('=') {
+                return Some(v.to_string());
+            }
+            if v.is_empty() {
+                return it.next().cloned();
+            }
+        }
+    }
+    None
+}
+
+/// The table's `windows` line (the edges' merge windows over the measured window) and, for a
+/// ramp, its `ramp` line: nothing when the edges do not log windows.
+fn window_lines(r: &Value) -> Vec<String> {
+    let mut lines = Vec::new();
+    let w = &r["windows"];
+    if w.is_object() {
+        let mean = if w["mean_ms"].is_number() {
+            format!("mean {:.0} ms over the window", f(&w["mean_ms"]))
+        } else {
+            "none closed in the window".to_string()
+        };
+        let tick = match w["tick_ms"].as_u64() {
+            Some(t) => format!(" (tick {t} ms"),
+            None => " (tick ?".to_string(),
+        };
+        let cap = w["max_window_ms"]
+            .as_u64()
+            .map_or(String::new(), |m| format!(", cap {m} ms"));
+        lines.push(format!(
+            "windows        {mean}{tick}{cap}); {} of {} stretched, {} capped",
+            thousands(w["stretched"].as_u64().unwrap_or(0)),
+            thousands(w["windows"].as_u64().unwrap_or(0)),
+            thousands(w["capped"].as_u64().unwrap_or(0)),
+        ));
+    }
+    let ramp = &r["ramp"];
+    if ramp["low"].is_object() {
+        let end = |e: &Value| {
+            let mut s = format!("{} msg/s published", rate(f(&e["published_per_s"])));
+            if e["window_ms"].is_number() {
+                s += &format!(", window {:.0} ms", f(&e["window_ms"]));
+            }
+            if e["p99_ms"].is_number() {
+                s += &format!(", p99 {:.1} ms", f(&e["p99_ms"]));
+            }
+            if e["msgs_per_frame"].is_number() {
+                s += &format!(", {:.2} msgs/frame", f(&e["msgs_per_frame"]));
+            }
+            s
+        };
+        lines.push(format!(
+            "ramp           {} over the {:.0} s window; first {} s: {}; last {} s: {}",
+            ramp_text(f(&ramp["from"]), f(&ramp["to"])),
+            f(&ramp["secs"]),
+            ramp["low"]["secs"],
+            end(&ramp["low"]),
+            ramp["high"]["secs"],
+            end(&ramp["high"]),
+        ));
+    }
+    lines
+}
+
+/// A ramp's two ends, from the timeline's seconds in the measured window: the first and the
+/// last sixth (at least one second each) — the offered rate, the mean effective window, the
+/// mean of the per-second p99s (and their max), and messages per frame.
+pub fn ramp_ends(timeline: &[Sample]) -> Option<Value> {
+    let window: Vec<&Sample> = timeline.iter().filter(|s| s.phase == "window").collect();
+    if window.is_empty() {
+        return None;
+    }
+    let n = (window.len() / 6).max(1);
+    let end = |part: &[&Sample]| {
+        let mean = |v: Vec<f64>| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
+        let p99s: Vec<f64> = part
+            .iter()
+            .filter_map(|s| Some(s.latency_ms?.p99))
+            .collect();
+        let msgs: f64 = part.iter().map(|s| s.delivered_msgs_per_s).sum();
+        let frames: f64 = part.iter().map(|s| s.frames_per_s).sum();
+        json!({
+            "secs": part.len(),
+            "published_per_s": mean(part.iter().map(|s| s.published_per_s).collect()),
+            "window_ms": mean(part.iter().filter_map(|s| s.window_ms).collect()),
+            "p99_ms": mean(p99s.clone()),
+            "p99_max_ms": p99s.iter().copied().reduce(f64::max),
+            "msgs_per_frame": (frames > 0.0).then(|| msgs / frames),
+        })
+    };
+    Some(json!({
+        "low": end(&window[..n]),
+        "high": end(&window[window.len() - n..]),
+    }))
 }
 
 /// `1.5 GiB`, or smaller units below a GiB.
@@ -840,7 +968,7 @@ pub fn summary(r: &Value) -> String {
     if let Some(d) = r.get("delivery") {
         s += &format!(
             "; {} ({}) via {}: {} msg/s published, {} msg/s delivered in {} frames/s",
-            rate_text(f(&c["rate"])),
+            requested_text(c),
             c["priority_mix"].as_str().unwrap_or("?"),
             c["publish_via"].as_str().unwrap_or("?"),
             rate(f(&r["publishing"]["rate_in_window"])),
@@ -864,6 +992,9 @@ pub fn summary(r: &Value) -> String {
                     s += &format!(" (P0 p99 {} ms)", ms(&p0["latency_ms"]["p99"]));
                 }
             }
+        }
+        if r["windows"]["mean_ms"].is_number() {
+            s += &format!(", windows mean {:.0} ms", f(&r["windows"]["mean_ms"]));
         }
         let cpu = &r["cpu"];
         if cpu["edge_us_per_frame"].is_number() {
