@@ -15,6 +15,7 @@ use crate::progress::Sample;
 const WIDTH: u32 = 1100;
 const PANEL_HEIGHT: u32 = 330;
 const WINDOW_SHADE: RGBColor = RGBColor(232, 240, 255);
+const RIGHT_AXIS: u32 = 70;
 const PURPLE: RGBColor = RGBColor(128, 0, 160);
 const GREY: RGBColor = RGBColor(110, 110, 110);
 
@@ -39,6 +40,8 @@ pub fn draw(
     let panels = root.split_evenly((n as usize, 1));
     let end = timeline.last().map_or(1.0, |s| s.t).max(1.0);
     let time = 0.0..end;
+    // Room for the window chart's right axis in every chart, so that their times line up.
+    let right = if windows { RIGHT_AXIS } else { 0 };
 
     let pick = |f: &dyn Fn(&Sample) -> Option<f64>| -> Vec<(f64, f64)> {
         timeline
@@ -58,6 +61,7 @@ pub fn draw(
         "latency of the normal group, per second (ms)",
         &time,
         window,
+        right,
         true,
         latency
             .into_iter()
@@ -73,6 +77,7 @@ pub fn draw(
         "throughput per second",
         &time,
         window,
+        right,
         true,
         vec![
             Series {
@@ -97,6 +102,7 @@ pub fn draw(
         "connections",
         &time,
         window,
+        right,
         false,
         vec![
             Series {
@@ -123,6 +129,7 @@ pub fn draw(
             "messages per frame (delivered messages / frames, per second)",
             &time,
             window,
+            right,
             false,
             vec![Series {
                 name: "messages per frame",
@@ -160,7 +167,8 @@ fn window_chart(
             points: points(&|s| Some(s.latency_ms?.p99)),
         },
     ];
-    let offered = points(&|s| Some(s.published_per_s));
+    // While publishing (a window of 0 ms is a value, a rate of 0 is no publisher).
+    let offered = points(&|s| Some(s.published_per_s).filter(|&r| r > 0.0));
     let top = |v: &mut dyn Iterator<Item = f64>| v.fold(0.0f64, f64::max);
     let hi = top(&mut left.iter().flat_map(|s| s.points.iter().map(|p| p.1)));
     let hi = if hi > 0.0 { hi * 1.1 } else { 1.0 };
@@ -174,7 +182,7 @@ fn window_chart(
         .margin(8)
         .x_label_area_size(36)
         .y_label_area_size(70)
-        .right_y_label_area_size(70)
+        .right_y_label_area_size(RIGHT_AXIS)
         .build_cartesian_2d(time.clone(), 0.0..hi)
         .map_err(err)?
         .set_secondary_coord(time.clone(), 0.0..hi2);
@@ -206,6 +214,7 @@ fn chart(
     caption: &str,
     time: &Range<f64>,
     window: Option<(f64, f64)>,
+    right: u32,
     log_if_wide: bool,
     series: Vec<Series<'_>>,
 ) -> Result<(), String> {
@@ -230,7 +239,8 @@ fn chart(
         .caption(caption, ("sans-serif", 15))
         .margin(8)
         .x_label_area_size(36)
-        .y_label_area_size(70);
+        .y_label_area_size(70)
+        .right_y_label_area_size(right);
     if log {
         let mut c = builder
             .build_cartesian_2d(time.clone(), (lo..hi).log_scale())

@@ -1084,6 +1084,98 @@ mod tests {
         );
     }
 
+    fn second(t: f64, phase: &'static str, published: f64, window: Option<f64>) -> Sample {
+        Sample {
+            t,
+            phase,
+            conns: 10,
+            edge_conns: Some(10),
+            published_per_s: published,
+            delivered_msgs_per_s: published * 10.0,
+            frames_per_s: 10.0,
+            reconnects_per_s: 0.0,
+            latency_ms: Some(crate::progress::Percentiles {
+                p50: 1.0,
+                p90: 2.0,
+                p99: 3.0 + t,
+                p999: 4.0 + t,
+                max: 5.0 + t,
+            }),
+            edge_cores: None,
+            control_cores: None,
+            window_ms: window,
+            channels_stretched: None,
+        }
+    }
+
+    #[test]
+    fn ramp_ends_and_the_windows_line() {
+        let mut timeline = vec![second(0.0, "warmup", 10.0, None)];
+        timeline.extend((1..=12).map(|i| {
+            let t = f64::from(i);
+            second(t, "window", 10.0 * t, (i > 1).then_some(5.0 * t))
+        }));
+        timeline.push(second(13.0, "after", 0.0, None));
+        let ends = ramp_ends(&timeline).unwrap();
+        // 12 seconds in the window: the first and last 2.
+        assert_eq!(ends["low"]["secs"], 2);
+        assert_eq!(ends["low"]["published_per_s"], 15.0);
+        assert_eq!(
+            ends["low"]["window_ms"], 10.0,
+            "only the second that had one"
+        );
+        assert_eq!(ends["low"]["p99_ms"], 4.5);
+        assert_eq!(ends["high"]["published_per_s"], 115.0);
+        assert_eq!(ends["high"]["window_ms"], 57.5);
+        assert_eq!(ends["high"]["p99_max_ms"], 15.0);
+        assert_eq!(ends["high"]["msgs_per_frame"], 115.0);
+        assert_eq!(ramp_ends(&timeline[..1]), None, "no window");
+
+        let mut ramp = ends;
+        ramp["from"] = json!(10.0);
+        ramp["to"] = json!(150.0);
+        ramp["secs"] = json!(12.0);
+        let r = json!({
+            "windows": {"mean_ms": 312.4, "windows": 1300, "stretched": 1234, "capped": 0,
+                        "tick_ms": 100, "max_window_ms": 2000},
+            "ramp": ramp,
+        });
+        let lines = window_lines(&r);
+        assert_eq!(
+            lines[0],
+            "windows        mean 312 ms over the window (tick 100 ms, cap 2000 ms); 1,234 of 1,300 stretched, 0 capped"
+        );
+        assert!(
+            lines[1].starts_with("ramp           10 -> 150 msg/s ramp over the 12 s window; first 2 s: 15 msg/s published, window 10 ms, p99 4.5 ms, 15.00 msgs/frame; last 2 s: 115 msg/s"),
+            "{}",
+            lines[1]
+        );
+        // Edges that log no windows, no ramp: no lines.
+        assert!(window_lines(&json!({})).is_empty());
+        assert_eq!(
+            requested_text(&json!({"rate": 10.0, "ramp_to": 150.0})),
+            "10 -> 150 msg/s ramp (mean 80 msg/s)"
+        );
+        assert_eq!(
+            requested_text(&json!({"rate": 10.0, "ramp_to": null})),
+            "10 msg/s"
+        );
+    }
+
+    #[test]
+    fn thousands_and_edge_args() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1234), "1,234");
+        assert_eq!(thousands(1_234_567), "1,234,567");
+        let args: Vec<String> = ["--io=epoll", "--tick-ms=0", "--max-window-ms", "500"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(edge_arg(&args, "--tick-ms").as_deref(), Some("0"));
+        assert_eq!(edge_arg(&args, "--max-window-ms").as_deref(), Some("500"));
+        assert_eq!(edge_arg(&args, "--tick"), None, "whole names only");
+    }
+
     #[test]
     fn kernel_tcp_line_without_proc() {
         let k = kernel_tcp::json(&Spans {
