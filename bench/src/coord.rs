@@ -31,11 +31,11 @@ use crate::msgs::{new_latency_histogram, ClientMsg, Report};
 use crate::nats::{self, Monitor, NatsSink};
 use crate::observer::Observer;
 use crate::progress::Live;
-use crate::publish::{Plan, Probe, PubState, Publisher, Sink};
+use crate::publish::{Plan, Probe, PubState, Publisher, Ramp, Sink};
 use crate::report::{self, per, Window};
 use crate::scenario::{PublishVia, RunArgs, ServerKind, TokenSource};
 use crate::sys::{self, ProcMem};
-use crate::system::{self, ClientProc, Ctx, EdgeLoad, EdgePlan, Measured};
+use crate::system::{self, ClientProc, Ctx, EdgeLoad, EdgePlan, EdgeStats, Measured, WindowDelta};
 use crate::term::say;
 use crate::{plot, strace};
 
@@ -77,7 +77,7 @@ struct Snapshot {
     me: f64,
     host: (f64, f64),
     loads: Vec<EdgeLoad>,
-    counters: Vec<Option<BTreeMap<String, u64>>>,
+    counters: Vec<Option<EdgeStats>>,
     published: u64,
     /// The kernel's TCP counters (system-wide).
     tcp: Option<Counters>,
@@ -157,9 +157,9 @@ fn edge_counters(a: &Snapshot, b: &Snapshot) -> Option<Value> {
     for (x, y) in a.counters.iter().zip(&b.counters) {
         if let (Some(x), Some(y)) = (x, y) {
             any = true;
-            for (k, vy) in y {
+            for (k, vy) in &y.counters {
                 *delta.entry(k.clone()).or_default() +=
-                    vy.saturating_sub(x.get(k).copied().unwrap_or(0));
+                    vy.saturating_sub(x.counters.get(k).copied().unwrap_or(0));
             }
         }
     }
@@ -171,6 +171,36 @@ fn edge_counters(a: &Snapshot, b: &Snapshot) -> Option<Value> {
             "iovecs_per_write": per(g("write_iovecs_sum") as f64, g("write_calls")),
             "frames_per_flush": per(g("frames_queued") as f64, g("flushes")),
             "delta": delta,
+        })
+    })
+}
+
+/// The edges' merge windows over the window, from their `edge stats` lines: the mean effective
+/// window and how many stretched or hit the cap; `None` when no edge logs them (older edges).
+fn window_totals(a: &Snapshot, b: &Snapshot) -> Option<Value> {
+    let mut total = WindowDelta::default();
+    let mut edges = 0;
+    let mut channels_stretched = 0;
+    for (x, y) in a.counters.iter().zip(&b.counters) {
+        let (Some(x), Some(y)) = (
+            x.as_ref().and_then(EdgeStats::windows),
+            y.as_ref().and_then(EdgeStats::windows),
+        ) else {
+            continue;
+        };
+        edges += 1;
+        total.add(&WindowDelta::between(&x, &y));
+        channels_stretched += y.channels_stretched;
+    }
+    (edges > 0).then(|| {
+        json!({
+            "source": "the edges' `edge stats` lines (window_seconds_sum/count, windows_stretched/capped) across the measured window",
+            "edges": edges,
+            "mean_ms": total.mean_ms(),
+            "windows": total.count,
+            "stretched": total.stretched,
+            "capped": total.capped,
+            "channels_stretched_at_end": channels_stretched,
         })
     })
 }
@@ -241,6 +271,7 @@ fn run_inner(args: &RunArgs, ctx: &mut Ctx) -> Res<()> {
         system.edges.iter().filter_map(|m| m.pid).collect(),
         system.control_pid,
     );
+    live.set_edge_logs(system.edges.iter().filter_map(|m| m.log.clone()).collect());
     let client_pids = start_clients(
         args,
         ctx,
@@ -438,6 +469,7 @@ impl Run<'_> {
                     payload: args.payload,
                     mix: "0".parse().expect("priority 0 is a mix"),
                     picker: RoomPicker::new(members, PublishSpread::Even),
+                    ramp: None,
                     max_batch: 1,
                     replay: false,
                     numbered: false,
@@ -451,6 +483,12 @@ impl Run<'_> {
             Plan {
                 rooms: args.rooms,
                 rate: args.rate,
+                // Over the measured window, which starts `warmup` seconds after publishing.
+                ramp: args.ramp_to.map(|to| Ramp {
+                    start: args.warmup,
+                    secs: args.duration,
+                    to,
+                }),
                 payload: args.payload,
                 mix: args.priority_mix,
                 picker,
@@ -467,14 +505,19 @@ impl Run<'_> {
         self.live.set_publisher(Some(Arc::clone(&state)));
         self.live.set_phase("warmup");
         self.ctx.tell_clients("warmup")?;
-        self.ctx.sleep(Duration::from_secs_f64(args.warmup))?;
+        // The window starts and ends on the publisher's clock, where a ramp starts and ends.
+        let window_start = publisher.started() + Duration::from_secs_f64(args.warmup);
+        let window_end = window_start + Duration::from_secs_f64(args.duration);
+        self.ctx
+            .sleep(window_start.saturating_duration_since(Instant::now()))?;
 
         self.live.set_phase("window");
         self.ctx.tell_clients("start")?;
         self.tcp.sampler.mark();
         state.measuring.store(true, Ordering::Relaxed);
         let a = Snapshot::take(&self.system, &self.client_pids, Some(&state));
-        self.ctx.sleep(Duration::from_secs_f64(args.duration))?;
+        self.ctx
+            .sleep(window_end.saturating_duration_since(Instant::now()))?;
         self.ctx.tell_clients("end")?;
         let b = Snapshot::take(&self.system, &self.client_pids, Some(&state));
         state.measuring.store(false, Ordering::Relaxed);
@@ -487,6 +530,9 @@ impl Run<'_> {
         }
         if nats {
             self.results["nats"]["window"] = nats_window(&a, &b);
+        }
+        if let Some(windows) = window_totals(&a, &b) {
+            self.results["windows"] = windows;
         }
         if let (Some(bin), Some(secs)) = (strace_binary(args), args.strace) {
             self.results["strace"] =
@@ -520,6 +566,13 @@ impl Run<'_> {
             "publishers": args.publishers,
             "send_ms_mean": per(state.send_us.load(Ordering::Relaxed) as f64 / 1000.0, calls),
             "replay_batches": args.replay_batches,
+            // --ramp-to: the rate rose (or fell) linearly over the window.
+            "ramp": args.ramp_to.map(|to| json!({
+                "from": args.rate,
+                "to": to,
+                "secs": args.duration,
+                "planned_in_window": (args.rate + to) / 2.0 * args.duration,
+            })),
             // Each call is one POST /v1/messages (or one write to the edge links).
             "window_calls": window_calls.len(),
             "window_calls_per_s": window_calls.len() as f64 / w.secs,
@@ -628,7 +681,29 @@ impl Run<'_> {
             counters["run_total"] = json!(report::edge_totals(&self.system.edges));
         }
         r["edges"] = json!(self.edges_json);
-        r["timeline"] = json!(self.live.timeline());
+        let timeline = self.live.timeline();
+        if r["windows"].is_object() {
+            // The tick the windows start from: the control plane's level of the biggest room, or
+            // the edges' --tick-ms (100 ms by default); the cap likewise.
+            let edge_ms = |name: &str, default: u64| {
+                report::edge_arg(&self.args.edge_args, name)
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(default)
+            };
+            let tick = r["connections"]["edge_check"]["biggest_room"]["tick_ms"]
+                .as_u64()
+                .unwrap_or_else(|| edge_ms("--tick-ms", 100));
+            r["windows"]["tick_ms"] = json!(tick);
+            r["windows"]["max_window_ms"] = json!(edge_ms("--max-window-ms", 2000));
+        }
+        if let Some(to) = self.args.ramp_to {
+            let mut ramp = report::ramp_ends(&timeline).unwrap_or_else(|| json!({}));
+            ramp["from"] = json!(self.args.rate);
+            ramp["to"] = json!(to);
+            ramp["secs"] = json!(self.args.duration);
+            r["ramp"] = ramp;
+        }
+        r["timeline"] = json!(timeline);
         r["phases"] = json!(self.live.phases());
         r["summary"] = json!(report::summary(r));
     }

@@ -1,6 +1,8 @@
-//! `--plot FILE.svg`: the run's timeline as three stacked charts — latency percentiles (log
-//! scale), throughput (published and delivered messages, frames), connections — with the measured
-//! window shaded. Plain SVG: text is `<text>` elements, so no font files are needed.
+//! `--plot FILE.svg`: the run's timeline as stacked charts — latency percentiles (log scale),
+//! throughput (published and delivered messages, frames), connections — with the measured window
+//! shaded; when the edges log their merge windows, two more: the mean effective window and the
+//! p99 latency (ms) against the offered rate (published msg/s, right axis), and messages per
+//! frame. Plain SVG: text is `<text>` elements, so no font files are needed.
 
 use std::ops::Range;
 use std::path::Path;
@@ -13,6 +15,9 @@ use crate::progress::Sample;
 const WIDTH: u32 = 1100;
 const PANEL_HEIGHT: u32 = 330;
 const WINDOW_SHADE: RGBColor = RGBColor(232, 240, 255);
+const RIGHT_AXIS: u32 = 70;
+const PURPLE: RGBColor = RGBColor(128, 0, 160);
+const GREY: RGBColor = RGBColor(110, 110, 110);
 
 /// One line of a chart.
 struct Series<'a> {
@@ -27,12 +32,16 @@ pub fn draw(
     timeline: &[Sample],
     window: Option<(f64, f64)>,
 ) -> Result<(), String> {
-    let root = SVGBackend::new(path, (WIDTH, PANEL_HEIGHT * 3 + 40)).into_drawing_area();
+    let windows = timeline.iter().any(|s| s.window_ms.is_some());
+    let n = if windows { 5 } else { 3 };
+    let root = SVGBackend::new(path, (WIDTH, PANEL_HEIGHT * n + 40)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
     let root = root.titled(title, ("sans-serif", 18)).map_err(err)?;
-    let panels = root.split_evenly((3, 1));
+    let panels = root.split_evenly((n as usize, 1));
     let end = timeline.last().map_or(1.0, |s| s.t).max(1.0);
     let time = 0.0..end;
+    // Room for the window chart's right axis in every chart, so that their times line up.
+    let right = if windows { RIGHT_AXIS } else { 0 };
 
     let pick = |f: &dyn Fn(&Sample) -> Option<f64>| -> Vec<(f64, f64)> {
         timeline
@@ -52,6 +61,7 @@ pub fn draw(
         "latency of the normal group, per second (ms)",
         &time,
         window,
+        right,
         true,
         latency
             .into_iter()
@@ -67,6 +77,7 @@ pub fn draw(
         "throughput per second",
         &time,
         window,
+        right,
         true,
         vec![
             Series {
@@ -91,6 +102,7 @@ pub fn draw(
         "connections",
         &time,
         window,
+        right,
         false,
         vec![
             Series {
@@ -110,7 +122,91 @@ pub fn draw(
             },
         ],
     )?;
+    if windows {
+        window_chart(&panels[3], &time, window, timeline)?;
+        chart(
+            &panels[4],
+            "messages per frame (delivered messages / frames, per second)",
+            &time,
+            window,
+            right,
+            false,
+            vec![Series {
+                name: "messages per frame",
+                color: PURPLE,
+                points: pick(&|s| {
+                    (s.frames_per_s > 0.0).then(|| s.delivered_msgs_per_s / s.frames_per_s)
+                }),
+            }],
+        )?;
+    }
     root.present().map_err(err)
+}
+
+/// The merge windows against the load: the mean effective window and the p99 latency (ms, left
+/// axis) with the offered rate (published msg/s, right axis), so a ramp shows the window growing
+/// with the load while p99 stays bounded.
+fn window_chart(
+    area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
+    time: &Range<f64>,
+    window: Option<(f64, f64)>,
+    timeline: &[Sample],
+) -> Result<(), String> {
+    let points = |f: &dyn Fn(&Sample) -> Option<f64>| -> Vec<(f64, f64)> {
+        timeline.iter().filter_map(|s| Some((s.t, f(s)?))).collect()
+    };
+    let left = vec![
+        Series {
+            name: "effective window (mean, ms)",
+            color: PURPLE,
+            points: points(&|s| s.window_ms),
+        },
+        Series {
+            name: "p99 latency (ms)",
+            color: RED,
+            points: points(&|s| Some(s.latency_ms?.p99)),
+        },
+    ];
+    // While publishing (a window of 0 ms is a value, a rate of 0 is no publisher).
+    let offered = points(&|s| Some(s.published_per_s).filter(|&r| r > 0.0));
+    let top = |v: &mut dyn Iterator<Item = f64>| v.fold(0.0f64, f64::max);
+    let hi = top(&mut left.iter().flat_map(|s| s.points.iter().map(|p| p.1)));
+    let hi = if hi > 0.0 { hi * 1.1 } else { 1.0 };
+    let hi2 = top(&mut offered.iter().map(|p| p.1));
+    let hi2 = if hi2 > 0.0 { hi2 * 1.1 } else { 1.0 };
+    let mut c = ChartBuilder::on(area)
+        .caption(
+            "merge windows: effective window and p99 latency (ms, left) against the offered rate (msg/s, right)",
+            ("sans-serif", 15),
+        )
+        .margin(8)
+        .x_label_area_size(36)
+        .y_label_area_size(70)
+        .right_y_label_area_size(RIGHT_AXIS)
+        .build_cartesian_2d(time.clone(), 0.0..hi)
+        .map_err(err)?
+        .set_secondary_coord(time.clone(), 0.0..hi2);
+    c.configure_mesh()
+        .x_desc("seconds since start")
+        .y_desc("ms")
+        .y_label_formatter(&|v| short(*v))
+        .draw()
+        .map_err(err)?;
+    c.configure_secondary_axes()
+        .y_desc("published msg/s")
+        .label_style(("sans-serif", 12))
+        .y_label_formatter(&|v| short(*v))
+        .draw()
+        .map_err(err)?;
+    shade(&mut *c, window, 0.0, hi)?;
+    if !offered.is_empty() {
+        c.draw_secondary_series(LineSeries::new(offered, GREY.stroke_width(2)))
+            .map_err(err)?
+            .label("offered: published msg/s (right axis)")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], GREY.stroke_width(2)));
+    }
+    lines(&mut *c, left)?;
+    legend(&mut *c)
 }
 
 fn chart(
@@ -118,6 +214,7 @@ fn chart(
     caption: &str,
     time: &Range<f64>,
     window: Option<(f64, f64)>,
+    right: u32,
     log_if_wide: bool,
     series: Vec<Series<'_>>,
 ) -> Result<(), String> {
@@ -142,7 +239,8 @@ fn chart(
         .caption(caption, ("sans-serif", 15))
         .margin(8)
         .x_label_area_size(36)
-        .y_label_area_size(70);
+        .y_label_area_size(70)
+        .right_y_label_area_size(right);
     if log {
         let mut c = builder
             .build_cartesian_2d(time.clone(), (lo..hi).log_scale())
@@ -270,6 +368,8 @@ mod tests {
                 }),
                 edge_cores: Some(0.5),
                 control_cores: None,
+                window_ms: (i > 2).then(|| 100.0 + 10.0 * f64::from(i)),
+                channels_stretched: Some(1),
             })
             .collect();
         let path =
@@ -279,5 +379,20 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         assert!(svg.contains("<text") && svg.contains("measured window"));
         assert!(svg.contains("<polyline"));
+        assert!(svg.contains("effective window") && svg.contains("messages per frame"));
+
+        // Edges that log no windows: the three charts of before.
+        let old: Vec<Sample> = timeline
+            .into_iter()
+            .map(|s| Sample {
+                window_ms: None,
+                channels_stretched: None,
+                ..s
+            })
+            .collect();
+        draw(&path, "old edges", &old, Some((5.0, 15.0))).unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert!(!svg.contains("effective window") && !svg.contains("messages per frame"));
     }
 }

@@ -4,6 +4,7 @@
 //! stderr: redrawn in place on a terminal, one line every five seconds otherwise.
 
 use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -16,6 +17,7 @@ use crate::msgs::{add_pairs, new_tick_histogram, Tick};
 use crate::observer::Observer;
 use crate::publish::PubState;
 use crate::sys;
+use crate::system::{self, WindowDelta, WindowStats};
 use crate::term;
 
 /// One second of the run.
@@ -35,6 +37,12 @@ pub struct Sample {
     pub latency_ms: Option<Percentiles>,
     pub edge_cores: Option<f64>,
     pub control_cores: Option<f64>,
+    /// The mean effective merge window, ms, over the newest interval every edge logged
+    /// (Δ`window_seconds_sum` / Δ`window_seconds_count` summed over the edges); `None` when no
+    /// window closed then, or the edges do not log windows.
+    pub window_ms: Option<f64>,
+    /// Channels whose window is stretched past their tick now, summed over the edges.
+    pub channels_stretched: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -78,6 +86,8 @@ struct State {
     publisher: Option<Arc<PubState>>,
     edge_pids: Vec<u32>,
     control_pid: Option<u32>,
+    /// The edges' logs, for their `edge stats` lines.
+    edge_logs: Vec<PathBuf>,
     timeline: Vec<Sample>,
 }
 
@@ -111,6 +121,49 @@ struct Totals {
     published: u64,
     edge_cpu: Option<f64>,
     control_cpu: Option<f64>,
+    windows: WindowTracker,
+}
+
+/// Each edge's two newest `edge stats` lines, as far as their merge windows go: a sample shows
+/// the newest interval every edge logged (the edges log once a second, on their own clocks).
+#[derive(Default)]
+pub struct WindowTracker {
+    edges: Vec<EdgeWindows>,
+}
+
+#[derive(Default, Clone)]
+struct EdgeWindows {
+    line: Option<String>,
+    previous: Option<WindowStats>,
+    latest: Option<WindowStats>,
+}
+
+impl WindowTracker {
+    /// Takes every edge's newest `edge stats` line (`None`: none yet, or no log); returns the
+    /// mean effective window (ms) over the newest logged interval of all edges, and the channels
+    /// stretched now summed over them — both `None` when no edge logs windows.
+    pub fn update(&mut self, lines: &[Option<String>]) -> (Option<f64>, Option<u64>) {
+        if self.edges.len() < lines.len() {
+            self.edges.resize(lines.len(), EdgeWindows::default());
+        }
+        let mut total = WindowDelta::default();
+        let mut channels = None;
+        for (edge, line) in self.edges.iter_mut().zip(lines) {
+            let Some(line) = line else { continue };
+            if edge.line.as_deref() != Some(line.as_str()) {
+                let windows = system::parse_edge_stats(line).windows();
+                edge.previous = std::mem::replace(&mut edge.latest, windows);
+                edge.line = Some(line.clone());
+            }
+            if let Some(latest) = &edge.latest {
+                *channels.get_or_insert(0) += latest.channels_stretched;
+                if let Some(previous) = &edge.previous {
+                    total.add(&WindowDelta::between(previous, latest));
+                }
+            }
+        }
+        (total.mean_ms(), channels)
+    }
 }
 
 impl Live {
@@ -147,6 +200,10 @@ impl Live {
         let mut s = self.lock();
         s.edge_pids = edge_pids;
         s.control_pid = control_pid;
+    }
+
+    pub fn set_edge_logs(&self, logs: Vec<PathBuf>) {
+        self.lock().edge_logs = logs;
     }
 
     pub fn set_publisher(&self, publisher: Option<Arc<PubState>>) {
@@ -218,6 +275,9 @@ impl Live {
 
     fn sample(&self, observer: &Observer, totals: &mut Totals) -> Sample {
         let edges = observer.edges();
+        let logs = self.lock().edge_logs.clone();
+        let lines: Vec<Option<String>> = logs.iter().map(|l| system::edge_stats_line(l)).collect();
+        let (window_ms, channels_stretched) = totals.windows.update(&lines);
         let now = Instant::now();
         let mut s = self.lock();
         let cpu = |pids: &[u32]| -> Option<f64> {
@@ -255,13 +315,13 @@ impl Live {
             latency_ms: s.latency.take().as_ref().and_then(Percentiles::of),
             edge_cores: cores(edge_cpu, totals.edge_cpu),
             control_cores: cores(control_cpu, totals.control_cpu),
+            window_ms,
+            channels_stretched,
         };
-        *totals = Totals {
-            at: Some(now),
-            published,
-            edge_cpu,
-            control_cpu,
-        };
+        totals.at = Some(now);
+        totals.published = published;
+        totals.edge_cpu = edge_cpu;
+        totals.control_cpu = control_cpu;
         s.timeline.push(sample.clone());
         sample
     }
@@ -293,6 +353,9 @@ impl Live {
             if matches!(s.phase, "warmup" | "window") {
                 line += &format!(" ({} so far {:.1} ms)", s.phase, so_far.p99);
             }
+        }
+        if let Some(w) = x.window_ms {
+            line += &format!(" | window {w:.0} ms");
         }
         if let Some(c) = x.edge_cores {
             line += &format!(" | edges {c:.2} cores");
@@ -327,5 +390,50 @@ pub fn rate(v: f64) -> String {
         format!("{:.1}k", v / 1e3)
     } else {
         format!("{v:.0}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(t: u32, sum: f64, count: u64, channels: u64) -> Option<String> {
+        Some(format!(
+            "t{t} INFO edge stats connections=1 window_seconds_sum=\"{sum:.3}\" \
+             window_seconds_count={count} windows_stretched=0 windows_capped=0 \
+             channels_stretched={channels}"
+        ))
+    }
+
+    #[test]
+    fn the_window_of_a_second_is_the_newest_interval_of_every_edge() {
+        let mut w = WindowTracker::default();
+        // One line per edge: no interval yet, but the gauge.
+        assert_eq!(
+            w.update(&[line(0, 1.0, 10, 1), line(0, 0.0, 0, 0)]),
+            (None, Some(1))
+        );
+        // Edge 0: 2 s over 20 windows; edge 1: 1 s over 5.
+        let (ms, channels) = w.update(&[line(1, 3.0, 30, 1), line(1, 1.0, 5, 2)]);
+        assert!((ms.unwrap() - 3000.0 / 25.0).abs() < 1e-9, "{ms:?}");
+        assert_eq!(channels, Some(3));
+        // No new line from edge 1 yet: its newest interval stands.
+        let (ms, _) = w.update(&[line(2, 4.0, 40, 0), line(1, 1.0, 5, 2)]);
+        assert!((ms.unwrap() - 2000.0 / 15.0).abs() < 1e-9, "{ms:?}");
+        // Idle: new lines, nothing closed.
+        w.update(&[line(3, 4.0, 40, 0), line(2, 1.0, 5, 0)]);
+        assert_eq!(
+            w.update(&[line(4, 4.0, 40, 0), line(3, 1.0, 5, 0)]),
+            (None, Some(0))
+        );
+    }
+
+    #[test]
+    fn edges_without_windows_show_nothing() {
+        let mut w = WindowTracker::default();
+        let old = Some("t0 INFO edge stats connections=1 flushes=2".to_string());
+        assert_eq!(w.update(&[old.clone(), None]), (None, None));
+        let old = Some("t1 INFO edge stats connections=1 flushes=3".to_string());
+        assert_eq!(w.update(&[old, None]), (None, None));
     }
 }

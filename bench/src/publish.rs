@@ -89,11 +89,101 @@ pub fn ts_digits_at(data: &[u8]) -> Option<usize> {
     (n == TS_DIGITS).then_some(HEAD.len())
 }
 
+/// A load ramp (`--ramp-to`): from `start` seconds after publishing began the rate rises (or
+/// falls) linearly from the plan's rate to `to` over `secs` seconds, and stays at `to` after.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Ramp {
+    pub start: f64,
+    pub secs: f64,
+    pub to: f64,
+}
+
+/// A paced publisher's rate over time, in seconds since publishing began: `rate` until the
+/// ramp (if any), then the ramp's line, then its end rate. Message `k` (from 0) is due when the
+/// integral of the rate reaches `k`, so the first is due at once and the count due by `t` is
+/// `floor(∫₀ᵗ rate) + 1`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Schedule {
+    pub rate: f64,
+    pub ramp: Option<Ramp>,
+}
+
+impl Schedule {
+    /// The same schedule for one of `lanes` threads: every rate divided by `lanes`.
+    pub fn share(self, lanes: u64) -> Schedule {
+        let n = lanes.max(1) as f64;
+        Schedule {
+            rate: self.rate / n,
+            ramp: self.ramp.map(|r| Ramp { to: r.to / n, ..r }),
+        }
+    }
+
+    /// The ramp's start, length (> 0) and slope (msg/s²), if any.
+    fn line(&self) -> Option<(f64, f64, f64)> {
+        let r = self.ramp?;
+        let secs = r.secs.max(1e-9);
+        Some((r.start, secs, (r.to - self.rate) / secs))
+    }
+
+    /// Messages per second at `t`.
+    pub fn rate_at(&self, t: f64) -> f64 {
+        match self.line() {
+            Some((start, _, _)) if t < start => self.rate,
+            Some((start, secs, slope)) => self.rate + slope * (t - start).min(secs),
+            None => self.rate,
+        }
+    }
+
+    /// ∫₀ᵗ rate: the messages due by `t`, as a real number.
+    pub fn integral(&self, t: f64) -> f64 {
+        let t = t.max(0.0);
+        let Some((start, secs, slope)) = self.line() else {
+            return self.rate * t;
+        };
+        if t <= start {
+            return self.rate * t;
+        }
+        let s = (t - start).min(secs);
+        let ramped = self.rate * start + self.rate * s + slope * s * s / 2.0;
+        ramped + self.rate_at(t) * (t - start - s)
+    }
+
+    /// Messages due by `t`: message `k` is due once the integral reaches `k`.
+    pub fn due(&self, t: f64) -> u64 {
+        self.integral(t).floor() as u64 + 1
+    }
+
+    /// When message `k` is due (the integral reaches `k`), seconds since the start; `None` if
+    /// never (the rate falls to 0 first).
+    pub fn time_of(&self, k: u64) -> Option<f64> {
+        let k = k as f64;
+        let Some((start, secs, slope)) = self.line() else {
+            return (self.rate > 0.0).then(|| k / self.rate);
+        };
+        let before = self.rate * start;
+        if k <= before {
+            return Some(k / self.rate);
+        }
+        let ramp_total = self.rate * secs + slope * secs * secs / 2.0;
+        let m = k - before;
+        if m <= ramp_total {
+            // slope s²/2 + rate s = m, in the form that stays exact for a flat ramp.
+            let root = (self.rate * self.rate + 2.0 * slope * m).max(0.0).sqrt();
+            let s = 2.0 * m / (self.rate + root).max(1e-12);
+            return Some(start + s.min(secs));
+        }
+        let end = self.rate + slope * secs;
+        (end > 0.0).then(|| start + secs + (m - ramp_total) / end)
+    }
+}
+
 /// What to publish.
 pub struct Plan {
     pub rooms: usize,
     /// Messages per second over all threads; 0: as fast as the sinks take them.
     pub rate: f64,
+    /// `--ramp-to`: the rate (over all threads) changes linearly from `rate` to the ramp's.
+    pub ramp: Option<Ramp>,
     pub payload: usize,
     pub mix: PriorityMix,
     pub picker: RoomPicker,
@@ -157,6 +247,8 @@ pub struct Probe {
 
 /// A running publisher: one thread per sink.
 pub struct Publisher {
+    /// When publishing began: every thread's schedule counts from here.
+    started: Instant,
     stop: Arc<AtomicBool>,
     state: Arc<PubState>,
     threads: Vec<JoinHandle<()>>,
@@ -174,6 +266,7 @@ impl Publisher {
         });
         let plan = Arc::new(plan);
         let lanes = sinks.len() as u64;
+        let started = Instant::now();
         let mut threads: Vec<JoinHandle<()>> = sinks
             .into_iter()
             .enumerate()
@@ -185,7 +278,7 @@ impl Publisher {
                 };
                 std::thread::Builder::new()
                     .name(format!("publisher-{j}"))
-                    .spawn(move || publish_loop(sink, &plan, lane, &s, &st, false))
+                    .spawn(move || publish_loop(sink, &plan, lane, started, &s, &st, false))
                     .expect("spawn publisher")
             })
             .collect();
@@ -194,15 +287,21 @@ impl Publisher {
             let lane = Lane { index: 0, of: 1 };
             let thread = std::thread::Builder::new()
                 .name("publish-probe".into())
-                .spawn(move || publish_loop(sink, &plan, lane, &s, &st, true))
+                .spawn(move || publish_loop(sink, &plan, lane, started, &s, &st, true))
                 .expect("spawn the probe");
             threads.push(thread);
         }
         Publisher {
+            started,
             stop,
             state,
             threads,
         }
+    }
+
+    /// When publishing began (the warm-up and any ramp count from here).
+    pub fn started(&self) -> Instant {
+        self.started
     }
 
     pub fn state(&self) -> &Arc<PubState> {
@@ -263,6 +362,7 @@ fn publish_loop(
     mut sink: Box<dyn Sink>,
     plan: &Plan,
     lane: Lane,
+    start: Instant,
     stop: &AtomicBool,
     state: &PubState,
     probe: bool,
@@ -286,26 +386,32 @@ fn publish_loop(
     }
     // A round sends everything due, or (replaying) one whole batch once it is due.
     let round = replay.as_ref().map_or(1, |(msgs, _)| msgs.len() as u64);
-    let rate = plan.rate / lane.of as f64;
-    let interval = Duration::from_secs_f64(1.0 / rate.max(1e-6));
-    let start = Instant::now();
+    let schedule = Schedule {
+        rate: plan.rate,
+        ramp: plan.ramp,
+    }
+    .share(lane.of);
+    let paced = schedule.rate > 0.0;
     let mut sent: u64 = 0;
     let mut batch: Vec<Outgoing> = Vec::new();
     let mut calls = new_latency_histogram();
     while !stop.load(Ordering::Relaxed) {
-        // Paced: message k is due k / rate seconds after the start. Unpaced: everything is.
-        let due = if rate > 0.0 {
+        // Paced: message k is due when the schedule's integral reaches k. Unpaced: everything is.
+        let due = if paced {
             let now = Instant::now();
-            let due = (now.duration_since(start).as_secs_f64() * rate) as u64 + 1;
+            let t = now.duration_since(start).as_secs_f64();
+            let due = schedule.due(t);
             if due < sent + round {
-                let next = start + interval.mul_f64((sent + round - 1) as f64);
-                std::thread::sleep(
-                    next.saturating_duration_since(now)
-                        .min(Duration::from_millis(50)),
-                );
+                // Until the round's last message is due (at most 50 ms, to notice a stop).
+                let wait = schedule
+                    .time_of(sent + round - 1)
+                    .map_or(Duration::MAX, |at| {
+                        (start + Duration::from_secs_f64(at)).saturating_duration_since(now)
+                    });
+                std::thread::sleep(wait.min(Duration::from_millis(50)));
                 continue;
             }
-            if due - (sent + round - 1) > (rate / 10.0).max(1.0) as u64 + 1 {
+            if due - (sent + round - 1) > (schedule.rate_at(t) / 10.0).max(1.0) as u64 + 1 {
                 state.late_rounds.fetch_add(1, Ordering::Relaxed);
             }
             due
@@ -371,6 +477,103 @@ fn account(state: &PubState, msgs: &[Outgoing], results: Vec<Outcome>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// 10 msg/s for a 3 s warm-up, then up to 150 msg/s over a 30 s window.
+    fn ramp() -> Schedule {
+        Schedule {
+            rate: 10.0,
+            ramp: Some(Ramp {
+                start: 3.0,
+                secs: 30.0,
+                to: 150.0,
+            }),
+        }
+    }
+
+    #[test]
+    fn a_steady_schedule_paces_as_before() {
+        let s = Schedule {
+            rate: 100.0,
+            ramp: None,
+        };
+        assert_eq!(s.due(0.0), 1, "the first message at once");
+        assert_eq!(s.due(0.0099), 1);
+        assert_eq!(s.due(0.0101), 2);
+        assert_eq!(s.due(10.0), 1001);
+        assert_eq!(s.time_of(0), Some(0.0));
+        assert!((s.time_of(250).unwrap() - 2.5).abs() < 1e-12);
+        assert_eq!(s.rate_at(5.0), 100.0);
+    }
+
+    #[test]
+    fn a_ramp_rises_linearly_over_the_window() {
+        let s = ramp();
+        // The warm-up at the starting rate.
+        assert_eq!(s.rate_at(1.0), 10.0);
+        assert_eq!(s.due(2.95), 30, "29.5 due by 2.95 s: messages 0..=29");
+        assert!((s.integral(3.0) - 30.0).abs() < 1e-9);
+        // Halfway: 80 msg/s; 30 + 15 * 10 + 140/30 * 15²/2 = 705 by then.
+        assert!((s.rate_at(18.0) - 80.0).abs() < 1e-9);
+        assert!((s.integral(18.0) - 705.0).abs() < 1e-9);
+        assert_eq!(s.due(18.0), 706);
+        // The whole window: (10 + 150) / 2 * 30 = 2400 messages.
+        assert!((s.integral(33.0) - s.integral(3.0) - 2400.0).abs() < 1e-9);
+        assert_eq!(s.due(33.0) - s.due(3.0), 2400);
+        // After the window it stays at the end rate.
+        assert!((s.rate_at(40.0) - 150.0).abs() < 1e-9);
+        assert!((s.integral(35.0) - 2730.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_ramp_says_when_each_message_is_due() {
+        let s = ramp();
+        for k in [0, 1, 29, 30, 31, 100, 705, 1500, 2429, 2430, 2431, 5000] {
+            let t = s.time_of(k).unwrap();
+            assert!(
+                (s.integral(t) - k as f64).abs() < 1e-6,
+                "message {k} at {t}: integral {}",
+                s.integral(t)
+            );
+            assert_eq!(s.due(t + 1e-9), k + 1, "message {k} is due at {t}");
+            assert_eq!(s.due((t - 1e-6).max(0.0)), k.max(1), "not before {t}");
+        }
+        assert!((s.time_of(705).unwrap() - 18.0).abs() < 1e-9);
+        // A flat "ramp" is the steady rate.
+        let flat = Schedule {
+            rate: 10.0,
+            ramp: Some(Ramp {
+                start: 3.0,
+                secs: 30.0,
+                to: 10.0,
+            }),
+        };
+        assert!((flat.time_of(305).unwrap() - 30.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_ramp_down_to_zero_stops() {
+        let s = Schedule {
+            rate: 100.0,
+            ramp: Some(Ramp {
+                start: 0.0,
+                secs: 10.0,
+                to: 0.0,
+            }),
+        };
+        assert!((s.integral(10.0) - 500.0).abs() < 1e-9);
+        assert!((s.integral(100.0) - 500.0).abs() < 1e-9, "nothing after");
+        assert!((s.time_of(500).unwrap() - 10.0).abs() < 1e-6);
+        assert_eq!(s.time_of(501), None, "never due");
+    }
+
+    #[test]
+    fn lanes_share_a_ramp() {
+        let s = ramp().share(4);
+        assert_eq!(s.rate, 2.5);
+        assert_eq!(s.ramp.unwrap().to, 37.5);
+        assert_eq!(s.ramp.unwrap().start, 3.0, "the same times");
+        assert!((s.integral(33.0) * 4.0 - ramp().integral(33.0)).abs() < 1e-9);
+    }
 
     #[test]
     fn data_is_padded_json_of_the_requested_size() {

@@ -12,8 +12,8 @@ use crate::dist::Group;
 use crate::floor::FloorResult;
 use crate::kernel_tcp::Counters;
 use crate::msgs::{add_counts, add_pairs, histogram_of, new_latency_histogram, Connected, Report};
-use crate::progress::rate;
-use crate::scenario::{rate_text, RunArgs};
+use crate::progress::{rate, Sample};
+use crate::scenario::{ramp_text, rate_text, RunArgs};
 use crate::sys::{KernelMem, ProcMem};
 use crate::system::{self, EdgeLoad, Measured};
 
@@ -311,7 +311,7 @@ pub fn edge_totals(edges: &[Measured]) -> BTreeMap<String, u64> {
         .iter()
         .filter_map(|m| system::edge_stats(m.log.as_deref()?))
     {
-        add_counts(&mut total, &stats);
+        add_counts(&mut total, &stats.counters);
     }
     total
 }
@@ -516,7 +516,7 @@ pub fn print_table(r: &Value) {
         println!(
             "publishing     {:.1} msg/s achieved {} (mix {}, {} B) via {}: {} in the {:.1} s window, {} in all; errors {}{}",
             f(&p["rate_in_window"]),
-            match rate_text(f(&c["rate"])).as_str() {
+            match requested_text(c).as_str() {
                 "unpaced" => "unpaced".to_string(),
                 requested => format!("of {requested}"),
             },
@@ -571,6 +571,9 @@ pub fn print_table(r: &Value) {
                 ms(&l["max"]),
             );
         }
+    }
+    for line in window_lines(r) {
+        println!("{line}");
     }
     if let Some(k) = r.get("kernel_tcp") {
         for line in kernel_tcp_lines(k) {
@@ -689,6 +692,131 @@ pub fn print_table(r: &Value) {
         );
     }
     println!("summary: {}", r["summary"].as_str().unwrap_or(""));
+}
+
+/// The requested rate from the run's config: `100 msg/s`, `unpaced`, or a ramp with its mean.
+fn requested_text(c: &Value) -> String {
+    match c["ramp_to"].as_f64() {
+        Some(to) => {
+            let from = f(&c["rate"]);
+            format!("{} (mean {} msg/s)", ramp_text(from, to), (from + to) / 2.0)
+        }
+        None => rate_text(f(&c["rate"])),
+    }
+}
+
+/// 1234567 → "1,234,567".
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, d) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(d);
+    }
+    out
+}
+
+/// The value of an edge flag given with --edge-arg (`--tick-ms=0` or `--tick-ms`, `0`).
+pub fn edge_arg(edge_args: &[String], name: &str) -> Option<String> {
+    let mut it = edge_args.iter();
+    while let Some(a) = it.next() {
+        if let Some(v) = a.strip_prefix(name) {
+            if let Some(v) = v.strip_prefix('=') {
+                return Some(v.to_string());
+            }
+            if v.is_empty() {
+                return it.next().cloned();
+            }
+        }
+    }
+    None
+}
+
+/// The table's `windows` line (the edges' merge windows over the measured window) and, for a
+/// ramp, its `ramp` line: nothing when the edges do not log windows.
+fn window_lines(r: &Value) -> Vec<String> {
+    let mut lines = Vec::new();
+    let w = &r["windows"];
+    if w.is_object() {
+        let mean = if w["mean_ms"].is_number() {
+            format!("mean {:.0} ms over the window", f(&w["mean_ms"]))
+        } else {
+            "none closed in the window".to_string()
+        };
+        let tick = match w["tick_ms"].as_u64() {
+            Some(t) => format!(" (tick {t} ms"),
+            None => " (tick ?".to_string(),
+        };
+        let cap = w["max_window_ms"]
+            .as_u64()
+            .map_or(String::new(), |m| format!(", cap {m} ms"));
+        lines.push(format!(
+            "windows        {mean}{tick}{cap}); {} of {} stretched, {} capped",
+            thousands(w["stretched"].as_u64().unwrap_or(0)),
+            thousands(w["windows"].as_u64().unwrap_or(0)),
+            thousands(w["capped"].as_u64().unwrap_or(0)),
+        ));
+    }
+    let ramp = &r["ramp"];
+    if ramp["low"].is_object() {
+        let end = |e: &Value| {
+            let mut s = format!("{} msg/s published", rate(f(&e["published_per_s"])));
+            if e["window_ms"].is_number() {
+                s += &format!(", window {:.0} ms", f(&e["window_ms"]));
+            }
+            if e["p99_ms"].is_number() {
+                s += &format!(", p99 {:.1} ms", f(&e["p99_ms"]));
+            }
+            if e["msgs_per_frame"].is_number() {
+                s += &format!(", {:.2} msgs/frame", f(&e["msgs_per_frame"]));
+            }
+            s
+        };
+        lines.push(format!(
+            "ramp           {} over the {:.0} s window; first {} s: {}; last {} s: {}",
+            ramp_text(f(&ramp["from"]), f(&ramp["to"])),
+            f(&ramp["secs"]),
+            ramp["low"]["secs"],
+            end(&ramp["low"]),
+            ramp["high"]["secs"],
+            end(&ramp["high"]),
+        ));
+    }
+    lines
+}
+
+/// A ramp's two ends, from the timeline's seconds in the measured window: the first and the
+/// last sixth (at least one second each) — the offered rate, the mean effective window, the
+/// mean of the per-second p99s (and their max), and messages per frame.
+pub fn ramp_ends(timeline: &[Sample]) -> Option<Value> {
+    let window: Vec<&Sample> = timeline.iter().filter(|s| s.phase == "window").collect();
+    if window.is_empty() {
+        return None;
+    }
+    let n = (window.len() / 6).max(1);
+    let end = |part: &[&Sample]| {
+        let mean = |v: Vec<f64>| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
+        let p99s: Vec<f64> = part
+            .iter()
+            .filter_map(|s| Some(s.latency_ms?.p99))
+            .collect();
+        let msgs: f64 = part.iter().map(|s| s.delivered_msgs_per_s).sum();
+        let frames: f64 = part.iter().map(|s| s.frames_per_s).sum();
+        json!({
+            "secs": part.len(),
+            "published_per_s": mean(part.iter().map(|s| s.published_per_s).collect()),
+            "window_ms": mean(part.iter().filter_map(|s| s.window_ms).collect()),
+            "p99_ms": mean(p99s.clone()),
+            "p99_max_ms": p99s.iter().copied().reduce(f64::max),
+            "msgs_per_frame": (frames > 0.0).then(|| msgs / frames),
+        })
+    };
+    Some(json!({
+        "low": end(&window[..n]),
+        "high": end(&window[window.len() - n..]),
+    }))
 }
 
 /// `1.5 GiB`, or smaller units below a GiB.
@@ -900,7 +1028,7 @@ pub fn summary(r: &Value) -> String {
     if let Some(d) = r.get("delivery") {
         s += &format!(
             "; {} ({}) via {}: {} msg/s published, {} msg/s delivered in {} frames/s",
-            rate_text(f(&c["rate"])),
+            requested_text(c),
             c["priority_mix"].as_str().unwrap_or("?"),
             r["system"]["publish_via"].as_str().unwrap_or("?"),
             rate(f(&r["publishing"]["rate_in_window"])),
@@ -924,6 +1052,9 @@ pub fn summary(r: &Value) -> String {
                     s += &format!(" (P0 p99 {} ms)", ms(&p0["latency_ms"]["p99"]));
                 }
             }
+        }
+        if r["windows"]["mean_ms"].is_number() {
+            s += &format!(", windows mean {:.0} ms", f(&r["windows"]["mean_ms"]));
         }
         let cpu = &r["cpu"];
         if cpu["edge_us_per_frame"].is_number() {
@@ -1012,6 +1143,98 @@ mod tests {
             summary.contains("(KERNEL OUT OF TCP MEMORY in the window (4 pressure events"),
             "{summary}"
         );
+    }
+
+    fn second(t: f64, phase: &'static str, published: f64, window: Option<f64>) -> Sample {
+        Sample {
+            t,
+            phase,
+            conns: 10,
+            edge_conns: Some(10),
+            published_per_s: published,
+            delivered_msgs_per_s: published * 10.0,
+            frames_per_s: 10.0,
+            reconnects_per_s: 0.0,
+            latency_ms: Some(crate::progress::Percentiles {
+                p50: 1.0,
+                p90: 2.0,
+                p99: 3.0 + t,
+                p999: 4.0 + t,
+                max: 5.0 + t,
+            }),
+            edge_cores: None,
+            control_cores: None,
+            window_ms: window,
+            channels_stretched: None,
+        }
+    }
+
+    #[test]
+    fn ramp_ends_and_the_windows_line() {
+        let mut timeline = vec![second(0.0, "warmup", 10.0, None)];
+        timeline.extend((1..=12).map(|i| {
+            let t = f64::from(i);
+            second(t, "window", 10.0 * t, (i > 1).then_some(5.0 * t))
+        }));
+        timeline.push(second(13.0, "after", 0.0, None));
+        let ends = ramp_ends(&timeline).unwrap();
+        // 12 seconds in the window: the first and last 2.
+        assert_eq!(ends["low"]["secs"], 2);
+        assert_eq!(ends["low"]["published_per_s"], 15.0);
+        assert_eq!(
+            ends["low"]["window_ms"], 10.0,
+            "only the second that had one"
+        );
+        assert_eq!(ends["low"]["p99_ms"], 4.5);
+        assert_eq!(ends["high"]["published_per_s"], 115.0);
+        assert_eq!(ends["high"]["window_ms"], 57.5);
+        assert_eq!(ends["high"]["p99_max_ms"], 15.0);
+        assert_eq!(ends["high"]["msgs_per_frame"], 115.0);
+        assert_eq!(ramp_ends(&timeline[..1]), None, "no window");
+
+        let mut ramp = ends;
+        ramp["from"] = json!(10.0);
+        ramp["to"] = json!(150.0);
+        ramp["secs"] = json!(12.0);
+        let r = json!({
+            "windows": {"mean_ms": 312.4, "windows": 1300, "stretched": 1234, "capped": 0,
+                        "tick_ms": 100, "max_window_ms": 2000},
+            "ramp": ramp,
+        });
+        let lines = window_lines(&r);
+        assert_eq!(
+            lines[0],
+            "windows        mean 312 ms over the window (tick 100 ms, cap 2000 ms); 1,234 of 1,300 stretched, 0 capped"
+        );
+        assert!(
+            lines[1].starts_with("ramp           10 -> 150 msg/s ramp over the 12 s window; first 2 s: 15 msg/s published, window 10 ms, p99 4.5 ms, 15.00 msgs/frame; last 2 s: 115 msg/s"),
+            "{}",
+            lines[1]
+        );
+        // Edges that log no windows, no ramp: no lines.
+        assert!(window_lines(&json!({})).is_empty());
+        assert_eq!(
+            requested_text(&json!({"rate": 10.0, "ramp_to": 150.0})),
+            "10 -> 150 msg/s ramp (mean 80 msg/s)"
+        );
+        assert_eq!(
+            requested_text(&json!({"rate": 10.0, "ramp_to": null})),
+            "10 msg/s"
+        );
+    }
+
+    #[test]
+    fn thousands_and_edge_args() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1234), "1,234");
+        assert_eq!(thousands(1_234_567), "1,234,567");
+        let args: Vec<String> = ["--io=epoll", "--tick-ms=0", "--max-window-ms", "500"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(edge_arg(&args, "--tick-ms").as_deref(), Some("0"));
+        assert_eq!(edge_arg(&args, "--max-window-ms").as_deref(), Some("500"));
+        assert_eq!(edge_arg(&args, "--tick"), None, "whole names only");
     }
 
     #[test]

@@ -255,6 +255,13 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 10.0)]
     pub rate: f64,
 
+    /// Ramp the load in one run: the publish rate rises (or falls) linearly from --rate to this
+    /// many msg/s over the measured window (the warm-up stays at --rate; after the window, if
+    /// publishing goes on, it stays at this), every publisher thread its share, paced exactly:
+    /// message k is due when the integral of the rate reaches k. Needs a paced --rate (not 0).
+    #[arg(long, value_name = "R")]
+    pub ramp_to: Option<f64>,
+
     /// Size of each message's data (JSON {"ts":...,"pad":"xxx..."}), bytes.
     #[arg(long, default_value_t = 128)]
     pub payload: usize,
@@ -373,6 +380,19 @@ impl RunArgs {
         if self.rate.is_nan() || self.rate < 0.0 {
             return Err("--rate must be positive, or 0 for as fast as they are taken".into());
         }
+        if let Some(to) = self.ramp_to {
+            if !to.is_finite() || to < 0.0 {
+                return Err(format!("--ramp-to must be 0 or more msg/s, not {to}"));
+            }
+            if self.rate == 0.0 {
+                return Err(
+                    "--ramp-to needs a paced --rate to start from (--rate 0 is unpaced)".into(),
+                );
+            }
+            if self.hold_only {
+                return Err("--ramp-to publishes; --hold-only does not".into());
+            }
+        }
         if self.probe_rate.is_nan() || self.probe_rate < 0.0 {
             return Err("--probe-rate must be positive, or 0 for no probe".into());
         }
@@ -452,9 +472,12 @@ impl RunArgs {
         )
     }
 
-    /// `100 msg/s`, or `unpaced` for --rate 0.
+    /// `100 msg/s`, `unpaced` for --rate 0, or `10 -> 150 msg/s ramp` with --ramp-to.
     pub fn rate_text(&self) -> String {
-        rate_text(self.rate)
+        match self.ramp_to {
+            Some(to) => ramp_text(self.rate, to),
+            None => rate_text(self.rate),
+        }
     }
 
     /// The scenario's name: its file stem, or `custom`.
@@ -473,6 +496,11 @@ pub fn rate_text(rate: f64) -> String {
     } else {
         format!("{rate} msg/s")
     }
+}
+
+/// A ramp: `10 -> 150 msg/s ramp`.
+pub fn ramp_text(from: f64, to: f64) -> String {
+    format!("{from} -> {to} msg/s ramp")
 }
 
 #[cfg(test)]
@@ -543,5 +571,17 @@ mod tests {
         assert!(load(&["--server", "nats", "--no-spawn"]).is_err());
         let nats = load(&["--server", "nats", "--transport", "ws-json"]).unwrap();
         assert_eq!(nats.transport, Transport::NatsWs, "NATS's own protocol");
+        assert!(load(&["--rate", "10", "--ramp-to", "150"]).is_ok());
+        assert!(
+            load(&["--rate", "100", "--ramp-to", "0"]).is_ok(),
+            "down to 0"
+        );
+        assert!(load(&["--rate", "10", "--ramp-to=-1"]).is_err());
+        assert!(load(&["--rate", "10", "--ramp-to", "NaN"]).is_err());
+        assert!(
+            load(&["--rate", "0", "--ramp-to", "150"]).is_err(),
+            "unpaced"
+        );
+        assert!(load(&["--hold-only", "--ramp-to", "150"]).is_err());
     }
 }

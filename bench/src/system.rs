@@ -422,24 +422,125 @@ const LEGACY_EDGE_STATS: [(&str, &str); 10] = [
     ("dropped_budget", "messages_dropped_budget"),
 ];
 
-/// The counters of the newest `edge stats` line in an edge's log (numeric fields only), under
-/// their current names.
-pub fn edge_stats(log: &Path) -> Option<BTreeMap<String, u64>> {
-    let text = strip_ansi(&std::fs::read_to_string(log).ok()?);
-    let line = text.lines().rev().find(|l| l.contains("edge stats"))?;
-    let mut out = BTreeMap::new();
+/// One `edge stats` line's numeric fields: every integer under its current name in `counters`,
+/// and every number (integers too, and `window_seconds_sum=12.345`, quoted or not) in `floats`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EdgeStats {
+    pub counters: BTreeMap<String, u64>,
+    pub floats: BTreeMap<String, f64>,
+}
+
+impl EdgeStats {
+    /// The merge-window figures, when the edge logs them (edges built before windows stretched
+    /// with the fan-out do not: `None`).
+    pub fn windows(&self) -> Option<WindowStats> {
+        Some(WindowStats {
+            seconds_sum: *self.floats.get("window_seconds_sum")?,
+            count: *self.counters.get("window_seconds_count")?,
+            stretched: self.counters.get("windows_stretched").copied().unwrap_or(0),
+            capped: self.counters.get("windows_capped").copied().unwrap_or(0),
+            channels_stretched: self
+                .counters
+                .get("channels_stretched")
+                .copied()
+                .unwrap_or(0),
+        })
+    }
+}
+
+/// An edge's merge windows as one `edge stats` line has them: running totals over all levels
+/// (`window_seconds_sum` / `_count`: the effective windows' lengths), the windows stretched past
+/// the tick and capped at `--max-window-ms`, and the gauge of channels stretched now.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct WindowStats {
+    pub seconds_sum: f64,
+    pub count: u64,
+    pub stretched: u64,
+    pub capped: u64,
+    pub channels_stretched: u64,
+}
+
+/// What happened to the windows between two readings of the running totals.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct WindowDelta {
+    pub seconds_sum: f64,
+    pub count: u64,
+    pub stretched: u64,
+    pub capped: u64,
+}
+
+impl WindowDelta {
+    /// `later − earlier`; nothing when the totals went backwards (another process).
+    pub fn between(earlier: &WindowStats, later: &WindowStats) -> WindowDelta {
+        if later.count < earlier.count {
+            return WindowDelta::default();
+        }
+        WindowDelta {
+            seconds_sum: (later.seconds_sum - earlier.seconds_sum).max(0.0),
+            count: later.count - earlier.count,
+            stretched: later.stretched.saturating_sub(earlier.stretched),
+            capped: later.capped.saturating_sub(earlier.capped),
+        }
+    }
+
+    pub fn add(&mut self, other: &WindowDelta) {
+        self.seconds_sum += other.seconds_sum;
+        self.count += other.count;
+        self.stretched += other.stretched;
+        self.capped += other.capped;
+    }
+
+    /// The mean effective window, ms (Δsum / Δcount); `None` when no window closed.
+    pub fn mean_ms(&self) -> Option<f64> {
+        (self.count > 0).then(|| self.seconds_sum * 1000.0 / self.count as f64)
+    }
+}
+
+/// Parses one `edge stats` log line (colour codes already stripped).
+pub fn parse_edge_stats(line: &str) -> EdgeStats {
+    let mut out = EdgeStats::default();
     for token in line.split_whitespace() {
-        if let Some((k, v)) = token.split_once('=') {
-            if let Ok(v) = v.trim_matches('"').parse::<u64>() {
-                let k = LEGACY_EDGE_STATS
-                    .iter()
-                    .find(|(old, _)| *old == k)
-                    .map_or(k, |(_, new)| new);
-                out.insert(k.to_string(), v);
+        let Some((k, v)) = token.split_once('=') else {
+            continue;
+        };
+        let v = v.trim_matches('"');
+        let k = LEGACY_EDGE_STATS
+            .iter()
+            .find(|(old, _)| *old == k)
+            .map_or(k, |(_, new)| new);
+        if let Ok(n) = v.parse::<u64>() {
+            out.counters.insert(k.to_string(), n);
+        }
+        if let Ok(x) = v.parse::<f64>() {
+            if x.is_finite() {
+                out.floats.insert(k.to_string(), x);
             }
         }
     }
-    (!out.is_empty()).then_some(out)
+    out
+}
+
+/// The newest `edge stats` line in an edge's log, without colour codes (read from the log's
+/// last 64 KiB: it is read every second).
+pub fn edge_stats_line(log: &Path) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    const TAIL: u64 = 64 * 1024;
+    let mut file = File::open(log).ok()?;
+    let len = file.metadata().ok()?.len();
+    file.seek(SeekFrom::Start(len.saturating_sub(TAIL))).ok()?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).ok()?;
+    // Whole lines only: the edge may be writing the last one.
+    let end = bytes.iter().rposition(|&b| b == b'\n')?;
+    let text = strip_ansi(&String::from_utf8_lossy(&bytes[..end]));
+    let line = text.lines().rev().find(|l| l.contains("edge stats"))?;
+    Some(line.to_string())
+}
+
+/// The numbers of the newest `edge stats` line in an edge's log, under their current names.
+pub fn edge_stats(log: &Path) -> Option<EdgeStats> {
+    let stats = parse_edge_stats(&edge_stats_line(log)?);
+    (!stats.counters.is_empty()).then_some(stats)
 }
 
 /// The I/O driver an edge chose, from its "edge started" log line.
@@ -487,4 +588,122 @@ fn strip_ansi(s: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An `edge stats` line as the edge logs it (tracing's fmt: strings quoted).
+    const LINE: &str = "2025-01-02T03:04:05.678901Z  INFO roomcast_engine::metrics: edge stats \
+        connections=10000 connections_accepted=10000 messages_in=1234 batches=300 \
+        write_calls=99 write_calls_per_flush=\"1.000\" deliveries=7 \
+        window_seconds_sum=\"12.345\" window_seconds_count=300 windows_stretched=250 \
+        windows_capped=3 channels_stretched=1";
+
+    #[test]
+    fn parses_integers_and_floats_of_an_edge_stats_line() {
+        let s = parse_edge_stats(LINE);
+        assert_eq!(s.counters["connections"], 10_000);
+        assert_eq!(s.counters["worker_batches"], 7, "the legacy name renamed");
+        assert!(
+            !s.counters.contains_key("window_seconds_sum"),
+            "not an integer"
+        );
+        assert!(!s.counters.contains_key("write_calls_per_flush"));
+        assert_eq!(s.floats["window_seconds_sum"], 12.345);
+        assert_eq!(s.floats["write_calls_per_flush"], 1.0);
+        assert_eq!(
+            s.floats["connections"], 10_000.0,
+            "integers are numbers too"
+        );
+        let w = s.windows().expect("this edge logs windows");
+        assert_eq!(
+            w,
+            WindowStats {
+                seconds_sum: 12.345,
+                count: 300,
+                stretched: 250,
+                capped: 3,
+                channels_stretched: 1,
+            }
+        );
+        // Unquoted (another formatter) reads the same.
+        let bare = parse_edge_stats("edge stats window_seconds_sum=0.5 window_seconds_count=2");
+        assert_eq!(bare.windows().unwrap().seconds_sum, 0.5);
+        assert_eq!(
+            bare.windows().unwrap().stretched,
+            0,
+            "absent counters are 0"
+        );
+    }
+
+    #[test]
+    fn an_older_edge_has_no_windows() {
+        let s = parse_edge_stats(
+            "INFO edge stats connections=5 flushes=10 write_calls=12 write_calls_per_flush=\"1.200\"",
+        );
+        assert_eq!(s.counters["flushes"], 10);
+        assert_eq!(s.windows(), None);
+    }
+
+    #[test]
+    fn window_deltas_give_the_mean_effective_window() {
+        let at = |sum: f64, count: u64, stretched: u64| WindowStats {
+            seconds_sum: sum,
+            count,
+            stretched,
+            capped: 0,
+            channels_stretched: 0,
+        };
+        let d = WindowDelta::between(&at(12.345, 300, 250), &at(15.345, 310, 258));
+        assert_eq!(d.count, 10);
+        assert_eq!(d.stretched, 8);
+        assert!(
+            (d.mean_ms().unwrap() - 300.0).abs() < 1e-9,
+            "3 s over 10 windows"
+        );
+        // Summed over edges: Δsum / Δcount of the total, not a mean of means.
+        let mut total = d;
+        total.add(&WindowDelta::between(&at(1.0, 10, 0), &at(1.1, 100, 0)));
+        assert!((total.mean_ms().unwrap() - 3100.0 / 100.0).abs() < 1e-9);
+        // No window closed: no mean.
+        assert_eq!(
+            WindowDelta::between(&at(1.0, 10, 0), &at(1.0, 10, 0)).mean_ms(),
+            None
+        );
+        // A restarted edge (totals went back) counts nothing.
+        assert_eq!(
+            WindowDelta::between(&at(5.0, 50, 9), &at(0.1, 1, 0)),
+            WindowDelta::default()
+        );
+    }
+
+    #[test]
+    fn reads_the_newest_whole_line_of_a_log() {
+        let dir = std::env::temp_dir().join(format!("roomcast-bench-stats-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("edge.log");
+        let old = "\x1b[2mt0\x1b[0m INFO edge stats connections=1 window_seconds_sum=\"0.100\" window_seconds_count=1";
+        std::fs::write(
+            &log,
+            format!("{old}\n{LINE}\nINFO something else\nINFO edge stats connections=3 window_se"),
+        )
+        .unwrap();
+        assert_eq!(
+            edge_stats_line(&log).as_deref(),
+            Some(LINE),
+            "not the half-written one"
+        );
+        let stats = edge_stats(&log).unwrap();
+        assert_eq!(stats.counters["connections"], 10_000);
+        std::fs::write(&log, format!("{old}\n")).unwrap();
+        let stats = edge_stats(&log).unwrap();
+        assert_eq!(
+            stats.windows().unwrap().seconds_sum,
+            0.1,
+            "colour codes stripped"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

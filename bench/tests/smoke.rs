@@ -74,6 +74,10 @@ fn run_small_scenario(via: &str, io: &str) -> Value {
         "--tcp-port".into(),
         ports[1].port().to_string(),
     ]);
+    if via == "link" {
+        // The link run ramps the load: 20 -> 40 msg/s over the 3 s window.
+        args.extend(["--ramp-to".into(), "40".into()]);
+    }
     run_bench(&format!("smoke-{via}-{io}"), &args, RUN_LIMIT).result
 }
 
@@ -116,6 +120,29 @@ fn a_small_scenario_delivers_everything_on_every_driver() {
             assert_eq!(p["out_of_order"], 0, "{io}: {p}");
             let p99 = p["latency_ms"]["p99"].as_f64().expect("a latency p99");
             assert!(p99 > 0.0 && p99 < 2000.0, "{io}: p99 of {p99} ms: {p}");
+        }
+        // The edges' merge windows, over the window and per second.
+        let windows = &r["windows"];
+        assert!(
+            windows["mean_ms"].as_f64().is_some_and(|ms| ms >= 0.0),
+            "{io}: the mean effective window: {windows}"
+        );
+        assert!(windows["windows"].as_u64() > Some(0), "{io}: {windows}");
+        assert!(
+            r["timeline"]
+                .as_array()
+                .is_some_and(|t| t.iter().any(|s| s["window_ms"].is_number())),
+            "{io}: the timeline has windows"
+        );
+        if via == "link" {
+            let ramp = &r["publishing"]["ramp"];
+            assert_eq!(ramp["planned_in_window"], 90.0, "{io}: {ramp}");
+            let in_window = r["publishing"]["in_window"].as_u64().unwrap_or(0);
+            assert!(
+                (85..=95).contains(&in_window),
+                "{io}: (20 + 40) / 2 x 3 s = 90 messages in the window, not {in_window}"
+            );
+            assert!(r["ramp"]["high"].is_object(), "{io}: {}", r["ramp"]);
         }
         assert!(
             r["cpu"]["edge_frame_vs_floor"]
