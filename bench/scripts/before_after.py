@@ -10,6 +10,9 @@ prints medians (with ranges) as a Markdown table.
 100-byte payloads, 10, 50 and 100 msg/s (100k, 500k and 1M deliveries/s), with a window of 0 and
 100 ms (`--publish-via link`, the edge's `--tick-ms`) and the control plane's default levels
 (`--publish-via control`: a 10k room sits at level 3, a 500 ms tick), both drivers.
+`--only slow-viewers` runs the 50 and 100 msg/s rows with a window of 0 and 100 ms on a slower
+viewer side: one client thread (`--client-threads 1`) reads all 10,000 sockets, so the viewers,
+not the edge, set the pace, as with the single-threaded probe of issue 11.
 
     cargo build --release -p roomcast-bench -p roomcast-engine -p roomcast-control
     python3 bench/scripts/before_after.py --before /path/to/old/roomcast-edge \
@@ -100,6 +103,17 @@ def matrix(only):
                             "--duration", "10", f"--edge-arg=--tick-ms={tick}",
                             f"--edge-arg=--io={io}"]
                     configs.append((name, args, room_metrics))
+    if only == "slow-viewers":
+        for rate in (50, 100):
+            for window in ("0", "100"):
+                for io in ("uring", "epoll"):
+                    name = f"{rate} msg/s, window {window} ms, one client thread, {io}"
+                    args = ["--conns", "10000", "--rooms", "1", "--transport", "ws-json",
+                            "--payload", "100", "--warmup", "3", "--duration", "10",
+                            "--client-threads", "1", "--publish-via", "link",
+                            f"--edge-arg=--tick-ms={window}", "--rate", str(rate),
+                            f"--edge-arg=--io={io}"]
+                    configs.append((name, args, overload_metrics))
     if only == "overload":
         common = ["--conns", "10000", "--rooms", "1", "--transport", "ws-json", "--payload", "100",
                   "--warmup", "3", "--duration", "10"]
@@ -129,7 +143,7 @@ def main():
     p.add_argument("--after", required=True, help="the new roomcast-edge binary")
     p.add_argument("--bench", help="roomcast-bench (default: next to --after)")
     p.add_argument("--runs", type=int, default=3)
-    p.add_argument("--only", choices=["room", "hold", "overload"])
+    p.add_argument("--only", choices=["room", "hold", "overload", "slow-viewers"])
     p.add_argument("--out", default="target/before-after")
     a = p.parse_args()
     bench = a.bench or os.path.join(os.path.dirname(a.after), "roomcast-bench")

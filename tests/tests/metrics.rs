@@ -99,6 +99,7 @@ fn the_edge_serves_metrics_health_and_readiness() {
             at_least(p, "roomcast_write_iovecs_count", 2.0)?;
             at_least(p, "roomcast_batches_total", 1.0)?;
             at_least(p, "roomcast_batch_messages_count", 1.0)?;
+            at_least(p, "roomcast_window_seconds_count", 1.0)?;
             at_least(p, "roomcast_publish_to_flush_seconds_count", 1.0)?;
             at_least(p, "roomcast_room_members", 2.0)?;
             at_least(p, "roomcast_rooms", 1.0)?;
