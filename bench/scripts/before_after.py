@@ -103,20 +103,19 @@ def matrix(only):
                             "--duration", "10", f"--edge-arg=--tick-ms={tick}",
                             f"--edge-arg=--io={io}"]
                     configs.append((name, args, room_metrics))
+    # Issue 11's 10k room of WebSocket/JSON viewers.
+    room = ["--conns", "10000", "--rooms", "1", "--transport", "ws-json", "--payload", "100",
+            "--warmup", "3", "--duration", "10"]
     if only == "slow-viewers":
         for rate in (50, 100):
             for window in ("0", "100"):
                 for io in ("uring", "epoll"):
                     name = f"{rate} msg/s, window {window} ms, one client thread, {io}"
-                    args = ["--conns", "10000", "--rooms", "1", "--transport", "ws-json",
-                            "--payload", "100", "--warmup", "3", "--duration", "10",
-                            "--client-threads", "1", "--publish-via", "link",
+                    args = [*room, "--client-threads", "1", "--publish-via", "link",
                             f"--edge-arg=--tick-ms={window}", "--rate", str(rate),
                             f"--edge-arg=--io={io}"]
                     configs.append((name, args, overload_metrics))
     if only == "overload":
-        common = ["--conns", "10000", "--rooms", "1", "--transport", "ws-json", "--payload", "100",
-                  "--warmup", "3", "--duration", "10"]
         for rate in (10, 50, 100):
             for window in ("0", "100", "levels"):
                 for io in ("uring", "epoll"):
@@ -126,7 +125,7 @@ def matrix(only):
                     else:
                         name = f"{rate} msg/s, window {window} ms, {io}"
                         via = ["--publish-via", "link", f"--edge-arg=--tick-ms={window}"]
-                    args = [*common, *via, "--rate", str(rate), f"--edge-arg=--io={io}"]
+                    args = [*room, *via, "--rate", str(rate), f"--edge-arg=--io={io}"]
                     configs.append((name, args, overload_metrics))
     if only in (None, "hold"):
         for io in ("uring", "epoll"):

@@ -30,7 +30,7 @@ use roomcast_proto::client::{
 };
 use roomcast_proto::handshake::{client_key, client_request, parse_client_response};
 use roomcast_proto::message::PRIORITIES;
-use roomcast_proto::ws::{parse_server_frame, put_client_frame, OpCode};
+use roomcast_proto::ws::{parse_server_frame, put_client_frame, OpCode, ServerFrame};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::{ip_add, ClientArgs, Cmd, Input, ThreadHistograms, Transport, WAKE};
@@ -751,18 +751,9 @@ impl Loop {
                     pos += 4 + len;
                 }
                 Transport::NatsWs => {
-                    let frame = match parse_server_frame(rest) {
-                        Ok(None) => return Some(pos),
-                        Ok(Some(f)) => f,
-                        Err(e) => {
-                            self.lost(k, format!("ws: {e}"));
-                            return None;
-                        }
+                    let Some(frame) = self.ws_frame(k, rest)? else {
+                        return Some(pos);
                     };
-                    if frame.len > MAX_FRAME {
-                        self.lost(k, format!("frame of {} bytes", frame.len));
-                        return None;
-                    }
                     let payload = &rest[frame.payload.clone()];
                     match frame.opcode {
                         // The protocol is a byte stream: fragments and frames alike.
@@ -776,18 +767,9 @@ impl Loop {
                     pos += frame.len;
                 }
                 Transport::WsJson | Transport::WsBinary => {
-                    let frame = match parse_server_frame(rest) {
-                        Ok(None) => return Some(pos),
-                        Ok(Some(f)) => f,
-                        Err(e) => {
-                            self.lost(k, format!("ws: {e}"));
-                            return None;
-                        }
+                    let Some(frame) = self.ws_frame(k, rest)? else {
+                        return Some(pos);
                     };
-                    if frame.len > MAX_FRAME {
-                        self.lost(k, format!("frame of {} bytes", frame.len));
-                        return None;
-                    }
                     let payload = &rest[frame.payload.clone()];
                     if !frame.fin {
                         // The edge never fragments; count and skip.
@@ -804,6 +786,23 @@ impl Loop {
                     }
                     pos += frame.len;
                 }
+            }
+        }
+    }
+
+    /// The next whole WebSocket frame at the start of `rest`: `Some(None)` when it has not all
+    /// arrived, `None` when the connection is lost (a malformed or oversized frame).
+    fn ws_frame(&mut self, k: usize, rest: &[u8]) -> Option<Option<ServerFrame>> {
+        match parse_server_frame(rest) {
+            Ok(None) => Some(None),
+            Ok(Some(frame)) if frame.len > MAX_FRAME => {
+                self.lost(k, format!("frame of {} bytes", frame.len));
+                None
+            }
+            Ok(Some(frame)) => Some(Some(frame)),
+            Err(e) => {
+                self.lost(k, format!("ws: {e}"));
+                None
             }
         }
     }

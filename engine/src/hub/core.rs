@@ -791,15 +791,13 @@ impl HubCore {
         let was_held = channel.window.is_held();
         let next = channel.window.poll(now);
         let held = channel.window.is_held();
-        match next {
-            Next::Idle => {}
-            Next::CloseNow => {}
-            Next::At(at) => {
-                if channel.armed != Some(at) {
-                    channel.armed = Some(at);
-                    self.timers.push(Reverse((at, TimerKey::of(target))));
-                }
-            }
+        let arm = match next {
+            Next::At(at) if channel.armed != Some(at) => Some(at),
+            _ => None,
+        };
+        if let Some(at) = arm {
+            channel.armed = Some(at);
+            self.timers.push(Reverse((at, TimerKey::of(target))));
         }
         if held && !was_held {
             self.stats.channels_stretched += 1;

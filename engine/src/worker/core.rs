@@ -432,7 +432,6 @@ impl WorkerCore {
             *total += n;
         }
         conn.out.abandon(&mut self.progress);
-        self.report_written();
         self.stats.connections = self.conns.len() as u64;
     }
 
@@ -444,7 +443,6 @@ impl WorkerCore {
             ToWorker::Deliver(delivery) => {
                 self.delivered_at.push(delivery.first_received);
                 self.deliver(now, &delivery);
-                self.report_written();
             }
             ToWorker::QueryUser { request, user } => self.answer_user_query(request, &user),
             ToWorker::Confirmed { kind, name, token } => self.confirmed(now, kind, name, token),
@@ -557,7 +555,9 @@ impl WorkerCore {
     }
 
     /// Batches written to enough of their members since the last call go to the hub (they let
-    /// a stretched window close, so the hub is woken for them).
+    /// a stretched window close, so the hub is woken for them). Run at the head of every
+    /// `poll_to_hub`, so whatever settled them — a write, a shed, a release — is reported the
+    /// same round.
     fn report_written(&mut self) {
         let worker = self.index;
         let mut any = false;
