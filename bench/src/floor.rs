@@ -31,7 +31,8 @@ pub struct FloorArgs {
     /// Payload of the frame's one message, bytes (the frame adds the batch header).
     #[arg(long, default_value_t = 128)]
     pub payload: usize,
-    /// Rounds: each round writes the frame once to every connection.
+    /// Rounds: each round writes the frame once to every connection (more while the writer has
+    /// used under 0.1 s of CPU, which the thread clock's 4 ms ticks could not measure well).
     #[arg(long, default_value_t = 200)]
     pub iters: usize,
     /// Syscall used for the writes: writev, or sendmsg with MSG_NOSIGNAL (what the edge's epoll
@@ -135,8 +136,13 @@ impl FloorResult {
     }
 }
 
+/// The least writer CPU a floor measures: twenty-five 4 ms ticks, so the clock's granularity costs
+/// at most 4 % of the figure.
+const MIN_FLOOR_CPU_SECS: f64 = 0.1;
+
 /// Opens `args.conns` loopback connections and writes one pre-encoded frame to each of them,
-/// `args.iters` times over, timing the writing thread's CPU.
+/// `args.iters` times over (more rounds while the writer has used under
+/// [`MIN_FLOOR_CPU_SECS`]), timing the writing thread's CPU.
 pub fn measure(args: &FloorArgs) -> io::Result<FloorResult> {
     let (soft, _) = roomcast_ops::limits::nofile_limit()?;
     if (2 * args.conns + 64) as u64 > soft {
@@ -246,7 +252,11 @@ pub fn measure(args: &FloorArgs) -> io::Result<FloorResult> {
     let mut bytes: u64 = 0;
     let cpu0 = sys::thread_cpu_secs();
     let wall0 = Instant::now();
-    for _ in 0..args.iters {
+    let mut rounds = 0;
+    // The thread CPU clock advances in scheduler ticks (4 ms at 250 Hz): a short floor can read
+    // 0 s, and a ratio to it would be meaningless. Keep writing until it is measurable.
+    while rounds < args.iters || sys::thread_cpu_secs() - cpu0 < MIN_FLOOR_CPU_SECS {
+        rounds += 1;
         for &fd in &fds {
             let n = vectored_write(fd, &iov, args.syscall);
             if n == frame.len() as isize {
@@ -291,7 +301,7 @@ pub fn measure(args: &FloorArgs) -> io::Result<FloorResult> {
     );
     Ok(FloorResult {
         conns: args.conns,
-        iters: args.iters,
+        iters: rounds,
         payload: args.payload,
         frame_bytes: frame.len(),
         iovecs: iov.len(),

@@ -329,7 +329,8 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 2000)]
     pub floor_conns: usize,
 
-    /// Rounds of the in-run floor measurement.
+    /// Rounds of the in-run floor measurement (at least; more while it has used under 0.1 s of
+    /// CPU).
     #[arg(long, default_value_t = 50)]
     pub floor_iters: usize,
 
