@@ -6,7 +6,10 @@
 //!
 //! Server frames are encoded once per batch and then shared by every recipient, so each encoder
 //! first computes the exact size of the finished frame (framing included) and fills a single
-//! allocation of exactly that size, without intermediate strings or serde.
+//! allocation of exactly that size, without intermediate strings or serde. The hot encoders
+//! (batches, plain replies, closes) compute that size in closed form; the rarer frames with
+//! optional parts (ops, replies with extras, room counts) are written by one function over an
+//! `Out` that first only measures, then writes, so size and bytes cannot disagree.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -17,7 +20,8 @@ use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::message::{PushMessage, Target, PRIORITIES};
+use super::ids::is_valid_epoch;
+use super::message::{PushMessage, RecoveryFailure, Since, Target, PRIORITIES};
 use super::wire::{Reader, WireError};
 use super::ws::{put_server_header, server_header_len, OpCode};
 
@@ -40,9 +44,22 @@ const OP_AUTH: u8 = 0x01;
 const OP_JOIN: u8 = 0x02;
 const OP_LEAVE: u8 = 0x03;
 const OP_PING: u8 = 0x04;
+const OP_HISTORY: u8 = 0x05;
 const OP_REPLY: u8 = 0x81;
 const OP_BATCH: u8 = 0x82;
 const OP_CLOSE: u8 = 0x83;
+const OP_ROOM: u8 = 0x84;
+
+/// Messages a `history` op asks for when it names no `limit`.
+pub const DEFAULT_HISTORY_LIMIT: u32 = 100;
+
+/// The largest `limit` a `history` op may carry; larger (and 0) is `bad_request`.
+pub const MAX_HISTORY_LIMIT: u32 = 1000;
+
+/// Bits of the binary reply's `flags` byte: which extras follow, in this order.
+const FLAG_POSITION: u8 = 0x01;
+const FLAG_RECOVERED: u8 = 0x02;
+const FLAG_MSGS: u8 = 0x04;
 
 /// Length of the `u32` prefix of every raw TCP frame.
 const TCP_PREFIX_LEN: usize = 4;
@@ -75,14 +92,32 @@ impl WireFormat {
 /// One op sent by a client; each gets exactly one reply carrying its `seq`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientOp {
-    /// Authenticate with a JWT; must be the connection's first op.
-    Auth { seq: u64, token: String },
-    /// Join a room. The id is kept as sent: the session layer validates it.
-    Join { seq: u64, room: String },
+    /// Authenticate with a JWT; must be the connection's first op. `since` asks to resume the
+    /// user's channel from a position (its epoch is valid when decoded).
+    Auth {
+        seq: u64,
+        token: String,
+        since: Option<Since>,
+    },
+    /// Join a room, resuming from `since` when given (its epoch is valid when decoded). The id
+    /// is kept as sent: the session layer validates it.
+    Join {
+        seq: u64,
+        room: String,
+        since: Option<Since>,
+    },
     /// Leave a room. The id is kept as sent: the session layer validates it.
     Leave { seq: u64, room: String },
     /// Heartbeat.
     Ping { seq: u64 },
+    /// Stored messages of a room after `since` (at most `limit`, which is
+    /// 1 ..= [`MAX_HISTORY_LIMIT`] when decoded). The id is kept as sent.
+    History {
+        seq: u64,
+        room: String,
+        since: u64,
+        limit: u32,
+    },
 }
 
 impl ClientOp {
@@ -92,7 +127,8 @@ impl ClientOp {
             ClientOp::Auth { seq, .. }
             | ClientOp::Join { seq, .. }
             | ClientOp::Leave { seq, .. }
-            | ClientOp::Ping { seq } => *seq,
+            | ClientOp::Ping { seq }
+            | ClientOp::History { seq, .. } => *seq,
         }
     }
 }
@@ -267,6 +303,102 @@ impl<'de: 'a, 'a> Visitor<'de> for JsonFieldVisitor<'a> {
     }
 }
 
+/// A field that may be left out. Unlike `Option`, whose `null` reads as "absent", a `null` here
+/// is a present (and badly typed) value, so an optional field cannot be silently nulled.
+#[derive(Default)]
+enum Optional<T> {
+    #[default]
+    Absent,
+    Present(T),
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Optional<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        T::deserialize(deserializer).map(Optional::Present)
+    }
+}
+
+/// The value of `since`, read without ever failing like [`JsonField`]: an integer (`history`),
+/// an object whose `epoch` and `seq` are kept unchecked (`join`, `auth`), or anything else.
+enum SinceField<'a> {
+    UInt(u64),
+    Object {
+        epoch: Option<JsonField<'a>>,
+        seq: Option<JsonField<'a>>,
+        /// A key appeared twice, which the top level refuses too.
+        duplicate: bool,
+    },
+    Other,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for SinceField<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(SinceFieldVisitor(PhantomData))
+    }
+}
+
+struct SinceFieldVisitor<'a>(PhantomData<&'a ()>);
+
+impl<'de: 'a, 'a> Visitor<'de> for SinceFieldVisitor<'a> {
+    type Value = SinceField<'a>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(SinceField::UInt(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(u64::try_from(v).map_or(SinceField::Other, SinceField::UInt))
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(SinceField::Other)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(SinceField::Other)
+    }
+
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(SinceField::Other)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(SinceField::Other)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(SinceField::Other)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut epoch = None;
+        let mut seq = None;
+        let mut duplicate = false;
+        while let Some(key) = map.next_key::<JsonField<'a>>()? {
+            let slot = match &key {
+                JsonField::Str(k) if k == "epoch" => &mut epoch,
+                JsonField::Str(k) if k == "seq" => &mut seq,
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                    continue;
+                }
+            };
+            duplicate |= slot.is_some();
+            *slot = Some(map.next_value::<JsonField<'a>>()?);
+        }
+        Ok(SinceField::Object {
+            epoch,
+            seq,
+            duplicate,
+        })
+    }
+}
+
 /// A JSON client op with every field still unchecked; unknown fields are ignored.
 #[derive(Deserialize)]
 struct RawClientOp<'a> {
@@ -278,6 +410,10 @@ struct RawClientOp<'a> {
     token: Option<JsonField<'a>>,
     #[serde(borrow)]
     room: Option<JsonField<'a>>,
+    #[serde(borrow, default)]
+    since: Optional<SinceField<'a>>,
+    #[serde(borrow, default)]
+    limit: Optional<JsonField<'a>>,
 }
 
 /// True when `text` starts (after JSON whitespace) with `{`. serde's derived structs also accept
@@ -299,12 +435,76 @@ fn required_string(field: Option<JsonField<'_>>, seq: u64, name: &str) -> Result
     }
 }
 
+const BAD_SINCE_EPOCH: &str = "`since.epoch` must be 1 to 32 bytes of [A-Za-z0-9_-]";
+
+/// The resume position of a `join` or `auth` numbered `seq`: absent, or an object with a valid
+/// string `epoch` and an integer `seq` (0 ..= 2^53).
+fn optional_since(field: Optional<SinceField<'_>>, seq: u64) -> Result<Option<Since>, OpError> {
+    let (epoch, since_seq) = match field {
+        Optional::Absent => return Ok(None),
+        Optional::Present(SinceField::Object {
+            epoch,
+            seq: since_seq,
+            duplicate: false,
+        }) => (epoch, since_seq),
+        Optional::Present(_) => {
+            return Err(OpError::bad_request(
+                seq,
+                "`since` must be an object with `epoch` and `seq`",
+            ))
+        }
+    };
+    let epoch = match epoch {
+        Some(JsonField::Str(epoch)) if is_valid_epoch(epoch.as_bytes()) => epoch.into_owned(),
+        _ => return Err(OpError::bad_request(seq, BAD_SINCE_EPOCH)),
+    };
+    match since_seq {
+        Some(JsonField::UInt(since)) if since <= MAX_JSON_SEQ => {
+            Ok(Some(Since { epoch, seq: since }))
+        }
+        _ => Err(OpError::bad_request(
+            seq,
+            "`since.seq` must be an integer from 0 to 2^53",
+        )),
+    }
+}
+
+/// The `since` of a `history` op numbered `seq`: a required integer (0 ..= 2^53).
+fn history_since(field: Optional<SinceField<'_>>, seq: u64) -> Result<u64, OpError> {
+    match field {
+        Optional::Present(SinceField::UInt(since)) if since <= MAX_JSON_SEQ => Ok(since),
+        _ => Err(OpError::bad_request(
+            seq,
+            "`since` must be an integer from 0 to 2^53",
+        )),
+    }
+}
+
+const BAD_LIMIT: &str = "`limit` must be an integer from 1 to 1000";
+
+/// The `limit` of a `history` op numbered `seq`: [`DEFAULT_HISTORY_LIMIT`] when absent, else
+/// an integer in 1 ..= [`MAX_HISTORY_LIMIT`].
+fn history_limit(field: Optional<JsonField<'_>>, seq: u64) -> Result<u32, OpError> {
+    match field {
+        Optional::Absent => Ok(DEFAULT_HISTORY_LIMIT),
+        Optional::Present(JsonField::UInt(limit))
+            if (1..=u64::from(MAX_HISTORY_LIMIT)).contains(&limit) =>
+        {
+            // At most MAX_HISTORY_LIMIT, a u32.
+            Ok(limit as u32)
+        }
+        Optional::Present(_) => Err(OpError::bad_request(seq, BAD_LIMIT)),
+    }
+}
+
 /// Decodes a client op from the JSON text of a WebSocket text message (section 2).
 ///
 /// Errors follow the protocol: anything that is not an object with a string `op` and an integer
 /// `seq` (0 ..= 2^53) is `bad_request`, an unknown `op` name is `unknown_op`, and a missing or
-/// non-string `token`/`room` is `bad_request`; the error carries the `seq` whenever one could be
-/// read. Room ids are returned as sent: validating them is the session layer's job.
+/// badly typed field of the op (`token`, `room`, `since`, `since.epoch`, `since.seq`, `limit`)
+/// is `bad_request` naming it; the error carries the `seq` whenever one could be read. Fields
+/// the op does not use are ignored whatever they hold. Room ids are returned as sent:
+/// validating them is the session layer's job.
 pub fn decode_json(text: &[u8]) -> Result<ClientOp, OpError> {
     if !starts_json_object(text) {
         return Err(OpError::bad_request(0, "an op must be a JSON object"));
@@ -327,21 +527,29 @@ pub fn decode_json(text: &[u8]) -> Result<ClientOp, OpError> {
         "auth" => Ok(ClientOp::Auth {
             seq,
             token: required_string(raw.token, seq, "token")?,
+            since: optional_since(raw.since, seq)?,
         }),
         "join" => Ok(ClientOp::Join {
             seq,
             room: required_string(raw.room, seq, "room")?,
+            since: optional_since(raw.since, seq)?,
         }),
         "leave" => Ok(ClientOp::Leave {
             seq,
             room: required_string(raw.room, seq, "room")?,
         }),
         "ping" => Ok(ClientOp::Ping { seq }),
+        "history" => Ok(ClientOp::History {
+            seq,
+            room: required_string(raw.room, seq, "room")?,
+            since: history_since(raw.since, seq)?,
+            limit: history_limit(raw.limit, seq)?,
+        }),
         // The unknown name is not echoed: it is untrusted and may be huge.
         _ => Err(OpError::new(
             seq,
             ErrorCode::UnknownOp,
-            "`op` must be one of auth, join, leave, ping",
+            "`op` must be one of auth, join, leave, ping, history",
         )),
     }
 }
@@ -349,13 +557,13 @@ pub fn decode_json(text: &[u8]) -> Result<ClientOp, OpError> {
 /// Decodes a client op from a binary payload (a WebSocket binary message or the bytes after a
 /// TCP length prefix; section 3).
 ///
-/// An op byte other than 0x01–0x04 is `unknown_op` (with `seq` 0, since an unknown body has no
-/// known layout); truncated fields, invalid UTF-8 and trailing bytes are `bad_request`, with the
-/// `seq` once it has been read.
+/// An op byte other than 0x01–0x05 is `unknown_op` (with `seq` 0, since an unknown body has no
+/// known layout); truncated fields, invalid UTF-8, trailing bytes, an invalid `since` epoch and
+/// a `limit` outside 1 ..= 1000 are `bad_request`, with the `seq` once it has been read.
 pub fn decode_binary(payload: &[u8]) -> Result<ClientOp, OpError> {
     let mut r = Reader::new(payload);
     let op = r.u8("op").map_err(|e| OpError::wire(0, e))?;
-    if !(OP_AUTH..=OP_PING).contains(&op) {
+    if !(OP_AUTH..=OP_HISTORY).contains(&op) {
         return Err(OpError::new(
             0,
             ErrorCode::UnknownOp,
@@ -363,27 +571,64 @@ pub fn decode_binary(payload: &[u8]) -> Result<ClientOp, OpError> {
         ));
     }
     let seq = r.u64("seq").map_err(|e| OpError::wire(0, e))?;
-    let body = |r: &mut Reader<'_>| -> Result<ClientOp, WireError> {
-        let decoded = match op {
-            OP_AUTH => ClientOp::Auth {
+    let decoded = decode_binary_body(op, seq, &mut r)?;
+    r.finish().map_err(|e| OpError::wire(seq, e))?;
+    Ok(decoded)
+}
+
+/// The body of a binary op after its `seq`; `op` is one of the known op bytes.
+fn decode_binary_body(op: u8, seq: u64, r: &mut Reader<'_>) -> Result<ClientOp, OpError> {
+    let wire = |e| OpError::wire(seq, e);
+    Ok(match op {
+        OP_AUTH => ClientOp::Auth {
+            seq,
+            token: r.str16("token").map_err(wire)?.to_owned(),
+            since: binary_since(r, seq)?,
+        },
+        OP_JOIN => ClientOp::Join {
+            seq,
+            room: r.str8("room").map_err(wire)?.to_owned(),
+            since: binary_since(r, seq)?,
+        },
+        OP_LEAVE => ClientOp::Leave {
+            seq,
+            room: r.str8("room").map_err(wire)?.to_owned(),
+        },
+        OP_HISTORY => {
+            let room = r.str8("room").map_err(wire)?.to_owned();
+            let since = r.u64("since").map_err(wire)?;
+            let limit = u32::from(r.u16("limit").map_err(wire)?);
+            if !(1..=MAX_HISTORY_LIMIT).contains(&limit) {
+                return Err(OpError::bad_request(seq, BAD_LIMIT));
+            }
+            ClientOp::History {
                 seq,
-                token: r.str16("token")?.to_owned(),
-            },
-            OP_JOIN => ClientOp::Join {
-                seq,
-                room: r.str8("room")?.to_owned(),
-            },
-            OP_LEAVE => ClientOp::Leave {
-                seq,
-                room: r.str8("room")?.to_owned(),
-            },
-            // OP_PING: the only byte left after the range check above.
-            _ => ClientOp::Ping { seq },
-        };
-        r.finish()?;
-        Ok(decoded)
-    };
-    body(&mut r).map_err(|e| OpError::wire(seq, e))
+                room,
+                since,
+                limit,
+            }
+        }
+        // OP_PING: the only byte left after the caller's range check.
+        _ => ClientOp::Ping { seq },
+    })
+}
+
+/// The optional `epoch str8, since u64` ending a binary `auth` or `join`: present exactly when
+/// bytes remain.
+fn binary_since(r: &mut Reader<'_>, seq: u64) -> Result<Option<Since>, OpError> {
+    if r.remaining() == 0 {
+        return Ok(None);
+    }
+    let wire = |e| OpError::wire(seq, e);
+    let epoch = r.str8("since.epoch").map_err(wire)?;
+    if !is_valid_epoch(epoch.as_bytes()) {
+        return Err(OpError::bad_request(seq, BAD_SINCE_EPOCH));
+    }
+    let since = r.u64("since.seq").map_err(wire)?;
+    Ok(Some(Since {
+        epoch: epoch.to_owned(),
+        seq: since,
+    }))
 }
 
 /// The `u32` length prefix of a raw TCP frame, once its 4 bytes are in `buf`. Callers check it
@@ -491,6 +736,100 @@ fn put_str16_clamped(out: &mut BytesMut, s: &str) {
     out.put_slice(s.as_bytes());
 }
 
+/// Where the measured encoders write: a buffer, or a [`Measure`] that only counts the bytes, so
+/// one function gives both the exact size to allocate and the bytes to fill it with.
+///
+/// Method names differ from [`BufMut`]'s so that both traits can be in scope for a `BytesMut`.
+trait Out {
+    /// Bytes as they are.
+    fn raw(&mut self, bytes: &[u8]);
+    /// `s` escaped as the contents of a JSON string (without the quotes).
+    fn escaped(&mut self, s: &str);
+    /// `n` in decimal.
+    fn decimal(&mut self, n: u64);
+
+    fn be_u8(&mut self, n: u8) {
+        self.raw(&[n]);
+    }
+
+    fn be_u16(&mut self, n: u16) {
+        self.raw(&n.to_be_bytes());
+    }
+
+    fn be_u32(&mut self, n: u32) {
+        self.raw(&n.to_be_bytes());
+    }
+
+    fn be_u64(&mut self, n: u64) {
+        self.raw(&n.to_be_bytes());
+    }
+
+    /// A `str8`, cut at a char boundary to fit.
+    fn str8(&mut self, s: &str) {
+        let s = clamp_str(s, u8::MAX as usize);
+        self.be_u8(s.len() as u8);
+        self.raw(s.as_bytes());
+    }
+
+    /// A `str16`, cut at a char boundary to fit.
+    fn str16(&mut self, s: &str) {
+        let s = clamp_str(s, u16::MAX as usize);
+        self.be_u16(s.len() as u16);
+        self.raw(s.as_bytes());
+    }
+}
+
+impl Out for BytesMut {
+    fn raw(&mut self, bytes: &[u8]) {
+        self.put_slice(bytes);
+    }
+
+    fn escaped(&mut self, s: &str) {
+        put_json_escaped(self, s);
+    }
+
+    fn decimal(&mut self, n: u64) {
+        put_decimal(self, n);
+    }
+}
+
+/// An [`Out`] that counts what would be written.
+#[derive(Default)]
+struct Measure(usize);
+
+impl Out for Measure {
+    fn raw(&mut self, bytes: &[u8]) {
+        self.0 += bytes.len();
+    }
+
+    fn escaped(&mut self, s: &str) {
+        self.0 += json_escaped_len(s);
+    }
+
+    fn decimal(&mut self, n: u64) {
+        self.0 += decimal_len(n);
+    }
+}
+
+/// How many bytes `write` writes.
+fn measure(write: impl FnOnce(&mut Measure)) -> usize {
+    let mut m = Measure::default();
+    write(&mut m);
+    m.0
+}
+
+/// A complete server frame (framing included) whose payload `write` produces, in one
+/// allocation of exactly its size.
+fn measured_server_frame(format: WireFormat, write: impl Fn(&mut dyn Out)) -> BytesMut {
+    let payload_len = measure(|m| write(m));
+    let size = server_frame_header_len(format, payload_len) + payload_len;
+    let mut out = BytesMut::with_capacity(size);
+    put_server_frame_header(&mut out, format, payload_len);
+    write(&mut out);
+    debug_assert_eq!(out.len(), size, "server frame size mis-computed");
+    out
+}
+
 /// Bytes of the framing in front of a server payload of `payload_len` bytes.
 fn server_frame_header_len(format: WireFormat, payload_len: usize) -> usize {
     match format {
@@ -585,6 +924,167 @@ fn build_reply(format: WireFormat, seq: u64, result: Result<(), (ErrorCode, &str
     out
 }
 
+/// Extra fields of a successful reply (section 2 shows their JSON, section 3 their binary
+/// layout). Each part is written only when it is `Some`; with none of them the reply is exactly
+/// [`encode_reply`]'s `Ok`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReplyExtra<'a> {
+    /// The channel's `epoch` and `last_seq` (join, auth and history replies).
+    pub position: Option<(&'a str, u64)>,
+    /// A join/auth that carried `since`: `Ok` is `"recovered":true`, `Err(f)` is
+    /// `"recovered":false,"reason":f`.
+    pub recovered: Option<Result<(), RecoveryFailure>>,
+    /// A history reply's messages, laid out like a batch's. At most [`MAX_MSGS_PER_BATCH`] are
+    /// sent (in every format, so that all formats carry the same reply); the edge's
+    /// [`MAX_HISTORY_LIMIT`] keeps far below that.
+    pub msgs: Option<&'a [PushMessage]>,
+    /// A history reply: `false` when the messages after `since` are no longer all stored.
+    /// Sent with `msgs` (and only with them: it is ignored when `msgs` is `None`), as `true`
+    /// when left `None`, so a history reply always says whether it is complete.
+    pub complete: Option<bool>,
+}
+
+impl ReplyExtra<'_> {
+    /// The history part: `complete` and the messages that are sent.
+    fn history(&self) -> Option<(bool, &[PushMessage])> {
+        self.msgs.map(|msgs| {
+            let sent = &msgs[..msgs.len().min(MAX_MSGS_PER_BATCH)];
+            (self.complete.unwrap_or(true), sent)
+        })
+    }
+
+    /// The binary `flags` byte: which extras follow.
+    fn flags(&self) -> u8 {
+        let mut flags = 0;
+        if self.position.is_some() {
+            flags |= FLAG_POSITION;
+        }
+        if self.recovered.is_some() {
+            flags |= FLAG_RECOVERED;
+        }
+        if self.msgs.is_some() {
+            flags |= FLAG_MSGS;
+        }
+        flags
+    }
+}
+
+const REPLY_OK: &str = r#","ok":true"#;
+const REPLY_EPOCH: &str = r#","epoch":""#;
+const REPLY_LAST_SEQ: &str = r#"","last_seq":"#;
+const REPLY_RECOVERED: &str = r#","recovered":true"#;
+const REPLY_NOT_RECOVERED: &str = r#","recovered":false,"reason":""#;
+const REPLY_COMPLETE: &str = r#","complete":true,"msgs":["#;
+const REPLY_INCOMPLETE: &str = r#","complete":false,"msgs":["#;
+
+/// Encodes the successful reply to the op numbered `seq` with its extras as a complete frame.
+///
+/// JSON writes the extras after `"ok":true` in the order `epoch`, `last_seq`, `recovered`,
+/// `reason`, `complete`, `msgs`; binary formats add a `flags` byte and the parts it announces
+/// (section 3) and cut an epoch or kind over 255 bytes at a char boundary, like batches.
+/// With [`ReplyExtra::default()`] the bytes are [`encode_reply`]'s for `Ok(())`.
+pub fn encode_reply_ok(format: WireFormat, seq: u64, extra: &ReplyExtra<'_>) -> Bytes {
+    measured_server_frame(format, |out| match format {
+        WireFormat::WsJson => write_json_reply_ok(out, seq, extra),
+        WireFormat::WsBinary | WireFormat::Tcp => write_binary_reply_ok(out, seq, extra),
+    })
+    .freeze()
+}
+
+fn write_json_reply_ok(out: &mut dyn Out, seq: u64, extra: &ReplyExtra<'_>) {
+    out.raw(REPLY_HEAD.as_bytes());
+    out.decimal(seq);
+    out.raw(REPLY_OK.as_bytes());
+    if let Some((epoch, last_seq)) = extra.position {
+        out.raw(REPLY_EPOCH.as_bytes());
+        out.escaped(epoch);
+        out.raw(REPLY_LAST_SEQ.as_bytes());
+        out.decimal(last_seq);
+    }
+    match extra.recovered {
+        None => {}
+        Some(Ok(())) => out.raw(REPLY_RECOVERED.as_bytes()),
+        Some(Err(failure)) => {
+            out.raw(REPLY_NOT_RECOVERED.as_bytes());
+            // Reasons are plain `[a-z_]`: nothing to escape.
+            out.raw(failure.as_str().as_bytes());
+            out.raw(b"\"");
+        }
+    }
+    if let Some((complete, msgs)) = extra.history() {
+        out.raw(
+            if complete {
+                REPLY_COMPLETE
+            } else {
+                REPLY_INCOMPLETE
+            }
+            .as_bytes(),
+        );
+        for (i, msg) in msgs.iter().enumerate() {
+            if i > 0 {
+                out.raw(b",");
+            }
+            write_json_msg(out, msg);
+        }
+        out.raw(b"]");
+    }
+    out.raw(b"}");
+}
+
+fn write_binary_reply_ok(out: &mut dyn Out, seq: u64, extra: &ReplyExtra<'_>) {
+    out.be_u8(OP_REPLY);
+    out.be_u64(seq);
+    out.be_u8(1);
+    let flags = extra.flags();
+    if flags == 0 {
+        return;
+    }
+    out.be_u8(flags);
+    if let Some((epoch, last_seq)) = extra.position {
+        out.str8(epoch);
+        out.be_u64(last_seq);
+    }
+    if let Some(recovered) = extra.recovered {
+        out.be_u8(recovered.err().map_or(0, RecoveryFailure::code));
+    }
+    if let Some((complete, msgs)) = extra.history() {
+        out.be_u8(u8::from(complete));
+        // `history` keeps at most MAX_MSGS_PER_BATCH (= u16::MAX) messages.
+        out.be_u16(msgs.len() as u16);
+        for msg in msgs {
+            write_binary_msg(out, msg);
+        }
+    }
+}
+
+const ROOM_HEAD: &str = r#"{"op":"room","room":""#;
+const ROOM_ONLINE: &str = r#"","online":"#;
+const ROOM_USERS: &str = r#","users":"#;
+
+/// Encodes a room's online count as a complete frame (JSON `{"op":"room",…}`, binary `0x84`):
+/// `online` connections and `users` distinct users in `room`. A binary format cuts a room id
+/// over 255 bytes at a char boundary.
+pub fn encode_room_online(format: WireFormat, room: &str, online: u32, users: u32) -> Bytes {
+    measured_server_frame(format, |out| match format {
+        WireFormat::WsJson => {
+            out.raw(ROOM_HEAD.as_bytes());
+            out.escaped(room);
+            out.raw(ROOM_ONLINE.as_bytes());
+            out.decimal(online.into());
+            out.raw(ROOM_USERS.as_bytes());
+            out.decimal(users.into());
+            out.raw(b"}");
+        }
+        WireFormat::WsBinary | WireFormat::Tcp => {
+            out.be_u8(OP_ROOM);
+            out.str8(room);
+            out.be_u32(online);
+            out.be_u32(users);
+        }
+    })
+    .freeze()
+}
+
 const BATCH_ROOM_HEAD: &str = r#"{"op":"batch","room":""#;
 const BATCH_USER_HEAD: &str = r#"{"op":"batch","user":""#;
 const BATCH_ID_TAIL: &str = r#"","msgs":["#;
@@ -643,6 +1143,31 @@ fn json_msg_len(msg: &PushMessage) -> usize {
         + MSG_TAIL.len()
 }
 
+/// One message of a JSON batch or history reply: `{"seq":…,"p":…,"kind":"…","data":…}`, exactly
+/// [`json_msg_len`] bytes.
+fn write_json_msg<O: Out + ?Sized>(out: &mut O, msg: &PushMessage) {
+    out.raw(MSG_SEQ.as_bytes());
+    out.decimal(msg.seq);
+    out.raw(MSG_PRIORITY.as_bytes());
+    out.decimal(msg.priority.into());
+    out.raw(MSG_KIND.as_bytes());
+    out.escaped(&msg.kind);
+    out.raw(MSG_DATA.as_bytes());
+    out.raw(&msg.data);
+    out.raw(MSG_TAIL.as_bytes());
+}
+
+/// One message of a binary batch or history reply: `seq u64`, `p u8`, `kind str8`,
+/// `data bytes32`.
+fn write_binary_msg<O: Out + ?Sized>(out: &mut O, msg: &PushMessage) {
+    out.be_u64(msg.seq);
+    out.be_u8(msg.priority);
+    out.str8(&msg.kind);
+    // `data` came over the link inside a frame of at most 16 MiB.
+    out.be_u32(msg.data.len() as u32);
+    out.raw(&msg.data);
+}
+
 fn build_json_batch(target: &Target, msgs: &[PushMessage]) -> BytesMut {
     // Up to the opening `[` of `msgs`: a fixed head, plus the escaped id and BATCH_ID_TAIL for
     // rooms and users.
@@ -667,15 +1192,7 @@ fn build_json_batch(target: &Target, msgs: &[PushMessage]) -> BytesMut {
         if i > 0 {
             out.put_u8(b',');
         }
-        out.put_slice(MSG_SEQ.as_bytes());
-        put_decimal(&mut out, msg.seq);
-        out.put_slice(MSG_PRIORITY.as_bytes());
-        put_decimal(&mut out, msg.priority.into());
-        out.put_slice(MSG_KIND.as_bytes());
-        put_json_escaped(&mut out, &msg.kind);
-        out.put_slice(MSG_DATA.as_bytes());
-        out.put_slice(&msg.data);
-        out.put_slice(MSG_TAIL.as_bytes());
+        write_json_msg(&mut out, msg);
     }
     out.put_slice(BATCH_TAIL.as_bytes());
     debug_assert_eq!(out.len(), size, "JSON batch size mis-computed");
@@ -715,12 +1232,7 @@ fn build_binary_batches(format: WireFormat, target: &Target, msgs: &[PushMessage
         // Chunks hold at most MAX_MSGS_PER_BATCH (= u16::MAX) messages.
         out.put_u16(chunk.len() as u16);
         for msg in chunk {
-            out.put_u64(msg.seq);
-            out.put_u8(msg.priority);
-            put_str8_clamped(&mut out, &msg.kind);
-            // `data` came over the link inside a frame of at most 16 MiB.
-            out.put_u32(msg.data.len() as u32);
-            out.put_slice(&msg.data);
+            write_binary_msg(&mut out, msg);
         }
     }
     debug_assert_eq!(out.len(), size, "binary batch size mis-computed");
@@ -766,76 +1278,112 @@ fn build_close(format: WireFormat, code: u16, reason: &str) -> BytesMut {
 // Client side: encoding ops (load generator, tests)
 // ---------------------------------------------------------------------------------------------
 
-/// The JSON name of an op and the name and value of its string field, if any.
-fn op_parts(op: &ClientOp) -> (&'static str, Option<(&'static str, &str)>) {
-    match op {
-        ClientOp::Auth { token, .. } => ("auth", Some(("token", token))),
-        ClientOp::Join { room, .. } => ("join", Some(("room", room))),
-        ClientOp::Leave { room, .. } => ("leave", Some(("room", room))),
-        ClientOp::Ping { .. } => ("ping", None),
-    }
-}
-
-// `{"op":"<name>","seq":<seq>[,"<field>":"<value>"]}`
+// `{"op":"<name>","seq":<seq>[,"<field>":"<value>"][,"since":…][,"limit":<n>]}`
 const OP_HEAD: &str = r#"{"op":""#;
 const OP_SEQ: &str = r#"","seq":"#;
+const OP_SINCE_EPOCH: &str = r#","since":{"epoch":""#;
+const OP_SINCE_SEQ: &str = r#"","seq":"#;
+const OP_SINCE: &str = r#","since":"#;
+const OP_LIMIT: &str = r#","limit":"#;
 
-fn json_op_len(op: &ClientOp) -> usize {
-    let (name, field) = op_parts(op);
-    let field_len = field.map_or(0, |(key, value)| {
-        // `,"key":"value"`
-        2 + key.len() + 3 + json_escaped_len(value) + 1
-    });
-    OP_HEAD.len() + name.len() + OP_SEQ.len() + decimal_len(op.seq()) + field_len + 1
+/// Writes `,"key":"value"` with `value` escaped.
+fn write_json_string_field(out: &mut dyn Out, key: &str, value: &str) {
+    out.raw(b",\"");
+    out.raw(key.as_bytes());
+    out.raw(b"\":\"");
+    out.escaped(value);
+    out.raw(b"\"");
 }
 
-fn put_json_op(out: &mut BytesMut, op: &ClientOp) {
-    let (name, field) = op_parts(op);
-    out.put_slice(OP_HEAD.as_bytes());
-    out.put_slice(name.as_bytes());
-    out.put_slice(OP_SEQ.as_bytes());
-    put_decimal(out, op.seq());
-    if let Some((key, value)) = field {
-        out.put_slice(b",\"");
-        out.put_slice(key.as_bytes());
-        out.put_slice(b"\":\"");
-        put_json_escaped(out, value);
-        out.put_u8(b'"');
+/// Writes `,"since":{"epoch":"…","seq":…}` when there is a position.
+fn write_json_since(out: &mut dyn Out, since: &Option<Since>) {
+    if let Some(since) = since {
+        out.raw(OP_SINCE_EPOCH.as_bytes());
+        out.escaped(&since.epoch);
+        out.raw(OP_SINCE_SEQ.as_bytes());
+        out.decimal(since.seq);
+        out.raw(b"}");
     }
-    out.put_u8(b'}');
 }
 
-fn binary_op_len(op: &ClientOp) -> usize {
-    1 + 8
-        + match op {
-            ClientOp::Auth { token, .. } => 2 + clamp_str(token, u16::MAX as usize).len(),
-            ClientOp::Join { room, .. } | ClientOp::Leave { room, .. } => {
-                1 + clamp_str(room, u8::MAX as usize).len()
-            }
-            ClientOp::Ping { .. } => 0,
-        }
-}
-
-fn put_binary_op(out: &mut BytesMut, op: &ClientOp) {
+fn write_json_op(out: &mut dyn Out, op: &ClientOp) {
+    let name = match op {
+        ClientOp::Auth { .. } => "auth",
+        ClientOp::Join { .. } => "join",
+        ClientOp::Leave { .. } => "leave",
+        ClientOp::Ping { .. } => "ping",
+        ClientOp::History { .. } => "history",
+    };
+    out.raw(OP_HEAD.as_bytes());
+    out.raw(name.as_bytes());
+    out.raw(OP_SEQ.as_bytes());
+    out.decimal(op.seq());
     match op {
-        ClientOp::Auth { seq, token } => {
-            out.put_u8(OP_AUTH);
-            out.put_u64(*seq);
-            put_str16_clamped(out, token);
+        ClientOp::Auth { token, since, .. } => {
+            write_json_string_field(out, "token", token);
+            write_json_since(out, since);
         }
-        ClientOp::Join { seq, room } => {
-            out.put_u8(OP_JOIN);
-            out.put_u64(*seq);
-            put_str8_clamped(out, room);
+        ClientOp::Join { room, since, .. } => {
+            write_json_string_field(out, "room", room);
+            write_json_since(out, since);
+        }
+        ClientOp::Leave { room, .. } => write_json_string_field(out, "room", room),
+        ClientOp::Ping { .. } => {}
+        ClientOp::History {
+            room, since, limit, ..
+        } => {
+            write_json_string_field(out, "room", room);
+            out.raw(OP_SINCE.as_bytes());
+            out.decimal(*since);
+            out.raw(OP_LIMIT.as_bytes());
+            out.decimal((*limit).into());
+        }
+    }
+    out.raw(b"}");
+}
+
+/// Writes the optional `epoch str8, since u64` that ends a binary `auth` or `join`.
+fn write_binary_since(out: &mut dyn Out, since: &Option<Since>) {
+    if let Some(since) = since {
+        out.str8(&since.epoch);
+        out.be_u64(since.seq);
+    }
+}
+
+fn write_binary_op(out: &mut dyn Out, op: &ClientOp) {
+    match op {
+        ClientOp::Auth { seq, token, since } => {
+            out.be_u8(OP_AUTH);
+            out.be_u64(*seq);
+            out.str16(token);
+            write_binary_since(out, since);
+        }
+        ClientOp::Join { seq, room, since } => {
+            out.be_u8(OP_JOIN);
+            out.be_u64(*seq);
+            out.str8(room);
+            write_binary_since(out, since);
         }
         ClientOp::Leave { seq, room } => {
-            out.put_u8(OP_LEAVE);
-            out.put_u64(*seq);
-            put_str8_clamped(out, room);
+            out.be_u8(OP_LEAVE);
+            out.be_u64(*seq);
+            out.str8(room);
         }
         ClientOp::Ping { seq } => {
-            out.put_u8(OP_PING);
-            out.put_u64(*seq);
+            out.be_u8(OP_PING);
+            out.be_u64(*seq);
+        }
+        ClientOp::History {
+            seq,
+            room,
+            since,
+            limit,
+        } => {
+            out.be_u8(OP_HISTORY);
+            out.be_u64(*seq);
+            out.str8(room);
+            out.be_u64(*since);
+            out.be_u16(u16::try_from(*limit).unwrap_or(u16::MAX));
         }
     }
 }
@@ -880,26 +1428,30 @@ fn masked_frame(
 /// frame with JSON (`WsJson`), a masked binary frame (`WsBinary`, masked with `mask`), or a
 /// length-prefixed binary op (`Tcp`, `mask` unused).
 ///
-/// Binary formats cut a token over 65,535 bytes or a room over 255 bytes at a char boundary,
-/// as their `str16`/`str8` fields cannot hold more.
+/// Binary formats cut a token over 65,535 bytes, or a room or epoch over 255 bytes, at a char
+/// boundary, as their `str16`/`str8` fields cannot hold more, and a history `limit` over
+/// 65,535 to that (the decoder refuses anything over [`MAX_HISTORY_LIMIT`] anyway). Nothing is
+/// validated: tests send invalid ops on purpose.
 pub fn encode_op(format: WireFormat, op: &ClientOp, mask: [u8; 4]) -> Bytes {
     build_op(format, op, mask).freeze()
 }
 
 fn build_op(format: WireFormat, op: &ClientOp, mask: [u8; 4]) -> BytesMut {
     match format {
-        WireFormat::WsJson => masked_frame(OpCode::Text, json_op_len(op), mask, |out| {
-            put_json_op(out, op)
-        }),
-        WireFormat::WsBinary => masked_frame(OpCode::Binary, binary_op_len(op), mask, |out| {
-            put_binary_op(out, op)
-        }),
+        WireFormat::WsJson => {
+            let len = measure(|m| write_json_op(m, op));
+            masked_frame(OpCode::Text, len, mask, |out| write_json_op(out, op))
+        }
+        WireFormat::WsBinary => {
+            let len = measure(|m| write_binary_op(m, op));
+            masked_frame(OpCode::Binary, len, mask, |out| write_binary_op(out, op))
+        }
         WireFormat::Tcp => {
-            let payload_len = binary_op_len(op);
+            let payload_len = measure(|m| write_binary_op(m, op));
             let size = TCP_PREFIX_LEN + payload_len;
             let mut out = BytesMut::with_capacity(size);
             out.put_u32(payload_len as u32);
-            put_binary_op(&mut out, op);
+            write_binary_op(&mut out, op);
             debug_assert_eq!(out.len(), size, "TCP op size mis-computed");
             out
         }
@@ -913,10 +1465,12 @@ fn build_op(format: WireFormat, op: &ClientOp, mask: [u8; 4]) -> BytesMut {
 /// A message from the server, as a client sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ServerMsg {
-    /// The reply to the op numbered `seq`: `Ok(())` or `Err((code, message))`.
+    /// The reply to the op numbered `seq`: `Ok(())` or `Err((code, message))`; a successful
+    /// reply's extras are in `details` (all `None` for an error reply).
     Reply {
         seq: u64,
         result: Result<(), (String, String)>,
+        details: ReplyDetails,
     },
     /// Pushed messages for one channel; each `data` is the verbatim JSON text.
     Batch {
@@ -926,6 +1480,36 @@ pub enum ServerMsg {
     /// The server is closing the connection (raw TCP's `0x83` frame; WebSocket uses close
     /// frames, which are not JSON).
     Close { code: u16, reason: String },
+    /// A room's online count: `online` connections, `users` distinct users.
+    Room {
+        room: String,
+        online: u32,
+        users: u32,
+    },
+}
+
+/// The extras of a successful reply as a client reads them (see [`ReplyExtra`]). `epoch` and
+/// `last_seq` come together, and so do `complete` and `msgs`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ReplyDetails {
+    pub epoch: Option<String>,
+    pub last_seq: Option<u64>,
+    pub recovered: Option<Result<(), RecoveryFailure>>,
+    pub complete: Option<bool>,
+    pub msgs: Option<Vec<PushMessage>>,
+}
+
+impl ReplyDetails {
+    /// The extras that encode these details: [`encode_reply_ok`] of them gives back the reply
+    /// they were decoded from.
+    pub fn as_extra(&self) -> ReplyExtra<'_> {
+        ReplyExtra {
+            position: self.epoch.as_deref().zip(self.last_seq),
+            recovered: self.recovered,
+            msgs: self.msgs.as_deref(),
+            complete: self.complete,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -940,6 +1524,13 @@ struct RawServerMsg<'a> {
     broadcast: Option<bool>,
     #[serde(borrow)]
     msgs: Option<Vec<RawPush<'a>>>,
+    epoch: Option<String>,
+    last_seq: Option<u64>,
+    recovered: Option<bool>,
+    reason: Option<String>,
+    complete: Option<bool>,
+    online: Option<u32>,
+    users: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -969,8 +1560,54 @@ fn check_priority(p: u8) -> Result<u8, OpError> {
     }
 }
 
-/// Decodes a server message from the JSON text of a WebSocket text frame: a `reply` or a
-/// `batch` (whose `data` values come back as their verbatim JSON text).
+/// The messages of a JSON batch or history reply, with their `data` copied verbatim.
+fn json_msgs(raw: Vec<RawPush<'_>>) -> Result<Vec<PushMessage>, OpError> {
+    raw.into_iter()
+        .map(|m| {
+            Ok(PushMessage {
+                seq: m.seq,
+                priority: check_priority(m.p)?,
+                kind: m.kind,
+                data: Bytes::copy_from_slice(m.data.get().as_bytes()),
+            })
+        })
+        .collect()
+}
+
+/// The extras of a JSON reply numbered `seq`, checked to be what [`encode_reply_ok`] writes.
+fn json_reply_details(raw: &mut RawServerMsg<'_>, seq: u64) -> Result<ReplyDetails, OpError> {
+    let bad = |message: &str| OpError::bad_request(seq, message);
+    if raw.epoch.is_some() != raw.last_seq.is_some() {
+        return Err(bad("reply needs `epoch` and `last_seq` together"));
+    }
+    let recovered = match (raw.recovered, raw.reason.take()) {
+        (None, None) => None,
+        (Some(true), None) => Some(Ok(())),
+        (Some(false), Some(reason)) => Some(Err(RecoveryFailure::from_str(&reason)
+            .ok_or_else(|| bad("reply has an unknown `reason`"))?)),
+        _ => {
+            return Err(bad(
+                "reply needs `reason` exactly when `recovered` is false",
+            ))
+        }
+    };
+    let (complete, msgs) = match (raw.complete, raw.msgs.take()) {
+        (None, None) => (None, None),
+        (Some(complete), Some(msgs)) => (Some(complete), Some(json_msgs(msgs)?)),
+        _ => return Err(bad("reply needs `complete` and `msgs` together")),
+    };
+    Ok(ReplyDetails {
+        epoch: raw.epoch.take(),
+        last_seq: raw.last_seq,
+        recovered,
+        complete,
+        msgs,
+    })
+}
+
+/// Decodes a server message from the JSON text of a WebSocket text frame: a `reply` (with its
+/// extras), a `batch` (whose `data` values come back as their verbatim JSON text) or a `room`
+/// count.
 pub fn decode_server_json(text: &[u8]) -> Result<ServerMsg, OpError> {
     if !starts_json_object(text) {
         return Err(OpError::bad_request(
@@ -978,16 +1615,25 @@ pub fn decode_server_json(text: &[u8]) -> Result<ServerMsg, OpError> {
             "a server message must be a JSON object",
         ));
     }
-    let raw: RawServerMsg<'_> = serde_json::from_slice(text)
+    let mut raw: RawServerMsg<'_> = serde_json::from_slice(text)
         .map_err(|e| OpError::bad_request(0, format!("malformed JSON: {e}")))?;
     match &*raw.op {
         "reply" => {
             let seq = raw
                 .seq
                 .ok_or_else(|| OpError::bad_request(0, "reply without `seq`"))?;
-            let result = match (raw.ok, raw.error) {
-                (Some(true), None) => Ok(()),
-                (Some(false), Some(error)) => Err((error.code, error.message)),
+            let (result, details) = match (raw.ok, raw.error.take()) {
+                (Some(true), None) => (Ok(()), json_reply_details(&mut raw, seq)?),
+                (Some(false), Some(error)) => {
+                    let details = json_reply_details(&mut raw, seq)?;
+                    if details != ReplyDetails::default() {
+                        return Err(OpError::bad_request(
+                            seq,
+                            "an error reply carries no extras",
+                        ));
+                    }
+                    (Err((error.code, error.message)), details)
+                }
                 _ => {
                     return Err(OpError::bad_request(
                         seq,
@@ -995,7 +1641,11 @@ pub fn decode_server_json(text: &[u8]) -> Result<ServerMsg, OpError> {
                     ))
                 }
             };
-            Ok(ServerMsg::Reply { seq, result })
+            Ok(ServerMsg::Reply {
+                seq,
+                result,
+                details,
+            })
         }
         "batch" => {
             let target = match (raw.room, raw.user, raw.broadcast) {
@@ -1009,25 +1659,27 @@ pub fn decode_server_json(text: &[u8]) -> Result<ServerMsg, OpError> {
                     ))
                 }
             };
-            let msgs = raw
-                .msgs
-                .ok_or_else(|| OpError::bad_request(0, "batch without `msgs`"))?
-                .into_iter()
-                .map(|m| {
-                    Ok(PushMessage {
-                        seq: m.seq,
-                        priority: check_priority(m.p)?,
-                        kind: m.kind,
-                        data: Bytes::copy_from_slice(m.data.get().as_bytes()),
-                    })
-                })
-                .collect::<Result<Vec<_>, OpError>>()?;
+            let msgs = json_msgs(
+                raw.msgs
+                    .ok_or_else(|| OpError::bad_request(0, "batch without `msgs`"))?,
+            )?;
             Ok(ServerMsg::Batch { target, msgs })
         }
+        "room" => match (raw.room, raw.online, raw.users) {
+            (Some(room), Some(online), Some(users)) => Ok(ServerMsg::Room {
+                room,
+                online,
+                users,
+            }),
+            _ => Err(OpError::bad_request(
+                0,
+                "room needs `room`, `online` and `users`",
+            )),
+        },
         _ => Err(OpError::new(
             0,
             ErrorCode::UnknownOp,
-            "`op` must be reply or batch",
+            "`op` must be reply, batch or room",
         )),
     }
 }
@@ -1138,33 +1790,81 @@ impl<'a> Iterator for BatchIter<'a> {
     }
 }
 
+impl PushRef<'_> {
+    /// The message, copied.
+    pub fn to_message(self) -> PushMessage {
+        PushMessage {
+            seq: self.seq,
+            priority: self.priority,
+            kind: self.kind.to_owned(),
+            data: Bytes::copy_from_slice(self.data),
+        }
+    }
+}
+
 /// A binary server message as [`view_server_binary`] reads it: batches borrowed, the rare
-/// replies and closes owned.
+/// replies, closes and room counts owned.
 #[derive(Debug, Clone)]
 pub enum ServerMsgView<'a> {
     Batch(BatchView<'a>),
-    /// A reply or a close.
+    /// A reply, a close or a room count.
     Other(ServerMsg),
 }
 
 /// Decodes a binary server message: the payload of a WebSocket binary frame or the bytes after
-/// a raw TCP length prefix (section 3: `0x81` reply, `0x82` batch, `0x83` close).
+/// a raw TCP length prefix (section 3: `0x81` reply, `0x82` batch, `0x83` close, `0x84` room).
 pub fn decode_server_binary(payload: &[u8]) -> Result<ServerMsg, OpError> {
     Ok(match view_server_binary(payload)? {
         ServerMsgView::Batch(batch) => ServerMsg::Batch {
             target: batch.target.to_target(),
-            msgs: batch
-                .iter()
-                .map(|m| PushMessage {
-                    seq: m.seq,
-                    priority: m.priority,
-                    kind: m.kind.to_owned(),
-                    data: Bytes::copy_from_slice(m.data),
-                })
-                .collect(),
+            msgs: batch.iter().map(PushRef::to_message).collect(),
         },
         ServerMsgView::Other(msg) => msg,
     })
+}
+
+/// The extras after `ok = 1` of a binary reply numbered `seq`: nothing, or a non-zero `flags`
+/// byte and the parts it announces, each checked to be what [`encode_reply_ok`] writes.
+fn binary_reply_details(r: &mut Reader<'_>, seq: u64) -> Result<ReplyDetails, OpError> {
+    let wire = |e| OpError::wire(seq, e);
+    let mut details = ReplyDetails::default();
+    if r.remaining() == 0 {
+        return Ok(details);
+    }
+    let flags = r.u8("flags").map_err(wire)?;
+    if flags == 0 || flags & !(FLAG_POSITION | FLAG_RECOVERED | FLAG_MSGS) != 0 {
+        return Err(OpError::bad_request(
+            seq,
+            format!("reply flags 0x{flags:02x}"),
+        ));
+    }
+    if flags & FLAG_POSITION != 0 {
+        details.epoch = Some(r.str8("epoch").map_err(wire)?.to_owned());
+        details.last_seq = Some(r.u64("last_seq").map_err(wire)?);
+    }
+    if flags & FLAG_RECOVERED != 0 {
+        details.recovered = Some(match r.u8("recovered").map_err(wire)? {
+            0 => Ok(()),
+            code => Err(RecoveryFailure::from_code(code).ok_or_else(|| {
+                OpError::bad_request(seq, format!("unknown recovery result {code}"))
+            })?),
+        });
+    }
+    if flags & FLAG_MSGS != 0 {
+        details.complete = Some(match r.u8("complete").map_err(wire)? {
+            0 => false,
+            1 => true,
+            other => return Err(OpError::bad_request(seq, format!("`complete` is {other}"))),
+        });
+        let count = r.u16("count").map_err(wire)?;
+        let mut msgs =
+            Vec::with_capacity(usize::from(count).min(r.remaining() / BINARY_MSG_FIXED_LEN));
+        for _ in 0..count {
+            msgs.push(BatchView::read_push(r)?.to_message());
+        }
+        details.msgs = Some(msgs);
+    }
+    Ok(details)
 }
 
 /// Validates a binary server message whole, like [`decode_server_binary`], but borrows a batch
@@ -1175,18 +1875,22 @@ pub fn view_server_binary(payload: &[u8]) -> Result<ServerMsgView<'_>, OpError> 
     let msg = match r.u8("op").map_err(wire)? {
         OP_REPLY => {
             let seq = r.u64("seq").map_err(wire)?;
-            let result = match r.u8("ok").map_err(wire)? {
-                1 => Ok(()),
+            let (result, details) = match r.u8("ok").map_err(wire)? {
+                1 => (Ok(()), binary_reply_details(&mut r, seq)?),
                 0 => {
                     let code = r.str8("code").map_err(wire)?.to_owned();
                     let message = r.str16("message").map_err(wire)?.to_owned();
-                    Err((code, message))
+                    (Err((code, message)), ReplyDetails::default())
                 }
                 other => {
                     return Err(OpError::bad_request(seq, format!("`ok` is {other}")));
                 }
             };
-            ServerMsgView::Other(ServerMsg::Reply { seq, result })
+            ServerMsgView::Other(ServerMsg::Reply {
+                seq,
+                result,
+                details,
+            })
         }
         OP_BATCH => {
             let tag = r.u8("target").map_err(wire)?;
@@ -1217,6 +1921,16 @@ pub fn view_server_binary(payload: &[u8]) -> Result<ServerMsgView<'_>, OpError> 
             let code = r.u16("code").map_err(wire)?;
             let reason = r.str8("reason").map_err(wire)?.to_owned();
             ServerMsgView::Other(ServerMsg::Close { code, reason })
+        }
+        OP_ROOM => {
+            let room = r.str8("room").map_err(wire)?.to_owned();
+            let online = r.u32("online").map_err(wire)?;
+            let users = r.u32("users").map_err(wire)?;
+            ServerMsgView::Other(ServerMsg::Room {
+                room,
+                online,
+                users,
+            })
         }
         other => {
             return Err(OpError::new(
@@ -1362,22 +2076,27 @@ mod tests {
             ClientOp::Auth {
                 seq: 1,
                 token: "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1MSJ9.sig".to_owned(),
+                since: None,
             },
             ClientOp::Auth {
                 seq: 0,
                 token: String::new(),
+                since: None,
             },
             ClientOp::Auth {
                 seq: MAX_JSON_SEQ,
                 token: "tök\"en\\\u{0}\u{1f}🚀".to_owned(),
+                since: None,
             },
             ClientOp::Join {
                 seq: 2,
                 room: "r1".to_owned(),
+                since: None,
             },
             ClientOp::Join {
                 seq: 12345,
                 room: "not a valid id ✗ \"\\".to_owned(),
+                since: None,
             },
             ClientOp::Leave {
                 seq: 3,
@@ -1388,7 +2107,58 @@ mod tests {
                 room: String::new(),
             },
             ClientOp::Ping { seq: 4 },
+            ClientOp::Join {
+                seq: 5,
+                room: "r1".to_owned(),
+                since: Some(since("k3x9", 41)),
+            },
+            ClientOp::Auth {
+                seq: 6,
+                token: "jwt".to_owned(),
+                since: Some(since(&"A-z_09".repeat(6)[..32], MAX_JSON_SEQ)),
+            },
+            ClientOp::History {
+                seq: 7,
+                room: "r1".to_owned(),
+                since: 41,
+                limit: DEFAULT_HISTORY_LIMIT,
+            },
+            ClientOp::History {
+                seq: 8,
+                room: "we\"ird ü".to_owned(),
+                since: 0,
+                limit: MAX_HISTORY_LIMIT,
+            },
+            ClientOp::History {
+                seq: 10,
+                room: String::new(),
+                since: MAX_JSON_SEQ,
+                limit: 1,
+            },
         ]
+    }
+
+    fn since(epoch: &str, seq: u64) -> Since {
+        Since {
+            epoch: epoch.to_owned(),
+            seq,
+        }
+    }
+
+    /// Asserts a `bad_request` for `seq` whose message names `field`.
+    fn bad_field(seq: u64, field: &str, result: Result<ClientOp, OpError>) {
+        let err = result.expect_err("should be rejected");
+        assert_eq!(
+            (err.seq, err.code),
+            (seq, ErrorCode::BadRequest),
+            "{}",
+            err.message
+        );
+        assert!(
+            err.message.contains(&format!("`{field}`")),
+            "{:?} does not name `{field}`",
+            err.message
+        );
     }
 
     fn bad_request(seq: u64, result: Result<ClientOp, OpError>) {
@@ -1453,7 +2223,10 @@ mod tests {
     #[test]
     fn client_ops_report_their_seq() {
         let seqs: Vec<u64> = sample_ops().iter().map(ClientOp::seq).collect();
-        assert_eq!(seqs, [1, 0, MAX_JSON_SEQ, 2, 12345, 3, 9, 4]);
+        assert_eq!(
+            seqs,
+            [1, 0, MAX_JSON_SEQ, 2, 12345, 3, 9, 4, 5, 6, 7, 8, 10]
+        );
     }
 
     #[test]
@@ -1476,14 +2249,16 @@ mod tests {
             decode_json(br#"{"op":"auth","seq":1,"token":"<JWT>"}"#),
             Ok(ClientOp::Auth {
                 seq: 1,
-                token: "<JWT>".to_owned()
+                token: "<JWT>".to_owned(),
+                since: None,
             })
         );
         assert_eq!(
             decode_json(br#"{"op":"join","seq":2,"room":"r1"}"#),
             Ok(ClientOp::Join {
                 seq: 2,
-                room: "r1".to_owned()
+                room: "r1".to_owned(),
+                since: None,
             })
         );
         assert_eq!(
@@ -1506,7 +2281,8 @@ mod tests {
             decode_json(text),
             Ok(ClientOp::Join {
                 seq: 8,
-                room: "r9".to_owned()
+                room: "r9".to_owned(),
+                since: None,
             })
         );
         // A ping carrying an irrelevant, badly typed room is still a ping.
@@ -1522,7 +2298,8 @@ mod tests {
             decode_json(br#"{"op":"\u0061uth","seq":1,"token":"a\"b\\c\u00fc\ud83d\ude80"}"#),
             Ok(ClientOp::Auth {
                 seq: 1,
-                token: "a\"b\\cü🚀".to_owned()
+                token: "a\"b\\cü🚀".to_owned(),
+                since: None,
             })
         );
     }
@@ -1535,7 +2312,8 @@ mod tests {
                 decode_json(text.as_bytes()),
                 Ok(ClientOp::Join {
                     seq: 5,
-                    room: room.to_owned()
+                    room: room.to_owned(),
+                    since: None,
                 })
             );
         }
@@ -1627,7 +2405,8 @@ mod tests {
             decode_binary(&frame[4..]),
             Ok(ClientOp::Join {
                 seq: 2,
-                room: "r1".to_owned()
+                room: "r1".to_owned(),
+                since: None,
             })
         );
         assert_eq!(
@@ -1648,7 +2427,8 @@ mod tests {
             decode_binary(&auth),
             Ok(ClientOp::Auth {
                 seq: 9,
-                token: "jwt".to_owned()
+                token: "jwt".to_owned(),
+                since: None,
             })
         );
         assert_eq!(
@@ -1666,7 +2446,7 @@ mod tests {
 
     #[test]
     fn binary_rejects_unknown_op_bytes() {
-        for op in [0x00, 0x05, 0x7f, 0x81, 0x82, 0x83, 0xff] {
+        for op in [0x00, 0x06, 0x7f, 0x81, 0x82, 0x83, 0x84, 0xff] {
             let err = decode_binary(&[op, 0, 0, 0, 0, 0, 0, 0, 1]).unwrap_err();
             assert_eq!((err.seq, err.code), (0, ErrorCode::UnknownOp), "op {op:#x}");
         }
@@ -1733,6 +2513,7 @@ mod tests {
             &ClientOp::Join {
                 seq: 2,
                 room: "r\"1".to_owned(),
+                since: None,
             },
             [9, 8, 7, 6],
         ));
@@ -1753,6 +2534,7 @@ mod tests {
             let op = ClientOp::Auth {
                 seq: 1,
                 token: "t".repeat(token_len),
+                since: None,
             };
             let frame = exact(build_op(WireFormat::WsBinary, &op, [1, 2, 3, 4]));
             let payload_len = 11 + token_len.min(u16::MAX as usize);
@@ -1776,13 +2558,18 @@ mod tests {
     #[test]
     fn binary_ops_cut_overlong_strings_at_char_boundaries() {
         let room = format!("{}ü", "r".repeat(254)); // 256 bytes; ü straddles byte 255
-        let op = ClientOp::Join { seq: 1, room };
+        let op = ClientOp::Join {
+            seq: 1,
+            room,
+            since: None,
+        };
         let tcp = exact(build_op(WireFormat::Tcp, &op, [0; 4]));
         assert_eq!(
             decode_binary(&tcp[TCP_PREFIX_LEN..]),
             Ok(ClientOp::Join {
                 seq: 1,
-                room: "r".repeat(254)
+                room: "r".repeat(254),
+                since: None,
             })
         );
     }
@@ -1841,7 +2628,8 @@ mod tests {
                     decode_server(format, &payload),
                     Ok(ServerMsg::Reply {
                         seq,
-                        result: Ok(())
+                        result: Ok(()),
+                        details: ReplyDetails::default(),
                     })
                 );
             }
@@ -1853,7 +2641,8 @@ mod tests {
                         decode_server(format, &payload),
                         Ok(ServerMsg::Reply {
                             seq: 77,
-                            result: Err((code.as_str().to_owned(), message.to_owned()))
+                            result: Err((code.as_str().to_owned(), message.to_owned())),
+                            details: ReplyDetails::default(),
                         })
                     );
                 }
@@ -2226,9 +3015,646 @@ mod tests {
             let err = decode_server_binary(payload).unwrap_err();
             assert_eq!(err.code, ErrorCode::BadRequest, "{payload:?}");
         }
-        for op in [0x01, 0x04, 0x80, 0x84] {
+        for op in [0x01, 0x05, 0x80, 0x85] {
             let err = decode_server_binary(&[op]).unwrap_err();
             assert_eq!(err.code, ErrorCode::UnknownOp);
+        }
+    }
+
+    // ---- since, history ----------------------------------------------------------------------
+
+    #[test]
+    fn json_decodes_since_and_history_as_documented() {
+        assert_eq!(
+            decode_json(br#"{"op":"join","seq":5,"room":"r1","since":{"epoch":"k3x9","seq":41}}"#),
+            Ok(ClientOp::Join {
+                seq: 5,
+                room: "r1".to_owned(),
+                since: Some(since("k3x9", 41)),
+            })
+        );
+        assert_eq!(
+            decode_json(
+                br#"{"op":"auth","seq":1,"token":"<JWT>","since":{"seq":7,"epoch":"u-E_1"}}"#
+            ),
+            Ok(ClientOp::Auth {
+                seq: 1,
+                token: "<JWT>".to_owned(),
+                since: Some(since("u-E_1", 7)),
+            })
+        );
+        assert_eq!(
+            decode_json(br#"{"op":"history","seq":9,"room":"r1","since":41,"limit":100}"#),
+            Ok(ClientOp::History {
+                seq: 9,
+                room: "r1".to_owned(),
+                since: 41,
+                limit: 100,
+            })
+        );
+        // `limit` defaults; the bounds are accepted.
+        for (limit, want) in [
+            ("", DEFAULT_HISTORY_LIMIT),
+            (r#","limit":1"#, 1),
+            (r#","limit":1000"#, MAX_HISTORY_LIMIT),
+        ] {
+            let text = format!(r#"{{"op":"history","seq":9,"room":"r1","since":0{limit}}}"#);
+            assert_eq!(
+                decode_json(text.as_bytes()),
+                Ok(ClientOp::History {
+                    seq: 9,
+                    room: "r1".to_owned(),
+                    since: 0,
+                    limit: want,
+                })
+            );
+        }
+        // Unknown keys inside `since` are ignored like unknown fields, and escapes are read.
+        assert_eq!(
+            decode_json(br#"{"op":"join","seq":5,"room":"r1","since":{"x":[{}],"\u0065poch":"k\u0033","seq":9007199254740992}}"#),
+            Ok(ClientOp::Join {
+                seq: 5,
+                room: "r1".to_owned(),
+                since: Some(since("k3", MAX_JSON_SEQ)),
+            })
+        );
+    }
+
+    #[test]
+    fn json_ignores_since_and_limit_where_the_op_has_none() {
+        assert_eq!(
+            decode_json(br#"{"op":"leave","seq":3,"room":"r1","since":"x","limit":-1}"#),
+            Ok(ClientOp::Leave {
+                seq: 3,
+                room: "r1".to_owned()
+            })
+        );
+        assert_eq!(
+            decode_json(br#"{"op":"ping","seq":4,"since":{"epoch":""},"limit":0}"#),
+            Ok(ClientOp::Ping { seq: 4 })
+        );
+        assert_eq!(
+            decode_json(br#"{"op":"join","seq":4,"room":"r1","limit":{}}"#),
+            Ok(ClientOp::Join {
+                seq: 4,
+                room: "r1".to_owned(),
+                since: None
+            })
+        );
+    }
+
+    #[test]
+    fn json_since_errors_name_the_field_and_echo_the_seq() {
+        for op in ["join", "auth"] {
+            let field = if op == "join" { "room" } else { "token" };
+            let with =
+                |since: &str| format!(r#"{{"op":"{op}","seq":7,"{field}":"x","since":{since}}}"#);
+            for since in ["null", "41", "\"k3x9:41\"", "[\"k3x9\",41]", "true"] {
+                bad_field(7, "since", decode_json(with(since).as_bytes()));
+            }
+            // A key given twice inside `since`.
+            bad_field(
+                7,
+                "since",
+                decode_json(with(r#"{"epoch":"a","seq":1,"seq":2}"#).as_bytes()),
+            );
+            for since in [
+                r#"{"seq":1}"#,
+                r#"{"epoch":null,"seq":1}"#,
+                r#"{"epoch":5,"seq":1}"#,
+                r#"{"epoch":"","seq":1}"#,
+                r#"{"epoch":"k.3","seq":1}"#,
+                r#"{"epoch":"k 3","seq":1}"#,
+                r#"{"epoch":"ü","seq":1}"#,
+                r#"{"epoch":"123456789012345678901234567890123","seq":1}"#,
+            ] {
+                bad_field(7, "since.epoch", decode_json(with(since).as_bytes()));
+            }
+            for since in [
+                r#"{"epoch":"k3x9"}"#,
+                r#"{"epoch":"k3x9","seq":null}"#,
+                r#"{"epoch":"k3x9","seq":"41"}"#,
+                r#"{"epoch":"k3x9","seq":-1}"#,
+                r#"{"epoch":"k3x9","seq":1.5}"#,
+                r#"{"epoch":"k3x9","seq":9007199254740993}"#,
+            ] {
+                bad_field(7, "since.seq", decode_json(with(since).as_bytes()));
+            }
+        }
+        // The op's own field is checked first.
+        bad_field(
+            7,
+            "room",
+            decode_json(br#"{"op":"join","seq":7,"since":{"epoch":"k","seq":1}}"#),
+        );
+    }
+
+    #[test]
+    fn json_history_errors_name_the_field_and_echo_the_seq() {
+        bad_field(
+            9,
+            "room",
+            decode_json(br#"{"op":"history","seq":9,"since":1}"#),
+        );
+        for since in [
+            "",
+            r#","since":null"#,
+            r#","since":"41""#,
+            r#","since":-1"#,
+            r#","since":4.5"#,
+            r#","since":9007199254740993"#,
+            r#","since":{"epoch":"k3x9","seq":41}"#,
+        ] {
+            let text = format!(r#"{{"op":"history","seq":9,"room":"r1"{since}}}"#);
+            bad_field(9, "since", decode_json(text.as_bytes()));
+        }
+        for limit in ["0", "1001", "-1", "null", "\"10\"", "1.0", "4294967397"] {
+            let text =
+                format!(r#"{{"op":"history","seq":9,"room":"r1","since":1,"limit":{limit}}}"#);
+            bad_field(9, "limit", decode_json(text.as_bytes()));
+        }
+    }
+
+    #[test]
+    fn binary_decodes_the_documented_join_with_since() {
+        // `join` of r1 with seq 5, resuming from epoch k3x9 at seq 41, over raw TCP.
+        let frame = [
+            0, 0, 0, 0x19, // length 25
+            0x02, 0, 0, 0, 0, 0, 0, 0, 5, // op, seq
+            2, b'r', b'1', // room
+            4, b'k', b'3', b'x', b'9', // since.epoch
+            0, 0, 0, 0, 0, 0, 0, 0x29, // since.seq
+        ];
+        assert_eq!(tcp_frame_len(&frame), Some(25));
+        let op = ClientOp::Join {
+            seq: 5,
+            room: "r1".to_owned(),
+            since: Some(since("k3x9", 41)),
+        };
+        assert_eq!(decode_binary(&frame[4..]), Ok(op.clone()));
+        assert_eq!(encode_op(WireFormat::Tcp, &op, [0; 4]), &frame[..]);
+    }
+
+    #[test]
+    fn binary_replies_match_the_documented_recovered_example() {
+        let extra = ReplyExtra {
+            position: Some(("k3x9", 57)),
+            recovered: Some(Ok(())),
+            ..ReplyExtra::default()
+        };
+        let frame = encode_reply_ok(WireFormat::Tcp, 5, &extra);
+        let want = [
+            0, 0, 0, 0x19, // length 25
+            0x81, 0, 0, 0, 0, 0, 0, 0, 5, 1, 0x03, // op, seq, ok, flags
+            4, b'k', b'3', b'x', b'9', 0, 0, 0, 0, 0, 0, 0, 0x39, // position
+            0,    // recovered
+        ];
+        assert_eq!(&frame[..], want);
+    }
+
+    #[test]
+    fn binary_decodes_auth_with_since_and_history() {
+        let mut auth = vec![1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 3, b'j', b'w', b't', 1, b'u'];
+        auth.extend_from_slice(&u64::MAX.to_be_bytes());
+        assert_eq!(
+            decode_binary(&auth),
+            Ok(ClientOp::Auth {
+                seq: 1,
+                token: "jwt".to_owned(),
+                since: Some(since("u", u64::MAX)),
+            })
+        );
+        let history = [
+            5, 0, 0, 0, 0, 0, 0, 0, 9, 2, b'r', b'1', 0, 0, 0, 0, 0, 0, 0, 41, 0, 100,
+        ];
+        let op = ClientOp::History {
+            seq: 9,
+            room: "r1".to_owned(),
+            since: 41,
+            limit: 100,
+        };
+        assert_eq!(decode_binary(&history), Ok(op.clone()));
+        assert_eq!(&encode_op(WireFormat::Tcp, &op, [0; 4])[4..], &history[..]);
+    }
+
+    #[test]
+    fn binary_since_and_history_errors_echo_the_seq() {
+        let join = [2, 0, 0, 0, 0, 0, 0, 0, 7, 2, b'r', b'1'];
+        let with = |tail: &[u8]| [&join[..], tail].concat();
+        // An epoch without its seq, a part of a seq, or a lone byte: truncated.
+        bad_request(7, decode_binary(&with(&[1, b'k'])));
+        bad_request(7, decode_binary(&with(&[1, b'k', 0, 0, 0, 0, 0, 0, 0])));
+        bad_request(7, decode_binary(&with(&[4])));
+        // Trailing after a whole since.
+        bad_request(
+            7,
+            decode_binary(&with(&[1, b'k', 0, 0, 0, 0, 0, 0, 0, 1, 0])),
+        );
+        // Invalid epochs.
+        for epoch in [&b""[..], b"k.3", b"k 3", &[b'e'; 33], &[0xff]] {
+            let mut tail = vec![epoch.len() as u8];
+            tail.extend_from_slice(epoch);
+            tail.extend_from_slice(&[0; 8]);
+            let err = decode_binary(&with(&tail)).unwrap_err();
+            assert_eq!((err.seq, err.code), (7, ErrorCode::BadRequest));
+            assert!(err.message.contains("since.epoch"), "{}", err.message);
+        }
+        // History: limits outside 1..=1000, and truncated bodies.
+        let history = |limit: u16| {
+            let mut b = vec![
+                5, 0, 0, 0, 0, 0, 0, 0, 7, 2, b'r', b'1', 0, 0, 0, 0, 0, 0, 0, 1,
+            ];
+            b.extend_from_slice(&limit.to_be_bytes());
+            b
+        };
+        for limit in [0, 1001, u16::MAX] {
+            bad_field(7, "limit", decode_binary(&history(limit)));
+        }
+        let full = history(10);
+        for end in 9..full.len() {
+            bad_request(7, decode_binary(&full[..end]));
+        }
+        bad_request(7, decode_binary(&[&full[..], &[0]].concat()));
+    }
+
+    #[test]
+    fn encoded_json_ops_with_since_and_history_are_canonical() {
+        let ops = [
+            (
+                ClientOp::Join {
+                    seq: 5,
+                    room: "r1".to_owned(),
+                    since: Some(since("k3x9", 41)),
+                },
+                &br#"{"op":"join","seq":5,"room":"r1","since":{"epoch":"k3x9","seq":41}}"#[..],
+            ),
+            (
+                ClientOp::Auth {
+                    seq: 1,
+                    token: "t".to_owned(),
+                    since: Some(since("e", 7)),
+                },
+                br#"{"op":"auth","seq":1,"token":"t","since":{"epoch":"e","seq":7}}"#,
+            ),
+            (
+                ClientOp::History {
+                    seq: 9,
+                    room: "r1".to_owned(),
+                    since: 41,
+                    limit: 100,
+                },
+                br#"{"op":"history","seq":9,"room":"r1","since":41,"limit":100}"#,
+            ),
+        ];
+        for (op, text) in ops {
+            let (_, json) = unmask_client_frame(&exact(build_op(WireFormat::WsJson, &op, [3; 4])));
+            assert_eq!(json, text);
+        }
+    }
+
+    #[test]
+    fn binary_history_limits_are_cut_to_their_u16() {
+        let op = ClientOp::History {
+            seq: 1,
+            room: "r".to_owned(),
+            since: 0,
+            limit: 70_000,
+        };
+        let tcp = exact(build_op(WireFormat::Tcp, &op, [0; 4]));
+        assert_eq!(&tcp[tcp.len() - 2..], [0xff, 0xff]);
+        bad_field(1, "limit", decode_binary(&tcp[TCP_PREFIX_LEN..]));
+    }
+
+    // ---- encode_reply_ok, encode_room_online -------------------------------------------------
+
+    /// Every combination of extras over a few values.
+    fn sample_extras(msgs: &[PushMessage]) -> Vec<ReplyExtra<'_>> {
+        let positions = [
+            None,
+            Some(("k3x9", 57)),
+            Some(("e", u64::MAX)),
+            Some(("x", 0)),
+        ];
+        let recovered = [
+            None,
+            Some(Ok(())),
+            Some(Err(RecoveryFailure::EpochChanged)),
+            Some(Err(RecoveryFailure::TooOld)),
+            Some(Err(RecoveryFailure::TooMany)),
+            Some(Err(RecoveryFailure::NotStored)),
+        ];
+        let histories = [
+            (None, None),
+            (Some(&msgs[..0]), Some(true)),
+            (Some(&msgs[..1]), Some(false)),
+            (Some(msgs), Some(true)),
+        ];
+        let mut extras = Vec::new();
+        for position in positions {
+            for recovered in recovered {
+                for (msgs, complete) in histories {
+                    extras.push(ReplyExtra {
+                        position,
+                        recovered,
+                        msgs,
+                        complete,
+                    });
+                }
+            }
+        }
+        extras
+    }
+
+    /// The details a client reads back from `extra`.
+    fn details_of(extra: &ReplyExtra<'_>) -> ReplyDetails {
+        ReplyDetails {
+            epoch: extra.position.map(|(e, _)| e.to_owned()),
+            last_seq: extra.position.map(|(_, s)| s),
+            recovered: extra.recovered,
+            complete: extra.msgs.map(|_| extra.complete.unwrap_or(true)),
+            msgs: extra.msgs.map(<[PushMessage]>::to_vec),
+        }
+    }
+
+    #[test]
+    fn replies_without_extras_are_the_plain_ok_reply() {
+        for format in WireFormat::ALL {
+            for seq in [0, 7, 99, MAX_JSON_SEQ, u64::MAX] {
+                assert_eq!(
+                    encode_reply_ok(format, seq, &ReplyExtra::default()),
+                    encode_reply(format, seq, Ok(()))
+                );
+            }
+        }
+        // `complete` alone is ignored: it only travels with messages.
+        let extra = ReplyExtra {
+            complete: Some(false),
+            ..ReplyExtra::default()
+        };
+        for format in WireFormat::ALL {
+            assert_eq!(
+                encode_reply_ok(format, 2, &extra),
+                encode_reply(format, 2, Ok(()))
+            );
+        }
+    }
+
+    #[test]
+    fn json_replies_with_extras_match_the_protocol_text() {
+        let text = |extra: &ReplyExtra<'_>| {
+            let frame = encode_reply_ok(WireFormat::WsJson, 2, extra);
+            let (opcode, payload) = server_payload(WireFormat::WsJson, &frame);
+            assert_eq!(opcode, Some(OpCode::Text as u8));
+            String::from_utf8(payload).unwrap()
+        };
+        assert_eq!(
+            text(&ReplyExtra {
+                position: Some(("k3x9", 57)),
+                ..ReplyExtra::default()
+            }),
+            r#"{"op":"reply","seq":2,"ok":true,"epoch":"k3x9","last_seq":57}"#
+        );
+        assert_eq!(
+            text(&ReplyExtra {
+                position: Some(("k3x9", 57)),
+                recovered: Some(Ok(())),
+                ..ReplyExtra::default()
+            }),
+            r#"{"op":"reply","seq":2,"ok":true,"epoch":"k3x9","last_seq":57,"recovered":true}"#
+        );
+        assert_eq!(
+            text(&ReplyExtra {
+                position: Some(("k3x9", 57)),
+                recovered: Some(Err(RecoveryFailure::TooOld)),
+                ..ReplyExtra::default()
+            }),
+            r#"{"op":"reply","seq":2,"ok":true,"epoch":"k3x9","last_seq":57,"recovered":false,"reason":"too_old"}"#
+        );
+        let msgs = [msg(42, 2, "gift", r#"{"gift":"rocket","n":3}"#)];
+        assert_eq!(
+            text(&ReplyExtra {
+                position: Some(("k3x9", 57)),
+                msgs: Some(&msgs),
+                complete: Some(true),
+                ..ReplyExtra::default()
+            }),
+            r#"{"op":"reply","seq":2,"ok":true,"epoch":"k3x9","last_seq":57,"complete":true,"msgs":[{"seq":42,"p":2,"kind":"gift","data":{"gift":"rocket","n":3}}]}"#
+        );
+        // `complete` is always sent with the messages: true when left out.
+        assert_eq!(
+            text(&ReplyExtra {
+                msgs: Some(&[]),
+                ..ReplyExtra::default()
+            }),
+            r#"{"op":"reply","seq":2,"ok":true,"complete":true,"msgs":[]}"#
+        );
+    }
+
+    #[test]
+    fn binary_replies_with_extras_match_the_protocol_layout() {
+        let position = ReplyExtra {
+            position: Some(("k3x9", 57)),
+            recovered: Some(Err(RecoveryFailure::TooOld)),
+            ..ReplyExtra::default()
+        };
+        let frame = encode_reply_ok(WireFormat::Tcp, 2, &position);
+        let mut want = vec![0, 0, 0, 25, 0x81, 0, 0, 0, 0, 0, 0, 0, 2, 1, 0x03];
+        want.extend_from_slice(&[4, b'k', b'3', b'x', b'9', 0, 0, 0, 0, 0, 0, 0, 57, 2]);
+        assert_eq!(&frame[..], want);
+
+        let msgs = [msg(42, 2, "g", "{}")];
+        let history = ReplyExtra {
+            msgs: Some(&msgs),
+            complete: Some(false),
+            ..ReplyExtra::default()
+        };
+        let frame = encode_reply_ok(WireFormat::WsBinary, 9, &history);
+        let mut want = vec![0x82, 31, 0x81, 0, 0, 0, 0, 0, 0, 0, 9, 1, 0x04, 0, 0, 1];
+        want.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 42, 2, 1, b'g', 0, 0, 0, 2, b'{', b'}']);
+        assert_eq!(&frame[..], want);
+
+        let recovered = ReplyExtra {
+            recovered: Some(Ok(())),
+            ..ReplyExtra::default()
+        };
+        let frame = encode_reply_ok(WireFormat::Tcp, 1, &recovered);
+        assert_eq!(
+            &frame[..],
+            [0, 0, 0, 12, 0x81, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0x02, 0]
+        );
+    }
+
+    #[test]
+    fn replies_with_extras_round_trip_in_every_format() {
+        let msgs = nasty_messages();
+        for extra in sample_extras(&msgs) {
+            let want = details_of(&extra);
+            assert_eq!(want.as_extra().flags(), extra.flags());
+            for format in WireFormat::ALL {
+                let frame = encode_reply_ok(format, 77, &extra);
+                let (_, payload) = server_payload(format, &frame);
+                if format == WireFormat::WsJson {
+                    serde_json::from_slice::<serde_json::Value>(&payload).unwrap();
+                }
+                let decoded = decode_server(format, &payload);
+                assert_eq!(
+                    decoded,
+                    Ok(ServerMsg::Reply {
+                        seq: 77,
+                        result: Ok(()),
+                        details: want.clone(),
+                    }),
+                    "{format:?} {extra:?}"
+                );
+                // What a client decodes encodes back to the same frame.
+                assert_eq!(encode_reply_ok(format, 77, &want.as_extra()), frame);
+            }
+        }
+    }
+
+    #[test]
+    fn reply_extras_are_exact_size_and_follow_the_frame_length_classes() {
+        let big = format!("\"{}\"", "x".repeat(70_000));
+        let msgs = [msg(1, 3, "chat", &big)];
+        for n in [0, 1] {
+            let extra = ReplyExtra {
+                position: Some(("k3x9", 57)),
+                msgs: Some(&msgs[..n]),
+                ..ReplyExtra::default()
+            };
+            for format in WireFormat::ALL {
+                let frame = encode_reply_ok(format, 3, &extra);
+                let (_, payload) = server_payload(format, &frame);
+                assert!(decode_server(format, &payload).is_ok());
+            }
+        }
+    }
+
+    #[test]
+    fn reply_messages_are_capped_at_one_frame_count_in_every_format() {
+        let msgs: Vec<PushMessage> = (0..MAX_MSGS_PER_BATCH as u64 + 2)
+            .map(|seq| msg(seq, 3, "c", "1"))
+            .collect();
+        let extra = ReplyExtra {
+            msgs: Some(&msgs),
+            ..ReplyExtra::default()
+        };
+        for format in WireFormat::ALL {
+            let frame = encode_reply_ok(format, 1, &extra);
+            let (_, payload) = server_payload(format, &frame);
+            let Ok(ServerMsg::Reply { details, .. }) = decode_server(format, &payload) else {
+                panic!("not a reply");
+            };
+            assert_eq!(details.msgs.as_deref(), Some(&msgs[..MAX_MSGS_PER_BATCH]));
+        }
+    }
+
+    #[test]
+    fn binary_reply_epochs_and_kinds_are_cut_to_their_str8() {
+        let epoch = format!("{}ü", "e".repeat(254));
+        let msgs = [msg(1, 0, &format!("{}🚀", "k".repeat(253)), "0")];
+        let extra = ReplyExtra {
+            position: Some((&epoch, 1)),
+            msgs: Some(&msgs),
+            ..ReplyExtra::default()
+        };
+        let frame = encode_reply_ok(WireFormat::Tcp, 1, &extra);
+        let Ok(ServerMsg::Reply { details, .. }) = decode_server_binary(&frame[TCP_PREFIX_LEN..])
+        else {
+            panic!("not a reply");
+        };
+        assert_eq!(details.epoch, Some("e".repeat(254)));
+        assert_eq!(details.msgs.unwrap()[0].kind, "k".repeat(253));
+    }
+
+    #[test]
+    fn measured_json_messages_match_their_closed_form_length() {
+        for m in nasty_messages() {
+            assert_eq!(measure(|out| write_json_msg(out, &m)), json_msg_len(&m));
+        }
+    }
+
+    #[test]
+    fn room_counts_match_the_protocol_and_round_trip() {
+        let frame = encode_room_online(WireFormat::WsJson, "r1", 104_532, 98_000);
+        let (opcode, text) = server_payload(WireFormat::WsJson, &frame);
+        assert_eq!(opcode, Some(OpCode::Text as u8));
+        assert_eq!(
+            text,
+            br#"{"op":"room","room":"r1","online":104532,"users":98000}"#
+        );
+        let frame = encode_room_online(WireFormat::Tcp, "r1", 104_532, 98_000);
+        let mut want = vec![0, 0, 0, 12, 0x84, 2, b'r', b'1'];
+        want.extend_from_slice(&104_532u32.to_be_bytes());
+        want.extend_from_slice(&98_000u32.to_be_bytes());
+        assert_eq!(&frame[..], want);
+        for format in WireFormat::ALL {
+            for room in ["r1", "we\"ird\\ro\u{1}om ✓", ""] {
+                for (online, users) in [(0, 0), (104_532, 98_000), (u32::MAX, u32::MAX)] {
+                    let frame = encode_room_online(format, room, online, users);
+                    let (_, payload) = server_payload(format, &frame);
+                    assert_eq!(
+                        decode_server(format, &payload),
+                        Ok(ServerMsg::Room {
+                            room: room.to_owned(),
+                            online,
+                            users
+                        })
+                    );
+                }
+            }
+        }
+        let long = "r".repeat(300);
+        let frame = encode_room_online(WireFormat::WsBinary, &long, 1, 1);
+        let (_, payload) = server_payload(WireFormat::WsBinary, &frame);
+        assert!(matches!(
+            view_server_binary(&payload),
+            Ok(ServerMsgView::Other(ServerMsg::Room { room, .. })) if room == long[..255]
+        ));
+    }
+
+    #[test]
+    fn server_decoders_reject_malformed_extras_and_room_counts() {
+        for text in [
+            &br#"{"op":"reply","seq":1,"ok":true,"epoch":"k"}"#[..],
+            br#"{"op":"reply","seq":1,"ok":true,"last_seq":5}"#,
+            br#"{"op":"reply","seq":1,"ok":true,"reason":"too_old"}"#,
+            br#"{"op":"reply","seq":1,"ok":true,"recovered":true,"reason":"too_old"}"#,
+            br#"{"op":"reply","seq":1,"ok":true,"recovered":false}"#,
+            br#"{"op":"reply","seq":1,"ok":true,"recovered":false,"reason":"gone"}"#,
+            br#"{"op":"reply","seq":1,"ok":true,"complete":true}"#,
+            br#"{"op":"reply","seq":1,"ok":true,"msgs":[]}"#,
+            br#"{"op":"reply","seq":1,"ok":false,"error":{"code":"x","message":"y"},"epoch":"k","last_seq":1}"#,
+            br#"{"op":"room","room":"r1","online":1}"#,
+            br#"{"op":"room","online":1,"users":1}"#,
+            br#"{"op":"room","room":"r1","online":-1,"users":1}"#,
+            br#"{"op":"room","room":"r1","online":4294967296,"users":1}"#,
+        ] {
+            let err = decode_server_json(text).unwrap_err();
+            assert_eq!(
+                err.code,
+                ErrorCode::BadRequest,
+                "{}",
+                String::from_utf8_lossy(text)
+            );
+        }
+        let ok = [0x81, 0, 0, 0, 0, 0, 0, 0, 1, 1];
+        let with = |tail: &[u8]| [&ok[..], tail].concat();
+        for payload in [
+            with(&[0]),                                                // flags 0
+            with(&[0x08]),                                             // unknown flag
+            with(&[0x02]),                                             // recovered without its byte
+            with(&[0x02, 5]),                                          // unknown recovery result
+            with(&[0x02, 0, 0]),                                       // trailing
+            with(&[0x01, 1, b'k']),                                    // position without last_seq
+            with(&[0x04, 2, 0, 0]),                                    // complete 2
+            with(&[0x04, 1, 0, 1]),                                    // count overruns
+            with(&[0x04, 1, 0]),                                       // truncated count
+            [0x81, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0x01].to_vec(), // extras on an error
+            vec![0x84, 2, b'r', b'1', 0, 0, 0, 1, 0, 0, 0],            // truncated users
+        ] {
+            let err = decode_server_binary(&payload).unwrap_err();
+            assert_eq!(err.code, ErrorCode::BadRequest, "{payload:?}");
         }
     }
 
@@ -2252,13 +3678,49 @@ mod tests {
         inputs.push(
             encode_close(WireFormat::Tcp, 4000, "heartbeat timeout")[TCP_PREFIX_LEN..].to_vec(),
         );
+        let msgs = nasty_messages();
+        let extras = sample_extras(&msgs);
+        for format in [WireFormat::WsJson, WireFormat::Tcp] {
+            // A spread of the combinations keeps the test quick.
+            for extra in extras.iter().step_by(7) {
+                inputs.push(server_payload(format, &encode_reply_ok(format, 5, extra)).1);
+            }
+            let room = encode_room_online(format, "r1", 104_532, 98_000);
+            inputs.push(server_payload(format, &room).1);
+        }
 
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
         let check = |input: &[u8]| {
             let _ = decode_json(input);
-            let _ = decode_binary(input);
+            if let Ok(op) = decode_binary(input) {
+                let tcp = encode_op(WireFormat::Tcp, &op, [0; 4]);
+                assert_eq!(&tcp[TCP_PREFIX_LEN..], input, "binary ops are canonical");
+            }
             let _ = decode_server_json(input);
-            let _ = decode_server_binary(input);
+            // Binary server messages are canonical too.
+            match decode_server_binary(input) {
+                Ok(ServerMsg::Reply {
+                    seq,
+                    result: Ok(()),
+                    details,
+                }) => {
+                    let frame = encode_reply_ok(WireFormat::Tcp, seq, &details.as_extra());
+                    assert_eq!(
+                        &frame[TCP_PREFIX_LEN..],
+                        input,
+                        "binary replies are canonical"
+                    );
+                }
+                Ok(ServerMsg::Room {
+                    room,
+                    online,
+                    users,
+                }) => {
+                    let frame = encode_room_online(WireFormat::Tcp, &room, online, users);
+                    assert_eq!(&frame[TCP_PREFIX_LEN..], input, "room counts are canonical");
+                }
+                _ => {}
+            }
             if let Ok(ServerMsgView::Batch(view)) = view_server_binary(input) {
                 assert_eq!(view.iter().count(), view.len());
             }

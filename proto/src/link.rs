@@ -1,9 +1,10 @@
 //! The control ↔ edge link codec (PROTOCOL.md §6).
 //!
 //! One persistent TCP connection carries length-prefixed frames in both directions: `u32 length`
-//! (of what follows), `type u8`, then the body. The edge registers, reports load and answers user
-//! queries; the control plane publishes messages, sets per-room rate levels and asks which
-//! connections a user has on the edge.
+//! (of what follows), `type u8`, then the body. The edge registers, reports load, answers user
+//! queries and asks for channel positions, recoveries and history pages; the control plane
+//! publishes messages, sets per-room rate levels, asks which connections a user has on the edge
+//! and pushes rooms' online counts.
 //!
 //! The codec is pure: [`encode`] appends bytes to a buffer and [`decode`] splits whole frames off
 //! the front of one. Both check the same rules, so every frame [`encode`] accepts [`decode`]
@@ -16,12 +17,12 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::client::WireFormat;
-use super::ids::is_valid_id;
-use super::message::{PushMessage, Target, PRIORITIES};
+use super::ids::{is_valid_epoch, is_valid_id};
+use super::message::{PushMessage, RecoveryFailure, Since, Target, PRIORITIES};
 use super::wire::{put_bytes32, put_str8, Reader, WireError};
 
 /// Link protocol version carried by `register`; any other version is refused.
-pub const LINK_VERSION: u16 = 3;
+pub const LINK_VERSION: u16 = 4;
 
 /// Largest accepted value of a frame's length prefix (type byte + body), in bytes.
 pub const MAX_LINK_FRAME: usize = 16 << 20;
@@ -40,6 +41,11 @@ const TYPE_QUERY_USER: u8 = 0x05;
 const TYPE_USER_CONNS: u8 = 0x06;
 const TYPE_SYNC: u8 = 0x07;
 const TYPE_SYNC_ACK: u8 = 0x08;
+const TYPE_RECOVER: u8 = 0x09;
+const TYPE_RECOVERED: u8 = 0x0a;
+const TYPE_HISTORY: u8 = 0x0b;
+const TYPE_HISTORY_PAGE: u8 = 0x0c;
+const TYPE_ROOM_ONLINE: u8 = 0x0d;
 
 // Smallest encodings of the repeated items, used to bound pre-allocation by what the frame can
 // really hold rather than by an untrusted count.
@@ -53,6 +59,14 @@ const MIN_SEQ_LEN: usize = 1 + 1 + 8;
 const MIN_CONN_LEN: usize = 1 + 1 + 1;
 /// One room of a user connection: a one-byte id plus its length byte.
 const MIN_ROOM_LEN: usize = 1 + 1;
+/// One channel of a sync: target tag and an empty id (broadcast).
+const MIN_TARGET_LEN: usize = 1 + 1;
+/// One channel position: a target, a one-byte epoch (epochs are never empty) and `last_seq`.
+const MIN_POSITION_LEN: usize = MIN_TARGET_LEN + 1 + 1 + 8;
+/// One stored message: `seq u64`, `priority u8`, empty kind, empty data.
+const MIN_MSG_LEN: usize = 8 + 1 + 1 + 4;
+/// One room online count: a one-byte id plus its length byte, `online u32`, `users u32`.
+const MIN_ROOM_COUNT_LEN: usize = 1 + 1 + 4 + 4;
 
 /// `register` (edge → control): the first frame on every (re)connected link.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -154,6 +168,105 @@ pub struct ConnInfo {
     pub rooms: Vec<String>,
 }
 
+/// A channel's numbering as the control plane holds it: its epoch and the last `seq` it
+/// assigned (0 when it has published nothing).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelPosition {
+    /// The channel.
+    pub target: Target,
+    /// The channel's epoch (1–32 bytes of `[A-Za-z0-9_-]`).
+    pub epoch: String,
+    /// The last `seq` published on the channel.
+    pub last_seq: u64,
+}
+
+/// `sync` (edge → control): a barrier, and the channels whose positions the edge needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sync {
+    /// Chosen by the edge and echoed in the [`SyncAck`].
+    pub id: u64,
+    /// The channels the barrier confirms (those joins and auths wait on; may be empty).
+    pub channels: Vec<Target>,
+}
+
+/// `sync ack` (control → edge): the answer to a [`Sync`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncAck {
+    /// The `id` of the sync this answers.
+    pub id: u64,
+    /// The position of each channel the sync listed.
+    pub positions: Vec<ChannelPosition>,
+}
+
+/// `recover` (edge → control): the messages of `target` after `since`, for a join or auth
+/// that carried it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recover {
+    /// Chosen by the edge and echoed in the [`Recovered`] answer.
+    pub id: u64,
+    /// The channel to recover.
+    pub target: Target,
+    /// Where the client stands (a valid epoch).
+    pub since: Since,
+}
+
+/// `recovered` (control → edge): the answer to one [`Recover`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovered {
+    /// The `id` of the recover this answers.
+    pub id: u64,
+    /// The channel's position when the answer was made.
+    pub position: ChannelPosition,
+    /// The missed messages in `seq` order (their `data` zero-copy on decode), or why there are
+    /// none.
+    pub result: Result<Vec<PushMessage>, RecoveryFailure>,
+}
+
+/// `history` (edge → control): stored messages of a channel after a `seq`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryRequest {
+    /// Chosen by the edge and echoed in the [`HistoryPage`] answer.
+    pub id: u64,
+    /// The channel asked about.
+    pub target: Target,
+    /// Messages after this `seq` are wanted.
+    pub since: u64,
+    /// At most this many; passed through as sent (the edge checks a client's limit, the control
+    /// plane caps what it returns).
+    pub limit: u32,
+}
+
+/// `history page` (control → edge): the answer to one [`HistoryRequest`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryPage {
+    /// The `id` of the history request this answers.
+    pub id: u64,
+    /// The channel's position when the answer was made.
+    pub position: ChannelPosition,
+    /// False when the messages after `since` are no longer all stored.
+    pub complete: bool,
+    /// Stored messages after `since`, in `seq` order (their `data` zero-copy on decode).
+    pub msgs: Vec<PushMessage>,
+}
+
+/// `room online` (control → edge): rooms' global online counts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomOnline {
+    /// One count per room.
+    pub rooms: Vec<RoomCount>,
+}
+
+/// One room's count in a [`RoomOnline`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomCount {
+    /// The room (a valid id).
+    pub room: String,
+    /// Connections in the room, over every edge.
+    pub online: u32,
+    /// Distinct users in the room, over every edge.
+    pub users: u32,
+}
+
 /// One frame on the control ↔ edge link.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LinkFrame {
@@ -171,10 +284,21 @@ pub enum LinkFrame {
     UserConns(UserConns),
     /// `0x07`, edge → control: a barrier. The control plane answers [`LinkFrame::SyncAck`] with
     /// the same id once it has applied every frame the edge sent before it, so the edge knows its
-    /// reported memberships are in the control plane's routing (the join acknowledgement).
-    Sync(u64),
+    /// reported memberships are in the control plane's routing (the join acknowledgement), and
+    /// with the positions of the channels the sync lists.
+    Sync(Sync),
     /// `0x08`, control → edge: the answer to [`LinkFrame::Sync`].
-    SyncAck(u64),
+    SyncAck(SyncAck),
+    /// `0x09`, edge → control.
+    Recover(Recover),
+    /// `0x0a`, control → edge: the answer to [`LinkFrame::Recover`].
+    Recovered(Recovered),
+    /// `0x0b`, edge → control.
+    History(HistoryRequest),
+    /// `0x0c`, control → edge: the answer to [`LinkFrame::History`].
+    HistoryPage(HistoryPage),
+    /// `0x0d`, control → edge.
+    RoomOnline(RoomOnline),
 }
 
 /// Why a link frame could not be encoded or decoded. After a decode error the link is broken:
@@ -187,13 +311,14 @@ pub enum LinkError {
     /// The length prefix is 0, so there is not even a type byte.
     #[error("zero-length frame")]
     EmptyFrame,
-    /// The type byte is not one of the eight link frames.
+    /// The type byte is not one of the thirteen link frames.
     #[error("unknown link frame type {0:#04x}")]
     UnknownType(u8),
     /// `register` carries a version other than [`LINK_VERSION`].
     #[error("unsupported link version {0} (expected {LINK_VERSION})")]
     UnsupportedVersion(u16),
-    /// A publish or load-report seq target tag is not 0 (room), 1 (user) or 2 (broadcast).
+    /// A target tag (publish, load-report seq, sync, positions, recover, history) is not
+    /// 0 (room), 1 (user) or 2 (broadcast).
     #[error("unknown target tag {0}")]
     BadTarget(u8),
     /// A user connection's format byte is not 0 (WebSocket JSON), 1 (WebSocket binary) or
@@ -206,7 +331,7 @@ pub enum LinkError {
     /// The named field is not a valid room/user/edge id.
     #[error("{0} is not a valid id")]
     InvalidId(&'static str),
-    /// A broadcast target (publish or load-report seq) carries a non-empty id.
+    /// A broadcast target carries a non-empty id.
     #[error("broadcast target carries an id")]
     BroadcastWithId,
     /// The message kind contains a control character (it is spliced into client JSON).
@@ -215,9 +340,16 @@ pub enum LinkError {
     /// A required field is empty.
     #[error("{0} must not be empty")]
     EmptyField(&'static str),
-    /// The load report's `full` byte is neither 0 nor 1.
-    #[error("full flag is {0}, expected 0 or 1")]
-    BadFlag(u8),
+    /// The named field is not a valid epoch (1–32 bytes of `[A-Za-z0-9_-]`).
+    #[error("{0} is not a valid epoch")]
+    InvalidEpoch(&'static str),
+    /// The named flag byte (the load report's `full`, a history page's `complete`) is neither 0
+    /// nor 1.
+    #[error("{0} is {1}, expected 0 or 1")]
+    BadFlag(&'static str, u8),
+    /// A recovered frame's `result` is neither 0 (recovered) nor a recovery failure code (1–4).
+    #[error("unknown recovery result {0}")]
+    BadRecovery(u8),
     /// A primitive field is truncated, not UTF-8, too long, or bytes trail the body.
     #[error("malformed frame: {0}")]
     Wire(#[from] WireError),
@@ -243,9 +375,10 @@ pub fn encode(frame: &LinkFrame, out: &mut BytesMut) -> Result<(), LinkError> {
 ///
 /// Returns `Ok(None)` when `buf` does not yet hold a whole frame; in that case it reserves room
 /// for the rest of the frame so the next socket reads fill it without repeated reallocation.
-/// Length errors are reported as soon as the 4-byte prefix has arrived. Publish `data` is a
-/// zero-copy slice of the received bytes: it shares (and keeps alive) `buf`'s allocation, so
-/// `buf` grows into a fresh allocation while pushes are still queued.
+/// Length errors are reported as soon as the 4-byte prefix has arrived. Message `data` (publish,
+/// recovered, history page) is a zero-copy slice of the received bytes: it shares (and keeps
+/// alive) `buf`'s allocation, so `buf` grows into a fresh allocation while pushes are still
+/// queued.
 ///
 /// Any error means the link is broken: the stream can no longer be framed reliably, and the
 /// caller must drop the connection. `buf` is left in an unspecified state.
@@ -285,21 +418,7 @@ fn frame_len(frame: &LinkFrame) -> Result<usize, LinkError> {
                 + 2
                 + 4
         }
-        LinkFrame::Publish(p) => {
-            check_target(&p.target)?;
-            check_priority(p.msg.priority)?;
-            check_kind(&p.msg.kind)?;
-            // Comparing before adding keeps the sum from overflowing on 32-bit targets.
-            if p.msg.data.len() > MAX_LINK_FRAME {
-                return Err(LinkError::FrameTooLarge(p.msg.data.len()));
-            }
-            1 + str8_len(p.target.id(), "id")?
-                + 8
-                + 1
-                + str8_len(&p.msg.kind, "kind")?
-                + 4
-                + p.msg.data.len()
-        }
+        LinkFrame::Publish(p) => target_len(&p.target)? + msg_len(&p.msg)?,
         LinkFrame::SetLevel(s) => {
             check_id(&s.room, "room")?;
             str8_len(&s.room, "room")? + 1 + 4 + 4 * PRIORITIES
@@ -318,7 +437,24 @@ fn frame_len(frame: &LinkFrame) -> Result<usize, LinkError> {
             check_id(&u.user, "user")?;
             add_conns(4 + str8_len(&u.user, "user")?, &u.conns)?
         }
-        LinkFrame::Sync(_) | LinkFrame::SyncAck(_) => 8,
+        LinkFrame::Sync(s) => add_list(8, &s.channels, target_len)?,
+        LinkFrame::SyncAck(a) => add_list(8, &a.positions, position_len)?,
+        LinkFrame::Recover(r) => {
+            check_epoch(&r.since.epoch, "epoch")?;
+            8 + target_len(&r.target)? + str8_len(&r.since.epoch, "epoch")? + 8
+        }
+        LinkFrame::Recovered(r) => {
+            let n = 8 + position_len(&r.position)? + 1;
+            match &r.result {
+                Ok(msgs) => add_list(n, msgs, msg_len)?,
+                Err(_) => n,
+            }
+        }
+        LinkFrame::History(h) => 8 + target_len(&h.target)? + 8 + 4,
+        LinkFrame::HistoryPage(h) => {
+            add_list(8 + position_len(&h.position)? + 1, &h.msgs, msg_len)?
+        }
+        LinkFrame::RoomOnline(o) => add_list(0, &o.rooms, room_count_len)?,
     };
     let len = 1 + body;
     if len > MAX_LINK_FRAME {
@@ -381,6 +517,52 @@ fn add_conns(mut n: usize, conns: &[ConnInfo]) -> Result<usize, LinkError> {
     Ok(n)
 }
 
+/// Adds a `count u32` and its items to `n`, stopping early once past the frame limit so a huge
+/// list cannot overflow the sum (no item's size is above the limit by more than a few bytes).
+fn add_list<T>(
+    mut n: usize,
+    items: &[T],
+    item_len: impl Fn(&T) -> Result<usize, LinkError>,
+) -> Result<usize, LinkError> {
+    n += 4;
+    for item in items {
+        n += item_len(item)?;
+        if n > MAX_LINK_FRAME {
+            return Err(LinkError::FrameTooLarge(n));
+        }
+    }
+    Ok(n)
+}
+
+/// Encoded size of a checked `target u8` + `id str8`.
+fn target_len(target: &Target) -> Result<usize, LinkError> {
+    check_target(target)?;
+    Ok(1 + str8_len(target.id(), "id")?)
+}
+
+/// Encoded size of a checked channel position: target, `epoch str8`, `last_seq u64`.
+fn position_len(p: &ChannelPosition) -> Result<usize, LinkError> {
+    check_epoch(&p.epoch, "epoch")?;
+    Ok(target_len(&p.target)? + str8_len(&p.epoch, "epoch")? + 8)
+}
+
+/// Encoded size of a checked message: `seq u64`, `priority u8`, `kind str8`, `data bytes32`.
+fn msg_len(m: &PushMessage) -> Result<usize, LinkError> {
+    check_priority(m.priority)?;
+    check_kind(&m.kind)?;
+    // Comparing before adding keeps the sum from overflowing on 32-bit targets.
+    if m.data.len() > MAX_LINK_FRAME {
+        return Err(LinkError::FrameTooLarge(m.data.len()));
+    }
+    Ok(8 + 1 + str8_len(&m.kind, "kind")? + 4 + m.data.len())
+}
+
+/// Encoded size of a checked room count: `room str8`, `online u32`, `users u32`.
+fn room_count_len(c: &RoomCount) -> Result<usize, LinkError> {
+    check_id(&c.room, "room")?;
+    Ok(str8_len(&c.room, "room")? + 4 + 4)
+}
+
 /// Encoded size of a `str8`, failing when it does not fit one.
 fn str8_len(s: &str, field: &'static str) -> Result<usize, LinkError> {
     if s.len() > usize::from(u8::MAX) {
@@ -407,10 +589,7 @@ fn write_frame(frame: &LinkFrame, len: usize, out: &mut BytesMut) -> Result<(), 
         LinkFrame::Publish(p) => {
             out.put_u8(TYPE_PUBLISH);
             put_target(out, &p.target)?;
-            out.put_u64(p.msg.seq);
-            out.put_u8(p.msg.priority);
-            put_str8(out, p.msg.kind.as_bytes(), "kind")?;
-            put_bytes32(out, &p.msg.data, "data")?;
+            put_msg(out, &p.msg)?;
         }
         LinkFrame::SetLevel(s) => {
             out.put_u8(TYPE_SET_LEVEL);
@@ -444,13 +623,57 @@ fn write_frame(frame: &LinkFrame, len: usize, out: &mut BytesMut) -> Result<(), 
             out.put_u32(q.request);
             put_str8(out, q.user.as_bytes(), "user")?;
         }
-        LinkFrame::Sync(id) => {
+        LinkFrame::Sync(s) => {
             out.put_u8(TYPE_SYNC);
-            out.put_u64(*id);
+            out.put_u64(s.id);
+            put_list(out, &s.channels, "channels", put_target)?;
         }
-        LinkFrame::SyncAck(id) => {
+        LinkFrame::SyncAck(a) => {
             out.put_u8(TYPE_SYNC_ACK);
-            out.put_u64(*id);
+            out.put_u64(a.id);
+            put_list(out, &a.positions, "positions", put_position)?;
+        }
+        LinkFrame::Recover(r) => {
+            out.put_u8(TYPE_RECOVER);
+            out.put_u64(r.id);
+            put_target(out, &r.target)?;
+            put_str8(out, r.since.epoch.as_bytes(), "epoch")?;
+            out.put_u64(r.since.seq);
+        }
+        LinkFrame::Recovered(r) => {
+            out.put_u8(TYPE_RECOVERED);
+            out.put_u64(r.id);
+            put_position(out, &r.position)?;
+            match &r.result {
+                Ok(msgs) => {
+                    out.put_u8(0);
+                    put_list(out, msgs, "msgs", put_msg)?;
+                }
+                Err(failure) => out.put_u8(failure.code()),
+            }
+        }
+        LinkFrame::History(h) => {
+            out.put_u8(TYPE_HISTORY);
+            out.put_u64(h.id);
+            put_target(out, &h.target)?;
+            out.put_u64(h.since);
+            out.put_u32(h.limit);
+        }
+        LinkFrame::HistoryPage(h) => {
+            out.put_u8(TYPE_HISTORY_PAGE);
+            out.put_u64(h.id);
+            put_position(out, &h.position)?;
+            out.put_u8(u8::from(h.complete));
+            put_list(out, &h.msgs, "msgs", put_msg)?;
+        }
+        LinkFrame::RoomOnline(o) => {
+            out.put_u8(TYPE_ROOM_ONLINE);
+            put_list(out, &o.rooms, "rooms", |out, c| {
+                put_str8(out, c.room.as_bytes(), "room")?;
+                out.put_u32(c.online);
+                out.put_u32(c.users);
+                Ok(())
+            })?;
         }
         LinkFrame::UserConns(u) => {
             out.put_u8(TYPE_USER_CONNS);
@@ -473,10 +696,44 @@ fn write_frame(frame: &LinkFrame, len: usize, out: &mut BytesMut) -> Result<(), 
     Ok(())
 }
 
-/// Writes a `target u8` + `id str8` pair (publish, load-report seqs).
+/// Writes a `target u8` + `id str8` pair (publish, load-report seqs, sync channels, positions,
+/// recover, history).
 fn put_target(out: &mut BytesMut, target: &Target) -> Result<(), LinkError> {
     out.put_u8(target.tag());
     put_str8(out, target.id().as_bytes(), "id")?;
+    Ok(())
+}
+
+/// Writes a channel position: target, `epoch str8`, `last_seq u64`.
+fn put_position(out: &mut BytesMut, p: &ChannelPosition) -> Result<(), LinkError> {
+    put_target(out, &p.target)?;
+    put_str8(out, p.epoch.as_bytes(), "epoch")?;
+    out.put_u64(p.last_seq);
+    Ok(())
+}
+
+/// Writes a message: `seq u64`, `priority u8`, `kind str8`, `data bytes32` (publish, recovered,
+/// history page).
+fn put_msg(out: &mut BytesMut, m: &PushMessage) -> Result<(), LinkError> {
+    out.put_u64(m.seq);
+    out.put_u8(m.priority);
+    put_str8(out, m.kind.as_bytes(), "kind")?;
+    put_bytes32(out, &m.data, "data")?;
+    Ok(())
+}
+
+/// Writes a `count u32` and each item.
+fn put_list<T>(
+    out: &mut BytesMut,
+    items: &[T],
+    field: &'static str,
+    put_item: impl Fn(&mut BytesMut, &T) -> Result<(), LinkError>,
+) -> Result<(), LinkError> {
+    let count = u32::try_from(items.len()).map_err(|_| WireError::TooLong(field))?;
+    out.put_u32(count);
+    for item in items {
+        put_item(out, item)?;
+    }
     Ok(())
 }
 
@@ -494,7 +751,7 @@ fn write_entries(
     Ok(())
 }
 
-/// Decodes type byte + body. `frame` is the frozen frame without its length prefix, so publish
+/// Decodes type byte + body. `frame` is the frozen frame without its length prefix, so message
 /// data can be sliced out of it without copying.
 fn decode_body(frame: Bytes) -> Result<LinkFrame, LinkError> {
     let mut r = Reader::new(&frame);
@@ -517,22 +774,8 @@ fn decode_body(frame: Bytes) -> Result<LinkFrame, LinkError> {
         }
         TYPE_PUBLISH => {
             let target = read_target(&mut r)?;
-            let seq = r.u64("seq")?;
-            let priority = r.u8("priority")?;
-            check_priority(priority)?;
-            let kind = r.str8("kind")?;
-            check_kind(kind)?;
-            let kind = kind.to_owned();
-            let data = r.bytes32("data")?;
-            LinkFrame::Publish(Publish {
-                target,
-                msg: PushMessage {
-                    seq,
-                    priority,
-                    kind,
-                    data: frame.slice(data),
-                },
-            })
+            let msg = read_msg(&mut r, &frame)?;
+            LinkFrame::Publish(Publish { target, msg })
         }
         TYPE_SET_LEVEL => {
             let room = r.str8("room")?;
@@ -560,7 +803,7 @@ fn decode_body(frame: Bytes) -> Result<LinkFrame, LinkError> {
             let full = match r.u8("full")? {
                 0 => false,
                 1 => true,
-                f => return Err(LinkError::BadFlag(f)),
+                f => return Err(LinkError::BadFlag("full", f)),
             };
             let rooms = read_entries(&mut r, "room_count", "room")?;
             let users = read_entries(&mut r, "user_count", "user")?;
@@ -600,8 +843,74 @@ fn decode_body(frame: Bytes) -> Result<LinkFrame, LinkError> {
                 conns,
             })
         }
-        TYPE_SYNC => LinkFrame::Sync(r.u64("sync id")?),
-        TYPE_SYNC_ACK => LinkFrame::SyncAck(r.u64("sync id")?),
+        TYPE_SYNC => {
+            let id = r.u64("sync id")?;
+            let channels = read_list(&mut r, "channel_count", MIN_TARGET_LEN, read_target)?;
+            LinkFrame::Sync(Sync { id, channels })
+        }
+        TYPE_SYNC_ACK => {
+            let id = r.u64("sync id")?;
+            let positions = read_list(&mut r, "position_count", MIN_POSITION_LEN, read_position)?;
+            LinkFrame::SyncAck(SyncAck { id, positions })
+        }
+        TYPE_RECOVER => {
+            let id = r.u64("recover id")?;
+            let target = read_target(&mut r)?;
+            let epoch = read_epoch(&mut r, "epoch")?;
+            let seq = r.u64("since")?;
+            LinkFrame::Recover(Recover {
+                id,
+                target,
+                since: Since { epoch, seq },
+            })
+        }
+        TYPE_RECOVERED => {
+            let id = r.u64("recover id")?;
+            let position = read_position(&mut r)?;
+            let result = match r.u8("result")? {
+                0 => Ok(read_msgs(&mut r, &frame)?),
+                code => Err(RecoveryFailure::from_code(code).ok_or(LinkError::BadRecovery(code))?),
+            };
+            LinkFrame::Recovered(Recovered {
+                id,
+                position,
+                result,
+            })
+        }
+        TYPE_HISTORY => LinkFrame::History(HistoryRequest {
+            id: r.u64("history id")?,
+            target: read_target(&mut r)?,
+            since: r.u64("since")?,
+            limit: r.u32("limit")?,
+        }),
+        TYPE_HISTORY_PAGE => {
+            let id = r.u64("history id")?;
+            let position = read_position(&mut r)?;
+            let complete = match r.u8("complete")? {
+                0 => false,
+                1 => true,
+                f => return Err(LinkError::BadFlag("complete", f)),
+            };
+            let msgs = read_msgs(&mut r, &frame)?;
+            LinkFrame::HistoryPage(HistoryPage {
+                id,
+                position,
+                complete,
+                msgs,
+            })
+        }
+        TYPE_ROOM_ONLINE => {
+            let rooms = read_list(&mut r, "room_count", MIN_ROOM_COUNT_LEN, |r| {
+                let room = r.str8("room")?;
+                check_id(room, "room")?;
+                Ok(RoomCount {
+                    room: room.to_owned(),
+                    online: r.u32("online")?,
+                    users: r.u32("users")?,
+                })
+            })?;
+            LinkFrame::RoomOnline(RoomOnline { rooms })
+        }
         t => return Err(LinkError::UnknownType(t)),
     };
     r.finish()?;
@@ -645,6 +954,63 @@ fn read_target(r: &mut Reader<'_>) -> Result<Target, LinkError> {
     }
     check_target(&target)?;
     Ok(target)
+}
+
+/// Reads a `count u32` and that many items. The count is untrusted: never pre-allocate more
+/// items than the remaining bytes can hold at `min_len` bytes each.
+fn read_list<'a, T>(
+    r: &mut Reader<'a>,
+    count_field: &'static str,
+    min_len: usize,
+    read_item: impl Fn(&mut Reader<'a>) -> Result<T, LinkError>,
+) -> Result<Vec<T>, LinkError> {
+    let count = r.u32(count_field)?;
+    let cap = usize::try_from(count)
+        .unwrap_or(usize::MAX)
+        .min(r.remaining() / min_len);
+    let mut items = Vec::with_capacity(cap);
+    for _ in 0..count {
+        items.push(read_item(r)?);
+    }
+    Ok(items)
+}
+
+/// Reads a `str8` that must be a valid epoch.
+fn read_epoch(r: &mut Reader<'_>, field: &'static str) -> Result<String, LinkError> {
+    let epoch = r.str8(field)?;
+    check_epoch(epoch, field)?;
+    Ok(epoch.to_owned())
+}
+
+/// Reads a channel position: target, `epoch str8`, `last_seq u64`.
+fn read_position(r: &mut Reader<'_>) -> Result<ChannelPosition, LinkError> {
+    Ok(ChannelPosition {
+        target: read_target(r)?,
+        epoch: read_epoch(r, "epoch")?,
+        last_seq: r.u64("last_seq")?,
+    })
+}
+
+/// Reads a message; its `data` is a zero-copy slice of `frame`, the bytes `r` reads.
+fn read_msg(r: &mut Reader<'_>, frame: &Bytes) -> Result<PushMessage, LinkError> {
+    let seq = r.u64("seq")?;
+    let priority = r.u8("priority")?;
+    check_priority(priority)?;
+    let kind = r.str8("kind")?;
+    check_kind(kind)?;
+    let kind = kind.to_owned();
+    let data = r.bytes32("data")?;
+    Ok(PushMessage {
+        seq,
+        priority,
+        kind,
+        data: frame.slice(data),
+    })
+}
+
+/// Reads a `msg_count u32` and that many messages (zero-copy `data`).
+fn read_msgs(r: &mut Reader<'_>, frame: &Bytes) -> Result<Vec<PushMessage>, LinkError> {
+    read_list(r, "msg_count", MIN_MSG_LEN, |r| read_msg(r, frame))
 }
 
 fn read_seqs(r: &mut Reader<'_>) -> Result<Vec<(Target, u64)>, LinkError> {
@@ -710,6 +1076,14 @@ fn check_id(id: &str, field: &'static str) -> Result<(), LinkError> {
         Ok(())
     } else {
         Err(LinkError::InvalidId(field))
+    }
+}
+
+fn check_epoch(epoch: &str, field: &'static str) -> Result<(), LinkError> {
+    if is_valid_epoch(epoch.as_bytes()) {
+        Ok(())
+    } else {
+        Err(LinkError::InvalidEpoch(field))
     }
 }
 
@@ -815,11 +1189,151 @@ mod tests {
         })
     }
 
+    fn position(target: Target, epoch: &str, last_seq: u64) -> ChannelPosition {
+        ChannelPosition {
+            target,
+            epoch: epoch.into(),
+            last_seq,
+        }
+    }
+
+    fn sync() -> LinkFrame {
+        LinkFrame::Sync(Sync {
+            id: 42,
+            channels: vec![
+                Target::Room("r1".into()),
+                Target::User("u1".into()),
+                Target::Broadcast,
+            ],
+        })
+    }
+
+    fn sync_ack() -> LinkFrame {
+        LinkFrame::SyncAck(SyncAck {
+            id: 42,
+            positions: vec![
+                position(Target::Room("r1".into()), "k3x9", 57),
+                position(Target::User("u1".into()), "A-z_0", 0),
+                position(Target::Broadcast, "b", u64::MAX),
+            ],
+        })
+    }
+
+    fn recover() -> LinkFrame {
+        LinkFrame::Recover(Recover {
+            id: 9,
+            target: Target::Room("r1".into()),
+            since: Since {
+                epoch: "k3x9".into(),
+                seq: 41,
+            },
+        })
+    }
+
+    /// Messages as a history holds them: every priority, an empty kind and data.
+    fn stored_msgs() -> Vec<PushMessage> {
+        vec![
+            PushMessage {
+                seq: 42,
+                priority: 2,
+                kind: "gift".into(),
+                data: Bytes::from_static(br#"{"gift":"rocket","n":3}"#),
+            },
+            PushMessage {
+                seq: 43,
+                priority: 3,
+                kind: "chat".into(),
+                data: Bytes::from_static(br#""hi""#),
+            },
+            PushMessage {
+                seq: 44,
+                priority: 0,
+                kind: String::new(),
+                data: Bytes::new(),
+            },
+            PushMessage {
+                seq: u64::MAX,
+                priority: 1,
+                kind: "ü".into(),
+                data: Bytes::from_static(b"null"),
+            },
+        ]
+    }
+
+    fn recovered(result: Result<Vec<PushMessage>, RecoveryFailure>) -> LinkFrame {
+        LinkFrame::Recovered(Recovered {
+            id: 9,
+            position: position(Target::Room("r1".into()), "k3x9", 57),
+            result,
+        })
+    }
+
+    fn history() -> LinkFrame {
+        LinkFrame::History(HistoryRequest {
+            id: 3,
+            target: Target::User("u1".into()),
+            since: 41,
+            limit: 100,
+        })
+    }
+
+    fn history_page(complete: bool, msgs: Vec<PushMessage>) -> LinkFrame {
+        LinkFrame::HistoryPage(HistoryPage {
+            id: 3,
+            position: position(Target::User("u1".into()), "k3x9", 57),
+            complete,
+            msgs,
+        })
+    }
+
+    fn room_online() -> LinkFrame {
+        LinkFrame::RoomOnline(RoomOnline {
+            rooms: vec![
+                RoomCount {
+                    room: "r1".into(),
+                    online: 104_532,
+                    users: 98_000,
+                },
+                RoomCount {
+                    room: "room:10000".into(),
+                    online: 0,
+                    users: u32::MAX,
+                },
+            ],
+        })
+    }
+
     /// One of every frame type, covering the optional/edge-case fields.
     fn samples() -> Vec<LinkFrame> {
         vec![
-            LinkFrame::Sync(7),
-            LinkFrame::SyncAck(u64::MAX),
+            LinkFrame::Sync(Sync {
+                id: 7,
+                channels: vec![],
+            }),
+            sync(),
+            LinkFrame::SyncAck(SyncAck {
+                id: u64::MAX,
+                positions: vec![],
+            }),
+            sync_ack(),
+            recover(),
+            LinkFrame::Recover(Recover {
+                id: 0,
+                target: Target::Broadcast,
+                since: Since {
+                    epoch: "E".repeat(32),
+                    seq: u64::MAX,
+                },
+            }),
+            recovered(Ok(vec![])),
+            recovered(Ok(stored_msgs())),
+            recovered(Err(RecoveryFailure::TooOld)),
+            recovered(Err(RecoveryFailure::NotStored)),
+            history(),
+            history_page(true, vec![]),
+            history_page(false, stored_msgs()),
+            room_online(),
+            LinkFrame::RoomOnline(RoomOnline { rooms: vec![] }),
             register(),
             LinkFrame::Register(Register {
                 edge_id: "e".into(),
@@ -994,7 +1508,7 @@ mod tests {
     fn register_and_set_level_match_the_documented_layout() {
         let mut want = Vec::new();
         want.put_u32(1 + 2 + 2 + 2 + 2 + 1 + 2 + 4);
-        want.extend_from_slice(&[0x01, 0, 3, 1, b'e', 1, b'w', 1, b't', 0, 0, 3, 0, 0, 0, 9]);
+        want.extend_from_slice(&[0x01, 0, 4, 1, b'e', 1, b'w', 1, b't', 0, 0, 3, 0, 0, 0, 9]);
         let reg = LinkFrame::Register(Register {
             edge_id: "e".into(),
             ws_addr: "w".into(),
@@ -1279,20 +1793,391 @@ mod tests {
     #[test]
     fn sync_frames_match_the_documented_layout() {
         let mut want = Vec::new();
-        want.put_u32(1 + 8);
+        want.put_u32(1 + 8 + 4 + 4 + 4 + 2);
         want.push(0x07);
         want.put_u64(42);
-        assert_eq!(&encoded(&LinkFrame::Sync(42))[..], &want[..]);
-        want[4] = 0x08;
-        assert_eq!(&encoded(&LinkFrame::SyncAck(42))[..], &want[..]);
-        // A sync id is exactly 8 bytes.
-        assert!(matches!(decode_err(raw(0x07, &[0; 7])), LinkError::Wire(_)));
-        assert!(matches!(decode_err(raw(0x08, &[0; 9])), LinkError::Wire(_)));
+        want.put_u32(3);
+        want.extend_from_slice(&[0, 2, b'r', b'1', 1, 2, b'u', b'1', 2, 0]);
+        assert_eq!(&encoded(&sync())[..], &want[..]);
+
+        let mut want = Vec::new();
+        want.put_u32(1 + 8 + 4 + (4 + 5 + 8) + (4 + 6 + 8) + (2 + 2 + 8));
+        want.push(0x08);
+        want.put_u64(42);
+        want.put_u32(3);
+        want.extend_from_slice(&[0, 2, b'r', b'1', 4, b'k', b'3', b'x', b'9']);
+        want.put_u64(57);
+        want.extend_from_slice(&[1, 2, b'u', b'1', 5, b'A', b'-', b'z', b'_', b'0']);
+        want.put_u64(0);
+        want.extend_from_slice(&[2, 0, 1, b'b']);
+        want.put_u64(u64::MAX);
+        assert_eq!(&encoded(&sync_ack())[..], &want[..]);
+
+        // An empty sync is its id and a zero count.
+        let empty = LinkFrame::Sync(Sync {
+            id: 1,
+            channels: vec![],
+        });
+        assert_eq!(
+            &encoded(&empty)[..],
+            [0, 0, 0, 13, 0x07, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0]
+        );
+        // The version 3 sync (an id alone) is truncated now.
+        assert_eq!(
+            decode_err(raw(0x07, &[0; 8])),
+            LinkError::Wire(WireError::Truncated("channel_count"))
+        );
+        assert_eq!(
+            decode_err(raw(0x08, &[0; 8])),
+            LinkError::Wire(WireError::Truncated("position_count"))
+        );
+    }
+
+    #[test]
+    fn recovery_frames_match_the_documented_layout() {
+        let mut want = Vec::new();
+        want.put_u32(1 + 8 + 4 + 5 + 8);
+        want.push(0x09);
+        want.put_u64(9);
+        want.extend_from_slice(&[0, 2, b'r', b'1', 4, b'k', b'3', b'x', b'9']);
+        want.put_u64(41);
+        assert_eq!(&encoded(&recover())[..], &want[..]);
+
+        // The position every answer starts with: room r1 at k3x9/57.
+        let mut position = vec![0, 2, b'r', b'1', 4, b'k', b'3', b'x', b'9'];
+        position.put_u64(57);
+
+        let mut want = Vec::new();
+        want.put_u32(1 + 8 + 17 + 1);
+        want.push(0x0a);
+        want.put_u64(9);
+        want.extend_from_slice(&position);
+        want.push(2); // too_old: no messages follow
+        assert_eq!(
+            &encoded(&recovered(Err(RecoveryFailure::TooOld)))[..],
+            &want[..]
+        );
+
+        let msg = PushMessage {
+            seq: 42,
+            priority: 2,
+            kind: "gift".into(),
+            data: Bytes::from_static(b"{}"),
+        };
+        let mut want = Vec::new();
+        want.put_u32(1 + 8 + 17 + 1 + 4 + (8 + 1 + 5 + 4 + 2));
+        want.push(0x0a);
+        want.put_u64(9);
+        want.extend_from_slice(&position);
+        want.push(0); // recovered
+        want.put_u32(1);
+        want.put_u64(42);
+        want.extend_from_slice(&[2, 4, b'g', b'i', b'f', b't', 0, 0, 0, 2, b'{', b'}']);
+        assert_eq!(&encoded(&recovered(Ok(vec![msg.clone()])))[..], &want[..]);
+
+        // A history page is laid out like a recovered answer with `complete` for `result`.
+        let page = LinkFrame::HistoryPage(HistoryPage {
+            id: 9,
+            position: ChannelPosition {
+                target: Target::Room("r1".into()),
+                epoch: "k3x9".into(),
+                last_seq: 57,
+            },
+            complete: true,
+            msgs: vec![msg],
+        });
+        want[LEN_PREFIX] = 0x0c;
+        want[LEN_PREFIX + 1 + 8 + 17] = 1;
+        assert_eq!(&encoded(&page)[..], &want[..]);
+    }
+
+    #[test]
+    fn history_and_room_online_match_the_documented_layout() {
+        let mut want = Vec::new();
+        want.put_u32(1 + 8 + 4 + 8 + 4);
+        want.push(0x0b);
+        want.put_u64(3);
+        want.extend_from_slice(&[1, 2, b'u', b'1']);
+        want.put_u64(41);
+        want.put_u32(100);
+        assert_eq!(&encoded(&history())[..], &want[..]);
+
+        let mut want = Vec::new();
+        want.put_u32(1 + 4 + (3 + 8) + (11 + 8));
+        want.push(0x0d);
+        want.put_u32(2);
+        want.extend_from_slice(&[2, b'r', b'1']);
+        want.put_u32(104_532);
+        want.put_u32(98_000);
+        want.push(10);
+        want.extend_from_slice(b"room:10000");
+        want.put_u32(0);
+        want.put_u32(u32::MAX);
+        assert_eq!(&encoded(&room_online())[..], &want[..]);
+    }
+
+    #[test]
+    fn recovery_results_and_complete_flags_are_checked() {
+        let mut body = encoded(&recovered(Err(RecoveryFailure::TooOld)))[LEN_PREFIX + 1..].to_vec();
+        for code in [5, 0x80, 0xff] {
+            *body.last_mut().unwrap() = code;
+            assert_eq!(
+                decode_err(raw(TYPE_RECOVERED, &body)),
+                LinkError::BadRecovery(code)
+            );
+        }
+        for failure in RecoveryFailure::ALL {
+            *body.last_mut().unwrap() = failure.code();
+            assert!(matches!(
+                decode(&mut raw(TYPE_RECOVERED, &body)).unwrap(),
+                Some(LinkFrame::Recovered(Recovered { result: Err(f), .. })) if f == failure
+            ));
+        }
+        // A failure carries no messages: a count after it is trailing.
+        body.put_u32(0);
+        assert_eq!(
+            decode_err(raw(TYPE_RECOVERED, &body)),
+            LinkError::Wire(WireError::Trailing(4))
+        );
+
+        let mut body = encoded(&history_page(true, vec![]))[LEN_PREFIX + 1..].to_vec();
+        let at = body.len() - 5;
+        for flag in [2, 0xff] {
+            body[at] = flag;
+            assert_eq!(
+                decode_err(raw(TYPE_HISTORY_PAGE, &body)),
+                LinkError::BadFlag("complete", flag)
+            );
+        }
+    }
+
+    #[test]
+    fn epochs_are_checked_in_every_frame_that_carries_one() {
+        let bad_epochs: [&[u8]; 4] = [b"", b"k.3", b"k 3", &[b'e'; 33]];
+        // (type, body before the epoch, body after it)
+        let mut target = vec![0u8; 8]; // request id
+        target.extend_from_slice(&[0, 2, b'r', b'1']);
+        let mut ack_head = vec![0u8; 8];
+        ack_head.put_u32(1);
+        ack_head.extend_from_slice(&[0, 2, b'r', b'1']);
+        let cases: [(u8, &[u8], Vec<u8>); 4] = [
+            (TYPE_SYNC_ACK, &ack_head, vec![0; 8]),
+            (TYPE_RECOVER, &target, vec![0; 8]),
+            (TYPE_RECOVERED, &target, [&[0u8; 8][..], &[1]].concat()),
+            (
+                TYPE_HISTORY_PAGE,
+                &target,
+                [&[0u8; 8][..], &[1, 0, 0, 0, 0]].concat(),
+            ),
+        ];
+        for (ty, head, tail) in &cases {
+            for epoch in bad_epochs {
+                let mut body = head.to_vec();
+                put_str8(&mut body, epoch, "epoch").unwrap();
+                body.extend_from_slice(tail);
+                assert_eq!(
+                    decode_err(raw(*ty, &body)),
+                    LinkError::InvalidEpoch("epoch"),
+                    "type {ty:#x}, epoch {epoch:?}"
+                );
+            }
+            // The same body with a good epoch decodes.
+            let mut body = head.to_vec();
+            put_str8(&mut body, b"k3x9", "epoch").unwrap();
+            body.extend_from_slice(tail);
+            assert!(
+                decode(&mut raw(*ty, &body)).unwrap().is_some(),
+                "type {ty:#x}"
+            );
+        }
+        let bad = [
+            LinkFrame::Recover(Recover {
+                id: 1,
+                target: Target::Broadcast,
+                since: Since {
+                    epoch: String::new(),
+                    seq: 0,
+                },
+            }),
+            LinkFrame::SyncAck(SyncAck {
+                id: 1,
+                positions: vec![position(Target::Broadcast, "k.3", 0)],
+            }),
+            recovered_with_position(position(Target::Broadcast, &"e".repeat(33), 0)),
+        ];
+        for frame in bad {
+            assert_eq!(
+                encode(&frame, &mut BytesMut::new()),
+                Err(LinkError::InvalidEpoch("epoch")),
+                "{frame:?}"
+            );
+        }
+    }
+
+    fn recovered_with_position(position: ChannelPosition) -> LinkFrame {
+        LinkFrame::Recovered(Recovered {
+            id: 1,
+            position,
+            result: Ok(vec![]),
+        })
+    }
+
+    #[test]
+    fn targets_ids_and_messages_of_the_new_frames_are_checked() {
+        // A sync channel, a position, a recover and a history target are checked like a
+        // publish's target.
+        let mut body = vec![0u8; 8];
+        body.put_u32(2);
+        body.extend_from_slice(&[0, 2, b'r', b'1', 0, 3, b'r', b' ', b'1']);
+        assert_eq!(
+            decode_err(raw(TYPE_SYNC, &body)),
+            LinkError::InvalidId("room")
+        );
+        let mut body = vec![0u8; 8];
+        body.put_u32(1);
+        body.extend_from_slice(&[2, 1, b'x']);
+        assert_eq!(
+            decode_err(raw(TYPE_SYNC, &body)),
+            LinkError::BroadcastWithId
+        );
+        let mut body = vec![0u8; 8];
+        body.extend_from_slice(&[3, 0]);
+        body.put_u64(1);
+        body.put_u32(1);
+        assert_eq!(
+            decode_err(raw(TYPE_HISTORY, &body)),
+            LinkError::BadTarget(3)
+        );
+        // Room counts carry valid room ids.
+        let mut body = Vec::new();
+        body.put_u32(1);
+        put_str8(&mut body, b"r/1", "room").unwrap();
+        body.put_u64(0);
+        assert_eq!(
+            decode_err(raw(TYPE_ROOM_ONLINE, &body)),
+            LinkError::InvalidId("room")
+        );
+        // Stored messages are checked like a publish's.
+        let mut bad_priority = stored_msgs();
+        bad_priority[1].priority = 4;
+        let mut bad_kind = stored_msgs();
+        bad_kind[2].kind = "a\nb".into();
+        for (msgs, err) in [
+            (bad_priority, LinkError::BadPriority(4)),
+            (bad_kind, LinkError::InvalidKind),
+        ] {
+            for frame in [
+                recovered(Ok(msgs.clone())),
+                history_page(true, msgs.clone()),
+            ] {
+                assert_eq!(encode(&frame, &mut BytesMut::new()), Err(err.clone()));
+            }
+        }
+        // On decode too: the first message's priority byte: after id, position, complete, count and its seq.
+        let at = 8 + (4 + 5 + 8) + 1 + 4 + 8;
+        let mut body = encoded(&history_page(true, stored_msgs()))[LEN_PREFIX + 1..].to_vec();
+        assert_eq!(body[at], 2);
+        body[at] = 7;
+        assert_eq!(
+            decode_err(raw(TYPE_HISTORY_PAGE, &body)),
+            LinkError::BadPriority(7)
+        );
+        let mut rooms = room_online();
+        if let LinkFrame::RoomOnline(o) = &mut rooms {
+            o.rooms[1].room = String::new();
+        }
+        assert_eq!(
+            encode(&rooms, &mut BytesMut::new()),
+            Err(LinkError::InvalidId("room"))
+        );
+    }
+
+    #[test]
+    fn stored_message_data_is_a_zero_copy_slice_of_the_input() {
+        let frames = [
+            recovered(Ok(stored_msgs())),
+            history_page(false, stored_msgs()),
+        ];
+        for frame in frames {
+            let mut buf = encoded(&frame);
+            let start = buf.as_ptr() as usize;
+            let end = start + buf.len();
+            let msgs = match decode(&mut buf).unwrap() {
+                Some(LinkFrame::Recovered(Recovered { result: Ok(m), .. })) => m,
+                Some(LinkFrame::HistoryPage(p)) => p.msgs,
+                other => panic!("unexpected {other:?}"),
+            };
+            assert_eq!(msgs, stored_msgs());
+            for m in msgs.iter().filter(|m| !m.data.is_empty()) {
+                let ptr = m.data.as_ptr() as usize;
+                assert!(start <= ptr && ptr + m.data.len() <= end, "data was copied");
+            }
+        }
+    }
+
+    #[test]
+    fn huge_counts_in_the_new_frames_fail_without_allocating_for_them() {
+        // Each body ends right after a count of u32::MAX: the first item is missing.
+        let mut position = vec![0, 2, b'r', b'1', 1, b'e'];
+        position.put_u64(1);
+        let cases: [(u8, Vec<u8>, &str); 5] = [
+            (TYPE_SYNC, vec![0; 8], "target"),
+            (TYPE_SYNC_ACK, vec![0; 8], "target"),
+            (
+                TYPE_RECOVERED,
+                [&[0u8; 8][..], &position, &[0]].concat(),
+                "seq",
+            ),
+            (
+                TYPE_HISTORY_PAGE,
+                [&[0u8; 8][..], &position, &[1]].concat(),
+                "seq",
+            ),
+            (TYPE_ROOM_ONLINE, vec![], "room"),
+        ];
+        for (ty, mut body, field) in cases {
+            body.put_u32(u32::MAX);
+            assert_eq!(
+                decode_err(raw(ty, &body)),
+                LinkError::Wire(WireError::Truncated(field)),
+                "type {ty:#x}"
+            );
+        }
+    }
+
+    #[test]
+    fn lists_of_the_new_frames_stop_at_the_frame_limit() {
+        // 1.5 million room counts of 17 bytes are over 16 MiB: refused before writing.
+        let rooms = vec![
+            RoomCount {
+                room: "room:1234".into(),
+                online: 1,
+                users: 1,
+            };
+            1_500_000
+        ];
+        let mut out = BytesMut::from(&b"keep"[..]);
+        assert!(matches!(
+            encode(&LinkFrame::RoomOnline(RoomOnline { rooms }), &mut out),
+            Err(LinkError::FrameTooLarge(_))
+        ));
+        // Two messages of 9 MiB each fit no history page.
+        let big = PushMessage {
+            seq: 1,
+            priority: 3,
+            kind: "k".into(),
+            data: Bytes::from(vec![b'1'; 9 << 20]),
+        };
+        assert!(matches!(
+            encode(&history_page(true, vec![big.clone(), big]), &mut out),
+            Err(LinkError::FrameTooLarge(_))
+        ));
+        assert_eq!(&out[..], b"keep");
     }
 
     #[test]
     fn unknown_types_are_refused() {
-        for ty in [0x00, 0x09, 0x81, 0xff] {
+        for ty in [0x00, 0x0e, 0x81, 0xff] {
             assert_eq!(decode_err(raw(ty, &[])), LinkError::UnknownType(ty));
         }
     }
@@ -1430,7 +2315,7 @@ mod tests {
         let body = load_report_body(2, &[]);
         assert_eq!(
             decode_err(raw(TYPE_LOAD_REPORT, &body)),
-            LinkError::BadFlag(2)
+            LinkError::BadFlag("full", 2)
         );
         let body = load_report_body(0, &[(b"r1", 1), (b"", 0)]);
         assert_eq!(
@@ -1789,6 +2674,18 @@ mod tests {
             "room is not a valid id"
         );
         assert_eq!(LinkError::BadFormat(3).to_string(), "unknown wire format 3");
+        assert_eq!(
+            LinkError::InvalidEpoch("epoch").to_string(),
+            "epoch is not a valid epoch"
+        );
+        assert_eq!(
+            LinkError::BadFlag("complete", 2).to_string(),
+            "complete is 2, expected 0 or 1"
+        );
+        assert_eq!(
+            LinkError::BadRecovery(9).to_string(),
+            "unknown recovery result 9"
+        );
         assert_eq!(
             LinkError::Wire(WireError::TooLong("rooms")).to_string(),
             "malformed frame: rooms is too long"

@@ -47,3 +47,110 @@ pub struct PushMessage {
     /// The publisher's JSON text, passed through untouched.
     pub data: Bytes,
 }
+
+/// Why a recovery was refused (PROTOCOL.md §5); its wire code is a `u8` from 1 to 4, in the
+/// order of the variants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecoveryFailure {
+    /// The channel's epoch is not the one the client holds: its numbering or history was lost.
+    EpochChanged,
+    /// Some of the missed messages are no longer in the history.
+    TooOld,
+    /// More messages were missed than a recovery replays.
+    TooMany,
+    /// Some of the missed messages were never stored (their priority is not kept at the room's
+    /// level).
+    NotStored,
+}
+
+impl RecoveryFailure {
+    /// Every reason, in wire-code order (code 1 first).
+    pub const ALL: [RecoveryFailure; 4] = [
+        RecoveryFailure::EpochChanged,
+        RecoveryFailure::TooOld,
+        RecoveryFailure::TooMany,
+        RecoveryFailure::NotStored,
+    ];
+
+    /// The reason as JSON spells it, e.g. `too_old`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecoveryFailure::EpochChanged => "epoch_changed",
+            RecoveryFailure::TooOld => "too_old",
+            RecoveryFailure::TooMany => "too_many",
+            RecoveryFailure::NotStored => "not_stored",
+        }
+    }
+
+    /// The binary code: 1 ..= 4 (0 means "recovered" where a result byte carries one).
+    pub fn code(self) -> u8 {
+        match self {
+            RecoveryFailure::EpochChanged => 1,
+            RecoveryFailure::TooOld => 2,
+            RecoveryFailure::TooMany => 3,
+            RecoveryFailure::NotStored => 4,
+        }
+    }
+
+    /// The reason with binary code `code`, if it is one.
+    pub fn from_code(code: u8) -> Option<Self> {
+        Self::ALL.into_iter().find(|f| f.code() == code)
+    }
+
+    /// The reason spelled `s` in JSON, if it is one.
+    // An inherent `Option` lookup, like `from_code`; `FromStr` would need an error type nobody
+    // uses.
+    #[allow(clippy::should_implement_trait)]
+    pub fn from_str(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|f| f.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for RecoveryFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A resume position: the channel's epoch and the last `seq` the client has of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Since {
+    /// The channel's epoch as the client last saw it (1–32 bytes of `[A-Za-z0-9_-]`; see
+    /// [`crate::ids::is_valid_epoch`]).
+    pub epoch: String,
+    /// The last `seq` the client received on the channel.
+    pub seq: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recovery_failures_spell_and_number_the_protocol_table() {
+        let table: Vec<(u8, &str)> = RecoveryFailure::ALL
+            .iter()
+            .map(|f| (f.code(), f.as_str()))
+            .collect();
+        assert_eq!(
+            table,
+            [
+                (1, "epoch_changed"),
+                (2, "too_old"),
+                (3, "too_many"),
+                (4, "not_stored")
+            ]
+        );
+        for f in RecoveryFailure::ALL {
+            assert_eq!(RecoveryFailure::from_code(f.code()), Some(f));
+            assert_eq!(RecoveryFailure::from_str(f.as_str()), Some(f));
+            assert_eq!(f.to_string(), f.as_str());
+        }
+        for code in [0, 5, 0x80, 0xff] {
+            assert_eq!(RecoveryFailure::from_code(code), None);
+        }
+        for s in ["", "TOO_OLD", "too old", "recovered"] {
+            assert_eq!(RecoveryFailure::from_str(s), None);
+        }
+    }
+}
