@@ -163,20 +163,33 @@ impl LinkServer {
                         Some(edge) => edge.apply(report),
                         None => say(&format!("link {peer}: load report before register")),
                     },
-                    Ok(Some(LinkFrame::Sync(id))) => {
+                    Ok(Some(LinkFrame::Sync(sync))) => {
                         // The edge answers joins of new channels once this barrier comes back;
                         // this server routes every publish to every edge, so there is nothing
-                        // to apply first.
-                        let mut ack = BytesMut::new();
-                        link::encode(&LinkFrame::SyncAck(id), &mut ack)
+                        // to apply first. It keeps no history: one epoch, positions at 0.
+                        let positions = sync
+                            .channels
+                            .into_iter()
+                            .map(|target| link::ChannelPosition {
+                                target,
+                                epoch: "bench".into(),
+                                last_seq: 0,
+                            })
+                            .collect();
+                        let ack = link::SyncAck {
+                            id: sync.id,
+                            positions,
+                        };
+                        let mut ack_bytes = BytesMut::new();
+                        link::encode(&LinkFrame::SyncAck(ack), &mut ack_bytes)
                             .expect("a sync ack encodes");
                         let written = match &me {
                             Some(edge) => edge
                                 .writer
                                 .lock()
                                 .expect("link writer lock")
-                                .write_all(&ack),
-                            None => stream.write_all(&ack),
+                                .write_all(&ack_bytes),
+                            None => stream.write_all(&ack_bytes),
                         };
                         if let Err(e) = written {
                             say(&format!("link {peer}: {e}; dropping the link"));

@@ -231,6 +231,8 @@ impl Kids {
         let stats_every_second = unless_given("--stats-log-interval-ms");
         // Several edges on one host cannot share the admin (metrics) port: any free one each.
         let admin_on_any_port = unless_given("--admin-listen");
+        // Several edges on one host: each starts its pinned workers on another core.
+        let spread_cores = plan.count > 1 && unless_given("--first-core");
         for i in 0..plan.count {
             let id = format!("bench-edge-{i}");
             let mut edge_args: Vec<String> = vec![
@@ -246,6 +248,9 @@ impl Kids {
             }
             if admin_on_any_port {
                 edge_args.push("--admin-listen=127.0.0.1:0".into());
+            }
+            if spread_cores {
+                edge_args.push(format!("--first-core={i}"));
             }
             edge_args.extend(args.edge_args.iter().cloned());
             let log = log_dir.join(format!("{id}.log"));

@@ -44,6 +44,12 @@ pub struct EdgeConfig {
     #[arg(long, env = "ROOMCAST_WORKERS", default_value_t = 0)]
     pub workers: usize,
 
+    /// The core worker 0 is pinned to; worker i goes to core (first-core + i) mod cores. Several
+    /// edge processes on one host (each capped at its fd limit) should run fewer workers each
+    /// and start on different cores, so their workers spread instead of piling onto core 0.
+    #[arg(long, env = "ROOMCAST_FIRST_CORE", default_value_t = 0)]
+    pub first_core: usize,
+
     /// I/O driver: io_uring when the kernel allows it (auto), or force one.
     #[arg(long, env = "ROOMCAST_IO", value_enum, default_value_t = DriverKind::Auto)]
     pub io: DriverKind,

@@ -119,7 +119,8 @@ impl Edge {
             let hub = hub_tx.clone();
             let hub_waker: Arc<dyn sys::Waker> = Arc::new(sys::MioWaker(hub_poll.waker()));
             let open_connections = Arc::clone(&open_connections);
-            let core = (!cores.is_empty()).then(|| cores[index % cores.len()]);
+            let core =
+                (!cores.is_empty()).then(|| cores[(config.first_core + index) % cores.len()]);
             let thread = std::thread::Builder::new()
                 .name(format!("roomcast-worker-{index}"))
                 .spawn(move || {

@@ -9,9 +9,10 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use crate::stats::WorkerStats;
+use crate::sys::ConnId;
 use roomcast_proto::client::WireFormat;
 use roomcast_proto::link::ConnInfo;
-use roomcast_proto::message::{Target, PRIORITIES};
+use roomcast_proto::message::{RecoveryFailure, Since, Target, PRIORITIES};
 
 /// One window's batch for one channel: one or more frames (a batch over the frame bound is
 /// split), each encoded once per wire format in use.
@@ -25,6 +26,16 @@ pub struct Delivery {
     pub first_received: Instant,
     /// Names this batch of its channel in the worker's [`ToHub::Written`] (unique per hub).
     pub ticket: u64,
+    /// The highest `seq` in the batch: where the channel's stream stands on the worker after it.
+    pub last_seq: u64,
+}
+
+/// Where a channel's stream stands for a connection joining it: the channel's epoch and the
+/// last `seq` before the connection's live stream (every later message reaches it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamPosition {
+    pub epoch: Arc<str>,
+    pub last_seq: u64,
 }
 
 /// One frame of a batch.
@@ -53,6 +64,22 @@ pub enum ToWorker {
         kind: ChannelKind,
         name: Box<str>,
         token: u64,
+        /// Where the channel's stream stands (the control plane's answer to the barrier).
+        position: Option<StreamPosition>,
+    },
+    /// The answer to `ToHub::Recover` `token`: the replay (encoded in the connection's format),
+    /// after which the connection takes the channel's live batches; or why there is none.
+    Recovered {
+        token: u64,
+        conn: ConnId,
+        position: StreamPosition,
+        result: Result<Vec<Bytes>, RecoveryFailure>,
+    },
+    /// A reply the hub encoded for one connection (the answer to `ToHub::History` `token`).
+    Reply {
+        token: u64,
+        conn: ConnId,
+        bytes: Bytes,
     },
     /// The link to the control plane was lost: no channel is confirmed any more.
     LinkLost,
@@ -88,6 +115,30 @@ pub enum ToHub {
         kind: ChannelKind,
         name: Box<str>,
         token: u64,
+    },
+    /// A connection joined a channel (or authenticated) with a position to resume from: ask the
+    /// control plane for what it missed. Sent after the channel's `Presence`, on the same queue;
+    /// the connection takes none of the channel's batches until `ToWorker::Recovered`.
+    Recover {
+        worker: usize,
+        token: u64,
+        conn: ConnId,
+        kind: ChannelKind,
+        name: Box<str>,
+        since: Since,
+        format: WireFormat,
+    },
+    /// A client's `history` op for a room: the reply (to op `op_seq`) comes back as
+    /// `ToWorker::Reply` `token`.
+    History {
+        worker: usize,
+        token: u64,
+        conn: ConnId,
+        room: Box<str>,
+        op_seq: u64,
+        since: u64,
+        limit: u32,
+        format: WireFormat,
     },
     /// The worker has written this batch to most of its members here (or dropped it for them,
     /// or they left): the channel's next window need not wait for this worker.

@@ -5,9 +5,11 @@
 //! member's remembered index is fixed up by the caller with the returned [`Moved`]).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use slab::Slab;
 
+use crate::fanout::StreamPosition;
 use crate::sys::ConnId;
 use roomcast_proto::client::WireFormat;
 
@@ -24,6 +26,22 @@ pub struct Channel {
     /// so since the channel appeared here and since the link last came up): a join answers at
     /// once. False on a new channel, and again after the link was lost.
     pub confirmed: bool,
+    /// The channel's epoch, told with the confirmation (None before it, or when the control
+    /// plane did not say).
+    pub epoch: Option<Arc<str>>,
+    /// The last `seq` of the channel's stream on this core: the confirmation's position, then
+    /// each batch delivered here. A connection joining now receives every later message.
+    pub last_seq: u64,
+}
+
+impl Channel {
+    /// Where the stream stands for a connection joining now (None before the confirmation).
+    pub fn position(&self) -> Option<StreamPosition> {
+        self.epoch.as_ref().map(|epoch| StreamPosition {
+            epoch: Arc::clone(epoch),
+            last_seq: self.last_seq,
+        })
+    }
 }
 
 /// Where a join put a connection.
@@ -80,6 +98,8 @@ impl MemberTable {
                     members: Vec::new(),
                     per_format: [0; 3],
                     confirmed: false,
+                    epoch: None,
+                    last_seq: 0,
                 }) as ChannelSlot;
                 self.index.insert(name.into(), slot);
                 slot
@@ -125,11 +145,23 @@ impl MemberTable {
         }
     }
 
-    /// Member counts changed since the last call (0 = the channel is gone from this core).
-    /// Marks the channel confirmed (see [`Channel::confirmed`]), if it still exists.
-    pub fn confirm(&mut self, name: &str) {
+    /// Marks the channel confirmed (see [`Channel::confirmed`]), if it still exists, with where
+    /// its stream stands.
+    pub fn confirm(&mut self, name: &str, position: Option<StreamPosition>) {
         if let Some(&slot) = self.index.get(name) {
-            self.channels[slot as usize].confirmed = true;
+            let channel = &mut self.channels[slot as usize];
+            channel.confirmed = true;
+            if let Some(position) = position {
+                channel.epoch = Some(position.epoch);
+                channel.last_seq = channel.last_seq.max(position.last_seq);
+            }
+        }
+    }
+
+    /// A batch up to `seq` was delivered on this core.
+    pub fn advance(&mut self, slot: ChannelSlot, seq: u64) {
+        if let Some(channel) = self.channels.get_mut(slot as usize) {
+            channel.last_seq = channel.last_seq.max(seq);
         }
     }
 
@@ -142,9 +174,11 @@ impl MemberTable {
     pub fn unconfirm_all(&mut self) {
         for (_, channel) in &mut self.channels {
             channel.confirmed = false;
+            channel.epoch = None;
         }
     }
 
+    /// Member counts changed since the last call (0 = the channel is gone from this core).
     pub fn take_changes(&mut self) -> HashMap<Box<str>, u32> {
         std::mem::take(&mut self.changed)
     }

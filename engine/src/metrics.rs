@@ -589,6 +589,24 @@ fn families(shared: &Shared, snap: &Snapshot) -> Families {
     )
     .sample(&[], snap.hub.windows_capped as f64);
 
+    // Recovery.
+    f.counter(
+        "roomcast_recoveries_total",
+        "Joins (or auths) with a resume position, by outcome: recovered (the missed messages replayed) or the reason there was no replay.",
+        &["outcome"],
+    )
+    .sample(&["recovered"], snap.hub.recoveries as f64)
+    .sample(&["epoch_changed"], snap.hub.recoveries_failed[0] as f64)
+    .sample(&["too_old"], snap.hub.recoveries_failed[1] as f64)
+    .sample(&["too_many"], snap.hub.recoveries_failed[2] as f64)
+    .sample(&["not_stored"], snap.hub.recoveries_failed[3] as f64);
+    f.counter(
+        "roomcast_recovered_messages_total",
+        "Messages replayed to connections that resumed with a position.",
+        &[],
+    )
+    .sample(&[], snap.hub.recovered_messages as f64);
+
     // Latency.
     observe(
         f.histogram(

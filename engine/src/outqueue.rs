@@ -425,6 +425,7 @@ mod tests {
             frames: Vec::new(),
             first_received: Instant::now(),
             ticket: 5,
+            last_seq: 0,
         });
         let slot = progress.begin(&delivery);
         // A two-frame batch: only the last frame carries the slot.

@@ -108,6 +108,7 @@ mod tests {
             frames: Vec::new(),
             first_received: Instant::now(),
             ticket,
+            last_seq: 0,
         })
     }
 

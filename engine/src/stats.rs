@@ -303,4 +303,9 @@ pub struct HubStats {
     pub windows_capped: u64,
     /// Channels whose window is stretched right now (gauge).
     pub channels_stretched: u64,
+    /// Recoveries answered with a replay (`recovered:true`), and the messages replayed.
+    pub recoveries: u64,
+    pub recovered_messages: u64,
+    /// Recoveries the control plane refused, by reason (`RecoveryFailure::code() - 1`).
+    pub recoveries_failed: [u64; 4],
 }

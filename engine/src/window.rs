@@ -161,6 +161,11 @@ impl Window {
         self.msgs.is_empty()
     }
 
+    /// The `seq` of the oldest message waiting (the next batch starts with it).
+    pub fn first_seq(&self) -> Option<u64> {
+        self.msgs.first().map(|m| m.seq)
+    }
+
     /// Whether the window is stretched: its tick has passed and it waits for the previous
     /// batch to be written.
     pub fn is_held(&self) -> bool {

@@ -8,10 +8,10 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use roomcast_proto::client::{
-    decode_server_binary, decode_server_json, encode_op, tcp_frame_len, ClientOp, ServerMsg,
-    WireFormat,
+    decode_server_binary, decode_server_json, encode_op, tcp_frame_len, ClientOp, ReplyDetails,
+    ServerMsg, WireFormat,
 };
-use roomcast_proto::message::{PushMessage, Target};
+use roomcast_proto::message::{PushMessage, Since, Target};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -31,8 +31,14 @@ pub type OpResult = Result<(), (String, String)>;
 /// One thing a client can read from the edge.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Incoming {
-    /// The reply to op `seq`.
-    Reply { seq: u64, result: OpResult },
+    /// The reply to op `seq`, with its extra fields (`epoch`, `last_seq`, `recovered`, ...).
+    Reply {
+        seq: u64,
+        result: OpResult,
+        details: Box<ReplyDetails>,
+    },
+    /// A room's online count.
+    Room { room: String, online: u32, users: u32 },
     /// Pushed messages for one channel; `raw` is the message exactly as it came off the wire
     /// (the JSON text of a WebSocket text frame, or the binary payload).
     Batch {
@@ -52,7 +58,24 @@ pub enum Incoming {
 impl Incoming {
     fn from_server_msg(msg: ServerMsg, raw: Bytes) -> Incoming {
         match msg {
-            ServerMsg::Reply { seq, result } => Incoming::Reply { seq, result },
+            ServerMsg::Reply {
+                seq,
+                result,
+                details,
+            } => Incoming::Reply {
+                seq,
+                result,
+                details: Box::new(details),
+            },
+            ServerMsg::Room {
+                room,
+                online,
+                users,
+            } => Incoming::Room {
+                room,
+                online,
+                users,
+            },
             ServerMsg::Batch { target, msgs } => Incoming::Batch { target, msgs, raw },
             ServerMsg::Close { code, reason } => Incoming::Close { code, reason },
         }
@@ -72,10 +95,28 @@ pub fn assert_error(result: OpResult, code: &str) {
 pub fn json_op(op: &ClientOp) -> String {
     use serde_json::json;
     let value = match op {
-        ClientOp::Auth { seq, token } => json!({ "op": "auth", "seq": seq, "token": token }),
-        ClientOp::Join { seq, room } => json!({ "op": "join", "seq": seq, "room": room }),
+        ClientOp::Auth { seq, token, since } => {
+            let mut op = json!({ "op": "auth", "seq": seq, "token": token });
+            if let Some(since) = since {
+                op["since"] = json!({ "epoch": since.epoch, "seq": since.seq });
+            }
+            op
+        }
+        ClientOp::Join { seq, room, since } => {
+            let mut op = json!({ "op": "join", "seq": seq, "room": room });
+            if let Some(since) = since {
+                op["since"] = json!({ "epoch": since.epoch, "seq": since.seq });
+            }
+            op
+        }
         ClientOp::Leave { seq, room } => json!({ "op": "leave", "seq": seq, "room": room }),
         ClientOp::Ping { seq } => json!({ "op": "ping", "seq": seq }),
+        ClientOp::History {
+            seq,
+            room,
+            since,
+            limit,
+        } => json!({ "op": "history", "seq": seq, "room": room, "since": since, "limit": limit }),
     };
     value.to_string()
 }
@@ -263,6 +304,7 @@ pub struct Client {
     connection: Connection,
     inbox: VecDeque<Incoming>,
     next_seq: u64,
+    last_details: ReplyDetails,
 }
 
 impl Client {
@@ -320,6 +362,7 @@ impl Client {
             connection,
             inbox: VecDeque::new(),
             next_seq: 1,
+            last_details: ReplyDetails::default(),
         }
     }
 
@@ -413,7 +456,14 @@ impl Client {
         let result = loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.next_within(left).await {
-                Some(Incoming::Reply { seq: got, result }) if got == seq => break result,
+                Some(Incoming::Reply {
+                    seq: got,
+                    result,
+                    details,
+                }) if got == seq => {
+                    self.last_details = *details;
+                    break result;
+                }
                 Some(batch @ Incoming::Batch { .. }) => held.push_back(batch),
                 Some(other) => panic!(
                     "{}: waiting for the reply to op {seq}, got {other:?}",
@@ -429,22 +479,71 @@ impl Client {
 
     /// `auth` with `token`.
     pub async fn auth(&mut self, token: &str) -> OpResult {
+        self.auth_since(token, None).await.0
+    }
+
+    /// `auth` with `token`, resuming the user channel from `since`: the result and the reply's
+    /// details (`epoch`, `last_seq`, `recovered`).
+    pub async fn auth_since(
+        &mut self,
+        token: &str,
+        since: Option<Since>,
+    ) -> (OpResult, ReplyDetails) {
         let seq = self.next_op_seq();
-        self.call(ClientOp::Auth {
-            seq,
-            token: token.to_owned(),
-        })
-        .await
+        let result = self
+            .call(ClientOp::Auth {
+                seq,
+                token: token.to_owned(),
+                since,
+            })
+            .await;
+        (result, self.last_details.clone())
     }
 
     /// `join` of `room`.
     pub async fn join(&mut self, room: &str) -> OpResult {
+        self.join_since(room, None).await.0
+    }
+
+    /// `join` of `room`, resuming from `since`: the result and the reply's details.
+    pub async fn join_since(
+        &mut self,
+        room: &str,
+        since: Option<Since>,
+    ) -> (OpResult, ReplyDetails) {
         let seq = self.next_op_seq();
-        self.call(ClientOp::Join {
-            seq,
-            room: room.to_owned(),
-        })
-        .await
+        let result = self
+            .call(ClientOp::Join {
+                seq,
+                room: room.to_owned(),
+                since,
+            })
+            .await;
+        (result, self.last_details.clone())
+    }
+
+    /// `history` of `room` after `since`: the result and the reply's details (`msgs`, ...).
+    pub async fn history(
+        &mut self,
+        room: &str,
+        since: u64,
+        limit: u32,
+    ) -> (OpResult, ReplyDetails) {
+        let seq = self.next_op_seq();
+        let result = self
+            .call(ClientOp::History {
+                seq,
+                room: room.to_owned(),
+                since,
+                limit,
+            })
+            .await;
+        (result, self.last_details.clone())
+    }
+
+    /// The details of the last reply [`reply_to`](Self::reply_to) returned.
+    pub fn last_details(&self) -> &ReplyDetails {
+        &self.last_details
     }
 
     /// `leave` of `room`.

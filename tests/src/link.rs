@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use roomcast_proto::link::{
-    decode, encode, LinkFrame, LoadReport, Publish, QueryUser, Register, SetLevel, UserConns,
-    UNLIMITED,
+    decode, encode, ChannelPosition, LinkFrame, LoadReport, Publish, QueryUser, Register, SetLevel, UserConns,
+    SyncAck, UNLIMITED,
 };
 use roomcast_proto::message::{PushMessage, Target};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -112,14 +112,28 @@ impl LinkPeer {
             loop {
                 loop {
                     match decode(&mut buf) {
-                        Ok(Some(LinkFrame::Sync(id))) => {
+                        Ok(Some(LinkFrame::Sync(sync))) => {
                             syncs.fetch_add(1, Ordering::Relaxed);
                             let delay = sync_delay_ms.load(Ordering::Relaxed);
                             let acks = Arc::clone(&acks);
                             tokio::spawn(async move {
                                 tokio::time::sleep(Duration::from_millis(delay)).await;
                                 let mut out = BytesMut::new();
-                                encode(&LinkFrame::SyncAck(id), &mut out).expect("encode");
+                                // This peer keeps no history: every channel is at the
+                                // start of one epoch as far as the ack says.
+                                let ack = SyncAck {
+                                    id: sync.id,
+                                    positions: sync
+                                        .channels
+                                        .into_iter()
+                                        .map(|target| ChannelPosition {
+                                            target,
+                                            epoch: "peer".into(),
+                                            last_seq: 0,
+                                        })
+                                        .collect(),
+                                };
+                                encode(&LinkFrame::SyncAck(ack), &mut out).expect("encode");
                                 // A closed link loses the ack, as it would with a real control.
                                 let _ = acks.lock().await.write_all(&out).await;
                             });

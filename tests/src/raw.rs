@@ -152,6 +152,7 @@ impl RawConn {
         let auth = ClientOp::Auth {
             seq: 1,
             token: token(user),
+            since: None,
         };
         conn.send(&masked_frame(opcode::TEXT, json_op(&auth).as_bytes()))
             .await;

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use roomcast_proto::client::{decode_server_binary, decode_server_json, ServerMsg};
+use roomcast_proto::client::{decode_server_binary, decode_server_json, ReplyDetails, ServerMsg};
 use roomcast_tests::client::{binary_op, json_op};
 use roomcast_tests::raw::{masked_frame, opcode, RawConn, ServerFrame};
 use roomcast_tests::tokens::{
@@ -32,18 +32,22 @@ fn every_op_gets_exactly_one_reply_with_its_seq() {
                 ClientOp::Auth {
                     seq: 7,
                     token: token("alice"),
+                    since: None,
                 },
                 ClientOp::Join {
                     seq: 1 << 53,
                     room: "r1".into(),
+                    since: None,
                 },
                 ClientOp::Join {
                     seq: 3,
                     room: "r2".into(),
+                    since: None,
                 },
                 ClientOp::Join {
                     seq: 0,
                     room: "room:10000".into(),
+                    since: None,
                 },
                 ClientOp::Leave {
                     seq: 42,
@@ -57,7 +61,7 @@ fn every_op_gets_exactly_one_reply_with_its_seq() {
             let mut replies: HashMap<u64, usize> = HashMap::new();
             for _ in &ops {
                 match client.next(WAIT).await {
-                    Incoming::Reply { seq, result } => {
+                    Incoming::Reply { seq, result, .. } => {
                         assert_eq!(result, Ok(()), "{format:?}: op {seq} failed");
                         *replies.entry(seq).or_default() += 1;
                     }
@@ -78,9 +82,15 @@ fn every_op_gets_exactly_one_reply_with_its_seq() {
 fn replies_use_the_encoding_chosen_by_auth_whatever_frame_type_the_op_came_in() {
     for_each_driver(|io| async move {
         let edge = Edge::start(io, &[]).await;
+        // The link peer acknowledges every channel at the start of its one epoch.
         let ok_reply = |seq: u64| ServerMsg::Reply {
             seq,
             result: Ok(()),
+            details: ReplyDetails {
+                epoch: Some("peer".into()),
+                last_seq: Some(0),
+                ..ReplyDetails::default()
+            },
         };
 
         // Authenticated with a text frame: JSON text replies, also to an op in a binary frame.
@@ -88,6 +98,7 @@ fn replies_use_the_encoding_chosen_by_auth_whatever_frame_type_the_op_came_in() 
         let auth = ClientOp::Auth {
             seq: 1,
             token: token("alice"),
+            since: None,
         };
         json.send(&masked_frame(opcode::TEXT, json_op(&auth).as_bytes()))
             .await;
@@ -95,6 +106,7 @@ fn replies_use_the_encoding_chosen_by_auth_whatever_frame_type_the_op_came_in() 
         let join = ClientOp::Join {
             seq: 2,
             room: "r1".into(),
+            since: None,
         };
         json.send(&masked_frame(opcode::BINARY, &binary_op(&join)))
             .await;
@@ -374,7 +386,7 @@ fn malformed_and_unknown_binary_ops_get_error_replies() {
             frame.extend_from_slice(&payload);
             client.send_raw_tcp(&frame).await;
             match client.next(WAIT).await {
-                Incoming::Reply { seq, result } => {
+                Incoming::Reply { seq, result, .. } => {
                     if let Some(expected) = expected_seq {
                         assert_eq!(seq, expected, "{payload:02x?}");
                     }

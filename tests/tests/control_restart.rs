@@ -78,6 +78,7 @@ fn restarting_control_keeps_every_connection_and_continues_the_numbering() {
             .send(&ClientOp::Auth {
                 seq: auth_seq,
                 token: roomcast_tests::tokens::token("newcomer"),
+                since: None,
             })
             .await;
         let join_seq = newcomer.next_op_seq();
@@ -85,6 +86,7 @@ fn restarting_control_keeps_every_connection_and_continues_the_numbering() {
             .send(&ClientOp::Join {
                 seq: join_seq,
                 room: "late".into(),
+                since: None,
             })
             .await;
         newcomer.expect_silence(QUIET).await;

@@ -592,9 +592,17 @@ impl Loop {
         let format = self.args.transport.format();
         let mask = self.mask(k);
         let token = self.token(k);
-        let mut bytes = encode_op(format, &ClientOp::Auth { seq: 1, token }, mask).to_vec();
+        let mut bytes = encode_op(format, &ClientOp::Auth {
+                seq: 1,
+                token,
+                since: None,
+            }, mask).to_vec();
         let room = self.room_names[self.conns[k].room as usize].clone();
-        bytes.extend_from_slice(&encode_op(format, &ClientOp::Join { seq: 2, room }, mask));
+        bytes.extend_from_slice(&encode_op(format, &ClientOp::Join {
+                seq: 2,
+                room,
+                since: None,
+            }, mask));
         self.send(k, &bytes);
     }
 
@@ -990,7 +998,7 @@ impl Loop {
     /// A reply or a close (batches go to `on_batch`); None when the connection is gone.
     fn on_server_msg(&mut self, k: usize, msg: ServerMsg) -> Option<()> {
         match msg {
-            ServerMsg::Reply { seq, result } => {
+            ServerMsg::Reply { seq, result, .. } => {
                 if self.conns[k].state == State::Joining && seq <= 2 {
                     match result {
                         Err((code, _)) => {
@@ -1008,6 +1016,8 @@ impl Loop {
                 }
             }
             ServerMsg::Batch { .. } => unreachable!("batches are handled by on_batch"),
+            // A room's online count: nothing to measure here yet.
+            ServerMsg::Room { .. } => {}
             ServerMsg::Close { code, reason } => {
                 if self.conns[k].state == State::Joining && code == 4029 {
                     self.fail(k, "full (4029)".into(), true);

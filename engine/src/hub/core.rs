@@ -15,16 +15,19 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::fanout::{ChannelKind, Delivery, DeliveryFrame, ToHub, ToWorker};
+use super::recovery::{self, Stitch};
+use crate::fanout::{ChannelKind, Delivery, DeliveryFrame, StreamPosition, ToHub, ToWorker};
+use crate::sys::ConnId;
 use crate::stats::{
     CloseReason, HubStats, WorkerStats, BATCH_BOUNDS, LATENCY_BOUNDS, LEVELS, WINDOW_BOUNDS,
 };
 use crate::window::{frame_ranges, Admit, Next, Pacing, Window, MAX_FRAME_MESSAGE_BYTES};
-use roomcast_proto::client::{self, WireFormat};
+use roomcast_proto::client::{self, ReplyExtra, WireFormat};
 use roomcast_proto::link::{
-    ConnInfo, LinkFrame, LoadReport, Publish, QueryUser, Register, SetLevel, UserConns,
+    self, ChannelPosition, ConnInfo, HistoryPage, HistoryRequest, LinkFrame, LoadReport, Publish,
+    QueryUser, Recover, Recovered, Register, SetLevel, SyncAck, UserConns,
 };
-use roomcast_proto::message::{Target, PRIORITIES};
+use roomcast_proto::message::{PushMessage, Since, Target, PRIORITIES};
 
 /// The first re-dial waits this long; each failed dial doubles it.
 pub const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -125,6 +128,43 @@ struct Channel {
     writing: u64,
     /// The instant of the window timer that counts (earlier ones left in the heap are stale).
     armed: Option<Instant>,
+    /// Recoveries finished when the open window's batch is taken (see `recovery`).
+    deferred: Vec<Deferred>,
+    /// The channel's epoch, as the control plane last said (with `routed`).
+    epoch: Option<Arc<str>>,
+}
+
+/// A recovery whose client had already seen part of the open window.
+struct Deferred {
+    request: PendingRecovery,
+    epoch: Arc<str>,
+    answer_last: u64,
+    msgs: Vec<PushMessage>,
+}
+
+/// A worker's `Recover` on its way to (or back from) the control plane.
+#[derive(Debug, Clone)]
+struct PendingRecovery {
+    worker: usize,
+    token: u64,
+    conn: ConnId,
+    kind: ChannelKind,
+    name: Box<str>,
+    since: Since,
+    format: WireFormat,
+}
+
+/// A worker's `History` on its way to (or back from) the control plane.
+#[derive(Debug, Clone)]
+struct PendingHistory {
+    worker: usize,
+    token: u64,
+    conn: ConnId,
+    room: Box<str>,
+    op_seq: u64,
+    since: u64,
+    limit: u32,
+    format: WireFormat,
 }
 
 impl Channel {
@@ -138,6 +178,8 @@ impl Channel {
             ticket: 0,
             writing: 0,
             armed: None,
+            deferred: Vec::new(),
+            epoch: None,
         }
     }
 
@@ -247,6 +289,13 @@ pub struct HubCore {
     dial: bool,
     /// The ticket of the next batch handed to the workers.
     next_ticket: u64,
+    /// Recoveries and history reads asked of the control plane, by link request id; the ids
+    /// not sent yet (they follow the membership report, and are sent again after a re-dial).
+    recoveries: HashMap<u64, PendingRecovery>,
+    recoveries_due: Vec<u64>,
+    histories: HashMap<u64, PendingHistory>,
+    histories_due: Vec<u64>,
+    next_request: u64,
 }
 
 impl HubCore {
@@ -282,6 +331,11 @@ impl HubCore {
             outboxes: (0..workers).map(|_| Outbox::default()).collect(),
             dial: false,
             next_ticket: 1,
+            recoveries: HashMap::new(),
+            recoveries_due: Vec::new(),
+            histories: HashMap::new(),
+            histories_due: Vec::new(),
+            next_request: 1,
             config,
         }
     }
@@ -304,6 +358,54 @@ impl HubCore {
                 name,
                 token,
             } => self.confirm_request(worker, kind, &name, token),
+            ToHub::Recover {
+                worker,
+                token,
+                conn,
+                kind,
+                name,
+                since,
+                format,
+            } => {
+                let id = self.next_request;
+                self.next_request += 1;
+                let request = PendingRecovery {
+                    worker,
+                    token,
+                    conn,
+                    kind,
+                    name,
+                    since,
+                    format,
+                };
+                self.recoveries.insert(id, request);
+                self.recoveries_due.push(id);
+            }
+            ToHub::History {
+                worker,
+                token,
+                conn,
+                room,
+                op_seq,
+                since,
+                limit,
+                format,
+            } => {
+                let id = self.next_request;
+                self.next_request += 1;
+                let request = PendingHistory {
+                    worker,
+                    token,
+                    conn,
+                    room,
+                    op_seq,
+                    since,
+                    limit,
+                    format,
+                };
+                self.histories.insert(id, request);
+                self.histories_due.push(id);
+            }
             ToHub::UserConns { request, conns } => self.user_conns_answered(request, conns),
             ToHub::Written { worker, delivery } => {
                 self.fanout_written(worker, &delivery.target, delivery.ticket, now)
@@ -344,11 +446,16 @@ impl HubCore {
             LinkFrame::Publish(publish) => self.publish(publish, now),
             LinkFrame::SetLevel(level) => self.set_level(level),
             LinkFrame::QueryUser(query) => self.query_user(query),
-            LinkFrame::SyncAck(id) => self.sync_acked(id),
+            LinkFrame::SyncAck(ack) => self.sync_acked(ack),
+            LinkFrame::Recovered(answer) => self.recovered(answer),
+            LinkFrame::HistoryPage(page) => self.history_answered(page),
+            LinkFrame::RoomOnline(_) => {}
             LinkFrame::Register(_)
             | LinkFrame::LoadReport(_)
             | LinkFrame::UserConns(_)
-            | LinkFrame::Sync(_) => return Err(EdgeOnlyFrame),
+            | LinkFrame::Sync(_)
+            | LinkFrame::Recover(_)
+            | LinkFrame::History(_) => return Err(EdgeOnlyFrame),
         }
         Ok(())
     }
@@ -578,7 +685,9 @@ impl HubCore {
             // Gone from this edge: a later first member must be confirmed afresh, after the
             // report that says it is back.
             channel.routed = Routed::No;
+            channel.epoch = None;
             channel.waiters.clear();
+            channel.deferred.clear();
         }
         if had_members != has_members {
             self.membership_changed(kind, name, has_members, now);
@@ -603,7 +712,13 @@ impl HubCore {
             return;
         };
         if channel.routed == Routed::Yes && link_up {
-            self.confirm_worker(worker, kind, name, token);
+            // Routed here since the barrier that told the epoch: every publish since reached
+            // this hub, so its last `seq` is where the stream stands.
+            let position = channel.epoch.as_ref().map(|epoch| StreamPosition {
+                epoch: Arc::clone(epoch),
+                last_seq: recovery::live_after(channel.last_seq, channel.window.first_seq()),
+            });
+            self.confirm_worker(worker, kind, name, token, position);
             return;
         }
         channel.waiters.push((worker, token));
@@ -612,18 +727,30 @@ impl HubCore {
         }
     }
 
-    fn confirm_worker(&mut self, worker: usize, kind: ChannelKind, name: &str, token: u64) {
+    fn confirm_worker(
+        &mut self,
+        worker: usize,
+        kind: ChannelKind,
+        name: &str,
+        token: u64,
+        position: Option<StreamPosition>,
+    ) {
         self.outboxes[worker].queue.push_back(ToWorker::Confirmed {
             kind,
             name: name.into(),
             token,
+            position,
         });
     }
 
     /// Reports the channels workers wait on and sends one `sync` barrier behind the report; the
     /// control plane's `sync ack` confirms them all. Waits for the link when it is down.
     fn send_syncs(&mut self) {
-        if self.syncs_due.is_empty() || self.link != Link::Up {
+        if self.link != Link::Up {
+            return;
+        }
+        self.send_requests();
+        if self.syncs_due.is_empty() {
             return;
         }
         let due = std::mem::take(&mut self.syncs_due);
@@ -644,12 +771,146 @@ impl HubCore {
         }
         // The membership changes (the channel's appearance) go first; the barrier follows them.
         self.send_report(false);
-        self.transmit.push_back(LinkFrame::Sync(id));
+        let channels = syncing
+            .iter()
+            .map(|(kind, name)| target_of(*kind, name))
+            .collect();
+        self.transmit
+            .push_back(LinkFrame::Sync(link::Sync { id, channels }));
         self.syncs_in_flight.push_back((id, syncing));
     }
 
-    /// The control plane applied everything up to `sync` `id`: confirm those channels.
-    fn sync_acked(&mut self, id: u64) {
+    /// Sends the recoveries and history reads workers asked for. A recovery follows the report
+    /// that announces its channel, so the control plane routes the channel here before it reads
+    /// where the stream stands.
+    fn send_requests(&mut self) {
+        if self.recoveries_due.is_empty() && self.histories_due.is_empty() {
+            return;
+        }
+        if !self.recoveries_due.is_empty() {
+            self.send_report(false);
+        }
+        for id in std::mem::take(&mut self.recoveries_due) {
+            if let Some(r) = self.recoveries.get(&id) {
+                self.transmit.push_back(LinkFrame::Recover(Recover {
+                    id,
+                    target: target_of(r.kind, &r.name),
+                    since: r.since.clone(),
+                }));
+            }
+        }
+        for id in std::mem::take(&mut self.histories_due) {
+            if let Some(h) = self.histories.get(&id) {
+                self.transmit.push_back(LinkFrame::History(HistoryRequest {
+                    id,
+                    target: Target::Room(h.room.to_string()),
+                    since: h.since,
+                    limit: h.limit,
+                }));
+            }
+        }
+    }
+
+    /// The control plane's answer to a recovery: stitched to the live stream and handed to the
+    /// connection's worker, now or when the open window's batch is taken.
+    fn recovered(&mut self, answer: Recovered) {
+        let Some(request) = self.recoveries.remove(&answer.id) else {
+            return; // a stale answer: asked before a re-dial and answered twice
+        };
+        let Some(channel) = self
+            .named_channel_mut(request.kind, &request.name)
+            .filter(|c| c.has_members())
+        else {
+            return; // the connection left (its worker forgot the request)
+        };
+        let epoch: Arc<str> = answer.position.epoch.as_str().into();
+        let answer_last = answer.position.last_seq;
+        let window_first = channel.window.first_seq();
+        let msgs = match answer.result {
+            Err(failure) => {
+                let reason = usize::from(failure.code().saturating_sub(1)).min(3);
+                self.stats.recoveries_failed[reason] += 1;
+                let position = StreamPosition {
+                    epoch,
+                    last_seq: recovery::live_after(answer_last, window_first),
+                };
+                self.outboxes[request.worker]
+                    .queue
+                    .push_back(ToWorker::Recovered {
+                        token: request.token,
+                        conn: request.conn,
+                        position,
+                        result: Err(failure),
+                    });
+                return;
+            }
+            Ok(msgs) => msgs,
+        };
+        match recovery::stitch(request.since.seq, answer_last, msgs.clone(), window_first) {
+            Stitch::Now { replay, last_seq } => {
+                self.send_replay(&request, StreamPosition { epoch, last_seq }, &replay)
+            }
+            Stitch::AfterBatch => channel.deferred.push(Deferred {
+                request,
+                epoch,
+                answer_last,
+                msgs,
+            }),
+        }
+    }
+
+    /// Encodes a replay for one connection and queues it to its worker.
+    fn send_replay(
+        &mut self,
+        request: &PendingRecovery,
+        position: StreamPosition,
+        replay: &[PushMessage],
+    ) {
+        let target = target_of(request.kind, &request.name);
+        let frames = frame_ranges(replay, MAX_FRAME_MESSAGE_BYTES)
+            .map(|run| client::encode_batch(request.format, &target, &replay[run]))
+            .collect();
+        self.stats.recoveries += 1;
+        self.stats.recovered_messages += replay.len() as u64;
+        self.outboxes[request.worker]
+            .queue
+            .push_back(ToWorker::Recovered {
+                token: request.token,
+                conn: request.conn,
+                position,
+                result: Ok(frames),
+            });
+    }
+
+    /// The control plane's answer to a `history` op: the reply, encoded for the connection.
+    fn history_answered(&mut self, page: HistoryPage) {
+        let Some(request) = self.histories.remove(&page.id) else {
+            return;
+        };
+        let extra = ReplyExtra {
+            position: Some((&page.position.epoch, page.position.last_seq)),
+            recovered: None,
+            msgs: Some(&page.msgs),
+            complete: Some(page.complete),
+        };
+        let bytes = client::encode_reply_ok(request.format, request.op_seq, &extra);
+        self.outboxes[request.worker]
+            .queue
+            .push_back(ToWorker::Reply {
+                token: request.token,
+                conn: request.conn,
+                bytes,
+            });
+    }
+
+    /// The control plane applied everything up to `sync` `id`: confirm those channels, with
+    /// where each one's stream stands.
+    fn sync_acked(&mut self, ack: SyncAck) {
+        let SyncAck { id, positions } = ack;
+        let positions: HashMap<Target, ChannelPosition> = positions
+            .into_iter()
+            .map(|p| (p.target.clone(), p))
+            .collect();
         while self
             .syncs_in_flight
             .front()
@@ -665,8 +926,19 @@ impl HubCore {
                 };
                 channel.routed = Routed::Yes;
                 let waiters = std::mem::take(&mut channel.waiters);
+                let window_first = channel.window.first_seq();
+                let position = positions
+                    .get(&target_of(kind, &name))
+                    .map(|p| StreamPosition {
+                        epoch: p.epoch.as_str().into(),
+                        last_seq: recovery::live_after(p.last_seq, window_first),
+                    });
+                channel.epoch = position.as_ref().map(|p| Arc::clone(&p.epoch));
+                channel.last_seq = channel
+                    .last_seq
+                    .max(positions.get(&target_of(kind, &name)).map_or(0, |p| p.last_seq));
                 for (worker, token) in waiters {
-                    self.confirm_worker(worker, kind, &name, token);
+                    self.confirm_worker(worker, kind, &name, token, position.clone());
                 }
             }
         }
@@ -677,6 +949,11 @@ impl HubCore {
     fn forget_link(&mut self) {
         self.syncs_in_flight.clear();
         self.syncs_due.clear();
+        // Reads are asked again on the next link; an answer to the old ask is then ignored.
+        self.recoveries_due = self.recoveries.keys().copied().collect();
+        self.recoveries_due.sort_unstable();
+        self.histories_due = self.histories.keys().copied().collect();
+        self.histories_due.sort_unstable();
         let rooms = self
             .rooms
             .iter_mut()
@@ -687,6 +964,7 @@ impl HubCore {
             .map(|(n, c)| (ChannelKind::User, n, c));
         for (kind, name, channel) in rooms.chain(users) {
             channel.routed = Routed::No;
+            channel.epoch = None;
             if !channel.waiters.is_empty() {
                 self.syncs_due.push((kind, name.clone()));
             }
@@ -876,11 +1154,13 @@ impl HubCore {
                 }
             })
             .collect();
+        let last_seq = batch.msgs.iter().map(|m| m.seq).max().unwrap_or(0);
         let delivery = Arc::new(Delivery {
             target: target.clone(),
             frames,
             first_received: batch.first_received,
             ticket,
+            last_seq,
         });
         let mut writing = 0u64;
         for (worker, outbox) in self.outboxes.iter_mut().enumerate() {
@@ -896,12 +1176,25 @@ impl HubCore {
                 writing |= 1 << worker;
             }
         }
-        if writing != 0 {
-            if let Some(channel) = self.channel_mut(target) {
+        let mut deferred = Vec::new();
+        if let Some(channel) = self.channel_mut(target) {
+            if writing != 0 {
                 channel.ticket = ticket;
                 channel.writing = writing;
                 channel.window.handed_over();
             }
+            deferred = std::mem::take(&mut channel.deferred);
+        }
+        // Recoveries waiting for this batch: their connections skip it and get it in the
+        // replay, queued right behind it.
+        for d in deferred {
+            let (replay, last_seq) =
+                recovery::after_batch(d.request.since.seq, d.answer_last, &d.msgs, &batch.msgs);
+            let position = StreamPosition {
+                epoch: d.epoch,
+                last_seq,
+            };
+            self.send_replay(&d.request, position, &replay);
         }
         match target {
             Target::Room(name) => self.forget_if_idle(ChannelKind::Room, name),
@@ -1048,6 +1341,15 @@ impl HubCore {
             Target::User(name) => self.users.get_mut(name),
             Target::Broadcast => Some(&mut self.broadcast),
         }
+    }
+}
+
+/// The link target of a room or user channel (or the broadcast).
+fn target_of(kind: ChannelKind, name: &str) -> Target {
+    match kind {
+        ChannelKind::Room => Target::Room(name.to_string()),
+        ChannelKind::User => Target::User(name.to_string()),
+        ChannelKind::All => Target::Broadcast,
     }
 }
 

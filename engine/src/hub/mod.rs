@@ -14,6 +14,7 @@
 //! exceptions to "only `sys` talks to the OS" (see `lib.rs`).
 
 mod core;
+mod recovery;
 #[cfg(test)]
 mod tests;
 

@@ -11,11 +11,13 @@ use bytes::Bytes;
 use super::core::{Advertised, HubConfig, HubCore, BACKOFF_MAX, BACKOFF_MIN};
 use crate::fanout::{ChannelKind, Delivery, ToHub, ToWorker};
 use crate::stats::WorkerStats;
+use crate::sys::ConnId;
 use roomcast_proto::client::{decode_server_binary, decode_server_json, ServerMsg, WireFormat};
 use roomcast_proto::link::{
-    ConnInfo, LinkFrame, LoadReport, Publish, QueryUser, SetLevel, UNLIMITED,
+    self, ChannelPosition, ConnInfo, LinkFrame, LoadReport, Publish, QueryUser, Recovered, SetLevel,
+    SyncAck, UNLIMITED,
 };
-use roomcast_proto::message::{PushMessage, Target};
+use roomcast_proto::message::{PushMessage, RecoveryFailure, Since, Target};
 use roomcast_proto::ws::parse_server_frame;
 
 const TICK: Duration = Duration::from_millis(100);
@@ -598,10 +600,10 @@ fn a_full_worker_inbox_drops_deliveries_counted_but_keeps_confirmations_in_order
     h.confirm(0, ChannelKind::Room, "r1", 42);
     h.advance(Duration::ZERO);
     let sync = h.sent().into_iter().find_map(|f| match f {
-        LinkFrame::Sync(id) => Some(id),
+        LinkFrame::Sync(sync) => Some(sync.id),
         _ => None,
     });
-    h.control_says(LinkFrame::SyncAck(sync.unwrap()));
+    h.control_says(ack(sync.unwrap(), &[]));
     h.drain(); // the inbox is full: the confirmation waits
     h.now += TICK;
     h.publish(room("r1"), 2, 1); // behind a waiting confirmation: dropped at once
@@ -636,10 +638,10 @@ fn sync_after_report(frames: &[LinkFrame], room: &str) -> u64 {
         })
         .expect("a report announcing the room");
     assert!(reported_at < sync_at, "the report goes before the barrier");
-    let LinkFrame::Sync(id) = frames[sync_at] else {
+    let LinkFrame::Sync(sync) = &frames[sync_at] else {
         unreachable!()
     };
-    id
+    sync.id
 }
 
 #[test]
@@ -654,7 +656,7 @@ fn a_first_join_is_confirmed_only_after_the_control_plane_acknowledges_the_repor
         confirmed_tokens(&h.received(1)).is_empty(),
         "not before the ack"
     );
-    h.control_says(LinkFrame::SyncAck(id));
+    h.control_says(ack(id, &[]));
     assert_eq!(confirmed_tokens(&h.received(1)), vec![7]);
 
     // A later join of the routed room is confirmed at once, without a barrier.
@@ -684,7 +686,7 @@ fn joins_of_many_channels_in_one_round_share_one_barrier_and_an_ack_confirms_eve
     h.confirm(0, ChannelKind::Room, "c", 3);
     h.advance(Duration::ZERO);
     let second = sync_after_report(&h.sent(), "c");
-    h.control_says(LinkFrame::SyncAck(second));
+    h.control_says(ack(second, &[]));
     let mut tokens = confirmed_tokens(&h.received(0));
     tokens.sort();
     assert_eq!(tokens, vec![1, 2, 3]);
@@ -701,14 +703,14 @@ fn a_channel_emptied_while_syncing_ignores_the_stale_ack_and_waits_for_its_own_b
     h.presence(0, "r1", WireFormat::WsJson, false);
     h.presence(0, "r1", WireFormat::WsJson, true);
     h.confirm(0, ChannelKind::Room, "r1", 2);
-    h.control_says(LinkFrame::SyncAck(old));
+    h.control_says(ack(old, &[]));
     assert!(
         confirmed_tokens(&h.received(0)).is_empty(),
         "the old barrier predates the rejoin"
     );
     h.advance(Duration::ZERO);
     let new = sync_after_report(&h.sent(), "r1");
-    h.control_says(LinkFrame::SyncAck(new));
+    h.control_says(ack(new, &[]));
     assert_eq!(confirmed_tokens(&h.received(0)), vec![2]);
 }
 
@@ -747,7 +749,7 @@ fn a_join_while_the_link_is_down_is_confirmed_after_the_registration_and_a_barri
     h.advance(Duration::ZERO);
     frames.extend(h.sent());
     let id = sync_after_report(&frames, "r1");
-    h.control_says(LinkFrame::SyncAck(id));
+    h.control_says(ack(id, &[]));
     assert_eq!(confirmed_tokens(&h.received(0)), vec![1]);
 }
 
@@ -758,7 +760,7 @@ fn link_loss_unconfirms_everything_and_waiters_are_confirmed_after_the_next_regi
     h.confirm(0, ChannelKind::Room, "r1", 1);
     h.advance(Duration::ZERO);
     let confirmed = sync_after_report(&h.sent(), "r1");
-    h.control_says(LinkFrame::SyncAck(confirmed));
+    h.control_says(ack(confirmed, &[]));
     assert_eq!(confirmed_tokens(&h.received(0)), vec![1]);
     // A second room's barrier is in flight when the link drops.
     h.presence(1, "r2", WireFormat::WsJson, true);
@@ -774,7 +776,7 @@ fn link_loss_unconfirms_everything_and_waiters_are_confirmed_after_the_next_regi
             "worker {w} hears of the loss"
         );
     }
-    h.control_says(LinkFrame::SyncAck(lost)); // late, from the old link: confirms nothing
+    h.control_says(ack(lost, &[])); // late, from the old link: confirms nothing
     assert!(confirmed_tokens(&h.received(1)).is_empty());
     // A join of the once-routed room now waits too.
     h.confirm(0, ChannelKind::Room, "r1", 3);
@@ -787,7 +789,7 @@ fn link_loss_unconfirms_everything_and_waiters_are_confirmed_after_the_next_regi
     h.advance(Duration::ZERO);
     frames.extend(h.sent());
     let id = sync_after_report(&frames, "r2");
-    h.control_says(LinkFrame::SyncAck(id));
+    h.control_says(ack(id, &[]));
     assert_eq!(confirmed_tokens(&h.received(0)), vec![3]);
     assert_eq!(confirmed_tokens(&h.received(1)), vec![2]);
 }
@@ -877,7 +879,7 @@ fn failed_dials_back_off_doubling_up_to_the_cap() {
 #[test]
 fn an_edge_only_frame_from_the_control_plane_is_refused() {
     let mut h = Harness::new(1);
-    assert!(h.core.handle_link_frame(LinkFrame::Sync(1), h.now).is_err());
+    assert!(h.core.handle_link_frame(LinkFrame::Sync(link::Sync { id: 1, channels: Vec::new() }), h.now).is_err());
 }
 
 #[test]
@@ -1006,4 +1008,235 @@ fn a_wildcard_edge_advertises_the_address_its_link_comes_from() {
     assert_eq!(r.admin_addr, "192.168.0.9:9101");
     advertised.admin = None;
     assert_eq!(advertised.register(LINK_IP).admin_addr, "");
+}
+
+// ---- where the stream stands, and recovery (PROTOCOL.md §5) ----------------------------------
+
+fn ack(id: u64, rooms: &[(&str, &str, u64)]) -> LinkFrame {
+    LinkFrame::SyncAck(SyncAck {
+        id,
+        positions: rooms
+            .iter()
+            .map(|&(r, epoch, last_seq)| ChannelPosition {
+                target: room(r),
+                epoch: epoch.into(),
+                last_seq,
+            })
+            .collect(),
+    })
+}
+
+fn position_of(messages: &[ToWorker], token: u64) -> Option<(String, u64)> {
+    messages.iter().find_map(|m| match m {
+        ToWorker::Confirmed {
+            token: t,
+            position: Some(p),
+            ..
+        } if *t == token => Some((p.epoch.to_string(), p.last_seq)),
+        _ => None,
+    })
+}
+
+/// Sends a worker's recovery request; returns the link request the hub sent for it, checking
+/// the report announcing the room went first.
+fn recover(h: &mut Harness, worker: usize, token: u64, since: (&str, u64)) -> u64 {
+    h.core.handle_worker(
+        ToHub::Recover {
+            worker,
+            token,
+            conn: ConnId::new(token as usize, 1),
+            kind: ChannelKind::Room,
+            name: "r1".into(),
+            since: Since {
+                epoch: since.0.into(),
+                seq: since.1,
+            },
+            format: WireFormat::WsJson,
+        },
+        h.now,
+    );
+    h.advance(Duration::ZERO);
+    let frames = h.sent();
+    let at = frames
+        .iter()
+        .position(|f| matches!(f, LinkFrame::Recover(_)))
+        .expect("a recover request");
+    if let Some(reported) = frames.iter().position(|f| {
+        matches!(f, LinkFrame::LoadReport(r) if r.rooms.iter().any(|(n, _)| n == "r1"))
+    }) {
+        assert!(reported < at, "the report goes before the recovery");
+    }
+    let LinkFrame::Recover(r) = &frames[at] else {
+        unreachable!()
+    };
+    assert_eq!((r.target.clone(), r.since.seq), (room("r1"), since.1));
+    r.id
+}
+
+fn answer(id: u64, epoch: &str, last: u64, result: Result<Vec<u64>, RecoveryFailure>) -> LinkFrame {
+    LinkFrame::Recovered(Recovered {
+        id,
+        position: ChannelPosition {
+            target: room("r1"),
+            epoch: epoch.into(),
+            last_seq: last,
+        },
+        result: result.map(|seqs| seqs.into_iter().map(|s| msg(s, 2, 5)).collect()),
+    })
+}
+
+/// The replay handed to a worker: (token, epoch, last_seq, replayed seqs or the failure).
+fn replays(messages: &[ToWorker]) -> Vec<(u64, String, u64, Result<Vec<u64>, RecoveryFailure>)> {
+    messages
+        .iter()
+        .filter_map(|m| match m {
+            ToWorker::Recovered {
+                token,
+                position,
+                result,
+                ..
+            } => Some((
+                *token,
+                position.epoch.to_string(),
+                position.last_seq,
+                result.as_ref().map_err(|f| *f).map(|frames| {
+                    frames
+                        .iter()
+                        .flat_map(|bytes| {
+                            let head = parse_server_frame(bytes).unwrap().unwrap();
+                            match decode_server_json(&bytes[head.payload]).unwrap() {
+                                ServerMsg::Batch { msgs, .. } => {
+                                    msgs.into_iter().map(|m| m.seq).collect::<Vec<_>>()
+                                }
+                                other => panic!("not a batch: {other:?}"),
+                            }
+                        })
+                        .collect()
+                }),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_confirmation_carries_the_position_and_a_later_join_gets_it_without_a_barrier() {
+    let mut h = Harness::new(2);
+    h.presence(1, "r1", WireFormat::WsJson, true);
+    h.confirm(1, ChannelKind::Room, "r1", 7);
+    h.advance(Duration::ZERO);
+    let id = sync_after_report(&h.sent(), "r1");
+    h.control_says(ack(id, &[("r1", "ep1", 57)]));
+    assert_eq!(position_of(&h.received(1), 7), Some(("ep1".into(), 57)));
+
+    // Publishes 58 and 59 reach the hub; 58 goes out at once, 59 waits in the window: a join on
+    // the other core now is told 58, and receives 59 in the next batch.
+    h.publish(room("r1"), 58, 2);
+    h.publish(room("r1"), 59, 2);
+    h.presence(0, "r1", WireFormat::WsJson, true);
+    h.confirm(0, ChannelKind::Room, "r1", 8);
+    h.advance(Duration::ZERO);
+    assert!(!h.sent().iter().any(|f| matches!(f, LinkFrame::Sync(_))));
+    assert_eq!(position_of(&h.received(0), 8), Some(("ep1".into(), 58)));
+}
+
+#[test]
+fn a_confirmation_behind_an_open_window_starts_the_stream_at_that_window() {
+    let mut h = Harness::new(2);
+    h.instant_writers = 0;
+    h.presence(0, "r1", WireFormat::WsJson, true);
+    h.publish(room("r1"), 1, 2); // goes out at once and stays in flight
+    h.publish(room("r1"), 2, 2); // waits in the window
+    h.presence(1, "r1", WireFormat::WsJson, true);
+    h.confirm(1, ChannelKind::Room, "r1", 3);
+    h.advance(Duration::ZERO);
+    let id = sync_after_report(&h.sent(), "r1");
+    h.control_says(ack(id, &[("r1", "ep", 2)]));
+    assert_eq!(position_of(&h.received(1), 3), Some(("ep".into(), 1)));
+}
+
+#[test]
+fn a_recovery_replays_what_is_not_in_the_open_window_and_the_window_follows_live() {
+    let mut h = Harness::new(1);
+    h.instant_writers = 0;
+    h.presence(0, "r1", WireFormat::WsJson, true);
+    h.publish(room("r1"), 50, 2); // out at once, in flight
+    h.publish(room("r1"), 51, 2); // waiting in the window
+    let id = recover(&mut h, 0, 9, ("ep", 45));
+    h.control_says(answer(id, "ep", 51, Ok((46..=51).collect())));
+    let got = h.received(0);
+    assert_eq!(
+        replays(&got),
+        vec![(9, "ep".into(), 50, Ok((46..=50).collect()))],
+        "51 comes with the live batch"
+    );
+}
+
+#[test]
+fn a_recovery_inside_the_open_window_is_finished_with_that_window_after_its_batch() {
+    let mut h = Harness::new(1);
+    h.instant_writers = 0;
+    h.presence(0, "r1", WireFormat::WsJson, true);
+    h.publish(room("r1"), 50, 2);
+    let first = h.batches(0);
+    h.publish(room("r1"), 51, 2);
+    h.publish(room("r1"), 52, 2);
+    // The client saw 51 through another edge.
+    let id = recover(&mut h, 0, 9, ("ep", 51));
+    h.control_says(answer(id, "ep", 52, Ok(vec![52])));
+    assert!(replays(&h.received(0)).is_empty(), "waits for the window");
+    h.publish(room("r1"), 53, 2); // after the answer, same window
+    h.written(0, &first[0]);
+    h.advance(TICK);
+    let got = h.received(0);
+    let batch_at = got
+        .iter()
+        .position(|m| matches!(m, ToWorker::Deliver(_)))
+        .expect("the window's batch");
+    let replay_at = got
+        .iter()
+        .position(|m| matches!(m, ToWorker::Recovered { .. }))
+        .expect("the replay");
+    assert!(batch_at < replay_at, "the replay follows the batch it covers");
+    assert_eq!(seqs_in(deliveries(&got)[0], WireFormat::WsJson), vec![51, 52, 53]);
+    assert_eq!(replays(&got), vec![(9, "ep".into(), 53, Ok(vec![52, 53]))]);
+}
+
+#[test]
+fn a_refused_recovery_tells_where_the_live_stream_starts() {
+    let mut h = Harness::new(1);
+    h.presence(0, "r1", WireFormat::WsJson, true);
+    let id = recover(&mut h, 0, 4, ("old", 3));
+    h.control_says(answer(id, "new", 17, Err(RecoveryFailure::EpochChanged)));
+    assert_eq!(
+        replays(&h.received(0)),
+        vec![(4, "new".into(), 17, Err(RecoveryFailure::EpochChanged))]
+    );
+    assert_eq!(h.core.stats().recoveries_failed, [1, 0, 0, 0]);
+}
+
+#[test]
+fn recoveries_unanswered_when_the_link_drops_are_asked_again_after_the_next_registration() {
+    let mut h = Harness::new(1);
+    h.presence(0, "r1", WireFormat::WsJson, true);
+    let old = recover(&mut h, 0, 4, ("ep", 3));
+    h.core.link_failed("test", h.now);
+    h.advance(BACKOFF_MAX);
+    let frames = h.connect();
+    assert!(matches!(frames[0], LinkFrame::Register(_)));
+    h.advance(Duration::ZERO);
+    let again: Vec<u64> = h
+        .sent()
+        .iter()
+        .filter_map(|f| match f {
+            LinkFrame::Recover(r) => Some(r.id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(again, vec![old]);
+    h.control_says(answer(old, "ep", 3, Ok(vec![])));
+    assert_eq!(replays(&h.received(0)), vec![(4, "ep".into(), 3, Ok(vec![]))]);
+    // A second answer to the same request (the first link's) is ignored.
+    h.control_says(answer(old, "ep", 3, Ok(vec![])));
+    assert!(replays(&h.received(0)).is_empty());
 }

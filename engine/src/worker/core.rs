@@ -30,7 +30,7 @@
 //! allocation) holding one more `Rc` clone per frame. Nothing here allocates, locks or copies per
 //! recipient.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -40,7 +40,7 @@ use bytes::Bytes;
 use slab::Slab;
 
 use crate::config::EdgeConfig;
-use crate::fanout::{ChannelKind, Delivery, ToHub, ToWorker};
+use crate::fanout::{ChannelKind, Delivery, StreamPosition, ToHub, ToWorker};
 use crate::members::{ChannelSlot, MemberTable, Moved};
 use crate::outqueue::{OutQueue, SharedFrame};
 use crate::progress::WriteProgress;
@@ -48,11 +48,11 @@ use crate::session::{self, Session, Transport};
 use crate::stats::{AuthFailure, CloseReason, WorkerStats, IOVEC_BOUNDS, LATENCY_BOUNDS};
 use crate::sys::{ConnId, DriverStats, WriteBuf, WriteBufs, WriteStatus, MAX_IOVECS};
 use roomcast_proto::auth::Verifier;
-use roomcast_proto::client::{self, ClientOp, ErrorCode, WireFormat};
+use roomcast_proto::client::{self, ClientOp, ErrorCode, ReplyExtra, WireFormat};
 use roomcast_proto::handshake;
 use roomcast_proto::ids::is_valid_id;
 use roomcast_proto::link::ConnInfo;
-use roomcast_proto::message::Target;
+use roomcast_proto::message::{RecoveryFailure, Since, Target};
 
 /// How long a closing connection may take to flush its last frames before it is cut.
 pub const CLOSE_FLUSH_GRACE: Duration = Duration::from_secs(2);
@@ -142,9 +142,42 @@ struct Awaiting {
 /// How a join or auth is answered.
 enum Answer {
     Now(Result<(), (ErrorCode, &'static str)>),
-    /// Once the channel is confirmed (or its confirmation times out).
+    /// At once, with where the channel's stream stands.
+    At(Option<StreamPosition>),
+    /// Once the channel is confirmed (or its confirmation times out), or recovered.
     Later,
 }
+
+/// A join (or `auth`) with a resume position, waiting for the hub's `Recovered`. The connection
+/// is a member of the channel but takes none of its batches meanwhile (`recovering_members`).
+#[derive(Debug, Clone)]
+struct PendingRecovery {
+    conn: ConnId,
+    seq: u64,
+    kind: ChannelKind,
+    slot: ChannelSlot,
+    since: Instant,
+}
+
+/// A `history` op waiting for the hub's `Reply`.
+#[derive(Debug, Clone, Copy)]
+struct PendingHistory {
+    conn: ConnId,
+    seq: u64,
+    since: Instant,
+}
+
+/// What a join found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Joining {
+    /// The connection became a member.
+    New,
+    /// It already was one: nothing changes, the reply is the same.
+    Again,
+}
+
+/// History reads one connection may have in flight; more are answered `unavailable`.
+const MAX_HISTORY_IN_FLIGHT: u8 = 4;
 
 /// An authenticated connection's identity and channel memberships.
 struct Identity {
@@ -171,6 +204,10 @@ struct Conn {
     /// have stalled. A u32 rather than an `Instant` keeps `Conn` small.
     write_progress_ms: u32,
     dirty: bool,
+    /// Channels this connection is recovering (its entries in `recovering_members`).
+    recovering: u8,
+    /// `history` ops in flight.
+    histories: u8,
 }
 
 impl Conn {
@@ -215,6 +252,11 @@ pub struct WorkerCore {
     /// Channels waiting for the control plane's confirmation, with the ops to answer then.
     awaiting: HashMap<(ChannelKind, Box<str>), Awaiting>,
     next_token: u64,
+    /// Recoveries and history reads waiting for the hub, by token.
+    recoveries: HashMap<u64, PendingRecovery>,
+    /// (connection, channel) pairs whose batches the connection skips until its replay.
+    recovering_members: HashSet<(ConnId, ChannelKind, ChannelSlot)>,
+    histories: HashMap<u64, PendingHistory>,
     /// When the hub received the first message of each batch delivered this round (for the
     /// publish→flush histogram, recorded once per batch after the round's flush).
     delivered_at: Vec<Instant>,
@@ -279,6 +321,9 @@ impl WorkerCore {
             driver_stats: DriverStats::default(),
             awaiting: HashMap::new(),
             next_token: 1,
+            recoveries: HashMap::new(),
+            recovering_members: HashSet::new(),
+            histories: HashMap::new(),
             delivered_at: Vec::new(),
             started: now,
             wall: (now, wall),
@@ -335,6 +380,8 @@ impl WorkerCore {
             last_heard: now,
             write_progress_ms: 0,
             dirty: false,
+            recovering: 0,
+            histories: 0,
         });
         self.stats.accepted += 1;
         self.stats.connections = self.conns.len() as u64;
@@ -445,7 +492,28 @@ impl WorkerCore {
                 self.deliver(now, &delivery);
             }
             ToWorker::QueryUser { request, user } => self.answer_user_query(request, &user),
-            ToWorker::Confirmed { kind, name, token } => self.confirmed(now, kind, name, token),
+            ToWorker::Confirmed {
+                kind,
+                name,
+                token,
+                position,
+            } => self.confirmed(now, kind, name, token, position),
+            ToWorker::Recovered {
+                token,
+                conn,
+                position,
+                result,
+            } => self.recovered(now, token, conn, position, result),
+            ToWorker::Reply { token, conn, bytes } => {
+                if let Some(pending) = self.histories.remove(&token) {
+                    if let Some(c) = self.conns.get_mut(conn.key()).filter(|c| c.id == conn) {
+                        c.histories = c.histories.saturating_sub(1);
+                        if c.is_open() && pending.conn == conn {
+                            self.queue_owned(now, conn, bytes);
+                        }
+                    }
+                }
+            }
             ToWorker::LinkLost => {
                 self.rooms.unconfirm_all();
                 self.users.unconfirm_all();
@@ -707,11 +775,21 @@ impl WorkerCore {
             stats,
             delivery_frames,
             progress,
+            recovering_members,
             ..
         } = self;
         let mut slow: Vec<ConnId> = Vec::new();
         let mut members = 0u32;
-        let mut enqueue = |conn: &mut Conn, key: usize| {
+        let mut advanced: Option<(ChannelKind, ChannelSlot)> = None;
+        let mut enqueue = |conn: &mut Conn, key: usize, channel: Option<(ChannelKind, ChannelSlot)>| {
+            // A connection recovering this channel gets these messages in its replay.
+            if conn.recovering > 0 {
+                if let Some((kind, slot)) = channel {
+                    if recovering_members.contains(&(conn.id, kind, slot)) {
+                        return;
+                    }
+                }
+            }
             let frames = &delivery_frames[conn.format.index()];
             if frames.is_empty() {
                 stats.frames_missing_format += 1;
@@ -741,27 +819,40 @@ impl WorkerCore {
         };
         match &delivery.target {
             Target::Room(name) | Target::User(name) => {
-                let table = if matches!(delivery.target, Target::Room(_)) {
-                    &*rooms
+                let (table, kind) = if matches!(delivery.target, Target::Room(_)) {
+                    (&*rooms, ChannelKind::Room)
                 } else {
-                    &*users
+                    (&*users, ChannelKind::User)
                 };
-                if let Some(channel) = table.slot_of(name).and_then(|slot| table.channel(slot)) {
+                if let Some((channel_slot, channel)) = table
+                    .slot_of(name)
+                    .and_then(|slot| table.channel(slot).map(|c| (slot, c)))
+                {
+                    advanced = Some((kind, channel_slot));
                     for member in &channel.members {
                         let conn = &mut conns[member.key()];
-                        enqueue(conn, member.key());
+                        enqueue(conn, member.key(), Some((kind, channel_slot)));
                     }
                 }
             }
             Target::Broadcast => {
                 for (key, conn) in conns.iter_mut() {
                     if conn.identity.is_some() && conn.is_open() {
-                        enqueue(conn, key);
+                        enqueue(conn, key, None);
                     }
                 }
             }
         }
         progress.queued(slot, members);
+        match advanced {
+            Some((ChannelKind::Room, channel_slot)) => {
+                self.rooms.advance(channel_slot, delivery.last_seq)
+            }
+            Some((ChannelKind::User, channel_slot)) => {
+                self.users.advance(channel_slot, delivery.last_seq)
+            }
+            _ => {}
+        }
         for id in slow {
             self.begin_close(now, id, session::CLOSE_SLOW, CloseReason::Slow);
         }
@@ -825,7 +916,7 @@ impl WorkerCore {
         let conn = &mut self.conns[id.key()];
         let seq = op.seq();
         if conn.identity.is_none() {
-            let ClientOp::Auth { token, .. } = op else {
+            let ClientOp::Auth { token, since, .. } = op else {
                 self.stats.auth_failed(AuthFailure::NotAuthenticated);
                 self.reply(
                     now,
@@ -847,8 +938,12 @@ impl WorkerCore {
                     // The auth op's frame type picks the connection's encoding on WebSocket.
                     conn.format = arrived_as;
                     let user: Box<str> = claims.sub.as_str().into();
-                    if self.authenticate(id, claims) {
-                        self.reply(now, id, arrived_as, seq, Ok(()));
+                    let confirmed = self.authenticate(id, claims);
+                    if let Some(since) = since {
+                        self.recover(now, id, seq, ChannelKind::User, &user, since);
+                    } else if confirmed {
+                        let position = self.position(ChannelKind::User, &user);
+                        self.reply_at(now, id, arrived_as, seq, position);
                     } else {
                         let op = WaitingOp {
                             conn: id,
@@ -885,12 +980,183 @@ impl WorkerCore {
                 "already authenticated",
             ))),
             ClientOp::Ping { .. } => Answer::Now(Ok(())),
-            ClientOp::Join { room, .. } => self.join(now, id, seq, &room),
+            ClientOp::Join { room, since, .. } => self.join(now, id, seq, &room, since),
             ClientOp::Leave { room, .. } => Answer::Now(self.leave(now, id, &room)),
+            ClientOp::History {
+                room, since, limit, ..
+            } => self.history(now, id, seq, &room, since, limit),
         };
-        if let Answer::Now(result) = answer {
-            self.reply(now, id, format, seq, result);
+        match answer {
+            Answer::Now(result) => self.reply(now, id, format, seq, result),
+            Answer::At(position) => self.reply_at(now, id, format, seq, position),
+            Answer::Later => {}
         }
+    }
+
+    /// Where a channel's stream stands on this core, for a reply.
+    fn position(&self, kind: ChannelKind, name: &str) -> Option<StreamPosition> {
+        let table = match kind {
+            ChannelKind::User => &self.users,
+            _ => &self.rooms,
+        };
+        table
+            .slot_of(name)
+            .and_then(|slot| table.channel(slot))
+            .and_then(|c| c.position())
+    }
+
+    /// Asks the hub for what the connection missed of a channel it just joined; its batches are
+    /// skipped until the replay arrives.
+    fn recover(
+        &mut self,
+        now: Instant,
+        id: ConnId,
+        seq: u64,
+        kind: ChannelKind,
+        name: &str,
+        since: Since,
+    ) {
+        let table = match kind {
+            ChannelKind::User => &self.users,
+            _ => &self.rooms,
+        };
+        let Some(slot) = table.slot_of(name) else {
+            return;
+        };
+        let conn = &mut self.conns[id.key()];
+        if !self.recovering_members.insert((id, kind, slot)) {
+            // Already recovering this channel: answer this op like a join that changes nothing.
+            let format = conn.format;
+            self.reply(now, id, format, seq, Ok(()));
+            return;
+        }
+        conn.recovering = conn.recovering.saturating_add(1);
+        let format = conn.format;
+        let token = self.next_token;
+        self.next_token += 1;
+        self.recoveries.insert(
+            token,
+            PendingRecovery {
+                conn: id,
+                seq,
+                kind,
+                slot,
+                since: now,
+            },
+        );
+        // After the channel's `Presence` on the same queue, so the hub reports it first.
+        self.outbox.push_back(ToHub::Recover {
+            worker: self.index,
+            token,
+            conn: id,
+            kind,
+            name: name.into(),
+            since,
+            format,
+        });
+        self.wake_hub = true;
+    }
+
+    /// The hub's answer to a recovery: the reply, the replay, then the live batches.
+    fn recovered(
+        &mut self,
+        now: Instant,
+        token: u64,
+        conn: ConnId,
+        position: StreamPosition,
+        result: Result<Vec<Bytes>, RecoveryFailure>,
+    ) {
+        let Some(pending) = self.recoveries.remove(&token).filter(|p| p.conn == conn) else {
+            return; // timed out, left or closed since
+        };
+        self.end_recovery(&pending);
+        let Some(c) = self.conns.get(conn.key()).filter(|c| c.id == conn && c.is_open()) else {
+            return;
+        };
+        let format = c.format;
+        let outcome = result.as_ref().map(|_| ()).map_err(|f| *f);
+        let extra = ReplyExtra {
+            position: Some((&position.epoch, position.last_seq)),
+            recovered: Some(outcome),
+            msgs: None,
+            complete: None,
+        };
+        self.queue_owned(now, conn, client::encode_reply_ok(format, pending.seq, &extra));
+        for frame in result.unwrap_or_default() {
+            self.queue_owned(now, conn, frame);
+        }
+    }
+
+    /// The connection takes the channel's batches again.
+    fn end_recovery(&mut self, pending: &PendingRecovery) {
+        if self
+            .recovering_members
+            .remove(&(pending.conn, pending.kind, pending.slot))
+        {
+            if let Some(c) = self
+                .conns
+                .get_mut(pending.conn.key())
+                .filter(|c| c.id == pending.conn)
+            {
+                c.recovering = c.recovering.saturating_sub(1);
+            }
+        }
+    }
+
+    /// A `history` op: the hub asks the control plane and encodes the reply.
+    fn history(
+        &mut self,
+        now: Instant,
+        id: ConnId,
+        seq: u64,
+        room: &str,
+        since: u64,
+        limit: u32,
+    ) -> Answer {
+        if !is_valid_id(room.as_bytes()) {
+            return Answer::Now(Err((
+                ErrorCode::InvalidId,
+                "room ids are 1-128 bytes of [A-Za-z0-9_.:-]",
+            )));
+        }
+        let conn = &mut self.conns[id.key()];
+        let joined = self
+            .rooms
+            .slot_of(room)
+            .is_some_and(|slot| conn.rooms.iter().any(|&(s, _)| s == slot));
+        if !joined {
+            return Answer::Now(Err((ErrorCode::NotJoined, "join the room to read its history")));
+        }
+        if conn.histories >= MAX_HISTORY_IN_FLIGHT {
+            return Answer::Now(Err((
+                ErrorCode::Unavailable,
+                "too many history reads in flight on this connection; wait for their replies",
+            )));
+        }
+        conn.histories += 1;
+        let format = conn.format;
+        let token = self.next_token;
+        self.next_token += 1;
+        self.histories.insert(
+            token,
+            PendingHistory {
+                conn: id,
+                seq,
+                since: now,
+            },
+        );
+        self.outbox.push_back(ToHub::History {
+            worker: self.index,
+            token,
+            conn: id,
+            room: room.into(),
+            op_seq: seq,
+            since,
+            limit,
+            format,
+        });
+        self.wake_hub = true;
+        Answer::Later
     }
 
     /// Joins the connection to its user channel (and the broadcast). Returns whether the user
@@ -916,12 +1182,24 @@ impl WorkerCore {
         self.users.is_confirmed(joined.slot)
     }
 
-    fn join(&mut self, now: Instant, id: ConnId, seq: u64, room: &str) -> Answer {
+    fn join(
+        &mut self,
+        now: Instant,
+        id: ConnId,
+        seq: u64,
+        room: &str,
+        since: Option<Since>,
+    ) -> Answer {
         let result = self.join_room(id, room);
         let format = self.conns[id.key()].format;
         match result {
-            Ok(true) => Answer::Now(Ok(())),
-            Ok(false) => {
+            Ok((Joining::New, _)) if since.is_some() => {
+                let since = since.expect("checked");
+                self.recover(now, id, seq, ChannelKind::Room, room, since);
+                Answer::Later
+            }
+            Ok((_, true)) => Answer::At(self.position(ChannelKind::Room, room)),
+            Ok((_, false)) => {
                 let op = WaitingOp {
                     conn: id,
                     seq,
@@ -935,8 +1213,13 @@ impl WorkerCore {
         }
     }
 
-    /// Makes the connection a member of `room`; returns whether the room is confirmed here.
-    fn join_room(&mut self, id: ConnId, room: &str) -> Result<bool, (ErrorCode, &'static str)> {
+    /// Makes the connection a member of `room` (or finds it one already).
+    /// Returns whether the room is confirmed here too.
+    fn join_room(
+        &mut self,
+        id: ConnId,
+        room: &str,
+    ) -> Result<(Joining, bool), (ErrorCode, &'static str)> {
         if !is_valid_id(room.as_bytes()) {
             return Err((
                 ErrorCode::InvalidId,
@@ -959,7 +1242,7 @@ impl WorkerCore {
         let slot = self.rooms.slot_of(room);
         if let Some(slot) = slot.filter(|&slot| conn.rooms.iter().any(|&(s, _)| s == slot)) {
             // Already a member: joining again changes nothing, but answers like the first join.
-            return Ok(self.rooms.is_confirmed(slot));
+            return Ok((Joining::Again, self.rooms.is_confirmed(slot)));
         }
         if conn.rooms.len() >= self.config.max_rooms_per_conn as usize {
             return Err((
@@ -973,7 +1256,7 @@ impl WorkerCore {
         if joined.format_appeared {
             self.presence(ChannelKind::Room, room, format, true);
         }
-        Ok(self.rooms.is_confirmed(joined.slot))
+        Ok((Joining::New, self.rooms.is_confirmed(joined.slot)))
     }
 
     /// Holds `op`'s reply until the hub confirms the channel; the first waiter asks the hub.
@@ -1009,7 +1292,14 @@ impl WorkerCore {
     }
 
     /// The hub's answer to `ToHub::Confirm`: the waiting joins (or `auth`) succeed.
-    fn confirmed(&mut self, now: Instant, kind: ChannelKind, name: Box<str>, token: u64) {
+    fn confirmed(
+        &mut self,
+        now: Instant,
+        kind: ChannelKind,
+        name: Box<str>,
+        token: u64,
+        position: Option<StreamPosition>,
+    ) {
         let key = (kind, name);
         if self.awaiting.get(&key).is_none_or(|a| a.token != token) {
             return; // the channel emptied (or timed out) since it asked: a stale answer
@@ -1022,7 +1312,8 @@ impl WorkerCore {
             ChannelKind::User => &mut self.users,
             _ => &mut self.rooms,
         };
-        table.confirm(&name);
+        table.confirm(&name, position);
+        let position = self.position(kind, &name);
         self.stats.confirm_latency.record(
             LATENCY_BOUNDS,
             now.saturating_duration_since(awaiting.since).as_secs_f64(),
@@ -1033,7 +1324,7 @@ impl WorkerCore {
                 .get(op.conn.key())
                 .is_some_and(|c| c.id == op.conn && c.is_open())
             {
-                self.reply(now, op.conn, op.format, op.seq, Ok(()));
+                self.reply_at(now, op.conn, op.format, op.seq, position.clone());
             }
         }
     }
@@ -1115,7 +1406,24 @@ impl WorkerCore {
             }
         }
         let conn = &mut self.conns[id.key()];
-        let (slot, index) = conn.rooms.swap_remove(position);
+        let (slot, index) = conn.rooms[position];
+        if conn.recovering > 0 {
+            // A join still recovering gets its reply (without a replay) before the leave's.
+            let pending: Vec<(u64, PendingRecovery)> = self
+                .recoveries
+                .iter()
+                .filter(|(_, p)| p.conn == id && p.kind == ChannelKind::Room && p.slot == slot)
+                .map(|(token, p)| (*token, p.clone()))
+                .collect();
+            for (token, p) in pending {
+                self.recoveries.remove(&token);
+                self.end_recovery(&p);
+                let format = self.conns[id.key()].format;
+                self.reply(now, id, format, p.seq, Ok(()));
+            }
+        }
+        let conn = &mut self.conns[id.key()];
+        conn.rooms.swap_remove(position);
         let format = conn.format;
         self.leave_slot(slot, index, format, ChannelKind::Room);
         Ok(())
@@ -1178,6 +1486,22 @@ impl WorkerCore {
         result: Result<(), (ErrorCode, &str)>,
     ) {
         self.queue_owned(now, id, client::encode_reply(format, seq, result));
+    }
+
+    /// A successful join (or auth) reply with where the channel's stream stands.
+    fn reply_at(
+        &mut self,
+        now: Instant,
+        id: ConnId,
+        format: WireFormat,
+        seq: u64,
+        position: Option<StreamPosition>,
+    ) {
+        let extra = ReplyExtra {
+            position: position.as_ref().map(|p| (&*p.epoch, p.last_seq)),
+            ..ReplyExtra::default()
+        };
+        self.queue_owned(now, id, client::encode_reply_ok(format, seq, &extra));
     }
 
     fn queue_owned(&mut self, now: Instant, id: ConnId, bytes: Bytes) {
@@ -1330,6 +1654,77 @@ impl WorkerCore {
         }
         if !self.awaiting.is_empty() {
             self.expire_confirmations(now);
+        }
+        if !self.recoveries.is_empty() || !self.histories.is_empty() {
+            self.expire_requests(now);
+        }
+    }
+
+    /// Answers recoveries and history reads the control plane did not answer in time with
+    /// `unavailable`: a recovering join is undone, a recovering `auth` closes with 1013 (as an
+    /// unconfirmed one does).
+    fn expire_requests(&mut self, now: Instant) {
+        let timeout = self.config.join_confirm_timeout();
+        let late = |since: Instant| now.saturating_duration_since(since) > timeout;
+        // In token order: the replies go out in the order the ops came.
+        let mut recoveries: Vec<u64> = self
+            .recoveries
+            .iter()
+            .filter(|(_, p)| late(p.since))
+            .map(|(token, _)| *token)
+            .collect();
+        recoveries.sort_unstable();
+        let why = "the control plane did not answer in time; retry";
+        for token in recoveries {
+            let Some(p) = self.recoveries.remove(&token) else {
+                continue;
+            };
+            self.end_recovery(&p);
+            let Some(conn) = self
+                .conns
+                .get(p.conn.key())
+                .filter(|c| c.id == p.conn && c.is_open())
+            else {
+                continue;
+            };
+            let format = conn.format;
+            self.stats.confirm_timeouts += 1;
+            self.reply(now, p.conn, format, p.seq, Err((ErrorCode::Unavailable, why)));
+            match p.kind {
+                ChannelKind::User => self.begin_close(
+                    now,
+                    p.conn,
+                    session::CLOSE_TRY_AGAIN,
+                    CloseReason::Unconfirmed,
+                ),
+                _ => {
+                    if let Some(name) = self.rooms.channel(p.slot).map(|c| c.name.clone()) {
+                        let _ = self.leave(now, p.conn, &name);
+                    }
+                }
+            }
+        }
+        let mut histories: Vec<u64> = self
+            .histories
+            .iter()
+            .filter(|(_, h)| late(h.since))
+            .map(|(token, _)| *token)
+            .collect();
+        histories.sort_unstable();
+        for token in histories {
+            let Some(h) = self.histories.remove(&token) else {
+                continue;
+            };
+            let Some(conn) = self
+                .conns
+                .get_mut(h.conn.key())
+                .filter(|c| c.id == h.conn && c.is_open())
+            else {
+                continue;
+            };
+            conn.histories = conn.histories.saturating_sub(1);
+            let format = conn.format;
+            self.reply(now, h.conn, format, h.seq, Err((ErrorCode::Unavailable, why)));
         }
     }
 

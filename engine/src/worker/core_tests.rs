@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 use super::*;
 use crate::fanout::DeliveryFrame;
 use roomcast_proto::auth::{mint, Claims, DEV_JWT_SECRET};
-use roomcast_proto::client::ServerMsg;
+use roomcast_proto::client::{ReplyDetails, ServerMsg};
 use roomcast_proto::client::{decode_server_binary, encode_batch, encode_op, tcp_frame_len};
 use roomcast_proto::message::{PushMessage, PRIORITIES};
 
@@ -313,7 +313,14 @@ impl Harness {
 
     fn auth(&mut self, id: ConnId, user: &str, seq: u64) {
         let token = token(user, EPOCH_SECS + 3600);
-        self.send(id, ClientOp::Auth { seq, token });
+        self.send(
+            id,
+            ClientOp::Auth {
+                seq,
+                token,
+                since: None,
+            },
+        );
     }
 
     fn join(&mut self, id: ConnId, room: &str, seq: u64) {
@@ -322,6 +329,7 @@ impl Harness {
             ClientOp::Join {
                 seq,
                 room: room.into(),
+                since: None,
             },
         );
     }
@@ -366,6 +374,7 @@ impl Harness {
                     kind: *kind,
                     name: name.clone(),
                     token: *token,
+                    position: None,
                 }),
                 _ => None,
             })
@@ -440,7 +449,7 @@ fn token(user: &str, exp: u64) -> String {
 
 /// A batch for `target`: one frame per `(priority, padding bytes)`, each message numbered.
 fn delivery(target: Target, frames: &[(u8, usize)], now: Instant, ticket: u64) -> Delivery {
-    let frames = frames
+    let frames: Vec<DeliveryFrame> = frames
         .iter()
         .enumerate()
         .map(|(i, &(priority, pad))| {
@@ -465,6 +474,7 @@ fn delivery(target: Target, frames: &[(u8, usize)], now: Instant, ticket: u64) -
         .collect();
     Delivery {
         target,
+        last_seq: frames.len() as u64,
         frames,
         first_received: now,
         ticket,
@@ -490,6 +500,7 @@ fn reply_ok(seq: u64) -> ServerMsg {
     ServerMsg::Reply {
         seq,
         result: Ok(()),
+        details: ReplyDetails::default(),
     }
 }
 
@@ -498,6 +509,7 @@ fn reply_err(msg: &ServerMsg) -> Option<(u64, &str)> {
         ServerMsg::Reply {
             seq,
             result: Err((code, _)),
+            ..
         } => Some((*seq, code.as_str())),
         _ => None,
     }
@@ -613,6 +625,7 @@ fn a_stale_confirmation_is_ignored() {
             kind,
             name: name.clone().into(),
             token: token + 100,
+            position: None,
         },
     );
     h.round();
@@ -623,6 +636,7 @@ fn a_stale_confirmation_is_ignored() {
             kind,
             name: name.into(),
             token,
+            position: None,
         },
     );
     h.round();
@@ -656,6 +670,7 @@ fn an_unconfirmed_join_is_refused_unavailable_after_the_timeout_and_undone() {
             kind: ChannelKind::Room,
             name: "r1".into(),
             token: first_token,
+            position: None,
         },
     );
     h.round();
@@ -671,6 +686,7 @@ fn an_unconfirmed_join_is_refused_unavailable_after_the_timeout_and_undone() {
             kind: ChannelKind::Room,
             name: "r1".into(),
             token: second_token,
+            position: None,
         },
     );
     h.round();
@@ -1175,6 +1191,7 @@ fn websocket_ping_frames_count_as_heartbeats() {
     let auth = ClientOp::Auth {
         seq: 1,
         token: token("alice", EPOCH_SECS + 3600),
+        since: None,
     };
     h.send_raw(ws, &encode_op(WireFormat::WsBinary, &auth, [1, 2, 3, 4]));
     h.confirm_all();
@@ -1492,6 +1509,7 @@ fn an_expired_token_is_refused_with_4001() {
         ClientOp::Auth {
             seq: 1,
             token: token("alice", EPOCH_SECS - 1),
+            since: None,
         },
     );
     let got = h.read(a);
@@ -1505,6 +1523,7 @@ fn an_expired_token_is_refused_with_4001() {
         ClientOp::Auth {
             seq: 1,
             token: token("bob", EPOCH_SECS + 4),
+            since: None,
         },
     );
     assert_eq!(reply_err(&h.read(b)[0]), Some((1, "token_expired")));
@@ -1517,4 +1536,298 @@ fn an_idle_connection_stays_small() {
     let size = std::mem::size_of::<slab::Slab<Conn>>() + std::mem::size_of::<Conn>();
     println!("Conn = {} bytes", std::mem::size_of::<Conn>());
     assert!(size <= 320, "Conn grew to {size} bytes");
+}
+
+// ---- where the stream stands, recovery and history (PROTOCOL.md §5) -------------------------
+
+fn position(epoch: &str, last_seq: u64) -> StreamPosition {
+    StreamPosition {
+        epoch: epoch.into(),
+        last_seq,
+    }
+}
+
+/// The reply's `(epoch, last_seq, recovered)`, for a successful reply.
+fn reply_position(msg: &ServerMsg) -> Option<(u64, String, u64, Option<Result<(), RecoveryFailure>>)> {
+    match msg {
+        ServerMsg::Reply {
+            seq,
+            result: Ok(()),
+            details,
+        } => Some((
+            *seq,
+            details.epoch.clone()?,
+            details.last_seq?,
+            details.recovered,
+        )),
+        _ => None,
+    }
+}
+
+fn batch_seqs(msgs: &[ServerMsg]) -> Vec<u64> {
+    msgs.iter()
+        .flat_map(|m| match m {
+            ServerMsg::Batch { msgs, .. } => msgs.iter().map(|m| m.seq).collect(),
+            _ => Vec::new(),
+        })
+        .collect()
+}
+
+impl Harness {
+    /// Takes the `Recover` requests the hub received: (token, kind, name, since).
+    fn take_recovers(&mut self) -> Vec<(u64, ChannelKind, String, Since)> {
+        let mut out = Vec::new();
+        self.hub.retain(|m| match m {
+            ToHub::Recover {
+                token,
+                kind,
+                name,
+                since,
+                ..
+            } => {
+                out.push((*token, *kind, name.to_string(), since.clone()));
+                false
+            }
+            _ => true,
+        });
+        out
+    }
+
+    fn join_since(&mut self, id: ConnId, room: &str, seq: u64, since: (&str, u64)) {
+        self.send(
+            id,
+            ClientOp::Join {
+                seq,
+                room: room.into(),
+                since: Some(Since {
+                    epoch: since.0.into(),
+                    seq: since.1,
+                }),
+            },
+        );
+    }
+
+    /// The replay the hub would send: one frame per message, in the connection's format (TCP).
+    fn recovered(&mut self, token: u64, conn: ConnId, at: StreamPosition, seqs: &[u64]) {
+        let frames = seqs
+            .iter()
+            .map(|&seq| {
+                let msg = PushMessage {
+                    seq,
+                    priority: 2,
+                    kind: "gift".into(),
+                    data: Bytes::from_static(b"1"),
+                };
+                encode_batch(WireFormat::Tcp, &room("r1"), &[msg])
+            })
+            .collect();
+        self.core.on_message(
+            self.now,
+            ToWorker::Recovered {
+                token,
+                conn,
+                position: at,
+                result: Ok(frames),
+            },
+        );
+        self.round();
+    }
+}
+
+#[test]
+fn a_join_reply_tells_where_the_stream_stands_and_batches_move_it_on() {
+    let mut h = Harness::new();
+    let a = h.member_unconfirmed("alice");
+    let b = h.member_unconfirmed("bob");
+    h.join(a, "r1", 2);
+    let (_, _, token) = h.take_confirms().pop().expect("a confirm request");
+    h.core.on_message(
+        h.now,
+        ToWorker::Confirmed {
+            kind: ChannelKind::Room,
+            name: "r1".into(),
+            token,
+            position: Some(position("k3x9", 57)),
+        },
+    );
+    h.round();
+    assert_eq!(
+        h.read(a).iter().filter_map(reply_position).collect::<Vec<_>>(),
+        vec![(2, "k3x9".into(), 57, None)]
+    );
+    // A batch up to 60 goes out; a later join here is answered at once from 60.
+    let mut batch = delivery(room("r1"), &[(2, 1)], h.now, 0);
+    batch.last_seq = 60;
+    h.core.on_message(h.now, ToWorker::Deliver(Arc::new(batch)));
+    h.round();
+    h.join(b, "r1", 3);
+    assert_eq!(
+        h.read(b).iter().filter_map(reply_position).collect::<Vec<_>>(),
+        vec![(3, "k3x9".into(), 60, None)]
+    );
+    // Losing the link forgets the epoch: the next first join waits for a new confirmation.
+    h.core.on_message(h.now, ToWorker::LinkLost);
+    let c = h.member_unconfirmed("carol");
+    h.join(c, "r1", 4);
+    assert!(h.read(c).is_empty());
+    assert_eq!(h.take_confirms().len(), 1);
+}
+
+#[test]
+fn a_recovering_join_takes_no_batch_until_its_replay_then_replay_then_live() {
+    let mut h = Harness::new();
+    let a = h.member_unconfirmed("alice");
+    h.join_since(a, "r1", 2, ("k3x9", 41));
+    assert!(h.read(a).is_empty(), "the reply waits for the replay");
+    let recovers = h.take_recovers();
+    assert_eq!(recovers.len(), 1);
+    let (token, kind, name, since) = recovers[0].clone();
+    assert_eq!((kind, name.as_str(), since.seq), (ChannelKind::Room, "r1", 41));
+    assert!(
+        presences(&h.hub).contains(&(ChannelKind::Room, "r1".into(), true)),
+        "the hub heard of the room first"
+    );
+    // A live batch while recovering: it is covered by the replay, so the connection skips it.
+    h.deliver(room("r1"), &[(2, 1)]);
+    assert!(h.read(a).is_empty());
+    h.recovered(token, a, position("k3x9", 44), &[42, 43, 44]);
+    let got = h.read(a);
+    assert_eq!(
+        reply_position(&got[0]),
+        Some((2, "k3x9".into(), 44, Some(Ok(()))))
+    );
+    assert_eq!(batch_seqs(&got[1..]), vec![42, 43, 44]);
+    // Live from here on.
+    h.deliver(room("r1"), &[(2, 1)]);
+    assert_eq!(batch_seqs(&h.read(a)), vec![1]);
+    // A stale second answer changes nothing.
+    h.recovered(token, a, position("k3x9", 44), &[42]);
+    assert!(h.read(a).is_empty());
+}
+
+#[test]
+fn a_refused_recovery_says_why_and_the_connection_is_live_at_once() {
+    let mut h = Harness::new();
+    let a = h.member_unconfirmed("alice");
+    h.join_since(a, "r1", 2, ("old", 3));
+    let (token, ..) = h.take_recovers()[0].clone();
+    h.core.on_message(
+        h.now,
+        ToWorker::Recovered {
+            token,
+            conn: a,
+            position: position("new", 17),
+            result: Err(RecoveryFailure::EpochChanged),
+        },
+    );
+    h.round();
+    assert_eq!(
+        h.read(a).iter().filter_map(reply_position).collect::<Vec<_>>(),
+        vec![(
+            2,
+            "new".into(),
+            17,
+            Some(Err(RecoveryFailure::EpochChanged))
+        )]
+    );
+    h.deliver(room("r1"), &[(2, 1)]);
+    assert_eq!(batch_seqs(&h.read(a)), vec![1]);
+}
+
+#[test]
+fn a_recovery_unanswered_in_time_is_refused_unavailable_and_the_join_undone() {
+    let mut h = Harness::new();
+    let a = h.member_unconfirmed("alice");
+    h.join_since(a, "r1", 2, ("ep", 3));
+    let (token, ..) = h.take_recovers()[0].clone();
+    h.hub.clear();
+    h.advance_in_steps(Duration::from_millis(6000), Duration::from_millis(250));
+    assert_eq!(
+        h.read(a).iter().filter_map(reply_err).collect::<Vec<_>>(),
+        vec![(2, "unavailable")]
+    );
+    assert!(presences(&h.hub).contains(&(ChannelKind::Room, "r1".into(), false)));
+    // The late answer is ignored.
+    h.recovered(token, a, position("ep", 3), &[]);
+    assert!(h.read(a).is_empty());
+}
+
+#[test]
+fn a_recovering_auth_resumes_the_user_channel() {
+    let mut h = Harness::new();
+    let a = h.connect();
+    let token = token("alice", EPOCH_SECS + 3600);
+    h.send(
+        a,
+        ClientOp::Auth {
+            seq: 1,
+            token,
+            since: Some(Since {
+                epoch: "u".into(),
+                seq: 5,
+            }),
+        },
+    );
+    assert!(h.read(a).is_empty());
+    let (t, kind, name, _) = h.take_recovers()[0].clone();
+    assert_eq!((kind, name.as_str()), (ChannelKind::User, "alice"));
+    h.deliver(Target::User("alice".into()), &[(1, 1)]);
+    assert!(h.read(a).is_empty(), "skipped while recovering");
+    h.recovered(t, a, position("u", 6), &[6]);
+    let got = h.read(a);
+    assert_eq!(reply_position(&got[0]), Some((1, "u".into(), 6, Some(Ok(())))));
+    assert_eq!(batch_seqs(&got[1..]), vec![6]);
+}
+
+#[test]
+fn history_reads_need_the_room_are_bounded_per_connection_and_time_out() {
+    let mut h = Harness::new();
+    let a = h.member("alice", "r1");
+    let history = |seq: u64, room: &str| ClientOp::History {
+        seq,
+        room: room.into(),
+        since: 10,
+        limit: 100,
+    };
+    h.send(a, history(3, "r2"));
+    assert_eq!(
+        h.read(a).iter().filter_map(reply_err).collect::<Vec<_>>(),
+        vec![(3, "not_joined")]
+    );
+    for seq in 4..=8 {
+        h.send(a, history(seq, "r1"));
+    }
+    let asked: Vec<(u64, u64)> = h
+        .hub
+        .iter()
+        .filter_map(|m| match m {
+            ToHub::History {
+                token, op_seq, ..
+            } => Some((*token, *op_seq)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(asked.iter().map(|a| a.1).collect::<Vec<_>>(), vec![4, 5, 6, 7]);
+    assert_eq!(
+        h.read(a).iter().filter_map(reply_err).collect::<Vec<_>>(),
+        vec![(8, "unavailable")],
+        "at most four in flight"
+    );
+    // The hub's reply is passed through as it is.
+    let reply = client::encode_reply(WireFormat::Tcp, 4, Ok(()));
+    h.core.on_message(
+        h.now,
+        ToWorker::Reply {
+            token: asked[0].0,
+            conn: a,
+            bytes: reply,
+        },
+    );
+    h.round();
+    assert_eq!(h.read(a), vec![reply_ok(4)]);
+    h.advance_in_steps(Duration::from_millis(6000), Duration::from_millis(250));
+    assert_eq!(
+        h.read(a).iter().filter_map(reply_err).collect::<Vec<_>>(),
+        vec![(5, "unavailable"), (6, "unavailable"), (7, "unavailable")]
+    );
 }
