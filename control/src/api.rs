@@ -1,5 +1,5 @@
-//! The HTTP API (axum): publish, room/user/edge status, dispatch, tokens, health, and the
-//! OpenAPI document. Every route is listed once in [`ROUTES`]; the router is built from that
+//! The HTTP API (axum): publish, room/user/edge status, channel history, dispatch, tokens,
+//! health, and the OpenAPI document. Every route is listed once in [`ROUTES`]; the router is built from that
 //! table and a test checks the table against `openapi.json`.
 //!
 //! Errors are always `{"error":{"code":"...","message":"..."}}` with a matching status.
@@ -33,6 +33,10 @@ use crate::userquery::UserQueries;
 
 /// The OpenAPI 3 document describing this API, kept in the repository next to the crate.
 pub const OPENAPI: &str = include_str!("../openapi.json");
+
+/// Default and largest `limit` of a history read.
+const DEFAULT_HISTORY_LIMIT: usize = 100;
+const MAX_HISTORY_LIMIT: usize = 1_000;
 
 /// Default and largest token lifetimes.
 const DEFAULT_TTL_S: u64 = 3_600;
@@ -305,9 +309,21 @@ pub const ROUTES: &[Route] = &[
     },
     Route {
         method: Method::GET,
+        path: "/v1/rooms/{room}/history",
+        auth: true,
+        handler: || get(get_room_history),
+    },
+    Route {
+        method: Method::GET,
         path: "/v1/users/{user}",
         auth: true,
         handler: || get(get_user),
+    },
+    Route {
+        method: Method::GET,
+        path: "/v1/users/{user}/history",
+        auth: true,
+        handler: || get(get_user_history),
     },
     Route {
         method: Method::GET,
@@ -459,7 +475,9 @@ async fn publish_single(
         .map_err(ApiError::bad_request)?;
     let req = to_req(&message, body);
     admit(state).await;
-    let mut outcome = state.router.publish(std::slice::from_ref(&req));
+    let mut outcome = state
+        .router
+        .publish_ids(std::slice::from_ref(&req), &[message.id]);
     state.metrics.published(1);
     match outcome.pop() {
         Some(Ok(published)) => Ok(json_ok(&published)),
@@ -512,13 +530,11 @@ async fn publish_batch(
         .iter()
         .map(|m| m.check(Context::Batch))
         .collect();
-    let reqs: Vec<PublishReq<'_>> = checked
-        .iter()
-        .filter_map(|c| c.as_ref().ok())
-        .map(|m| to_req(m, &body))
-        .collect();
+    let valid = || checked.iter().filter_map(|c| c.as_ref().ok());
+    let reqs: Vec<PublishReq<'_>> = valid().map(|m| to_req(m, &body)).collect();
+    let ids: Vec<Option<&str>> = valid().map(|m| m.id).collect();
     admit(&state).await;
-    let mut outcomes = state.router.publish(&reqs).into_iter();
+    let mut outcomes = state.router.publish_ids(&reqs, &ids).into_iter();
     state.metrics.published(reqs.len() as u64);
 
     let mut out = Vec::with_capacity(16 + checked.len() * 40);
@@ -557,6 +573,9 @@ fn write_published(out: &mut Vec<u8>, published: Published) {
     out.extend_from_slice(n.format(published.seq).as_bytes());
     out.extend_from_slice(b",\"delivered_edges\":");
     out.extend_from_slice(n.format(published.delivered_edges).as_bytes());
+    if published.duplicate {
+        out.extend_from_slice(b",\"duplicate\":true");
+    }
     out.push(b'}');
 }
 
@@ -570,6 +589,94 @@ async fn get_room(
 ) -> Result<Response, ApiError> {
     let room = valid_id(&room, "room")?;
     Ok(json_ok(&state.router.room(room)))
+}
+
+/// `since` and `limit` of a history read, as text so that a bad value's error names its field.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HistoryParams {
+    since: Option<String>,
+    limit: Option<String>,
+}
+
+impl HistoryParams {
+    fn parse(&self) -> Result<(u64, usize), ApiError> {
+        let since = match self.since.as_deref() {
+            None => 0,
+            Some(text) => text.parse::<u64>().map_err(|_| {
+                ApiError::bad_request("since must be a sequence number (an integer >= 0)")
+            })?,
+        };
+        let limit = match self.limit.as_deref() {
+            None => DEFAULT_HISTORY_LIMIT,
+            Some(text) => text
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=MAX_HISTORY_LIMIT).contains(n))
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!("limit must be 1..{MAX_HISTORY_LIMIT}"))
+                })?,
+        };
+        Ok((since, limit))
+    }
+}
+
+async fn get_room_history(
+    State(state): State<AppState>,
+    PathParam(room): PathParam,
+    params: Result<Query<HistoryParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let room = valid_id(&room, "room")?;
+    history(&state, TargetRef::Room(room), params)
+}
+
+async fn get_user_history(
+    State(state): State<AppState>,
+    PathParam(user): PathParam,
+    params: Result<Query<HistoryParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let user = valid_id(&user, "user")?;
+    history(&state, TargetRef::User(user), params)
+}
+
+/// `{"epoch":"…","last_seq":N,"complete":bool,"msgs":[{"seq","p","kind","data"},…]}`, written
+/// by hand: `data` goes out verbatim, as clients receive it.
+fn history(
+    state: &AppState,
+    target: TargetRef<'_>,
+    params: Result<Query<HistoryParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(params) = params.map_err(|r| ApiError::bad_request(r.body_text()))?;
+    let (since, limit) = params.parse()?;
+    let page = state.router.history(target, since, limit);
+    let data_len: usize = page.msgs.iter().map(|m| m.len() + 48).sum();
+    let mut out = Vec::with_capacity(64 + data_len);
+    let mut n = itoa::Buffer::new();
+    out.extend_from_slice(b"{\"epoch\":\"");
+    out.extend_from_slice(page.position.epoch.as_str().as_bytes());
+    out.extend_from_slice(b"\",\"last_seq\":");
+    out.extend_from_slice(n.format(page.position.last_seq).as_bytes());
+    out.extend_from_slice(if page.complete {
+        b",\"complete\":true,\"msgs\":["
+    } else {
+        b",\"complete\":false,\"msgs\":["
+    });
+    for (i, msg) in page.msgs.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"seq\":");
+        out.extend_from_slice(n.format(msg.seq).as_bytes());
+        out.extend_from_slice(b",\"p\":");
+        out.extend_from_slice(n.format(msg.priority).as_bytes());
+        out.extend_from_slice(b",\"kind\":");
+        serde_json::to_writer(&mut out, msg.kind()).expect("a string serialises");
+        out.extend_from_slice(b",\"data\":");
+        out.extend_from_slice(&msg.data());
+        out.push(b'}');
+    }
+    out.extend_from_slice(b"]}");
+    Ok(json_response(StatusCode::OK, out))
 }
 
 async fn get_user(
@@ -941,6 +1048,139 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_repeated_id_answers_the_first_seq_as_a_duplicate() {
+        let h = harness();
+        let mut e1 = h.edge("e1", &[("r1", 1)], &[("u1", 1)]);
+        let body = r#"{"priority":1,"kind":"gift","data":{"gift":"rocket"},"id":"order-1"}"#;
+        let (status, value) = h.call("POST", "/v1/rooms/r1/messages", Some(body)).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(value, json!({"seq": 1, "delivered_edges": 1}));
+        let (status, value) = h.call("POST", "/v1/rooms/r1/messages", Some(body)).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            value,
+            json!({"seq": 1, "delivered_edges": 0, "duplicate": true})
+        );
+        // Same id, other channel: a publish of its own.
+        let (_, value) = h.call("POST", "/v1/users/u1/messages", Some(body)).await;
+        assert_eq!(value, json!({"seq": 1, "delivered_edges": 1}));
+        // In a batch: against earlier requests and within the batch itself.
+        let batch = r#"{"messages":[
+            {"room":"r1","priority":1,"kind":"gift","data":1,"id":"order-1"},
+            {"room":"r1","priority":1,"kind":"gift","data":2,"id":"order-2"},
+            {"room":"r1","priority":1,"kind":"gift","data":2,"id":"order-2"},
+            {"room":"r1","priority":1,"kind":"gift","data":3,"id":"bad id"},
+            {"room":"r1","priority":1,"kind":"gift","data":4}
+        ]}"#;
+        let (status, value) = h.call("POST", "/v1/messages", Some(batch)).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            value,
+            json!({"results": [
+                {"seq": 1, "delivered_edges": 0, "duplicate": true},
+                {"seq": 2, "delivered_edges": 1},
+                {"seq": 2, "delivered_edges": 0, "duplicate": true},
+                {"error": {"code": "bad_request",
+                           "message": "id must be a string of 1-128 bytes of [A-Za-z0-9_.:-]"}},
+                {"seq": 3, "delivered_edges": 1}
+            ]})
+        );
+        assert_eq!(
+            e1.publishes(),
+            vec![
+                (Target::Room("r1".into()), 1),
+                (Target::User("u1".into()), 1),
+                (Target::Room("r1".into()), 2),
+                (Target::Room("r1".into()), 3)
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn history_returns_stored_messages_verbatim_with_the_position() {
+        let h = harness();
+        let _e1 = h.edge("e1", &[("r1", 1)], &[]);
+        for data in [r#"{"n":1}"#, r#"{ "n" : 2.50 }"#, r#""three""#] {
+            let body = format!(r#"{{"priority":2,"kind":"gift","data":{data}}}"#);
+            h.call("POST", "/v1/rooms/r1/messages", Some(&body)).await;
+        }
+        let epoch = h.state.router.position(TargetRef::Room("r1")).epoch;
+        let req = HttpRequest::get("/v1/rooms/r1/history?since=1")
+            .header(AUTHORIZATION, format!("Bearer {KEY}"))
+            .body(Body::empty())
+            .unwrap();
+        let response = h.app.clone().oneshot(req).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(
+            std::str::from_utf8(&bytes).unwrap(),
+            format!(
+                r#"{{"epoch":"{epoch}","last_seq":3,"complete":true,"msgs":[{{"seq":2,"p":2,"kind":"gift","data":{{ "n" : 2.50 }}}},{{"seq":3,"p":2,"kind":"gift","data":"three"}}]}}"#
+            ),
+            "data verbatim"
+        );
+        let (_, value) = h.call("GET", "/v1/rooms/r1/history?limit=1", None).await;
+        assert_eq!(value["msgs"].as_array().unwrap().len(), 1);
+        assert_eq!(value["msgs"][0]["seq"], 1);
+        assert_eq!(value["complete"], true);
+        let (_, value) = h.call("GET", "/v1/rooms/r1/history?since=3", None).await;
+        assert_eq!(
+            value,
+            json!({"epoch": epoch.as_str(), "last_seq": 3, "complete": true, "msgs": []})
+        );
+        // A user channel; nothing published yet.
+        let (status, value) = h.call("GET", "/v1/users/u1/history", None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(value["last_seq"], 0);
+        assert_eq!(value["epoch"].as_str().unwrap().len(), 8);
+        let body = r#"{"priority":0,"kind":"notice","data":[1]}"#;
+        h.call("POST", "/v1/users/u1/messages", Some(body)).await;
+        let (_, value) = h.call("GET", "/v1/users/u1/history?since=0", None).await;
+        assert_eq!(
+            value["msgs"],
+            json!([{"seq": 1, "p": 0, "kind": "notice", "data": [1]}])
+        );
+
+        for (query, message) in [
+            ("since=-1", "since must be a sequence number"),
+            ("since=x", "since must be a sequence number"),
+            ("limit=0", "limit must be 1..1000"),
+            ("limit=1001", "limit must be 1..1000"),
+            ("limit=ten", "limit must be 1..1000"),
+            ("sinse=1", "unknown field"),
+        ] {
+            let (status, value) = h
+                .call("GET", &format!("/v1/rooms/r1/history?{query}"), None)
+                .await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{query}");
+            let text = value["error"]["message"].as_str().unwrap();
+            assert!(text.contains(message), "{query}: {text}");
+        }
+        let (status, _) = h.call("GET", "/v1/rooms/r%20x/history", None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+    }
+
+    #[tokio::test]
+    async fn history_says_when_it_is_no_longer_complete() {
+        let h = harness();
+        // Level 1 keeps 300 messages: publish 305 in one batch (5 at a time: max batch 5).
+        for _ in 0..61 {
+            let one = r#"{"room":"r1","priority":2,"kind":"gift","data":1}"#;
+            let batch = format!(r#"{{"messages":[{one},{one},{one},{one},{one}]}}"#);
+            h.call("POST", "/v1/messages", Some(&batch)).await;
+        }
+        let (_, value) = h.call("GET", "/v1/rooms/r1/history?limit=10", None).await;
+        assert_eq!(value["last_seq"], 305);
+        assert_eq!(value["complete"], false, "1..=5 were evicted");
+        assert_eq!(value["msgs"][0]["seq"], 6);
+        let (_, value) = h
+            .call("GET", "/v1/rooms/r1/history?since=5&limit=1000", None)
+            .await;
+        assert_eq!(value["complete"], true);
+        assert_eq!(value["msgs"].as_array().unwrap().len(), 300);
+    }
+
+    #[tokio::test]
     async fn request_errors_have_the_documented_shape_and_status() {
         let h = harness();
         // (method, path, body, status, code, part of the message)
@@ -1080,9 +1320,11 @@ mod tests {
         let _e2 = h.edge("e2", &[("r1", 400)], &[]);
         let (status, value) = h.call("GET", "/v1/rooms/r1", None).await;
         assert_eq!(status, StatusCode::OK);
+        let epoch = h.state.router.position(TargetRef::Room("r1")).epoch;
         assert_eq!(
             value,
             json!({"room": "r1", "online": 1100, "level": 2, "tick_ms": 250, "last_seq": 0,
+                   "epoch": epoch.as_str(),
                    "edges": [{"edge_id": "e1", "members": 700}, {"edge_id": "e2", "members": 400}]})
         );
         let (status, value) = h.call("GET", "/v1/rooms/unknown", None).await;

@@ -16,6 +16,7 @@ use roomcast_proto::link::{SetLevel, UNLIMITED};
 use roomcast_proto::message::PRIORITIES;
 use serde::{Deserialize, Serialize};
 
+use crate::history::{HistoryConfig, LevelHistory};
 use crate::levels::LevelPolicy;
 
 /// The development API key used when none is configured; the control plane warns when it is in
@@ -52,7 +53,14 @@ pub const LEVELS: usize = 4;
                   read only from roomcast-edge's own variables, such as \
                   ROOMCAST_QUEUE_SOFT_BYTES=262144 (not flags or --config keys here). A ROOMCAST_* \
                   variable that nothing reads, such as roomcast-edge's ROOMCAST_TICK_MS or \
-                  ROOMCAST_WORKERS, is warned about at start with what to set instead."
+                  ROOMCAST_WORKERS, is warned about at start with what to set instead.\n\n\
+                  History: every channel (room, user, broadcast) keeps its recent messages in \
+                  memory, bounded per rate level (--history-levels), per channel \
+                  (--history-channel-max-bytes) and in total (--history-max-bytes, oldest \
+                  first), so that a client resuming from its last (epoch, seq) gets exactly what \
+                  it missed, or is told why not (--recover-max-messages, --recover-max-bytes). \
+                  A publish carrying an \"id\" is published once per channel within \
+                  --dedupe-window-s."
 )]
 #[serde(default, deny_unknown_fields)]
 pub struct ControlConfig {
@@ -207,6 +215,67 @@ pub struct ControlConfig {
     /// Most messages one POST /v1/messages may carry.
     #[arg(long, env = "ROOMCAST_MAX_BATCH_MESSAGES", default_value_t = 10_000)]
     pub max_batch_messages: usize,
+
+    /// History kept per channel at rate levels 1,2,3,4, as MESSAGES:AGE_S:LOWEST_PRIORITY each:
+    /// a channel keeps at most MESSAGES messages, none older than AGE_S seconds, and only
+    /// priorities 0..=LOWEST_PRIORITY (3 keeps chat, 2 does not: a message below it takes its seq
+    /// but only a "not stored" mark, so a recovery over it answers not_stored). Users and
+    /// broadcast use level 1's.
+    #[arg(
+        long,
+        env = "ROOMCAST_HISTORY_LEVELS",
+        default_value = "300:300:3,500:300:3,1000:180:3,1000:120:2"
+    )]
+    pub history_levels: String,
+
+    /// Most bytes of history one channel keeps (kind + data + ~90 bytes of bookkeeping per
+    /// message); the oldest go first.
+    #[arg(long, env = "ROOMCAST_HISTORY_CHANNEL_MAX_BYTES", default_value_t = 1 << 20)]
+    pub history_channel_max_bytes: usize,
+
+    /// Most bytes of history all channels keep together (counted as for
+    /// --history-channel-max-bytes); beyond it the oldest message of any channel goes first.
+    /// 0 keeps no message: history off (epochs, positions and dedupe still work; every recovery
+    /// that misses a message answers too_old).
+    #[arg(long, env = "ROOMCAST_HISTORY_MAX_BYTES", default_value_t = 256 << 20)]
+    pub history_max_bytes: usize,
+
+    /// A channel's epoch and last seq are kept at least this long (seconds) after it was last
+    /// published to or asked for its position, even once its messages have expired; after that
+    /// it is forgotten and comes back with a new epoch.
+    #[arg(long, env = "ROOMCAST_HISTORY_META_TTL_S", default_value_t = 86_400)]
+    pub history_meta_ttl_s: u64,
+
+    /// Most channels whose epoch is tracked (~200 bytes each); beyond it the channel with no
+    /// stored message idle longest is forgotten early (a client resuming it is told
+    /// epoch_changed).
+    #[arg(
+        long,
+        env = "ROOMCAST_HISTORY_MAX_CHANNELS",
+        default_value_t = 1_000_000
+    )]
+    pub history_max_channels: usize,
+
+    /// A publish carrying an "id" already published on the same channel within this many
+    /// seconds is not published again: it answers the first publish's seq with
+    /// "duplicate":true. 0 turns dedupe off.
+    #[arg(long, env = "ROOMCAST_DEDUPE_WINDOW_S", default_value_t = 300)]
+    pub dedupe_window_s: u64,
+
+    /// Most publish ids remembered for dedupe (~70 bytes each); beyond it the oldest is
+    /// forgotten first, even inside the window.
+    #[arg(long, env = "ROOMCAST_DEDUPE_MAX_IDS", default_value_t = 1_000_000)]
+    pub dedupe_max_ids: usize,
+
+    /// A client resuming a channel that missed more messages than this is told too_many and
+    /// reloads instead.
+    #[arg(long, env = "ROOMCAST_RECOVER_MAX_MESSAGES", default_value_t = 300)]
+    pub recover_max_messages: usize,
+
+    /// A client resuming a channel whose missed messages (kind + data) exceed this many bytes
+    /// is told too_many and reloads instead.
+    #[arg(long, env = "ROOMCAST_RECOVER_MAX_BYTES", default_value_t = 256 << 10)]
+    pub recover_max_bytes: usize,
 }
 
 impl Default for ControlConfig {
@@ -221,7 +290,8 @@ impl Default for ControlConfig {
 }
 
 /// The parsed rate-level table: policy for the level state machine plus what each level means
-/// to an edge.
+/// to an edge and to the history. The history's global settings ride along, so that the router
+/// is built from this one value.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Levels {
     pub policy: LevelPolicy,
@@ -229,6 +299,8 @@ pub struct Levels {
     pub ticks_ms: [u32; LEVELS],
     /// Budgets per tick of levels 1..=4 for priorities 0..=3 (priority 0 always unlimited).
     pub budgets: [[u32; PRIORITIES]; LEVELS],
+    /// History bounds per level, and the store's, dedupe's and recovery's settings.
+    pub history: HistoryConfig,
 }
 
 impl Default for Levels {
@@ -354,6 +426,44 @@ impl ControlConfig {
             },
             ticks_ms,
             budgets,
+            history: self.history()?,
+        })
+    }
+
+    /// Parses the history, dedupe and recovery options.
+    pub fn history(&self) -> Result<HistoryConfig, ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        let levels: [LevelHistory; LEVELS] = parse_list(
+            &self.history_levels,
+            "--history-levels",
+            parse_level_history,
+        )
+        .map_err(|e| match e {
+            ConfigError::Invalid(m) => ConfigError::Invalid(format!(
+                "{m}: each level is MESSAGES:AGE_S:LOWEST_PRIORITY, MESSAGES and AGE_S \
+                         positive, LOWEST_PRIORITY 0-3 (e.g. 300:300:3)"
+            )),
+            other => other,
+        })?;
+        if self.history_meta_ttl_s == 0 {
+            return invalid("--history-meta-ttl-s must be positive".into());
+        }
+        if self.history_max_channels == 0 {
+            return invalid("--history-max-channels must be positive".into());
+        }
+        if self.recover_max_messages == 0 {
+            return invalid("--recover-max-messages must be positive".into());
+        }
+        Ok(HistoryConfig {
+            levels,
+            channel_max_bytes: self.history_channel_max_bytes,
+            max_bytes: self.history_max_bytes,
+            meta_ttl: Duration::from_secs(self.history_meta_ttl_s),
+            max_channels: self.history_max_channels,
+            dedupe_window: Duration::from_secs(self.dedupe_window_s),
+            dedupe_max_ids: self.dedupe_max_ids,
+            recover_max_messages: self.recover_max_messages,
+            recover_max_bytes: self.recover_max_bytes,
         })
     }
 
@@ -507,6 +617,23 @@ fn parse_list<T: Copy + Default, const N: usize>(
     Ok(out)
 }
 
+/// One level of `--history-levels`: `MESSAGES:AGE_S:LOWEST_PRIORITY`, each part positive (the
+/// priority 0..=3).
+fn parse_level_history(s: &str) -> Option<LevelHistory> {
+    let mut parts = s.split(':').map(str::trim);
+    let max_messages = parts.next()?.parse::<usize>().ok().filter(|&n| n > 0)?;
+    let age_s = parts.next()?.parse::<u64>().ok().filter(|&n| n > 0)?;
+    let lowest_priority = parts.next()?.parse::<u8>().ok().filter(|&p| p <= 3)?;
+    if parts.next().is_some() {
+        return None;
+    }
+    Some(LevelHistory {
+        max_messages,
+        max_age: Duration::from_secs(age_s),
+        lowest_priority,
+    })
+}
+
 fn parse_budget(s: &str) -> Option<u32> {
     if s.eq_ignore_ascii_case("unlimited") {
         Some(UNLIMITED)
@@ -569,6 +696,86 @@ mod tests {
                 _ => c.level2_budgets = value.into(),
             }
             assert!(c.validate().is_err(), "{field} = {value:?} accepted");
+        }
+    }
+
+    #[test]
+    fn history_defaults_and_flags() {
+        let h = ControlConfig::default().history().unwrap();
+        let level = |n: usize, age_s: u64, p: u8| LevelHistory {
+            max_messages: n,
+            max_age: Duration::from_secs(age_s),
+            lowest_priority: p,
+        };
+        assert_eq!(
+            h.levels,
+            [
+                level(300, 300, 3),
+                level(500, 300, 3),
+                level(1000, 180, 3),
+                level(1000, 120, 2)
+            ]
+        );
+        assert_eq!(h.channel_max_bytes, 1 << 20);
+        assert_eq!(h.max_bytes, 256 << 20);
+        assert_eq!(h.meta_ttl, Duration::from_secs(86_400));
+        assert_eq!(h.dedupe_window, Duration::from_secs(300));
+        assert_eq!(h.dedupe_max_ids, 1_000_000);
+        assert_eq!(
+            (h.recover_max_messages, h.recover_max_bytes),
+            (300, 256 << 10)
+        );
+        assert_eq!(Levels::default().history, h);
+
+        let c = ControlConfig::load_from([
+            "roomcast-control",
+            "--history-levels",
+            "10:60:3, 20:60:3, 30:30:1, 40:10:0",
+            "--history-max-bytes",
+            "0",
+            "--dedupe-window-s",
+            "0",
+        ])
+        .unwrap();
+        let h = c.history().unwrap();
+        assert_eq!(h.levels[3], level(40, 10, 0));
+        assert_eq!(h.max_bytes, 0, "history off is allowed");
+        assert_eq!(h.dedupe_window, Duration::ZERO);
+    }
+
+    #[test]
+    fn rejects_bad_history_options() {
+        for levels in [
+            "300:300:3,500:300:3,1000:180:3",
+            "300:300:3,500:300:3,1000:180:3,1000:120:4",
+            "300:300:3,500:300:3,1000:180:3,0:120:2",
+            "300:300:3,500:300:3,1000:180:3,1000:0:2",
+            "300:300:3,500:300:3,1000:180:3,1000:120",
+            "300:300:3,500:300:3,1000:180:3,1000:120:2:1",
+        ] {
+            let c = ControlConfig {
+                history_levels: levels.into(),
+                ..ControlConfig::default()
+            };
+            let error = c.validate().unwrap_err().to_string();
+            assert!(error.contains("--history-levels"), "{levels}: {error}");
+        }
+        let zero = |flag: &str| {
+            let mut c = ControlConfig::default();
+            match flag {
+                "--history-meta-ttl-s" => c.history_meta_ttl_s = 0,
+                "--history-max-channels" => c.history_max_channels = 0,
+                _ => c.recover_max_messages = 0,
+            }
+            c
+        };
+        for flag in [
+            "--history-meta-ttl-s",
+            "--history-max-channels",
+            "--recover-max-messages",
+        ] {
+            let error = zero(flag).validate().unwrap_err().to_string();
+            assert!(error.contains(flag), "{error}");
         }
     }
 

@@ -3,7 +3,8 @@
 //! edges holding its audience, and per-room rate levels with backoff.
 //!
 //! Layout: `config` (options), `levels` (the pure room-level state machine), `router` (shared
-//! routing state, sequence numbers, encode-once publishing), `linkserver` (the edge link's
+//! routing state, sequence numbers, encode-once publishing, recovery), `history` (the channels'
+//! recent messages, epochs and publish ids behind a store interface), `linkserver` (the edge link's
 //! tasks), `userquery` (user lookups across edges), `publish` (request body parsing and
 //! validation), `dispatch` (address choice), `api` (axum routes) and `server` (wiring, including
 //! the embedded edge).
@@ -11,6 +12,7 @@
 pub mod api;
 pub mod config;
 pub mod dispatch;
+pub mod history;
 pub mod levels;
 pub mod linkserver;
 pub mod metrics;

@@ -1,5 +1,6 @@
 //! The control plane's `/metrics` (Prometheus text format, on the API port): edges, publishes and
-//! requests by endpoint and status, fan-out, level changes and dispatch answers.
+//! requests by endpoint and status, fan-out, level changes, dispatch answers, and the history
+//! (stored messages and bytes, evictions by reason, channels, dedupe, recoveries by result).
 //!
 //! Counters are per request, not per recipient: a mutex-guarded map for the (bounded) endpoint ×
 //! status pairs and atomics for the rest. A scrape turns them and the router's edge table into
@@ -12,7 +13,8 @@ use std::time::Instant;
 
 use roomcast_ops::metrics::{Collector, Desc, Families, MetricFamily};
 
-use crate::router::{Router, LEVEL_CHANGES};
+use crate::history::Evicted;
+use crate::router::{Router, LEVEL_CHANGES, RECOVER_RESULTS};
 
 /// The routes that publish (their requests are also counted as publishes).
 const PUBLISH_ENDPOINTS: [&str; 4] = [
@@ -177,6 +179,56 @@ impl<'a> ControlCollector<'a> {
             &[],
         )
         .sample(&[], LEVEL_CHANGES.load(Ordering::Relaxed) as f64);
+        let history = self.router.history_stats();
+        f.gauge(
+            "roomcast_control_history_messages",
+            "Messages kept in the channels' history.",
+            &[],
+        )
+        .sample(&[], history.messages as f64);
+        f.gauge(
+            "roomcast_control_history_bytes",
+            "Bytes of history, as bounded by --history-max-bytes (kind + data + per-message bookkeeping).",
+            &[],
+        )
+        .sample(&[], history.bytes as f64);
+        f.gauge(
+            "roomcast_control_history_channels",
+            "Channels whose epoch and numbering the history tracks.",
+            &[],
+        )
+        .sample(&[], history.channels as f64);
+        let evictions = f.counter(
+            "roomcast_control_history_evictions_total",
+            "Messages dropped from the history, by reason: count, age, bytes (the channel's caps) or global (--history-max-bytes).",
+            &["reason"],
+        );
+        for reason in Evicted::ALL {
+            evictions.sample(
+                &[reason.as_str()],
+                history.evictions[reason as usize] as f64,
+            );
+        }
+        f.gauge(
+            "roomcast_control_dedupe_ids",
+            "Publish ids remembered for dedupe.",
+            &[],
+        )
+        .sample(&[], history.dedupe_ids as f64);
+        f.counter(
+            "roomcast_control_dedupe_hits_total",
+            "Publishes not published again because their id was seen on the channel within --dedupe-window-s.",
+            &[],
+        )
+        .sample(&[], history.dedupe_hits as f64);
+        let recoveries = f.counter(
+            "roomcast_control_recoveries_total",
+            "Recoveries asked for, by result: recovered, or why not (epoch_changed, too_old, too_many, not_stored).",
+            &["result"],
+        );
+        for (result, n) in RECOVER_RESULTS.iter().zip(self.router.recoveries()) {
+            recoveries.sample(&[result], n as f64);
+        }
         let answers = f.counter(
             "roomcast_control_dispatch_answers_total",
             "GET /v1/dispatch answers by transport and result (ok, unavailable).",
@@ -215,6 +267,7 @@ impl Collector for ControlCollector<'_> {
 mod tests {
     use super::*;
     use crate::config::Levels;
+    use crate::router::TargetRef;
     use std::time::Duration;
 
     #[test]
@@ -225,6 +278,17 @@ mod tests {
         metrics.request("/v1/rooms/{room}", 404);
         metrics.dispatch("ws", "ok");
         metrics.published(3);
+        let gift = crate::router::PublishReq {
+            target: TargetRef::Room("r1"),
+            priority: 1,
+            kind: "gift",
+            data: bytes::Bytes::from_static(b"{}"),
+        };
+        let twice = [gift.clone(), gift];
+        router.publish_ids(&twice, &[Some("g1"), Some("g1")]);
+        let epoch = router.position(TargetRef::Room("r1")).epoch;
+        router.recover(TargetRef::Room("r1"), epoch.as_str(), 0, 300, 1 << 20);
+        router.recover(TargetRef::Room("r1"), "elsewhere", 0, 300, 1 << 20);
         let collector = ControlCollector::new(&metrics, &router);
         roomcast_ops::metrics::check_described(&collector).unwrap();
         assert_eq!(collector.desc().len(), collector.collect().len());
@@ -237,6 +301,13 @@ mod tests {
             "roomcast_control_publishes_total{endpoint=\"/v1/broadcast\",status=\"200\"} 0\n",
             "roomcast_control_published_messages_total 3\n",
             "roomcast_control_dispatch_answers_total{transport=\"tcp\",result=\"unavailable\"} 0\n",
+            "roomcast_control_history_messages 1\n",
+            "roomcast_control_history_channels 1\n",
+            "roomcast_control_history_evictions_total{reason=\"global\"} 0\n",
+            "roomcast_control_dedupe_hits_total 1\n",
+            "roomcast_control_dedupe_ids 1\n",
+            "roomcast_control_recoveries_total{result=\"recovered\"} 1\n",
+            "roomcast_control_recoveries_total{result=\"epoch_changed\"} 1\n",
         ] {
             assert!(text.contains(line), "no {line:?} in\n{text}");
         }

@@ -27,6 +27,7 @@ pub struct RawMessage<'a> {
     priority: Option<&'a RawValue>,
     kind: Option<&'a RawValue>,
     data: Option<&'a RawValue>,
+    id: Option<&'a RawValue>,
     /// Set when the value was not a JSON object at all.
     not_object: bool,
     /// The first unknown or repeated field, reported as an error.
@@ -46,6 +47,9 @@ pub struct Message<'a> {
     pub priority: u8,
     pub kind: Cow<'a, str>,
     pub data: &'a RawValue,
+    /// The idempotency id: a repeat on the same channel within the dedupe window is not
+    /// published again.
+    pub id: Option<&'a str>,
 }
 
 /// Where the target comes from.
@@ -106,11 +110,13 @@ impl<'a> RawMessage<'a> {
             ));
         }
         let data = self.data.ok_or("data is required (any JSON value)")?;
+        let id = self.id.map(|raw| id(raw, "id")).transpose()?;
         Ok(Message {
             target,
             priority,
             kind,
             data,
+            id,
         })
     }
 
@@ -174,6 +180,7 @@ enum Field {
     Priority,
     Kind,
     Data,
+    Id,
 }
 
 impl Field {
@@ -185,6 +192,7 @@ impl Field {
             Field::Priority => "priority",
             Field::Kind => "kind",
             Field::Data => "data",
+            Field::Id => "id",
         }
     }
 }
@@ -211,6 +219,7 @@ impl<'de> Deserialize<'de> for Key {
                     "priority" => Key::Known(Field::Priority),
                     "kind" => Key::Known(Field::Kind),
                     "data" => Key::Known(Field::Data),
+                    "id" => Key::Known(Field::Id),
                     other => Key::Unknown(other.to_owned()),
                 })
             }
@@ -247,6 +256,7 @@ impl<'de: 'a, 'a> Visitor<'de> for MessageVisitor<'a> {
                         Field::Priority => &mut msg.priority,
                         Field::Kind => &mut msg.kind,
                         Field::Data => &mut msg.data,
+                        Field::Id => &mut msg.id,
                     };
                     if slot.replace(value).is_some() && msg.stray.is_none() {
                         msg.stray = Some((StrayKind::Duplicate, field.name().to_owned()));
@@ -337,6 +347,30 @@ mod tests {
     }
 
     #[test]
+    fn an_id_is_optional_and_borrowed() {
+        let body = r#"{"priority":1,"kind":"gift","data":1,"id":"order-42:gift.7_x"}"#;
+        let raw: RawMessage<'_> = serde_json::from_str(body).unwrap();
+        let message = raw.check(Context::Url(TargetRef::Room("r1"))).unwrap();
+        assert_eq!(message.id, Some("order-42:gift.7_x"));
+        let raw: RawMessage<'_> =
+            serde_json::from_str(r#"{"priority":1,"kind":"gift","data":1}"#).unwrap();
+        assert_eq!(
+            raw.check(Context::Batch).unwrap_err(),
+            "a message needs exactly one of room, user, broadcast: true"
+        );
+        let long = format!(
+            r#"{{"priority":1,"kind":"k","data":1,"id":"{}"}}"#,
+            "i".repeat(129)
+        );
+        assert!(single(&long).unwrap_err().starts_with("id must be"));
+        let max = format!(
+            r#"{{"priority":1,"kind":"k","data":1,"id":"{}"}}"#,
+            "i".repeat(128)
+        );
+        assert!(single(&max).is_ok());
+    }
+
+    #[test]
     fn names_the_field_at_fault() {
         let cases = [
             (r#"{"kind":"gift","data":1}"#, "priority is required (0..3)"),
@@ -380,6 +414,22 @@ mod tests {
             (
                 r#"{"priority":1,"priority":2,"kind":"gift","data":1}"#,
                 "field `priority` appears twice",
+            ),
+            (
+                r#"{"priority":1,"kind":"gift","data":1,"id":""}"#,
+                "id must be a string of 1-128 bytes of [A-Za-z0-9_.:-]",
+            ),
+            (
+                r#"{"priority":1,"kind":"gift","data":1,"id":7}"#,
+                "id must be a string of 1-128 bytes of [A-Za-z0-9_.:-]",
+            ),
+            (
+                r#"{"priority":1,"kind":"gift","data":1,"id":"a b"}"#,
+                "id must be a string of 1-128 bytes of [A-Za-z0-9_.:-]",
+            ),
+            (
+                r#"{"priority":1,"kind":"gift","data":1,"id":"a","id":"b"}"#,
+                "field `id` appears twice",
             ),
             (
                 r#"{"room":"r2","priority":1,"kind":"gift","data":1}"#,

@@ -12,6 +12,11 @@
 //! Membership comes only from the edges' load reports (PROTOCOL.md §6), so a restarted control
 //! plane rebuilds it from the edges' first (full) reports, and their `seqs` continue each
 //! channel's numbering.
+//!
+//! The channels' history ([`crate::history`]) sits under the same lock: a publish appends each
+//! message to it right after numbering it, and recoveries read it and queue their answer to the
+//! asking edge under the lock too ([`Router::recover_to_edge`]), so an edge sees a recovery's
+//! messages exactly before the publishes numbered after them.
 
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
@@ -27,6 +32,11 @@ use slab::Slab;
 use tokio::sync::{mpsc, watch, Notify};
 
 use crate::config::Levels;
+use crate::history::{
+    self, Append, HistoryPage, HistoryStats, HistoryStore, MemoryStore, RecoverCaps,
+    RecoverFailure, RecoverOutcome,
+};
+pub use crate::history::{Epoch, Position, StoredMessage};
 use crate::levels::RoomLevel;
 
 /// The control plane's end of one edge link, shared by the router (which queues frames) and the
@@ -110,6 +120,16 @@ pub enum TargetRef<'a> {
     Broadcast,
 }
 
+impl<'a> From<&'a Target> for TargetRef<'a> {
+    fn from(target: &'a Target) -> TargetRef<'a> {
+        match target {
+            Target::Room(id) => TargetRef::Room(id),
+            Target::User(id) => TargetRef::User(id),
+            Target::Broadcast => TargetRef::Broadcast,
+        }
+    }
+}
+
 /// One validated message to publish. `data` is valid JSON (usually a slice of the request body).
 #[derive(Debug, Clone)]
 pub struct PublishReq<'a> {
@@ -122,10 +142,15 @@ pub struct PublishReq<'a> {
 /// What a successful publish did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Published {
-    /// The channel's sequence number assigned to the message.
+    /// The channel's sequence number assigned to the message (for a duplicate, the first
+    /// publish's).
     pub seq: u64,
-    /// Edges the message was queued to.
+    /// Edges the message was queued to (0 for a duplicate).
     pub delivered_edges: u32,
+    /// The message's id was already published on this channel within the dedupe window: it was
+    /// not published again. Serialized only when true.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub duplicate: bool,
 }
 
 /// Last load figures an edge reported.
@@ -223,7 +248,6 @@ fn set_count(list: &mut Vec<(usize, u32)>, slot: usize, n: u32) -> u32 {
     list.iter().fold(0u32, |sum, &(_, n)| sum.saturating_add(n))
 }
 
-#[derive(Default)]
 struct State {
     edges: Slab<EdgeState>,
     by_id: HashMap<String, usize>,
@@ -231,9 +255,39 @@ struct State {
     users: HashMap<Box<str>, User>,
     broadcast_seq: u64,
     next_generation: u64,
+    /// Every channel's recent messages, epoch and publish ids.
+    history: Box<dyn HistoryStore>,
 }
 
 impl State {
+    fn new(history: Box<dyn HistoryStore>) -> State {
+        State {
+            edges: Slab::new(),
+            by_id: HashMap::new(),
+            rooms: HashMap::new(),
+            users: HashMap::new(),
+            broadcast_seq: 0,
+            next_generation: 0,
+            history,
+        }
+    }
+
+    /// The channel's counter, without creating an entry.
+    fn last_seq(&self, target: TargetRef<'_>) -> u64 {
+        match target {
+            TargetRef::Room(name) => self.rooms.get(name).map_or(0, |r| r.seq),
+            TargetRef::User(name) => self.users.get(name).map_or(0, |u| u.seq),
+            TargetRef::Broadcast => self.broadcast_seq,
+        }
+    }
+
+    fn position(&mut self, target: TargetRef<'_>, now: Instant) -> Position {
+        Position {
+            epoch: self.history.epoch(target, now),
+            last_seq: self.last_seq(target),
+        }
+    }
+
     fn slot_of(&self, key: EdgeKey) -> Option<usize> {
         self.edges
             .get(key.slot)
@@ -368,6 +422,9 @@ pub struct RoomView {
     pub tick_ms: u32,
     /// The last sequence number assigned in this room (0 = never published).
     pub last_seq: u64,
+    /// The epoch naming this room's numbering (changes when the history is lost, e.g. on a
+    /// control plane restart).
+    pub epoch: Epoch,
     pub edges: Vec<RoomEdgeView>,
 }
 
@@ -435,6 +492,27 @@ pub struct Router {
     dispatch_watermark_permille: u16,
     /// Publish frames queued to edge links (one per message per edge it went to).
     fanout_messages: std::sync::atomic::AtomicU64,
+    /// Recoveries by result: recovered, then [`RecoverFailure`] in [`RECOVER_RESULTS`] order.
+    recoveries: [std::sync::atomic::AtomicU64; 5],
+}
+
+/// Recovery results as `/metrics` labels them, in [`Router::recoveries`] order.
+pub const RECOVER_RESULTS: [&str; 5] = [
+    "recovered",
+    "epoch_changed",
+    "too_old",
+    "too_many",
+    "not_stored",
+];
+
+fn recover_result_index(result: &Result<Vec<StoredMessage>, RecoverFailure>) -> usize {
+    match result {
+        Ok(_) => 0,
+        Err(RecoverFailure::EpochChanged) => 1,
+        Err(RecoverFailure::TooOld) => 2,
+        Err(RecoverFailure::TooMany) => 3,
+        Err(RecoverFailure::NotStored) => 4,
+    }
 }
 
 /// Longest a publisher waits for a congested link before publishing anyway.
@@ -442,9 +520,12 @@ const BACKLOG_WAIT: Duration = Duration::from_secs(1);
 
 impl Router {
     /// `backlog_hard` bounds each edge link's queue; publishers start waiting at an eighth of it.
+    /// The history is a new in-memory store configured by `levels.history`, with a random seed:
+    /// every channel gets a new epoch.
     pub fn new(levels: Levels, report_timeout: Duration, backlog_hard: usize) -> Router {
+        let store = MemoryStore::new(levels.history.clone(), rand::random(), Instant::now());
         Router {
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State::new(Box::new(store))),
             levels,
             report_timeout,
             backlog_soft: backlog_hard / 8,
@@ -452,7 +533,14 @@ impl Router {
             drained: Arc::new(Notify::new()),
             dispatch_watermark_permille: 850,
             fanout_messages: std::sync::atomic::AtomicU64::new(0),
+            recoveries: Default::default(),
         }
+    }
+
+    /// Replaces the history store (before use: whatever the old one held is dropped).
+    pub fn with_history_store(self, store: Box<dyn HistoryStore>) -> Router {
+        self.lock().history = store;
+        self
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -640,19 +728,39 @@ impl Router {
         ids
     }
 
-    /// Re-evaluates every room's level (lowering needs time to pass, not just new counts).
+    /// Re-evaluates every room's level (lowering needs time to pass, not just new counts), and
+    /// drops the history that time expired.
     pub fn tick_levels(&self, now: Instant) {
         let mut guard = self.lock();
-        let State { rooms, edges, .. } = &mut *guard;
+        let State {
+            rooms,
+            edges,
+            history,
+            ..
+        } = &mut *guard;
         rooms.retain(|name, room| refresh_level(&self.levels, edges, name, room, now, None));
+        history.expire(now);
     }
 
     /// Numbers, encodes and queues `reqs` in order, under one lock. Each message is encoded once;
     /// each target edge gets slices of the same buffer (consecutive messages for the same edge
     /// coalesced into one slice). A room publish goes to the edges holding members of the room,
     /// a user publish to the edges holding the user, a broadcast to every edge; with none, the
-    /// message still gets its `seq` and `delivered_edges` is 0.
+    /// message still gets its `seq` and `delivered_edges` is 0. Each numbered message is
+    /// appended to the history once.
     pub fn publish(&self, reqs: &[PublishReq<'_>]) -> Vec<Result<Published, LinkError>> {
+        self.publish_ids(reqs, &[])
+    }
+
+    /// [`Router::publish`] with idempotency ids: `ids[i]` (when present and `Some`) is the id of
+    /// `reqs[i]`. A message whose id was published on the same channel within the dedupe window
+    /// (including earlier in `reqs`) is not published again: its result is the first publish's
+    /// `seq` with `duplicate: true` and no edge.
+    pub fn publish_ids(
+        &self,
+        reqs: &[PublishReq<'_>],
+        ids: &[Option<&str>],
+    ) -> Vec<Result<Published, LinkError>> {
         let estimate: usize = reqs
             .iter()
             .map(|r| 32 + r.data.len() + r.kind.len() + target_id(r.target).len())
@@ -672,27 +780,39 @@ impl Router {
         let mut results = Vec::with_capacity(reqs.len());
 
         let mut guard = self.lock();
-        self.drop_silent_edges(&mut guard, Instant::now());
+        let now = Instant::now();
+        self.drop_silent_edges(&mut guard, now);
         let State {
             edges,
             rooms,
             users,
             broadcast_seq,
+            history,
             ..
         } = &mut *guard;
-        for req in reqs {
-            let (counter, members) = match req.target {
+        for (i, req) in reqs.iter().enumerate() {
+            let id = ids.get(i).copied().flatten();
+            if let Some(seq) = id.and_then(|id| history.seen(req.target, id, now)) {
+                results.push(Ok(Published {
+                    seq,
+                    delivered_edges: 0,
+                    duplicate: true,
+                }));
+                continue;
+            }
+            let (counter, members, level) = match req.target {
                 TargetRef::Room(name) => {
                     let room = entry(rooms, name, Room::new);
-                    (&mut room.seq, Members::List(&room.members))
+                    let level = room.level.level();
+                    (&mut room.seq, Members::List(&room.members), level)
                 }
                 TargetRef::User(name) => {
                     // A user never seen gets an entry on first publish: its numbering must
                     // continue even while it has no connection.
                     let user = entry(users, name, User::default);
-                    (&mut user.seq, Members::List(&user.edges))
+                    (&mut user.seq, Members::List(&user.edges), 1)
                 }
-                TargetRef::Broadcast => (&mut *broadcast_seq, Members::All),
+                TargetRef::Broadcast => (&mut *broadcast_seq, Members::All, 1),
             };
             let seq = *counter + 1;
             let LinkFrame::Publish(publish) = &mut frame else {
@@ -710,6 +830,16 @@ impl Router {
                 continue;
             }
             *counter = seq;
+            let append = Append {
+                seq,
+                priority: req.priority,
+                kind: req.kind,
+                data: &req.data,
+            };
+            history.append(req.target, level, append, now);
+            if let Some(id) = id {
+                history.remember(req.target, id, seq, now);
+            }
             let range = start..out.len();
             let mut delivered = 0;
             let mut route = |slot: usize, edge: &EdgeState| {
@@ -744,6 +874,7 @@ impl Router {
             results.push(Ok(Published {
                 seq,
                 delivered_edges: delivered,
+                duplicate: false,
             }));
         }
         let frames = out.freeze();
@@ -790,9 +921,10 @@ impl Router {
         }
     }
 
-    /// A room's online count, level and edges. Unknown rooms show as empty at level 1.
+    /// A room's online count, level, position and edges. Unknown rooms show as empty at level 1.
     pub fn room(&self, name: &str) -> RoomView {
-        let state = self.lock();
+        let mut state = self.lock();
+        let epoch = state.history.epoch(TargetRef::Room(name), Instant::now());
         let Some(room) = state.rooms.get(name) else {
             return RoomView {
                 room: name.to_owned(),
@@ -800,6 +932,7 @@ impl Router {
                 level: 1,
                 tick_ms: self.levels.tick_ms(1),
                 last_seq: 0,
+                epoch,
                 edges: Vec::new(),
             };
         };
@@ -819,8 +952,135 @@ impl Router {
             level,
             tick_ms: self.levels.tick_ms(level),
             last_seq: room.seq,
+            epoch,
             edges,
         }
+    }
+
+    /// Where a channel stands: its epoch (created with the channel's history state when the
+    /// store has none) and last `seq`.
+    pub fn position(&self, target: TargetRef<'_>) -> Position {
+        self.lock().position(target, Instant::now())
+    }
+
+    /// What a client resuming `target` from `(since_epoch, since_seq)` missed, all or nothing
+    /// ([`history::recover`]: epoch, then the count cap, then any message gone, then any not
+    /// stored, then the byte cap). Consistent with the numbering: taken under the publish lock.
+    pub fn recover(
+        &self,
+        target: TargetRef<'_>,
+        since_epoch: &str,
+        since_seq: u64,
+        max_count: usize,
+        max_bytes: usize,
+    ) -> RecoverOutcome {
+        let caps = RecoverCaps {
+            max_messages: max_count,
+            max_bytes,
+        };
+        self.recover_locked(&mut self.lock(), target, (since_epoch, since_seq), caps)
+    }
+
+    fn recover_locked(
+        &self,
+        state: &mut State,
+        target: TargetRef<'_>,
+        since: (&str, u64),
+        caps: RecoverCaps,
+    ) -> RecoverOutcome {
+        let last_seq = state.last_seq(target);
+        let outcome = history::recover(
+            &mut *state.history,
+            target,
+            last_seq,
+            since,
+            caps,
+            Instant::now(),
+        );
+        self.recoveries[recover_result_index(&outcome.result)]
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        outcome
+    }
+
+    /// Recovers `target` for a client of edge `key` (caps `--recover-max-messages` and
+    /// `--recover-max-bytes`) and queues `encode`'s bytes on that edge's link, all under the
+    /// publish lock: the edge receives the answer after every publish numbered up to the
+    /// outcome's `last_seq` and before any later one. `encode` runs under the lock, so it must
+    /// only encode; returning `None` queues nothing. The answer is queued even when the link's
+    /// backlog is over its limit (it answers a request the edge is waiting on). Returns false
+    /// when `key` is stale (the edge re-registered or left) or its link's writer is gone.
+    pub fn recover_to_edge(
+        &self,
+        key: EdgeKey,
+        target: TargetRef<'_>,
+        since_epoch: &str,
+        since_seq: u64,
+        encode: impl FnOnce(&RecoverOutcome) -> Option<Bytes>,
+    ) -> bool {
+        let mut guard = self.lock();
+        let Some(slot) = guard.slot_of(key) else {
+            return false;
+        };
+        let caps = RecoverCaps {
+            max_messages: self.levels.history.recover_max_messages,
+            max_bytes: self.levels.history.recover_max_bytes,
+        };
+        let outcome = self.recover_locked(&mut guard, target, (since_epoch, since_seq), caps);
+        match encode(&outcome) {
+            Some(bytes) => guard.edges[slot].link.send(bytes),
+            None => true,
+        }
+    }
+
+    /// The positions of `targets` for edge `key` (for join and auth replies), queued on that
+    /// edge's link as `encode` makes them, under the publish lock (so each position's
+    /// `last_seq` is exactly the last publish queued to the edge before the answer). Same
+    /// contract as [`Router::recover_to_edge`].
+    pub fn positions_to_edge(
+        &self,
+        key: EdgeKey,
+        targets: &[Target],
+        encode: impl FnOnce(&[(Target, Position)]) -> Option<Bytes>,
+    ) -> bool {
+        let mut guard = self.lock();
+        let Some(slot) = guard.slot_of(key) else {
+            return false;
+        };
+        let now = Instant::now();
+        let positions: Vec<(Target, Position)> = targets
+            .iter()
+            .map(|t| (t.clone(), guard.position(t.into(), now)))
+            .collect();
+        match encode(&positions) {
+            Some(bytes) => guard.edges[slot].link.send(bytes),
+            None => true,
+        }
+    }
+
+    /// Up to `limit` stored messages of `target` after `since_seq`, with the channel's position
+    /// and whether every message numbered in the page's span is in it
+    /// ([`history::history_page`]).
+    pub fn history(&self, target: TargetRef<'_>, since_seq: u64, limit: usize) -> HistoryPage {
+        let mut state = self.lock();
+        let last_seq = state.last_seq(target);
+        history::history_page(
+            &mut *state.history,
+            target,
+            last_seq,
+            since_seq,
+            limit,
+            Instant::now(),
+        )
+    }
+
+    /// The history's sizes and counters (for `/metrics`).
+    pub fn history_stats(&self) -> HistoryStats {
+        self.lock().history.stats()
+    }
+
+    /// Recoveries since start, by result in [`RECOVER_RESULTS`] order.
+    pub fn recoveries(&self) -> [u64; 5] {
+        std::array::from_fn(|i| self.recoveries[i].load(std::sync::atomic::Ordering::Relaxed))
     }
 
     /// Every registered edge with its last reported load, sorted by id.
@@ -1054,7 +1314,8 @@ pub(crate) mod tests {
             out,
             Published {
                 seq: 1,
-                delivered_edges: 2
+                delivered_edges: 2,
+                duplicate: false,
             }
         );
         assert_eq!(e1.publishes(), vec![(Target::Room("r1".into()), 1)]);
@@ -1084,21 +1345,24 @@ pub(crate) mod tests {
             publish_one(&r, TargetRef::Room("empty")),
             Published {
                 seq: 1,
-                delivered_edges: 0
+                delivered_edges: 0,
+                duplicate: false,
             }
         );
         assert_eq!(
             publish_one(&r, TargetRef::Room("empty")),
             Published {
                 seq: 2,
-                delivered_edges: 0
+                delivered_edges: 0,
+                duplicate: false,
             }
         );
         assert_eq!(
             publish_one(&r, TargetRef::User("nobody")),
             Published {
                 seq: 1,
-                delivered_edges: 0
+                delivered_edges: 0,
+                duplicate: false,
             }
         );
         assert!(e1.publishes().is_empty());
@@ -1118,14 +1382,16 @@ pub(crate) mod tests {
             publish_one(&r, TargetRef::User("u2")),
             Published {
                 seq: 1,
-                delivered_edges: 1
+                delivered_edges: 1,
+                duplicate: false,
             }
         );
         assert_eq!(
             publish_one(&r, TargetRef::Broadcast),
             Published {
                 seq: 1,
-                delivered_edges: 2
+                delivered_edges: 2,
+                duplicate: false,
             }
         );
         assert_eq!(
@@ -1379,6 +1645,345 @@ pub(crate) mod tests {
         );
     }
 
+    fn gift<'a>(target: TargetRef<'a>, priority: u8, data: &'static str) -> PublishReq<'a> {
+        PublishReq {
+            target,
+            priority,
+            kind: "gift",
+            data: Bytes::from_static(data.as_bytes()),
+        }
+    }
+
+    /// Everything queued to the edge, in order: raw chunks, publishes split into their frames.
+    enum Queued {
+        Publish(u64),
+        Marker(Bytes),
+    }
+
+    const MARKER: &[u8] = b"\xffmarker";
+
+    fn queued(edge: &mut FakeEdge) -> Vec<Queued> {
+        let mut out = Vec::new();
+        while let Ok(chunk) = edge.rx.try_recv() {
+            edge.link.written(chunk.len());
+            if chunk.starts_with(MARKER) {
+                out.push(Queued::Marker(chunk));
+                continue;
+            }
+            let mut buf = BytesMut::from(&chunk[..]);
+            while let Some(frame) = link::decode(&mut buf).expect("valid link frames") {
+                match frame {
+                    LinkFrame::Publish(p) => out.push(Queued::Publish(p.msg.seq)),
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            assert!(buf.is_empty());
+        }
+        out
+    }
+
+    fn marker(last_seq: u64) -> Bytes {
+        let mut b = BytesMut::from(MARKER);
+        b.extend_from_slice(&last_seq.to_be_bytes());
+        b.freeze()
+    }
+
+    fn marker_seq(bytes: &Bytes) -> u64 {
+        u64::from_be_bytes(bytes[MARKER.len()..].try_into().unwrap())
+    }
+
+    #[test]
+    fn recovery_is_queued_between_the_publishes_around_it() {
+        let r = router();
+        let mut e1 = FakeEdge::register(&r, "e1", 100);
+        r.apply_report(e1.key, report(true, &[("r1", 1)], &[]), Instant::now());
+        let room = TargetRef::Room("r1");
+        for _ in 0..5 {
+            publish_one(&r, room);
+        }
+        let epoch = r.position(room).epoch;
+        let mut seen = None;
+        let queued_it = r.recover_to_edge(e1.key, room, epoch.as_str(), 2, |outcome| {
+            seen = Some(outcome.clone());
+            Some(marker(outcome.position.last_seq))
+        });
+        assert!(queued_it);
+        publish_one(&r, room);
+        let outcome = seen.expect("encode was called");
+        assert_eq!(outcome.position, Position { epoch, last_seq: 5 });
+        let msgs = outcome.result.unwrap();
+        assert_eq!(
+            msgs.iter().map(|m| m.seq).collect::<Vec<_>>(),
+            vec![3, 4, 5]
+        );
+        assert_eq!(
+            (msgs[0].kind(), &msgs[0].data()[..]),
+            ("gift", &br#"{"n":1}"#[..])
+        );
+        let order: Vec<String> = queued(&mut e1)
+            .into_iter()
+            .map(|q| match q {
+                Queued::Publish(seq) => format!("p{seq}"),
+                Queued::Marker(b) => format!("recovered to {}", marker_seq(&b)),
+            })
+            .collect();
+        assert_eq!(
+            order,
+            ["p1", "p2", "p3", "p4", "p5", "recovered to 5", "p6"],
+        );
+
+        // A stale key: nothing computed, nothing queued.
+        let e1b = FakeEdge::register(&r, "e1", 100);
+        assert!(!r.recover_to_edge(e1.key, room, epoch.as_str(), 2, |_| panic!("called")));
+        assert!(!r.positions_to_edge(e1.key, &[], |_| panic!("called")));
+        // Encoding nothing queues nothing.
+        assert!(r.recover_to_edge(e1b.key, room, "", 0, |_| None));
+    }
+
+    #[test]
+    fn recovery_while_publishing_never_overlaps_or_misses_a_live_message() {
+        let r = Arc::new(router());
+        let mut e1 = FakeEdge::register(&r, "e1", 100);
+        r.apply_report(e1.key, report(true, &[("r1", 1)], &[]), Instant::now());
+        let room = TargetRef::Room("r1");
+        let epoch = r.position(room).epoch;
+        let publisher = {
+            let r = Arc::clone(&r);
+            std::thread::spawn(move || {
+                for _ in 0..3_000 {
+                    r.publish(&[gift(TargetRef::Room("r1"), 2, "{}")]);
+                }
+            })
+        };
+        let key = e1.key;
+        let mut since = 0;
+        let mut recovered = 0;
+        for _ in 0..300 {
+            r.recover_to_edge(key, room, epoch.as_str(), since, |outcome| {
+                let last = outcome.position.last_seq;
+                if let Ok(msgs) = &outcome.result {
+                    let seqs: Vec<u64> = msgs.iter().map(|m| m.seq).collect();
+                    assert_eq!(seqs, (since + 1..=last).collect::<Vec<_>>());
+                    recovered += 1;
+                } else {
+                    assert_eq!(outcome.result, Err(RecoverFailure::TooMany));
+                }
+                since = last;
+                Some(marker(last))
+            });
+            std::thread::yield_now();
+        }
+        publisher.join().unwrap();
+        assert!(recovered > 0);
+        // Every answer sits exactly after the publishes up to its last_seq.
+        let mut publishes = 0;
+        for q in queued(&mut e1) {
+            match q {
+                Queued::Publish(seq) => {
+                    publishes += 1;
+                    assert_eq!(seq, publishes, "publishes in order, no gap");
+                }
+                Queued::Marker(b) => assert_eq!(marker_seq(&b), publishes),
+            }
+        }
+        assert_eq!(publishes, 3_000);
+    }
+
+    #[test]
+    fn positions_are_queued_in_order_with_publishes() {
+        let r = router();
+        let mut e1 = FakeEdge::register(&r, "e1", 100);
+        r.apply_report(
+            e1.key,
+            report(true, &[("r1", 1)], &[("u1", 1)]),
+            Instant::now(),
+        );
+        publish_one(&r, TargetRef::Room("r1"));
+        publish_one(&r, TargetRef::Room("r1"));
+        publish_one(&r, TargetRef::User("u1"));
+        let targets = [
+            Target::Room("r1".into()),
+            Target::User("u1".into()),
+            Target::Room("quiet".into()),
+            Target::Broadcast,
+        ];
+        let mut seen = Vec::new();
+        assert!(r.positions_to_edge(e1.key, &targets, |positions| {
+            seen = positions.to_vec();
+            Some(marker(positions.len() as u64))
+        }));
+        publish_one(&r, TargetRef::Room("r1"));
+        let got: Vec<(Target, u64)> = seen.iter().map(|(t, p)| (t.clone(), p.last_seq)).collect();
+        assert_eq!(
+            got,
+            vec![
+                (Target::Room("r1".into()), 2),
+                (Target::User("u1".into()), 1),
+                (Target::Room("quiet".into()), 0),
+                (Target::Broadcast, 0)
+            ]
+        );
+        assert_eq!(seen[0].1.epoch, r.position(TargetRef::Room("r1")).epoch);
+        assert_eq!(seen[2].1.epoch, r.position(TargetRef::Room("quiet")).epoch);
+        let kinds: Vec<String> = queued(&mut e1)
+            .into_iter()
+            .map(|q| match q {
+                Queued::Publish(seq) => format!("p{seq}"),
+                Queued::Marker(_) => "positions".into(),
+            })
+            .collect();
+        assert_eq!(kinds, ["p1", "p2", "p1", "positions", "p3"]);
+    }
+
+    #[test]
+    fn publishes_are_stored_once_and_read_back() {
+        let r = router();
+        let _e1 = FakeEdge::register(&r, "e1", 100);
+        let _e2 = FakeEdge::register(&r, "e2", 100);
+        let now = Instant::now();
+        r.apply_report(_e1.key, report(true, &[("r1", 1)], &[]), now);
+        r.apply_report(_e2.key, report(true, &[("r1", 1)], &[]), now);
+        for data in [r#"{"a":1}"#, r#"{"a":2}"#, r#"{"a":3}"#] {
+            r.publish(&[gift(TargetRef::Room("r1"), 1, data)]);
+        }
+        r.publish(&[gift(TargetRef::Broadcast, 0, "null")]);
+        let stats = r.history_stats();
+        assert_eq!(stats.messages, 4, "one copy per message, not per edge");
+        let page = r.history(TargetRef::Room("r1"), 1, 10);
+        assert!(page.complete);
+        assert_eq!(page.position.last_seq, 3);
+        assert_eq!(
+            page.msgs
+                .iter()
+                .map(|m| (
+                    m.seq,
+                    m.priority,
+                    String::from_utf8(m.data().to_vec()).unwrap()
+                ))
+                .collect::<Vec<_>>(),
+            vec![(2, 1, r#"{"a":2}"#.into()), (3, 1, r#"{"a":3}"#.into())]
+        );
+        assert_eq!(r.room("r1").epoch, page.position.epoch);
+        assert_eq!(r.history(TargetRef::Broadcast, 0, 10).msgs.len(), 1);
+        assert!(r.history(TargetRef::User("u1"), 0, 10).msgs.is_empty());
+        assert_ne!(
+            router().position(TargetRef::Room("r1")).epoch,
+            page.position.epoch,
+            "a new router (a restart) gives a new epoch"
+        );
+    }
+
+    #[test]
+    fn recovery_after_a_restart_continues_from_the_reported_numbering() {
+        let r = router();
+        let e1 = FakeEdge::register(&r, "e1", 100);
+        let mut full = report(true, &[("r1", 1)], &[]);
+        full.seqs = vec![(Target::Room("r1".into()), 41)];
+        r.apply_report(e1.key, full, Instant::now());
+        let room = TargetRef::Room("r1");
+        let position = r.position(room);
+        assert_eq!(position.last_seq, 41);
+        let epoch = position.epoch.as_str().to_owned();
+        assert_eq!(
+            r.recover(room, &epoch, 30, 300, 1 << 20).result,
+            Err(RecoverFailure::TooOld)
+        );
+        assert_eq!(r.recover(room, &epoch, 41, 300, 1 << 20).result, Ok(vec![]));
+        assert_eq!(publish_one(&r, room).seq, 42);
+        let got = r.recover(room, &epoch, 41, 300, 1 << 20).result.unwrap();
+        assert_eq!(got.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![42]);
+        // A client of the previous instance holds another epoch.
+        assert_eq!(
+            r.recover(room, "previous", 41, 300, 1 << 20).result,
+            Err(RecoverFailure::EpochChanged)
+        );
+        assert_eq!(r.recoveries(), [2, 1, 1, 0, 0]);
+    }
+
+    #[test]
+    fn a_level_4_room_does_not_store_chat() {
+        let r = router();
+        let e1 = FakeEdge::register(&r, "e1", 100_000);
+        r.apply_report(
+            e1.key,
+            report(true, &[("big", 60_000)], &[]),
+            Instant::now(),
+        );
+        assert_eq!(r.room("big").level, 4);
+        let room = TargetRef::Room("big");
+        r.publish(&[
+            gift(room, 1, "1"),
+            gift(room, 3, r#""chat""#),
+            gift(room, 2, "3"),
+        ]);
+        let epoch = r.position(room).epoch;
+        let missed = |since| r.recover(room, epoch.as_str(), since, 300, 1 << 20).result;
+        assert_eq!(missed(1), Err(RecoverFailure::NotStored));
+        assert_eq!(missed(2).unwrap().len(), 1);
+        let page = r.history(room, 0, 10);
+        assert!(!page.complete);
+        assert_eq!(
+            page.msgs.iter().map(|m| m.seq).collect::<Vec<_>>(),
+            vec![1, 3]
+        );
+    }
+
+    #[test]
+    fn a_repeated_id_is_published_once_per_channel() {
+        let r = router();
+        let mut e1 = FakeEdge::register(&r, "e1", 100);
+        r.apply_report(
+            e1.key,
+            report(true, &[("r1", 1), ("r2", 1)], &[]),
+            Instant::now(),
+        );
+        let reqs = [
+            gift(TargetRef::Room("r1"), 1, "1"),
+            gift(TargetRef::Room("r1"), 1, "1"),
+            gift(TargetRef::Room("r2"), 1, "1"),
+            gift(TargetRef::Room("r1"), 1, "2"),
+        ];
+        let out: Vec<Published> = r
+            .publish_ids(&reqs, &[Some("g1"), Some("g1"), Some("g1"), None])
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        let dup = |seq| Published {
+            seq,
+            delivered_edges: 0,
+            duplicate: true,
+        };
+        let new = |seq| Published {
+            seq,
+            delivered_edges: 1,
+            duplicate: false,
+        };
+        assert_eq!(out, vec![new(1), dup(1), new(1), new(2)]);
+        // A retry later: still the first seq, nothing sent.
+        assert_eq!(
+            r.publish_ids(&reqs[..1], &[Some("g1")]).remove(0).unwrap(),
+            dup(1)
+        );
+        assert_eq!(
+            e1.publishes(),
+            vec![
+                (Target::Room("r1".into()), 1),
+                (Target::Room("r2".into()), 1),
+                (Target::Room("r1".into()), 2)
+            ]
+        );
+        assert_eq!(r.history_stats().dedupe_hits, 2);
+        assert_eq!(r.history_stats().messages, 3);
+        assert_eq!(
+            serde_json::to_string(&dup(1)).unwrap(),
+            r#"{"seq":1,"delivered_edges":0,"duplicate":true}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&new(1)).unwrap(),
+            r#"{"seq":1,"delivered_edges":1}"#
+        );
+    }
+
     #[test]
     fn full_link_backlog_drops_publishes_for_that_edge_only() {
         let r = Router::new(Levels::default(), Duration::from_secs(3), 1 << 20);
@@ -1393,7 +1998,8 @@ pub(crate) mod tests {
             out,
             Published {
                 seq: 1,
-                delivered_edges: 1
+                delivered_edges: 1,
+                duplicate: false,
             }
         );
         assert_eq!(fine.publishes().len(), 1);
