@@ -10,13 +10,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
-use roomcast_proto::link::{self, LinkFrame, Register};
+use roomcast_proto::link::{
+    self, ChannelPosition, HistoryPage, HistoryRequest, LinkFrame, Recover, Recovered, Register,
+    SyncAck,
+};
+use roomcast_proto::message::{PushMessage, RecoveryFailure, Target};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-use crate::router::{LinkHandle, Router};
+use crate::history::{Position, RecoverFailure, StoredMessage};
+use crate::router::{EdgeKey, LinkHandle, Router, TargetRef};
 use crate::userquery::UserQueries;
 
 /// An edge must send `register` this soon after connecting.
@@ -30,6 +35,9 @@ const MAX_WRITE: usize = 1 << 20;
 const MAX_CHUNKS: usize = 64;
 /// Free space kept in the read buffer before each read.
 const READ_RESERVE: usize = 64 * 1024;
+/// Most message bytes (kind + data) in one `history` answer; a page cut short by it holds fewer
+/// messages than asked, and the client asks again from the last one.
+const MAX_HISTORY_PAGE_BYTES: usize = 1 << 20;
 
 /// Accepts edge links forever.
 pub async fn serve(listener: TcpListener, router: Arc<Router>, queries: Arc<UserQueries>) {
@@ -142,7 +150,7 @@ async fn read_loop(
     buf: &mut BytesMut,
     router: &Router,
     queries: &UserQueries,
-    key: crate::router::EdgeKey,
+    key: EdgeKey,
     link: &LinkHandle,
 ) -> String {
     let mut closed = link.closed();
@@ -162,9 +170,73 @@ async fn read_loop(
                 LinkFrame::UserConns(answer) => queries.answer(answer),
                 // Every frame before it is applied (frames are handled in order, and a report
                 // updates routing under the router's lock before this line runs): acknowledge,
-                // so the edge can answer the joins waiting on it.
-                LinkFrame::Sync(id) => {
-                    if !link.send(sync_ack(id)) {
+                // with where each channel's stream stands — read and queued under the routing
+                // lock, so every publish numbered after it follows the ack on the link.
+                LinkFrame::Sync(sync) => {
+                    let id = sync.id;
+                    let sent = router.positions_to_edge(key, &sync.channels, |positions| {
+                        let positions = positions
+                            .iter()
+                            .map(|(target, p)| channel_position(target.clone(), p))
+                            .collect();
+                        encode(&LinkFrame::SyncAck(SyncAck { id, positions }))
+                    });
+                    if !sent {
+                        return "replaced by a newer registration".into();
+                    }
+                }
+                // The same ordering makes a recovery exact: the missed messages up to
+                // `last_seq` in the answer, every later one after it.
+                LinkFrame::Recover(Recover { id, target, since }) => {
+                    let sent = router.recover_to_edge(
+                        key,
+                        target_ref(&target),
+                        &since.epoch,
+                        since.seq,
+                        |outcome| {
+                            let position = channel_position(target.clone(), &outcome.position);
+                            let result = match &outcome.result {
+                                Ok(msgs) => Ok(msgs.iter().map(push_message).collect()),
+                                Err(failure) => Err(recovery_failure(*failure)),
+                            };
+                            encode(&LinkFrame::Recovered(Recovered {
+                                id,
+                                position,
+                                result,
+                            }))
+                        },
+                    );
+                    if !sent {
+                        return "replaced by a newer registration".into();
+                    }
+                }
+                LinkFrame::History(HistoryRequest {
+                    id,
+                    target,
+                    since,
+                    limit,
+                }) => {
+                    let page = router.history(target_ref(&target), since, limit as usize);
+                    let mut bytes = 0;
+                    let msgs = page
+                        .msgs
+                        .iter()
+                        .take_while(|m| {
+                            bytes += m.len();
+                            bytes <= MAX_HISTORY_PAGE_BYTES
+                        })
+                        .map(push_message)
+                        .collect();
+                    let answer = LinkFrame::HistoryPage(HistoryPage {
+                        id,
+                        position: channel_position(target, &page.position),
+                        complete: page.complete,
+                        msgs,
+                    });
+                    let Some(bytes) = encode(&answer) else {
+                        return "a history page did not encode".into();
+                    };
+                    if !link.send(bytes) {
                         return "the link's writer is gone".into();
                     }
                 }
@@ -296,10 +368,50 @@ impl Buf for Chunks {
     }
 }
 
-fn sync_ack(id: u64) -> Bytes {
-    let mut out = BytesMut::with_capacity(16);
-    link::encode(&LinkFrame::SyncAck(id), &mut out).expect("a sync ack always encodes");
-    out.freeze()
+/// Encodes one link frame; None (logged) when it cannot be (a bug, not the edge's fault).
+fn encode(frame: &LinkFrame) -> Option<Bytes> {
+    let mut out = BytesMut::new();
+    match link::encode(frame, &mut out) {
+        Ok(()) => Some(out.freeze()),
+        Err(error) => {
+            tracing::error!(%error, frame = frame_name(frame), "cannot encode a link frame");
+            None
+        }
+    }
+}
+
+fn target_ref(target: &Target) -> TargetRef<'_> {
+    match target {
+        Target::Room(id) => TargetRef::Room(id),
+        Target::User(id) => TargetRef::User(id),
+        Target::Broadcast => TargetRef::Broadcast,
+    }
+}
+
+fn channel_position(target: Target, position: &Position) -> ChannelPosition {
+    ChannelPosition {
+        target,
+        epoch: position.epoch.as_str().to_owned(),
+        last_seq: position.last_seq,
+    }
+}
+
+fn push_message(stored: &StoredMessage) -> PushMessage {
+    PushMessage {
+        seq: stored.seq,
+        priority: stored.priority,
+        kind: stored.kind().to_owned(),
+        data: stored.data(),
+    }
+}
+
+fn recovery_failure(failure: RecoverFailure) -> RecoveryFailure {
+    match failure {
+        RecoverFailure::EpochChanged => RecoveryFailure::EpochChanged,
+        RecoverFailure::TooOld => RecoveryFailure::TooOld,
+        RecoverFailure::TooMany => RecoveryFailure::TooMany,
+        RecoverFailure::NotStored => RecoveryFailure::NotStored,
+    }
 }
 
 fn frame_name(frame: &LinkFrame) -> &'static str {
@@ -312,6 +424,11 @@ fn frame_name(frame: &LinkFrame) -> &'static str {
         LinkFrame::UserConns(_) => "user connections",
         LinkFrame::Sync(_) => "sync",
         LinkFrame::SyncAck(_) => "sync ack",
+        LinkFrame::Recover(_) => "recover",
+        LinkFrame::Recovered(_) => "recovered",
+        LinkFrame::History(_) => "history",
+        LinkFrame::HistoryPage(_) => "history page",
+        LinkFrame::RoomOnline(_) => "room online",
     }
 }
 

@@ -38,7 +38,11 @@ pub enum Incoming {
         details: Box<ReplyDetails>,
     },
     /// A room's online count.
-    Room { room: String, online: u32, users: u32 },
+    Room {
+        room: String,
+        online: u32,
+        users: u32,
+    },
     /// Pushed messages for one channel; `raw` is the message exactly as it came off the wire
     /// (the JSON text of a WebSocket text frame, or the binary payload).
     Batch {

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use roomcast_proto::link::{
-    decode, encode, ChannelPosition, LinkFrame, LoadReport, Publish, QueryUser, Register, SetLevel, UserConns,
-    SyncAck, UNLIMITED,
+    decode, encode, ChannelPosition, LinkFrame, LoadReport, Publish, QueryUser, Register, SetLevel,
+    SyncAck, UserConns, UNLIMITED,
 };
 use roomcast_proto::message::{PushMessage, Target};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

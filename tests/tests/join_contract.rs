@@ -160,11 +160,15 @@ async fn join_publish_retrying(
     // after the re-registration, or refused `unavailable` and the connection closed (1013).
     let seq = client.next_op_seq();
     let token = roomcast_tests::tokens::token(&format!("{tag}-u{i}"));
-    if client.call(ClientOp::Auth {
-        seq,
-        token,
-        since: None,
-    }).await.is_err() {
+    if client
+        .call(ClientOp::Auth {
+            seq,
+            token,
+            since: None,
+        })
+        .await
+        .is_err()
+    {
         retried.fetch_add(1, Ordering::Relaxed);
         return false;
     }
@@ -269,11 +273,13 @@ fn a_join_or_auth_the_control_plane_does_not_confirm_in_time_is_refused_and_undo
         let mut newcomer = Client::connect(&edge, WireFormat::Tcp).await;
         let seq = newcomer.next_op_seq();
         let token = roomcast_tests::tokens::token("newcomer");
-        let refused = newcomer.call(ClientOp::Auth {
-        seq,
-        token,
-        since: None,
-    }).await;
+        let refused = newcomer
+            .call(ClientOp::Auth {
+                seq,
+                token,
+                since: None,
+            })
+            .await;
         assert_eq!(
             refused.as_ref().map_err(|(code, _)| code.as_str()),
             Err("unavailable"),

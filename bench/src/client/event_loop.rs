@@ -592,17 +592,26 @@ impl Loop {
         let format = self.args.transport.format();
         let mask = self.mask(k);
         let token = self.token(k);
-        let mut bytes = encode_op(format, &ClientOp::Auth {
+        let mut bytes = encode_op(
+            format,
+            &ClientOp::Auth {
                 seq: 1,
                 token,
                 since: None,
-            }, mask).to_vec();
+            },
+            mask,
+        )
+        .to_vec();
         let room = self.room_names[self.conns[k].room as usize].clone();
-        bytes.extend_from_slice(&encode_op(format, &ClientOp::Join {
+        bytes.extend_from_slice(&encode_op(
+            format,
+            &ClientOp::Join {
                 seq: 2,
                 room,
                 since: None,
-            }, mask));
+            },
+            mask,
+        ));
         self.send(k, &bytes);
     }
 

@@ -17,10 +17,10 @@ use std::time::{Duration, Instant};
 
 use super::recovery::{self, Stitch};
 use crate::fanout::{ChannelKind, Delivery, DeliveryFrame, StreamPosition, ToHub, ToWorker};
-use crate::sys::ConnId;
 use crate::stats::{
     CloseReason, HubStats, WorkerStats, BATCH_BOUNDS, LATENCY_BOUNDS, LEVELS, WINDOW_BOUNDS,
 };
+use crate::sys::ConnId;
 use crate::window::{frame_ranges, Admit, Next, Pacing, Window, MAX_FRAME_MESSAGE_BYTES};
 use roomcast_proto::client::{self, ReplyExtra, WireFormat};
 use roomcast_proto::link::{
@@ -934,9 +934,11 @@ impl HubCore {
                         last_seq: recovery::live_after(p.last_seq, window_first),
                     });
                 channel.epoch = position.as_ref().map(|p| Arc::clone(&p.epoch));
-                channel.last_seq = channel
-                    .last_seq
-                    .max(positions.get(&target_of(kind, &name)).map_or(0, |p| p.last_seq));
+                channel.last_seq = channel.last_seq.max(
+                    positions
+                        .get(&target_of(kind, &name))
+                        .map_or(0, |p| p.last_seq),
+                );
                 for (worker, token) in waiters {
                     self.confirm_worker(worker, kind, &name, token, position.clone());
                 }

@@ -14,8 +14,8 @@ use crate::stats::WorkerStats;
 use crate::sys::ConnId;
 use roomcast_proto::client::{decode_server_binary, decode_server_json, ServerMsg, WireFormat};
 use roomcast_proto::link::{
-    self, ChannelPosition, ConnInfo, LinkFrame, LoadReport, Publish, QueryUser, Recovered, SetLevel,
-    SyncAck, UNLIMITED,
+    self, ChannelPosition, ConnInfo, LinkFrame, LoadReport, Publish, QueryUser, Recovered,
+    SetLevel, SyncAck, UNLIMITED,
 };
 use roomcast_proto::message::{PushMessage, RecoveryFailure, Since, Target};
 use roomcast_proto::ws::parse_server_frame;
@@ -879,7 +879,16 @@ fn failed_dials_back_off_doubling_up_to_the_cap() {
 #[test]
 fn an_edge_only_frame_from_the_control_plane_is_refused() {
     let mut h = Harness::new(1);
-    assert!(h.core.handle_link_frame(LinkFrame::Sync(link::Sync { id: 1, channels: Vec::new() }), h.now).is_err());
+    assert!(h
+        .core
+        .handle_link_frame(
+            LinkFrame::Sync(link::Sync {
+                id: 1,
+                channels: Vec::new()
+            }),
+            h.now
+        )
+        .is_err());
 }
 
 #[test]
@@ -1061,9 +1070,9 @@ fn recover(h: &mut Harness, worker: usize, token: u64, since: (&str, u64)) -> u6
         .iter()
         .position(|f| matches!(f, LinkFrame::Recover(_)))
         .expect("a recover request");
-    if let Some(reported) = frames.iter().position(|f| {
-        matches!(f, LinkFrame::LoadReport(r) if r.rooms.iter().any(|(n, _)| n == "r1"))
-    }) {
+    if let Some(reported) = frames.iter().position(
+        |f| matches!(f, LinkFrame::LoadReport(r) if r.rooms.iter().any(|(n, _)| n == "r1")),
+    ) {
         assert!(reported < at, "the report goes before the recovery");
     }
     let LinkFrame::Recover(r) = &frames[at] else {
@@ -1085,8 +1094,10 @@ fn answer(id: u64, epoch: &str, last: u64, result: Result<Vec<u64>, RecoveryFail
     })
 }
 
-/// The replay handed to a worker: (token, epoch, last_seq, replayed seqs or the failure).
-fn replays(messages: &[ToWorker]) -> Vec<(u64, String, u64, Result<Vec<u64>, RecoveryFailure>)> {
+/// A replay handed to a worker: (token, epoch, last_seq, replayed seqs or the failure).
+type Replay = (u64, String, u64, Result<Vec<u64>, RecoveryFailure>);
+
+fn replays(messages: &[ToWorker]) -> Vec<Replay> {
     messages
         .iter()
         .filter_map(|m| match m {
@@ -1197,8 +1208,14 @@ fn a_recovery_inside_the_open_window_is_finished_with_that_window_after_its_batc
         .iter()
         .position(|m| matches!(m, ToWorker::Recovered { .. }))
         .expect("the replay");
-    assert!(batch_at < replay_at, "the replay follows the batch it covers");
-    assert_eq!(seqs_in(deliveries(&got)[0], WireFormat::WsJson), vec![51, 52, 53]);
+    assert!(
+        batch_at < replay_at,
+        "the replay follows the batch it covers"
+    );
+    assert_eq!(
+        seqs_in(deliveries(&got)[0], WireFormat::WsJson),
+        vec![51, 52, 53]
+    );
     assert_eq!(replays(&got), vec![(9, "ep".into(), 53, Ok(vec![52, 53]))]);
 }
 
@@ -1235,7 +1252,10 @@ fn recoveries_unanswered_when_the_link_drops_are_asked_again_after_the_next_regi
         .collect();
     assert_eq!(again, vec![old]);
     h.control_says(answer(old, "ep", 3, Ok(vec![])));
-    assert_eq!(replays(&h.received(0)), vec![(4, "ep".into(), 3, Ok(vec![]))]);
+    assert_eq!(
+        replays(&h.received(0)),
+        vec![(4, "ep".into(), 3, Ok(vec![]))]
+    );
     // A second answer to the same request (the first link's) is ignored.
     h.control_says(answer(old, "ep", 3, Ok(vec![])));
     assert!(replays(&h.received(0)).is_empty());

@@ -781,42 +781,43 @@ impl WorkerCore {
         let mut slow: Vec<ConnId> = Vec::new();
         let mut members = 0u32;
         let mut advanced: Option<(ChannelKind, ChannelSlot)> = None;
-        let mut enqueue = |conn: &mut Conn, key: usize, channel: Option<(ChannelKind, ChannelSlot)>| {
-            // A connection recovering this channel gets these messages in its replay.
-            if conn.recovering > 0 {
-                if let Some((kind, slot)) = channel {
-                    if recovering_members.contains(&(conn.id, kind, slot)) {
-                        return;
+        let mut enqueue =
+            |conn: &mut Conn, key: usize, channel: Option<(ChannelKind, ChannelSlot)>| {
+                // A connection recovering this channel gets these messages in its replay.
+                if conn.recovering > 0 {
+                    if let Some((kind, slot)) = channel {
+                        if recovering_members.contains(&(conn.id, kind, slot)) {
+                            return;
+                        }
                     }
                 }
-            }
-            let frames = &delivery_frames[conn.format.index()];
-            if frames.is_empty() {
-                stats.frames_missing_format += 1;
-                return;
-            }
-            if conn.out.is_empty() {
-                conn.write_progress_ms = now_ms;
-            }
-            members += 1;
-            let outcome = conn.out.push_batch(frames, soft, hard, progress);
-            stats.frames_queued += frames.len() as u64;
-            if outcome.dropped_frames > 0 {
-                for (total, n) in stats.dropped_queue.iter_mut().zip(outcome.dropped) {
-                    *total += n;
+                let frames = &delivery_frames[conn.format.index()];
+                if frames.is_empty() {
+                    stats.frames_missing_format += 1;
+                    return;
                 }
-            }
-            let queued = conn.out.queued_bytes() as u64;
-            if queued > stats.queue_high_water {
-                stats.queue_high_water = queued;
-            }
-            if outcome.over_hard {
-                slow.push(conn.id);
-            } else if !conn.dirty {
-                conn.dirty = true;
-                dirty.push(key);
-            }
-        };
+                if conn.out.is_empty() {
+                    conn.write_progress_ms = now_ms;
+                }
+                members += 1;
+                let outcome = conn.out.push_batch(frames, soft, hard, progress);
+                stats.frames_queued += frames.len() as u64;
+                if outcome.dropped_frames > 0 {
+                    for (total, n) in stats.dropped_queue.iter_mut().zip(outcome.dropped) {
+                        *total += n;
+                    }
+                }
+                let queued = conn.out.queued_bytes() as u64;
+                if queued > stats.queue_high_water {
+                    stats.queue_high_water = queued;
+                }
+                if outcome.over_hard {
+                    slow.push(conn.id);
+                } else if !conn.dirty {
+                    conn.dirty = true;
+                    dirty.push(key);
+                }
+            };
         match &delivery.target {
             Target::Room(name) | Target::User(name) => {
                 let (table, kind) = if matches!(delivery.target, Target::Room(_)) {
@@ -1070,7 +1071,11 @@ impl WorkerCore {
             return; // timed out, left or closed since
         };
         self.end_recovery(&pending);
-        let Some(c) = self.conns.get(conn.key()).filter(|c| c.id == conn && c.is_open()) else {
+        let Some(c) = self
+            .conns
+            .get(conn.key())
+            .filter(|c| c.id == conn && c.is_open())
+        else {
             return;
         };
         let format = c.format;
@@ -1081,7 +1086,11 @@ impl WorkerCore {
             msgs: None,
             complete: None,
         };
-        self.queue_owned(now, conn, client::encode_reply_ok(format, pending.seq, &extra));
+        self.queue_owned(
+            now,
+            conn,
+            client::encode_reply_ok(format, pending.seq, &extra),
+        );
         for frame in result.unwrap_or_default() {
             self.queue_owned(now, conn, frame);
         }
@@ -1125,7 +1134,10 @@ impl WorkerCore {
             .slot_of(room)
             .is_some_and(|slot| conn.rooms.iter().any(|&(s, _)| s == slot));
         if !joined {
-            return Answer::Now(Err((ErrorCode::NotJoined, "join the room to read its history")));
+            return Answer::Now(Err((
+                ErrorCode::NotJoined,
+                "join the room to read its history",
+            )));
         }
         if conn.histories >= MAX_HISTORY_IN_FLIGHT {
             return Answer::Now(Err((
@@ -1689,7 +1701,13 @@ impl WorkerCore {
             };
             let format = conn.format;
             self.stats.confirm_timeouts += 1;
-            self.reply(now, p.conn, format, p.seq, Err((ErrorCode::Unavailable, why)));
+            self.reply(
+                now,
+                p.conn,
+                format,
+                p.seq,
+                Err((ErrorCode::Unavailable, why)),
+            );
             match p.kind {
                 ChannelKind::User => self.begin_close(
                     now,
@@ -1724,7 +1742,13 @@ impl WorkerCore {
             };
             conn.histories = conn.histories.saturating_sub(1);
             let format = conn.format;
-            self.reply(now, h.conn, format, h.seq, Err((ErrorCode::Unavailable, why)));
+            self.reply(
+                now,
+                h.conn,
+                format,
+                h.seq,
+                Err((ErrorCode::Unavailable, why)),
+            );
         }
     }
 

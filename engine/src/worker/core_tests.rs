@@ -11,8 +11,8 @@ use std::time::{Duration, Instant, SystemTime};
 use super::*;
 use crate::fanout::DeliveryFrame;
 use roomcast_proto::auth::{mint, Claims, DEV_JWT_SECRET};
-use roomcast_proto::client::{ReplyDetails, ServerMsg};
 use roomcast_proto::client::{decode_server_binary, encode_batch, encode_op, tcp_frame_len};
+use roomcast_proto::client::{ReplyDetails, ServerMsg};
 use roomcast_proto::message::{PushMessage, PRIORITIES};
 
 /// The wall clock when every test starts (tokens expire relative to it).
@@ -1547,8 +1547,11 @@ fn position(epoch: &str, last_seq: u64) -> StreamPosition {
     }
 }
 
-/// The reply's `(epoch, last_seq, recovered)`, for a successful reply.
-fn reply_position(msg: &ServerMsg) -> Option<(u64, String, u64, Option<Result<(), RecoveryFailure>>)> {
+/// A successful reply's `(seq, epoch, last_seq, recovered)`.
+type ReplyAt = (u64, String, u64, Option<Result<(), RecoveryFailure>>);
+
+/// The reply's `(seq, epoch, last_seq, recovered)`, for a successful reply.
+fn reply_position(msg: &ServerMsg) -> Option<ReplyAt> {
     match msg {
         ServerMsg::Reply {
             seq,
@@ -1652,7 +1655,10 @@ fn a_join_reply_tells_where_the_stream_stands_and_batches_move_it_on() {
     );
     h.round();
     assert_eq!(
-        h.read(a).iter().filter_map(reply_position).collect::<Vec<_>>(),
+        h.read(a)
+            .iter()
+            .filter_map(reply_position)
+            .collect::<Vec<_>>(),
         vec![(2, "k3x9".into(), 57, None)]
     );
     // A batch up to 60 goes out; a later join here is answered at once from 60.
@@ -1662,7 +1668,10 @@ fn a_join_reply_tells_where_the_stream_stands_and_batches_move_it_on() {
     h.round();
     h.join(b, "r1", 3);
     assert_eq!(
-        h.read(b).iter().filter_map(reply_position).collect::<Vec<_>>(),
+        h.read(b)
+            .iter()
+            .filter_map(reply_position)
+            .collect::<Vec<_>>(),
         vec![(3, "k3x9".into(), 60, None)]
     );
     // Losing the link forgets the epoch: the next first join waits for a new confirmation.
@@ -1682,7 +1691,10 @@ fn a_recovering_join_takes_no_batch_until_its_replay_then_replay_then_live() {
     let recovers = h.take_recovers();
     assert_eq!(recovers.len(), 1);
     let (token, kind, name, since) = recovers[0].clone();
-    assert_eq!((kind, name.as_str(), since.seq), (ChannelKind::Room, "r1", 41));
+    assert_eq!(
+        (kind, name.as_str(), since.seq),
+        (ChannelKind::Room, "r1", 41)
+    );
     assert!(
         presences(&h.hub).contains(&(ChannelKind::Room, "r1".into(), true)),
         "the hub heard of the room first"
@@ -1722,7 +1734,10 @@ fn a_refused_recovery_says_why_and_the_connection_is_live_at_once() {
     );
     h.round();
     assert_eq!(
-        h.read(a).iter().filter_map(reply_position).collect::<Vec<_>>(),
+        h.read(a)
+            .iter()
+            .filter_map(reply_position)
+            .collect::<Vec<_>>(),
         vec![(
             2,
             "new".into(),
@@ -1775,7 +1790,10 @@ fn a_recovering_auth_resumes_the_user_channel() {
     assert!(h.read(a).is_empty(), "skipped while recovering");
     h.recovered(t, a, position("u", 6), &[6]);
     let got = h.read(a);
-    assert_eq!(reply_position(&got[0]), Some((1, "u".into(), 6, Some(Ok(())))));
+    assert_eq!(
+        reply_position(&got[0]),
+        Some((1, "u".into(), 6, Some(Ok(()))))
+    );
     assert_eq!(batch_seqs(&got[1..]), vec![6]);
 }
 
@@ -1801,13 +1819,14 @@ fn history_reads_need_the_room_are_bounded_per_connection_and_time_out() {
         .hub
         .iter()
         .filter_map(|m| match m {
-            ToHub::History {
-                token, op_seq, ..
-            } => Some((*token, *op_seq)),
+            ToHub::History { token, op_seq, .. } => Some((*token, *op_seq)),
             _ => None,
         })
         .collect();
-    assert_eq!(asked.iter().map(|a| a.1).collect::<Vec<_>>(), vec![4, 5, 6, 7]);
+    assert_eq!(
+        asked.iter().map(|a| a.1).collect::<Vec<_>>(),
+        vec![4, 5, 6, 7]
+    );
     assert_eq!(
         h.read(a).iter().filter_map(reply_err).collect::<Vec<_>>(),
         vec![(8, "unavailable")],
