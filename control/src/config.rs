@@ -445,6 +445,11 @@ impl ControlConfig {
             )),
             other => other,
         })?;
+        if self.history_channel_max_bytes > 1 << 30 {
+            return invalid(
+                "--history-channel-max-bytes must be at most 1073741824 (1 GiB)".into(),
+            );
+        }
         if self.history_meta_ttl_s == 0 {
             return invalid("--history-meta-ttl-s must be positive".into());
         }
