@@ -228,7 +228,7 @@ pub struct ControlConfig {
     )]
     pub history_levels: String,
 
-    /// Most bytes of history one channel keeps (kind + data + ~90 bytes of bookkeeping per
+    /// Most bytes of history one channel keeps (kind + data + 48 bytes of bookkeeping per
     /// message); the oldest go first.
     #[arg(long, env = "ROOMCAST_HISTORY_CHANNEL_MAX_BYTES", default_value_t = 1 << 20)]
     pub history_channel_max_bytes: usize,
@@ -246,7 +246,7 @@ pub struct ControlConfig {
     #[arg(long, env = "ROOMCAST_HISTORY_META_TTL_S", default_value_t = 86_400)]
     pub history_meta_ttl_s: u64,
 
-    /// Most channels whose epoch is tracked (~200 bytes each); beyond it the channel with no
+    /// Most channels whose epoch is tracked (~250 bytes each); beyond it the channel with no
     /// stored message idle longest is forgotten early (a client resuming it is told
     /// epoch_changed).
     #[arg(
@@ -445,6 +445,11 @@ impl ControlConfig {
             )),
             other => other,
         })?;
+        if self.history_channel_max_bytes > 1 << 30 {
+            return invalid(
+                "--history-channel-max-bytes must be at most 1073741824 (1 GiB)".into(),
+            );
+        }
         if self.history_meta_ttl_s == 0 {
             return invalid("--history-meta-ttl-s must be positive".into());
         }

@@ -14,11 +14,14 @@
 //!
 //! ## The in-memory store
 //! - Each channel keeps its stored messages in `seq` order, bounded by count, age and bytes per
-//!   its room level's policy ([`LevelHistory`]; users and broadcast use level 1's), and all
-//!   channels together by a global byte cap, oldest message first across channels (one global
-//!   append-order queue; entries whose message its channel already dropped are skipped when
-//!   reached and compacted away once they outnumber the live ones, so eviction is O(1)
-//!   amortised).
+//!   its room level's policy ([`LevelHistory`]; users and broadcast use level 1's): a 32-byte
+//!   index entry each, their kind and data copied into one byte ring per channel (no allocation
+//!   per message; the ring is compacted to 1.5× its contents when full and halved below a
+//!   quarter).
+//! - All channels together are bounded by a global byte cap, oldest message first across
+//!   channels: one global append-order queue, whose entries for messages their channel already
+//!   dropped are skipped when reached and compacted away once they outnumber the live ones, so
+//!   eviction is O(1) amortised.
 //! - A message below its level's lowest stored priority costs nothing: it takes a `seq` the store
 //!   was told about (`last_appended`) but holds no entry, and a read over it reports it as not
 //!   stored. Everything at or below the channel's `floor` (the newest message dropped for age,
@@ -28,9 +31,9 @@
 //!   that, or when more than [`HistoryConfig::max_channels`] channels are tracked (the one idle
 //!   longest goes first), it is forgotten and comes back with a new epoch.
 //! - Dedupe remembers `(channel, id) → seq` for [`HistoryConfig::dedupe_window`], at most
-//!   [`HistoryConfig::dedupe_max_ids`] ids (oldest forgotten first), as a 128-bit keyed hash of
-//!   the pair (two independently keyed SipHash-1-3 values): ~70 bytes per id whatever the
-//!   lengths, and a false match between two different ids would take ~2^64 ids.
+//!   [`HistoryConfig::dedupe_max_ids`] ids (oldest forgotten first), as a 128-bit hash of the
+//!   pair (two SipHash-1-3 values behind secret 128-bit prefixes): ~70 bytes per id whatever
+//!   the lengths; two different ids would match by chance only among ~2^64 of them.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, VecDeque};
@@ -427,20 +430,25 @@ pub fn history_page(
 // The in-memory store
 // ---------------------------------------------------------------------------------------------
 
-/// One stored message in its channel.
+/// One stored message in its channel's index; its bytes (`kind` then `data`) are
+/// `ring[off..off + len]`.
 struct Entry {
     seq: u64,
     /// Milliseconds since the store's start.
     at_ms: u64,
-    /// `kind` then `data`.
-    buf: Bytes,
-    kind_len: u32,
+    off: u32,
+    len: u32,
+    kind_len: u8,
     priority: u8,
 }
 
 impl Entry {
     fn size(&self) -> usize {
-        self.buf.len() + ENTRY_OVERHEAD
+        self.len as usize + ENTRY_OVERHEAD
+    }
+
+    fn range(&self) -> std::ops::Range<usize> {
+        self.off as usize..(self.off + self.len) as usize
     }
 }
 
@@ -460,10 +468,14 @@ struct IdleEntry {
     touched_ms: u64,
 }
 
-/// Bytes accounted to a stored message beyond its kind and data: its channel entry, its global
-/// queue entry and the allocation's header and rounding (an estimate).
-pub const ENTRY_OVERHEAD: usize =
-    std::mem::size_of::<Entry>() + std::mem::size_of::<OrderEntry>() + 16;
+/// Bytes accounted to a stored message beyond its kind and data: its channel index entry and
+/// its global queue entry (48). The rings' and queues' spare capacity is not counted: a ring is
+/// compacted to 1.5× what it holds when full and halved below a quarter, so it is 1-4× (about
+/// 1.5× in steady state) the bytes it holds.
+pub const ENTRY_OVERHEAD: usize = std::mem::size_of::<Entry>() + std::mem::size_of::<OrderEntry>();
+
+/// Smallest ring a channel holding messages gets.
+const MIN_RING: usize = 256;
 
 #[derive(Clone, PartialEq, Eq)]
 enum ChannelKey {
@@ -478,10 +490,21 @@ struct Channel {
     epoch: Epoch,
     /// Stored messages, `seq` increasing; exactly the kept messages with `seq > floor`.
     msgs: VecDeque<Entry>,
+    /// The stored messages' bytes, in `msgs` order around a ring: appending writes after the
+    /// newest record (or at 0 when it does not fit before the end), dropping the oldest only
+    /// moves `head` past it. No allocation per message, and a publish reads no stored bytes.
+    ring: Box<[u8]>,
+    /// Start of the oldest record in `ring` and end of the newest.
+    head: u32,
+    tail: u32,
+    /// While the newest records start again at 0: the end of the records before the end of the
+    /// ring.
+    wrap_end: Option<u32>,
     /// Every message at or below this is gone.
     floor: u64,
     /// The last `seq` appended (0 = none since the state was created).
     last_appended: u64,
+    /// Accounted bytes of the stored messages (their `len` + [`ENTRY_OVERHEAD`] each).
     bytes: usize,
     /// Last publish or position read, ms since the store's start.
     touched_ms: u64,
@@ -489,6 +512,87 @@ struct Channel {
     level: u8,
     /// Has an entry in the idle queue.
     queued_idle: bool,
+}
+
+impl Channel {
+    /// Bytes of the stored records.
+    fn used(&self) -> usize {
+        self.bytes - self.msgs.len() * ENTRY_OVERHEAD
+    }
+
+    /// Where a record of `n` bytes goes (growing the ring when it fits nowhere); the ring's
+    /// `tail` moves past it. Reads only the channel's own fields, never the (cold) index.
+    fn place(&mut self, n: usize) -> usize {
+        let cap = self.ring.len();
+        let (head, tail) = (self.head as usize, self.tail as usize);
+        let off = match self.wrap_end {
+            _ if self.msgs.is_empty() && cap >= n => Some(0),
+            // Records in [head, tail): after them, or from 0 when that is free.
+            None if cap - tail >= n => Some(tail),
+            None if head >= n => {
+                self.wrap_end = Some(self.tail);
+                Some(0)
+            }
+            // Records in [head, wrap_end) and [0, tail).
+            Some(_) if head - tail >= n => Some(tail),
+            _ => None,
+        };
+        let off = off.unwrap_or_else(|| {
+            // Compact into a ring a half larger than the records: appends then fit again for a
+            // while (for good, once evictions keep pace), so the copies cost O(1) per byte.
+            let used = self.used();
+            self.relayout((3 * (used + n) / 2).max(MIN_RING));
+            used
+        });
+        self.tail = (off + n) as u32;
+        off
+    }
+
+    /// Forgets the oldest record (just popped from `msgs`): the ring's `head` moves past it.
+    fn release(&mut self, e: &Entry) {
+        debug_assert_eq!(e.off, self.head);
+        self.head = e.off + e.len;
+        if self.wrap_end == Some(self.head) {
+            self.head = 0;
+            self.wrap_end = None;
+        }
+    }
+
+    /// Copies the records, in order, to the start of a new ring of `cap` bytes.
+    fn relayout(&mut self, cap: usize) {
+        let mut ring = vec![0u8; cap].into_boxed_slice();
+        let mut pos = 0;
+        for e in self.msgs.iter_mut() {
+            let len = e.len as usize;
+            ring[pos..pos + len].copy_from_slice(&self.ring[e.range()]);
+            e.off = pos as u32;
+            pos += len;
+        }
+        self.ring = ring;
+        self.head = 0;
+        self.tail = pos as u32;
+        self.wrap_end = None;
+    }
+
+    /// Halves the ring and the index when a quarter of them is in use.
+    fn shrink(&mut self) {
+        let used = self.used();
+        if self.ring.len() > MIN_RING && used * 4 <= self.ring.len() {
+            self.relayout((self.ring.len() / 2).max(MIN_RING));
+        }
+        if self.msgs.capacity() > 16 && self.msgs.len() * 4 <= self.msgs.capacity() {
+            self.msgs.shrink_to(self.msgs.len() * 2);
+        }
+    }
+
+    fn stored(&self, e: &Entry, buf: &Bytes, at: usize) -> StoredMessage {
+        StoredMessage {
+            seq: e.seq,
+            priority: e.priority,
+            buf: buf.slice(at..at + e.len as usize),
+            kind_len: u32::from(e.kind_len),
+        }
+    }
 }
 
 /// The default store: everything in this process's memory, lost on restart (a new store gives
@@ -596,6 +700,10 @@ impl MemoryStore {
             generation,
             epoch,
             msgs: VecDeque::new(),
+            ring: Box::default(),
+            head: 0,
+            tail: 0,
+            wrap_end: None,
             floor: 0,
             last_appended: 0,
             bytes: 0,
@@ -702,6 +810,7 @@ impl MemoryStore {
             return;
         };
         ch.floor = entry.seq;
+        ch.release(&entry);
         let size = entry.size();
         ch.bytes -= size;
         self.bytes -= size;
@@ -710,8 +819,13 @@ impl MemoryStore {
             self.evictions[reason as usize] += 1;
         }
         if ch.msgs.is_empty() {
-            ch.msgs = VecDeque::new(); // give the buffer back
+            // Give the buffers back.
+            ch.msgs = VecDeque::new();
+            ch.ring = Box::default();
+            (ch.head, ch.tail, ch.wrap_end) = (0, 0, None);
             self.mark_idle(slot);
+        } else {
+            ch.shrink();
         }
     }
 
@@ -796,7 +910,8 @@ impl HistoryStore for MemoryStore {
         let size = len + ENTRY_OVERHEAD;
         if size > self.config.channel_max_bytes
             || size > self.config.max_bytes
-            || u32::try_from(msg.kind.len()).is_err()
+            || msg.kind.len() > usize::from(u8::MAX)
+            || len == 0
         {
             // Cannot be kept: everything up to it is gone.
             self.drop_all(slot, Some(Evicted::Bytes));
@@ -806,16 +921,30 @@ impl HistoryStore for MemoryStore {
             }
             return;
         }
-        // The one copy: out of the request body, kind and data in one buffer.
-        let mut buf = Vec::with_capacity(len);
-        buf.extend_from_slice(msg.kind.as_bytes());
-        buf.extend_from_slice(msg.data);
+        // Room in the channel first, so that its ring never outgrows its cap.
+        loop {
+            let ch = &self.channels[slot as usize];
+            let reason = if ch.msgs.len() >= policy.max_messages {
+                Evicted::Count
+            } else if ch.bytes + size > self.config.channel_max_bytes {
+                Evicted::Bytes
+            } else {
+                break;
+            };
+            self.pop_front(slot, reason);
+        }
+        // The one copy: out of the request body into the channel's ring.
         let ch = &mut self.channels[slot as usize];
+        let off = ch.place(len);
+        let kind_end = off + msg.kind.len();
+        ch.ring[off..kind_end].copy_from_slice(msg.kind.as_bytes());
+        ch.ring[kind_end..off + len].copy_from_slice(msg.data);
         ch.msgs.push_back(Entry {
             seq: msg.seq,
             at_ms: now_ms,
-            buf: Bytes::from(buf),
-            kind_len: msg.kind.len() as u32,
+            off: off as u32,
+            len: len as u32,
+            kind_len: msg.kind.len() as u8,
             priority: msg.priority,
         });
         ch.bytes += size;
@@ -827,17 +956,6 @@ impl HistoryStore for MemoryStore {
             generation,
             seq: msg.seq,
         });
-        loop {
-            let ch = &self.channels[slot as usize];
-            let reason = if ch.msgs.len() > policy.max_messages {
-                Evicted::Count
-            } else if ch.bytes > self.config.channel_max_bytes {
-                Evicted::Bytes
-            } else {
-                break;
-            };
-            self.pop_front(slot, reason);
-        }
         self.enforce_global_cap();
         self.compact_order();
     }
@@ -867,16 +985,24 @@ impl HistoryStore for MemoryStore {
         self.expire_channel(slot, self.ms(now));
         let ch = &self.channels[slot as usize];
         let start = ch.msgs.partition_point(|e| e.seq <= since);
-        let msgs: Vec<StoredMessage> = ch
-            .msgs
-            .range(start..)
-            .take_while(|e| e.seq <= last_seq)
-            .take(max_msgs)
-            .map(|e| StoredMessage {
-                seq: e.seq,
-                priority: e.priority,
-                buf: e.buf.clone(),
-                kind_len: e.kind_len,
+        let entries = || {
+            ch.msgs
+                .range(start..)
+                .take_while(|e| e.seq <= last_seq)
+                .take(max_msgs)
+        };
+        // One buffer for the whole read, each message a slice of it.
+        let mut copy = Vec::with_capacity(entries().map(|e| e.len as usize).sum());
+        for e in entries() {
+            copy.extend_from_slice(&ch.ring[e.range()]);
+        }
+        let copy = Bytes::from(copy);
+        let mut at = 0;
+        let msgs: Vec<StoredMessage> = entries()
+            .map(|e| {
+                let m = ch.stored(e, &copy, at);
+                at += e.len as usize;
+                m
             })
             .collect();
         let through = match msgs.last() {
@@ -1471,6 +1597,108 @@ mod tests {
         let stored = read.msgs[0].data();
         assert_eq!(&stored[..], &data[..]);
         assert!(!body.as_ptr_range().contains(&stored.as_ptr()));
+    }
+
+    /// The rings against a plain model: random sizes wrap, grow, compact and shrink them; every
+    /// read returns exactly the messages the model kept.
+    #[test]
+    fn rings_keep_exactly_what_a_simple_model_keeps() {
+        let cap = 4_000;
+        let mut config = config();
+        config.levels[0].max_messages = 20;
+        config.channel_max_bytes = cap;
+        let mut f = Fixture::new(config);
+        let mut rng = 99u64;
+        // (seq, priority, kind, data) per channel.
+        type Kept = (u64, u8, String, Vec<u8>);
+        let mut model: Vec<VecDeque<Kept>> = vec![VecDeque::new(); 3];
+        let names = ["a", "b", "c"];
+        let size = |m: &Kept| m.2.len() + m.3.len() + ENTRY_OVERHEAD;
+        let mut last = [0u64; 3];
+        let (mut relayouts, mut wraps) = (0, 0);
+        for _ in 0..3_000 {
+            let c = (splitmix64(&mut rng) % 3) as usize;
+            let r = splitmix64(&mut rng);
+            // Consecutive numbering, with now and then a jump (as after a restart).
+            let seq = last[c] + if r % 97 == 0 { 5 } else { 1 };
+            last[c] = seq;
+            let len = match r % 10 {
+                0 => 1 + (r >> 8) as usize % 1_500,
+                _ => 1 + (r >> 8) as usize % 120,
+            };
+            let kind = "k".repeat(1 + (r >> 20) as usize % 9);
+            let data: Vec<u8> = (0..len).map(|i| (seq as usize + i) as u8).collect();
+            let priority = (r >> 30) as u8 % 4;
+            let channel = TargetRef::Room(names[c]);
+            let last_before = f
+                .store
+                .lookup(channel)
+                .map(|s| f.store.channels[s as usize].last_appended);
+            let ring_before = f.store.lookup(channel).map(|s| {
+                let ring = &f.store.channels[s as usize].ring;
+                (ring.as_ptr(), ring.len())
+            });
+            let msg = Append {
+                seq,
+                priority,
+                kind: &kind,
+                data: &data,
+            };
+            f.store.append(channel, 1, msg, f.t0);
+            let ring_after = f.store.lookup(channel).map(|s| {
+                let ring = &f.store.channels[s as usize].ring;
+                (ring.as_ptr(), ring.len())
+            });
+            relayouts += usize::from(ring_before != ring_after);
+            if let Some(s) = f.store.lookup(channel) {
+                let msgs = &f.store.channels[s as usize].msgs;
+                let wrapped = msgs.len() > 1 && msgs.back().is_some_and(|e| e.off == 0);
+                wraps += usize::from(wrapped && ring_before == ring_after);
+            }
+            // The model: a jump in numbering forgets everything; evict, then keep if it fits.
+            if last_before.is_some_and(|l| seq != l + 1) || (last_before.is_none() && seq != 1) {
+                model[c].clear();
+            }
+            let m = (seq, priority, kind, data);
+            if size(&m) > cap {
+                model[c].clear();
+            } else {
+                while model[c].len() >= 20
+                    || model[c].iter().map(size).sum::<usize>() + size(&m) > cap
+                {
+                    model[c].pop_front();
+                }
+                model[c].push_back(m);
+            }
+            for (c, name) in names.iter().enumerate() {
+                let Some(last) = model[c].back().map(|m| m.0) else {
+                    continue;
+                };
+                let now = f.t0;
+                let read = f
+                    .store
+                    .read(TargetRef::Room(name), 0, last, usize::MAX, now);
+                let got: Vec<Kept> = read
+                    .msgs
+                    .iter()
+                    .map(|m| (m.seq, m.priority, m.kind().to_owned(), m.data().to_vec()))
+                    .collect();
+                assert_eq!(
+                    got,
+                    Vec::from(model[c].clone()),
+                    "channel {name} after seq {seq}"
+                );
+            }
+            let total: usize = model.iter().flatten().map(size).sum();
+            assert_eq!(f.store.stats().bytes as usize, total);
+        }
+        assert!(
+            f.store.stats().messages > 20,
+            "channels hold several messages"
+        );
+        assert!(relayouts > 10, "rings grew and shrank: {relayouts}");
+        assert!(wraps > 10, "appends wrapped around: {wraps}");
+        assert!(f.store.stats().evictions[Evicted::Bytes as usize] > 100);
     }
 
     #[test]
