@@ -96,6 +96,11 @@ impl OutQueue {
         self.frames.is_empty()
     }
 
+    /// The write-progress slots of the batches waiting here.
+    pub fn slots(&self) -> impl Iterator<Item = ProgressSlot> + '_ {
+        self.frames.iter().filter_map(|f| f.progress)
+    }
+
     pub fn queued_bytes(&self) -> usize {
         self.queued
     }
@@ -442,7 +447,7 @@ mod tests {
         for q in [&mut written, &mut shed, &mut gone] {
             q.push_batch(&frames, 1000, 1000, &mut progress);
         }
-        progress.queued(slot, 3);
+        progress.queued(slot, 3, 0);
         // Written: the first frame and part of the last do not settle; the rest does.
         written.advance(15, &mut progress);
         assert_eq!(progress.take_written().count(), 0);

@@ -19,6 +19,11 @@ use crate::fanout::Delivery;
 /// written: a few slow readers do not hold back the room, and the queue bounds deal with them.
 pub const RELEASE_PERCENT: u64 = 90;
 
+/// A member whose socket has taken no byte for this long while data waits for it is stalled, not
+/// slow: a batch queued on it is not waited for (in a room of a few members one stalled reader
+/// would otherwise hold every window to `--max-window-ms`). It still settles the batch.
+pub const STALLED_AFTER_MS: u32 = 500;
+
 /// A slot's index, carried by the batch's last frame.
 pub type ProgressSlot = u32;
 
@@ -27,6 +32,8 @@ struct Slot {
     delivery: Arc<Delivery>,
     /// Members the batch was queued on; `None` while it is being queued.
     members: Option<u32>,
+    /// Of those, members that were stalled (not waited for).
+    stalled: u32,
     settled: u32,
     reported: bool,
 }
@@ -45,16 +52,28 @@ impl WriteProgress {
         let key = self.slots.insert(Slot {
             delivery: Arc::clone(delivery),
             members: None,
+            stalled: 0,
             settled: 0,
             reported: false,
         });
         ProgressSlot::try_from(key).expect("fewer than 2^32 batches in flight")
     }
 
-    /// The batch of `slot` was queued on `members` members (some may have settled already).
-    pub fn queued(&mut self, slot: ProgressSlot, members: u32) {
+    /// The batch of `slot` was queued on `members` members (some may have settled already),
+    /// `stalled` of them stalled.
+    pub fn queued(&mut self, slot: ProgressSlot, members: u32, stalled: u32) {
         if let Some(s) = self.slots.get_mut(slot as usize) {
             s.members = Some(members);
+            s.stalled = stalled.min(members);
+        }
+        self.check(slot);
+    }
+
+    /// One member of the batch of `slot` stalled: the batch is no longer waited for on its
+    /// account (it still settles the slot when the frame leaves its queue).
+    pub fn exclude(&mut self, slot: ProgressSlot) {
+        if let Some(s) = self.slots.get_mut(slot as usize) {
+            s.stalled = s.members.map_or(s.stalled + 1, |m| (s.stalled + 1).min(m));
         }
         self.check(slot);
     }
@@ -74,7 +93,7 @@ impl WriteProgress {
         let Some(members) = s.members else {
             return;
         };
-        let needed = (u64::from(members) * RELEASE_PERCENT).div_ceil(100);
+        let needed = (u64::from(members - s.stalled) * RELEASE_PERCENT).div_ceil(100);
         if !s.reported && u64::from(s.settled) >= needed {
             s.reported = true;
             self.written.push(Arc::clone(&s.delivery));
@@ -90,7 +109,6 @@ impl WriteProgress {
     }
 
     /// Batches some member on this core still holds.
-    #[cfg(test)]
     pub fn in_flight(&self) -> usize {
         self.slots.len()
     }
@@ -120,7 +138,7 @@ mod tests {
     fn a_batch_is_reported_once_when_most_members_settled_and_freed_when_all_did() {
         let mut p = WriteProgress::default();
         let slot = p.begin(&delivery(7));
-        p.queued(slot, 20);
+        p.queued(slot, 20, 0);
         for _ in 0..17 {
             p.settle(slot);
         }
@@ -140,12 +158,12 @@ mod tests {
         let slot = p.begin(&delivery(1));
         p.settle(slot); // shed on arrival by a member over its bound
         assert!(written(&mut p).is_empty(), "the count is not known yet");
-        p.queued(slot, 1);
+        p.queued(slot, 1, 0);
         assert_eq!(written(&mut p), vec![1]);
         assert_eq!(p.in_flight(), 0);
 
         let empty = p.begin(&delivery(2));
-        p.queued(empty, 0);
+        p.queued(empty, 0, 0);
         assert_eq!(written(&mut p), vec![2]);
         assert_eq!(p.in_flight(), 0);
     }
@@ -154,7 +172,7 @@ mod tests {
     fn a_single_member_must_be_written() {
         let mut p = WriteProgress::default();
         let slot = p.begin(&delivery(3));
-        p.queued(slot, 1);
+        p.queued(slot, 1, 0);
         assert!(written(&mut p).is_empty());
         p.settle(slot);
         assert_eq!(written(&mut p), vec![3]);

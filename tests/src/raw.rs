@@ -157,10 +157,20 @@ impl RawConn {
         conn.send(&masked_frame(opcode::TEXT, json_op(&auth).as_bytes()))
             .await;
         let reply = conn.read_json(WAIT).await;
+        // An auth reply also says where the user channel's stream stands (PROTOCOL.md §5).
+        let position = (reply["epoch"].is_string(), reply["last_seq"].is_u64());
+        let mut bare = reply.clone();
+        if let Some(fields) = bare.as_object_mut() {
+            fields.remove("epoch");
+            fields.remove("last_seq");
+        }
         assert_eq!(
-            reply,
-            serde_json::json!({ "op": "reply", "seq": 1, "ok": true }),
-            "auth failed"
+            (bare, position),
+            (
+                serde_json::json!({ "op": "reply", "seq": 1, "ok": true }),
+                (true, true)
+            ),
+            "auth failed: {reply}"
         );
         conn
     }

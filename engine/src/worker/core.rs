@@ -43,7 +43,7 @@ use crate::config::EdgeConfig;
 use crate::fanout::{ChannelKind, Delivery, StreamPosition, ToHub, ToWorker};
 use crate::members::{ChannelSlot, MemberTable, Moved};
 use crate::outqueue::{OutQueue, SharedFrame};
-use crate::progress::WriteProgress;
+use crate::progress::{WriteProgress, STALLED_AFTER_MS};
 use crate::session::{self, Session, Transport};
 use crate::stats::{AuthFailure, CloseReason, WorkerStats, IOVEC_BOUNDS, LATENCY_BOUNDS};
 use crate::sys::{ConnId, DriverStats, WriteBuf, WriteBufs, WriteStatus, MAX_IOVECS};
@@ -56,6 +56,8 @@ use roomcast_proto::message::{RecoveryFailure, Since, Target};
 
 /// How long a closing connection may take to flush its last frames before it is cut.
 pub const CLOSE_FLUSH_GRACE: Duration = Duration::from_secs(2);
+/// How often members that stalled with batches in flight are looked for.
+const STALL_CHECK_EVERY: Duration = Duration::from_millis(STALLED_AFTER_MS as u64 / 2);
 /// How soon a message the hub's inbox had no room for is offered again.
 pub const HUB_RETRY: Duration = Duration::from_millis(1);
 /// How often the write-buffer arena gives back what the last two periods did not use.
@@ -208,6 +210,9 @@ struct Conn {
     recovering: u8,
     /// `history` ops in flight.
     histories: u8,
+    /// The socket stalled with data waiting, and the batches queued here stopped being waited
+    /// for (`WriteProgress::exclude`); cleared when it takes a byte again.
+    stall_excluded: bool,
 }
 
 impl Conn {
@@ -246,6 +251,8 @@ pub struct WorkerCore {
     /// Storage for the writes in flight; trimmed every [`POOL_TRIM_EVERY`].
     bufs: WriteBufs,
     next_trim: Instant,
+    /// When to look for members that stalled with batches in flight.
+    next_stall_check: Instant,
     actions: Vec<session::Action>,
     stats: WorkerStats,
     driver_stats: DriverStats,
@@ -316,6 +323,7 @@ impl WorkerCore {
             hub_retry_at: None,
             bufs: WriteBufs::new(),
             next_trim: now + POOL_TRIM_EVERY,
+            next_stall_check: now + STALL_CHECK_EVERY,
             actions: Vec::new(),
             stats: WorkerStats::default(),
             driver_stats: DriverStats::default(),
@@ -382,6 +390,7 @@ impl WorkerCore {
             dirty: false,
             recovering: 0,
             histories: 0,
+            stall_excluded: false,
         });
         self.stats.accepted += 1;
         self.stats.connections = self.conns.len() as u64;
@@ -530,6 +539,9 @@ impl WorkerCore {
     /// When the core wants `on_timeout` next.
     pub fn poll_timeout(&self) -> Instant {
         let mut at = self.next_sweep.min(self.next_report).min(self.next_trim);
+        if self.progress.in_flight() > 0 {
+            at = at.min(self.next_stall_check);
+        }
         if let Some(deadline) = self.shutdown {
             at = at.min(deadline);
         }
@@ -552,6 +564,10 @@ impl WorkerCore {
         if now >= self.next_report {
             self.report();
             self.next_report = now + self.config.report_interval();
+        }
+        if now >= self.next_stall_check {
+            self.exclude_stalled(now);
+            self.next_stall_check = now + STALL_CHECK_EVERY;
         }
         if now >= self.next_trim {
             self.bufs.trim();
@@ -713,6 +729,7 @@ impl WorkerCore {
             Ok(n) => {
                 if n > 0 {
                     conn.write_progress_ms = clock_ms(self.started, now);
+                    conn.stall_excluded = false;
                 }
                 conn.out.advance(n, &mut self.progress);
                 self.stats.bytes_out += n as u64;
@@ -780,6 +797,7 @@ impl WorkerCore {
         } = self;
         let mut slow: Vec<ConnId> = Vec::new();
         let mut members = 0u32;
+        let mut stalled = 0u32;
         let mut advanced: Option<(ChannelKind, ChannelSlot)> = None;
         let mut enqueue =
             |conn: &mut Conn, key: usize, channel: Option<(ChannelKind, ChannelSlot)>| {
@@ -798,6 +816,8 @@ impl WorkerCore {
                 }
                 if conn.out.is_empty() {
                     conn.write_progress_ms = now_ms;
+                } else if conn.stall_excluded {
+                    stalled += 1;
                 }
                 members += 1;
                 let outcome = conn.out.push_batch(frames, soft, hard, progress);
@@ -844,7 +864,7 @@ impl WorkerCore {
                 }
             }
         }
-        progress.queued(slot, members);
+        progress.queued(slot, members, stalled);
         match advanced {
             Some((ChannelKind::Room, channel_slot)) => {
                 self.rooms.advance(channel_slot, delivery.last_seq)
@@ -1613,6 +1633,28 @@ impl WorkerCore {
     }
 
     // ---- timers ------------------------------------------------------------------------------
+
+    /// Members whose socket has taken no byte for [`STALLED_AFTER_MS`] with data waiting stop
+    /// holding back the batches they have queued: in a room of a few members one stalled reader
+    /// would otherwise keep the channel's next window shut until `--max-window-ms`.
+    fn exclude_stalled(&mut self, now: Instant) {
+        if self.progress.in_flight() == 0 {
+            return;
+        }
+        let now_ms = clock_ms(self.started, now);
+        for (_, conn) in &mut self.conns {
+            if conn.stall_excluded
+                || conn.out.is_empty()
+                || now_ms.wrapping_sub(conn.write_progress_ms) <= STALLED_AFTER_MS
+            {
+                continue;
+            }
+            conn.stall_excluded = true;
+            for slot in conn.out.slots() {
+                self.progress.exclude(slot);
+            }
+        }
+    }
 
     /// Closes connections that missed the auth deadline, went silent or stopped taking data
     /// (slow), and cuts closing ones that could not flush in time.

@@ -1850,3 +1850,38 @@ fn history_reads_need_the_room_are_bounded_per_connection_and_time_out() {
         vec![(5, "unavailable"), (6, "unavailable"), (7, "unavailable")]
     );
 }
+
+#[test]
+fn a_member_that_stalls_stops_holding_back_the_batches_it_has_queued() {
+    let mut h = Harness::new();
+    let a = h.member("alice", "r1");
+    let b = h.member("bob", "r1");
+    // Alice reads; Bob's socket takes nothing: 1 of 2 is under 90 %.
+    h.set_mode(b, Mode::Sync { room: 0 });
+    h.take_written();
+    h.deliver_ticket(room("r1"), &[(0, 100)], 1);
+    assert!(h.take_written().is_empty(), "Bob has not taken batch 1");
+    // Slow is not stalled: nothing changes within the stall threshold.
+    h.advance_in_steps(
+        Duration::from_millis(u64::from(STALLED_AFTER_MS) - 50),
+        Duration::from_millis(50),
+    );
+    assert!(h.take_written().is_empty());
+    // Past it, Bob's queued batch stops being waited for, and so do later ones queued on him
+    // while he stays stalled.
+    h.advance_in_steps(Duration::from_millis(400), Duration::from_millis(50));
+    assert_eq!(h.take_written(), vec![1]);
+    h.deliver_ticket(room("r1"), &[(0, 100)], 2);
+    assert_eq!(h.take_written(), vec![2]);
+    assert_eq!(batch_priorities(&h.read(a)), vec![0, 0]);
+    // Once his socket takes bytes again he counts again.
+    h.set_mode(b, Mode::Sync { room: 1 << 20 });
+    h.drain_socket(b, 0);
+    h.take_written();
+    h.set_mode(b, Mode::Sync { room: 0 });
+    h.deliver_ticket(room("r1"), &[(0, 100)], 3);
+    assert!(
+        h.take_written().is_empty(),
+        "Bob is slow again, not stalled"
+    );
+}
