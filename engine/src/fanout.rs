@@ -96,6 +96,33 @@ pub enum ChannelKind {
     All,
 }
 
+/// A worker's recovery request (`ToHub::Recover`), answered with `ToWorker::Recovered` `token`.
+#[derive(Debug, Clone)]
+pub struct RecoverRequest {
+    pub worker: usize,
+    pub token: u64,
+    pub conn: ConnId,
+    pub kind: ChannelKind,
+    pub name: Box<str>,
+    pub since: Since,
+    /// The connection's wire format: the replay is encoded in it.
+    pub format: WireFormat,
+}
+
+/// A client's `history` op (`ToHub::History`), answered with `ToWorker::Reply` `token`.
+#[derive(Debug, Clone)]
+pub struct HistoryRequest {
+    pub worker: usize,
+    pub token: u64,
+    pub conn: ConnId,
+    pub room: Box<str>,
+    /// The op's `seq`, which the reply echoes.
+    pub op_seq: u64,
+    pub since: u64,
+    pub limit: u32,
+    pub format: WireFormat,
+}
+
 /// Worker → hub.
 #[derive(Debug)]
 pub enum ToHub {
@@ -119,27 +146,9 @@ pub enum ToHub {
     /// A connection joined a channel (or authenticated) with a position to resume from: ask the
     /// control plane for what it missed. Sent after the channel's `Presence`, on the same queue;
     /// the connection takes none of the channel's batches until `ToWorker::Recovered`.
-    Recover {
-        worker: usize,
-        token: u64,
-        conn: ConnId,
-        kind: ChannelKind,
-        name: Box<str>,
-        since: Since,
-        format: WireFormat,
-    },
-    /// A client's `history` op for a room: the reply (to op `op_seq`) comes back as
-    /// `ToWorker::Reply` `token`.
-    History {
-        worker: usize,
-        token: u64,
-        conn: ConnId,
-        room: Box<str>,
-        op_seq: u64,
-        since: u64,
-        limit: u32,
-        format: WireFormat,
-    },
+    Recover(RecoverRequest),
+    /// A client's `history` op for a room: the reply comes back as `ToWorker::Reply`.
+    History(HistoryRequest),
     /// The worker has written this batch to most of its members here (or dropped it for them,
     /// or they left): the channel's next window need not wait for this worker.
     Written {

@@ -16,18 +16,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::recovery::{self, Stitch};
-use crate::fanout::{ChannelKind, Delivery, DeliveryFrame, StreamPosition, ToHub, ToWorker};
+use crate::fanout::{
+    ChannelKind, Delivery, DeliveryFrame, HistoryRequest, RecoverRequest, StreamPosition, ToHub,
+    ToWorker,
+};
 use crate::stats::{
     CloseReason, HubStats, WorkerStats, BATCH_BOUNDS, LATENCY_BOUNDS, LEVELS, WINDOW_BOUNDS,
 };
-use crate::sys::ConnId;
 use crate::window::{frame_ranges, Admit, Next, Pacing, Window, MAX_FRAME_MESSAGE_BYTES};
 use roomcast_proto::client::{self, ReplyExtra, WireFormat};
 use roomcast_proto::link::{
-    self, ChannelPosition, ConnInfo, HistoryPage, HistoryRequest, LinkFrame, LoadReport, Publish,
-    QueryUser, Recover, Recovered, Register, SetLevel, SyncAck, UserConns,
+    self, ChannelPosition, ConnInfo, HistoryPage, LinkFrame, LoadReport, Publish, QueryUser,
+    Recover, Recovered, Register, SetLevel, SyncAck, UserConns,
 };
-use roomcast_proto::message::{PushMessage, Since, Target, PRIORITIES};
+use roomcast_proto::message::{PushMessage, Target, PRIORITIES};
 
 /// The first re-dial waits this long; each failed dial doubles it.
 pub const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -136,35 +138,10 @@ struct Channel {
 
 /// A recovery whose client had already seen part of the open window.
 struct Deferred {
-    request: PendingRecovery,
+    request: RecoverRequest,
     epoch: Arc<str>,
     answer_last: u64,
     msgs: Vec<PushMessage>,
-}
-
-/// A worker's `Recover` on its way to (or back from) the control plane.
-#[derive(Debug, Clone)]
-struct PendingRecovery {
-    worker: usize,
-    token: u64,
-    conn: ConnId,
-    kind: ChannelKind,
-    name: Box<str>,
-    since: Since,
-    format: WireFormat,
-}
-
-/// A worker's `History` on its way to (or back from) the control plane.
-#[derive(Debug, Clone)]
-struct PendingHistory {
-    worker: usize,
-    token: u64,
-    conn: ConnId,
-    room: Box<str>,
-    op_seq: u64,
-    since: u64,
-    limit: u32,
-    format: WireFormat,
 }
 
 impl Channel {
@@ -291,9 +268,9 @@ pub struct HubCore {
     next_ticket: u64,
     /// Recoveries and history reads asked of the control plane, by link request id; the ids
     /// not sent yet (they follow the membership report, and are sent again after a re-dial).
-    recoveries: HashMap<u64, PendingRecovery>,
+    recoveries: HashMap<u64, RecoverRequest>,
     recoveries_due: Vec<u64>,
-    histories: HashMap<u64, PendingHistory>,
+    histories: HashMap<u64, HistoryRequest>,
     histories_due: Vec<u64>,
     next_request: u64,
 }
@@ -358,51 +335,15 @@ impl HubCore {
                 name,
                 token,
             } => self.confirm_request(worker, kind, &name, token),
-            ToHub::Recover {
-                worker,
-                token,
-                conn,
-                kind,
-                name,
-                since,
-                format,
-            } => {
+            ToHub::Recover(request) => {
                 let id = self.next_request;
                 self.next_request += 1;
-                let request = PendingRecovery {
-                    worker,
-                    token,
-                    conn,
-                    kind,
-                    name,
-                    since,
-                    format,
-                };
                 self.recoveries.insert(id, request);
                 self.recoveries_due.push(id);
             }
-            ToHub::History {
-                worker,
-                token,
-                conn,
-                room,
-                op_seq,
-                since,
-                limit,
-                format,
-            } => {
+            ToHub::History(request) => {
                 let id = self.next_request;
                 self.next_request += 1;
-                let request = PendingHistory {
-                    worker,
-                    token,
-                    conn,
-                    room,
-                    op_seq,
-                    since,
-                    limit,
-                    format,
-                };
                 self.histories.insert(id, request);
                 self.histories_due.push(id);
             }
@@ -801,12 +742,13 @@ impl HubCore {
         }
         for id in std::mem::take(&mut self.histories_due) {
             if let Some(h) = self.histories.get(&id) {
-                self.transmit.push_back(LinkFrame::History(HistoryRequest {
-                    id,
-                    target: Target::Room(h.room.to_string()),
-                    since: h.since,
-                    limit: h.limit,
-                }));
+                self.transmit
+                    .push_back(LinkFrame::History(link::HistoryRequest {
+                        id,
+                        target: Target::Room(h.room.to_string()),
+                        since: h.since,
+                        limit: h.limit,
+                    }));
             }
         }
     }
@@ -862,7 +804,7 @@ impl HubCore {
     /// Encodes a replay for one connection and queues it to its worker.
     fn send_replay(
         &mut self,
-        request: &PendingRecovery,
+        request: &RecoverRequest,
         position: StreamPosition,
         replay: &[PushMessage],
     ) {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::core::{Advertised, HubConfig, HubCore, BACKOFF_MAX, BACKOFF_MIN};
-use crate::fanout::{ChannelKind, Delivery, ToHub, ToWorker};
+use crate::fanout::{ChannelKind, Delivery, RecoverRequest, ToHub, ToWorker};
 use crate::stats::WorkerStats;
 use crate::sys::ConnId;
 use roomcast_proto::client::{decode_server_binary, decode_server_json, ServerMsg, WireFormat};
@@ -1050,7 +1050,7 @@ fn position_of(messages: &[ToWorker], token: u64) -> Option<(String, u64)> {
 /// the report announcing the room went first.
 fn recover(h: &mut Harness, worker: usize, token: u64, since: (&str, u64)) -> u64 {
     h.core.handle_worker(
-        ToHub::Recover {
+        ToHub::Recover(RecoverRequest {
             worker,
             token,
             conn: ConnId::new(token as usize, 1),
@@ -1061,7 +1061,7 @@ fn recover(h: &mut Harness, worker: usize, token: u64, since: (&str, u64)) -> u6
                 seq: since.1,
             },
             format: WireFormat::WsJson,
-        },
+        }),
         h.now,
     );
     h.advance(Duration::ZERO);

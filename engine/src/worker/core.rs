@@ -40,7 +40,9 @@ use bytes::Bytes;
 use slab::Slab;
 
 use crate::config::EdgeConfig;
-use crate::fanout::{ChannelKind, Delivery, StreamPosition, ToHub, ToWorker};
+use crate::fanout::{
+    ChannelKind, Delivery, HistoryRequest, RecoverRequest, StreamPosition, ToHub, ToWorker,
+};
 use crate::members::{ChannelSlot, MemberTable, Moved};
 use crate::outqueue::{OutQueue, SharedFrame};
 use crate::progress::{WriteProgress, STALLED_AFTER_MS};
@@ -1066,7 +1068,7 @@ impl WorkerCore {
             },
         );
         // After the channel's `Presence` on the same queue, so the hub reports it first.
-        self.outbox.push_back(ToHub::Recover {
+        self.outbox.push_back(ToHub::Recover(RecoverRequest {
             worker: self.index,
             token,
             conn: id,
@@ -1074,7 +1076,7 @@ impl WorkerCore {
             name: name.into(),
             since,
             format,
-        });
+        }));
         self.wake_hub = true;
     }
 
@@ -1177,7 +1179,7 @@ impl WorkerCore {
                 since: now,
             },
         );
-        self.outbox.push_back(ToHub::History {
+        self.outbox.push_back(ToHub::History(HistoryRequest {
             worker: self.index,
             token,
             conn: id,
@@ -1186,7 +1188,7 @@ impl WorkerCore {
             since,
             limit,
             format,
-        });
+        }));
         self.wake_hub = true;
         Answer::Later
     }

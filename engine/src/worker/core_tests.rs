@@ -1581,14 +1581,8 @@ impl Harness {
     fn take_recovers(&mut self) -> Vec<(u64, ChannelKind, String, Since)> {
         let mut out = Vec::new();
         self.hub.retain(|m| match m {
-            ToHub::Recover {
-                token,
-                kind,
-                name,
-                since,
-                ..
-            } => {
-                out.push((*token, *kind, name.to_string(), since.clone()));
+            ToHub::Recover(r) => {
+                out.push((r.token, r.kind, r.name.to_string(), r.since.clone()));
                 false
             }
             _ => true,
@@ -1819,7 +1813,7 @@ fn history_reads_need_the_room_are_bounded_per_connection_and_time_out() {
         .hub
         .iter()
         .filter_map(|m| match m {
-            ToHub::History { token, op_seq, .. } => Some((*token, *op_seq)),
+            ToHub::History(r) => Some((r.token, r.op_seq)),
             _ => None,
         })
         .collect();
