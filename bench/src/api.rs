@@ -2,6 +2,7 @@
 //! one kept-alive connection, driven by a current-thread tokio runtime), and the publishing
 //! [`Sink`] built on it (`POST /v1/messages` batches, also encoded once and replayed).
 
+use std::collections::BTreeMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
@@ -162,6 +163,15 @@ impl Api {
         )
     }
 
+    /// The control plane's `GET /metrics` (Prometheus text).
+    pub fn metrics(&mut self) -> Result<Metrics, String> {
+        let (status, body) = self.request(Method::GET, "/metrics", Bytes::new())?;
+        if status != 200 {
+            return Err(format!("GET /metrics: HTTP {status}"));
+        }
+        Ok(Metrics::parse(&String::from_utf8_lossy(&body)))
+    }
+
     /// The registered edges' load (`GET /v1/edges`), healthy ones only.
     pub fn edges(&mut self) -> Result<Vec<EdgeLoad>, String> {
         #[derive(Deserialize)]
@@ -211,6 +221,57 @@ impl Api {
         let body = serde_json::json!({"user": user, "ttl_s": ttl_s, "rooms": [room]});
         let t: Token = self.call(Method::POST, "/v1/tokens", Bytes::from(body.to_string()))?;
         Ok(t.token)
+    }
+}
+
+/// The samples of a Prometheus text page, by series (`name` or `name{labels}` as written).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Metrics(BTreeMap<String, f64>);
+
+impl Metrics {
+    /// Reads `series value` lines; comments, blank lines and lines it cannot read are skipped.
+    pub fn parse(text: &str) -> Metrics {
+        let mut samples = BTreeMap::new();
+        for line in text.lines().map(str::trim) {
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            // Label values may hold spaces: the value follows the closing brace, if any.
+            let split_from = line.rfind('}').unwrap_or(0);
+            let Some(space) = line[split_from..].find(' ').map(|i| i + split_from) else {
+                continue;
+            };
+            let (series, rest) = line.split_at(space);
+            let Some(value) = rest.split_whitespace().next() else {
+                continue;
+            };
+            if let Ok(v) = value.parse::<f64>() {
+                samples.insert(series.to_string(), v);
+            }
+        }
+        Metrics(samples)
+    }
+
+    /// The sample of an unlabelled series.
+    pub fn get(&self, name: &str) -> Option<f64> {
+        self.0.get(name).copied()
+    }
+
+    /// The samples of a family with one label, by that label's value: `{reason="count"}` →
+    /// `count`.
+    pub fn by_label(&self, name: &str, label: &str) -> BTreeMap<String, f64> {
+        let prefix = format!("{name}{{");
+        let key = format!("{label}=\"");
+        self.0
+            .range(prefix.clone()..)
+            .take_while(|(series, _)| series.starts_with(&prefix))
+            .filter_map(|(series, &v)| {
+                let labels = &series[prefix.len()..];
+                let start = labels.find(&key)? + key.len();
+                let end = labels[start..].find('"')? + start;
+                Some((labels[start..end].to_string(), v))
+            })
+            .collect()
     }
 }
 
@@ -344,6 +405,29 @@ mod tests {
         assert_eq!(dial_addr("ws://127.0.0.1:8080/ws"), Some(want));
         assert_eq!(dial_addr("127.0.0.1:8080"), Some(want));
         assert_eq!(dial_addr("nonsense"), None);
+    }
+
+    #[test]
+    fn reads_the_control_planes_metrics_page() {
+        let page = "# HELP roomcast_control_history_messages Messages kept.\n\
+            # TYPE roomcast_control_history_messages gauge\n\
+            roomcast_control_history_messages 300000\n\
+            roomcast_control_history_bytes 6.12e7\n\
+            roomcast_control_history_evictions_total{reason=\"count\"} 12\n\
+            roomcast_control_history_evictions_total{reason=\"global\"} 0\n\
+            roomcast_control_recoveries_total{result=\"too old\"} 3\n\
+            roomcast_control_recoveries_totalx{result=\"no\"} 9\n\
+            garbage\n";
+        let m = Metrics::parse(page);
+        assert_eq!(m.get("roomcast_control_history_messages"), Some(300_000.0));
+        assert_eq!(m.get("roomcast_control_history_bytes"), Some(61_200_000.0));
+        assert_eq!(m.get("missing"), None);
+        let evictions = m.by_label("roomcast_control_history_evictions_total", "reason");
+        assert_eq!(evictions.len(), 2);
+        assert_eq!(evictions["count"], 12.0);
+        let recoveries = m.by_label("roomcast_control_recoveries_total", "result");
+        assert_eq!(recoveries.len(), 1, "another family's samples stay out");
+        assert_eq!(recoveries["too old"], 3.0, "a label value with a space");
     }
 
     #[test]

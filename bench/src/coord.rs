@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use roomcast_proto::message::PRIORITIES;
 use serde_json::{json, Value};
 
-use crate::api::{Api, ControlSink};
+use crate::api::{Api, ControlSink, Metrics};
 use crate::client::ip_add;
 use crate::dist::{room_name, PublishSpread, RoomPicker};
 use crate::floor::{self, FloorArgs, FloorResult, Syscall};
@@ -148,6 +148,28 @@ fn window_between(a: &Snapshot, b: &Snapshot, edges_json: &mut [Value]) -> Windo
             .zip(b.tcp.as_ref())
             .map(|(x, y)| kernel_tcp::delta(x, y)),
     }
+}
+
+/// The control plane's and the edges' CPU in the window before the drop and after it.
+fn storm_cpu(a: &Snapshot, drop: &Snapshot, b: &Snapshot) -> Value {
+    let cores = |x: &Snapshot, y: &Snapshot, cpu: fn(&Snapshot) -> Option<f64>| {
+        let secs = y.at.duration_since(x.at).as_secs_f64();
+        Some((cpu(y)? - cpu(x)?) / secs.max(1e-3))
+    };
+    let control = |s: &Snapshot| s.control;
+    let edges = |s: &Snapshot| -> Option<f64> {
+        let v: Vec<f64> = s.edges.iter().flatten().copied().collect();
+        (!v.is_empty()).then(|| v.iter().sum())
+    };
+    json!({
+        "secs_before": drop.at.duration_since(a.at).as_secs_f64(),
+        "secs_after": b.at.duration_since(drop.at).as_secs_f64(),
+        "control_cores_before": cores(a, drop, control),
+        "control_cores_after": cores(drop, b, control),
+        "control_cpu_secs_after": drop.control.zip(b.control).map(|(x, y)| y - x),
+        "edge_cores_before": cores(a, drop, edges),
+        "edge_cores_after": cores(drop, b, edges),
+    })
 }
 
 /// The edges' own counters (from their `edge stats` log lines) over the window.
@@ -303,6 +325,7 @@ fn run_inner(args: &RunArgs, ctx: &mut Ctx) -> Res<()> {
     ctx.sleep(Duration::from_secs(3))?;
     let mem_idle = edge_memory(&system.edges);
     let kernel_idle = sys::kernel_mem();
+    let control_idle = control_probe(args, system.control_pid);
     let loads_idle = system.observer.edges();
     let clients_rss: u64 = client_pids
         .iter()
@@ -352,6 +375,7 @@ fn run_inner(args: &RunArgs, ctx: &mut Ctx) -> Res<()> {
         log_dir,
         results,
         edges_json,
+        control_idle,
         tcp: TcpWatch {
             limits: tcp_limits,
             run_start: tcp_run_start,
@@ -391,7 +415,28 @@ struct Run<'a> {
     results: Value,
     /// Per edge: identity, memory, CPU and report rates.
     edges_json: Vec<Value>,
+    /// The control plane's /metrics and RSS once the clients had joined.
+    control_idle: ControlProbe,
     tcp: TcpWatch,
+}
+
+/// The control plane's `/metrics` and RSS at one moment (either may be missing).
+type ControlProbe = (Option<Metrics>, Option<u64>);
+
+/// Reads the control plane's `/metrics` and RSS (roomcast through its control plane only).
+fn control_probe(args: &RunArgs, pid: Option<u32>) -> ControlProbe {
+    if args.server != ServerKind::Roomcast || args.publish_via != PublishVia::Control {
+        return (None, None);
+    }
+    let metrics = Api::new(&args.control_url, &args.api_key)
+        .and_then(|mut api| api.metrics())
+        .map_err(|e| {
+            say(&format!(
+                "bench: cannot read the control plane's /metrics: {e}"
+            ))
+        })
+        .ok();
+    (metrics, pid.and_then(sys::proc_mem).map(|m| m.rss))
 }
 
 /// The kernel's TCP counters and socket buffer peaks, watched from before the clients start.
@@ -516,10 +561,37 @@ impl Run<'_> {
         self.tcp.sampler.mark();
         state.measuring.store(true, Ordering::Relaxed);
         let a = Snapshot::take(&self.system, &self.client_pids, Some(&state));
+        // --drop-all-at: the reconnect storm, inside the window.
+        let storm = match args.drop_all_at {
+            Some(at) => {
+                let at = window_start + Duration::from_secs_f64(at);
+                self.ctx
+                    .sleep(at.saturating_duration_since(Instant::now()))?;
+                let before = Snapshot::take(&self.system, &self.client_pids, Some(&state));
+                self.ctx.tell_clients("drop")?;
+                let t = self.live.elapsed();
+                say(&format!(
+                    "bench: dropped every client connection at once, {:.1} s into the window; \
+                     each reconnects within {} s and resumes with since",
+                    before.at.duration_since(a.at).as_secs_f64(),
+                    args.reconnect_jitter
+                ));
+                Some((before, t))
+            }
+            None => None,
+        };
         self.ctx
             .sleep(window_end.saturating_duration_since(Instant::now()))?;
         self.ctx.tell_clients("end")?;
         let b = Snapshot::take(&self.system, &self.client_pids, Some(&state));
+        if let Some((drop, t)) = &storm {
+            self.results["recovery"] = json!({
+                "drop_t": t,
+                "drop_at_window_secs": drop.at.duration_since(a.at).as_secs_f64(),
+                "reconnect_jitter_secs": args.reconnect_jitter,
+                "cpu": storm_cpu(&a, drop, &b),
+            });
+        }
         state.measuring.store(false, Ordering::Relaxed);
         self.tcp.peak_window = self.tcp.sampler.mark();
         self.live.set_phase("after");
@@ -664,10 +736,29 @@ impl Run<'_> {
             conns: self.args.conns as u64,
         });
         r["connections"]["edge_check"] = edge_check(&self.system.observer, total, members);
+        let control_end = control_probe(self.args, self.system.control_pid);
+        r["control"] = report::control_json(
+            self.control_idle.0.as_ref(),
+            control_end.0.as_ref(),
+            (self.control_idle.1, control_end.1),
+        );
         report::fill_connection_totals(&mut r["connections"], total, self.args);
         if let Some(w) = window {
             r["cpu"] = report::cpu_json(w, total, floor);
             r["delivery"] = report::delivery_json(total, published, group_sizes, w.secs);
+        }
+        let timeline = self.live.timeline();
+        if r["recovery"].is_object() {
+            let storm = report::recovery_json(&total.recovery, &r["delivery"]);
+            let peak = report::peak_control_cores(
+                &timeline,
+                r["recovery"]["drop_t"].as_f64().unwrap_or(0.0),
+            );
+            let recovery = r["recovery"].as_object_mut().expect("an object");
+            for (k, v) in storm.as_object().expect("an object") {
+                recovery.insert(k.clone(), v.clone());
+            }
+            r["recovery"]["cpu"]["control_cores_peak_second_after"] = json!(peak);
         }
         if self.args.server == ServerKind::Nats {
             if let Observer::Nats(monitor) = &*self.system.observer {
@@ -681,7 +772,6 @@ impl Run<'_> {
             counters["run_total"] = json!(report::edge_totals(&self.system.edges));
         }
         r["edges"] = json!(self.edges_json);
-        let timeline = self.live.timeline();
         if r["windows"].is_object() {
             // The tick the windows start from: the control plane's level of the biggest room, or
             // the edges' --tick-ms (100 ms by default); the cap likewise.
@@ -1087,6 +1177,7 @@ fn start_clients(
                 "--poll-interval-us",
                 &args.client_poll_interval_us.to_string(),
             ])
+            .args(["--reconnect-jitter", &args.reconnect_jitter.to_string()])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());

@@ -64,6 +64,13 @@ pub fn room_name(r: usize) -> String {
     format!("room-{r}")
 }
 
+/// How long connection `i` waits before its `round`-th reconnect after a drop: uniform in
+/// [0, `max_secs`), from a hash of both (an SDK's full jitter, repeatable from run to run).
+pub fn reconnect_delay(i: usize, round: u64, max_secs: f64) -> std::time::Duration {
+    let u = unit(i as u64 ^ JITTER_SALT ^ round.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    std::time::Duration::from_secs_f64(u * max_secs.max(0.0))
+}
+
 /// The assignment of every connection (by its global index) to a room and a group.
 #[derive(Debug, Clone)]
 pub struct Population {
@@ -277,6 +284,7 @@ const ROOM_SALT: u64 = 0x726f_6f6d;
 const GROUP_SALT: u64 = 0x6772_6f75_7000;
 const PUBLISH_SALT: u64 = 0x7075_626c_6973_6800;
 const PRIORITY_SALT: u64 = 0x7072_696f_7269_7479;
+const JITTER_SALT: u64 = 0x6a69_7474_6572;
 
 /// A uniform number in [0, 1) derived from `x` (splitmix64).
 fn unit(x: u64) -> f64 {
@@ -361,6 +369,26 @@ mod tests {
         assert!("4".parse::<PriorityMix>().is_err());
         assert!("0:0".parse::<PriorityMix>().is_err());
         assert!("1-3".parse::<PriorityMix>().is_err());
+    }
+
+    #[test]
+    fn reconnect_delays_spread_over_the_jitter() {
+        let delays: Vec<f64> = (0..10_000)
+            .map(|i| reconnect_delay(i, 1, 1.0).as_secs_f64())
+            .collect();
+        assert!(delays.iter().all(|d| (0.0..1.0).contains(d)));
+        // Ten buckets of 0.1 s hold about 1,000 each.
+        let mut buckets = [0u32; 10];
+        for d in &delays {
+            buckets[(d * 10.0) as usize] += 1;
+        }
+        assert!(
+            buckets.iter().all(|&n| (850..1150).contains(&n)),
+            "{buckets:?}"
+        );
+        assert_eq!(reconnect_delay(7, 1, 1.0), reconnect_delay(7, 1, 1.0));
+        assert_ne!(reconnect_delay(7, 1, 1.0), reconnect_delay(7, 2, 1.0));
+        assert_eq!(reconnect_delay(7, 1, 0.0), std::time::Duration::ZERO);
     }
 
     #[test]

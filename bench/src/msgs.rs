@@ -94,14 +94,20 @@ impl PriorityReport {
 /// One group's connections (see [`crate::dist::Group`]).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct GroupReport {
-    /// Connections of this group joined at the end.
+    /// Connections of this group joined at the end (the unrecovered ones of a reconnect storm
+    /// apart).
     pub open: u64,
+    /// Connections of this group joined at the end that were not recovered after a drop:
+    /// judged in the [`RecoveryReport`] instead.
+    #[serde(default)]
+    pub unrecovered: u64,
     pub priorities: [PriorityReport; PRIORITIES],
 }
 
 impl GroupReport {
     fn merge(&mut self, o: &GroupReport) {
         self.open += o.open;
+        self.unrecovered += o.unrecovered;
         for (a, b) in self.priorities.iter_mut().zip(&o.priorities) {
             a.merge(b);
         }
@@ -144,6 +150,100 @@ pub struct Report {
     pub ping_errors: u64,
     pub cpu_secs: f64,
     pub rss: u64,
+    /// The reconnect storm (`--drop-all-at`); all zero without one.
+    #[serde(default)]
+    pub recovery: RecoveryReport,
+}
+
+/// The reconnect storm (`--drop-all-at`): every joined connection is dropped at once and
+/// reconnects with `since` (PROTOCOL.md §5). What the resumes came to, per client thread and,
+/// merged, for the run. Histograms are (µs, count) pairs.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RecoveryReport {
+    /// Joined connections dropped by the `drop` command.
+    pub dropped: u64,
+    /// When the first of them was dropped (unix µs; 0 when none was).
+    pub drop_at_us: u64,
+    /// Dropped viewers whose join was answered again (with or without `since`, recovered or not).
+    pub answered: u64,
+    /// Replies to the dropped viewers' joins with `since` (recovered or not).
+    pub resumed: u64,
+    /// `recovered: true`.
+    pub recovered: u64,
+    /// `recovered: false`, by reason (`too_old`, ...).
+    pub refused: BTreeMap<String, u64>,
+    /// Dropped viewers that had no position to resume from and joined without `since`.
+    pub rejoined_fresh: u64,
+    /// Join replies of dropped viewers that break the protocol, by what was wrong.
+    pub unexpected: BTreeMap<String, u64>,
+    /// Failed reconnect attempts (retried while attempts last), by reason.
+    pub attempt_failures: BTreeMap<String, u64>,
+    /// Dropped viewers that gave up after every retry, and those still reconnecting at the end.
+    pub gave_up: u64,
+    pub waiting: u64,
+    /// Messages the recovered viewers missed (`last_seq` − `since.seq` of each reply), and how
+    /// many of them arrived as the replay.
+    pub missed: u64,
+    pub replayed: u64,
+    /// Recovered viewers whose replay had not all arrived at the end.
+    pub replaying_at_end: u64,
+    /// The last recovery reply and the last completed replay (unix µs).
+    pub last_reply_at_us: u64,
+    pub last_caught_up_at_us: u64,
+    /// Join sent (pipelined behind `auth`) → its reply, for each resume.
+    pub reply_us: Vec<(u64, u64)>,
+    /// The drop → the recovery reply (includes the reconnect jitter and the setup).
+    pub since_drop_us: Vec<(u64, u64)>,
+    /// The drop → the last missed message received (the reply, when nothing was missed).
+    pub caught_up_us: Vec<(u64, u64)>,
+    /// Publish → receive of the replayed messages (kept out of the groups' latency: it is the
+    /// outage, not the fan-out).
+    pub replay_latency_us: Vec<(u64, u64)>,
+    /// Viewers not recovered (refused, or rejoined without `since`) and open at the end: reported
+    /// apart from their group. What their rooms published, what they received for the first
+    /// time, and the seqs they skipped when they resumed at the reply's `last_seq`.
+    pub unrecovered_open: u64,
+    pub unrecovered_expected: u64,
+    pub unrecovered_unique: u64,
+    pub unrecovered_skipped: u64,
+}
+
+impl RecoveryReport {
+    pub fn merge(&mut self, o: &RecoveryReport) {
+        self.dropped += o.dropped;
+        self.drop_at_us = match (self.drop_at_us, o.drop_at_us) {
+            (0, b) => b,
+            (a, 0) => a,
+            (a, b) => a.min(b),
+        };
+        self.answered += o.answered;
+        self.resumed += o.resumed;
+        self.recovered += o.recovered;
+        add_counts(&mut self.refused, &o.refused);
+        self.rejoined_fresh += o.rejoined_fresh;
+        add_counts(&mut self.unexpected, &o.unexpected);
+        add_counts(&mut self.attempt_failures, &o.attempt_failures);
+        self.gave_up += o.gave_up;
+        self.waiting += o.waiting;
+        self.missed += o.missed;
+        self.replayed += o.replayed;
+        self.replaying_at_end += o.replaying_at_end;
+        self.last_reply_at_us = self.last_reply_at_us.max(o.last_reply_at_us);
+        self.last_caught_up_at_us = self.last_caught_up_at_us.max(o.last_caught_up_at_us);
+        self.reply_us = merge_pairs(&self.reply_us, &o.reply_us);
+        self.since_drop_us = merge_pairs(&self.since_drop_us, &o.since_drop_us);
+        self.caught_up_us = merge_pairs(&self.caught_up_us, &o.caught_up_us);
+        self.replay_latency_us = merge_pairs(&self.replay_latency_us, &o.replay_latency_us);
+        self.unrecovered_open += o.unrecovered_open;
+        self.unrecovered_expected += o.unrecovered_expected;
+        self.unrecovered_unique += o.unrecovered_unique;
+        self.unrecovered_skipped += o.unrecovered_skipped;
+    }
+
+    /// Refused viewers in all, whatever the reason.
+    pub fn refused_total(&self) -> u64 {
+        self.refused.values().sum()
+    }
 }
 
 impl Report {
@@ -176,6 +276,7 @@ impl Report {
         self.ping_errors += o.ping_errors;
         self.cpu_secs += o.cpu_secs;
         self.rss += o.rss;
+        self.recovery.merge(&o.recovery);
     }
 }
 
@@ -251,5 +352,53 @@ mod tests {
         assert_eq!(p.latency_us, vec![(100, 2), (200, 5)]);
         assert_eq!(a.open_per_room, vec![(0, 10)]);
         assert_eq!(histogram_of(&p.latency_us).len(), 7);
+    }
+
+    #[test]
+    fn recovery_reports_merge_into_the_storms_totals() {
+        let thread = |drop_at_us, last_reply_at_us, reason: &str| RecoveryReport {
+            dropped: 10,
+            drop_at_us,
+            answered: 10,
+            resumed: 10,
+            recovered: 9,
+            refused: BTreeMap::from([(reason.to_string(), 1)]),
+            missed: 40,
+            replayed: 40,
+            last_reply_at_us,
+            last_caught_up_at_us: last_reply_at_us + 5,
+            reply_us: vec![(1_000, 10)],
+            unrecovered_open: 1,
+            unrecovered_expected: 100,
+            unrecovered_unique: 60,
+            unrecovered_skipped: 40,
+            ..RecoveryReport::default()
+        };
+        let mut all = Report::default();
+        let mut a = Report {
+            recovery: thread(2_000, 9_000, "too_old"),
+            ..Report::default()
+        };
+        a.groups[0].unrecovered = 1;
+        let mut b = a.clone();
+        b.recovery = thread(1_000, 7_000, "too_many");
+        let idle = Report::default();
+        all.merge(&idle);
+        all.merge(&a);
+        all.merge(&b);
+        let r = &all.recovery;
+        assert_eq!((r.dropped, r.answered, r.recovered), (20, 20, 18));
+        assert_eq!(
+            r.drop_at_us, 1_000,
+            "the first drop; a thread without one says 0"
+        );
+        assert_eq!(r.last_reply_at_us, 9_000, "the last reply");
+        assert_eq!(r.last_caught_up_at_us, 9_005);
+        assert_eq!(r.refused_total(), 2);
+        assert_eq!(r.refused["too_old"], 1);
+        assert_eq!((r.missed, r.replayed), (80, 80));
+        assert_eq!(r.reply_us, vec![(1_000, 20)]);
+        assert_eq!(r.unrecovered_skipped, 80);
+        assert_eq!(all.groups[0].unrecovered, 2);
     }
 }

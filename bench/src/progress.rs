@@ -179,6 +179,11 @@ impl Live {
         Arc::new(live)
     }
 
+    /// Seconds since the run started (the timeline's `t`).
+    pub fn elapsed(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().expect("live state lock")
     }

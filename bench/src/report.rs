@@ -8,10 +8,13 @@ use hdrhistogram::Histogram;
 use roomcast_proto::message::PRIORITIES;
 use serde_json::{json, Value};
 
+use crate::api::Metrics;
 use crate::dist::Group;
 use crate::floor::FloorResult;
 use crate::kernel_tcp::Counters;
-use crate::msgs::{add_counts, add_pairs, histogram_of, new_latency_histogram, Connected, Report};
+use crate::msgs::{
+    add_counts, add_pairs, histogram_of, new_latency_histogram, Connected, RecoveryReport, Report,
+};
 use crate::progress::{rate, Sample};
 use crate::scenario::{ramp_text, rate_text, RunArgs};
 use crate::sys::{KernelMem, ProcMem};
@@ -99,6 +102,7 @@ fn delivery_groups(total: &Report, published: &[[u64; PRIORITIES]], planned: [u6
             "group": group.name(),
             "connections": planned[group.index()],
             "open": g.open,
+            "unrecovered": g.unrecovered,
             "unique": unique,
             "duplicates": duplicates,
             "out_of_order": out_of_order,
@@ -152,6 +156,155 @@ pub fn delivery_json(
         });
     }
     delivery
+}
+
+/// The reconnect storm (`--drop-all-at`) from the clients' merged [`RecoveryReport`] and the
+/// delivery section (whose groups leave the unrecovered viewers out): how many resumed and how,
+/// how long until every dropped viewer had its reply and its replay, the reply latency, the
+/// replay, and the verdict — every viewer's stream complete and gap-free across the reconnect.
+pub fn recovery_json(rec: &RecoveryReport, delivery: &Value) -> Value {
+    let after_drop = |at: u64| {
+        (rec.drop_at_us > 0 && at >= rec.drop_at_us).then(|| (at - rec.drop_at_us) as f64 / 1e6)
+    };
+    let all_answered = rec.answered == rec.dropped && rec.dropped > 0;
+    let all_caught_up = rec.recovered == rec.dropped && rec.replaying_at_end == 0;
+    let mut why_not: Vec<String> = Vec::new();
+    if rec.dropped == 0 {
+        why_not.push("no connection was dropped".into());
+    }
+    if !all_answered {
+        why_not.push(format!(
+            "{} of {} dropped viewers got no join reply ({} gave up, {} still reconnecting)",
+            rec.dropped.saturating_sub(rec.answered),
+            rec.dropped,
+            rec.gave_up,
+            rec.waiting
+        ));
+    }
+    let not_recovered = rec.answered.saturating_sub(rec.recovered);
+    if not_recovered > 0 {
+        why_not.push(format!("{not_recovered} not recovered"));
+    }
+    if rec.replayed != rec.missed || rec.replaying_at_end > 0 {
+        why_not.push(format!(
+            "{} of {} missed messages replayed ({} viewers still replaying)",
+            rec.replayed, rec.missed, rec.replaying_at_end
+        ));
+    }
+    for g in delivery["groups"].as_array().into_iter().flatten() {
+        // Churners rejoin as new viewers, with gaps by design.
+        if g["completeness"].is_null() {
+            continue;
+        }
+        let name = g["group"].as_str().unwrap_or("?");
+        for (what, key) in [
+            ("missing", "missing"),
+            ("duplicated", "duplicates"),
+            ("out of order", "out_of_order"),
+        ] {
+            let n = g[key].as_u64().unwrap_or(0);
+            if n > 0 {
+                why_not.push(format!("{n} {what} in group {name}"));
+            }
+        }
+    }
+    let unrecovered_missing = rec
+        .unrecovered_expected
+        .saturating_sub(rec.unrecovered_unique + rec.unrecovered_skipped);
+    json!({
+        "dropped": rec.dropped,
+        "answered": rec.answered,
+        "resumed_with_since": rec.resumed,
+        "recovered": rec.recovered,
+        "not_recovered": rec.refused,
+        "not_recovered_total": rec.refused_total(),
+        "rejoined_without_since": rec.rejoined_fresh,
+        "unexpected_replies": rec.unexpected,
+        "attempt_failures": rec.attempt_failures,
+        "gave_up": rec.gave_up,
+        "still_reconnecting": rec.waiting,
+        "secs_to_all_answered": all_answered.then(|| after_drop(rec.last_reply_at_us)).flatten(),
+        "secs_to_last_answer": after_drop(rec.last_reply_at_us),
+        "secs_to_all_caught_up": all_caught_up
+            .then(|| after_drop(rec.last_caught_up_at_us.max(rec.last_reply_at_us)))
+            .flatten(),
+        "reply_ms": latency_json(&histogram_of(&rec.reply_us)),
+        "since_drop_ms": latency_json(&histogram_of(&rec.since_drop_us)),
+        "caught_up_ms": latency_json(&histogram_of(&rec.caught_up_us)),
+        "missed_msgs": rec.missed,
+        "replayed_msgs": rec.replayed,
+        "replaying_at_end": rec.replaying_at_end,
+        "replay_latency_ms": latency_json(&histogram_of(&rec.replay_latency_us)),
+        "unrecovered": {
+            "open": rec.unrecovered_open,
+            "expected": rec.unrecovered_expected,
+            "unique": rec.unrecovered_unique,
+            "skipped": rec.unrecovered_skipped,
+            "missing_besides_skipped": unrecovered_missing,
+        },
+        "complete_and_gap_free": why_not.is_empty(),
+        "not_gap_free_because": why_not,
+    })
+}
+
+/// The control plane's busiest second after the drop, inside the measured window (cores).
+pub fn peak_control_cores(timeline: &[Sample], drop_t: f64) -> Option<f64> {
+    timeline
+        .iter()
+        .filter(|s| s.phase == "window" && s.t > drop_t)
+        .filter_map(|s| s.control_cores)
+        .reduce(f64::max)
+}
+
+/// The control plane's history and recoveries from its `/metrics` at idle (after the clients
+/// joined) and at the end, with its RSS at both: stored messages, bytes as the history counts
+/// them, and the RSS growth per stored message (what a message really costs, allocator
+/// included; other growth counts too, so compare with a run with `--history-max-bytes=0`).
+pub fn control_json(
+    idle: Option<&Metrics>,
+    end: Option<&Metrics>,
+    rss: (Option<u64>, Option<u64>),
+) -> Value {
+    let Some(end) = end else {
+        return Value::Null;
+    };
+    let at = |m: Option<&Metrics>, name: &str| m.and_then(|m| m.get(name));
+    // Every figure read here is a count: shown as an integer.
+    let int = |v: Option<f64>| v.map(|v| v.round() as i64);
+    let messages = at(Some(end), "roomcast_control_history_messages");
+    let bytes = at(Some(end), "roomcast_control_history_bytes");
+    let grew = |name: &str| Some(at(Some(end), name)? - at(idle, name).unwrap_or(0.0));
+    let delta = |name: &str, label: &str| -> BTreeMap<String, i64> {
+        let before = idle.map(|m| m.by_label(name, label)).unwrap_or_default();
+        end.by_label(name, label)
+            .into_iter()
+            .map(|(k, v)| {
+                let b = before.get(&k).copied().unwrap_or(0.0);
+                (k, (v - b).round() as i64)
+            })
+            .collect()
+    };
+    let stored_since_idle = grew("roomcast_control_history_messages");
+    let rss_growth = rss.0.zip(rss.1).map(|(a, b)| b as f64 - a as f64);
+    json!({
+        "source": "the control plane's /metrics at idle (clients joined) and at the end; its RSS from /proc",
+        "history": {
+            "messages": int(messages),
+            "bytes": int(bytes),
+            "channels": int(at(Some(end), "roomcast_control_history_channels")),
+            "bytes_per_message": messages.zip(bytes).filter(|(m, _)| *m > 0.0).map(|(m, b)| b / m),
+            "messages_since_idle": int(stored_since_idle),
+            "evictions_since_idle": delta("roomcast_control_history_evictions_total", "reason"),
+        },
+        "recoveries_since_idle": delta("roomcast_control_recoveries_total", "result"),
+        "rss_idle": rss.0,
+        "rss_end": rss.1,
+        "rss_growth": rss_growth,
+        "rss_growth_per_stored_message": rss_growth
+            .zip(stored_since_idle)
+            .filter(|(_, m)| *m > 0.0)
+            .map(|(g, m)| g / m),
+    })
 }
 
 /// The machine: cores, memory, kernel.
@@ -599,6 +752,9 @@ pub fn print_table(r: &Value) {
             );
         }
     }
+    for line in recovery_lines(r) {
+        println!("{line}");
+    }
     if let Some(cpu) = r.get("cpu") {
         if cpu["edge_cpu_secs"].is_number() {
             let ratio = if cpu["edge_frame_vs_floor"].is_number() {
@@ -635,6 +791,9 @@ pub fn print_table(r: &Value) {
             f(&cpu["system_cores"]),
             f(&cpu["other_busy_cores"])
         );
+    }
+    for line in control_lines(&r["control"]) {
+        println!("{line}");
     }
     if let Some(e) = r.get("edge_counters") {
         let d = &e["delta"];
@@ -692,6 +851,156 @@ pub fn print_table(r: &Value) {
         );
     }
     println!("summary: {}", r["summary"].as_str().unwrap_or(""));
+}
+
+/// Seconds, or `-`.
+fn secs(v: &Value) -> String {
+    if v.is_number() {
+        format!("{:.2} s", f(v))
+    } else {
+        "-".into()
+    }
+}
+
+/// `{"too_old": 3, "too_many": 0}` as `too_old 3` (zeros left out), or `none`.
+fn counts_text(v: &Value) -> String {
+    let parts: Vec<String> = v
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(_, n)| f(n) != 0.0)
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect();
+    if parts.is_empty() {
+        "none".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+/// The table's lines for the reconnect storm (`--drop-all-at`); none without one.
+fn recovery_lines(r: &Value) -> Vec<String> {
+    let s = &r["recovery"];
+    if !s["dropped"].is_number() {
+        return Vec::new();
+    }
+    let mut lines = vec![
+        format!(
+            "storm          {} dropped at once {:.1} s into the window, reconnecting within {} s: {} answered, {} with since: {} recovered, not recovered: {}; {} without since, {} replies off protocol; {} gave up, {} still reconnecting",
+            s["dropped"],
+            f(&s["drop_at_window_secs"]),
+            s["reconnect_jitter_secs"],
+            s["answered"],
+            s["resumed_with_since"],
+            s["recovered"],
+            counts_text(&s["not_recovered"]),
+            s["rejoined_without_since"],
+            s["unexpected_replies"].as_object().map_or(0, |o| o.values().filter_map(Value::as_u64).sum::<u64>()),
+            s["gave_up"],
+            s["still_reconnecting"],
+        ),
+        format!(
+            "recovery time  every dropped viewer answered {} after the drop (last answer {}), all caught up {}; reply (join sent -> reply) p50 {} p90 {} p99 {} max {} ms; drop -> reply p50 {} p99 {} ms; drop -> caught up p99 {} ms",
+            secs(&s["secs_to_all_answered"]),
+            secs(&s["secs_to_last_answer"]),
+            secs(&s["secs_to_all_caught_up"]),
+            ms(&s["reply_ms"]["p50"]),
+            ms(&s["reply_ms"]["p90"]),
+            ms(&s["reply_ms"]["p99"]),
+            ms(&s["reply_ms"]["max"]),
+            ms(&s["since_drop_ms"]["p50"]),
+            ms(&s["since_drop_ms"]["p99"]),
+            ms(&s["caught_up_ms"]["p99"]),
+        ),
+        format!(
+            "replay         {} messages replayed of {} missed, {} viewers still replaying at the end; publish -> received p50 {} p99 {} max {} ms (kept out of the groups' latency)",
+            s["replayed_msgs"],
+            s["missed_msgs"],
+            s["replaying_at_end"],
+            ms(&s["replay_latency_ms"]["p50"]),
+            ms(&s["replay_latency_ms"]["p99"]),
+            ms(&s["replay_latency_ms"]["max"]),
+        ),
+    ];
+    let u = &s["unrecovered"];
+    if u["open"].as_u64().is_some_and(|n| n > 0) {
+        lines.push(format!(
+            "unrecovered    {} viewers reload instead (apart from their group): their rooms published {}, they received {}, skipped {} at the resume, {} missing besides",
+            u["open"], u["expected"], u["unique"], u["skipped"], u["missing_besides_skipped"],
+        ));
+    }
+    let cpu = &s["cpu"];
+    let cores = |v: &Value| {
+        if v.is_number() {
+            format!("{:.2}", f(v))
+        } else {
+            "-".into()
+        }
+    };
+    lines.push(format!(
+        "storm CPU      control {} cores before the drop, {} after it (busiest second {}); edges {} -> {} cores",
+        cores(&cpu["control_cores_before"]),
+        cores(&cpu["control_cores_after"]),
+        cores(&cpu["control_cores_peak_second_after"]),
+        cores(&cpu["edge_cores_before"]),
+        cores(&cpu["edge_cores_after"]),
+    ));
+    lines.push(if s["complete_and_gap_free"] == true {
+        "storm verdict  every viewer's stream complete and gap-free across the reconnect".into()
+    } else {
+        let why: Vec<&str> = s["not_gap_free_because"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        format!(
+            "storm verdict  NOT complete and gap-free across the reconnect: {}",
+            why.join("; ")
+        )
+    });
+    lines
+}
+
+/// The table's line for the control plane's history (from its /metrics); none without it.
+fn control_lines(c: &Value) -> Vec<String> {
+    let h = &c["history"];
+    if !h.is_object() {
+        return Vec::new();
+    }
+    let per_message = |v: &Value| {
+        if v.is_number() {
+            format!("{} per message", fmt_bytes(f(v)))
+        } else {
+            "-".into()
+        }
+    };
+    let rss = if c["rss_growth"].is_number() {
+        format!(
+            "; control RSS {} -> {} ({} per message stored since idle)",
+            fmt_bytes(f(&c["rss_idle"])),
+            fmt_bytes(f(&c["rss_end"])),
+            if c["rss_growth_per_stored_message"].is_number() {
+                fmt_bytes(f(&c["rss_growth_per_stored_message"]))
+            } else {
+                "-".into()
+            },
+        )
+    } else {
+        String::new()
+    };
+    let recoveries = match counts_text(&c["recoveries_since_idle"]).as_str() {
+        "none" => String::new(),
+        counts => format!("; recoveries answered: {counts}"),
+    };
+    vec![format!(
+        "control store  history {} messages in {} channels, {} ({}), evictions since idle: {}{rss}{recoveries}",
+        count(&h["messages"]),
+        count(&h["channels"]),
+        fmt_bytes(f(&h["bytes"])),
+        per_message(&h["bytes_per_message"]),
+        counts_text(&h["evictions_since_idle"]),
+    )]
 }
 
 /// The requested rate from the run's config: `100 msg/s`, `unpaced`, or a ramp with its mean.
@@ -920,8 +1229,12 @@ fn print_group(g: &Value) {
             g["missing"]
         )
     };
+    let unrecovered = match g["unrecovered"].as_u64() {
+        Some(n) if n > 0 => format!(" (and {n} not recovered: see unrecovered)"),
+        _ => String::new(),
+    };
     println!(
-        "group {name:<8} {} connections, {} open at the end: {judged}, {} duplicated, {} out of order{}",
+        "group {name:<8} {} connections, {} open at the end{unrecovered}: {judged}, {} duplicated, {} out of order{}",
         g["connections"],
         g["open"],
         g["duplicates"],
@@ -1071,6 +1384,27 @@ pub fn summary(r: &Value) -> String {
                 f(&cpu["control_us_per_published"])
             );
         }
+    }
+    let storm = &r["recovery"];
+    if storm["dropped"].is_number() {
+        s += &format!(
+            "; storm: {} dropped, {} recovered ({} not), all answered in {}, reply p99 {} ms, control {} cores after the drop, {}",
+            storm["dropped"],
+            storm["recovered"],
+            storm["not_recovered_total"],
+            secs(&storm["secs_to_all_answered"]),
+            ms(&storm["reply_ms"]["p99"]),
+            if storm["cpu"]["control_cores_after"].is_number() {
+                format!("{:.2}", f(&storm["cpu"]["control_cores_after"]))
+            } else {
+                "-".into()
+            },
+            if storm["complete_and_gap_free"] == true {
+                "gap-free"
+            } else {
+                "NOT GAP-FREE"
+            }
+        );
     }
     s
 }
@@ -1235,6 +1569,174 @@ mod tests {
         assert_eq!(edge_arg(&args, "--tick-ms").as_deref(), Some("0"));
         assert_eq!(edge_arg(&args, "--max-window-ms").as_deref(), Some("500"));
         assert_eq!(edge_arg(&args, "--tick"), None, "whole names only");
+    }
+
+    /// A storm's merged report: 2,000 dropped 5 s into the window, everyone recovered.
+    fn storm(recovered: u64) -> RecoveryReport {
+        RecoveryReport {
+            dropped: 2000,
+            drop_at_us: 10_000_000,
+            answered: 2000,
+            resumed: 2000,
+            recovered,
+            refused: if recovered < 2000 {
+                BTreeMap::from([("too_many".to_string(), 2000 - recovered)])
+            } else {
+                BTreeMap::new()
+            },
+            missed: 41_601,
+            replayed: 41_601,
+            last_reply_at_us: 11_010_000,
+            last_caught_up_at_us: 11_012_000,
+            reply_us: vec![(1_170, 1970), (6_580, 30)],
+            since_drop_us: vec![(490_000, 2000)],
+            caught_up_us: vec![(997_000, 2000)],
+            replay_latency_us: vec![(398_000, 41_601)],
+            ..RecoveryReport::default()
+        }
+    }
+
+    fn delivery(missing: u64, duplicates: u64) -> Value {
+        json!({"groups": [
+            {"group": "normal", "completeness": 1.0, "missing": missing,
+             "duplicates": duplicates, "out_of_order": 0},
+            {"group": "churn", "completeness": null, "missing": null,
+             "duplicates": 3, "out_of_order": 0},
+        ]})
+    }
+
+    #[test]
+    fn a_storm_everyone_recovers_from_is_gap_free() {
+        let r = recovery_json(&storm(2000), &delivery(0, 0));
+        assert_eq!(r["complete_and_gap_free"], true, "{r}");
+        assert_eq!(r["not_gap_free_because"], json!([]));
+        assert_eq!(r["secs_to_all_answered"], 1.01);
+        assert_eq!(r["secs_to_all_caught_up"], 1.012);
+        assert_eq!(r["reply_ms"]["count"], 2000);
+        assert_eq!(r["reply_ms"]["p50"], 1.17);
+        assert_eq!(r["reply_ms"]["p99"].as_f64().map(|v| v.round()), Some(7.0));
+        assert_eq!(r["replayed_msgs"], 41_601);
+        assert_eq!(r["not_recovered_total"], 0);
+
+        let mut full = json!({"recovery": r.clone()});
+        full["recovery"]["drop_at_window_secs"] = json!(5.0);
+        full["recovery"]["reconnect_jitter_secs"] = json!(1.0);
+        full["recovery"]["cpu"] = json!({"control_cores_before": 0.01, "control_cores_after": 0.25,
+            "control_cores_peak_second_after": 0.6, "edge_cores_before": 0.1, "edge_cores_after": 0.4});
+        let lines = recovery_lines(&full);
+        assert!(lines[0].starts_with("storm          2000 dropped at once 5.0 s into the window, reconnecting within 1.0 s: 2000 answered, 2000 with since: 2000 recovered, not recovered: none;"), "{}", lines[0]);
+        assert!(
+            lines[1].contains("answered 1.01 s after the drop"),
+            "{}",
+            lines[1]
+        );
+        assert!(lines.iter().any(|l| l.starts_with("storm CPU      control 0.01 cores before the drop, 0.25 after it (busiest second 0.60)")), "{lines:?}");
+        assert_eq!(
+            lines.last().unwrap(),
+            "storm verdict  every viewer's stream complete and gap-free across the reconnect"
+        );
+        assert!(summary(&full)
+            .contains("storm: 2000 dropped, 2000 recovered (0 not), all answered in 1.01 s"));
+        assert!(recovery_lines(&json!({})).is_empty(), "no storm, no lines");
+    }
+
+    #[test]
+    fn a_storm_with_refusals_or_holes_says_why_it_is_not_gap_free() {
+        let mut rec = storm(1990);
+        rec.unrecovered_open = 10;
+        rec.unrecovered_expected = 5_000;
+        rec.unrecovered_unique = 4_000;
+        rec.unrecovered_skipped = 990;
+        let r = recovery_json(&rec, &delivery(0, 0));
+        assert_eq!(r["complete_and_gap_free"], false);
+        assert_eq!(r["not_gap_free_because"], json!(["10 not recovered"]));
+        assert_eq!(r["not_recovered"], json!({"too_many": 10}));
+        assert_eq!(r["unrecovered"]["missing_besides_skipped"], 10);
+        assert!(
+            r["secs_to_all_answered"].is_number(),
+            "refused viewers got answers"
+        );
+        assert!(
+            r["secs_to_all_caught_up"].is_null(),
+            "not everyone recovered"
+        );
+        let lines = recovery_lines(&json!({"recovery": r}));
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("unrecovered    10 viewers reload instead")),
+            "{lines:?}"
+        );
+
+        // Holes in a judged group, a viewer still waiting, a short replay.
+        let mut rec = storm(1999);
+        rec.answered = 1999;
+        rec.waiting = 1;
+        rec.replayed = 41_600;
+        rec.replaying_at_end = 1;
+        let r = recovery_json(&rec, &delivery(3, 1));
+        let why = r["not_gap_free_because"].to_string();
+        for part in [
+            "1 of 2000 dropped viewers got no join reply (0 gave up, 1 still reconnecting)",
+            "41600 of 41601 missed messages replayed (1 viewers still replaying)",
+            "3 missing in group normal",
+            "1 duplicated in group normal",
+        ] {
+            assert!(why.contains(part), "{why}");
+        }
+        assert!(!why.contains("churn"), "churners are not judged: {why}");
+        assert!(r["secs_to_all_answered"].is_null());
+    }
+
+    #[test]
+    fn the_control_planes_history_and_rss_per_message() {
+        let idle = Metrics::parse(
+            "roomcast_control_history_messages 0\nroomcast_control_history_bytes 0\n\
+             roomcast_control_recoveries_total{result=\"recovered\"} 5\n",
+        );
+        let end = Metrics::parse(
+            "roomcast_control_history_messages 300000\nroomcast_control_history_bytes 66300000\n\
+             roomcast_control_history_channels 1001\n\
+             roomcast_control_history_evictions_total{reason=\"count\"} 700000\n\
+             roomcast_control_recoveries_total{result=\"recovered\"} 2005\n\
+             roomcast_control_recoveries_total{result=\"too_old\"} 0\n",
+        );
+        let c = control_json(Some(&idle), Some(&end), (Some(20 << 20), Some(100 << 20)));
+        assert_eq!(c["history"]["messages"], 300_000);
+        assert_eq!(c["history"]["bytes_per_message"], 221.0);
+        assert_eq!(
+            c["history"]["evictions_since_idle"],
+            json!({"count": 700_000})
+        );
+        assert_eq!(
+            c["recoveries_since_idle"],
+            json!({"recovered": 2000, "too_old": 0})
+        );
+        let per = c["rss_growth_per_stored_message"].as_f64().unwrap();
+        assert!(
+            (per - (80u64 << 20) as f64 / 300_000.0).abs() < 1e-9,
+            "{per}"
+        );
+        let lines = control_lines(&c);
+        assert_eq!(
+            lines,
+            ["control store  history 300000 messages in 1001 channels, 63.2 MiB (221 B per message), evictions since idle: count 700000; control RSS 20.0 MiB -> 100.0 MiB (280 B per message stored since idle); recoveries answered: recovered 2000"]
+        );
+        assert_eq!(control_json(Some(&idle), None, (None, None)), Value::Null);
+        assert!(control_lines(&Value::Null).is_empty());
+    }
+
+    #[test]
+    fn the_busiest_control_second_after_the_drop() {
+        let mut timeline: Vec<Sample> = (1..=6)
+            .map(|i| second(f64::from(i), "window", 50.0, None))
+            .collect();
+        for (s, cores) in timeline.iter_mut().zip([0.9, 0.1, 0.2, 0.7, 0.3, 0.1]) {
+            s.control_cores = Some(cores);
+        }
+        timeline[5].phase = "after";
+        assert_eq!(peak_control_cores(&timeline, 2.5), Some(0.7));
+        assert_eq!(peak_control_cores(&timeline, 9.0), None);
     }
 
     #[test]

@@ -249,6 +249,23 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 100.0)]
     pub churn_rate: f64,
 
+    /// A reconnect storm: this many seconds into the measured window every client process
+    /// drops all its joined connections at once (an abortive close, as a network flap looks to
+    /// the edge), and each reconnects after --reconnect-jitter and joins its room with `since`
+    /// (the epoch and last seq it processed). Reports the recovery replies (recovered or why
+    /// not), the time until every viewer has its reply and its replay, the reply latency, the
+    /// messages replayed, the control plane's CPU before and after the drop, and whether every
+    /// viewer's stream stayed complete and gap-free (--publish-via control: the control plane
+    /// answers the recoveries).
+    #[arg(long, value_name = "S")]
+    pub drop_all_at: Option<f64>,
+
+    /// After --drop-all-at, each connection waits a delay drawn uniformly from [0, this)
+    /// seconds before it reconnects (an SDK's full jitter; from a hash of its index, so runs
+    /// repeat). 0 reconnects everyone at once.
+    #[arg(long, default_value_t = 1.0, value_name = "S")]
+    pub reconnect_jitter: f64,
+
     // ---- publishing ----
     /// Published messages per second, across all rooms (0: as fast as the control plane or the
     /// edge links take them).
@@ -408,6 +425,27 @@ impl RunArgs {
         if self.churn > 0.0 && self.churn_rate <= 0.0 {
             return Err("--churn-rate must be positive".into());
         }
+        if self.reconnect_jitter.is_nan() || self.reconnect_jitter < 0.0 {
+            return Err("--reconnect-jitter must be 0 or more seconds".into());
+        }
+        if let Some(at) = self.drop_all_at {
+            if !(0.0..self.duration).contains(&at) {
+                return Err(format!(
+                    "--drop-all-at {at} must fall inside the {} s measured window",
+                    self.duration
+                ));
+            }
+            if self.hold_only {
+                return Err("--drop-all-at needs publishing; --hold-only does not".into());
+            }
+            if self.server == ServerKind::Nats || self.publish_via == PublishVia::Link {
+                return Err(
+                    "--drop-all-at needs roomcast's control plane (--publish-via control): it \
+                     answers the recoveries"
+                        .into(),
+                );
+            }
+        }
         if self.publish_batch == 0 || self.client_threads == 0 || self.publishers == 0 {
             return Err(
                 "--publish-batch, --client-threads and --publishers must be positive".into(),
@@ -552,7 +590,11 @@ mod tests {
                 seen += 1;
             }
         }
-        assert!(seen >= 6, "expected the six scenarios in {}", dir.display());
+        assert!(
+            seen >= 9,
+            "expected the nine scenarios in {}",
+            dir.display()
+        );
     }
 
     #[test]
@@ -584,5 +626,14 @@ mod tests {
             "unpaced"
         );
         assert!(load(&["--hold-only", "--ramp-to", "150"]).is_err());
+        assert!(load(&["--drop-all-at", "5"]).is_ok());
+        assert!(
+            load(&["--drop-all-at", "10"]).is_err(),
+            "inside the 10 s window"
+        );
+        assert!(load(&["--drop-all-at", "5", "--publish-via", "link"]).is_err());
+        assert!(load(&["--drop-all-at", "5", "--server", "nats"]).is_err());
+        assert!(load(&["--drop-all-at", "5", "--hold-only"]).is_err());
+        assert!(load(&["--reconnect-jitter=-1"]).is_err());
     }
 }

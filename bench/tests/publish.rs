@@ -96,11 +96,20 @@ async fn the_publish_scenario_delivers_through_a_running_control_plane() {
         r["cpu"]
     );
 
+    // The history the control plane keeps, from its /metrics (issue 12's cost of history).
+    let history = &r["control"]["history"];
+    assert!(history["messages"].as_u64() > Some(0), "{}", r["control"]);
+    assert!(
+        history["bytes_per_message"].as_f64() > Some(100.0),
+        "100-byte payloads: {history}"
+    );
+
     for line in [
         "publishing ",
         "publish calls ",
         "probe calls ",
         "control CPU ",
+        "control store ",
     ] {
         assert!(
             run.output.lines().any(|l| l.starts_with(line)),

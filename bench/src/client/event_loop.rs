@@ -9,10 +9,17 @@
 //! During the measured window, slow readers stop reading (and catch up after it) and churners
 //! close and reopen their connections at the requested rate.
 //!
+//! Every connection keeps its room's position (epoch and last `seq`, [`Position`]) from the join
+//! reply and the batches. On the coordinator's `drop` (`--drop-all-at`) every joined connection
+//! is closed at once (an abortive close: the edge sees a reset, as after a network flap) and
+//! reconnects after its jitter, joining with `since`; the reply and the replay are counted in a
+//! [`RecoveryReport`].
+//!
 //! Every frame is parsed by the engine's codecs. The latency timestamp is read out of each
 //! message's `data` (the publisher's JSON, `{"ts":<unix µs>,...}`): payload, not protocol.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::AsRawFd;
@@ -25,17 +32,18 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use roomcast_proto::auth::{mint, Claims};
 use roomcast_proto::client::{
-    decode_server_json, encode_op, tcp_frame_len, view_server_binary, ClientOp, PushRef, ServerMsg,
-    ServerMsgView, TargetRef,
+    decode_server_json, encode_op, tcp_frame_len, view_server_binary, ClientOp, PushRef,
+    ReplyDetails, ServerMsg, ServerMsgView, TargetRef,
 };
 use roomcast_proto::handshake::{client_key, client_request, parse_client_response};
 use roomcast_proto::message::PRIORITIES;
 use roomcast_proto::ws::{parse_server_frame, put_client_frame, OpCode, ServerFrame};
 use socket2::{Domain, Protocol, Socket, Type};
 
+use super::position::{Epochs, Joined, Position, Seen};
 use super::{ip_add, ClientArgs, Cmd, Input, ThreadHistograms, Transport, WAKE};
-use crate::dist::{room_name, Group, Population};
-use crate::msgs::{new_tick_histogram, Connected, GroupReport, Report, Snap, Tick};
+use crate::dist::{reconnect_delay, room_name, Group, Population};
+use crate::msgs::{new_tick_histogram, Connected, GroupReport, RecoveryReport, Report, Snap, Tick};
 use crate::natsproto::{self, Op};
 use crate::sys;
 
@@ -104,6 +112,20 @@ impl State {
     }
 }
 
+/// Where a connection is in the reconnect storm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Storm {
+    /// Not dropped (or churned since: a churner starts over).
+    Untouched,
+    /// Dropped; its recovery reply has not come yet.
+    Reconnecting,
+    /// `recovered: true` (its replay may still be arriving: see its position).
+    Recovered,
+    /// Not recovered (`recovered: false`, rejoined without `since`, or a reply that broke the
+    /// protocol): judged apart from its group.
+    Unrecovered,
+}
+
 struct Conn {
     sock: Option<TcpStream>,
     state: State,
@@ -114,7 +136,13 @@ struct Conn {
     room: u32,
     /// Milliseconds since the loop started, when the current attempt began.
     setup_start_ms: u32,
-    last_seq: u64,
+    /// The room's epoch and the last `seq` processed.
+    pos: Position,
+    storm: Storm,
+    /// When the current attempt's `join` was sent (unix µs).
+    join_sent_us: u64,
+    /// Seqs skipped by a resume that was not recovered.
+    skipped: u64,
     /// Messages received for the first time since this connection joined, per priority.
     unique: [u32; PRIORITIES],
     /// A partial frame (only between reads that split one).
@@ -148,6 +176,8 @@ struct Counters {
     pings_sent: u64,
     pongs: u64,
     ping_errors: u64,
+    /// The reconnect storm's counts (its histograms are in [`ThreadHistograms`]).
+    rec: RecoveryReport,
 }
 
 pub(super) struct Loop {
@@ -160,7 +190,15 @@ pub(super) struct Loop {
     poll: Poll,
     conns: Vec<Conn>,
     pending: VecDeque<usize>,
-    retry: VecDeque<(Instant, usize)>,
+    /// Failed attempts waiting to be retried, soonest first.
+    retry: BinaryHeap<Reverse<(Instant, usize)>>,
+    /// Dropped connections waiting out their jitter, soonest first: started when due, whatever
+    /// --inflight says (a storm is every app at once, spread only by its jitter).
+    resumes: BinaryHeap<Reverse<(Instant, usize)>>,
+    epochs: Epochs,
+    /// The last drop (unix µs), and how many so far.
+    drop_at: Option<u64>,
+    drops: u64,
     inflight: usize,
     inflight_limit: usize,
     scratch: Vec<u8>,
@@ -214,7 +252,10 @@ impl Loop {
                     rejoin: false,
                     room: population.room_of(global) as u32,
                     setup_start_ms: 0,
-                    last_seq: 0,
+                    pos: Position::default(),
+                    storm: Storm::Untouched,
+                    join_sent_us: 0,
+                    skipped: 0,
                     unique: [0; PRIORITIES],
                     rbuf: Vec::new(),
                     wbuf: Vec::new(),
@@ -232,7 +273,11 @@ impl Loop {
             poll,
             conns,
             pending: (0..n).collect(),
-            retry: VecDeque::new(),
+            retry: BinaryHeap::new(),
+            resumes: BinaryHeap::new(),
+            epochs: Epochs::default(),
+            drop_at: None,
+            drops: 0,
             inflight: 0,
             inflight_limit: (args.inflight / threads).max(1),
             scratch: vec![0; 256 * 1024],
@@ -295,7 +340,12 @@ impl Loop {
         let poll_interval = Duration::from_micros(self.args.poll_interval_us);
         loop {
             self.start_more();
-            let timeout = next_tick.saturating_duration_since(Instant::now());
+            // Wake for the next resume when it is due, not at the next tick.
+            let wake_at = match self.resumes.peek() {
+                Some(Reverse((due, _))) => next_tick.min(*due),
+                None => next_tick,
+            };
+            let timeout = wake_at.saturating_duration_since(Instant::now());
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     eprintln!("client {} thread {}: poll: {e}", self.args.index, self.t);
@@ -386,6 +436,7 @@ impl Loop {
                 self.phase = Phase::Drain;
                 self.pause_slow_readers(false);
             }
+            Cmd::DropAll => self.drop_all(),
             Cmd::Snap(tag) => {
                 let _ = self.out.send(Input::Snap(Snap {
                     index: self.args.index,
@@ -430,14 +481,36 @@ impl Loop {
         let c = &self.c;
         let mut groups: [GroupReport; 3] = Default::default();
         let mut open_per_room: BTreeMap<usize, u64> = BTreeMap::new();
+        let mut rec = c.rec.clone();
+        for conn in &self.conns {
+            if conn.storm == Storm::Reconnecting {
+                if conn.state == State::Failed {
+                    rec.gave_up += 1;
+                } else {
+                    rec.waiting += 1;
+                }
+            }
+        }
         for conn in self.conns.iter().filter(|c| c.state == State::Ready) {
-            let group = &mut groups[conn.group.index()];
-            group.open += 1;
             *open_per_room.entry(conn.room as usize).or_default() += 1;
             let room = published
                 .get(conn.room as usize)
                 .copied()
                 .unwrap_or_default();
+            if conn.pos.replaying() {
+                rec.replaying_at_end += 1;
+            }
+            if conn.storm == Storm::Unrecovered {
+                // Reloads by design: reported apart, not as silent loss in its group.
+                rec.unrecovered_open += 1;
+                rec.unrecovered_expected += room.iter().sum::<u64>();
+                rec.unrecovered_unique += conn.unique.iter().map(|&n| u64::from(n)).sum::<u64>();
+                rec.unrecovered_skipped += conn.skipped;
+                groups[conn.group.index()].unrecovered += 1;
+                continue;
+            }
+            let group = &mut groups[conn.group.index()];
+            group.open += 1;
             for (p, report) in group.priorities.iter_mut().enumerate() {
                 report.expected += room[p];
                 report.unique += u64::from(conn.unique[p]);
@@ -471,16 +544,27 @@ impl Loop {
             pings_sent: c.pings_sent,
             pongs: c.pongs,
             ping_errors: c.ping_errors,
+            recovery: rec,
             ..Report::default()
         }
     }
 
     fn start_more(&mut self) {
         let now = Instant::now();
+        while let Some(&Reverse((due, k))) = self.resumes.peek() {
+            if due > now {
+                break;
+            }
+            self.resumes.pop();
+            // A connection the drop found mid-attempt may be on its way already.
+            if self.conns[k].state == State::Idle {
+                self.start(k);
+            }
+        }
         while self.inflight < self.inflight_limit {
-            if let Some(&(due, k)) = self.retry.front() {
+            if let Some(&Reverse((due, k))) = self.retry.peek() {
                 if due <= now {
-                    self.retry.pop_front();
+                    self.retry.pop();
                     self.start(k);
                     continue;
                 }
@@ -603,15 +687,21 @@ impl Loop {
         )
         .to_vec();
         let room = self.room_names[self.conns[k].room as usize].clone();
+        // A dropped viewer resumes from where it stood, as an SDK would.
+        let since = match self.conns[k].storm {
+            Storm::Reconnecting => self.conns[k].pos.since(&self.epochs),
+            _ => None,
+        };
         bytes.extend_from_slice(&encode_op(
             format,
             &ClientOp::Join {
                 seq: 2,
                 room,
-                since: None,
+                since,
             },
             mask,
         ));
+        self.conns[k].join_sent_us = sys::unix_micros();
         self.send(k, &bytes);
     }
 
@@ -902,8 +992,8 @@ impl Loop {
         }
     }
 
-    /// Counts one message of connection `k` (unique, duplicated, out of order by `seq`) and
-    /// records its latency from the `ts` in its data.
+    /// Counts one message of connection `k` (unique, duplicated, out of order by `seq`; part of
+    /// a replay) and records its latency from the `ts` in its data.
     fn record(&mut self, k: usize, priority: u8, seq: u64, data: &[u8], now_us: u64) {
         self.c.msgs += 1;
         let conn = &mut self.conns[k];
@@ -911,18 +1001,32 @@ impl Loop {
         let p = usize::from(priority).min(PRIORITIES - 1);
         let counts = &mut self.c.received[group.index()][p];
         counts.0 += 1;
-        if seq > conn.last_seq {
-            conn.unique[p] += 1;
-            conn.last_seq = seq;
-        } else if seq == conn.last_seq {
-            counts.1 += 1;
-        } else {
-            counts.2 += 1;
+        let (seen, caught_up) = conn.pos.on_message(seq);
+        match seen {
+            Seen::New | Seen::Replayed => conn.unique[p] += 1,
+            Seen::Duplicate => counts.1 += 1,
+            Seen::OutOfOrder => counts.2 += 1,
         }
-        let Some(ts) = scan_ts(data) else {
+        if caught_up {
+            self.on_caught_up(now_us);
+        }
+        let ts = scan_ts(data);
+        if seen == Seen::Replayed {
+            // The outage's latency, not the fan-out's: kept apart from the groups'.
+            self.c.rec.replayed += 1;
+            if let Some(ts) = ts {
+                self.hists
+                    .replay_latency
+                    .saturating_record(now_us.saturating_sub(ts).max(1));
+            }
+        }
+        let Some(ts) = ts else {
             self.c.no_ts += 1;
             return;
         };
+        if seen == Seen::Replayed {
+            return;
+        }
         let latency = now_us.saturating_sub(ts).max(1);
         if group == Group::Normal {
             self.tick_latency.saturating_record(latency);
@@ -1007,15 +1111,24 @@ impl Loop {
     /// A reply or a close (batches go to `on_batch`); None when the connection is gone.
     fn on_server_msg(&mut self, k: usize, msg: ServerMsg) -> Option<()> {
         match msg {
-            ServerMsg::Reply { seq, result, .. } => {
+            ServerMsg::Reply {
+                seq,
+                result,
+                details,
+            } => {
                 if self.conns[k].state == State::Joining && seq <= 2 {
                     match result {
                         Err((code, _)) => {
                             let what = if seq == 1 { "auth" } else { "join" };
-                            self.fail(k, format!("{what}: {code}"), false);
+                            // `unavailable`: nothing was subscribed; retry (PROTOCOL.md §4).
+                            let retry = code == "unavailable";
+                            self.fail(k, format!("{what}: {code}"), retry);
                             return None;
                         }
-                        Ok(()) if seq == 2 => self.on_ready(k),
+                        Ok(()) if seq == 2 => {
+                            self.on_join_reply(k, &details);
+                            self.on_ready(k);
+                        }
                         Ok(()) => {}
                     }
                 } else if result.is_ok() {
@@ -1037,6 +1150,107 @@ impl Loop {
             }
         }
         Some(())
+    }
+
+    /// The join reply moves the connection's position; a dropped viewer's is its recovery
+    /// reply.
+    fn on_join_reply(&mut self, k: usize, details: &ReplyDetails) {
+        let now_us = sys::unix_micros();
+        let position = details
+            .epoch
+            .as_deref()
+            .map(|e| self.epochs.intern(e))
+            .zip(details.last_seq);
+        let conn = &mut self.conns[k];
+        let dropped = conn.storm == Storm::Reconnecting;
+        let resumed = dropped && conn.pos.known();
+        let before = conn.pos.seq();
+        let joined = conn.pos.on_join_reply(resumed, position, details.recovered);
+        if !dropped {
+            if let Joined::Unexpected(what) = joined {
+                *self.c.rec.unexpected.entry(what.into()).or_default() += 1;
+            }
+            return;
+        }
+        let rec = &mut self.c.rec;
+        rec.answered += 1;
+        if resumed {
+            rec.resumed += 1;
+            self.hists
+                .resume_reply
+                .saturating_record(now_us.saturating_sub(conn.join_sent_us).max(1));
+        }
+        let drop_us = self.drop_at.unwrap_or(now_us);
+        self.hists
+            .since_drop
+            .saturating_record(now_us.saturating_sub(drop_us).max(1));
+        rec.last_reply_at_us = rec.last_reply_at_us.max(now_us);
+        conn.storm = Storm::Unrecovered;
+        match joined {
+            Joined::Recovered { missed } => {
+                conn.storm = Storm::Recovered;
+                rec.recovered += 1;
+                rec.missed += missed;
+                if missed == 0 {
+                    self.on_caught_up(now_us);
+                }
+            }
+            Joined::Refused { reason, skipped } => {
+                *rec.refused.entry(reason.as_str().into()).or_default() += 1;
+                conn.skipped += skipped;
+            }
+            Joined::Fresh => {
+                rec.rejoined_fresh += 1;
+                conn.skipped += conn.pos.seq().saturating_sub(before);
+            }
+            Joined::Unexpected(what) => {
+                *rec.unexpected.entry(what.into()).or_default() += 1;
+            }
+        }
+    }
+
+    /// A recovered viewer has everything it missed.
+    fn on_caught_up(&mut self, now_us: u64) {
+        let drop_us = self.drop_at.unwrap_or(now_us);
+        self.hists
+            .caught_up
+            .saturating_record(now_us.saturating_sub(drop_us).max(1));
+        let rec = &mut self.c.rec;
+        rec.last_caught_up_at_us = rec.last_caught_up_at_us.max(now_us);
+    }
+
+    /// Drops every joined connection at once (an abortive close, as a network flap looks to
+    /// the edge); each reconnects after its jitter and resumes with `since`.
+    fn drop_all(&mut self) {
+        let now = Instant::now();
+        let now_us = sys::unix_micros();
+        self.drops += 1;
+        self.drop_at = Some(now_us);
+        if self.c.rec.drop_at_us == 0 {
+            self.c.rec.drop_at_us = now_us;
+        }
+        for k in 0..self.conns.len() {
+            if self.conns[k].state != State::Ready {
+                continue;
+            }
+            if let Some(sock) = &self.conns[k].sock {
+                // RST instead of FIN: no TIME_WAIT left on the client's ports.
+                let _ = socket2::SockRef::from(sock).set_linger(Some(Duration::ZERO));
+            }
+            self.drop_socket(k);
+            let delay = reconnect_delay(self.global(k), self.drops, self.args.reconnect_jitter);
+            let conn = &mut self.conns[k];
+            conn.state = State::Idle;
+            conn.rejoin = true;
+            conn.attempts = 0;
+            conn.storm = Storm::Reconnecting;
+            conn.rbuf = Vec::new();
+            conn.wbuf = Vec::new();
+            conn.nats = natsproto::Stream::default();
+            self.c.open -= 1;
+            self.c.rec.dropped += 1;
+            self.resumes.push(Reverse((now + delay, k)));
+        }
     }
 
     fn on_ready(&mut self, k: usize) {
@@ -1075,6 +1289,14 @@ impl Loop {
         if conn.state.in_flight() {
             self.inflight -= 1;
         }
+        if conn.storm == Storm::Reconnecting {
+            *self
+                .c
+                .rec
+                .attempt_failures
+                .entry(reason.clone())
+                .or_default() += 1;
+        }
         *self.c.failures.entry(reason).or_default() += 1;
         conn.rbuf = Vec::new();
         conn.wbuf = Vec::new();
@@ -1083,7 +1305,7 @@ impl Loop {
             conn.attempts += 1;
             conn.state = State::Idle;
             let delay = Duration::from_millis(100 * u64::from(conn.attempts));
-            self.retry.push_back((Instant::now() + delay, k));
+            self.retry.push(Reverse((Instant::now() + delay, k)));
         } else {
             conn.state = State::Failed;
             self.c.failed += 1;
@@ -1117,7 +1339,9 @@ impl Loop {
             conn.state = State::Idle;
             conn.rejoin = true;
             conn.attempts = 0;
-            conn.last_seq = 0;
+            conn.pos.reset();
+            conn.storm = Storm::Untouched;
+            conn.skipped = 0;
             conn.unique = [0; PRIORITIES];
             conn.rbuf = Vec::new();
             conn.wbuf = Vec::new();

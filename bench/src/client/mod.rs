@@ -24,6 +24,7 @@ use crate::msgs::{
 use crate::sys;
 
 mod event_loop;
+mod position;
 
 use event_loop::Loop;
 
@@ -118,6 +119,10 @@ pub struct ClientArgs {
     pub poll_interval_us: u64,
     #[arg(long, default_value_t = 5)]
     pub retries: u8,
+    /// After the `drop` command each dropped connection reconnects after a delay drawn
+    /// uniformly from [0, this) seconds (from a hash of its index: runs repeat).
+    #[arg(long, default_value_t = 1.0)]
+    pub reconnect_jitter: f64,
 }
 
 /// The token of each loop's waker.
@@ -134,6 +139,9 @@ enum Cmd {
     Start,
     End,
     Snap(String),
+    /// Drop every joined connection at once; each reconnects after its jitter and resumes with
+    /// `since`.
+    DropAll,
     /// Messages published per room and priority.
     Final(Arc<Vec<[u64; PRIORITIES]>>),
 }
@@ -154,6 +162,12 @@ struct ThreadHistograms {
     window: [[Histogram<u64>; PRIORITIES]; 3],
     warmup: Histogram<u64>,
     reconnect_setup_ms: Histogram<u64>,
+    /// The reconnect storm's: join → reply, drop → reply, drop → caught up, replayed messages'
+    /// latency (µs).
+    resume_reply: Histogram<u64>,
+    since_drop: Histogram<u64>,
+    caught_up: Histogram<u64>,
+    replay_latency: Histogram<u64>,
 }
 
 impl ThreadHistograms {
@@ -162,7 +176,21 @@ impl ThreadHistograms {
             window: std::array::from_fn(|_| std::array::from_fn(|_| new_latency_histogram())),
             warmup: new_latency_histogram(),
             reconnect_setup_ms: new_latency_histogram(),
+            resume_reply: new_latency_histogram(),
+            since_drop: new_latency_histogram(),
+            caught_up: new_latency_histogram(),
+            replay_latency: new_latency_histogram(),
         }
+    }
+
+    /// The storm's histograms, in [`ThreadHistograms::add`]'s order.
+    fn storm(&self) -> [&Histogram<u64>; 4] {
+        [
+            &self.resume_reply,
+            &self.since_drop,
+            &self.caught_up,
+            &self.replay_latency,
+        ]
     }
 
     fn add(&mut self, o: &ThreadHistograms) {
@@ -178,6 +206,15 @@ impl ThreadHistograms {
         self.reconnect_setup_ms
             .add(&o.reconnect_setup_ms)
             .expect("same histogram bounds");
+        let [a, b, c, d] = o.storm();
+        for (mine, theirs) in [
+            (&mut self.resume_reply, a),
+            (&mut self.since_drop, b),
+            (&mut self.caught_up, c),
+            (&mut self.replay_latency, d),
+        ] {
+            mine.add(theirs).expect("same histogram bounds");
+        }
     }
 
     /// Puts the histograms into `report` as (value, count) pairs.
@@ -189,6 +226,11 @@ impl ThreadHistograms {
         }
         report.warmup_latency_us = histogram_pairs(&self.warmup);
         report.reconnect_setup_ms = histogram_pairs(&self.reconnect_setup_ms);
+        let r = &mut report.recovery;
+        r.reply_us = histogram_pairs(&self.resume_reply);
+        r.since_drop_us = histogram_pairs(&self.since_drop);
+        r.caught_up_us = histogram_pairs(&self.caught_up);
+        r.replay_latency_us = histogram_pairs(&self.replay_latency);
     }
 }
 
@@ -340,6 +382,7 @@ impl Process<'_> {
             "warmup" => self.broadcast(&|| Cmd::Warmup),
             "start" => self.broadcast(&|| Cmd::Start),
             "end" => self.broadcast(&|| Cmd::End),
+            "drop" => self.broadcast(&|| Cmd::DropAll),
             "snap" => self.broadcast(&|| Cmd::Snap(rest.to_string())),
             "final" => {
                 let published: Vec<[u64; PRIORITIES]> =
