@@ -231,7 +231,13 @@ impl Kids {
         let stats_every_second = unless_given("--stats-log-interval-ms");
         // Several edges on one host cannot share the admin (metrics) port: any free one each.
         let admin_on_any_port = unless_given("--admin-listen");
-        // Several edges on one host: each starts its pinned workers on another core.
+        // Several edges on one host share its cores: unless told otherwise, each runs
+        // cores / edges workers (at least one), pinned from its own first core, so the pinned
+        // workers spread over the cores instead of several per core (7 edges × 2 workers on 2
+        // cores doubled the big room's p99).
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let workers_each =
+            (plan.count > 1 && unless_given("--workers")).then(|| (cores / plan.count).max(1));
         let spread_cores = plan.count > 1 && unless_given("--first-core");
         for i in 0..plan.count {
             let id = format!("bench-edge-{i}");
@@ -249,8 +255,11 @@ impl Kids {
             if admin_on_any_port {
                 edge_args.push("--admin-listen=127.0.0.1:0".into());
             }
+            if let Some(workers) = workers_each {
+                edge_args.push(format!("--workers={workers}"));
+            }
             if spread_cores {
-                edge_args.push(format!("--first-core={i}"));
+                edge_args.push(format!("--first-core={}", i * workers_each.unwrap_or(1)));
             }
             edge_args.extend(args.edge_args.iter().cloned());
             let log = log_dir.join(format!("{id}.log"));

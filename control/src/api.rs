@@ -1321,12 +1321,23 @@ mod tests {
         let (status, value) = h.call("GET", "/v1/rooms/r1", None).await;
         assert_eq!(status, StatusCode::OK);
         let epoch = h.state.router.position(TargetRef::Room("r1")).epoch;
+        // These edges reported no user sketch: `users` is then at least 1 while anyone is online.
         assert_eq!(
             value,
-            json!({"room": "r1", "online": 1100, "level": 2, "tick_ms": 250, "last_seq": 0,
-                   "epoch": epoch.as_str(),
+            json!({"room": "r1", "online": 1100, "users": 1, "level": 2, "tick_ms": 250,
+                   "last_seq": 0, "epoch": epoch.as_str(),
                    "edges": [{"edge_id": "e1", "members": 700}, {"edge_id": "e2", "members": 400}]})
         );
+        // Distinct users over both edges: alice, on both, counts once.
+        for (edge, users) in [(&_e1, &["alice", "bob"][..]), (&_e2, &["alice"][..])] {
+            h.state.router.apply_report(
+                edge.key,
+                crate::router::tests::report_users(false, &[("r2", users.len() as u32, users)]),
+                std::time::Instant::now(),
+            );
+        }
+        let (_, value) = h.call("GET", "/v1/rooms/r2", None).await;
+        assert_eq!((&value["online"], &value["users"]), (&json!(3), &json!(2)));
         let (status, value) = h.call("GET", "/v1/rooms/unknown", None).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(value["online"], 0);

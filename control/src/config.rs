@@ -182,6 +182,17 @@ pub struct ControlConfig {
     #[arg(long, env = "ROOMCAST_LEVEL_MAX_DWELL_MS", default_value_t = 300_000)]
     pub level_max_dwell_ms: u64,
 
+    /// How often a room's online count (connections and distinct users over every edge) is
+    /// pushed to its members at levels 1,2,3,4, in milliseconds: at most once per interval, and
+    /// only when it changed since the last push. 0 turns the push off for that level; otherwise
+    /// at least 100.
+    #[arg(
+        long,
+        env = "ROOMCAST_ONLINE_INTERVAL_MS",
+        default_value = "1000,2000,3000,5000"
+    )]
+    pub online_interval_ms: String,
+
     /// Publishes that arrive this soon after start are held (not refused) until it has passed,
     /// so edges that were linked to a previous instance can re-register first: a message
     /// accepted after a restart then reaches every viewer whose join was already answered.
@@ -299,6 +310,8 @@ pub struct Levels {
     pub ticks_ms: [u32; LEVELS],
     /// Budgets per tick of levels 1..=4 for priorities 0..=3 (priority 0 always unlimited).
     pub budgets: [[u32; PRIORITIES]; LEVELS],
+    /// Online-count push interval of levels 1..=4, in milliseconds (0 = no push).
+    pub online_intervals_ms: [u32; LEVELS],
     /// History bounds per level, and the store's, dedupe's and recovery's settings.
     pub history: HistoryConfig,
 }
@@ -315,6 +328,14 @@ impl Levels {
     /// The tick of `level` (1..=4) in milliseconds.
     pub fn tick_ms(&self, level: u8) -> u32 {
         self.ticks_ms[level_index(level)]
+    }
+
+    /// How often a room at `level` may have its online count pushed; None when it is not pushed.
+    pub fn online_interval(&self, level: u8) -> Option<Duration> {
+        match self.online_intervals_ms[level_index(level)] {
+            0 => None,
+            ms => Some(Duration::from_millis(u64::from(ms))),
+        }
     }
 
     /// The link frame that sets `room` to `level` on an edge.
@@ -409,6 +430,16 @@ impl ControlConfig {
             // Priority 0 (system messages) is never limited.
             budgets[level][1..].copy_from_slice(&per_priority);
         }
+        let online_intervals_ms: [u32; LEVELS] =
+            parse_list(&self.online_interval_ms, "--online-interval-ms", |s| {
+                s.parse::<u32>().ok().filter(|&ms| ms == 0 || ms >= 100)
+            })
+            .map_err(|e| match e {
+                ConfigError::Invalid(m) => ConfigError::Invalid(format!(
+                    "{m}: each level's interval is 0 (no push) or at least 100 ms"
+                )),
+                other => other,
+            })?;
         if !(0.0..1.0).contains(&self.level_hysteresis) {
             return Err(invalid("--level-hysteresis must be in [0, 1)".into()));
         }
@@ -426,6 +457,7 @@ impl ControlConfig {
             },
             ticks_ms,
             budgets,
+            online_intervals_ms,
             history: self.history()?,
         })
     }
@@ -671,6 +703,31 @@ mod tests {
         assert_eq!(levels.budgets[3], [UNLIMITED, 200, 100, 100]);
         assert_eq!(levels.policy.dwell, Duration::from_secs(10));
         assert_eq!(levels.policy.max_dwell, Duration::from_secs(300));
+        assert_eq!(levels.online_intervals_ms, [1_000, 2_000, 3_000, 5_000]);
+        assert_eq!(levels.online_interval(1), Some(Duration::from_secs(1)));
+        assert_eq!(levels.online_interval(4), Some(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn online_intervals_are_per_level_and_zero_turns_a_level_off() {
+        let c = ControlConfig::load_from([
+            "roomcast-control",
+            "--online-interval-ms",
+            "200, 0, 3000, 100",
+        ])
+        .unwrap();
+        let levels = c.levels().unwrap();
+        assert_eq!(levels.online_interval(1), Some(Duration::from_millis(200)));
+        assert_eq!(levels.online_interval(2), None);
+        assert_eq!(levels.online_interval(4), Some(Duration::from_millis(100)));
+        for bad in ["1000,2000,3000", "1000,2000,3000,50", "1000,x,3000,5000"] {
+            let c = ControlConfig {
+                online_interval_ms: bad.into(),
+                ..ControlConfig::default()
+            };
+            let error = c.validate().unwrap_err().to_string();
+            assert!(error.contains("--online-interval-ms"), "{bad}: {error}");
+        }
     }
 
     #[test]

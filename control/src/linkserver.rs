@@ -1,7 +1,7 @@
 //! The control plane's side of the edge link (PROTOCOL.md §6): accept edges, and per edge run a
 //! reader task (register, load reports, user-query answers) and a writer task that drains the
 //! edge's queue of encoded frames with large vectored writes. Also the periodic sweep that drops
-//! silent edges and the level tick.
+//! silent edges, the level tick and the rooms' online-count pushes.
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
@@ -57,9 +57,21 @@ pub async fn serve(listener: TcpListener, router: Arc<Router>, queries: Arc<User
     }
 }
 
-/// Starts the periodic tasks: drop edges that stopped reporting, and re-evaluate room levels
-/// once a second (a level falls only after time has passed).
+/// Starts the periodic tasks: drop edges that stopped reporting, re-evaluate room levels once a
+/// second (a level falls only after time has passed), and push the online counts that are due
+/// ([`Router::push_online`], which looks only at rooms whose count may have changed).
 pub fn spawn_maintenance(router: Arc<Router>) {
+    if let Some(every) = router.online_tick() {
+        let r = Arc::clone(&router);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                r.push_online(Instant::now());
+            }
+        });
+    }
     let sweep_every =
         (router.report_timeout() / 4).clamp(Duration::from_millis(10), Duration::from_millis(250));
     let r = Arc::clone(&router);

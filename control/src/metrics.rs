@@ -1,6 +1,7 @@
 //! The control plane's `/metrics` (Prometheus text format, on the API port): edges, publishes and
-//! requests by endpoint and status, fan-out, level changes, dispatch answers, and the history
-//! (stored messages and bytes, evictions by reason, channels, dedupe, recoveries by result).
+//! requests by endpoint and status, fan-out, level changes, online-count pushes, dispatch
+//! answers, and the history (stored messages and bytes, evictions by reason, channels, dedupe,
+//! recoveries by result).
 //!
 //! Counters are per request, not per recipient: a mutex-guarded map for the (bounded) endpoint ×
 //! status pairs and atomics for the rest. A scrape turns them and the router's edge table into
@@ -179,6 +180,19 @@ impl<'a> ControlCollector<'a> {
             &[],
         )
         .sample(&[], LEVEL_CHANGES.load(Ordering::Relaxed) as f64);
+        let (online_pushes, online_frames) = self.router.online_pushes();
+        f.counter(
+            "roomcast_control_online_pushes_total",
+            "Rooms' online counts queued to edge links (one per room per edge holding it), pushed at the room's level interval when the count changed.",
+            &[],
+        )
+        .sample(&[], online_pushes as f64);
+        f.counter(
+            "roomcast_control_online_frames_total",
+            "Room online link frames queued (one per edge per push round, carrying every room due for it).",
+            &[],
+        )
+        .sample(&[], online_frames as f64);
         let history = self.router.history_stats();
         f.gauge(
             "roomcast_control_history_messages",

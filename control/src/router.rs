@@ -17,16 +17,26 @@
 //! message to it right after numbering it, and recoveries read it and queue their answer to the
 //! asking edge under the lock too ([`Router::recover_to_edge`]), so an edge sees a recovery's
 //! messages exactly before the publishes numbered after them.
+//!
+//! Rooms' online counts are pushed to the edges holding them ([`Router::push_online`]): a room
+//! whose members or users an edge reported is scheduled once, at its previous push plus its
+//! level's interval (`--online-interval-ms`), in a heap of due rooms; when it is due its count is
+//! pushed only if it differs from the last one pushed, in one `room online` frame per edge with
+//! every room due for that edge. Only rooms that changed are ever looked at.
 
-use std::collections::{HashMap, HashSet};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use roomcast_proto::link::{self, LinkError, LinkFrame, LoadReport, Publish, Register};
+use roomcast_proto::link::{
+    self, LinkError, LinkFrame, LoadReport, Publish, Register, RoomCount, RoomOnline,
+};
 use roomcast_proto::message::{PushMessage, Target};
+use roomcast_proto::sketch::UserSketch;
 use serde::Serialize;
 use slab::Slab;
 use tokio::sync::{mpsc, watch, Notify};
@@ -203,22 +213,59 @@ impl EdgeState {
 struct Room {
     /// (edge slot, members there); an edge is listed only while it has members.
     members: Vec<(usize, u32)>,
+    /// (edge slot, the distinct users that edge reported here): merged into `users` when the
+    /// count is pushed or shown.
+    user_sketches: Vec<(usize, UserSketch)>,
     online: u32,
     seq: u64,
     level: RoomLevel,
     /// The room has been at a level other than 1, so edges may hold a non-default pacing for
     /// it: tell every edge it newly appears on, even at level 1.
     leveled: bool,
+    /// The `(online, users)` last pushed to the edges; None before the first push and when an
+    /// edge the room newly appeared on must get the count even if it did not change.
+    pushed: Option<(u32, u32)>,
+    pushed_at: Option<Instant>,
+    /// When the room's next push is due (its entry in `State::online_due` that counts).
+    push_due: Option<Instant>,
 }
 
 impl Room {
     fn new() -> Room {
         Room {
             members: Vec::new(),
+            user_sketches: Vec::new(),
             online: 0,
             seq: 0,
             level: RoomLevel::new(),
             leveled: false,
+            pushed: None,
+            pushed_at: None,
+            push_due: None,
+        }
+    }
+
+    /// Distinct users over every edge: the union of the edges' sketches (a user on two edges
+    /// counts once), exact up to 512 users and within about 1.6 % beyond (see
+    /// `roomcast_proto::sketch`). Never above `online`, and at least 1 while anyone is online
+    /// (an edge's sketch follows its member count by up to a report interval).
+    fn users(&self) -> u32 {
+        let estimate = match &self.user_sketches[..] {
+            [] => 0,
+            [(_, only)] => only.estimate(),
+            [(_, first), rest @ ..] => {
+                let mut all = first.clone();
+                for (_, sketch) in rest {
+                    all.merge(sketch);
+                }
+                all.estimate()
+            }
+        };
+        let users = estimate.min(u64::from(self.online)) as u32;
+        if self.online > 0 {
+            users.max(1)
+        } else {
+            0
         }
     }
 
@@ -252,6 +299,9 @@ struct State {
     edges: Slab<EdgeState>,
     by_id: HashMap<String, usize>,
     rooms: HashMap<Box<str>, Room>,
+    /// Rooms whose online count may need a push, by when it is due (a room's entry counts only
+    /// while it equals its `push_due`).
+    online_due: BinaryHeap<Reverse<(Instant, Box<str>)>>,
     users: HashMap<Box<str>, User>,
     broadcast_seq: u64,
     next_generation: u64,
@@ -265,6 +315,7 @@ impl State {
             edges: Slab::new(),
             by_id: HashMap::new(),
             rooms: HashMap::new(),
+            online_due: BinaryHeap::new(),
             users: HashMap::new(),
             broadcast_seq: 0,
             next_generation: 0,
@@ -321,7 +372,46 @@ impl State {
         };
         let entry = self.room_mut(room);
         entry.online = set_count(&mut entry.members, slot, n);
+        if n == 0 {
+            entry.user_sketches.retain(|&(s, _)| s != slot);
+        }
+        if appeared {
+            // The edge's viewers have no count yet: push it even if it did not change.
+            entry.pushed = None;
+        }
         appeared
+    }
+
+    /// Sets the distinct users edge `slot` reported in `room`; ignored unless the edge holds
+    /// members there.
+    fn set_room_users(&mut self, slot: usize, room: &str, sketch: UserSketch) {
+        let Some(entry) = self.rooms.get_mut(room) else {
+            return;
+        };
+        if !entry.members.iter().any(|&(s, _)| s == slot) {
+            return;
+        }
+        match entry.user_sketches.iter_mut().find(|(s, _)| *s == slot) {
+            Some((_, held)) => *held = sketch,
+            None => entry.user_sketches.push((slot, sketch)),
+        }
+    }
+
+    /// The room's count may have changed: schedule its push, unless one is scheduled already or
+    /// its level pushes none. Due at once, or one interval after the previous push.
+    fn online_changed(&mut self, levels: &Levels, name: &str, now: Instant) {
+        let Some(room) = self.rooms.get_mut(name) else {
+            return;
+        };
+        if room.push_due.is_some() {
+            return;
+        }
+        let Some(interval) = levels.online_interval(room.level.level()) else {
+            return;
+        };
+        let due = room.pushed_at.map_or(now, |at| (at + interval).max(now));
+        room.push_due = Some(due);
+        self.online_due.push(Reverse((due, name.into())));
     }
 
     fn set_user_conns(&mut self, slot: usize, user: &str, n: u32) {
@@ -418,6 +508,8 @@ pub struct RoomView {
     pub room: String,
     /// Members summed over every edge.
     pub online: u32,
+    /// Distinct users among them (see [`Router::push_online`] and `roomcast_proto::sketch`).
+    pub users: u32,
     pub level: u8,
     pub tick_ms: u32,
     /// The last sequence number assigned in this room (0 = never published).
@@ -494,7 +586,15 @@ pub struct Router {
     fanout_messages: std::sync::atomic::AtomicU64,
     /// Recoveries by result: recovered, then [`RecoverFailure`] in [`RECOVER_RESULTS`] order.
     recoveries: [std::sync::atomic::AtomicU64; 5],
+    /// Rooms' online counts queued to edges (one per room per edge), and the `room online`
+    /// frames that carried them.
+    online_pushes: std::sync::atomic::AtomicU64,
+    online_frames: std::sync::atomic::AtomicU64,
 }
+
+/// Most rooms in one `room online` frame: 65,536 counts of the longest room id are 9 MB, well
+/// within a link frame (16 MiB). More rooms due at once for one edge go in several frames.
+const MAX_ROOMS_PER_ONLINE_FRAME: usize = 1 << 16;
 
 /// Recovery results as `/metrics` labels them, in [`Router::recoveries`] order.
 pub const RECOVER_RESULTS: [&str; 5] = [
@@ -534,6 +634,8 @@ impl Router {
             dispatch_watermark_permille: 850,
             fanout_messages: std::sync::atomic::AtomicU64::new(0),
             recoveries: Default::default(),
+            online_pushes: std::sync::atomic::AtomicU64::new(0),
+            online_frames: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -612,6 +714,7 @@ impl Router {
         for room in rooms {
             state.set_room_members(slot, &room, 0);
             self.refresh_room(state, &room, now, None);
+            state.online_changed(&self.levels, &room, now);
         }
         let users: Vec<Box<str>> = state.edges[slot].users.keys().cloned().collect();
         for user in users {
@@ -679,6 +782,7 @@ impl Router {
             for room in gone {
                 state.set_room_members(slot, &room, 0);
                 self.refresh_room(state, &room, now, None);
+                state.online_changed(&self.levels, &room, now);
             }
             for user in gone_users {
                 state.set_user_conns(slot, &user, 0);
@@ -687,6 +791,11 @@ impl Router {
         for (room, members) in &report.rooms {
             let appeared = state.set_room_members(slot, room, *members);
             self.refresh_room(state, room, now, appeared.then_some(slot));
+            state.online_changed(&self.levels, room, now);
+        }
+        for (room, sketch) in report.room_users {
+            state.set_room_users(slot, &room, sketch);
+            state.online_changed(&self.levels, &room, now);
         }
         for (user, conns) in &report.users {
             state.set_user_conns(slot, user, *conns);
@@ -911,6 +1020,109 @@ impl Router {
         results
     }
 
+    /// Pushes the online count of every room due by `now` whose `(online, users)` changed since
+    /// its last push: one `room online` frame per edge, holding every such room the edge has
+    /// members in. A room is due once its count may have changed (an edge reported it) and its
+    /// level's interval has passed since its previous push (`--online-interval-ms`; a level
+    /// with 0 pushes none). The due rooms are taken from a heap under the lock; the frames are
+    /// encoded and queued after it. An edge whose link backlog is over its limit misses the
+    /// counts (the next change brings newer ones). Returns the rooms pushed.
+    pub fn push_online(&self, now: Instant) -> usize {
+        let mut per_edge: HashMap<usize, Vec<RoomCount>> = HashMap::new();
+        let mut pushed = 0;
+        let links: Vec<(Arc<LinkHandle>, Vec<RoomCount>)> = {
+            let mut guard = self.lock();
+            let State {
+                rooms,
+                edges,
+                online_due,
+                ..
+            } = &mut *guard;
+            while let Some(Reverse((at, _))) = online_due.peek() {
+                if *at > now {
+                    break;
+                }
+                let Some(Reverse((at, name))) = online_due.pop() else {
+                    break;
+                };
+                let Some(room) = rooms.get_mut(&name).filter(|r| r.push_due == Some(at)) else {
+                    continue; // stale: the room was forgotten (and maybe made anew) since
+                };
+                room.push_due = None;
+                if self.levels.online_interval(room.level.level()).is_none() {
+                    continue;
+                }
+                let values = (room.online, room.users());
+                if room.members.is_empty() || room.pushed == Some(values) {
+                    continue;
+                }
+                room.pushed = Some(values);
+                room.pushed_at = Some(now);
+                pushed += 1;
+                // Most rooms are on one edge: the popped name becomes its count's, uncopied.
+                let mut name = Some(String::from(name));
+                for (i, &(slot, _)) in room.members.iter().enumerate() {
+                    let room_name = if i + 1 == room.members.len() {
+                        name.take().unwrap_or_default()
+                    } else {
+                        name.clone().unwrap_or_default()
+                    };
+                    per_edge.entry(slot).or_default().push(RoomCount {
+                        room: room_name,
+                        online: values.0,
+                        users: values.1,
+                    });
+                }
+            }
+            per_edge
+                .into_iter()
+                .filter_map(|(slot, counts)| {
+                    let edge = edges.get(slot)?;
+                    (edge.link.backlog() <= self.backlog_hard)
+                        .then(|| (Arc::clone(&edge.link), counts))
+                })
+                .collect()
+        };
+        for (link, mut counts) in links {
+            while !counts.is_empty() {
+                let rest = counts.split_off(counts.len().min(MAX_ROOMS_PER_ONLINE_FRAME));
+                let sent = counts.len() as u64;
+                let frame = LinkFrame::RoomOnline(RoomOnline { rooms: counts });
+                if let Some(bytes) = encode_frame(&frame) {
+                    link.send(bytes);
+                    self.online_pushes
+                        .fetch_add(sent, std::sync::atomic::Ordering::Relaxed);
+                    self.online_frames
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                counts = rest;
+            }
+        }
+        pushed
+    }
+
+    /// How often [`Router::push_online`] should run: a quarter of the shortest push interval
+    /// (so a push is at most that late), between 25 and 250 ms; None when no level pushes.
+    pub fn online_tick(&self) -> Option<Duration> {
+        (1..=crate::config::LEVELS as u8)
+            .filter_map(|level| self.levels.online_interval(level))
+            .min()
+            .map(|shortest| {
+                (shortest / 4).clamp(Duration::from_millis(25), Duration::from_millis(250))
+            })
+    }
+
+    /// Rooms' online counts queued to edges since start (one per room per edge), and the
+    /// `room online` frames that carried them (for `/metrics`).
+    pub fn online_pushes(&self) -> (u64, u64) {
+        (
+            self.online_pushes
+                .load(std::sync::atomic::Ordering::Relaxed),
+            self.online_frames
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+
     /// Waits (up to a second) while any edge's link backlog is above the soft limit, so a
     /// publisher outrunning an edge is slowed down instead of losing messages at the hard limit.
     pub async fn wait_for_backlog(&self) {
@@ -942,6 +1154,7 @@ impl Router {
             return RoomView {
                 room: name.to_owned(),
                 online: 0,
+                users: 0,
                 level: 1,
                 tick_ms: self.levels.tick_ms(1),
                 last_seq: 0,
@@ -962,6 +1175,7 @@ impl Router {
         RoomView {
             room: name.to_owned(),
             online: room.online,
+            users: room.users(),
             level,
             tick_ms: self.levels.tick_ms(level),
             last_seq: room.seq,
@@ -1250,6 +1464,7 @@ pub(crate) mod tests {
             users: users.iter().map(|&(u, n)| (u.to_owned(), n)).collect(),
             seqs: Vec::new(),
             capacity_ratio_permille: 0,
+            room_users: Vec::new(),
         }
     }
 
@@ -2021,5 +2236,212 @@ pub(crate) mod tests {
         assert_eq!(slow_view.link_drops, 1);
         // Drain the filler without decoding it.
         while slow.rx.try_recv().is_ok() {}
+    }
+
+    // ---- rooms' online counts ------------------------------------------------------------------
+
+    /// A report of rooms with their members and the user ids among them (sketched).
+    pub(crate) fn report_users(full: bool, rooms: &[(&str, u32, &[&str])]) -> LoadReport {
+        let counts: Vec<(&str, u32)> = rooms.iter().map(|&(r, n, _)| (r, n)).collect();
+        let mut report = report(full, &counts, &[]);
+        report.room_users = rooms
+            .iter()
+            .map(|&(r, _, users)| {
+                let hashes = users.iter().map(|u| roomcast_proto::sketch::user_hash(u));
+                (r.to_owned(), UserSketch::from_hashes(hashes))
+            })
+            .collect();
+        report
+    }
+
+    /// The `room online` frames queued to the edge: per frame, its (room, online, users).
+    fn online_frames(edge: &mut FakeEdge) -> Vec<Vec<(String, u32, u32)>> {
+        edge.frames()
+            .into_iter()
+            .filter_map(|f| match f {
+                LinkFrame::RoomOnline(o) => {
+                    let mut rooms: Vec<(String, u32, u32)> = o
+                        .rooms
+                        .into_iter()
+                        .map(|c| (c.room, c.online, c.users))
+                        .collect();
+                    rooms.sort();
+                    Some(rooms)
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn count(room: &str, online: u32, users: u32) -> (String, u32, u32) {
+        (room.to_owned(), online, users)
+    }
+
+    fn router_with_intervals(intervals: &str) -> Router {
+        let config = crate::config::ControlConfig {
+            online_interval_ms: intervals.into(),
+            ..crate::config::ControlConfig::default()
+        };
+        Router::new(config.levels().unwrap(), Duration::from_secs(3), 64 << 20)
+    }
+
+    #[test]
+    fn online_counts_go_in_one_frame_per_edge_holding_the_rooms() {
+        let r = router();
+        let mut e1 = FakeEdge::register(&r, "e1", 100);
+        let mut e2 = FakeEdge::register(&r, "e2", 100);
+        let mut e3 = FakeEdge::register(&r, "e3", 100);
+        let t0 = Instant::now();
+        r.apply_report(
+            e1.key,
+            report_users(true, &[("r1", 2, &["alice", "bob"]), ("r2", 1, &["carol"])]),
+            t0,
+        );
+        // Alice also watches r1 from another device on e2: she counts once in `users`.
+        r.apply_report(e2.key, report_users(true, &[("r1", 1, &["alice"])]), t0);
+        r.apply_report(e3.key, report_users(true, &[("r3", 1, &["dave"])]), t0);
+        assert_eq!(r.push_online(t0), 3, "r1, r2 and r3");
+        assert_eq!(
+            online_frames(&mut e1),
+            vec![vec![count("r1", 3, 2), count("r2", 1, 1)]],
+            "both rooms of e1 in one frame"
+        );
+        assert_eq!(online_frames(&mut e2), vec![vec![count("r1", 3, 2)]]);
+        assert_eq!(
+            online_frames(&mut e3),
+            vec![vec![count("r3", 1, 1)]],
+            "only its own room"
+        );
+        assert_eq!(r.room("r1").users, 2);
+        assert_eq!(r.online_pushes(), (4, 3));
+        // Nothing changed: nothing more, however often it runs.
+        for ms in [0, 10, 2_000, 60_000] {
+            assert_eq!(r.push_online(t0 + Duration::from_millis(ms)), 0);
+        }
+        assert!(online_frames(&mut e1).is_empty());
+    }
+
+    #[test]
+    fn a_room_is_pushed_at_most_once_per_level_interval_and_only_when_changed() {
+        let r = router();
+        let mut e1 = FakeEdge::register(&r, "e1", 100_000);
+        let t0 = Instant::now();
+        r.apply_report(e1.key, report_users(true, &[("r1", 1, &["a"])]), t0);
+        assert_eq!(r.push_online(t0), 1);
+        assert_eq!(online_frames(&mut e1), vec![vec![count("r1", 1, 1)]]);
+        // A change 100 ms later waits for level 1's interval (1 s) after the last push...
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        r.apply_report(
+            e1.key,
+            report_users(false, &[("r1", 2, &["a", "b"])]),
+            at(100),
+        );
+        assert_eq!(r.push_online(at(500)), 0);
+        assert_eq!(r.push_online(at(999)), 0);
+        // ... and changes meanwhile ride along with the latest values.
+        r.apply_report(
+            e1.key,
+            report_users(false, &[("r1", 3, &["a", "b", "c"])]),
+            at(600),
+        );
+        assert_eq!(r.push_online(at(1_000)), 1);
+        assert_eq!(online_frames(&mut e1), vec![vec![count("r1", 3, 3)]]);
+        // A report that changes nothing (same count, same users) pushes nothing.
+        r.apply_report(
+            e1.key,
+            report_users(false, &[("r1", 3, &["c", "b", "a"])]),
+            at(1_500),
+        );
+        assert_eq!(r.push_online(at(2_000)), 0);
+        // A change after a quiet spell goes out at once.
+        r.apply_report(
+            e1.key,
+            report_users(false, &[("r1", 2, &["a", "b"])]),
+            at(9_000),
+        );
+        assert_eq!(r.push_online(at(9_000)), 1);
+        assert_eq!(online_frames(&mut e1), vec![vec![count("r1", 2, 2)]]);
+
+        // A level-4 room (60,000 members) is pushed at most every 5 s.
+        let many: Vec<String> = (0..600).map(|i| format!("u{i}")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        r.apply_report(
+            e1.key,
+            report_users(false, &[("big", 60_000, &many)]),
+            at(10_000),
+        );
+        assert_eq!(r.room("big").level, 4);
+        assert_eq!(r.push_online(at(10_000)), 1);
+        let first = online_frames(&mut e1);
+        assert_eq!(first[0][0].1, 60_000);
+        let users = first[0][0].2;
+        assert!(
+            (570..=630).contains(&users),
+            "600 users estimated as {users}"
+        );
+        r.apply_report(
+            e1.key,
+            report_users(false, &[("big", 60_001, &many)]),
+            at(11_000),
+        );
+        assert_eq!(r.push_online(at(14_999)), 0);
+        assert_eq!(r.push_online(at(15_000)), 1);
+        assert_eq!(
+            online_frames(&mut e1),
+            vec![vec![count("big", 60_001, users)]]
+        );
+    }
+
+    #[test]
+    fn a_level_with_interval_zero_pushes_nothing() {
+        let r = router_with_intervals("0,200,200,200");
+        let mut e1 = FakeEdge::register(&r, "e1", 100);
+        let t0 = Instant::now();
+        r.apply_report(e1.key, report_users(true, &[("r1", 2, &["a", "b"])]), t0);
+        assert_eq!(r.push_online(t0 + Duration::from_secs(10)), 0);
+        assert!(online_frames(&mut e1).is_empty());
+        assert_eq!(r.online_tick(), Some(Duration::from_millis(50)));
+        assert_eq!(router_with_intervals("0,0,0,0").online_tick(), None);
+    }
+
+    #[test]
+    fn an_edge_a_room_appears_on_gets_its_count_even_when_it_did_not_change() {
+        let r = router();
+        let mut e1 = FakeEdge::register(&r, "e1", 100);
+        let mut e2 = FakeEdge::register(&r, "e2", 100);
+        let t0 = Instant::now();
+        r.apply_report(e1.key, report_users(true, &[("r1", 2, &["a", "b"])]), t0);
+        r.push_online(t0);
+        online_frames(&mut e1);
+        // Bob moves to e2: still 2 online, 2 users, but e2's viewers have no count yet.
+        let later = t0 + Duration::from_secs(2);
+        r.apply_report(e1.key, report_users(false, &[("r1", 1, &["a"])]), later);
+        r.apply_report(e2.key, report_users(true, &[("r1", 1, &["b"])]), later);
+        assert_eq!(r.push_online(later), 1);
+        assert_eq!(online_frames(&mut e2), vec![vec![count("r1", 2, 2)]]);
+        assert_eq!(online_frames(&mut e1), vec![vec![count("r1", 2, 2)]]);
+        // e2 goes away: e1's viewers learn the room shrank.
+        let gone = later + Duration::from_secs(2);
+        assert!(r.remove_edge(e2.key, gone));
+        assert_eq!(r.push_online(gone), 1);
+        assert_eq!(online_frames(&mut e1), vec![vec![count("r1", 1, 1)]]);
+    }
+
+    #[test]
+    fn users_are_never_above_online_and_at_least_one_while_anyone_is_there() {
+        let r = router();
+        let e1 = FakeEdge::register(&r, "e1", 100);
+        let t0 = Instant::now();
+        // Members reported before the edge's first sketch of them.
+        r.apply_report(e1.key, report(true, &[("r1", 3)], &[]), t0);
+        assert_eq!((r.room("r1").online, r.room("r1").users), (3, 1));
+        // A sketch with more users than connections (it lags the count): capped.
+        r.apply_report(
+            e1.key,
+            report_users(false, &[("r1", 2, &["a", "b", "c"])]),
+            t0,
+        );
+        assert_eq!((r.room("r1").online, r.room("r1").users), (2, 2));
+        assert_eq!(r.room("nobody").users, 0);
     }
 }

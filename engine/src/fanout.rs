@@ -1,6 +1,8 @@
 //! What crosses between the hub (ingress) thread and the workers. The hub encodes a channel's batch
 //! once per wire format in use and hands the same `Arc<Delivery>` to every core holding members:
-//! one handoff per batch per core. Workers report membership transitions and periodic stats back.
+//! one handoff per batch per core. A room's online count from the control plane is encoded the
+//! same way, once per format in use ([`RoomPush`]). Workers report membership transitions and
+//! periodic stats back.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,6 +15,7 @@ use crate::sys::ConnId;
 use roomcast_proto::client::WireFormat;
 use roomcast_proto::link::ConnInfo;
 use roomcast_proto::message::{RecoveryFailure, Since, Target, PRIORITIES};
+use roomcast_proto::sketch::UserSketch;
 
 /// One window's batch for one channel: one or more frames (a batch over the frame bound is
 /// split), each encoded once per wire format in use.
@@ -49,10 +52,25 @@ pub struct DeliveryFrame {
     pub counts: [u32; PRIORITIES],
 }
 
+/// A room's online count (the `room` push), encoded once per wire format in use by the hub and
+/// shared by every core holding the room. Not a message of the room's stream: no `seq`, and a
+/// newer count replaces an unsent older one in a connection's queue.
+#[derive(Debug)]
+pub struct RoomPush {
+    pub room: Arc<str>,
+    pub online: u32,
+    pub users: u32,
+    /// The whole wire frame per format (`WireFormat::index()`), for the formats in use.
+    pub encoded: [Option<Bytes>; 3],
+}
+
 /// Hub → worker.
 #[derive(Debug)]
 pub enum ToWorker {
     Deliver(Arc<Delivery>),
+    /// Rooms' online counts for their members on this worker (one message for every room of a
+    /// `room online` frame this worker holds).
+    RoomOnline(Vec<Arc<RoomPush>>),
     /// List the connections of one user on this worker (answered with `ToHub::UserConns`).
     QueryUser {
         request: u32,
@@ -158,10 +176,12 @@ pub enum ToHub {
     /// The answer to `ToWorker::QueryUser`.
     UserConns { request: u32, conns: Vec<ConnInfo> },
     /// Sent every report interval: member counts that changed since the last report
-    /// (0 = gone from this worker) and the worker's cumulative counters.
+    /// (0 = gone from this worker), the distinct users of each of those rooms still here, and
+    /// the worker's cumulative counters.
     Report {
         worker: usize,
         rooms: HashMap<Box<str>, u32>,
+        room_users: HashMap<Box<str>, UserSketch>,
         users: HashMap<Box<str>, u32>,
         stats: Box<WorkerStats>,
     },

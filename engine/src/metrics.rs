@@ -589,6 +589,36 @@ fn families(shared: &Shared, snap: &Snapshot) -> Families {
     )
     .sample(&[], snap.hub.windows_capped as f64);
 
+    // Rooms' online counts.
+    f.counter(
+        "roomcast_online_pushes_total",
+        "Rooms' online counts from the control plane, encoded once per wire format in use and handed to the workers holding the room.",
+        &[],
+    )
+    .sample(&[], snap.hub.online_pushes as f64);
+    f.counter(
+        "roomcast_online_pushes_dropped_total",
+        "Rooms' online counts a worker's full inbox refused (the next count replaces them).",
+        &[],
+    )
+    .sample(&[], snap.hub.online_dropped as f64);
+    per_core(
+        f.counter(
+            "roomcast_online_counts_queued_total",
+            "Rooms' online counts queued to connections.",
+            &["core"],
+        ),
+        &|s| s.online_queued,
+    );
+    per_core(
+        f.counter(
+            "roomcast_online_counts_replaced_total",
+            "Rooms' online counts that took the place of an unsent older count of the same room in a connection's queue.",
+            &["core"],
+        ),
+        &|s| s.online_replaced,
+    );
+
     // Recovery.
     f.counter(
         "roomcast_recoveries_total",

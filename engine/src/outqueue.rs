@@ -19,9 +19,16 @@
 //! A batch's last frame carries its [`WriteProgress`] slot: whichever way that frame leaves a
 //! queue (written, shed, or the connection gone — [`OutQueue::abandon`]) the slot is settled once
 //! for this member, so the hub learns when the batch is written (see `progress`).
+//!
+//! A room's online count ([`OutQueue::push_online_count`]) is not a message of any stream: only
+//! its latest value matters. A newer count of a room takes the place of an unsent older one in the
+//! queue instead of queueing behind it, so a connection holds at most one unsent count per room
+//! (plus one a write has started), and it is never shed: bounded that way, it costs a slow reader
+//! nothing worth shedding, and chat goes first.
 
 use std::collections::VecDeque;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -39,6 +46,9 @@ pub struct SharedFrame {
     pub counts: [u32; PRIORITIES],
     /// On the last frame of a batch: the batch's write-progress slot on this core.
     pub progress: Option<ProgressSlot>,
+    /// On a room's online count: the room. A newer count of the same room replaces this one
+    /// while it is unsent.
+    pub online_count_of: Option<Arc<str>>,
 }
 
 impl Payload for SharedFrame {
@@ -56,7 +66,23 @@ impl SharedFrame {
             min_priority: 0,
             counts: [0; PRIORITIES],
             progress: None,
+            online_count_of: None,
         }
+    }
+
+    /// A room's online count: it counts no message and, like a reply, is never dropped (a newer
+    /// count replaces it instead, see [`OutQueue::push_online_count`]).
+    pub fn online_count(room: Arc<str>, bytes: Bytes) -> SharedFrame {
+        SharedFrame {
+            online_count_of: Some(room),
+            ..SharedFrame::control(bytes)
+        }
+    }
+
+    fn is_online_count_of(&self, room: &Arc<str>) -> bool {
+        self.online_count_of
+            .as_ref()
+            .is_some_and(|mine| Arc::ptr_eq(mine, room) || **mine == **room)
     }
 }
 
@@ -87,8 +113,11 @@ pub struct OutQueue {
     /// Bytes queued and not yet written.
     queued: usize,
     /// Frames the write in flight carries (front of the queue); `advance` consumes them, so they
-    /// must not be dropped meanwhile.
-    pinned: usize,
+    /// must not be dropped meanwhile. (At most `MAX_IOVECS`; a u32 keeps the queue at 56 bytes
+    /// with the counter below.)
+    pinned: u32,
+    /// Room online counts in `frames`: while 0, queueing one needs no search for an older one.
+    online_counts: u32,
 }
 
 impl OutQueue {
@@ -112,6 +141,41 @@ impl OutQueue {
         }
         self.queued += bytes.len();
         self.frames.push_back(Rc::new(SharedFrame::control(bytes)));
+    }
+
+    /// Queues a room's online count (`frame` from [`SharedFrame::online_count`]): in the place
+    /// of an unsent older count of the same room when the queue holds one, else at the back.
+    /// Returns whether it replaced one. Never drops anything and never applies the bounds (see
+    /// the module documentation).
+    pub fn push_online_count(&mut self, frame: &Rc<SharedFrame>) -> bool {
+        let Some(room) = frame.online_count_of.as_ref() else {
+            debug_assert!(false, "not an online count");
+            return false;
+        };
+        if self.online_counts > 0 {
+            let first_unsent = self.first_movable();
+            let older = self
+                .frames
+                .iter()
+                .skip(first_unsent)
+                .position(|f| f.is_online_count_of(room))
+                .map(|i| i + first_unsent);
+            if let Some(index) = older {
+                let old = std::mem::replace(&mut self.frames[index], Rc::clone(frame));
+                self.queued = self.queued - old.bytes.len() + frame.bytes.len();
+                return true;
+            }
+        }
+        self.queued += frame.bytes.len();
+        self.online_counts += 1;
+        self.frames.push_back(Rc::clone(frame));
+        false
+    }
+
+    /// The index of the first frame no write has started: frames before it are pinned by the
+    /// write in flight, or partly written.
+    fn first_movable(&self) -> usize {
+        (self.pinned as usize).max(usize::from(self.head_offset > 0))
     }
 
     /// Queues the frames of one window's batch, in order, and enforces the bounds (see the
@@ -163,7 +227,7 @@ impl OutQueue {
 
     /// The oldest droppable frame of the least important priority present.
     fn lowest_priority_droppable(&self) -> Option<usize> {
-        let first_movable = self.pinned.max(usize::from(self.head_offset > 0));
+        let first_movable = self.first_movable();
         let mut best: Option<(usize, u8)> = None;
         for (index, f) in self.frames.iter().enumerate().skip(first_movable) {
             if f.min_priority == 0 {
@@ -187,7 +251,7 @@ impl OutQueue {
             skip = 0;
             count += 1;
         }
-        self.pinned = count;
+        self.pinned = count as u32;
         buf.len()
     }
 
@@ -203,7 +267,13 @@ impl OutQueue {
             if written >= left {
                 written -= left;
                 self.head_offset = 0;
-                if let Some(slot) = self.frames.pop_front().and_then(|f| f.progress) {
+                let Some(frame) = self.frames.pop_front() else {
+                    break;
+                };
+                if frame.online_count_of.is_some() {
+                    self.online_counts -= 1;
+                }
+                if let Some(slot) = frame.progress {
                     progress.settle(slot);
                 }
             } else {
@@ -230,6 +300,7 @@ impl OutQueue {
         self.queued = 0;
         self.head_offset = 0;
         self.pinned = 0;
+        self.online_counts = 0;
     }
 
     /// Messages still queued, per priority (counted as dropped when a connection closes with them).
@@ -256,7 +327,80 @@ mod tests {
             min_priority: priority,
             counts,
             progress: None,
+            online_count_of: None,
         })
+    }
+
+    /// A room's online count whose bytes are `value` repeated `len` times.
+    fn online(room: &Arc<str>, value: u8, len: usize) -> Rc<SharedFrame> {
+        Rc::new(SharedFrame::online_count(
+            Arc::clone(room),
+            Bytes::from(vec![value; len]),
+        ))
+    }
+
+    #[test]
+    fn a_newer_online_count_replaces_an_unsent_older_one_in_place() {
+        let r1: Arc<str> = "r1".into();
+        let r2: Arc<str> = "r2".into();
+        let mut q = OutQueue::default();
+        push(&mut q, batch(4, 3), 1000, 2000);
+        assert!(!q.push_online_count(&online(&r1, 10, 2)));
+        push(&mut q, batch(4, 2), 1000, 2000);
+        assert!(!q.push_online_count(&online(&r2, 20, 2)));
+        // Newer counts of both rooms: each takes its older one's place, nothing queues behind.
+        assert!(q.push_online_count(&online(&r1, 11, 3)));
+        assert!(q.push_online_count(&online(&r2, 21, 1)));
+        // A room name equal but not the same allocation is the same room.
+        assert!(q.push_online_count(&online(&"r1".into(), 12, 3)));
+        assert_eq!(q.queued_bytes(), 4 + 3 + 4 + 1);
+        assert_eq!(
+            drain(&mut q),
+            [vec![3u8; 4], vec![12; 3], vec![2; 4], vec![21; 1]].concat()
+        );
+        // Written: the next count queues afresh.
+        assert!(!q.push_online_count(&online(&r1, 13, 2)));
+        assert_eq!(drain(&mut q), vec![13u8; 2]);
+    }
+
+    #[test]
+    fn an_online_count_a_write_started_is_not_replaced() {
+        let r1: Arc<str> = "r1".into();
+        let mut q = OutQueue::default();
+        q.push_online_count(&online(&r1, 1, 4));
+        q.fill(&mut buf(), 1024);
+        // In flight: the newer count queues behind it; the one after replaces the newer.
+        assert!(!q.push_online_count(&online(&r1, 2, 4)));
+        assert!(q.push_online_count(&online(&r1, 3, 4)));
+        q.advance(2, &mut WriteProgress::default());
+        // Partly written: still not replaceable.
+        assert!(q.push_online_count(&online(&r1, 4, 4)));
+        assert_eq!(drain(&mut q), [vec![1u8; 2], vec![4; 4]].concat());
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn online_counts_are_never_shed_and_chat_goes_first() {
+        let r1: Arc<str> = "r1".into();
+        let mut q = OutQueue::default();
+        push(&mut q, batch(10, 3), 1000, 1000);
+        q.push_online_count(&online(&r1, 9, 10));
+        push(&mut q, batch(10, 2), 1000, 1000);
+        push(&mut q, batch(10, 3), 1000, 1000);
+        // 40 waiting, over 15: every chat goes, then the gift; the count stays.
+        let outcome = push(&mut q, batch(10, 3), 15, 1000);
+        assert_eq!(outcome.dropped, [0, 0, 1, 3]);
+        assert_eq!(drain(&mut q), vec![9u8; 10]);
+        // A queue of nothing but counts sheds nothing, and reports what waits.
+        let mut q = OutQueue::default();
+        for i in 0..20u8 {
+            let room: Arc<str> = format!("r{i}").into();
+            q.push_online_count(&online(&room, i, 10));
+        }
+        let outcome = push(&mut q, batch(10, 3), 50, 150);
+        assert_eq!(outcome.dropped, [0, 0, 0, 1]);
+        assert!(outcome.over_hard);
+        assert_eq!(q.queued_bytes(), 200);
     }
 
     fn buf() -> WriteBuf {

@@ -167,6 +167,10 @@ pub struct WorkerStats {
     pub frames_queued: u64,
     /// A member whose wire format the batch was not encoded in (joined while it was encoded).
     pub frames_missing_format: u64,
+    /// Rooms' online counts queued to connections, and how many of them took the place of an
+    /// unsent older count of the same room.
+    pub online_queued: u64,
+    pub online_replaced: u64,
     /// Messages dropped from send queues over the soft bound, per priority.
     pub dropped_queue: [u64; PRIORITIES],
     /// Messages still queued when their connection closed, per priority.
@@ -221,6 +225,8 @@ impl WorkerStats {
         self.deliveries += other.deliveries;
         self.frames_queued += other.frames_queued;
         self.frames_missing_format += other.frames_missing_format;
+        self.online_queued += other.online_queued;
+        self.online_replaced += other.online_replaced;
         for (a, b) in self.dropped_queue.iter_mut().zip(other.dropped_queue) {
             *a += b;
         }
@@ -308,4 +314,10 @@ pub struct HubStats {
     pub recovered_messages: u64,
     /// Recoveries the control plane refused, by reason (`RecoveryFailure::code() - 1`).
     pub recoveries_failed: [u64; 4],
+    /// Rooms' online counts from the control plane encoded and handed to the workers holding
+    /// the room (one per room per `room online` frame, however many formats and workers).
+    pub online_pushes: u64,
+    /// Online counts a worker's full inbox refused (that worker is far behind; the next count
+    /// replaces them).
+    pub online_dropped: u64,
 }

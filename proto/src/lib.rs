@@ -10,5 +10,6 @@ pub mod handshake;
 pub mod ids;
 pub mod link;
 pub mod message;
+pub mod sketch;
 pub mod wire;
 pub mod ws;

@@ -19,6 +19,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use super::client::WireFormat;
 use super::ids::{is_valid_epoch, is_valid_id};
 use super::message::{PushMessage, RecoveryFailure, Since, Target, PRIORITIES};
+use super::sketch::{UserSketch, REGISTERS};
 use super::wire::{put_bytes32, put_str8, Reader, WireError};
 
 /// Link protocol version carried by `register`; any other version is refused.
@@ -67,6 +68,14 @@ const MIN_POSITION_LEN: usize = MIN_TARGET_LEN + 1 + 1 + 8;
 const MIN_MSG_LEN: usize = 8 + 1 + 1 + 4;
 /// One room online count: a one-byte id plus its length byte, `online u32`, `users u32`.
 const MIN_ROOM_COUNT_LEN: usize = 1 + 1 + 4 + 4;
+/// One room's users in a load report: a one-byte id plus its length byte, the form byte and an
+/// empty exact list (`count u16`).
+const MIN_ROOM_USERS_LEN: usize = 1 + 1 + 1 + 2;
+
+/// Form byte of a [`UserSketch::Exact`] on the link.
+const SKETCH_EXACT: u8 = 0;
+/// Form byte of a [`UserSketch::Dense`] on the link.
+const SKETCH_DENSE: u8 = 1;
 
 /// `register` (edge → control): the first frame on every (re)connected link.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,6 +144,11 @@ pub struct LoadReport {
     /// The edge's highest capacity watermark (connections, fds, egress, memory, cpu) in
     /// thousandths of its configured capacity (1000 = full; may exceed 1000).
     pub capacity_ratio_permille: u16,
+    /// `(room, users)`: the distinct users this edge holds in a room, as a mergeable sketch
+    /// (`crate::sketch`). Complete in full reports; otherwise only the rooms whose members
+    /// changed since the previous report (a room that left this edge is not listed: its count
+    /// of 0 in `rooms` says it).
+    pub room_users: Vec<(String, UserSketch)>,
 }
 
 /// `query user` (control → edge): which connections does `user` have on this edge?
@@ -350,6 +364,10 @@ pub enum LinkError {
     /// A recovered frame's `result` is neither 0 (recovered) nor a recovery failure code (1–4).
     #[error("unknown recovery result {0}")]
     BadRecovery(u8),
+    /// A load report's user sketch breaks its form's rules (an unknown form byte, exact hashes
+    /// not strictly ascending or more than 512 of them, a register above 53).
+    #[error("bad user sketch: {0}")]
+    BadSketch(&'static str),
     /// A primitive field is truncated, not UTF-8, too long, or bytes trail the body.
     #[error("malformed frame: {0}")]
     Wire(#[from] WireError),
@@ -427,7 +445,8 @@ fn frame_len(frame: &LinkFrame) -> Result<usize, LinkError> {
             let mut n = 4 + 4 * 8 + 1;
             n = add_entries(n, &l.rooms, "room")?;
             n = add_entries(n, &l.users, "user")?;
-            add_seqs(n, &l.seqs)? + 2
+            n = add_seqs(n, &l.seqs)? + 2;
+            add_list(n, &l.room_users, room_users_len)?
         }
         LinkFrame::QueryUser(q) => {
             check_id(&q.user, "user")?;
@@ -563,6 +582,18 @@ fn room_count_len(c: &RoomCount) -> Result<usize, LinkError> {
     Ok(str8_len(&c.room, "room")? + 4 + 4)
 }
 
+/// Encoded size of a checked `(room, users)` entry: `room str8`, then the sketch: `form u8` and
+/// either `count u16` × `hash u64` (exact) or the registers (dense).
+fn room_users_len((room, sketch): &(String, UserSketch)) -> Result<usize, LinkError> {
+    check_id(room, "room")?;
+    sketch.check().map_err(LinkError::BadSketch)?;
+    let body = match sketch {
+        UserSketch::Exact(hashes) => 2 + 8 * hashes.len(),
+        UserSketch::Dense(_) => REGISTERS,
+    };
+    Ok(str8_len(room, "room")? + 1 + body)
+}
+
 /// Encoded size of a `str8`, failing when it does not fit one.
 fn str8_len(s: &str, field: &'static str) -> Result<usize, LinkError> {
     if s.len() > usize::from(u8::MAX) {
@@ -617,6 +648,24 @@ fn write_frame(frame: &LinkFrame, len: usize, out: &mut BytesMut) -> Result<(), 
                 out.put_u64(*seq);
             }
             out.put_u16(l.capacity_ratio_permille);
+            put_list(out, &l.room_users, "room_users", |out, (room, sketch)| {
+                put_str8(out, room.as_bytes(), "room")?;
+                match sketch {
+                    UserSketch::Exact(hashes) => {
+                        out.put_u8(SKETCH_EXACT);
+                        // At most EXACT_MAX (checked by `frame_len`).
+                        out.put_u16(hashes.len() as u16);
+                        for &hash in hashes {
+                            out.put_u64(hash);
+                        }
+                    }
+                    UserSketch::Dense(registers) => {
+                        out.put_u8(SKETCH_DENSE);
+                        out.put_slice(&registers[..]);
+                    }
+                }
+                Ok(())
+            })?;
         }
         LinkFrame::QueryUser(q) => {
             out.put_u8(TYPE_QUERY_USER);
@@ -809,6 +858,11 @@ fn decode_body(frame: Bytes) -> Result<LinkFrame, LinkError> {
             let users = read_entries(&mut r, "user_count", "user")?;
             let seqs = read_seqs(&mut r)?;
             let capacity_ratio_permille = r.u16("capacity_ratio_permille")?;
+            let room_users = read_list(&mut r, "room_users_count", MIN_ROOM_USERS_LEN, |r| {
+                let room = r.str8("room")?;
+                check_id(room, "room")?;
+                Ok((room.to_owned(), read_sketch(r)?))
+            })?;
             LinkFrame::LoadReport(LoadReport {
                 connections,
                 bytes_out,
@@ -820,6 +874,7 @@ fn decode_body(frame: Bytes) -> Result<LinkFrame, LinkError> {
                 users,
                 seqs,
                 capacity_ratio_permille,
+                room_users,
             })
         }
         TYPE_QUERY_USER => {
@@ -1013,6 +1068,29 @@ fn read_msgs(r: &mut Reader<'_>, frame: &Bytes) -> Result<Vec<PushMessage>, Link
     read_list(r, "msg_count", MIN_MSG_LEN, |r| read_msg(r, frame))
 }
 
+/// Reads a user sketch: `form u8`, then `count u16` × `hash u64` (exact) or the registers
+/// (dense); checks its rules.
+fn read_sketch(r: &mut Reader<'_>) -> Result<UserSketch, LinkError> {
+    let sketch = match r.u8("sketch form")? {
+        SKETCH_EXACT => {
+            let count = r.u16("sketch count")?;
+            let mut hashes = Vec::with_capacity(usize::from(count).min(r.remaining() / 8));
+            for _ in 0..count {
+                hashes.push(r.u64("sketch hash")?);
+            }
+            UserSketch::Exact(hashes)
+        }
+        SKETCH_DENSE => {
+            let mut registers = Box::new([0u8; REGISTERS]);
+            registers.copy_from_slice(r.bytes(REGISTERS, "sketch registers")?);
+            UserSketch::Dense(registers)
+        }
+        _ => return Err(LinkError::BadSketch("unknown sketch form")),
+    };
+    sketch.check().map_err(LinkError::BadSketch)?;
+    Ok(sketch)
+}
+
 fn read_seqs(r: &mut Reader<'_>) -> Result<Vec<(Target, u64)>, LinkError> {
     let count = r.u32("seq_count")?;
     let cap = usize::try_from(count)
@@ -1155,6 +1233,16 @@ mod tests {
                 (Target::Broadcast, u64::MAX),
             ],
             capacity_ratio_permille: 0,
+            room_users: vec![
+                ("r1".into(), UserSketch::from_hashes([3, 1, 2, 3])),
+                ("r3".into(), UserSketch::default()),
+                (
+                    "big".into(),
+                    UserSketch::from_hashes(
+                        (0..2_000u64).map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+                    ),
+                ),
+            ],
         })
     }
 
@@ -1368,6 +1456,7 @@ mod tests {
                 users: vec![],
                 seqs: vec![],
                 capacity_ratio_permille: 0,
+                room_users: vec![],
             }),
             query_user(),
             LinkFrame::QueryUser(QueryUser {
@@ -1441,13 +1530,14 @@ mod tests {
         b.put_u32(0); // user_count
         b.put_u32(0); // seq_count
         b.put_u16(0); // capacity_ratio_permille
+        b.put_u32(0); // room_users_count
         b
     }
 
     /// A full load report body with no rooms or users and the given `(tag, id, seq)` entries.
     fn seqs_body(seqs: &[(u8, &[u8], u64)]) -> Vec<u8> {
         let mut b = load_report_body(1, &[]);
-        b.truncate(b.len() - 6);
+        b.truncate(b.len() - 10);
         b.put_u32(u32::try_from(seqs.len()).unwrap());
         for (tag, id, seq) in seqs {
             b.put_u8(*tag);
@@ -1455,6 +1545,7 @@ mod tests {
             b.put_u64(*seq);
         }
         b.put_u16(0); // capacity_ratio_permille
+        b.put_u32(0); // room_users_count
         b
     }
 
@@ -1588,12 +1679,13 @@ mod tests {
             users: vec![],
             seqs: vec![],
             capacity_ratio_permille: 0,
+            room_users: vec![],
         };
         let without = encoded(&LinkFrame::LoadReport(report.clone()));
         assert_eq!(
             &without[LEN_PREFIX + 1..],
             &load_report_body(1, &[])[..],
-            "seq_count 0 then capacity_ratio_permille ends the body"
+            "seq_count 0, capacity_ratio_permille and room_users_count 0 end the body"
         );
         report.seqs = vec![(Target::User("u1".into()), 5), (Target::Broadcast, 6)];
         report.capacity_ratio_permille = 0x0102;
@@ -1605,9 +1697,10 @@ mod tests {
         tail.extend_from_slice(&[2, 0]);
         tail.put_u64(6);
         tail.put_u16(0x0102);
-        let head = LEN_PREFIX..without.len() - 6;
+        tail.put_u32(0);
+        let head = LEN_PREFIX..without.len() - 10;
         assert_eq!(&with[head.clone()], &without[head]);
-        assert_eq!(&with[without.len() - 6..], &tail[..]);
+        assert_eq!(&with[without.len() - 10..], &tail[..]);
         assert_eq!(
             &with[..LEN_PREFIX],
             &u32::try_from(with.len() - LEN_PREFIX)
@@ -1619,18 +1712,166 @@ mod tests {
     #[test]
     fn load_report_capacity_ratio_is_required() {
         let mut body = load_report_body(1, &[]);
-        body.truncate(body.len() - 1);
+        body.truncate(body.len() - 5);
         assert_eq!(
             decode_err(raw(TYPE_LOAD_REPORT, &body)),
             LinkError::Wire(WireError::Truncated("capacity_ratio_permille"))
         );
         let mut body = load_report_body(1, &[]);
-        body.truncate(body.len() - 2);
+        body.truncate(body.len() - 6);
         body.put_u16(850);
+        body.put_u32(0);
         assert!(matches!(
             decode(&mut raw(TYPE_LOAD_REPORT, &body)).unwrap(),
             Some(LinkFrame::LoadReport(l)) if l.capacity_ratio_permille == 850
         ));
+    }
+
+    /// A load report body with no rooms, users or seqs, ending with these `room_users` entries
+    /// written as they are (so tests can break their rules).
+    fn room_users_body(entries: &[(&[u8], &[u8])]) -> Vec<u8> {
+        let mut b = load_report_body(1, &[]);
+        b.truncate(b.len() - 4);
+        b.put_u32(u32::try_from(entries.len()).unwrap());
+        for (room, sketch) in entries {
+            put_str8(&mut b, room, "room").unwrap();
+            b.extend_from_slice(sketch);
+        }
+        b
+    }
+
+    /// An exact sketch as written on the link: form 0, `count u16`, the hashes.
+    fn exact_sketch(hashes: &[u64]) -> Vec<u8> {
+        let mut b = vec![SKETCH_EXACT];
+        b.put_u16(u16::try_from(hashes.len()).unwrap());
+        for &h in hashes {
+            b.put_u64(h);
+        }
+        b
+    }
+
+    #[test]
+    fn load_report_room_users_come_last_exact_or_dense() {
+        let mut report = LoadReport {
+            connections: 1,
+            bytes_out: 2,
+            frames_out: 2,
+            msgs_dropped: 2,
+            slow_closes: 2,
+            full: true,
+            rooms: vec![],
+            users: vec![],
+            seqs: vec![],
+            capacity_ratio_permille: 0,
+            room_users: vec![("r1".into(), UserSketch::Exact(vec![1, u64::MAX]))],
+        };
+        let exact = encoded(&LinkFrame::LoadReport(report.clone()));
+        assert_eq!(
+            &exact[LEN_PREFIX + 1..],
+            &room_users_body(&[(b"r1", &exact_sketch(&[1, u64::MAX]))])[..]
+        );
+        let mut registers = Box::new([0u8; REGISTERS]);
+        registers[0] = 1;
+        registers[REGISTERS - 1] = crate::sketch::MAX_RANK;
+        report.room_users = vec![("r2".into(), UserSketch::Dense(registers.clone()))];
+        let dense = encoded(&LinkFrame::LoadReport(report.clone()));
+        let mut sketch = vec![SKETCH_DENSE];
+        sketch.extend_from_slice(&registers[..]);
+        assert_eq!(
+            &dense[LEN_PREFIX + 1..],
+            &room_users_body(&[(b"r2", &sketch)])[..]
+        );
+        assert_eq!(
+            decode(&mut dense.clone()).unwrap(),
+            Some(LinkFrame::LoadReport(report))
+        );
+    }
+
+    #[test]
+    fn load_report_room_users_are_required() {
+        let mut body = load_report_body(1, &[]);
+        body.truncate(body.len() - 1);
+        assert_eq!(
+            decode_err(raw(TYPE_LOAD_REPORT, &body)),
+            LinkError::Wire(WireError::Truncated("room_users_count"))
+        );
+    }
+
+    #[test]
+    fn bad_user_sketches_are_refused_both_ways() {
+        let too_many: Vec<u64> = (0..513).collect();
+        let mut high = vec![SKETCH_DENSE];
+        high.extend_from_slice(&[0u8; REGISTERS]);
+        high[1 + 17] = crate::sketch::MAX_RANK + 1;
+        let cases: [(&str, Vec<u8>, LinkError); 7] = [
+            (
+                "unsorted",
+                exact_sketch(&[2, 1]),
+                LinkError::BadSketch("exact sketch hashes are not strictly ascending"),
+            ),
+            (
+                "duplicate",
+                exact_sketch(&[5, 5]),
+                LinkError::BadSketch("exact sketch hashes are not strictly ascending"),
+            ),
+            (
+                "over the exact bound",
+                exact_sketch(&too_many),
+                LinkError::BadSketch("an exact sketch holds more than 512 hashes"),
+            ),
+            (
+                "register too high",
+                high,
+                LinkError::BadSketch("a dense sketch register is above 53"),
+            ),
+            (
+                "unknown form",
+                vec![2, 0, 0],
+                LinkError::BadSketch("unknown sketch form"),
+            ),
+            (
+                "short exact list",
+                exact_sketch(&[1, 2])[..11].to_vec(),
+                LinkError::Wire(WireError::Truncated("sketch hash")),
+            ),
+            (
+                "short registers",
+                vec![SKETCH_DENSE; 100],
+                LinkError::Wire(WireError::Truncated("sketch registers")),
+            ),
+        ];
+        for (what, sketch, error) in cases {
+            let body = room_users_body(&[(b"r1", &sketch)]);
+            assert_eq!(decode_err(raw(TYPE_LOAD_REPORT, &body)), error, "{what}");
+        }
+        let body = room_users_body(&[(b"bad room", &exact_sketch(&[]))]);
+        assert_eq!(
+            decode_err(raw(TYPE_LOAD_REPORT, &body)),
+            LinkError::InvalidId("room")
+        );
+        // Encoding checks the same rules and appends nothing.
+        for (sketch, room) in [
+            (UserSketch::Exact(vec![2, 1]), "r1"),
+            (UserSketch::Exact(too_many), "r1"),
+            (UserSketch::default(), "bad room"),
+        ] {
+            let frame = LinkFrame::LoadReport(LoadReport {
+                connections: 0,
+                bytes_out: 0,
+                frames_out: 0,
+                msgs_dropped: 0,
+                slow_closes: 0,
+                full: false,
+                rooms: vec![],
+                users: vec![],
+                seqs: vec![],
+                capacity_ratio_permille: 0,
+                room_users: vec![(room.into(), sketch)],
+            });
+            let mut out = BytesMut::new();
+            assert!(encode(&frame, &mut out).is_err());
+            assert!(out.is_empty());
+        }
     }
 
     #[test]
@@ -2324,12 +2565,13 @@ mod tests {
         );
 
         let mut body = load_report_body(0, &[]);
-        body.truncate(body.len() - 10);
+        body.truncate(body.len() - 14);
         body.put_u32(1);
         put_str8(&mut body, b"u 1", "user").unwrap();
         body.put_u32(1);
         body.put_u32(0);
         body.put_u16(0);
+        body.put_u32(0);
         assert_eq!(
             decode_err(raw(TYPE_LOAD_REPORT, &body)),
             LinkError::InvalidId("user")
@@ -2340,7 +2582,7 @@ mod tests {
     fn huge_entry_counts_fail_without_allocating_for_them() {
         // The body ends right after a room_count of u32::MAX: the first entry is missing.
         let mut body = load_report_body(1, &[]);
-        body.truncate(body.len() - 14);
+        body.truncate(body.len() - 18);
         body.put_u32(u32::MAX);
         assert_eq!(
             decode_err(raw(TYPE_LOAD_REPORT, &body)),
@@ -2348,11 +2590,19 @@ mod tests {
         );
         // Likewise a seq_count of u32::MAX with no entry after it.
         let mut body = seqs_body(&[]);
-        body.truncate(body.len() - 6);
+        body.truncate(body.len() - 10);
         body.put_u32(u32::MAX);
         assert_eq!(
             decode_err(raw(TYPE_LOAD_REPORT, &body)),
             LinkError::Wire(WireError::Truncated("target"))
+        );
+        // And a room_users_count of u32::MAX.
+        let mut body = load_report_body(1, &[]);
+        body.truncate(body.len() - 4);
+        body.put_u32(u32::MAX);
+        assert_eq!(
+            decode_err(raw(TYPE_LOAD_REPORT, &body)),
+            LinkError::Wire(WireError::Truncated("room"))
         );
         // And u16::MAX connections / 255 rooms with nothing after the count.
         let mut body = Vec::new();
@@ -2575,6 +2825,7 @@ mod tests {
                     users: vec![("bad user".into(), 1)],
                     seqs: vec![],
                     capacity_ratio_permille: 0,
+                    room_users: vec![],
                 }),
                 LinkError::InvalidId("user"),
             ),
@@ -2593,6 +2844,7 @@ mod tests {
                         (Target::Room("r 2".into()), 2),
                     ],
                     capacity_ratio_permille: 0,
+                    room_users: vec![],
                 }),
                 LinkError::InvalidId("room"),
             ),

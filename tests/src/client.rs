@@ -11,6 +11,7 @@ use roomcast_proto::client::{
     decode_server_binary, decode_server_json, encode_op, tcp_frame_len, ClientOp, ReplyDetails,
     ServerMsg, WireFormat,
 };
+use roomcast_proto::link::RoomCount;
 use roomcast_proto::message::{PushMessage, Since, Target};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -300,6 +301,11 @@ enum Connection {
 ///
 /// Batches that arrive while it waits for a reply are kept and returned by the next reads, so
 /// nothing is lost between an op and the messages the test waits for.
+///
+/// Rooms' online counts (`room` pushes) come whenever a room's count changes and belong to no
+/// stream, so the reads ([`next_within`](Self::next_within) and every helper built on it) take
+/// them out and keep them, in order, for [`next_room_count`](Self::next_room_count) and
+/// [`take_room_counts`](Self::take_room_counts): a test about something else need not expect them.
 pub struct Client {
     /// The wire format: WebSocket JSON, WebSocket binary, or raw TCP.
     pub format: WireFormat,
@@ -307,6 +313,8 @@ pub struct Client {
     pub label: String,
     connection: Connection,
     inbox: VecDeque<Incoming>,
+    /// Room counts read and not yet taken, oldest first.
+    room_counts: VecDeque<RoomCount>,
     next_seq: u64,
     last_details: ReplyDetails,
 }
@@ -365,6 +373,7 @@ impl Client {
             label: format!("{format:?} client"),
             connection,
             inbox: VecDeque::new(),
+            room_counts: VecDeque::new(),
             next_seq: 1,
             last_details: ReplyDetails::default(),
         }
@@ -574,8 +583,65 @@ impl Client {
         }
     }
 
-    /// The next thing from the edge, or `None` when `wait` passes first.
+    /// The next thing from the edge but a room count (kept for
+    /// [`next_room_count`](Self::next_room_count)), or `None` when `wait` passes first.
     pub async fn next_within(&mut self, wait: Duration) -> Option<Incoming> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.next_any_within(left).await {
+                Some(Incoming::Room {
+                    room,
+                    online,
+                    users,
+                }) => self.room_counts.push_back(RoomCount {
+                    room,
+                    online,
+                    users,
+                }),
+                other => return other,
+            }
+        }
+    }
+
+    /// The next room count (one read earlier first), keeping whatever else arrives meanwhile
+    /// for the next reads; `None` when `wait` passes first.
+    pub async fn next_room_count(&mut self, wait: Duration) -> Option<RoomCount> {
+        if let Some(count) = self.room_counts.pop_front() {
+            return Some(count);
+        }
+        let deadline = Instant::now() + wait;
+        let mut held = VecDeque::new();
+        let count = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.next_any_within(left).await {
+                Some(Incoming::Room {
+                    room,
+                    online,
+                    users,
+                }) => {
+                    break Some(RoomCount {
+                        room,
+                        online,
+                        users,
+                    })
+                }
+                Some(other) => held.push_back(other),
+                None => break None,
+            }
+        };
+        held.append(&mut self.inbox);
+        self.inbox = held;
+        count
+    }
+
+    /// The room counts read so far and not yet taken, oldest first.
+    pub fn take_room_counts(&mut self) -> Vec<RoomCount> {
+        self.room_counts.drain(..).collect()
+    }
+
+    /// The next thing from the edge, room counts included, or `None` when `wait` passes first.
+    async fn next_any_within(&mut self, wait: Duration) -> Option<Incoming> {
         if let Some(kept) = self.inbox.pop_front() {
             return Some(kept);
         }

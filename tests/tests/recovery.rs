@@ -164,7 +164,16 @@ fn a_viewer_that_reconnects_resumes_exactly_while_the_room_is_published_to() {
         // Short windows, and a slow link to edge b: its recoveries take a round trip of 60 ms,
         // during which the room's batches keep arriving there and must be held back from the
         // recovering viewer and stitched to its replay.
-        let control = Control::start(&["--level-ticks-ms", "20,250,500,1000"]).await;
+        // History and the recovery cap far above what a reconnect can miss here, however slow
+        // the host: a refusal in this test is a failure, not a `too_many`.
+        #[rustfmt::skip]
+        let control = Control::start(&[
+            "--level-ticks-ms", "20,250,500,1000",
+            "--history-levels", "5000:300:3,5000:300:3,5000:300:3,5000:300:3",
+            "--recover-max-messages", "5000",
+            "--recover-max-bytes", "4194304",
+        ])
+        .await;
         let proxy = DelayProxy::start(control.link_addr, Duration::from_millis(30)).await;
         let a = control.start_edge(io, "edge-a", &[]).await;
         let b = control.start_edge_via(io, "edge-b", proxy.addr, &[]).await;

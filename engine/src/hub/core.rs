@@ -1,6 +1,7 @@
 //! The hub's logic as a state machine without I/O: channels and their merge windows, the
-//! encode-once step, membership and load reports, the join acknowledgement's `sync` barriers,
-//! user queries and the link's dial backoff.
+//! encode-once step, membership and load reports (with each room's distinct users, merged from
+//! the workers' sketches), rooms' online counts, the join acknowledgement's `sync` barriers, user
+//! queries and the link's dial backoff.
 //!
 //! It takes events — a message from a worker, a link frame, the link coming up or going down,
 //! time passing — each with an explicit `now`, and leaves what to do in outboxes the loop
@@ -10,15 +11,15 @@
 //! so every rule here is tested in memory with fake time (see `tests.rs`).
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::recovery::{self, Stitch};
 use crate::fanout::{
-    ChannelKind, Delivery, DeliveryFrame, HistoryRequest, RecoverRequest, StreamPosition, ToHub,
-    ToWorker,
+    ChannelKind, Delivery, DeliveryFrame, HistoryRequest, RecoverRequest, RoomPush, StreamPosition,
+    ToHub, ToWorker,
 };
 use crate::stats::{
     CloseReason, HubStats, WorkerStats, BATCH_BOUNDS, LATENCY_BOUNDS, LEVELS, WINDOW_BOUNDS,
@@ -27,9 +28,10 @@ use crate::window::{frame_ranges, Admit, Next, Pacing, Window, MAX_FRAME_MESSAGE
 use roomcast_proto::client::{self, ReplyExtra, WireFormat};
 use roomcast_proto::link::{
     self, ChannelPosition, ConnInfo, HistoryPage, LinkFrame, LoadReport, Publish, QueryUser,
-    Recover, Recovered, Register, SetLevel, SyncAck, UserConns,
+    Recover, Recovered, Register, RoomOnline, SetLevel, SyncAck, UserConns,
 };
 use roomcast_proto::message::{PushMessage, Target, PRIORITIES};
+use roomcast_proto::sketch::UserSketch;
 
 /// The first re-dial waits this long; each failed dial doubles it.
 pub const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -134,6 +136,9 @@ struct Channel {
     deferred: Vec<Deferred>,
     /// The channel's epoch, as the control plane last said (with `routed`).
     epoch: Option<Arc<str>>,
+    /// A room's latest online count from the control plane, for workers its members appear on
+    /// later (dropped with the channel).
+    online: Option<Arc<RoomPush>>,
 }
 
 /// A recovery whose client had already seen part of the open window.
@@ -157,6 +162,7 @@ impl Channel {
             armed: None,
             deferred: Vec::new(),
             epoch: None,
+            online: None,
         }
     }
 
@@ -246,6 +252,10 @@ pub struct HubCore {
     user_conns: HashMap<Box<str>, Vec<u32>>,
     changed_rooms: HashMap<Box<str>, u32>,
     changed_users: HashMap<Box<str>, u32>,
+    /// Per room, each worker's sketch of the room's distinct users there (from its reports), and
+    /// the rooms whose sketch changed since the last load report.
+    room_sketches: HashMap<Box<str>, Vec<UserSketch>>,
+    changed_room_users: HashSet<Box<str>>,
     stats: HubStats,
     /// `query user` requests being answered by workers, by the hub's own query id.
     queries: HashMap<u32, PendingQuery>,
@@ -294,6 +304,8 @@ impl HubCore {
             user_conns: HashMap::new(),
             changed_rooms: HashMap::new(),
             changed_users: HashMap::new(),
+            room_sketches: HashMap::new(),
+            changed_room_users: HashSet::new(),
             stats: HubStats::default(),
             queries: HashMap::new(),
             next_query: 0,
@@ -354,10 +366,24 @@ impl HubCore {
             ToHub::Report {
                 worker,
                 rooms,
+                room_users,
                 users,
                 stats,
             } => {
                 let workers = self.worker_stats.len();
+                let gone: Vec<Box<str>> = rooms
+                    .iter()
+                    .filter(|&(_, &members)| members == 0)
+                    .map(|(name, _)| name.clone())
+                    .collect();
+                for (name, sketch) in room_users {
+                    let per_worker = self
+                        .room_sketches
+                        .entry(name.clone())
+                        .or_insert_with(|| vec![UserSketch::default(); workers]);
+                    per_worker[worker] = sketch;
+                    self.changed_room_users.insert(name);
+                }
                 merge_counts(
                     &mut self.room_members,
                     &mut self.changed_rooms,
@@ -372,6 +398,16 @@ impl HubCore {
                     users,
                     workers,
                 );
+                for name in gone {
+                    // Left this worker: its users there are gone too; left the edge: forget it.
+                    if let Some(per_worker) = self.room_sketches.get_mut(&name) {
+                        per_worker[worker] = UserSketch::default();
+                        if !self.room_members.contains_key(&name) {
+                            self.room_sketches.remove(&name);
+                        }
+                        self.changed_room_users.insert(name);
+                    }
+                }
                 self.worker_stats[worker] = *stats;
             }
         }
@@ -390,7 +426,7 @@ impl HubCore {
             LinkFrame::SyncAck(ack) => self.sync_acked(ack),
             LinkFrame::Recovered(answer) => self.recovered(answer),
             LinkFrame::HistoryPage(page) => self.history_answered(page),
-            LinkFrame::RoomOnline(_) => {}
+            LinkFrame::RoomOnline(online) => self.room_online(online),
             LinkFrame::Register(_)
             | LinkFrame::LoadReport(_)
             | LinkFrame::UserConns(_)
@@ -518,6 +554,10 @@ impl HubCore {
                         count_backlog_drop(&mut self.stats, &delivery);
                         refused.push((worker, delivery));
                     }
+                    // Superseded by the next count anyway: never worth blocking the inbox for.
+                    Err(ToWorker::RoomOnline(pushes)) => {
+                        self.stats.online_dropped += pushes.len() as u64;
+                    }
                     Err(message) => {
                         outbox.queue.push_front(message);
                         outbox.blocked = true;
@@ -632,6 +672,9 @@ impl HubCore {
         }
         if had_members != has_members {
             self.membership_changed(kind, name, has_members, now);
+        }
+        if present && kind == ChannelKind::Room {
+            self.send_latest_online(worker, name, format);
         }
         if released {
             let target = match kind {
@@ -1147,6 +1190,89 @@ impl HubCore {
         }
     }
 
+    // ---- rooms' online counts -------------------------------------------------------------------
+
+    /// Rooms' online counts from the control plane: each encoded once per wire format in use
+    /// here and handed, in one message per worker, to the workers holding the room. A room no
+    /// member of which is here any more is skipped.
+    fn room_online(&mut self, frame: RoomOnline) {
+        let mut per_worker: Vec<Vec<Arc<RoomPush>>> = vec![Vec::new(); self.outboxes.len()];
+        for count in frame.rooms {
+            let Some(channel) = self.rooms.get_mut(&count.room).filter(|c| c.has_members()) else {
+                continue;
+            };
+            let masks = channel.workers_by_format;
+            let encoded = std::array::from_fn(|i| {
+                (masks[i] != 0).then(|| {
+                    let format = WireFormat::ALL[i];
+                    client::encode_room_online(format, &count.room, count.online, count.users)
+                })
+            });
+            let push = Arc::new(RoomPush {
+                room: count.room.into(),
+                online: count.online,
+                users: count.users,
+                encoded,
+            });
+            channel.online = Some(Arc::clone(&push));
+            self.stats.online_pushes += 1;
+            let workers = channel.workers();
+            for (worker, pushes) in per_worker.iter_mut().enumerate() {
+                if workers & (1 << worker) != 0 {
+                    pushes.push(Arc::clone(&push));
+                }
+            }
+        }
+        for (worker, pushes) in per_worker.into_iter().enumerate() {
+            if !pushes.is_empty() {
+                self.queue_room_online(worker, pushes);
+            }
+        }
+    }
+
+    /// Members of `format` appeared in a room on `worker`: hand that worker the room's latest
+    /// count, so they need not wait for the count to change. A format no member used when the
+    /// count came is encoded now, once.
+    fn send_latest_online(&mut self, worker: usize, room: &str, format: WireFormat) {
+        let Some(channel) = self.rooms.get_mut(room) else {
+            return;
+        };
+        let Some(latest) = channel.online.as_ref() else {
+            return;
+        };
+        let push = if latest.encoded[format.index()].is_some() {
+            Arc::clone(latest)
+        } else {
+            let mut encoded = latest.encoded.clone();
+            encoded[format.index()] = Some(client::encode_room_online(
+                format,
+                &latest.room,
+                latest.online,
+                latest.users,
+            ));
+            let push = Arc::new(RoomPush {
+                room: Arc::clone(&latest.room),
+                online: latest.online,
+                users: latest.users,
+                encoded,
+            });
+            channel.online = Some(Arc::clone(&push));
+            push
+        };
+        self.queue_room_online(worker, vec![push]);
+    }
+
+    /// Queues counts for a worker; one whose inbox refused a message that must wait (see
+    /// [`Outbox::blocked`]) is far behind and loses them, like batches.
+    fn queue_room_online(&mut self, worker: usize, pushes: Vec<Arc<RoomPush>>) {
+        let outbox = &mut self.outboxes[worker];
+        if outbox.blocked {
+            self.stats.online_dropped += pushes.len() as u64;
+        } else {
+            outbox.queue.push_back(ToWorker::RoomOnline(pushes));
+        }
+    }
+
     // ---- reports and queries ------------------------------------------------------------------
 
     fn total(&self) -> WorkerStats {
@@ -1179,6 +1305,24 @@ impl HubCore {
                 present_counts(self.changed_users.drain(), &self.users),
             )
         };
+        // A room's users here: the union of its workers' sketches (a user on two workers
+        // counts once), for the rooms whose sketch changed (all of them in a full report).
+        let room_users: Vec<(String, UserSketch)> = if full {
+            self.changed_room_users.clear();
+            self.room_sketches
+                .iter()
+                .map(|(name, per_worker)| (name.to_string(), union(per_worker)))
+                .collect()
+        } else {
+            let sketches = &self.room_sketches;
+            self.changed_room_users
+                .drain()
+                .filter_map(|name| {
+                    let per_worker = sketches.get(&name)?;
+                    Some((name.into_string(), union(per_worker)))
+                })
+                .collect()
+        };
         let report = LinkFrame::LoadReport(LoadReport {
             connections: total.connections as u32,
             bytes_out: total.bytes_out,
@@ -1192,6 +1336,7 @@ impl HubCore {
             users,
             seqs: if full { self.last_seqs() } else { Vec::new() },
             capacity_ratio_permille: self.capacity_permille,
+            room_users,
         });
         self.transmit.push_back(report);
     }
@@ -1295,6 +1440,15 @@ fn target_of(kind: ChannelKind, name: &str) -> Target {
         ChannelKind::User => Target::User(name.to_string()),
         ChannelKind::All => Target::Broadcast,
     }
+}
+
+/// The union of the workers' sketches of one room.
+fn union(per_worker: &[UserSketch]) -> UserSketch {
+    let mut all = UserSketch::default();
+    for sketch in per_worker {
+        all.merge(sketch);
+    }
+    all
 }
 
 /// A worker's full inbox refused a delivery: count the batch and its messages.

@@ -9,15 +9,16 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::core::{Advertised, HubConfig, HubCore, BACKOFF_MAX, BACKOFF_MIN};
-use crate::fanout::{ChannelKind, Delivery, RecoverRequest, ToHub, ToWorker};
+use crate::fanout::{ChannelKind, Delivery, RecoverRequest, RoomPush, ToHub, ToWorker};
 use crate::stats::WorkerStats;
 use crate::sys::ConnId;
 use roomcast_proto::client::{decode_server_binary, decode_server_json, ServerMsg, WireFormat};
 use roomcast_proto::link::{
     self, ChannelPosition, ConnInfo, LinkFrame, LoadReport, Publish, QueryUser, Recovered,
-    SetLevel, SyncAck, UNLIMITED,
+    RoomCount, RoomOnline, SetLevel, SyncAck, UNLIMITED,
 };
 use roomcast_proto::message::{PushMessage, RecoveryFailure, Since, Target};
+use roomcast_proto::sketch::{user_hash, UserSketch};
 use roomcast_proto::ws::parse_server_frame;
 
 const TICK: Duration = Duration::from_millis(100);
@@ -833,6 +834,7 @@ fn a_membership_change_is_reported_within_the_short_delay_and_a_full_report_carr
         ToHub::Report {
             worker: 0,
             rooms: HashMap::from([("r1".into(), 5)]),
+            room_users: HashMap::new(),
             users: HashMap::new(),
             stats: Box::new(stats),
         },
@@ -1259,4 +1261,224 @@ fn recoveries_unanswered_when_the_link_drops_are_asked_again_after_the_next_regi
     // A second answer to the same request (the first link's) is ignored.
     h.control_says(answer(old, "ep", 3, Ok(vec![])));
     assert!(replays(&h.received(0)).is_empty());
+}
+
+// ---- rooms' online counts and distinct users ----------------------------------------------------
+
+fn room_online(rooms: &[(&str, u32, u32)]) -> LinkFrame {
+    LinkFrame::RoomOnline(RoomOnline {
+        rooms: rooms
+            .iter()
+            .map(|&(room, online, users)| RoomCount {
+                room: room.into(),
+                online,
+                users,
+            })
+            .collect(),
+    })
+}
+
+/// The online counts handed to a worker, one list per message.
+fn online_pushes(messages: &[ToWorker]) -> Vec<Vec<Arc<RoomPush>>> {
+    messages
+        .iter()
+        .filter_map(|m| match m {
+            ToWorker::RoomOnline(pushes) => Some(pushes.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// What a room push's bytes in `format` say: (room, online, users).
+fn decoded_count(push: &RoomPush, format: WireFormat) -> (String, u32, u32) {
+    let bytes = push.encoded[format.index()]
+        .as_ref()
+        .expect("encoded for this format");
+    let decoded = match format {
+        WireFormat::WsJson | WireFormat::WsBinary => {
+            let head = parse_server_frame(bytes).unwrap().unwrap();
+            assert_eq!(head.len, bytes.len(), "one whole WebSocket frame");
+            let payload = &bytes[head.payload];
+            if format == WireFormat::WsJson {
+                decode_server_json(payload).unwrap()
+            } else {
+                decode_server_binary(payload).unwrap()
+            }
+        }
+        WireFormat::Tcp => decode_server_binary(&bytes[4..]).unwrap(),
+    };
+    let ServerMsg::Room {
+        room,
+        online,
+        users,
+    } = decoded
+    else {
+        panic!("not a room push: {decoded:?}");
+    };
+    (room, online, users)
+}
+
+#[test]
+fn an_online_count_is_encoded_once_per_format_and_handed_only_to_workers_holding_the_room() {
+    let mut h = Harness::new(3);
+    h.presence(0, "r1", WireFormat::WsJson, true);
+    h.presence(0, "r2", WireFormat::WsJson, true);
+    h.presence(1, "r1", WireFormat::Tcp, true);
+    h.presence(2, "r3", WireFormat::WsBinary, true);
+    h.drain();
+    for w in 0..3 {
+        h.inboxes[w].clear();
+    }
+    // r1 on workers 0 and 1, r2 on worker 0, "gone" nowhere here.
+    h.control_says(room_online(&[
+        ("r1", 104_532, 98_000),
+        ("r2", 3, 2),
+        ("gone", 1, 1),
+    ]));
+    assert_eq!(h.drain(), 0b011, "worker 2 holds none of these rooms");
+    let zero = online_pushes(&h.received(0));
+    let one = online_pushes(&h.received(1));
+    assert_eq!(zero.len(), 1, "one message per worker for the whole frame");
+    assert_eq!(one.len(), 1);
+    let (zero, one) = (&zero[0], &one[0]);
+    assert_eq!(
+        zero.iter().map(|p| &*p.room).collect::<Vec<_>>(),
+        ["r1", "r2"]
+    );
+    assert_eq!(one.len(), 1);
+    assert!(Arc::ptr_eq(&zero[0], &one[0]), "r1 encoded once, shared");
+    let r1 = &zero[0];
+    assert!(
+        r1.encoded[WireFormat::WsBinary.index()].is_none(),
+        "no binary member"
+    );
+    assert_eq!(
+        decoded_count(r1, WireFormat::WsJson),
+        ("r1".into(), 104_532, 98_000)
+    );
+    assert_eq!(
+        decoded_count(r1, WireFormat::Tcp),
+        ("r1".into(), 104_532, 98_000)
+    );
+    assert!(zero[1].encoded[WireFormat::Tcp.index()].is_none());
+    assert_eq!(
+        decoded_count(&zero[1], WireFormat::WsJson),
+        ("r2".into(), 3, 2)
+    );
+    assert_eq!(h.core.stats().online_pushes, 2, "counted per room encoded");
+    assert!(h.received(2).is_empty());
+    // Not a message of the stream: nothing of the room's window moved.
+    assert!(deliveries(&h.received(0)).is_empty());
+}
+
+#[test]
+fn a_worker_a_room_appears_on_gets_its_latest_count_in_its_format() {
+    let mut h = Harness::new(2);
+    h.presence(0, "r1", WireFormat::WsJson, true);
+    h.control_says(room_online(&[("r1", 7, 6)]));
+    h.drain();
+    h.inboxes[0].clear();
+    // A binary member on worker 1: it gets the same values, encoded in binary once.
+    h.presence(1, "r1", WireFormat::WsBinary, true);
+    let got = online_pushes(&h.received(1));
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        decoded_count(&got[0][0], WireFormat::WsBinary),
+        ("r1".into(), 7, 6)
+    );
+    // Another binary member there later changes nothing (no new format, no new worker).
+    h.presence(0, "r1", WireFormat::WsBinary, true);
+    let again = online_pushes(&h.received(0));
+    assert!(Arc::ptr_eq(&again[0][0], &got[0][0]), "encoded once");
+    // A room with no count yet sends nothing.
+    h.presence(1, "quiet", WireFormat::Tcp, true);
+    assert!(online_pushes(&h.received(1)).is_empty());
+}
+
+#[test]
+fn online_counts_a_full_worker_inbox_refuses_are_dropped_not_held() {
+    let mut h = Harness::new(1);
+    h.presence(0, "r1", WireFormat::Tcp, true);
+    h.drain();
+    h.inboxes[0].clear();
+    h.inbox_capacity = 0;
+    h.control_says(room_online(&[("r1", 2, 2)]));
+    assert_eq!(h.drain(), 0);
+    assert_eq!(h.core.stats().online_dropped, 1);
+    h.inbox_capacity = 10;
+    h.control_says(room_online(&[("r1", 3, 2)]));
+    let got = online_pushes(&h.received(0));
+    assert_eq!(got.len(), 1, "only the newer count, nothing piled up");
+    assert_eq!(got[0][0].online, 3);
+}
+
+fn sketch(users: &[&str]) -> UserSketch {
+    UserSketch::from_hashes(users.iter().map(|u| user_hash(u)))
+}
+
+fn worker_report(h: &mut Harness, worker: usize, rooms: &[(&str, u32, Option<UserSketch>)]) {
+    h.core.handle_worker(
+        ToHub::Report {
+            worker,
+            rooms: rooms.iter().map(|(r, n, _)| ((*r).into(), *n)).collect(),
+            room_users: rooms
+                .iter()
+                .filter_map(|(r, _, s)| s.clone().map(|s| ((*r).into(), s)))
+                .collect(),
+            users: HashMap::new(),
+            stats: Box::default(),
+        },
+        h.now,
+    );
+}
+
+#[test]
+fn load_reports_carry_each_changed_room_s_users_merged_over_workers() {
+    let mut h = Harness::new(2);
+    h.presence(0, "r1", WireFormat::WsJson, true);
+    h.presence(1, "r1", WireFormat::Tcp, true);
+    h.advance(REPORT);
+    h.sent();
+    // Alice on both workers (app and H5): she counts once.
+    worker_report(&mut h, 0, &[("r1", 2, Some(sketch(&["alice", "bob"])))]);
+    worker_report(&mut h, 1, &[("r1", 2, Some(sketch(&["alice", "carol"])))]);
+    h.advance(REPORT);
+    let frames = h.sent();
+    let report = reports(&frames)[0];
+    assert_eq!(report.rooms, vec![("r1".to_string(), 4)]);
+    assert_eq!(
+        report.room_users,
+        vec![("r1".to_string(), sketch(&["alice", "bob", "carol"]))]
+    );
+    // Nothing changed: nothing listed.
+    h.advance(REPORT);
+    let frames = h.sent();
+    assert!(reports(&frames)[0].room_users.is_empty());
+    // Worker 1's members left: the room's users are worker 0's.
+    worker_report(&mut h, 1, &[("r1", 0, None)]);
+    h.advance(REPORT);
+    let frames = h.sent();
+    assert_eq!(
+        reports(&frames)[0].room_users,
+        vec![("r1".to_string(), sketch(&["alice", "bob"]))]
+    );
+    // A full report (after a re-dial) lists every room's users.
+    h.core.link_failed("test", h.now);
+    h.advance(BACKOFF_MIN);
+    let frames = h.connect();
+    let full = reports(&frames)[0];
+    assert!(full.full);
+    assert_eq!(
+        full.room_users,
+        vec![("r1".to_string(), sketch(&["alice", "bob"]))]
+    );
+    // The last worker leaves: the room is gone, and with it its users.
+    worker_report(&mut h, 0, &[("r1", 0, None)]);
+    h.advance(REPORT);
+    let frames = h.sent();
+    assert!(reports(&frames)[0].room_users.is_empty());
+    h.core.link_failed("test", h.now);
+    h.advance(BACKOFF_MIN);
+    let frames = h.connect();
+    assert!(reports(&frames)[0].room_users.is_empty());
 }

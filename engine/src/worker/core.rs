@@ -25,6 +25,13 @@
 //!   their member-count changes) and joins waiting for confirmation time out as usual. The core
 //!   never blocks and never drops a message for the hub.
 //!
+//! A room's online count ([`ToWorker::RoomOnline`]) is wrapped once per core too and queued on
+//! each member whose join was answered, replacing an unsent older count of the room (see
+//! `outqueue`); the latest one is kept per room, so a connection joining later gets it right
+//! after its join reply. Every report carries, for each room whose members changed, a sketch of
+//! its distinct users here, built from the members' user ids (nothing is stored per connection
+//! for it).
+//!
 //! Hot path: a batch is queued on every member by `Rc` clones of frames wrapped once per core; a
 //! flush builds one [`WriteBuf`] per connection in a slot of the write-buffer arena (no
 //! allocation) holding one more `Rc` clone per frame. Nothing here allocates, locks or copies per
@@ -41,7 +48,8 @@ use slab::Slab;
 
 use crate::config::EdgeConfig;
 use crate::fanout::{
-    ChannelKind, Delivery, HistoryRequest, RecoverRequest, StreamPosition, ToHub, ToWorker,
+    ChannelKind, Delivery, HistoryRequest, RecoverRequest, RoomPush, StreamPosition, ToHub,
+    ToWorker,
 };
 use crate::members::{ChannelSlot, MemberTable, Moved};
 use crate::outqueue::{OutQueue, SharedFrame};
@@ -55,6 +63,7 @@ use roomcast_proto::handshake;
 use roomcast_proto::ids::is_valid_id;
 use roomcast_proto::link::ConnInfo;
 use roomcast_proto::message::{RecoveryFailure, Since, Target};
+use roomcast_proto::sketch::{user_hash, UserSketch};
 
 /// How long a closing connection may take to flush its last frames before it is cut.
 pub const CLOSE_FLUSH_GRACE: Duration = Duration::from_secs(2);
@@ -275,6 +284,9 @@ pub struct WorkerCore {
     wall: (Instant, SystemTime),
     /// Per wire format: the frames of the delivery being queued, wrapped once per core.
     delivery_frames: [Vec<Rc<SharedFrame>>; 3],
+    /// The latest online count of each room here, per wire format, wrapped once per core: what a
+    /// member whose join is answered after it arrived is sent. Dropped with the room.
+    room_online: HashMap<ChannelSlot, [Option<Rc<SharedFrame>>; 3]>,
     /// How far each batch queued here has been written (reported to the hub, which holds the
     /// channel's next window until it is).
     progress: WriteProgress,
@@ -338,6 +350,7 @@ impl WorkerCore {
             started: now,
             wall: (now, wall),
             delivery_frames: Default::default(),
+            room_online: HashMap::new(),
             progress: WriteProgress::default(),
             sweep_every,
             next_sweep: now + sweep_every,
@@ -501,6 +514,11 @@ impl WorkerCore {
             ToWorker::Deliver(delivery) => {
                 self.delivered_at.push(delivery.first_received);
                 self.deliver(now, &delivery);
+            }
+            ToWorker::RoomOnline(pushes) => {
+                for push in &pushes {
+                    self.room_online(now, push);
+                }
             }
             ToWorker::QueryUser { request, user } => self.answer_user_query(request, &user),
             ToWorker::Confirmed {
@@ -779,6 +797,7 @@ impl WorkerCore {
                         min_priority: frame.min_priority,
                         counts: frame.counts,
                         progress: (i == last).then_some(slot),
+                        online_count_of: None,
                     })
                 })
             }));
@@ -878,6 +897,83 @@ impl WorkerCore {
         }
         for id in slow {
             self.begin_close(now, id, session::CLOSE_SLOW, CloseReason::Slow);
+        }
+    }
+
+    /// A room's online count: kept as the room's latest, and queued on every member here whose
+    /// join has been answered (one waiting for its reply, or recovering the room, gets it after
+    /// the reply and the replay). An `Rc` clone per member, replacing an unsent older count.
+    fn room_online(&mut self, now: Instant, push: &RoomPush) {
+        let Some(slot) = self.rooms.slot_of(&push.room) else {
+            return; // its members left since the hub sent it
+        };
+        let frames: [Option<Rc<SharedFrame>>; 3] = std::array::from_fn(|format| {
+            push.encoded[format].as_ref().map(|bytes| {
+                Rc::new(SharedFrame::online_count(
+                    Arc::clone(&push.room),
+                    bytes.clone(),
+                ))
+            })
+        });
+        let now_ms = clock_ms(self.started, now);
+        let WorkerCore {
+            conns,
+            rooms,
+            dirty,
+            stats,
+            awaiting,
+            recovering_members,
+            ..
+        } = self;
+        let waiting = if awaiting.is_empty() {
+            None
+        } else {
+            awaiting.get(&(ChannelKind::Room, push.room.as_ref().into()))
+        };
+        let Some(channel) = rooms.channel(slot) else {
+            return;
+        };
+        for member in &channel.members {
+            let conn = &mut conns[member.key()];
+            if !conn.is_open()
+                || waiting.is_some_and(|w| w.ops.iter().any(|op| op.conn == conn.id))
+                || (conn.recovering > 0
+                    && recovering_members.contains(&(conn.id, ChannelKind::Room, slot)))
+            {
+                continue;
+            }
+            let Some(frame) = &frames[conn.format.index()] else {
+                continue; // a format the hub did not encode: it sends the count again with it
+            };
+            queue_online_count(conn, frame, now_ms, stats);
+            if !conn.dirty {
+                conn.dirty = true;
+                dirty.push(member.key());
+            }
+        }
+        self.room_online.insert(slot, frames);
+    }
+
+    /// Queues the room's latest online count (if one came) on a connection whose join of it was
+    /// just answered.
+    fn send_latest_online(&mut self, now: Instant, id: ConnId, room: &str) {
+        let Some(frames) = self
+            .rooms
+            .slot_of(room)
+            .and_then(|slot| self.room_online.get(&slot))
+        else {
+            return;
+        };
+        let Some(conn) = self
+            .conns
+            .get_mut(id.key())
+            .filter(|c| c.id == id && c.is_open())
+        else {
+            return;
+        };
+        if let Some(frame) = &frames[conn.format.index()] {
+            queue_online_count(conn, frame, clock_ms(self.started, now), &mut self.stats);
+            self.mark_dirty(id.key());
         }
     }
 
@@ -997,13 +1093,18 @@ impl WorkerCore {
             return;
         }
         let format = conn.format;
+        let mut joined = None;
         let answer = match op {
             ClientOp::Auth { .. } => Answer::Now(Err((
                 ErrorCode::AlreadyAuthenticated,
                 "already authenticated",
             ))),
             ClientOp::Ping { .. } => Answer::Now(Ok(())),
-            ClientOp::Join { room, since, .. } => self.join(now, id, seq, &room, since),
+            ClientOp::Join { room, since, .. } => {
+                let answer = self.join(now, id, seq, &room, since);
+                joined = Some(room);
+                answer
+            }
             ClientOp::Leave { room, .. } => Answer::Now(self.leave(now, id, &room)),
             ClientOp::History {
                 room, since, limit, ..
@@ -1011,7 +1112,12 @@ impl WorkerCore {
         };
         match answer {
             Answer::Now(result) => self.reply(now, id, format, seq, result),
-            Answer::At(position) => self.reply_at(now, id, format, seq, position),
+            Answer::At(position) => {
+                self.reply_at(now, id, format, seq, position);
+                if let Some(room) = joined {
+                    self.send_latest_online(now, id, &room);
+                }
+            }
             Answer::Later => {}
         }
     }
@@ -1115,6 +1221,11 @@ impl WorkerCore {
         );
         for frame in result.unwrap_or_default() {
             self.queue_owned(now, conn, frame);
+        }
+        if pending.kind == ChannelKind::Room {
+            if let Some(room) = self.rooms.channel(pending.slot).map(|c| c.name.clone()) {
+                self.send_latest_online(now, conn, &room);
+            }
         }
     }
 
@@ -1359,6 +1470,9 @@ impl WorkerCore {
                 .is_some_and(|c| c.id == op.conn && c.is_open())
             {
                 self.reply_at(now, op.conn, op.format, op.seq, position.clone());
+                if kind == ChannelKind::Room {
+                    self.send_latest_online(now, op.conn, &name);
+                }
             }
         }
     }
@@ -1486,6 +1600,10 @@ impl WorkerCore {
                     }
                 }
             }
+        }
+        if emptied && kind == ChannelKind::Room {
+            // The slot may go to another room next.
+            self.room_online.remove(&slot);
         }
         if let Some(name) = name {
             if emptied {
@@ -1835,6 +1953,7 @@ impl WorkerCore {
         self.stats.queued_bytes_high_water = self.stats.queued_bytes_high_water.max(queued);
         self.stats.driver = self.driver_stats;
         let mut rooms = self.rooms.take_changes();
+        let mut room_users = self.room_sketches(&rooms);
         let mut users = self.users.take_changes();
         let unsent = self
             .outbox
@@ -1842,20 +1961,73 @@ impl WorkerCore {
             .position(|m| matches!(m, ToHub::Report { .. }));
         if let Some(ToHub::Report {
             rooms: older_rooms,
+            room_users: older_room_users,
             users: older_users,
             ..
         }) = unsent.and_then(|at| self.outbox.remove(at))
         {
             rooms = merge_changes(older_rooms, rooms);
+            room_users = merge_sketches(older_room_users, room_users, &rooms);
             users = merge_changes(older_users, users);
         }
         self.outbox.push_back(ToHub::Report {
             worker: self.index,
             rooms,
+            room_users,
             users,
             stats: Box::new(self.stats.clone()),
         });
     }
+
+    /// The distinct users of each room in `changed` that still has members here, from the
+    /// members' user ids: one pass over those rooms' members per report interval, and nothing
+    /// kept per connection (see `UserSketch::from_hashes` for the bounded scratch).
+    fn room_sketches(&self, changed: &HashMap<Box<str>, u32>) -> HashMap<Box<str>, UserSketch> {
+        changed
+            .iter()
+            .filter(|&(_, &members)| members > 0)
+            .filter_map(|(name, _)| {
+                let channel = self
+                    .rooms
+                    .slot_of(name)
+                    .and_then(|s| self.rooms.channel(s))?;
+                let hashes = channel.members.iter().filter_map(|member| {
+                    let identity = self.conns.get(member.key())?.identity.as_ref()?;
+                    let user = self.users.channel(identity.user_slot)?;
+                    Some(user_hash(&user.name))
+                });
+                Some((name.clone(), UserSketch::from_hashes(hashes)))
+            })
+            .collect()
+    }
+}
+
+/// Queues a room's online count on one connection and counts it.
+fn queue_online_count(
+    conn: &mut Conn,
+    frame: &Rc<SharedFrame>,
+    now_ms: u32,
+    stats: &mut WorkerStats,
+) {
+    if conn.out.is_empty() {
+        conn.write_progress_ms = now_ms;
+    }
+    stats.online_queued += 1;
+    if conn.out.push_online_count(frame) {
+        stats.online_replaced += 1;
+    }
+}
+
+/// The room sketches of two reports, the newer winning; a room gone since (its merged count is
+/// 0) has none.
+fn merge_sketches(
+    mut older: HashMap<Box<str>, UserSketch>,
+    newer: HashMap<Box<str>, UserSketch>,
+    rooms: &HashMap<Box<str>, u32>,
+) -> HashMap<Box<str>, UserSketch> {
+    older.extend(newer);
+    older.retain(|name, _| rooms.get(name).is_none_or(|&members| members > 0));
+    older
 }
 
 /// Member-count changes of two reports, the newer count winning.

@@ -1879,3 +1879,182 @@ fn a_member_that_stalls_stops_holding_back_the_batches_it_has_queued() {
         "Bob is slow again, not stalled"
     );
 }
+
+// ---- rooms' online counts and distinct users (PROTOCOL.md §5) --------------------------------
+
+impl Harness {
+    /// The hub hands this worker a room's online count (encoded for raw TCP, as every client
+    /// here speaks it).
+    fn online(&mut self, room: &str, online: u32, users: u32) {
+        let push = RoomPush {
+            room: room.into(),
+            online,
+            users,
+            encoded: [
+                None,
+                None,
+                Some(client::encode_room_online(
+                    WireFormat::Tcp,
+                    room,
+                    online,
+                    users,
+                )),
+            ],
+        };
+        self.core
+            .on_message(self.now, ToWorker::RoomOnline(vec![Arc::new(push)]));
+        self.round();
+    }
+
+    fn leave(&mut self, id: ConnId, room: &str, seq: u64) {
+        self.send(
+            id,
+            ClientOp::Leave {
+                seq,
+                room: room.into(),
+            },
+        );
+    }
+
+    /// The rooms' users in the reports the hub received since the last call, merged in order.
+    fn take_room_users(&mut self) -> HashMap<String, UserSketch> {
+        let mut out = HashMap::new();
+        self.hub.retain(|m| match m {
+            ToHub::Report { room_users, .. } => {
+                out.extend(room_users.iter().map(|(r, s)| (r.to_string(), s.clone())));
+                false
+            }
+            _ => true,
+        });
+        out
+    }
+}
+
+fn online_count(room: &str, online: u32, users: u32) -> ServerMsg {
+    ServerMsg::Room {
+        room: room.into(),
+        online,
+        users,
+    }
+}
+
+#[test]
+fn an_online_count_reaches_the_members_and_a_newer_one_replaces_an_unsent_older_one() {
+    let mut h = Harness::new();
+    let a = h.member("alice", "r1");
+    let b = h.member("bob", "r1");
+    let c = h.member("carol", "r2");
+    h.online("r1", 2, 2);
+    assert_eq!(h.read(a), vec![online_count("r1", 2, 2)]);
+    assert_eq!(h.read(b), vec![online_count("r1", 2, 2)]);
+    assert!(h.read(c).is_empty(), "not a member of r1");
+
+    // Bob stops reading with a chat batch waiting: newer counts do not queue behind the older.
+    h.set_mode(b, Mode::Sync { room: 0 });
+    h.deliver(room("r1"), &[(3, 10)]);
+    h.online("r1", 3, 3);
+    h.online("r1", 4, 3);
+    h.online("r1", 5, 4);
+    assert_eq!(h.stats().online_queued, 2 + 3 * 2);
+    assert_eq!(h.stats().online_replaced, 2, "bob's unsent 3 then 4");
+    h.drain_socket(b, usize::MAX / 2);
+    let got = h.read(b);
+    assert_eq!(batch_priorities(&got), vec![3]);
+    assert_eq!(got[1..], [online_count("r1", 5, 4)], "only the latest");
+    // Alice reads as it comes: every count, in order, and the batch.
+    let got = h.read(a);
+    assert_eq!(got.len(), 4);
+    assert_eq!(
+        got[1..],
+        [
+            online_count("r1", 3, 3),
+            online_count("r1", 4, 3),
+            online_count("r1", 5, 4)
+        ]
+    );
+}
+
+#[test]
+fn an_online_count_is_never_shed_before_chat() {
+    let mut h = bounded(600, 100_000);
+    let a = h.member("alice", "r1");
+    h.set_mode(a, Mode::Sync { room: 0 });
+    h.online("r1", 1, 1);
+    h.deliver(room("r1"), &[(3, 200)]);
+    h.deliver(room("r1"), &[(3, 200)]);
+    h.deliver(room("r1"), &[(2, 200)]);
+    h.deliver(room("r1"), &[(3, 200)]); // over 600 waiting: shed from here on
+    h.online("r1", 2, 2);
+    let dropped = h.stats().dropped_queue;
+    assert_eq!(
+        dropped,
+        [0, 0, 0, 2],
+        "chat went, the gift and the count stayed"
+    );
+    h.drain_socket(a, usize::MAX / 2);
+    let got = h.read(a);
+    assert_eq!(
+        got[0],
+        online_count("r1", 2, 2),
+        "the newer count in the older one's place, ahead of what queued after it"
+    );
+    assert_eq!(batch_priorities(&got), vec![2, 3]);
+}
+
+#[test]
+fn a_member_gets_the_latest_count_right_after_its_join_reply() {
+    let mut h = Harness::new();
+    let a = h.member("alice", "r1");
+    h.online("r1", 1, 1);
+    h.read(a);
+
+    // A join of a room this worker holds: answered at once, then the count.
+    let b = h.member_unconfirmed("bob");
+    h.join(b, "r1", 2);
+    assert_eq!(h.read(b), vec![reply_ok(2), online_count("r1", 1, 1)]);
+
+    // A join waiting for its confirmation gets a count that comes meanwhile after the reply.
+    let c = h.member_unconfirmed("carol");
+    h.join(c, "r2", 2);
+    h.online("r2", 9, 8);
+    assert!(h.read(c).is_empty(), "nothing before the reply");
+    h.confirm_all();
+    assert_eq!(h.read(c), vec![reply_ok(2), online_count("r2", 9, 8)]);
+
+    // Everyone leaves r1: its count goes with it, and a later first member gets no stale one.
+    h.leave(a, "r1", 3);
+    h.leave(b, "r1", 3);
+    let d = h.member_unconfirmed("dave");
+    h.join(d, "r1", 2);
+    h.confirm_all();
+    assert_eq!(h.read(d), vec![reply_ok(2)]);
+}
+
+#[test]
+fn reports_carry_each_changed_room_s_distinct_users() {
+    let mut h = Harness::new();
+    let _app = h.member("alice", "r1");
+    let h5 = h.member("alice", "r1");
+    let bob = h.member("bob", "r1");
+    h.advance(Duration::from_secs(1));
+    let users = h.take_room_users();
+    let sketch = |names: &[&str]| UserSketch::from_hashes(names.iter().map(|u| user_hash(u)));
+    assert_eq!(
+        users.get("r1"),
+        Some(&sketch(&["alice", "bob"])),
+        "alice counts once"
+    );
+    assert_eq!(users["r1"].estimate(), 2);
+
+    // Nothing changed: no sketch to send.
+    h.advance(Duration::from_secs(1));
+    assert!(h.take_room_users().is_empty());
+
+    // Alice's H5 leaves (she is still there on the app), then Bob.
+    h.leave(h5, "r1", 3);
+    h.advance(Duration::from_secs(1));
+    assert_eq!(h.take_room_users()["r1"], sketch(&["alice", "bob"]));
+    h.leave(bob, "r1", 3);
+    h.advance(Duration::from_secs(1));
+    assert_eq!(h.take_room_users()["r1"], sketch(&["alice"]));
+}
