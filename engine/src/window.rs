@@ -105,6 +105,22 @@ pub enum Next {
     At(Instant),
 }
 
+/// What the open window holds: its first and last `seq` and how many messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowSpan {
+    pub first: u64,
+    pub last: u64,
+    pub len: usize,
+}
+
+impl WindowSpan {
+    /// Whether the window holds every `seq` from its first to `to` (its messages are in `seq`
+    /// order without repeats, so counting them is enough).
+    pub fn holds_every_seq_to(&self, to: u64) -> bool {
+        self.last == to && (self.len as u64) == to.saturating_sub(self.first) + 1
+    }
+}
+
 /// A closed window's contents.
 #[derive(Debug)]
 pub struct Batch {
@@ -164,6 +180,16 @@ impl Window {
     /// The `seq` of the oldest message waiting (the next batch starts with it).
     pub fn first_seq(&self) -> Option<u64> {
         self.msgs.first().map(|m| m.seq)
+    }
+
+    /// The first and last `seq` waiting, and how many messages (None when empty).
+    pub fn span(&self) -> Option<WindowSpan> {
+        let (first, last) = (self.msgs.first()?, self.msgs.last()?);
+        Some(WindowSpan {
+            first: first.seq,
+            last: last.seq,
+            len: self.msgs.len(),
+        })
     }
 
     /// Whether the window is stretched: its tick has passed and it waits for the previous

@@ -831,7 +831,8 @@ impl HubCore {
             }
             Ok(msgs) => msgs,
         };
-        match recovery::stitch(request.since.seq, answer_last, msgs.clone(), window_first) {
+        let span = channel.window.span();
+        match recovery::stitch(request.since.seq, answer_last, msgs.clone(), span) {
             Stitch::Now { replay, last_seq } => {
                 self.send_replay(&request, StreamPosition { epoch, last_seq }, &replay)
             }

@@ -9,13 +9,18 @@
 //! `window_first` when the window holds messages, and right after the answer's `last_seq`
 //! otherwise; the replay covers what lies between the client's position and that start.
 //!
-//! A client whose position is already inside the open window (it saw those messages through
-//! another edge, whose window closed earlier) cannot take the next batch: it would see them
-//! twice. Its replay is then finished when that batch is taken — the answer's messages plus the
-//! batch's messages after them — and it joins the live stream after that batch.
+//! That holds only when the open window holds every message from its first up to the answer's
+//! `last_seq`. It may not: a message the control plane numbered while this edge was not routed
+//! for the channel (its last member had just left) never reached the hub, and a budget may have
+//! dropped one; the live batch would then skip it. And a client whose position is already inside
+//! the open window (it saw those messages through another edge, whose window closed earlier)
+//! cannot take the next batch: it would see them twice. In both cases the replay is finished when
+//! that batch is taken — the answer's messages plus the batch's messages after them — and the
+//! connection joins the live stream after that batch.
 //!
 //! Pure: no I/O, no clock.
 
+use crate::window::WindowSpan;
 use roomcast_proto::message::PushMessage;
 
 /// The last `seq` before a joining connection's live stream: the next batch starts after it.
@@ -41,24 +46,23 @@ pub enum Stitch {
 }
 
 /// Stitches an answer (`msgs` are the stored messages after `since`, up to `answer_last`) to
-/// the live stream, given the open window's first `seq`.
+/// the live stream, given what the open window holds.
 pub fn stitch(
     since: u64,
     answer_last: u64,
     msgs: Vec<PushMessage>,
-    window_first: Option<u64>,
+    window: Option<WindowSpan>,
 ) -> Stitch {
-    match window_first {
-        Some(first) if since >= first => Stitch::AfterBatch,
-        _ => {
-            let last_seq = live_after(answer_last, window_first);
-            let replay = msgs
-                .into_iter()
-                .filter(|m| m.seq > since && m.seq <= last_seq)
-                .collect();
-            Stitch::Now { replay, last_seq }
-        }
-    }
+    let last_seq = match window {
+        None => answer_last,
+        Some(w) if since < w.first && w.holds_every_seq_to(answer_last) => w.first - 1,
+        Some(_) => return Stitch::AfterBatch,
+    };
+    let replay = msgs
+        .into_iter()
+        .filter(|m| m.seq > since && m.seq <= last_seq)
+        .collect();
+    Stitch::Now { replay, last_seq }
 }
 
 /// Finishes a deferred recovery once the window's batch was taken: the answer's messages after
@@ -124,7 +128,12 @@ mod tests {
     #[test]
     fn messages_in_the_open_window_are_left_to_the_live_batch() {
         let answer: Vec<_> = (42..=57).map(msg).collect();
-        match stitch(41, 57, answer, Some(53)) {
+        let window = WindowSpan {
+            first: 53,
+            last: 57,
+            len: 5,
+        };
+        match stitch(41, 57, answer, Some(window)) {
             Stitch::Now { replay, last_seq } => {
                 assert_eq!(seqs(&replay), (42..=52).collect::<Vec<_>>());
                 assert_eq!(last_seq, 52, "the batch of 53..57 follows live");
@@ -136,12 +145,39 @@ mod tests {
     #[test]
     fn a_client_already_inside_the_window_waits_for_the_batch() {
         let answer: Vec<_> = (55..=57).map(msg).collect();
-        assert_eq!(stitch(54, 57, answer.clone(), Some(53)), Stitch::AfterBatch);
+        let window = WindowSpan {
+            first: 53,
+            last: 57,
+            len: 5,
+        };
+        assert_eq!(
+            stitch(54, 57, answer.clone(), Some(window)),
+            Stitch::AfterBatch
+        );
         // The batch holds 53..=60 (58..=60 arrived after the answer).
         let batch: Vec<_> = (53..=60).map(msg).collect();
         let (replay, last) = after_batch(54, 57, &answer, &batch);
         assert_eq!(seqs(&replay), (55..=60).collect::<Vec<_>>());
         assert_eq!(last, 60);
+    }
+
+    #[test]
+    fn a_window_with_a_hole_waits_for_the_batch_and_the_replay_fills_the_hole() {
+        // 51 was numbered while the edge was not routed: the window holds 50 and 52 only.
+        let answer: Vec<_> = (46..=52).map(msg).collect();
+        let holed = WindowSpan {
+            first: 50,
+            last: 52,
+            len: 2,
+        };
+        assert_eq!(
+            stitch(45, 52, answer.clone(), Some(holed)),
+            Stitch::AfterBatch
+        );
+        let batch = vec![msg(50), msg(52), msg(53)];
+        let (replay, last) = after_batch(45, 52, &answer, &batch);
+        assert_eq!(seqs(&replay), (46..=53).collect::<Vec<_>>());
+        assert_eq!(last, 53);
     }
 
     #[test]

@@ -1482,3 +1482,33 @@ fn load_reports_carry_each_changed_room_s_users_merged_over_workers() {
     let frames = h.connect();
     assert!(reports(&frames)[0].room_users.is_empty());
 }
+
+#[test]
+fn a_window_missing_messages_the_answer_covers_is_not_taken_live_by_the_recovering_viewer() {
+    // 12 and 13 were numbered while the control plane did not route the room here (its last
+    // member had just left): they never reach the hub, and the window holds 11 only.
+    let mut h = Harness::new(1);
+    h.instant_writers = 0;
+    h.presence(0, "r1", WireFormat::WsJson, true);
+    h.publish(room("r1"), 10, 2); // out at once
+    let first = h.batches(0);
+    h.publish(room("r1"), 11, 2); // waits in the window
+    let id = recover(&mut h, 0, 9, ("ep", 5));
+    h.control_says(answer(id, "ep", 13, Ok((6..=13).collect())));
+    assert!(
+        replays(&h.received(0)).is_empty(),
+        "a replay to 10 and the live 11 would skip 12 and 13"
+    );
+    h.publish(room("r1"), 14, 2);
+    h.written(0, &first[0]);
+    h.advance(TICK);
+    let got = h.received(0);
+    assert_eq!(
+        seqs_in(deliveries(&got)[0], WireFormat::WsJson),
+        vec![11, 14]
+    );
+    assert_eq!(
+        replays(&got),
+        vec![(9, "ep".into(), 14, Ok((6..=14).collect()))]
+    );
+}
