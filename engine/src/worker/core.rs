@@ -1321,10 +1321,16 @@ impl WorkerCore {
             self.presence(ChannelKind::User, &claims.sub, format, true);
         }
         self.authed_per_format[format.index()] += 1;
-        if self.authed_per_format[format.index()] == 1 {
+        let broadcast_format_appeared = self.authed_per_format[format.index()] == 1;
+        if broadcast_format_appeared {
             self.presence(ChannelKind::All, "", format, true);
         }
+        // A format new on this core (for the user channel or the broadcast) must reach the hub
+        // before the reply, or a publish right after it is encoded without that format: the
+        // reply then waits for the hub's answer to a `Confirm` queued behind the `Presence`.
         self.users.is_confirmed(joined.slot)
+            && !joined.format_appeared
+            && !broadcast_format_appeared
     }
 
     fn join(
@@ -1401,7 +1407,10 @@ impl WorkerCore {
         if joined.format_appeared {
             self.presence(ChannelKind::Room, room, format, true);
         }
-        Ok((Joining::New, self.rooms.is_confirmed(joined.slot)))
+        // A format new to the room on this core must reach the hub before the reply (see
+        // `authenticate`).
+        let confirmed = self.rooms.is_confirmed(joined.slot) && !joined.format_appeared;
+        Ok((Joining::New, confirmed))
     }
 
     /// Holds `op`'s reply until the hub confirms the channel; the first waiter asks the hub.

@@ -2058,3 +2058,59 @@ fn reports_carry_each_changed_room_s_distinct_users() {
     h.advance(Duration::from_secs(1));
     assert_eq!(h.take_room_users()["r1"], sketch(&["alice"]));
 }
+
+#[test]
+fn a_join_that_brings_a_new_wire_format_to_a_confirmed_room_waits_for_the_hub() {
+    let mut h = Harness::new();
+    // The room is confirmed here, with raw-TCP members only.
+    let _tcp = h.member("alice", "r1");
+    // A WebSocket/binary viewer joins: the hub has never been told this core needs the room in
+    // that format, so the reply waits until it has (the `Confirm` goes behind the `Presence`).
+    let unlimited = Mode::Sync { room: usize::MAX };
+    let ws = h.connect_over(Transport::WebSocket, unlimited);
+    let request = handshake::client_request("edge", "/ws", "dGhlIHNhbXBsZSBub25jZQ==");
+    h.send_raw(ws, &request);
+    let auth = ClientOp::Auth {
+        seq: 1,
+        token: token("bob", EPOCH_SECS + 3600),
+        since: None,
+    };
+    h.send_raw(ws, &encode_op(WireFormat::WsBinary, &auth, [1, 2, 3, 4]));
+    h.confirm_all();
+    h.hub.clear();
+    h.fake(ws).wire.clear();
+    let join = ClientOp::Join {
+        seq: 2,
+        room: "r1".into(),
+        since: None,
+    };
+    h.send_raw(ws, &encode_op(WireFormat::WsBinary, &join, [1, 2, 3, 4]));
+    assert!(
+        matches!(
+            h.hub.as_slice(),
+            [
+                ToHub::Presence {
+                    kind: ChannelKind::Room,
+                    format: WireFormat::WsBinary,
+                    present: true,
+                    ..
+                },
+                ToHub::Confirm {
+                    kind: ChannelKind::Room,
+                    ..
+                }
+            ]
+        ),
+        "{:?}",
+        h.hub
+    );
+    assert!(
+        h.fake(ws).wire.is_empty(),
+        "no reply before the hub's answer"
+    );
+    h.confirm_all();
+    assert!(
+        !h.fake(ws).wire.is_empty(),
+        "the join reply comes with the hub's answer"
+    );
+}
