@@ -192,6 +192,23 @@ fn deliveries(messages: &[ToWorker]) -> Vec<&Delivery> {
         .collect()
 }
 
+/// One whole server frame in `format`, decoded.
+fn decode_frame(bytes: &[u8], format: WireFormat) -> ServerMsg {
+    match format {
+        WireFormat::WsJson | WireFormat::WsBinary => {
+            let head = parse_server_frame(bytes).unwrap().unwrap();
+            assert_eq!(head.len, bytes.len(), "one whole WebSocket frame");
+            let payload = &bytes[head.payload];
+            if format == WireFormat::WsJson {
+                decode_server_json(payload).unwrap()
+            } else {
+                decode_server_binary(payload).unwrap()
+            }
+        }
+        WireFormat::Tcp => decode_server_binary(&bytes[4..]).unwrap(),
+    }
+}
+
 /// The sequence numbers a delivery carries, decoded from the bytes of `format`.
 fn seqs_in(delivery: &Delivery, format: WireFormat) -> Vec<u64> {
     let mut seqs = Vec::new();
@@ -199,19 +216,7 @@ fn seqs_in(delivery: &Delivery, format: WireFormat) -> Vec<u64> {
         let bytes = frame.encoded[format.index()]
             .as_ref()
             .expect("encoded for this format");
-        let decoded = match format {
-            WireFormat::WsJson | WireFormat::WsBinary => {
-                let head = parse_server_frame(bytes).unwrap().unwrap();
-                assert_eq!(head.len, bytes.len(), "one whole WebSocket frame");
-                let payload = &bytes[head.payload];
-                if format == WireFormat::WsJson {
-                    decode_server_json(payload).unwrap()
-                } else {
-                    decode_server_binary(payload).unwrap()
-                }
-            }
-            WireFormat::Tcp => decode_server_binary(&bytes[4..]).unwrap(),
-        };
+        let decoded = decode_frame(bytes, format);
         let ServerMsg::Batch { msgs, .. } = decoded else {
             panic!("not a batch: {decoded:?}");
         };
@@ -1115,14 +1120,11 @@ fn replays(messages: &[ToWorker]) -> Vec<Replay> {
                 result.as_ref().map_err(|f| *f).map(|frames| {
                     frames
                         .iter()
-                        .flat_map(|bytes| {
-                            let head = parse_server_frame(bytes).unwrap().unwrap();
-                            match decode_server_json(&bytes[head.payload]).unwrap() {
-                                ServerMsg::Batch { msgs, .. } => {
-                                    msgs.into_iter().map(|m| m.seq).collect::<Vec<_>>()
-                                }
-                                other => panic!("not a batch: {other:?}"),
+                        .flat_map(|bytes| match decode_frame(bytes, WireFormat::WsJson) {
+                            ServerMsg::Batch { msgs, .. } => {
+                                msgs.into_iter().map(|m| m.seq).collect::<Vec<_>>()
                             }
+                            other => panic!("not a batch: {other:?}"),
                         })
                         .collect()
                 }),
@@ -1294,19 +1296,7 @@ fn decoded_count(push: &RoomPush, format: WireFormat) -> (String, u32, u32) {
     let bytes = push.encoded[format.index()]
         .as_ref()
         .expect("encoded for this format");
-    let decoded = match format {
-        WireFormat::WsJson | WireFormat::WsBinary => {
-            let head = parse_server_frame(bytes).unwrap().unwrap();
-            assert_eq!(head.len, bytes.len(), "one whole WebSocket frame");
-            let payload = &bytes[head.payload];
-            if format == WireFormat::WsJson {
-                decode_server_json(payload).unwrap()
-            } else {
-                decode_server_binary(payload).unwrap()
-            }
-        }
-        WireFormat::Tcp => decode_server_binary(&bytes[4..]).unwrap(),
-    };
+    let decoded = decode_frame(bytes, format);
     let ServerMsg::Room {
         room,
         online,

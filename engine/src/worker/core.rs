@@ -1161,8 +1161,7 @@ impl WorkerCore {
         }
         conn.recovering = conn.recovering.saturating_add(1);
         let format = conn.format;
-        let token = self.next_token;
-        self.next_token += 1;
+        let token = self.take_token();
         self.recoveries.insert(
             token,
             PendingRecovery {
@@ -1280,8 +1279,7 @@ impl WorkerCore {
         }
         conn.histories += 1;
         let format = conn.format;
-        let token = self.next_token;
-        self.next_token += 1;
+        let token = self.take_token();
         self.histories.insert(
             token,
             PendingHistory {
@@ -1647,6 +1645,13 @@ impl WorkerCore {
         result: Result<(), (ErrorCode, &str)>,
     ) {
         self.queue_owned(now, id, client::encode_reply(format, seq, result));
+    }
+
+    /// A fresh token naming a request to the hub in its answer.
+    fn take_token(&mut self) -> u64 {
+        let token = self.next_token;
+        self.next_token += 1;
+        token
     }
 
     /// A successful join (or auth) reply with where the channel's stream stands.
