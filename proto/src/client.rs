@@ -241,6 +241,14 @@ impl OpError {
 enum JsonField<'a> {
     Str(Cow<'a, str>),
     UInt(u64),
+    /// An object, of which only `epoch` and `seq` are kept, unchecked (the one object a client
+    /// op carries is `since`).
+    Object {
+        epoch: Option<Box<JsonField<'a>>>,
+        seq: Option<Box<JsonField<'a>>>,
+        /// A key appeared twice, which the top level refuses too.
+        duplicate: bool,
+    },
     Other,
 }
 
@@ -298,8 +306,26 @@ impl<'de: 'a, 'a> Visitor<'de> for JsonFieldVisitor<'a> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-        Ok(JsonField::Other)
+        let mut epoch = None;
+        let mut seq = None;
+        let mut duplicate = false;
+        while let Some(key) = map.next_key::<JsonField<'a>>()? {
+            let slot = match &key {
+                JsonField::Str(k) if k == "epoch" => &mut epoch,
+                JsonField::Str(k) if k == "seq" => &mut seq,
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                    continue;
+                }
+            };
+            duplicate |= slot.is_some();
+            *slot = Some(Box::new(map.next_value::<JsonField<'a>>()?));
+        }
+        Ok(JsonField::Object {
+            epoch,
+            seq,
+            duplicate,
+        })
     }
 }
 
@@ -318,87 +344,6 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Optional<T> {
     }
 }
 
-/// The value of `since`, read without ever failing like [`JsonField`]: an integer (`history`),
-/// an object whose `epoch` and `seq` are kept unchecked (`join`, `auth`), or anything else.
-enum SinceField<'a> {
-    UInt(u64),
-    Object {
-        epoch: Option<JsonField<'a>>,
-        seq: Option<JsonField<'a>>,
-        /// A key appeared twice, which the top level refuses too.
-        duplicate: bool,
-    },
-    Other,
-}
-
-impl<'de: 'a, 'a> Deserialize<'de> for SinceField<'a> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(SinceFieldVisitor(PhantomData))
-    }
-}
-
-struct SinceFieldVisitor<'a>(PhantomData<&'a ()>);
-
-impl<'de: 'a, 'a> Visitor<'de> for SinceFieldVisitor<'a> {
-    type Value = SinceField<'a>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("any JSON value")
-    }
-
-    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
-        Ok(SinceField::UInt(v))
-    }
-
-    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
-        Ok(u64::try_from(v).map_or(SinceField::Other, SinceField::UInt))
-    }
-
-    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-        Ok(SinceField::Other)
-    }
-
-    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-        Ok(SinceField::Other)
-    }
-
-    fn visit_unit<E>(self) -> Result<Self::Value, E> {
-        Ok(SinceField::Other)
-    }
-
-    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
-        Ok(SinceField::Other)
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(SinceField::Other)
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut epoch = None;
-        let mut seq = None;
-        let mut duplicate = false;
-        while let Some(key) = map.next_key::<JsonField<'a>>()? {
-            let slot = match &key {
-                JsonField::Str(k) if k == "epoch" => &mut epoch,
-                JsonField::Str(k) if k == "seq" => &mut seq,
-                _ => {
-                    map.next_value::<IgnoredAny>()?;
-                    continue;
-                }
-            };
-            duplicate |= slot.is_some();
-            *slot = Some(map.next_value::<JsonField<'a>>()?);
-        }
-        Ok(SinceField::Object {
-            epoch,
-            seq,
-            duplicate,
-        })
-    }
-}
-
 /// A JSON client op with every field still unchecked; unknown fields are ignored.
 #[derive(Deserialize)]
 struct RawClientOp<'a> {
@@ -411,7 +356,7 @@ struct RawClientOp<'a> {
     #[serde(borrow)]
     room: Option<JsonField<'a>>,
     #[serde(borrow, default)]
-    since: Optional<SinceField<'a>>,
+    since: Optional<JsonField<'a>>,
     #[serde(borrow, default)]
     limit: Optional<JsonField<'a>>,
 }
@@ -439,10 +384,10 @@ const BAD_SINCE_EPOCH: &str = "`since.epoch` must be 1 to 32 bytes of [A-Za-z0-9
 
 /// The resume position of a `join` or `auth` numbered `seq`: absent, or an object with a valid
 /// string `epoch` and an integer `seq` (0 ..= 2^53).
-fn optional_since(field: Optional<SinceField<'_>>, seq: u64) -> Result<Option<Since>, OpError> {
+fn optional_since(field: Optional<JsonField<'_>>, seq: u64) -> Result<Option<Since>, OpError> {
     let (epoch, since_seq) = match field {
         Optional::Absent => return Ok(None),
-        Optional::Present(SinceField::Object {
+        Optional::Present(JsonField::Object {
             epoch,
             seq: since_seq,
             duplicate: false,
@@ -454,11 +399,11 @@ fn optional_since(field: Optional<SinceField<'_>>, seq: u64) -> Result<Option<Si
             ))
         }
     };
-    let epoch = match epoch {
+    let epoch = match epoch.map(|e| *e) {
         Some(JsonField::Str(epoch)) if is_valid_epoch(epoch.as_bytes()) => epoch.into_owned(),
         _ => return Err(OpError::bad_request(seq, BAD_SINCE_EPOCH)),
     };
-    match since_seq {
+    match since_seq.map(|s| *s) {
         Some(JsonField::UInt(since)) if since <= MAX_JSON_SEQ => {
             Ok(Some(Since { epoch, seq: since }))
         }
@@ -470,9 +415,9 @@ fn optional_since(field: Optional<SinceField<'_>>, seq: u64) -> Result<Option<Si
 }
 
 /// The `since` of a `history` op numbered `seq`: a required integer (0 ..= 2^53).
-fn history_since(field: Optional<SinceField<'_>>, seq: u64) -> Result<u64, OpError> {
+fn history_since(field: Optional<JsonField<'_>>, seq: u64) -> Result<u64, OpError> {
     match field {
-        Optional::Present(SinceField::UInt(since)) if since <= MAX_JSON_SEQ => Ok(since),
+        Optional::Present(JsonField::UInt(since)) if since <= MAX_JSON_SEQ => Ok(since),
         _ => Err(OpError::bad_request(
             seq,
             "`since` must be an integer from 0 to 2^53",

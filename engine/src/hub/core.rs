@@ -832,9 +832,9 @@ impl HubCore {
             Ok(msgs) => msgs,
         };
         let span = channel.window.span();
-        match recovery::stitch(request.since.seq, answer_last, msgs.clone(), span) {
+        match recovery::stitch(request.since.seq, answer_last, &msgs, span) {
             Stitch::Now { replay, last_seq } => {
-                self.send_replay(&request, StreamPosition { epoch, last_seq }, &replay)
+                self.send_replay(&request, StreamPosition { epoch, last_seq }, &msgs[replay])
             }
             Stitch::AfterBatch => channel.deferred.push(Deferred {
                 request,

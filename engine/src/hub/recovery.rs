@@ -20,6 +20,8 @@
 //!
 //! Pure: no I/O, no clock.
 
+use std::ops::Range;
+
 use crate::window::WindowSpan;
 use roomcast_proto::message::PushMessage;
 
@@ -34,23 +36,20 @@ pub fn live_after(answer_last: u64, window_first: Option<u64>) -> u64 {
 /// What to do with a successful recovery answer now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Stitch {
-    /// Replay these messages, then the connection is live; `last_seq` is where the replay ends
-    /// (the reply's `last_seq`).
-    Now {
-        replay: Vec<PushMessage>,
-        last_seq: u64,
-    },
+    /// Replay these messages of the answer (a range of it: no copy), then the connection is
+    /// live; `last_seq` is where the replay ends (the reply's `last_seq`).
+    Now { replay: Range<usize>, last_seq: u64 },
     /// The client has already seen part of the open window: finish with [`after_batch`] when
     /// the window's batch is taken.
     AfterBatch,
 }
 
-/// Stitches an answer (`msgs` are the stored messages after `since`, up to `answer_last`) to
-/// the live stream, given what the open window holds.
+/// Stitches an answer (`msgs` are the stored messages after `since`, up to `answer_last`, in
+/// `seq` order) to the live stream, given what the open window holds.
 pub fn stitch(
     since: u64,
     answer_last: u64,
-    msgs: Vec<PushMessage>,
+    msgs: &[PushMessage],
     window: Option<WindowSpan>,
 ) -> Stitch {
     let last_seq = match window {
@@ -58,11 +57,12 @@ pub fn stitch(
         Some(w) if since < w.first && w.holds_every_seq_to(answer_last) => w.first - 1,
         Some(_) => return Stitch::AfterBatch,
     };
-    let replay = msgs
-        .into_iter()
-        .filter(|m| m.seq > since && m.seq <= last_seq)
-        .collect();
-    Stitch::Now { replay, last_seq }
+    let start = msgs.partition_point(|m| m.seq <= since);
+    let end = msgs.partition_point(|m| m.seq <= last_seq).max(start);
+    Stitch::Now {
+        replay: start..end,
+        last_seq,
+    }
 }
 
 /// Finishes a deferred recovery once the window's batch was taken: the answer's messages after
@@ -116,9 +116,9 @@ mod tests {
     #[test]
     fn an_empty_window_replays_the_whole_answer() {
         let answer: Vec<_> = (42..=57).map(msg).collect();
-        match stitch(41, 57, answer, None) {
+        match stitch(41, 57, &answer, None) {
             Stitch::Now { replay, last_seq } => {
-                assert_eq!(seqs(&replay), (42..=57).collect::<Vec<_>>());
+                assert_eq!(seqs(&answer[replay]), (42..=57).collect::<Vec<_>>());
                 assert_eq!(last_seq, 57);
             }
             other => panic!("{other:?}"),
@@ -133,9 +133,9 @@ mod tests {
             last: 57,
             len: 5,
         };
-        match stitch(41, 57, answer, Some(window)) {
+        match stitch(41, 57, &answer, Some(window)) {
             Stitch::Now { replay, last_seq } => {
-                assert_eq!(seqs(&replay), (42..=52).collect::<Vec<_>>());
+                assert_eq!(seqs(&answer[replay]), (42..=52).collect::<Vec<_>>());
                 assert_eq!(last_seq, 52, "the batch of 53..57 follows live");
             }
             other => panic!("{other:?}"),
@@ -150,10 +150,7 @@ mod tests {
             last: 57,
             len: 5,
         };
-        assert_eq!(
-            stitch(54, 57, answer.clone(), Some(window)),
-            Stitch::AfterBatch
-        );
+        assert_eq!(stitch(54, 57, &answer, Some(window)), Stitch::AfterBatch);
         // The batch holds 53..=60 (58..=60 arrived after the answer).
         let batch: Vec<_> = (53..=60).map(msg).collect();
         let (replay, last) = after_batch(54, 57, &answer, &batch);
@@ -170,10 +167,7 @@ mod tests {
             last: 52,
             len: 2,
         };
-        assert_eq!(
-            stitch(45, 52, answer.clone(), Some(holed)),
-            Stitch::AfterBatch
-        );
+        assert_eq!(stitch(45, 52, &answer, Some(holed)), Stitch::AfterBatch);
         let batch = vec![msg(50), msg(52), msg(53)];
         let (replay, last) = after_batch(45, 52, &answer, &batch);
         assert_eq!(seqs(&replay), (46..=53).collect::<Vec<_>>());
@@ -182,7 +176,7 @@ mod tests {
 
     #[test]
     fn nothing_missed_is_an_empty_replay() {
-        match stitch(57, 57, Vec::new(), None) {
+        match stitch(57, 57, &[], None) {
             Stitch::Now { replay, last_seq } => {
                 assert!(replay.is_empty());
                 assert_eq!(last_seq, 57);

@@ -925,10 +925,15 @@ impl WorkerCore {
             recovering_members,
             ..
         } = self;
-        let waiting = if awaiting.is_empty() {
-            None
+        // The members whose join of the room still waits for its reply, looked up once per push
+        // (not once per member per waiting op).
+        let waiting: HashSet<ConnId> = if awaiting.is_empty() {
+            HashSet::new()
         } else {
-            awaiting.get(&(ChannelKind::Room, push.room.as_ref().into()))
+            awaiting
+                .get(&(ChannelKind::Room, push.room.as_ref().into()))
+                .map(|w| w.ops.iter().map(|op| op.conn).collect())
+                .unwrap_or_default()
         };
         let Some(channel) = rooms.channel(slot) else {
             return;
@@ -936,7 +941,7 @@ impl WorkerCore {
         for member in &channel.members {
             let conn = &mut conns[member.key()];
             if !conn.is_open()
-                || waiting.is_some_and(|w| w.ops.iter().any(|op| op.conn == conn.id))
+                || waiting.contains(&conn.id)
                 || (conn.recovering > 0
                     && recovering_members.contains(&(conn.id, ChannelKind::Room, slot)))
             {
@@ -1853,15 +1858,7 @@ impl WorkerCore {
     /// unconfirmed one does).
     fn expire_requests(&mut self, now: Instant) {
         let timeout = self.config.join_confirm_timeout();
-        let late = |since: Instant| now.saturating_duration_since(since) > timeout;
-        // In token order: the replies go out in the order the ops came.
-        let mut recoveries: Vec<u64> = self
-            .recoveries
-            .iter()
-            .filter(|(_, p)| late(p.since))
-            .map(|(token, _)| *token)
-            .collect();
-        recoveries.sort_unstable();
+        let recoveries = late_tokens(&self.recoveries, |p| p.since, now, timeout);
         let why = "the control plane did not answer in time; retry";
         for token in recoveries {
             let Some(p) = self.recoveries.remove(&token) else {
@@ -1898,14 +1895,7 @@ impl WorkerCore {
                 }
             }
         }
-        let mut histories: Vec<u64> = self
-            .histories
-            .iter()
-            .filter(|(_, h)| late(h.since))
-            .map(|(token, _)| *token)
-            .collect();
-        histories.sort_unstable();
-        for token in histories {
+        for token in late_tokens(&self.histories, |h| h.since, now, timeout) {
             let Some(h) = self.histories.remove(&token) else {
                 continue;
             };
@@ -2055,6 +2045,23 @@ fn merge_changes(
 
 /// The core clock: milliseconds from `started` to `now`, wrapping after 49 days (compared with
 /// `wrapping_sub`, and only over the few seconds a stall may last).
+/// The tokens of the requests asked longer than `timeout` ago, in token order (so their replies
+/// go out in the order the ops came).
+fn late_tokens<T>(
+    requests: &HashMap<u64, T>,
+    asked: impl Fn(&T) -> Instant,
+    now: Instant,
+    timeout: Duration,
+) -> Vec<u64> {
+    let mut late: Vec<u64> = requests
+        .iter()
+        .filter(|(_, r)| now.saturating_duration_since(asked(r)) > timeout)
+        .map(|(token, _)| *token)
+        .collect();
+    late.sort_unstable();
+    late
+}
+
 fn clock_ms(started: Instant, now: Instant) -> u32 {
     now.saturating_duration_since(started).as_millis() as u32
 }
