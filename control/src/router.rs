@@ -43,7 +43,7 @@ use tokio::sync::{mpsc, watch, Notify};
 
 use crate::config::Levels;
 use crate::history::{
-    self, Append, HistoryPage, HistoryStats, HistoryStore, MemoryStore, RecoverCaps,
+    self, Append, AppendTo, HistoryPage, HistoryStats, HistoryStore, MemoryStore, RecoverCaps,
     RecoverFailure, RecoverOutcome,
 };
 pub use crate::history::{Epoch, Position, StoredMessage};
@@ -890,8 +890,8 @@ impl Router {
         // Counted once per request: an atomic add per message would wait for every store the
         // loop made to drain.
         let mut fanout = 0u64;
-        // (index in reqs, seq, room level) of each numbered message, for the history.
-        let mut numbered: Vec<(usize, u64, u8)> = Vec::with_capacity(reqs.len());
+        // Each numbered message, for the history.
+        let mut numbered: Vec<AppendTo<'_>> = Vec::with_capacity(reqs.len());
 
         let mut guard = self.lock();
         let now = Instant::now();
@@ -944,7 +944,16 @@ impl Router {
                 continue;
             }
             *counter = seq;
-            numbered.push((i, seq, level));
+            numbered.push(AppendTo {
+                channel: req.target,
+                level,
+                msg: Append {
+                    seq,
+                    priority: req.priority,
+                    kind: req.kind,
+                    data: &req.data,
+                },
+            });
             if let Some(id) = id {
                 history.remember(req.target, id, seq, now);
             }
@@ -1007,16 +1016,7 @@ impl Router {
         // Into the history after the loop: its copies land in memory not touched for minutes,
         // and apart from the loop's atomics (the scratch frame's `Bytes` clones) those stores
         // overlap instead of each waiting in turn.
-        for (i, seq, level) in numbered {
-            let req = &reqs[i];
-            let append = Append {
-                seq,
-                priority: req.priority,
-                kind: req.kind,
-                data: &req.data,
-            };
-            history.append(req.target, level, append, now);
-        }
+        history.append_all(&numbered, now);
         results
     }
 
