@@ -134,6 +134,9 @@ pub struct Report {
     /// Inside the measured window (between `start` and `end`).
     pub window_frames: u64,
     pub window_msgs: u64,
+    /// Room online counts (`room` pushes) received in the window.
+    #[serde(default)]
+    pub window_online_counts: u64,
     /// Per group ([`crate::dist::Group::index`]).
     pub groups: [GroupReport; 3],
     /// The normal group's latency during the warm-up, every priority: (µs, count).
@@ -258,6 +261,7 @@ impl Report {
         self.msgs += o.msgs;
         self.bytes += o.bytes;
         self.window_frames += o.window_frames;
+        self.window_online_counts += o.window_online_counts;
         self.window_msgs += o.window_msgs;
         for (a, b) in self.groups.iter_mut().zip(&o.groups) {
             a.merge(b);

@@ -140,6 +140,7 @@ pub fn delivery_json(
         "msgs_per_s": total.window_msgs as f64 / secs,
         "frames_per_s": total.window_frames as f64 / secs,
         "msgs_per_frame": per(total.window_msgs as f64, total.window_frames),
+        "online_counts_per_s": total.window_online_counts as f64 / secs,
         "received_msgs": total.msgs,
         "foreign_batches": total.foreign,
         "decode_errors": total.decode_errors,
@@ -297,6 +298,8 @@ pub fn control_json(
             "evictions_since_idle": delta("roomcast_control_history_evictions_total", "reason"),
         },
         "recoveries_since_idle": delta("roomcast_control_recoveries_total", "result"),
+        "online_pushes_since_idle": int(grew("roomcast_control_online_pushes_total")),
+        "online_frames_since_idle": int(grew("roomcast_control_online_frames_total")),
         "rss_idle": rss.0,
         "rss_end": rss.1,
         "rss_growth": rss_growth,
@@ -735,10 +738,11 @@ pub fn print_table(r: &Value) {
     }
     if let Some(d) = r.get("delivery") {
         println!(
-            "delivered      {} msg/s in {} frames/s ({:.2} msgs/frame)",
+            "delivered      {} msg/s in {} frames/s ({:.2} msgs/frame), {} online counts/s",
             rate(f(&d["msgs_per_s"])),
             rate(f(&d["frames_per_s"])),
-            f(&d["msgs_per_frame"])
+            f(&d["msgs_per_frame"]),
+            rate(f(&d["online_counts_per_s"]))
         );
         for g in d["groups"].as_array().into_iter().flatten() {
             print_group(g);
@@ -993,8 +997,19 @@ fn control_lines(c: &Value) -> Vec<String> {
         "none" => String::new(),
         counts => format!("; recoveries answered: {counts}"),
     };
+    let online = match (
+        c["online_pushes_since_idle"].as_i64(),
+        c["online_frames_since_idle"].as_i64(),
+    ) {
+        (Some(pushes), Some(frames)) if pushes > 0 => {
+            format!(
+                "; online counts since idle: {pushes} room counts to edges in {frames} link frames"
+            )
+        }
+        _ => String::new(),
+    };
     vec![format!(
-        "control store  history {} messages in {} channels, {} ({}), evictions since idle: {}{rss}{recoveries}",
+        "control store  history {} messages in {} channels, {} ({}), evictions since idle: {}{rss}{recoveries}{online}",
         count(&h["messages"]),
         count(&h["channels"]),
         fmt_bytes(f(&h["bytes"])),

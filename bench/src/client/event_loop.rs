@@ -176,6 +176,8 @@ struct Counters {
     pings_sent: u64,
     pongs: u64,
     ping_errors: u64,
+    /// Room online counts received (`room` pushes, PROTOCOL.md §5).
+    online_counts: u64,
     /// The reconnect storm's counts (its histograms are in [`ThreadHistograms`]).
     rec: RecoveryReport,
 }
@@ -207,8 +209,9 @@ pub(super) struct Loop {
     setup_ms: Histogram<u64>,
     tick_latency: Histogram<u64>,
     phase: Phase,
-    window_start: (u64, u64),
-    window: (u64, u64),
+    /// Batch frames, messages and online counts received when the window opened, and in it.
+    window_start: (u64, u64, u64),
+    window: (u64, u64, u64),
     /// This thread's churners, and the next one to churn.
     churners: Vec<usize>,
     churn_cursor: usize,
@@ -286,8 +289,8 @@ impl Loop {
             setup_ms: Histogram::new_with_bounds(1, 3_600_000, 3).expect("histogram bounds"),
             tick_latency: new_tick_histogram(),
             phase: Phase::Connecting,
-            window_start: (0, 0),
-            window: (0, 0),
+            window_start: (0, 0, 0),
+            window: (0, 0, 0),
             churners,
             churn_cursor: 0,
             churn_due: 0.0,
@@ -423,7 +426,7 @@ impl Loop {
             Cmd::Warmup => self.phase = Phase::Warmup,
             Cmd::Start => {
                 self.phase = Phase::Window;
-                self.window_start = (self.c.frames, self.c.msgs);
+                self.window_start = (self.c.frames, self.c.msgs, self.c.online_counts);
                 self.pause_slow_readers(true);
             }
             Cmd::End => {
@@ -431,6 +434,7 @@ impl Loop {
                     self.window = (
                         self.c.frames - self.window_start.0,
                         self.c.msgs - self.window_start.1,
+                        self.c.online_counts - self.window_start.2,
                     );
                 }
                 self.phase = Phase::Drain;
@@ -536,6 +540,7 @@ impl Loop {
             bytes: c.bytes,
             window_frames: self.window.0,
             window_msgs: self.window.1,
+            window_online_counts: self.window.2,
             groups,
             open_per_room: open_per_room.into_iter().collect(),
             foreign: c.foreign,
@@ -1138,8 +1143,8 @@ impl Loop {
                 }
             }
             ServerMsg::Batch { .. } => unreachable!("batches are handled by on_batch"),
-            // A room's online count: nothing to measure here yet.
-            ServerMsg::Room { .. } => {}
+            // A room's online count: counted, to measure what the pushes add.
+            ServerMsg::Room { .. } => self.c.online_counts += 1,
             ServerMsg::Close { code, reason } => {
                 if self.conns[k].state == State::Joining && code == 4029 {
                     self.fail(k, "full (4029)".into(), true);
