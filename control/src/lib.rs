@@ -15,6 +15,7 @@ pub mod dispatch;
 pub mod history;
 pub mod levels;
 pub mod linkserver;
+pub mod merge;
 pub mod metrics;
 pub mod publish;
 pub mod router;

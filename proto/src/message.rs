@@ -3,7 +3,7 @@
 use bytes::Bytes;
 
 /// Where a published message goes.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Target {
     /// Every member of a room.
     Room(String),
