@@ -160,6 +160,8 @@ pub fn measure(args: &FloorArgs) -> io::Result<FloorResult> {
             priority: 3,
             kind: "chat".into(),
             data: message_data(sys::unix_micros(), args.payload),
+            merged: 0,
+            is_final: false,
         }],
     );
     let listener = TcpListener::bind("127.0.0.1:0")?;

@@ -257,6 +257,8 @@ impl Sink for LinkSink {
                     priority: m.priority,
                     kind: "bench".into(),
                     data: m.data.clone(),
+                    merged: 0,
+                    is_final: false,
                 },
             });
             link::encode(&frame, &mut self.buf).expect("a publish frame always encodes");

@@ -28,7 +28,7 @@ use crate::config::ControlConfig;
 use crate::dispatch::{self, Transport};
 use crate::metrics::ControlMetrics;
 use crate::publish::{BatchBody, Context, Message, RawMessage};
-use crate::router::{PublishReq, Published, Router, TargetRef};
+use crate::router::{MergeReq, PublishReq, Published, Router, TargetRef};
 use crate::userquery::UserQueries;
 
 /// The OpenAPI 3 document describing this API, kept in the repository next to the crate.
@@ -457,6 +457,14 @@ fn to_req<'a>(message: &'a Message<'a>, body: &Bytes) -> PublishReq<'a> {
     }
 }
 
+/// The router's view of a message's merge rule.
+fn merge_req<'a>(message: &'a Message<'a>) -> Option<MergeReq<'a>> {
+    message.merge.as_ref().map(|(rule, amounts)| MergeReq {
+        rule,
+        amounts: amounts.clone(),
+    })
+}
+
 /// Holds a publish through the startup grace (edges re-registering) and while an edge link is
 /// congested.
 async fn admit(state: &AppState) {
@@ -475,9 +483,11 @@ async fn publish_single(
         .map_err(ApiError::bad_request)?;
     let req = to_req(&message, body);
     admit(state).await;
-    let mut outcome = state
-        .router
-        .publish_ids(std::slice::from_ref(&req), &[message.id]);
+    let mut outcome = state.router.publish_merged(
+        std::slice::from_ref(&req),
+        &[message.id],
+        &[merge_req(&message)],
+    );
     state.metrics.published(1);
     match outcome.pop() {
         Some(Ok(published)) => Ok(json_ok(&published)),
@@ -533,8 +543,12 @@ async fn publish_batch(
     let valid = || checked.iter().filter_map(|c| c.as_ref().ok());
     let reqs: Vec<PublishReq<'_>> = valid().map(|m| to_req(m, &body)).collect();
     let ids: Vec<Option<&str>> = valid().map(|m| m.id).collect();
+    let merges: Vec<Option<MergeReq<'_>>> = valid().map(merge_req).collect();
     admit(&state).await;
-    let mut outcomes = state.router.publish_ids(&reqs, &ids).into_iter();
+    let mut outcomes = state
+        .router
+        .publish_merged(&reqs, &ids, &merges)
+        .into_iter();
     state.metrics.published(reqs.len() as u64);
 
     let mut out = Vec::with_capacity(16 + checked.len() * 40);
@@ -569,8 +583,13 @@ async fn publish_batch(
 
 fn write_published(out: &mut Vec<u8>, published: Published) {
     let mut n = itoa::Buffer::new();
-    out.extend_from_slice(b"{\"seq\":");
-    out.extend_from_slice(n.format(published.seq).as_bytes());
+    if published.held {
+        // No `seq` yet: it waits in its merge window (PROTOCOL.md §5).
+        out.extend_from_slice(b"{\"held\":true");
+    } else {
+        out.extend_from_slice(b"{\"seq\":");
+        out.extend_from_slice(n.format(published.seq).as_bytes());
+    }
     out.extend_from_slice(b",\"delivered_edges\":");
     out.extend_from_slice(n.format(published.delivered_edges).as_bytes());
     if published.duplicate {

@@ -287,6 +287,12 @@ pub struct ControlConfig {
     /// is told too_many and reloads instead.
     #[arg(long, env = "ROOMCAST_RECOVER_MAX_BYTES", default_value_t = 256 << 10)]
     pub recover_max_bytes: usize,
+
+    /// Most bytes of message data waiting in merge windows (messages with a "merge" rule,
+    /// PROTOCOL.md §5); at the cap a new message with a rule is published at once, unmerged,
+    /// after its key's waiting one (counted in roomcast_control_merge_bypassed_total).
+    #[arg(long, env = "ROOMCAST_MERGE_MAX_BYTES", default_value_t = 64 << 20)]
+    pub merge_max_bytes: usize,
 }
 
 impl Default for ControlConfig {
@@ -314,6 +320,8 @@ pub struct Levels {
     pub online_intervals_ms: [u32; LEVELS],
     /// History bounds per level, and the store's, dedupe's and recovery's settings.
     pub history: HistoryConfig,
+    /// Most bytes of data waiting in merge windows.
+    pub merge_max_bytes: usize,
 }
 
 impl Default for Levels {
@@ -459,6 +467,7 @@ impl ControlConfig {
             budgets,
             online_intervals_ms,
             history: self.history()?,
+            merge_max_bytes: self.merge_max_bytes,
         })
     }
 

@@ -162,6 +162,10 @@ pub struct Append<'a> {
     pub kind: &'a str,
     /// The message's JSON; copied when kept (never kept as a slice of the request body).
     pub data: &'a [u8],
+    /// Messages a merge rule combined into it (0: none).
+    pub merged: u32,
+    /// Its merge key's final message: stored whatever the level's lowest stored priority.
+    pub is_final: bool,
 }
 
 /// One message of a publish request for [`HistoryStore::append_all`].
@@ -178,8 +182,10 @@ pub struct AppendTo<'a> {
 pub struct StoredMessage {
     pub seq: u64,
     pub priority: u8,
+    pub merged: u32,
+    pub is_final: bool,
     buf: Bytes,
-    kind_len: u32,
+    kind_len: u8,
 }
 
 impl StoredMessage {
@@ -308,6 +314,10 @@ pub trait HistoryStore: Send {
 
     /// Remembers that the publish with this id got `seq`.
     fn remember(&mut self, channel: TargetRef<'_>, id: &str, seq: u64, now: Instant);
+
+    /// Counts a repeat of an id earlier in the same publish request (the router answers it; it
+    /// is a dedupe hit all the same).
+    fn count_repeat(&mut self);
 
     /// Drops what time has expired (run about once a second).
     fn expire(&mut self, now: Instant);
@@ -453,8 +463,11 @@ struct Entry {
     at_ms: u64,
     off: u32,
     len: u32,
+    /// Fits the padding: an entry stays 32 bytes.
+    merged: u32,
     kind_len: u8,
     priority: u8,
+    is_final: bool,
 }
 
 impl Entry {
@@ -604,8 +617,10 @@ impl Channel {
         StoredMessage {
             seq: e.seq,
             priority: e.priority,
+            merged: e.merged,
+            is_final: e.is_final,
             buf: buf.slice(at..at + e.len as usize),
-            kind_len: u32::from(e.kind_len),
+            kind_len: e.kind_len,
         }
     }
 }
@@ -903,7 +918,7 @@ impl MemoryStore {
         }
         self.channels[slot as usize].last_appended = msg.seq;
         self.expire_channel(slot, now_ms);
-        if msg.priority > policy.lowest_priority {
+        if msg.priority > policy.lowest_priority && !msg.is_final {
             return; // not stored: a hole above the floor
         }
         let len = msg.kind.len() + msg.data.len();
@@ -944,8 +959,10 @@ impl MemoryStore {
             at_ms: now_ms,
             off: off as u32,
             len: len as u32,
+            merged: msg.merged,
             kind_len: msg.kind.len() as u8,
             priority: msg.priority,
+            is_final: msg.is_final,
         });
         ch.bytes += size;
         let generation = ch.generation;
@@ -1089,6 +1106,10 @@ impl HistoryStore for MemoryStore {
     fn remember(&mut self, channel: TargetRef<'_>, id: &str, seq: u64, now: Instant) {
         let now_ms = self.ms(now);
         self.dedupe.remember(channel, id, seq, now_ms);
+    }
+
+    fn count_repeat(&mut self) {
+        self.dedupe.hits += 1;
     }
 
     fn expire(&mut self, now: Instant) {
@@ -1235,6 +1256,8 @@ mod tests {
                 priority: p,
                 kind: "gift",
                 data: data.as_bytes(),
+                merged: 0,
+                is_final: false,
             };
             let now = self.at(ms);
             self.store.append(channel, level, msg, now);
@@ -1363,6 +1386,8 @@ mod tests {
                 priority: 1,
                 kind: "gift",
                 data: &big,
+                merged: 0,
+                is_final: false,
             };
             f.store.append(R1, 1, msg, f.t0);
         }
@@ -1376,6 +1401,8 @@ mod tests {
             priority: 1,
             kind: "gift",
             data: &huge,
+            merged: 0,
+            is_final: false,
         };
         f.store.append(R1, 1, msg, f.t0);
         let read = f.seqs(R1, 0, 6, 0);
@@ -1603,6 +1630,8 @@ mod tests {
             priority: 2,
             kind: "gift",
             data: b"{}",
+            merged: 0,
+            is_final: false,
         };
         // r1 is found before the appends; creating r3 forgets r1 (idle longest) and reuses its
         // slot, so r1's message must not land in r3's channel.
@@ -1689,6 +1718,8 @@ mod tests {
             priority: 1,
             kind: "k",
             data: &data,
+            merged: 0,
+            is_final: false,
         };
         f.store.append(R1, 1, msg, f.t0);
         let read = f.seqs(R1, 0, 1, 0);
@@ -1741,6 +1772,8 @@ mod tests {
                 priority,
                 kind: &kind,
                 data: &data,
+                merged: 0,
+                is_final: false,
             };
             f.store.append(channel, 1, msg, f.t0);
             let ring_after = f.store.lookup(channel).map(|s| {

@@ -57,10 +57,29 @@ pub async fn serve(listener: TcpListener, router: Arc<Router>, queries: Arc<User
     }
 }
 
-/// Starts the periodic tasks: drop edges that stopped reporting, re-evaluate room levels once a
+/// Starts the periodic tasks: publish merged messages as their windows end
+/// ([`Router::flush_merges`]), drop edges that stopped reporting, re-evaluate room levels once a
 /// second (a level falls only after time has passed), and push the online counts that are due
 /// ([`Router::push_online`], which looks only at rooms whose count may have changed).
 pub fn spawn_maintenance(router: Arc<Router>) {
+    // Merge windows end when they end, not on a tick: sleep until the next one, or until a
+    // publish opens one (which may end sooner).
+    let r = Arc::clone(&router);
+    tokio::spawn(async move {
+        loop {
+            let woken = r.merges_waiting().notified();
+            match r.next_merge() {
+                Some(at) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(at.into()) => {}
+                        _ = woken => {}
+                    }
+                }
+                None => woken.await,
+            }
+            r.flush_merges(Instant::now());
+        }
+    });
     if let Some(every) = router.online_tick() {
         let r = Arc::clone(&router);
         tokio::spawn(async move {
@@ -414,6 +433,8 @@ fn push_message(stored: &StoredMessage) -> PushMessage {
         priority: stored.priority,
         kind: stored.kind().to_owned(),
         data: stored.data(),
+        merged: stored.merged,
+        is_final: stored.is_final,
     }
 }
 

@@ -193,6 +193,31 @@ impl<'a> ControlCollector<'a> {
             &[],
         )
         .sample(&[], online_frames as f64);
+        let (merge, merge_keys, merge_bytes) = self.router.merge_stats();
+        f.counter(
+            "roomcast_control_merge_merged_total",
+            "Published messages with a merge rule that waited and were merged into another (not published on their own).",
+            &[],
+        )
+        .sample(&[], merge.merged as f64);
+        f.counter(
+            "roomcast_control_merge_bypassed_total",
+            "Messages with a merge rule published at once, unmerged, because --merge-max-bytes of data was waiting.",
+            &[],
+        )
+        .sample(&[], merge.bypassed as f64);
+        f.gauge(
+            "roomcast_control_merge_windows",
+            "Merge keys with an open window.",
+            &[],
+        )
+        .sample(&[], merge_keys as f64);
+        f.gauge(
+            "roomcast_control_merge_waiting_bytes",
+            "Bytes of message data waiting in merge windows (bounded by --merge-max-bytes).",
+            &[],
+        )
+        .sample(&[], merge_bytes as f64);
         let history = self.router.history_stats();
         f.gauge(
             "roomcast_control_history_messages",

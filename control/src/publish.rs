@@ -7,12 +7,14 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::time::Duration;
 
 use roomcast_proto::ids::is_valid_id;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use crate::merge::{sum_amounts, Amount, MergeOp, MergeRule, MAX_INTERVAL_MS, MAX_SUM_FIELDS};
 use crate::router::TargetRef;
 
 /// Longest accepted `kind`, in bytes.
@@ -28,6 +30,7 @@ pub struct RawMessage<'a> {
     kind: Option<&'a RawValue>,
     data: Option<&'a RawValue>,
     id: Option<&'a RawValue>,
+    merge: Option<&'a RawValue>,
     /// Set when the value was not a JSON object at all.
     not_object: bool,
     /// The first unknown or repeated field, reported as an error.
@@ -50,6 +53,8 @@ pub struct Message<'a> {
     /// The idempotency id: a repeat on the same channel within the dedupe window is not
     /// published again.
     pub id: Option<&'a str>,
+    /// The merge rule, and for `sum` the amounts of its fields in `data`.
+    pub merge: Option<(MergeRule, Vec<Amount>)>,
 }
 
 /// Where the target comes from.
@@ -111,12 +116,26 @@ impl<'a> RawMessage<'a> {
         }
         let data = self.data.ok_or("data is required (any JSON value)")?;
         let id = self.id.map(|raw| id(raw, "id")).transpose()?;
+        let merge = match self.merge {
+            None => None,
+            Some(raw) => {
+                let rule = merge_rule(raw)?;
+                let amounts = match &rule.op {
+                    MergeOp::Sum(fields) => {
+                        sum_amounts(data.get(), fields).map_err(|e| format!("merge: {e}"))?
+                    }
+                    MergeOp::Latest => Vec::new(),
+                };
+                Some((rule, amounts))
+            }
+        };
         Ok(Message {
             target,
             priority,
             kind,
             data,
             id,
+            merge,
         })
     }
 
@@ -152,6 +171,82 @@ fn id<'a>(raw: &'a RawValue, field: &str) -> Result<&'a str, String> {
     }
 }
 
+/// A `merge` object as the API documents it:
+/// `{"key":…,"op":"latest"|"sum","fields":[…],"interval_ms":…,"final":…}`; the error names the
+/// field at fault.
+fn merge_rule(raw: &RawValue) -> Result<MergeRule, String> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Rule<'a> {
+        #[serde(borrow)]
+        key: Option<&'a RawValue>,
+        #[serde(borrow)]
+        op: Option<&'a RawValue>,
+        #[serde(borrow)]
+        fields: Option<&'a RawValue>,
+        #[serde(borrow)]
+        interval_ms: Option<&'a RawValue>,
+        #[serde(borrow, rename = "final")]
+        is_final: Option<&'a RawValue>,
+    }
+    let rule: Rule<'_> = serde_json::from_str(raw.get()).map_err(|e| {
+        let e = e.to_string();
+        match e.strip_prefix("unknown field ") {
+            Some(rest) => format!(
+                "merge has an unknown field {}",
+                rest.split(',').next().unwrap_or(rest)
+            ),
+            None => "merge must be an object with key and op".to_string(),
+        }
+    })?;
+    let key = id(rule.key.ok_or("merge.key is required")?, "merge.key")?.to_owned();
+    let op = match rule.op.map(json_str) {
+        None => return Err("merge.op is required (latest or sum)".into()),
+        Some(Some(op)) if op == "latest" => MergeOp::Latest,
+        Some(Some(op)) if op == "sum" => {
+            let fields: Vec<String> = rule
+                .fields
+                .and_then(|raw| serde_json::from_str(raw.get()).ok())
+                .ok_or("merge.fields is required for sum: a list of data's numeric fields")?;
+            if fields.is_empty() || fields.len() > MAX_SUM_FIELDS {
+                return Err(format!("merge.fields must list 1-{MAX_SUM_FIELDS} fields"));
+            }
+            for (i, field) in fields.iter().enumerate() {
+                if field.is_empty() || fields[..i].contains(field) {
+                    return Err("merge.fields must be distinct non-empty names".into());
+                }
+            }
+            MergeOp::Sum(fields)
+        }
+        Some(_) => return Err("merge.op must be latest or sum".into()),
+    };
+    if op == MergeOp::Latest && rule.fields.is_some() {
+        return Err("merge.fields is only for op sum".into());
+    }
+    let interval = match rule.interval_ms {
+        None => None,
+        Some(raw) => match raw.get().parse::<u64>() {
+            Ok(ms) if (1..=MAX_INTERVAL_MS).contains(&ms) => Some(Duration::from_millis(ms)),
+            _ => {
+                return Err(format!(
+                    "merge.interval_ms must be an integer 1-{MAX_INTERVAL_MS}"
+                ))
+            }
+        },
+    };
+    let is_final = match rule.is_final.map(RawValue::get) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => return Err("merge.final must be true or false".into()),
+    };
+    Ok(MergeRule {
+        key,
+        op,
+        interval,
+        is_final,
+    })
+}
+
 /// A JSON string's value, borrowed when it has no escapes.
 fn json_str(raw: &RawValue) -> Option<Cow<'_, str>> {
     let text = raw.get();
@@ -181,6 +276,7 @@ enum Field {
     Kind,
     Data,
     Id,
+    Merge,
 }
 
 impl Field {
@@ -193,6 +289,7 @@ impl Field {
             Field::Kind => "kind",
             Field::Data => "data",
             Field::Id => "id",
+            Field::Merge => "merge",
         }
     }
 }
@@ -220,6 +317,7 @@ impl<'de> Deserialize<'de> for Key {
                     "kind" => Key::Known(Field::Kind),
                     "data" => Key::Known(Field::Data),
                     "id" => Key::Known(Field::Id),
+                    "merge" => Key::Known(Field::Merge),
                     other => Key::Unknown(other.to_owned()),
                 })
             }
@@ -257,6 +355,7 @@ impl<'de: 'a, 'a> Visitor<'de> for MessageVisitor<'a> {
                         Field::Kind => &mut msg.kind,
                         Field::Data => &mut msg.data,
                         Field::Id => &mut msg.id,
+                        Field::Merge => &mut msg.merge,
                     };
                     if slot.replace(value).is_some() && msg.stray.is_none() {
                         msg.stray = Some((StrayKind::Duplicate, field.name().to_owned()));

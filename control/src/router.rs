@@ -48,6 +48,7 @@ use crate::history::{
 };
 pub use crate::history::{Epoch, Position, StoredMessage};
 use crate::levels::RoomLevel;
+use crate::merge::{Amount, MergeRule, MergeStats, Merger, Offer, Release};
 
 /// The control plane's end of one edge link, shared by the router (which queues frames) and the
 /// link's writer task (which writes them).
@@ -123,7 +124,7 @@ pub struct EdgeKey {
 }
 
 /// Where a publish goes, borrowed from the request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TargetRef<'a> {
     Room(&'a str),
     User(&'a str),
@@ -153,14 +154,46 @@ pub struct PublishReq<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Published {
     /// The channel's sequence number assigned to the message (for a duplicate, the first
-    /// publish's).
+    /// publish's); not serialized for a held message, which has none yet.
+    #[serde(skip_serializing_if = "is_held_seq")]
     pub seq: u64,
-    /// Edges the message was queued to (0 for a duplicate).
+    /// Edges the message was queued to (0 for a duplicate or a held message).
     pub delivered_edges: u32,
     /// The message's id was already published on this channel within the dedupe window: it was
     /// not published again. Serialized only when true.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub duplicate: bool,
+    /// The message has a merge rule and waits in its key's merge window: it has no `seq` yet
+    /// (`seq` is 0 and not serialized) and is published merged when the window ends.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub held: bool,
+}
+
+fn is_held_seq(seq: &u64) -> bool {
+    *seq == HELD_SEQ
+}
+
+impl Published {
+    /// The answer to a message that waits in a merge window.
+    pub fn held() -> Published {
+        Published {
+            seq: HELD_SEQ,
+            delivered_edges: 0,
+            duplicate: false,
+            held: true,
+        }
+    }
+
+    /// The answer to a repeated id: the first publish's `seq`, or held when the first waits
+    /// (or waited) in a merge window.
+    fn duplicate_of(seq: u64) -> Published {
+        Published {
+            seq,
+            delivered_edges: 0,
+            duplicate: true,
+            held: seq == HELD_SEQ,
+        }
+    }
 }
 
 /// Last load figures an edge reported.
@@ -307,10 +340,12 @@ struct State {
     next_generation: u64,
     /// Every channel's recent messages, epoch and publish ids.
     history: Box<dyn HistoryStore>,
+    /// Messages with merge rules waiting in their keys' windows.
+    merger: Merger,
 }
 
 impl State {
-    fn new(history: Box<dyn HistoryStore>) -> State {
+    fn new(history: Box<dyn HistoryStore>, merge_max_bytes: usize) -> State {
         State {
             edges: Slab::new(),
             by_id: HashMap::new(),
@@ -320,6 +355,7 @@ impl State {
             broadcast_seq: 0,
             next_generation: 0,
             history,
+            merger: Merger::new(merge_max_bytes),
         }
     }
 
@@ -590,6 +626,8 @@ pub struct Router {
     /// frames that carried them.
     online_pushes: std::sync::atomic::AtomicU64,
     online_frames: std::sync::atomic::AtomicU64,
+    /// Notified when a publish opened a merge window (the flusher may need to wake earlier).
+    merges_waiting: Notify,
 }
 
 /// Most rooms in one `room online` frame: 65,536 counts of the longest room id are 9 MB, well
@@ -625,7 +663,7 @@ impl Router {
     pub fn new(levels: Levels, report_timeout: Duration, backlog_hard: usize) -> Router {
         let store = MemoryStore::new(levels.history.clone(), rand::random(), Instant::now());
         Router {
-            state: Mutex::new(State::new(Box::new(store))),
+            state: Mutex::new(State::new(Box::new(store), levels.merge_max_bytes)),
             levels,
             report_timeout,
             backlog_soft: backlog_hard / 8,
@@ -636,6 +674,7 @@ impl Router {
             recoveries: Default::default(),
             online_pushes: std::sync::atomic::AtomicU64::new(0),
             online_frames: std::sync::atomic::AtomicU64::new(0),
+            merges_waiting: Notify::new(),
         }
     }
 
@@ -870,154 +909,175 @@ impl Router {
         reqs: &[PublishReq<'_>],
         ids: &[Option<&str>],
     ) -> Vec<Result<Published, LinkError>> {
-        let estimate: usize = reqs
-            .iter()
-            .map(|r| 32 + r.data.len() + r.kind.len() + target_id(r.target).len())
-            .sum();
-        let mut out = BytesMut::with_capacity(estimate);
-        // One scratch frame reused for every message: its strings keep their allocations.
-        let mut frame = LinkFrame::Publish(Publish {
-            target: Target::Broadcast,
-            msg: PushMessage {
-                seq: 0,
-                priority: 0,
-                kind: String::with_capacity(64),
-                data: Bytes::new(),
-            },
-        });
-        let mut batches: Vec<EdgeBatch> = Vec::new();
-        let mut results = Vec::with_capacity(reqs.len());
-        // Counted once per request: an atomic add per message would wait for every store the
-        // loop made to drain.
-        let mut fanout = 0u64;
-        // Each numbered message, for the history.
-        let mut numbered: Vec<AppendTo<'_>> = Vec::with_capacity(reqs.len());
+        self.publish_merged(reqs, ids, &[])
+    }
+
+    /// [`Router::publish_ids`] with merge rules: `merges[i]` (when present and `Some`) is the
+    /// rule of `reqs[i]`. Such a message goes through its key's merge window ([`Merger`]): it is
+    /// published at once (opening the window, or as a `final`, after the key's waiting message)
+    /// or waits in the window (`held: true`, no `seq`), to be published merged when the window
+    /// ends ([`Router::flush_merges`]). Everything published is numbered in order, so merged
+    /// messages take one `seq` each and leave no gap.
+    pub fn publish_merged(
+        &self,
+        reqs: &[PublishReq<'_>],
+        ids: &[Option<&str>],
+        merges: &[Option<MergeReq<'_>>],
+    ) -> Vec<Result<Published, LinkError>> {
+        let mut results: Vec<Option<Result<Published, LinkError>>> = vec![None; reqs.len()];
+        // Repeats of an id earlier in `reqs`: (repeat, first); answered once the first is.
+        let mut repeats: Vec<(usize, usize)> = Vec::new();
+        let mut firsts: HashMap<(TargetRef<'_>, &str), usize> = HashMap::new();
+        let mut items: Vec<Item> = Vec::with_capacity(reqs.len());
 
         let mut guard = self.lock();
         let now = Instant::now();
         self.drop_silent_edges(&mut guard, now);
-        let State {
-            edges,
-            rooms,
-            users,
-            broadcast_seq,
-            history,
-            ..
-        } = &mut *guard;
+        let state = &mut *guard;
+        let next_merge = state.merger.next_deadline();
         for (i, req) in reqs.iter().enumerate() {
             let id = ids.get(i).copied().flatten();
-            if let Some(seq) = id.and_then(|id| history.seen(req.target, id, now)) {
-                results.push(Ok(Published {
-                    seq,
-                    delivered_edges: 0,
-                    duplicate: true,
-                }));
-                continue;
-            }
-            let (counter, members, level) = match req.target {
-                TargetRef::Room(name) => {
-                    let room = entry(rooms, name, Room::new);
-                    let level = room.level.level();
-                    (&mut room.seq, Members::List(&room.members), level)
-                }
-                TargetRef::User(name) => {
-                    // A user never seen gets an entry on first publish: its numbering must
-                    // continue even while it has no connection.
-                    let user = entry(users, name, User::default);
-                    (&mut user.seq, Members::List(&user.edges), 1)
-                }
-                TargetRef::Broadcast => (&mut *broadcast_seq, Members::All, 1),
-            };
-            let seq = *counter + 1;
-            let LinkFrame::Publish(publish) = &mut frame else {
-                unreachable!("the scratch frame is a publish")
-            };
-            set_target(&mut publish.target, req.target);
-            publish.msg.seq = seq;
-            publish.msg.priority = req.priority;
-            publish.msg.kind.clear();
-            publish.msg.kind.push_str(req.kind);
-            publish.msg.data = req.data.clone();
-            let start = out.len();
-            if let Err(error) = link::encode(&frame, &mut out) {
-                results.push(Err(error));
-                continue;
-            }
-            *counter = seq;
-            numbered.push(AppendTo {
-                channel: req.target,
-                level,
-                msg: Append {
-                    seq,
-                    priority: req.priority,
-                    kind: req.kind,
-                    data: &req.data,
-                },
-            });
             if let Some(id) = id {
-                history.remember(req.target, id, seq, now);
+                if let Some(&first) = firsts.get(&(req.target, id)) {
+                    state.history.count_repeat();
+                    repeats.push((i, first));
+                    continue;
+                }
+                if let Some(seq) = state.history.seen(req.target, id, now) {
+                    results[i] = Some(Ok(Published::duplicate_of(seq)));
+                    continue;
+                }
+                firsts.insert((req.target, id), i);
             }
-            let range = start..out.len();
-            let mut delivered = 0;
-            let mut route = |slot: usize, edge: &EdgeState| {
-                if batches.len() <= slot {
-                    batches.resize_with(slot + 1, EdgeBatch::default);
-                }
-                let batch = &mut batches[slot];
-                let open = *batch
-                    .open
-                    .get_or_insert_with(|| edge.link.backlog() <= self.backlog_hard);
-                if open {
-                    batch.push(range.clone());
-                    delivered += 1;
-                } else {
-                    batch.dropped += 1;
-                }
-            };
-            match members {
-                Members::List(list) => {
-                    for &(slot, _) in list {
-                        route(slot, &edges[slot]);
-                    }
-                }
-                Members::All => {
-                    for (slot, edge) in edges.iter() {
-                        route(slot, edge);
-                    }
-                }
-            }
-            fanout += u64::from(delivered);
-            results.push(Ok(Published {
-                seq,
-                delivered_edges: delivered,
-                duplicate: false,
-            }));
-        }
-        self.fanout_messages
-            .fetch_add(fanout, std::sync::atomic::Ordering::Relaxed);
-        let frames = out.freeze();
-        for (slot, batch) in batches.into_iter().enumerate() {
-            let Some(edge) = edges.get_mut(slot) else {
+            let Some(merge) = merges.get(i).and_then(Option::as_ref) else {
+                items.push(Item::Request(i));
                 continue;
             };
-            for range in batch.ranges {
-                edge.link.send(frames.slice(range));
-            }
-            if batch.dropped > 0 {
-                edge.link_drops += batch.dropped;
-                tracing::warn!(
-                    edge_id = %edge.register.edge_id,
-                    dropped = batch.dropped,
-                    backlog = edge.link.backlog(),
-                    "edge link backlog over its limit; publishes to it dropped"
-                );
+            let tick = self.merge_tick(state, req.target);
+            let target = to_target(req.target);
+            let offer = Offer {
+                priority: req.priority,
+                kind: req.kind.to_owned(),
+                data: req.data.clone(),
+                amounts: merge.amounts.clone(),
+            };
+            let mut released = state.merger.offer(&target, merge.rule, offer, tick, now);
+            match released.pop() {
+                // Released: it is the last; what comes before is its key's waiting message.
+                Some(own) => {
+                    items.extend(released.into_iter().map(|r| Item::Released(r, None)));
+                    items.push(Item::Released(own, Some(i)));
+                }
+                None => {
+                    if let Some(id) = id {
+                        state.history.remember(req.target, id, HELD_SEQ, now);
+                    }
+                    results[i] = Some(Ok(Published::held()));
+                }
             }
         }
-        // Into the history after the loop: its copies land in memory not touched for minutes,
-        // and apart from the loop's atomics (the scratch frame's `Bytes` clones) those stores
-        // overlap instead of each waiting in turn.
-        history.append_all(&numbered, now);
+        let sooner = match (state.merger.next_deadline(), next_merge) {
+            (Some(now_next), Some(before)) => now_next < before,
+            (next, _) => next.is_some(),
+        };
+        if sooner {
+            self.merges_waiting.notify_one();
+        }
+        let bytes = reqs
+            .iter()
+            .map(|r| 32 + r.data.len() + r.kind.len() + target_id(r.target).len())
+            .sum();
+        let mut round = PublishRound::new(items.len(), bytes);
+        for item in &items {
+            let (answers, result) = match item {
+                Item::Request(i) => {
+                    let req = &reqs[*i];
+                    let msg = Numbered::of_request(req);
+                    (Some(*i), round.publish(self, state, req.target, msg))
+                }
+                Item::Released(release, answers) => {
+                    let msg = Numbered::of_release(release);
+                    let result = round.publish(self, state, TargetRef::from(&release.target), msg);
+                    if let (Err(error), None) = (&result, answers) {
+                        tracing::warn!(%error, "a merged message could not be encoded; dropped");
+                    }
+                    (*answers, result)
+                }
+            };
+            if let Some(i) = answers {
+                if let (Ok(published), Some(id)) = (&result, ids.get(i).copied().flatten()) {
+                    state
+                        .history
+                        .remember(reqs[i].target, id, published.seq, now);
+                }
+                results[i] = Some(result);
+            }
+        }
+        round.finish(self, state, now);
+        for (repeat, first) in repeats {
+            results[repeat] = Some(match &results[first] {
+                Some(Ok(first)) if first.held => Ok(Published::duplicate_of(HELD_SEQ)),
+                Some(Ok(first)) => Ok(Published::duplicate_of(first.seq)),
+                Some(Err(error)) => Err(error.clone()),
+                None => unreachable!("every first occurrence is answered"),
+            });
+        }
         results
+            .into_iter()
+            .map(|r| r.expect("every message is answered"))
+            .collect()
+    }
+
+    /// Publishes the merged messages whose windows ended by `now`; returns how many.
+    pub fn flush_merges(&self, now: Instant) -> usize {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let released = state.merger.due(now);
+        if released.is_empty() {
+            return 0;
+        }
+        let bytes = released
+            .iter()
+            .map(|r| 32 + r.data.len() + r.kind.len() + r.target.id().len())
+            .sum();
+        let mut round = PublishRound::new(released.len(), bytes);
+        for release in &released {
+            let msg = Numbered::of_release(release);
+            let target = TargetRef::from(&release.target);
+            if let Err(error) = round.publish(self, state, target, msg) {
+                tracing::warn!(%error, "a merged message could not be encoded; dropped");
+            }
+        }
+        round.finish(self, state, now);
+        released.len()
+    }
+
+    /// When [`Router::flush_merges`] next has work, and a notification for when that may have
+    /// become earlier.
+    pub fn next_merge(&self) -> Option<Instant> {
+        self.lock().merger.next_deadline()
+    }
+
+    /// Wakes the merge flusher after a publish opened a merge window.
+    pub fn merges_waiting(&self) -> &Notify {
+        &self.merges_waiting
+    }
+
+    /// The merger's counters, and its open windows and waiting bytes.
+    pub fn merge_stats(&self) -> (MergeStats, usize, usize) {
+        let state = self.lock();
+        let (keys, bytes) = state.merger.held();
+        (state.merger.stats(), keys, bytes)
+    }
+
+    /// The window of a merge key without its own interval: the channel's tick (a room's at its
+    /// level; users and broadcast at level 1).
+    fn merge_tick(&self, state: &State, target: TargetRef<'_>) -> Duration {
+        let level = match target {
+            TargetRef::Room(name) => state.rooms.get(name).map_or(1, |r| r.level.level()),
+            TargetRef::User(_) | TargetRef::Broadcast => 1,
+        };
+        Duration::from_millis(u64::from(self.levels.tick_ms(level)))
     }
 
     /// Pushes the online count of every room due by `now` whose `(online, users)` changed since
@@ -1418,6 +1478,217 @@ enum Members<'a> {
 }
 
 /// One edge's share of a publish request: byte ranges of the encoded buffer.
+/// The `seq` a dedupe entry remembers for a message that waits in a merge window: it has none
+/// yet (real ones start at 1).
+const HELD_SEQ: u64 = 0;
+
+/// A message's merge rule, with the amounts of a `sum` rule's fields in its `data`.
+#[derive(Debug, Clone)]
+pub struct MergeReq<'a> {
+    pub rule: &'a MergeRule,
+    pub amounts: Vec<Amount>,
+}
+
+/// What a publish call numbers, in order.
+enum Item {
+    /// `reqs[i]`, published as it is.
+    Request(usize),
+    /// A message the merger released, and the request it answers (None for a key's waiting
+    /// message, whose requests were answered `held`).
+    Released(Release, Option<usize>),
+}
+
+/// A message about to be numbered, borrowed from a request or a release.
+struct Numbered<'a> {
+    priority: u8,
+    kind: &'a str,
+    data: &'a Bytes,
+    merged: u32,
+    is_final: bool,
+}
+
+impl<'a> Numbered<'a> {
+    fn of_request(req: &'a PublishReq<'a>) -> Numbered<'a> {
+        Numbered {
+            priority: req.priority,
+            kind: req.kind,
+            data: &req.data,
+            merged: 0,
+            is_final: false,
+        }
+    }
+
+    fn of_release(release: &'a Release) -> Numbered<'a> {
+        Numbered {
+            priority: release.priority,
+            kind: &release.kind,
+            data: &release.data,
+            merged: release.merged,
+            is_final: release.is_final,
+        }
+    }
+}
+
+/// The messages of one publish call under the lock: numbered, encoded once into one buffer,
+/// routed as slices of it per edge, and appended to the history at the end.
+struct PublishRound<'a> {
+    out: BytesMut,
+    /// One scratch frame reused for every message: its strings keep their allocations.
+    frame: LinkFrame,
+    batches: Vec<EdgeBatch>,
+    /// Counted once per call: an atomic add per message would wait for every store the loop
+    /// made to drain.
+    fanout: u64,
+    numbered: Vec<AppendTo<'a>>,
+}
+
+impl<'a> PublishRound<'a> {
+    fn new(messages: usize, bytes: usize) -> PublishRound<'a> {
+        PublishRound {
+            out: BytesMut::with_capacity(bytes),
+            frame: LinkFrame::Publish(Publish {
+                target: Target::Broadcast,
+                msg: PushMessage::new(0, 0, String::with_capacity(64), Bytes::new()),
+            }),
+            batches: Vec::new(),
+            fanout: 0,
+            numbered: Vec::with_capacity(messages),
+        }
+    }
+
+    /// Numbers, encodes and routes one message.
+    fn publish(
+        &mut self,
+        router: &Router,
+        state: &mut State,
+        target: TargetRef<'a>,
+        msg: Numbered<'a>,
+    ) -> Result<Published, LinkError> {
+        let State {
+            edges,
+            rooms,
+            users,
+            broadcast_seq,
+            ..
+        } = state;
+        let (counter, members, level) = match target {
+            TargetRef::Room(name) => {
+                let room = entry(rooms, name, Room::new);
+                let level = room.level.level();
+                (&mut room.seq, Members::List(&room.members), level)
+            }
+            TargetRef::User(name) => {
+                // A user never seen gets an entry on first publish: its numbering must
+                // continue even while it has no connection.
+                let user = entry(users, name, User::default);
+                (&mut user.seq, Members::List(&user.edges), 1)
+            }
+            TargetRef::Broadcast => (&mut *broadcast_seq, Members::All, 1),
+        };
+        let seq = *counter + 1;
+        let LinkFrame::Publish(publish) = &mut self.frame else {
+            unreachable!("the scratch frame is a publish")
+        };
+        set_target(&mut publish.target, target);
+        publish.msg.seq = seq;
+        publish.msg.priority = msg.priority;
+        publish.msg.kind.clear();
+        publish.msg.kind.push_str(msg.kind);
+        publish.msg.data = msg.data.clone();
+        publish.msg.merged = msg.merged;
+        publish.msg.is_final = msg.is_final;
+        let start = self.out.len();
+        link::encode(&self.frame, &mut self.out)?;
+        *counter = seq;
+        self.numbered.push(AppendTo {
+            channel: target,
+            level,
+            msg: Append {
+                seq,
+                priority: msg.priority,
+                kind: msg.kind,
+                data: msg.data,
+                merged: msg.merged,
+                is_final: msg.is_final,
+            },
+        });
+        let range = start..self.out.len();
+        let mut delivered = 0;
+        let batches = &mut self.batches;
+        let mut route = |slot: usize, edge: &EdgeState| {
+            if batches.len() <= slot {
+                batches.resize_with(slot + 1, EdgeBatch::default);
+            }
+            let batch = &mut batches[slot];
+            let open = *batch
+                .open
+                .get_or_insert_with(|| edge.link.backlog() <= router.backlog_hard);
+            if open {
+                batch.push(range.clone());
+                delivered += 1;
+            } else {
+                batch.dropped += 1;
+            }
+        };
+        match members {
+            Members::List(list) => {
+                for &(slot, _) in list {
+                    route(slot, &edges[slot]);
+                }
+            }
+            Members::All => {
+                for (slot, edge) in edges.iter() {
+                    route(slot, edge);
+                }
+            }
+        }
+        self.fanout += u64::from(delivered);
+        Ok(Published {
+            seq,
+            delivered_edges: delivered,
+            duplicate: false,
+            held: false,
+        })
+    }
+
+    /// Queues each edge's slices and appends the numbered messages to the history.
+    fn finish(self, router: &Router, state: &mut State, now: Instant) {
+        router
+            .fanout_messages
+            .fetch_add(self.fanout, std::sync::atomic::Ordering::Relaxed);
+        let frames = self.out.freeze();
+        for (slot, batch) in self.batches.into_iter().enumerate() {
+            let Some(edge) = state.edges.get_mut(slot) else {
+                continue;
+            };
+            for range in batch.ranges {
+                edge.link.send(frames.slice(range));
+            }
+            if batch.dropped > 0 {
+                edge.link_drops += batch.dropped;
+                tracing::warn!(
+                    edge_id = %edge.register.edge_id,
+                    dropped = batch.dropped,
+                    backlog = edge.link.backlog(),
+                    "edge link backlog over its limit; publishes to it dropped"
+                );
+            }
+        }
+        // Into the history after the loop: its copies land in memory not touched for minutes,
+        // and apart from the loop's atomics (the scratch frame's `Bytes` clones) those stores
+        // overlap instead of each waiting in turn.
+        state.history.append_all(&self.numbered, now);
+    }
+}
+
+fn to_target(target: TargetRef<'_>) -> Target {
+    match target {
+        TargetRef::Room(id) => Target::Room(id.to_owned()),
+        TargetRef::User(id) => Target::User(id.to_owned()),
+        TargetRef::Broadcast => Target::Broadcast,
+    }
+}
+
 #[derive(Default)]
 struct EdgeBatch {
     ranges: Vec<Range<usize>>,
@@ -1544,6 +1815,7 @@ pub(crate) mod tests {
                 seq: 1,
                 delivered_edges: 2,
                 duplicate: false,
+                held: false,
             }
         );
         assert_eq!(e1.publishes(), vec![(Target::Room("r1".into()), 1)]);
@@ -1575,6 +1847,7 @@ pub(crate) mod tests {
                 seq: 1,
                 delivered_edges: 0,
                 duplicate: false,
+                held: false,
             }
         );
         assert_eq!(
@@ -1583,6 +1856,7 @@ pub(crate) mod tests {
                 seq: 2,
                 delivered_edges: 0,
                 duplicate: false,
+                held: false,
             }
         );
         assert_eq!(
@@ -1591,6 +1865,7 @@ pub(crate) mod tests {
                 seq: 1,
                 delivered_edges: 0,
                 duplicate: false,
+                held: false,
             }
         );
         assert!(e1.publishes().is_empty());
@@ -1612,6 +1887,7 @@ pub(crate) mod tests {
                 seq: 1,
                 delivered_edges: 1,
                 duplicate: false,
+                held: false,
             }
         );
         assert_eq!(
@@ -1620,6 +1896,7 @@ pub(crate) mod tests {
                 seq: 1,
                 delivered_edges: 2,
                 duplicate: false,
+                held: false,
             }
         );
         assert_eq!(
@@ -2180,11 +2457,13 @@ pub(crate) mod tests {
             seq,
             delivered_edges: 0,
             duplicate: true,
+            held: false,
         };
         let new = |seq| Published {
             seq,
             delivered_edges: 1,
             duplicate: false,
+            held: false,
         };
         assert_eq!(out, vec![new(1), dup(1), new(1), new(2)]);
         // A retry later: still the first seq, nothing sent.
@@ -2228,6 +2507,7 @@ pub(crate) mod tests {
                 seq: 1,
                 delivered_edges: 1,
                 duplicate: false,
+                held: false,
             }
         );
         assert_eq!(fine.publishes().len(), 1);

@@ -17,7 +17,7 @@
 //!
 //! Per-priority budgets cap how many messages of priorities 1–3 a window carries per tick of its
 //! length (a window stretched over three ticks carries three ticks' budget); the rest are dropped
-//! and counted.
+//! and counted. A merge key's final message counts as priority 0 here (PROTOCOL.md §5).
 
 use std::ops::Range;
 use std::time::{Duration, Instant};
@@ -238,7 +238,8 @@ impl Window {
     }
 
     pub fn push(&mut self, msg: PushMessage, now: Instant) -> Admit {
-        let p = (msg.priority as usize).min(PRIORITIES - 1);
+        // A final message (of a merge key) is budgeted like priority 0: never.
+        let p = usize::from(msg.shed_priority()).min(PRIORITIES - 1);
         let opened = *self.opened.get_or_insert(now);
         if p > 0 {
             let budget = self.pacing.budgets[p];
@@ -326,6 +327,8 @@ mod tests {
             priority,
             kind: "chat".into(),
             data: Bytes::from_static(b"1"),
+            merged: 0,
+            is_final: false,
         }
     }
 
@@ -515,6 +518,8 @@ mod tests {
             priority: 3,
             kind: "k".into(),
             data: Bytes::from(vec![b'1'; data_len]),
+            merged: 0,
+            is_final: false,
         }
     }
 
@@ -607,6 +612,20 @@ mod tests {
         assert_eq!(w.push(msg(9, 1), t0 + ms(50)), Admit::OverBudget);
         assert_eq!(w.push(msg(10, 1), t0 + ms(150)), Admit::Queued);
         assert_eq!(w.push(msg(11, 1), t0 + ms(160)), Admit::OverBudget);
+    }
+
+    #[test]
+    fn a_final_message_is_never_over_budget_and_closes_the_window_like_priority_zero() {
+        let t0 = Instant::now();
+        let mut pacing = Pacing::unlimited(TICK);
+        pacing.budgets = [0, 0, 0, 0];
+        let mut w = busy_window(pacing, t0);
+        let mut last = msg(1, 1);
+        last.merged = 1;
+        assert_eq!(w.push(msg(0, 1), t0 + ms(10)), Admit::OverBudget);
+        last.is_final = true;
+        assert_eq!(w.push(last, t0 + ms(10)), Admit::Queued);
+        assert_eq!(w.poll(t0 + ms(10)), Next::CloseNow, "urgent, like P0");
     }
 
     #[test]

@@ -21,7 +21,9 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::ids::is_valid_epoch;
-use super::message::{PushMessage, RecoveryFailure, Since, Target, PRIORITIES};
+use super::message::{
+    split_priority_byte, PushMessage, RecoveryFailure, Since, Target, PRIORITIES,
+};
 use super::wire::{Reader, WireError};
 use super::ws::{put_server_header, server_header_len, OpCode};
 
@@ -1038,7 +1040,9 @@ const BATCH_TAIL: &str = "]}";
 const MSG_SEQ: &str = r#"{"seq":"#;
 const MSG_PRIORITY: &str = r#","p":"#;
 const MSG_KIND: &str = r#","kind":""#;
-const MSG_DATA: &str = r#"","data":"#;
+const MSG_MERGED: &str = r#"","merged":"#;
+const MSG_FINAL: &str = r#","final":true"#;
+const MSG_DATA: &str = r#","data":"#;
 const MSG_TAIL: &str = "}";
 
 /// Bytes of the fixed part of one message in a binary batch: `seq u64`, `p u8`, the length byte
@@ -1049,9 +1053,13 @@ const BINARY_MSG_FIXED_LEN: usize = 8 + 1 + 1 + 4;
 /// message object and its separating comma; binary: its fixed fields, `kind` and `data`).
 pub fn batch_message_len(msg: &PushMessage) -> usize {
     let json = json_msg_len(msg) + 1;
-    let binary =
-        BINARY_MSG_FIXED_LEN + clamp_str(&msg.kind, u8::MAX as usize).len() + msg.data.len();
-    json.max(binary)
+    json.max(binary_msg_len(msg))
+}
+
+/// Bytes of one message in a binary batch or history reply.
+fn binary_msg_len(msg: &PushMessage) -> usize {
+    let merged = if msg.merged > 0 { 4 } else { 0 };
+    BINARY_MSG_FIXED_LEN + merged + clamp_str(&msg.kind, u8::MAX as usize).len() + msg.data.len()
 }
 
 /// Encodes one batch of pushes for `target` as complete wire bytes, in the order given.
@@ -1083,13 +1091,20 @@ fn json_msg_len(msg: &PushMessage) -> usize {
         + decimal_len(msg.priority.into())
         + MSG_KIND.len()
         + json_escaped_len(&msg.kind)
+        + if msg.merged > 0 {
+            MSG_MERGED.len() + decimal_len(msg.merged.into())
+        } else {
+            1 // the closing quote of `kind`
+        }
+        + if msg.is_final { MSG_FINAL.len() } else { 0 }
         + MSG_DATA.len()
         + msg.data.len()
         + MSG_TAIL.len()
 }
 
-/// One message of a JSON batch or history reply: `{"seq":…,"p":…,"kind":"…","data":…}`, exactly
-/// [`json_msg_len`] bytes.
+/// One message of a JSON batch or history reply:
+/// `{"seq":…,"p":…,"kind":"…"[,"merged":…][,"final":true],"data":…}`, exactly [`json_msg_len`]
+/// bytes.
 fn write_json_msg<O: Out + ?Sized>(out: &mut O, msg: &PushMessage) {
     out.raw(MSG_SEQ.as_bytes());
     out.decimal(msg.seq);
@@ -1097,16 +1112,28 @@ fn write_json_msg<O: Out + ?Sized>(out: &mut O, msg: &PushMessage) {
     out.decimal(msg.priority.into());
     out.raw(MSG_KIND.as_bytes());
     out.escaped(&msg.kind);
+    if msg.merged > 0 {
+        out.raw(MSG_MERGED.as_bytes());
+        out.decimal(msg.merged.into());
+    } else {
+        out.raw(b"\"");
+    }
+    if msg.is_final {
+        out.raw(MSG_FINAL.as_bytes());
+    }
     out.raw(MSG_DATA.as_bytes());
     out.raw(&msg.data);
     out.raw(MSG_TAIL.as_bytes());
 }
 
-/// One message of a binary batch or history reply: `seq u64`, `p u8`, `kind str8`,
-/// `data bytes32`.
+/// One message of a binary batch or history reply: `seq u64`, `p u8` with the merge flags,
+/// `merged u32` when merged, `kind str8`, `data bytes32`.
 fn write_binary_msg<O: Out + ?Sized>(out: &mut O, msg: &PushMessage) {
     out.be_u64(msg.seq);
-    out.be_u8(msg.priority);
+    out.be_u8(msg.priority_byte());
+    if msg.merged > 0 {
+        out.be_u32(msg.merged);
+    }
     out.str8(&msg.kind);
     // `data` came over the link inside a frame of at most 16 MiB.
     out.be_u32(msg.data.len() as u32);
@@ -1152,10 +1179,7 @@ fn binary_batch_chunks(msgs: &[PushMessage]) -> impl Iterator<Item = &[PushMessa
 }
 
 fn binary_batch_payload_len(id: &str, msgs: &[PushMessage]) -> usize {
-    let msgs_len: usize = msgs
-        .iter()
-        .map(|m| BINARY_MSG_FIXED_LEN + clamp_str(&m.kind, u8::MAX as usize).len() + m.data.len())
-        .sum();
+    let msgs_len: usize = msgs.iter().map(binary_msg_len).sum();
     // op, target, id str8, count u16, messages
     1 + 1 + 1 + id.len() + 2 + msgs_len
 }
@@ -1489,6 +1513,10 @@ struct RawPush<'a> {
     seq: u64,
     p: u8,
     kind: String,
+    #[serde(default)]
+    merged: Option<u32>,
+    #[serde(default, rename = "final")]
+    is_final: Option<bool>,
     /// Borrowed so the publisher's JSON comes back byte for byte, exactly as it was spliced in.
     #[serde(borrow)]
     data: &'a RawValue,
@@ -1509,11 +1537,20 @@ fn check_priority(p: u8) -> Result<u8, OpError> {
 fn json_msgs(raw: Vec<RawPush<'_>>) -> Result<Vec<PushMessage>, OpError> {
     raw.into_iter()
         .map(|m| {
+            // What `write_json_msg` writes: `merged` only when above 0, `final` only when true.
+            if m.merged == Some(0) || m.is_final == Some(false) {
+                return Err(OpError::bad_request(
+                    0,
+                    "a message has `merged` above 0 and `final` true, or leaves them out",
+                ));
+            }
             Ok(PushMessage {
                 seq: m.seq,
                 priority: check_priority(m.p)?,
                 kind: m.kind,
                 data: Bytes::copy_from_slice(m.data.get().as_bytes()),
+                merged: m.merged.unwrap_or(0),
+                is_final: m.is_final.unwrap_or(false),
             })
         })
         .collect()
@@ -1637,6 +1674,9 @@ pub struct PushRef<'a> {
     pub kind: &'a str,
     /// The publisher's JSON text.
     pub data: &'a [u8],
+    /// Messages a merge rule combined into this one (0: no merge rule).
+    pub merged: u32,
+    pub is_final: bool,
 }
 
 /// A batch's target, borrowed.
@@ -1699,7 +1739,22 @@ impl<'a> BatchView<'a> {
     fn read_push(r: &mut Reader<'a>) -> Result<PushRef<'a>, OpError> {
         let wire = |e| OpError::wire(0, e);
         let seq = r.u64("seq").map_err(wire)?;
-        let priority = check_priority(r.u8("p").map_err(wire)?)?;
+        let byte = r.u8("p").map_err(wire)?;
+        let bad_byte = || {
+            OpError::bad_request(
+                0,
+                format!("priority byte {byte} is not a priority 0..3 with merge flags"),
+            )
+        };
+        let (priority, is_final, has_merged) = split_priority_byte(byte).ok_or_else(bad_byte)?;
+        let merged = if has_merged {
+            match r.u32("merged").map_err(wire)? {
+                0 => return Err(bad_byte()),
+                n => n,
+            }
+        } else {
+            0
+        };
         let kind = r.str8("kind").map_err(wire)?;
         let n = r.u32("data").map_err(wire)? as usize;
         let data = r.bytes(n, "data").map_err(wire)?;
@@ -1708,6 +1763,8 @@ impl<'a> BatchView<'a> {
             priority,
             kind,
             data,
+            merged,
+            is_final,
         })
     }
 }
@@ -1743,6 +1800,8 @@ impl PushRef<'_> {
             priority: self.priority,
             kind: self.kind.to_owned(),
             data: Bytes::copy_from_slice(self.data),
+            merged: self.merged,
+            is_final: self.is_final,
         }
     }
 }
@@ -1978,6 +2037,8 @@ mod tests {
             priority,
             kind: kind.to_owned(),
             data: Bytes::copy_from_slice(data.as_bytes()),
+            merged: 0,
+            is_final: false,
         }
     }
 
@@ -2002,7 +2063,61 @@ mod tests {
             ),
             msg(u64::MAX, 3, "", "[1,2.5e3,true,false,null,{}]"),
             msg(MAX_JSON_SEQ, 0, "k", "-0.0"),
+            merged(msg(46, 2, "like", r#"{"count":7}"#), 7, false),
+            merged(msg(47, 1, "pk", r#"{"left":5100}"#), 1, true),
+            merged(msg(48, 3, "x", "0"), u32::MAX, false),
+            merged(msg(49, 0, "y", "1"), 0, true),
         ]
+    }
+
+    fn merged(mut m: PushMessage, merged: u32, is_final: bool) -> PushMessage {
+        m.merged = merged;
+        m.is_final = is_final;
+        m
+    }
+
+    #[test]
+    fn merged_and_final_messages_match_the_protocol() {
+        let msgs = [
+            merged(msg(42, 2, "combo", r#"{"count":7}"#), 7, false),
+            merged(msg(43, 1, "pk", "{}"), 1, true),
+        ];
+        let room = Target::Room("r1".to_owned());
+        let frame = encode_batch(WireFormat::WsJson, &room, &msgs);
+        let (_, payload) = server_payload(WireFormat::WsJson, &frame);
+        assert_eq!(
+            std::str::from_utf8(&payload).unwrap(),
+            r#"{"op":"batch","room":"r1","msgs":[{"seq":42,"p":2,"kind":"combo","merged":7,"data":{"count":7}},{"seq":43,"p":1,"kind":"pk","merged":1,"final":true,"data":{}}]}"#
+        );
+        let frame = encode_batch(WireFormat::Tcp, &room, &msgs);
+        let body = &frame[TCP_PREFIX_LEN..];
+        // op, target, "r1", count 2, then seq 42, p 0x82, merged 7, "combo", data.
+        let mut want = vec![OP_BATCH, 0, 2, b'r', b'1', 0, 2];
+        want.extend_from_slice(&42u64.to_be_bytes());
+        want.push(0x82);
+        want.extend_from_slice(&7u32.to_be_bytes());
+        want.extend_from_slice(b"\x05combo\x00\x00\x00\x0b{\"count\":7}");
+        assert_eq!(&body[..want.len()], &want[..]);
+        // seq 43, p 0xc1 (final, merged, priority 1), merged 1.
+        assert_eq!(body[want.len() + 8], 0xc1);
+        // Reserved bits and a merged flag with 0 are refused.
+        for (byte, merged_count) in [(0x21u8, 1u32), (0x04, 1), (0x80, 0)] {
+            let mut bad = vec![OP_BATCH, 0, 2, b'r', b'1', 0, 1];
+            bad.extend_from_slice(&1u64.to_be_bytes());
+            bad.push(byte);
+            if byte & 0x80 != 0 {
+                bad.extend_from_slice(&merged_count.to_be_bytes());
+            }
+            bad.extend_from_slice(b"\x01k\x00\x00\x00\x011");
+            assert!(decode_server_binary(&bad).is_err(), "{byte:#x}");
+        }
+        // JSON spells them only when set: `merged` 0 or `final` false is not what we write.
+        for text in [
+            r#"{"op":"batch","room":"r","msgs":[{"seq":1,"p":0,"kind":"k","merged":0,"data":1}]}"#,
+            r#"{"op":"batch","room":"r","msgs":[{"seq":1,"p":0,"kind":"k","final":false,"data":1}]}"#,
+        ] {
+            assert!(decode_server_json(text.as_bytes()).is_err(), "{text}");
+        }
     }
 
     fn nasty_targets() -> Vec<Target> {

@@ -18,12 +18,14 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use super::client::WireFormat;
 use super::ids::{is_valid_epoch, is_valid_id};
-use super::message::{PushMessage, RecoveryFailure, Since, Target, PRIORITIES};
+use super::message::{
+    split_priority_byte, PushMessage, RecoveryFailure, Since, Target, PRIORITIES,
+};
 use super::sketch::{UserSketch, REGISTERS};
 use super::wire::{put_bytes32, put_str8, Reader, WireError};
 
 /// Link protocol version carried by `register`; any other version is refused.
-pub const LINK_VERSION: u16 = 4;
+pub const LINK_VERSION: u16 = 5;
 
 /// Largest accepted value of a frame's length prefix (type byte + body), in bytes.
 pub const MAX_LINK_FRAME: usize = 16 << 20;
@@ -339,8 +341,9 @@ pub enum LinkError {
     /// 2 (raw TCP).
     #[error("unknown wire format {0}")]
     BadFormat(u8),
-    /// The priority is above 3.
-    #[error("priority {0} is out of range 0..=3")]
+    /// The priority byte is not a priority 0..=3 with the merge flags (a reserved bit is set,
+    /// or the merged flag with a `merged` of 0).
+    #[error("priority byte {0} is not a priority 0..=3 with merge flags")]
     BadPriority(u8),
     /// The named field is not a valid room/user/edge id.
     #[error("{0} is not a valid id")]
@@ -565,7 +568,8 @@ fn position_len(p: &ChannelPosition) -> Result<usize, LinkError> {
     Ok(target_len(&p.target)? + str8_len(&p.epoch, "epoch")? + 8)
 }
 
-/// Encoded size of a checked message: `seq u64`, `priority u8`, `kind str8`, `data bytes32`.
+/// Encoded size of a checked message: `seq u64`, `priority u8` (with the merge flags), `merged
+/// u32` when merged, `kind str8`, `data bytes32`.
 fn msg_len(m: &PushMessage) -> Result<usize, LinkError> {
     check_priority(m.priority)?;
     check_kind(&m.kind)?;
@@ -573,7 +577,8 @@ fn msg_len(m: &PushMessage) -> Result<usize, LinkError> {
     if m.data.len() > MAX_LINK_FRAME {
         return Err(LinkError::FrameTooLarge(m.data.len()));
     }
-    Ok(8 + 1 + str8_len(&m.kind, "kind")? + 4 + m.data.len())
+    let merged = if m.merged > 0 { 4 } else { 0 };
+    Ok(8 + 1 + merged + str8_len(&m.kind, "kind")? + 4 + m.data.len())
 }
 
 /// Encoded size of a checked room count: `room str8`, `online u32`, `users u32`.
@@ -761,11 +766,14 @@ fn put_position(out: &mut BytesMut, p: &ChannelPosition) -> Result<(), LinkError
     Ok(())
 }
 
-/// Writes a message: `seq u64`, `priority u8`, `kind str8`, `data bytes32` (publish, recovered,
-/// history page).
+/// Writes a message: `seq u64`, `priority u8` with its merge flags, `merged u32` when merged,
+/// `kind str8`, `data bytes32` (publish, recovered, history page).
 fn put_msg(out: &mut BytesMut, m: &PushMessage) -> Result<(), LinkError> {
     out.put_u64(m.seq);
-    out.put_u8(m.priority);
+    out.put_u8(m.priority_byte());
+    if m.merged > 0 {
+        out.put_u32(m.merged);
+    }
     put_str8(out, m.kind.as_bytes(), "kind")?;
     put_bytes32(out, &m.data, "data")?;
     Ok(())
@@ -1049,8 +1057,17 @@ fn read_position(r: &mut Reader<'_>) -> Result<ChannelPosition, LinkError> {
 /// Reads a message; its `data` is a zero-copy slice of `frame`, the bytes `r` reads.
 fn read_msg(r: &mut Reader<'_>, frame: &Bytes) -> Result<PushMessage, LinkError> {
     let seq = r.u64("seq")?;
-    let priority = r.u8("priority")?;
-    check_priority(priority)?;
+    let byte = r.u8("priority")?;
+    let (priority, is_final, has_merged) =
+        split_priority_byte(byte).ok_or(LinkError::BadPriority(byte))?;
+    let merged = if has_merged {
+        match r.u32("merged")? {
+            0 => return Err(LinkError::BadPriority(byte)),
+            n => n,
+        }
+    } else {
+        0
+    };
     let kind = r.str8("kind")?;
     check_kind(kind)?;
     let kind = kind.to_owned();
@@ -1060,6 +1077,8 @@ fn read_msg(r: &mut Reader<'_>, frame: &Bytes) -> Result<PushMessage, LinkError>
         priority,
         kind,
         data: frame.slice(data),
+        merged,
+        is_final,
     })
 }
 
@@ -1204,8 +1223,51 @@ mod tests {
                 priority,
                 kind: "gift".into(),
                 data: Bytes::from_static(data),
+                merged: 0,
+                is_final: false,
             },
         })
+    }
+
+    fn merged_publish(merged: u32, is_final: bool) -> LinkFrame {
+        let LinkFrame::Publish(mut p) = publish(Target::Room("r1".into()), 1, br#"{"count":7}"#)
+        else {
+            unreachable!()
+        };
+        p.msg.merged = merged;
+        p.msg.is_final = is_final;
+        LinkFrame::Publish(p)
+    }
+
+    #[test]
+    fn merge_flags_ride_in_the_priority_byte() {
+        // seq, then the priority byte 0xc1 (merged, final, priority 1) and merged 7.
+        let bytes = encoded(&merged_publish(7, true));
+        let at = bytes
+            .iter()
+            .position(|&b| b == 41)
+            .expect("the seq's last byte")
+            + 1;
+        assert_eq!(bytes[at], 0xc1);
+        assert_eq!(&bytes[at + 1..at + 5], &7u32.to_be_bytes());
+        let plain = encoded(&publish(Target::Room("r1".into()), 1, br#"{"count":7}"#));
+        assert_eq!(
+            plain.len() + 4,
+            bytes.len(),
+            "an unmerged message has no merged field"
+        );
+        for byte in [0x04u8, 0x21, 0x3c] {
+            let mut bad = plain.clone();
+            bad[at] = byte;
+            assert_eq!(
+                decode(&mut bad),
+                Err(LinkError::BadPriority(byte)),
+                "{byte:#x}"
+            );
+        }
+        let mut zero_merged = bytes.clone();
+        zero_merged[at + 1..at + 5].copy_from_slice(&[0; 4]);
+        assert_eq!(decode(&mut zero_merged), Err(LinkError::BadPriority(0xc1)));
     }
 
     fn set_level() -> LinkFrame {
@@ -1326,24 +1388,32 @@ mod tests {
                 priority: 2,
                 kind: "gift".into(),
                 data: Bytes::from_static(br#"{"gift":"rocket","n":3}"#),
+                merged: 0,
+                is_final: false,
             },
             PushMessage {
                 seq: 43,
                 priority: 3,
                 kind: "chat".into(),
                 data: Bytes::from_static(br#""hi""#),
+                merged: 0,
+                is_final: false,
             },
             PushMessage {
                 seq: 44,
                 priority: 0,
                 kind: String::new(),
                 data: Bytes::new(),
+                merged: 0,
+                is_final: false,
             },
             PushMessage {
                 seq: u64::MAX,
                 priority: 1,
                 kind: "ü".into(),
                 data: Bytes::from_static(b"null"),
+                merged: 0,
+                is_final: false,
             },
         ]
     }
@@ -1434,6 +1504,9 @@ mod tests {
             publish(Target::Room("r1".into()), 2, br#"{"gift":"rocket","n":3}"#),
             publish(Target::User("u1".into()), 1, br#"{"text":"you won"}"#),
             publish(Target::Broadcast, 0, br#"{"text":"maintenance"}"#),
+            merged_publish(7, false),
+            merged_publish(1, true),
+            merged_publish(0, true),
             LinkFrame::Publish(Publish {
                 target: Target::Room("r1".into()),
                 msg: PushMessage {
@@ -1441,6 +1514,8 @@ mod tests {
                     priority: 3,
                     kind: String::new(),
                     data: Bytes::new(),
+                    merged: 0,
+                    is_final: false,
                 },
             }),
             set_level(),
@@ -1599,7 +1674,7 @@ mod tests {
     fn register_and_set_level_match_the_documented_layout() {
         let mut want = Vec::new();
         want.put_u32(1 + 2 + 2 + 2 + 2 + 1 + 2 + 4);
-        want.extend_from_slice(&[0x01, 0, 4, 1, b'e', 1, b'w', 1, b't', 0, 0, 3, 0, 0, 0, 9]);
+        want.extend_from_slice(&[0x01, 0, 5, 1, b'e', 1, b'w', 1, b't', 0, 0, 3, 0, 0, 0, 9]);
         let reg = LinkFrame::Register(Register {
             edge_id: "e".into(),
             ws_addr: "w".into(),
@@ -1981,6 +2056,8 @@ mod tests {
                 priority: 0,
                 kind: String::new(),
                 data: Bytes::new(),
+                merged: 0,
+                is_final: false,
             },
         });
         if let LinkFrame::Publish(p) = &mut frame {
@@ -2104,6 +2181,8 @@ mod tests {
             priority: 2,
             kind: "gift".into(),
             data: Bytes::from_static(b"{}"),
+            merged: 0,
+            is_final: false,
         };
         let mut want = Vec::new();
         want.put_u32(1 + 8 + 17 + 1 + 4 + (8 + 1 + 5 + 4 + 2));
@@ -2408,6 +2487,8 @@ mod tests {
             priority: 3,
             kind: "k".into(),
             data: Bytes::from(vec![b'1'; 9 << 20]),
+            merged: 0,
+            is_final: false,
         };
         assert!(matches!(
             encode(&history_page(true, vec![big.clone(), big]), &mut out),

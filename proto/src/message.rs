@@ -44,8 +44,67 @@ pub struct PushMessage {
     pub priority: u8,
     /// Short message kind such as `gift` or `chat` (at most 255 bytes, no control characters).
     pub kind: String,
-    /// The publisher's JSON text, passed through untouched.
+    /// The publisher's JSON text, passed through untouched (for a `sum` merge, the newest
+    /// message's with the summed fields replaced).
     pub data: Bytes,
+    /// How many published messages a merge rule combined into this one; 0 for a message
+    /// without a merge rule (PROTOCOL.md §5).
+    pub merged: u32,
+    /// The final message of its merge key: never dropped by budgets or shedding, like
+    /// priority 0.
+    pub is_final: bool,
+}
+
+/// In binary formats a message's priority byte also carries its merge flags: the priority in
+/// the low two bits, [`FLAG_FINAL`], and [`FLAG_MERGED`] when a `merged u32` follows the byte.
+pub const FLAG_FINAL: u8 = 0x40;
+/// See [`FLAG_FINAL`].
+pub const FLAG_MERGED: u8 = 0x80;
+
+impl PushMessage {
+    /// A message without a merge rule.
+    pub fn new(seq: u64, priority: u8, kind: impl Into<String>, data: Bytes) -> PushMessage {
+        PushMessage {
+            seq,
+            priority,
+            kind: kind.into(),
+            data,
+            merged: 0,
+            is_final: false,
+        }
+    }
+
+    /// The priority budgets and shedding treat it as: a final message counts as priority 0.
+    pub fn shed_priority(&self) -> u8 {
+        if self.is_final {
+            0
+        } else {
+            self.priority
+        }
+    }
+
+    /// The priority byte of binary formats, flags included.
+    pub fn priority_byte(&self) -> u8 {
+        let mut byte = self.priority;
+        if self.is_final {
+            byte |= FLAG_FINAL;
+        }
+        if self.merged > 0 {
+            byte |= FLAG_MERGED;
+        }
+        byte
+    }
+}
+
+/// Splits a binary priority byte: `(priority, is_final, merged follows)`; None when a reserved
+/// bit is set or the priority is out of range.
+pub fn split_priority_byte(byte: u8) -> Option<(u8, bool, bool)> {
+    let priority = byte & !(FLAG_FINAL | FLAG_MERGED);
+    (usize::from(priority) < PRIORITIES).then_some((
+        priority,
+        byte & FLAG_FINAL != 0,
+        byte & FLAG_MERGED != 0,
+    ))
 }
 
 /// Why a recovery was refused (PROTOCOL.md §5); its wire code is a `u8` from 1 to 4, in the

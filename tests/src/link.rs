@@ -194,6 +194,8 @@ impl LinkPeer {
             priority,
             kind: kind.to_owned(),
             data: Bytes::copy_from_slice(data.as_bytes()),
+            merged: 0,
+            is_final: false,
         };
         *next += 1;
         self.send(&LinkFrame::Publish(Publish {

@@ -964,6 +964,8 @@ impl Loop {
                     priority: m.priority,
                     kind: &m.kind,
                     data: &m.data,
+                    merged: m.merged,
+                    is_final: m.is_final,
                 });
                 self.on_batch(k, TargetRef::from(&target), pushes, now_us);
                 Some(())

@@ -1141,7 +1141,12 @@ impl HubCore {
                         (masks[i] != 0)
                             .then(|| client::encode_batch(WireFormat::ALL[i], target, chunk))
                     }),
-                    min_priority: counts.iter().position(|&n| n > 0).unwrap_or(0) as u8,
+                    // A final message (of a merge key) is never shed, like priority 0.
+                    min_priority: chunk
+                        .iter()
+                        .map(PushMessage::shed_priority)
+                        .min()
+                        .unwrap_or(0),
                     counts,
                 }
             })

@@ -98,6 +98,8 @@ mod tests {
             priority: 2,
             kind: "gift".into(),
             data: Bytes::from_static(b"1"),
+            merged: 0,
+            is_final: false,
         }
     }
 

@@ -175,6 +175,8 @@ fn msg(seq: u64, priority: u8, data_len: usize) -> PushMessage {
         priority,
         kind: "chat".into(),
         data: Bytes::from(format!("\"{}\"", "x".repeat(data_len))),
+        merged: 0,
+        is_final: false,
     }
 }
 
@@ -303,6 +305,29 @@ fn a_batch_is_encoded_once_per_format_in_use_and_shared_by_every_core() {
     assert_eq!(seqs_in(&a, WireFormat::Tcp), vec![7]);
     assert_eq!(frame.min_priority, 1);
     assert_eq!(frame.counts, [0, 1, 0, 0]);
+}
+
+#[test]
+fn a_frame_holding_a_final_message_is_never_shed_and_counts_its_own_priority() {
+    let mut h = Harness::new(1);
+    h.presence(0, "r1", WireFormat::WsJson, true);
+    let mut last = msg(7, 2, 10);
+    last.merged = 3;
+    last.is_final = true;
+    h.control_says(LinkFrame::Publish(Publish {
+        target: room("r1"),
+        msg: last,
+    }));
+    h.drain();
+    let Some(ToWorker::Deliver(d)) = h.inboxes[0].pop_front() else {
+        panic!("a delivery expected");
+    };
+    assert_eq!(d.frames[0].min_priority, 0, "shed like priority 0");
+    assert_eq!(
+        d.frames[0].counts,
+        [0, 0, 1, 0],
+        "dropped or kept, it counts as priority 2"
+    );
 }
 
 #[test]

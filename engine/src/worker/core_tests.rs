@@ -458,6 +458,8 @@ fn delivery(target: Target, frames: &[(u8, usize)], now: Instant, ticket: u64) -
                 priority,
                 kind: "chat".into(),
                 data: Bytes::from(format!(r#"{{"pad":"{}"}}"#, "x".repeat(pad))),
+                merged: 0,
+                is_final: false,
             };
             let mut counts = [0; PRIORITIES];
             counts[priority as usize] = 1;
@@ -1614,6 +1616,8 @@ impl Harness {
                     priority: 2,
                     kind: "gift".into(),
                     data: Bytes::from_static(b"1"),
+                    merged: 0,
+                    is_final: false,
                 };
                 encode_batch(WireFormat::Tcp, &room("r1"), &[msg])
             })
