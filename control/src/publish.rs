@@ -545,6 +545,114 @@ mod tests {
     }
 
     #[test]
+    fn merge_rules_are_read_and_checked() {
+        let body = r#"{"priority":2,"kind":"combo","data":{"user":"u42","count":3,"v":0.5},
+            "merge":{"key":"combo:u42:rocket","op":"sum","fields":["count","v"],"interval_ms":2000}}"#;
+        let raw: RawMessage<'_> = serde_json::from_str(body).unwrap();
+        let msg = raw.check(Context::Url(TargetRef::Room("r1"))).unwrap();
+        let (rule, amounts) = msg.merge.expect("a rule");
+        assert_eq!(
+            rule,
+            MergeRule {
+                key: "combo:u42:rocket".into(),
+                op: MergeOp::Sum(vec!["count".into(), "v".into()]),
+                interval: Some(Duration::from_millis(2000)),
+                is_final: false,
+            }
+        );
+        assert_eq!(amounts, [Amount::Int(3), Amount::Float(0.5)]);
+        let body = r#"{"priority":1,"kind":"pk","data":{"left":1},"merge":{"key":"pk:7","op":"latest","final":true}}"#;
+        let raw: RawMessage<'_> = serde_json::from_str(body).unwrap();
+        let (rule, amounts) = raw
+            .check(Context::Url(TargetRef::Room("r1")))
+            .unwrap()
+            .merge
+            .unwrap();
+        assert_eq!(
+            (rule.op, rule.interval, rule.is_final),
+            (MergeOp::Latest, None, true)
+        );
+        assert!(amounts.is_empty());
+    }
+
+    #[test]
+    fn bad_merge_rules_are_refused_naming_the_field() {
+        let with = |data: &str, merge: &str| {
+            format!(r#"{{"priority":1,"kind":"k","data":{data},"merge":{merge}}}"#)
+        };
+        let cases = [
+            (
+                with("{}", r#"{"key":"k","op":"max"}"#),
+                "merge.op must be latest or sum",
+            ),
+            (
+                with("{}", r#"{"key":"k"}"#),
+                "merge.op is required (latest or sum)",
+            ),
+            (
+                with("{}", r#"{"key":"k","op":7}"#),
+                "merge.op must be latest or sum",
+            ),
+            (with("{}", r#"{"op":"latest"}"#), "merge.key is required"),
+            (
+                with("{}", r#"{"key":"a b","op":"latest"}"#),
+                "merge.key must be a string of 1-128 bytes of [A-Za-z0-9_.:-]",
+            ),
+            (
+                with(r#"{"n":1}"#, r#"{"key":"k","op":"sum","fields":["count"]}"#),
+                "merge: data has no field `count` to sum",
+            ),
+            (
+                with(
+                    r#"{"count":"1"}"#,
+                    r#"{"key":"k","op":"sum","fields":["count"]}"#,
+                ),
+                "merge: data.count must be a number to sum",
+            ),
+            (
+                with("[1]", r#"{"key":"k","op":"sum","fields":["count"]}"#),
+                "merge: data must be a JSON object for a sum merge",
+            ),
+            (
+                with(r#"{"n":1}"#, r#"{"key":"k","op":"sum"}"#),
+                "merge.fields is required for sum: a list of data's numeric fields",
+            ),
+            (
+                with(r#"{"n":1}"#, r#"{"key":"k","op":"sum","fields":[]}"#),
+                "merge.fields must list 1-16 fields",
+            ),
+            (
+                with(r#"{"n":1}"#, r#"{"key":"k","op":"sum","fields":["n","n"]}"#),
+                "merge.fields must be distinct non-empty names",
+            ),
+            (
+                with("{}", r#"{"key":"k","op":"latest","fields":["n"]}"#),
+                "merge.fields is only for op sum",
+            ),
+            (
+                with("{}", r#"{"key":"k","op":"latest","interval_ms":0}"#),
+                "merge.interval_ms must be an integer 1-3600000",
+            ),
+            (
+                with("{}", r#"{"key":"k","op":"latest","interval_ms":1.5}"#),
+                "merge.interval_ms must be an integer 1-3600000",
+            ),
+            (
+                with("{}", r#"{"key":"k","op":"latest","final":1}"#),
+                "merge.final must be true or false",
+            ),
+            (
+                with("{}", r#"{"key":"k","op":"latest","every":1}"#),
+                "merge has an unknown field `every`",
+            ),
+            (with("{}", "[]"), "merge must be an object with key and op"),
+        ];
+        for (body, message) in cases {
+            assert_eq!(single(&body).unwrap_err(), message, "{body}");
+        }
+    }
+
+    #[test]
     fn batch_entries_fail_one_by_one() {
         let body = r#"{"messages":[
             {"room":"r1","priority":2,"kind":"gift","data":{"n":1}},

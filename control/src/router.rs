@@ -2340,6 +2340,175 @@ pub(crate) mod tests {
         assert_eq!(kinds, ["p1", "p2", "p1", "positions", "p3"]);
     }
 
+    fn latest_rule(key: &str, interval_ms: Option<u64>, is_final: bool) -> MergeRule {
+        MergeRule {
+            key: key.into(),
+            op: crate::merge::MergeOp::Latest,
+            interval: interval_ms.map(Duration::from_millis),
+            is_final,
+        }
+    }
+
+    /// Each publish edge `e` received: (seq, data, merged, final).
+    fn merged_publishes(e: &mut FakeEdge) -> Vec<(u64, String, u32, bool)> {
+        e.frames()
+            .into_iter()
+            .filter_map(|f| match f {
+                LinkFrame::Publish(p) => Some((
+                    p.msg.seq,
+                    String::from_utf8(p.msg.data.to_vec()).unwrap(),
+                    p.msg.merged,
+                    p.msg.is_final,
+                )),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn merged_messages_are_numbered_in_order_with_no_gap_and_a_final_follows_its_waiting_value() {
+        let r = router();
+        let mut e1 = FakeEdge::register(&r, "e1", 100);
+        r.apply_report(e1.key, report(true, &[("r1", 1)], &[]), Instant::now());
+        let room = TargetRef::Room("r1");
+        let pk = latest_rule("pk:7", Some(60_000), false);
+        let fin = latest_rule("pk:7", None, true);
+        let merge = |rule| {
+            Some(MergeReq {
+                rule,
+                amounts: Vec::new(),
+            })
+        };
+        let one = |data, rule| {
+            r.publish_merged(&[gift(room, 1, data)], &[], &[merge(rule)])
+                .remove(0)
+                .unwrap()
+        };
+        assert_eq!(one("1", &pk).seq, 1, "a key's first message goes at once");
+        assert_eq!(one("2", &pk), Published::held());
+        assert_eq!(one("3", &pk), Published::held());
+        // A message without a rule is numbered next: held ones took no seq.
+        assert_eq!(r.publish(&[gift(room, 1, "4")]).remove(0).unwrap().seq, 2);
+        let last = one("5", &fin);
+        assert_eq!(
+            (last.seq, last.held),
+            (4, false),
+            "the final after the waiting value"
+        );
+        assert_eq!(r.flush_merges(Instant::now() + Duration::from_secs(120)), 0);
+        assert_eq!(
+            merged_publishes(&mut e1),
+            [
+                (1, "1".into(), 1, false),
+                (2, "4".into(), 0, false),
+                (3, "3".into(), 2, false),
+                (4, "5".into(), 1, true),
+            ]
+        );
+        // The history keeps them as published, merge marks included.
+        let page = r.history(room, 0, 10);
+        let stored: Vec<(u64, u32, bool)> = page
+            .msgs
+            .iter()
+            .map(|m| (m.seq, m.merged, m.is_final))
+            .collect();
+        assert_eq!(
+            stored,
+            [(1, 1, false), (2, 0, false), (3, 2, false), (4, 1, true)]
+        );
+        assert!(page.complete);
+        assert_eq!(
+            serde_json::to_string(&Published::held()).unwrap(),
+            r#"{"delivered_edges":0,"held":true}"#
+        );
+    }
+
+    #[test]
+    fn a_window_without_its_own_interval_ends_at_the_rooms_tick_and_sums_what_waited() {
+        let r = router();
+        let mut e1 = FakeEdge::register(&r, "e1", 100);
+        r.apply_report(e1.key, report(true, &[("r1", 1)], &[]), Instant::now());
+        let room = TargetRef::Room("r1");
+        let rule = MergeRule {
+            key: "like".into(),
+            op: crate::merge::MergeOp::Sum(vec!["count".into()]),
+            interval: None,
+            is_final: false,
+        };
+        let t0 = Instant::now();
+        let datas = [
+            r#"{"count":1}"#,
+            r#"{"count":2}"#,
+            r#"{"count":3}"#,
+            r#"{"count":4}"#,
+        ];
+        let reqs: Vec<PublishReq<'_>> = datas.iter().map(|d| gift(room, 2, d)).collect();
+        let merges: Vec<Option<MergeReq<'_>>> = datas
+            .iter()
+            .map(|d| {
+                Some(MergeReq {
+                    rule: &rule,
+                    amounts: crate::merge::sum_amounts(d, &["count".to_string()]).unwrap(),
+                })
+            })
+            .collect();
+        let out = r.publish_merged(&reqs, &[], &merges);
+        assert_eq!(out[0].as_ref().unwrap().seq, 1);
+        assert!(out[1..].iter().all(|o| o.as_ref().unwrap().held));
+        let tick = Duration::from_millis(u64::from(Levels::default().tick_ms(1)));
+        let deadline = r.next_merge().expect("a window is open");
+        assert!(deadline >= t0 + tick && deadline <= Instant::now() + tick);
+        assert_eq!(r.flush_merges(deadline - Duration::from_millis(1)), 0);
+        assert_eq!(r.flush_merges(deadline), 1);
+        assert_eq!(
+            merged_publishes(&mut e1),
+            [
+                (1, r#"{"count":1}"#.into(), 1, false),
+                (2, r#"{"count":9}"#.into(), 3, false)
+            ]
+        );
+        // The next window closes with nothing waiting: the key is forgotten.
+        let next = r.next_merge().expect("the next window");
+        assert_eq!(r.flush_merges(next), 0);
+        assert_eq!(r.next_merge(), None);
+        let (stats, keys, bytes) = r.merge_stats();
+        assert_eq!((stats.merged, keys, bytes), (3, 0, 0));
+    }
+
+    #[test]
+    fn a_repeated_id_of_a_held_message_is_a_duplicate_and_held() {
+        let r = router();
+        let _e1 = FakeEdge::register(&r, "e1", 100);
+        let room = TargetRef::Room("r1");
+        let rule = latest_rule("k", Some(60_000), false);
+        let merge = Some(MergeReq {
+            rule: &rule,
+            amounts: Vec::new(),
+        });
+        let reqs = [gift(room, 1, "1"), gift(room, 1, "2"), gift(room, 1, "2")];
+        let out: Vec<Published> = r
+            .publish_merged(
+                &reqs,
+                &[Some("a"), Some("b"), Some("b")],
+                &[merge.clone(), merge.clone(), merge.clone()],
+            )
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(out[0].seq, 1);
+        assert_eq!(out[1], Published::held());
+        assert_eq!(out[2], Published::duplicate_of(HELD_SEQ));
+        // A retry later: still a duplicate, for the published one with its seq.
+        let again = r.publish_merged(&reqs[..2], &[Some("a"), Some("b")], &[merge.clone(), merge]);
+        assert_eq!(again[0].as_ref().unwrap(), &Published::duplicate_of(1));
+        assert!(again[1].as_ref().unwrap().held && again[1].as_ref().unwrap().duplicate);
+        assert_eq!(
+            r.merge_stats().0.merged,
+            1,
+            "the repeats were not merged in"
+        );
+    }
+
     #[test]
     fn publishes_are_stored_once_and_read_back() {
         let r = router();
