@@ -361,6 +361,22 @@ impl Merger {
         out
     }
 
+    /// Ends every window now (a shutdown): returns their waiting messages, oldest window end
+    /// first, and forgets every key.
+    pub fn drain(&mut self) -> Vec<Release> {
+        let mut windows: Vec<(KeyId, KeyWindow)> = self.keys.drain().collect();
+        windows.sort_by_key(|(_, w)| w.until);
+        self.deadlines.clear();
+        self.held_bytes = 0;
+        windows
+            .into_iter()
+            .filter_map(|((target, _), w)| {
+                let waiting = w.waiting?;
+                Some(to_release(&target, &w.op, waiting))
+            })
+            .collect()
+    }
+
     /// When [`Merger::due`] next has something to do.
     pub fn next_deadline(&self) -> Option<Instant> {
         self.deadlines.peek().map(|Reverse((at, _))| *at)
@@ -648,6 +664,26 @@ mod tests {
         );
         assert_eq!(m.stats().bypassed, 1);
         assert_eq!(m.held(), (0, 0));
+    }
+
+    #[test]
+    fn a_drain_releases_every_waiting_message_and_forgets_every_key() {
+        let mut m = Merger::new(1 << 20);
+        let t0 = Instant::now();
+        let a = latest("a", Some(1000));
+        let b = latest("b", Some(500));
+        let c = latest("c", Some(500));
+        for rule in [&a, &b, &c] {
+            m.offer(&room(), rule, offer(rule, "1"), TICK, t0);
+        }
+        m.offer(&room(), &a, offer(&a, "2"), TICK, t0);
+        m.offer(&room(), &b, offer(&b, "3"), TICK, t0);
+        assert_eq!(
+            datas(&m.drain()),
+            [("3".into(), 1, false), ("2".into(), 1, false)]
+        );
+        assert_eq!(m.held(), (0, 0));
+        assert_eq!(m.next_deadline(), None);
     }
 
     #[test]

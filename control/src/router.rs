@@ -1033,22 +1033,37 @@ impl Router {
         let mut guard = self.lock();
         let state = &mut *guard;
         let released = state.merger.due(now);
+        self.publish_released(state, &released);
+        released.len()
+    }
+
+    /// Numbers and queues what the merger released.
+    fn publish_released(&self, state: &mut State, released: &[Release]) {
         if released.is_empty() {
-            return 0;
+            return;
         }
         let bytes = released
             .iter()
             .map(|r| 32 + r.data.len() + r.kind.len() + r.target.id().len())
             .sum();
         let mut round = PublishRound::new(released.len(), bytes);
-        for release in &released {
+        for release in released {
             let msg = Numbered::of_release(release);
             let target = TargetRef::from(&release.target);
             if let Err(error) = round.publish(self, state, target, msg) {
                 tracing::warn!(%error, "a merged message could not be encoded; dropped");
             }
         }
-        round.finish(self, state, now);
+        round.finish(self, state, Instant::now());
+    }
+
+    /// Publishes every message waiting in a merge window now (at shutdown, so that nothing
+    /// accepted is lost); returns how many.
+    pub fn flush_all_merges(&self) -> usize {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let released = state.merger.drain();
+        self.publish_released(state, &released);
         released.len()
     }
 

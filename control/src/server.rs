@@ -90,6 +90,7 @@ pub async fn run(
         banner(&config, key_source, api_addr, link_addr, edge.as_ref())
     );
 
+    let merges = Arc::clone(&router);
     let state = AppState {
         router,
         queries,
@@ -100,6 +101,11 @@ pub async fn run(
     let served = axum::serve(api_listener, api::app(state))
         .with_graceful_shutdown(shutdown)
         .await;
+    // What waits in merge windows was accepted: publish it while the edges are still linked.
+    let flushed = merges.flush_all_merges();
+    if flushed > 0 {
+        tracing::info!(flushed, "published the messages waiting in merge windows");
+    }
     if let Some(edge) = edge {
         tracing::info!("shutting down the embedded edge: closing connections with 1001");
         let _ = tokio::task::spawn_blocking(move || edge.shutdown()).await;
