@@ -124,7 +124,10 @@ fn check_reply(op: &ClientOp) {
                     seq: since.wrapping_add(i + 1),
                     priority: (i % 4) as u8,
                     kind: room.clone(),
-                    data: bytes::Bytes::from_static(b"{}"), merged: 0, is_final: false, })
+                    data: bytes::Bytes::from_static(b"{}"),
+                    merged: 0,
+                    is_final: false,
+                })
                 .collect();
             ReplyExtra {
                 position: Some(("k3x9", *since)),
