@@ -177,6 +177,15 @@ pub struct Offer {
     pub amounts: Vec<Amount>,
 }
 
+/// What [`Merger::offer`] did with a message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Offered {
+    /// To publish now, in order.
+    pub released: Vec<Release>,
+    /// The message waits in its key's window; else it is the last of `released`.
+    pub held: bool,
+}
+
 /// A message to number and publish now.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Release {
@@ -243,8 +252,9 @@ impl Merger {
         }
     }
 
-    /// Takes a message with a merge rule; returns what to publish now, in order (empty when it
-    /// waits). `tick` is the channel's window when the rule has no `interval`.
+    /// Takes a message with a merge rule; returns what to publish now, in order, and whether the
+    /// message itself waits (else it is the last released). `tick` is the channel's window when
+    /// the rule has no `interval`.
     pub fn offer(
         &mut self,
         target: &Target,
@@ -252,7 +262,7 @@ impl Merger {
         msg: Offer,
         tick: Duration,
         now: Instant,
-    ) -> Vec<Release> {
+    ) -> Offered {
         let id: KeyId = (target.clone(), rule.key.clone());
         let release = |m: Offer, merged, is_final| Release {
             target: target.clone(),
@@ -272,12 +282,18 @@ impl Merger {
                 self.stats.bypassed += 1;
             }
             out.push(release(msg, 1, rule.is_final));
-            return out;
+            return Offered {
+                released: out,
+                held: false,
+            };
         }
         let interval = rule.interval.unwrap_or(tick);
+        // The flusher may not have run yet for a window that has ended: end it now, as it
+        // would have, so the message lands in the window it arrived in.
+        let mut out = self.catch_up(&id, now);
         match self.keys.get_mut(&id) {
             // An open window of the same op: the message waits, merged.
-            Some(window) if window.op == rule.op && now < window.until => {
+            Some(window) if window.op == rule.op => {
                 self.stats.merged += 1;
                 window.interval = interval;
                 match &mut window.waiting {
@@ -302,11 +318,13 @@ impl Merger {
                         });
                     }
                 }
-                Vec::new()
+                Offered {
+                    released: out,
+                    held: true,
+                }
             }
             // No open window (or the rule changed op): release at once and open one.
             _ => {
-                let mut out = Vec::with_capacity(2);
                 if let Some(window) = self.keys.remove(&id) {
                     out.extend(self.release_waiting(target, window));
                 }
@@ -324,9 +342,37 @@ impl Merger {
                         },
                     );
                 }
-                out
+                Offered {
+                    released: out,
+                    held: false,
+                }
             }
         }
+    }
+
+    /// Ends a key's windows that ended by `now` as [`Merger::due`] would have: each releases its
+    /// waiting message and opens the next window at its end; one that ended with nothing
+    /// waiting forgets the key.
+    fn catch_up(&mut self, id: &KeyId, now: Instant) -> Vec<Release> {
+        let mut out = Vec::new();
+        while let Some(window) = self.keys.get_mut(id) {
+            if now < window.until {
+                break;
+            }
+            match window.waiting.take() {
+                Some(waiting) => {
+                    // The old deadline in the heap goes stale (`until` moved).
+                    window.until += window.interval;
+                    self.deadlines.push(Reverse((window.until, id.clone())));
+                    self.held_bytes -= waiting.data.len();
+                    out.push(to_release(&id.0, &window.op, waiting));
+                }
+                None => {
+                    self.keys.remove(id);
+                }
+            }
+        }
+        out
     }
 
     /// Ends the windows due by `now`: releases their waiting messages (opening the next window)
@@ -469,6 +515,20 @@ mod tests {
             .collect()
     }
 
+    /// What an offer released, empty when the message waits (checked against `held`).
+    fn offer_now(
+        m: &mut Merger,
+        target: &Target,
+        rule: &MergeRule,
+        msg: Offer,
+        tick: Duration,
+        now: Instant,
+    ) -> Vec<Release> {
+        let offered = m.offer(target, rule, msg, tick, now);
+        assert_eq!(offered.held, offered.released.is_empty(), "{offered:?}");
+        offered.released
+    }
+
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
     }
@@ -478,10 +538,11 @@ mod tests {
         let mut m = Merger::new(1 << 20);
         let t0 = Instant::now();
         let rule = latest("pk:7", None);
-        let first = m.offer(&room(), &rule, offer(&rule, "1"), TICK, t0);
+        let first = offer_now(&mut m, &room(), &rule, offer(&rule, "1"), TICK, t0);
         assert_eq!(datas(&first), [("1".into(), 1, false)]);
         for (i, v) in ["2", "3", "4"].iter().enumerate() {
-            let out = m.offer(
+            let out = offer_now(
+                &mut m,
                 &room(),
                 &rule,
                 offer(&rule, v),
@@ -494,14 +555,27 @@ mod tests {
         assert_eq!(m.next_deadline(), Some(t0 + TICK));
         assert_eq!(datas(&m.due(t0 + TICK)), [("4".into(), 3, false)]);
         // The next window is open: a message now waits for its end.
-        assert!(m
-            .offer(&room(), &rule, offer(&rule, "5"), TICK, t0 + ms(150))
-            .is_empty());
+        assert!(offer_now(
+            &mut m,
+            &room(),
+            &rule,
+            offer(&rule, "5"),
+            TICK,
+            t0 + ms(150)
+        )
+        .is_empty());
         assert_eq!(datas(&m.due(t0 + ms(200))), [("5".into(), 1, false)]);
         // A window that ends with nothing waiting forgets the key; the next message goes at once.
         assert!(m.due(t0 + ms(300)).is_empty());
         assert_eq!(m.held(), (0, 0));
-        let again = m.offer(&room(), &rule, offer(&rule, "6"), TICK, t0 + ms(301));
+        let again = offer_now(
+            &mut m,
+            &room(),
+            &rule,
+            offer(&rule, "6"),
+            TICK,
+            t0 + ms(301),
+        );
         assert_eq!(datas(&again), [("6".into(), 1, false)]);
     }
 
@@ -515,7 +589,14 @@ mod tests {
         for i in 0..5000u64 {
             let now = t0 + ms(i);
             released.extend(m.due(now).into_iter().map(|r| (now, r)));
-            let out = m.offer(&room(), &rule, offer(&rule, &i.to_string()), TICK, now);
+            let out = offer_now(
+                &mut m,
+                &room(),
+                &rule,
+                offer(&rule, &i.to_string()),
+                TICK,
+                now,
+            );
             released.extend(out.into_iter().map(|r| (now, r)));
         }
         let end = t0 + ms(10_000);
@@ -550,12 +631,12 @@ mod tests {
             r#"{"user":"u42","count":2,"value":1,"gift":"rocket","n":1}"#,
             r#"{"count":3,"user":"u42","value":0.5,"gift":"rocket2","n":2}"#,
         ];
-        let first = m.offer(&room(), &rule, offer(&rule, msgs[0]), TICK, t0);
+        let first = offer_now(&mut m, &room(), &rule, offer(&rule, msgs[0]), TICK, t0);
         assert_eq!(datas(&first), [(msgs[0].into(), 1, false)]);
         for msg in &msgs[1..] {
-            assert!(m
-                .offer(&room(), &rule, offer(&rule, msg), TICK, t0 + ms(5))
-                .is_empty());
+            assert!(
+                offer_now(&mut m, &room(), &rule, offer(&rule, msg), TICK, t0 + ms(5)).is_empty()
+            );
         }
         assert_eq!(
             datas(&m.due(t0 + TICK)),
@@ -611,12 +692,12 @@ mod tests {
         let mut m = Merger::new(1 << 20);
         let t0 = Instant::now();
         let rule = latest("pk:7", Some(2000));
-        m.offer(&room(), &rule, offer(&rule, "1"), TICK, t0);
-        m.offer(&room(), &rule, offer(&rule, "2"), TICK, t0 + ms(10));
-        m.offer(&room(), &rule, offer(&rule, "3"), TICK, t0 + ms(20));
+        offer_now(&mut m, &room(), &rule, offer(&rule, "1"), TICK, t0);
+        offer_now(&mut m, &room(), &rule, offer(&rule, "2"), TICK, t0 + ms(10));
+        offer_now(&mut m, &room(), &rule, offer(&rule, "3"), TICK, t0 + ms(20));
         let mut fin = rule.clone();
         fin.is_final = true;
-        let out = m.offer(&room(), &fin, offer(&fin, "9"), TICK, t0 + ms(30));
+        let out = offer_now(&mut m, &room(), &fin, offer(&fin, "9"), TICK, t0 + ms(30));
         assert_eq!(datas(&out), [("3".into(), 2, false), ("9".into(), 1, true)]);
         assert_eq!(m.held(), (0, 0));
         assert!(
@@ -624,7 +705,14 @@ mod tests {
             "the ended window releases nothing"
         );
         // A final with nothing waiting is released alone.
-        let out = m.offer(&room(), &fin, offer(&fin, "10"), TICK, t0 + ms(6000));
+        let out = offer_now(
+            &mut m,
+            &room(),
+            &fin,
+            offer(&fin, "10"),
+            TICK,
+            t0 + ms(6000),
+        );
         assert_eq!(datas(&out), [("10".into(), 1, true)]);
     }
 
@@ -635,13 +723,14 @@ mod tests {
         let rule = latest("pk:7", None);
         let other = Target::Room("r2".into());
         assert_eq!(
-            m.offer(&room(), &rule, offer(&rule, "1"), TICK, t0).len(),
+            offer_now(&mut m, &room(), &rule, offer(&rule, "1"), TICK, t0).len(),
             1
         );
-        assert_eq!(m.offer(&other, &rule, offer(&rule, "2"), TICK, t0).len(), 1);
-        assert!(m
-            .offer(&room(), &rule, offer(&rule, "3"), TICK, t0)
-            .is_empty());
+        assert_eq!(
+            offer_now(&mut m, &other, &rule, offer(&rule, "2"), TICK, t0).len(),
+            1
+        );
+        assert!(offer_now(&mut m, &room(), &rule, offer(&rule, "3"), TICK, t0).is_empty());
         let due = m.due(t0 + TICK);
         assert_eq!(due.len(), 1);
         assert_eq!(due[0].target, room());
@@ -652,18 +741,43 @@ mod tests {
         let mut m = Merger::new(4);
         let t0 = Instant::now();
         let rule = latest("k", None);
-        m.offer(&room(), &rule, offer(&rule, "1"), TICK, t0);
-        assert!(m
-            .offer(&room(), &rule, offer(&rule, "22"), TICK, t0)
-            .is_empty());
+        offer_now(&mut m, &room(), &rule, offer(&rule, "1"), TICK, t0);
+        assert!(offer_now(&mut m, &room(), &rule, offer(&rule, "22"), TICK, t0).is_empty());
         assert_eq!(m.held(), (1, 2));
-        let out = m.offer(&room(), &rule, offer(&rule, "333"), TICK, t0);
+        let out = offer_now(&mut m, &room(), &rule, offer(&rule, "333"), TICK, t0);
         assert_eq!(
             datas(&out),
             [("22".into(), 1, false), ("333".into(), 1, false)]
         );
         assert_eq!(m.stats().bypassed, 1);
         assert_eq!(m.held(), (0, 0));
+    }
+
+    #[test]
+    fn a_message_after_a_windows_end_the_flusher_missed_waits_for_the_next_window() {
+        let mut m = Merger::new(1 << 20);
+        let t0 = Instant::now();
+        let rule = latest("k", Some(100));
+        m.offer(&room(), &rule, offer(&rule, "1"), TICK, t0);
+        m.offer(&room(), &rule, offer(&rule, "2"), TICK, t0 + ms(50));
+        // The window ended at 100 and `due` has not run: "2" goes now, "3" waits for 200.
+        let late = m.offer(&room(), &rule, offer(&rule, "3"), TICK, t0 + ms(110));
+        assert!(late.held);
+        assert_eq!(datas(&late.released), [("2".into(), 1, false)]);
+        assert!(
+            m.due(t0 + ms(199)).is_empty(),
+            "the stale deadline at 100 is skipped"
+        );
+        assert_eq!(datas(&m.due(t0 + ms(200))), [("3".into(), 1, false)]);
+        // Ended twice over with nothing waiting in the second: the key was forgotten, so the
+        // next message goes at once.
+        m.offer(&room(), &rule, offer(&rule, "4"), TICK, t0 + ms(250));
+        let much_later = m.offer(&room(), &rule, offer(&rule, "5"), TICK, t0 + ms(450));
+        assert!(!much_later.held);
+        assert_eq!(
+            datas(&much_later.released),
+            [("4".into(), 1, false), ("5".into(), 1, false)]
+        );
     }
 
     #[test]
@@ -674,10 +788,10 @@ mod tests {
         let b = latest("b", Some(500));
         let c = latest("c", Some(500));
         for rule in [&a, &b, &c] {
-            m.offer(&room(), rule, offer(rule, "1"), TICK, t0);
+            offer_now(&mut m, &room(), rule, offer(rule, "1"), TICK, t0);
         }
-        m.offer(&room(), &a, offer(&a, "2"), TICK, t0);
-        m.offer(&room(), &b, offer(&b, "3"), TICK, t0);
+        offer_now(&mut m, &room(), &a, offer(&a, "2"), TICK, t0);
+        offer_now(&mut m, &room(), &b, offer(&b, "3"), TICK, t0);
         assert_eq!(
             datas(&m.drain()),
             [("3".into(), 1, false), ("2".into(), 1, false)]
@@ -693,8 +807,7 @@ mod tests {
         let rule = latest("k", None);
         for v in ["1", "2", "3"] {
             assert_eq!(
-                m.offer(&room(), &rule, offer(&rule, v), Duration::ZERO, t0)
-                    .len(),
+                offer_now(&mut m, &room(), &rule, offer(&rule, v), Duration::ZERO, t0).len(),
                 1
             );
         }

@@ -961,19 +961,22 @@ impl Router {
                 data: req.data.clone(),
                 amounts: merge.amounts.clone(),
             };
-            let mut released = state.merger.offer(&target, merge.rule, offer, tick, now);
-            match released.pop() {
-                // Released: it is the last; what comes before is its key's waiting message.
-                Some(own) => {
-                    items.extend(released.into_iter().map(|r| Item::Released(r, None)));
-                    items.push(Item::Released(own, Some(i)));
+            let offered = state.merger.offer(&target, merge.rule, offer, tick, now);
+            // Released before it: its key's waiting message (of a window that has ended).
+            let answers = (!offered.held).then_some(i);
+            let last = offered.released.len().saturating_sub(1);
+            items.extend(
+                offered
+                    .released
+                    .into_iter()
+                    .enumerate()
+                    .map(|(k, r)| Item::Released(r, answers.filter(|_| k == last))),
+            );
+            if offered.held {
+                if let Some(id) = id {
+                    state.history.remember(req.target, id, HELD_SEQ, now);
                 }
-                None => {
-                    if let Some(id) = id {
-                        state.history.remember(req.target, id, HELD_SEQ, now);
-                    }
-                    results[i] = Some(Ok(Published::held()));
-                }
+                results[i] = Some(Ok(Published::held()));
             }
         }
         let sooner = match (state.merger.next_deadline(), next_merge) {
