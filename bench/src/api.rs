@@ -319,8 +319,12 @@ impl ControlSink {
 
     /// The `POST /v1/messages` body for `msgs`; `data` is told where each message's data starts.
     fn encode_with(&self, msgs: &[Outgoing], mut data: impl FnMut(usize, &[u8])) -> Vec<u8> {
-        let mut body =
-            Vec::with_capacity(32 + msgs.iter().map(|m| m.data.len() + 64).sum::<usize>());
+        let mut body = Vec::with_capacity(
+            32 + msgs
+                .iter()
+                .map(|m| m.data.len() + m.merge.as_ref().map_or(0, Bytes::len) + 80)
+                .sum::<usize>(),
+        );
         body.extend_from_slice(b"{\"messages\":[");
         for (i, m) in msgs.iter().enumerate() {
             if i > 0 {
@@ -330,9 +334,15 @@ impl ControlSink {
             body.extend_from_slice(self.room_names[m.room].as_bytes());
             body.extend_from_slice(b"\",\"priority\":");
             body.push(b'0' + m.priority);
-            body.extend_from_slice(b",\"kind\":\"bench\",\"data\":");
+            body.extend_from_slice(b",\"kind\":\"");
+            body.extend_from_slice(m.kind.as_bytes());
+            body.extend_from_slice(b"\",\"data\":");
             data(body.len(), &m.data);
             body.extend_from_slice(&m.data);
+            if let Some(rule) = &m.merge {
+                body.extend_from_slice(b",\"merge\":");
+                body.extend_from_slice(rule);
+            }
             body.push(b'}');
         }
         body.extend_from_slice(b"]}");
@@ -341,36 +351,53 @@ impl ControlSink {
 
     /// POSTs one batch body of `n` messages; one outcome per message.
     fn publish(&mut self, body: Bytes, n: usize) -> Vec<Outcome> {
-        #[derive(Deserialize)]
-        struct Results {
-            results: Vec<PublishResult>,
+        outcomes(self.api.call(Method::POST, "/v1/messages", body), n)
+    }
+}
+
+/// `POST /v1/messages`'s answer: one result per message, in order.
+#[derive(Deserialize)]
+struct Results {
+    results: Vec<PublishResult>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum PublishResult {
+    Published {
+        delivered_edges: u64,
+        /// Waiting in its merge window (no `seq` yet).
+        #[serde(default)]
+        held: bool,
+    },
+    Failed {
+        error: serde_json::Value,
+    },
+}
+
+/// One outcome per message of a batch of `n` from the API's answer (or the request's error).
+fn outcomes(answer: Result<Results, String>, n: usize) -> Vec<Outcome> {
+    match answer {
+        Err(e) => vec![Outcome::Rejected(e); n],
+        Ok(r) if r.results.len() != n => {
+            let e = format!("{} results for {n} messages", r.results.len());
+            vec![Outcome::Rejected(e); n]
         }
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum PublishResult {
-            Published { delivered_edges: u64 },
-            Failed { error: serde_json::Value },
-        }
-        let answer: Result<Results, String> = self.api.call(Method::POST, "/v1/messages", body);
-        match answer {
-            Err(e) => vec![Outcome::Rejected(e); n],
-            Ok(r) if r.results.len() != n => {
-                let e = format!("{} results for {n} messages", r.results.len());
-                vec![Outcome::Rejected(e); n]
-            }
-            Ok(r) => r
-                .results
-                .into_iter()
-                .map(|result| match result {
-                    PublishResult::Published { delivered_edges: 0 } => Outcome::Unrouted,
-                    PublishResult::Published { .. } => Outcome::Routed,
-                    PublishResult::Failed { error } => Outcome::Rejected(match &error["code"] {
-                        serde_json::Value::String(code) => code.clone(),
-                        _ => error.to_string(),
-                    }),
-                })
-                .collect(),
-        }
+        Ok(r) => r
+            .results
+            .into_iter()
+            .map(|result| match result {
+                PublishResult::Published { held: true, .. } => Outcome::Held,
+                PublishResult::Published {
+                    delivered_edges: 0, ..
+                } => Outcome::Unrouted,
+                PublishResult::Published { .. } => Outcome::Routed,
+                PublishResult::Failed { error } => Outcome::Rejected(match &error["code"] {
+                    serde_json::Value::String(code) => code.clone(),
+                    _ => error.to_string(),
+                }),
+            })
+            .collect(),
     }
 }
 
@@ -434,17 +461,48 @@ mod tests {
     fn batch_bodies_are_the_documented_json() {
         let api = Api::new("http://127.0.0.1:9", "k").unwrap();
         let sink = ControlSink::new(api, 2);
-        let body = sink.body(&[Outgoing {
-            room: 1,
-            priority: 2,
-            data: Bytes::from_static(br#"{"ts":5,"pad":"x"}"#),
-        }]);
+        let body = sink.body(&[
+            Outgoing::load(1, 2, Bytes::from_static(br#"{"ts":5,"pad":"x"}"#)),
+            Outgoing {
+                room: 0,
+                priority: 3,
+                kind: "like",
+                data: Bytes::from_static(br#"{"ts":6,"count":2}"#),
+                merge: Some(Bytes::from(crate::merge::sum_rule("like"))),
+            },
+        ]);
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(
             v,
-            serde_json::json!({"messages": [{"room": "room-1", "priority": 2, "kind": "bench",
-                "data": {"ts": 5, "pad": "x"}}]})
+            serde_json::json!({"messages": [
+                {"room": "room-1", "priority": 2, "kind": "bench", "data": {"ts": 5, "pad": "x"}},
+                {"room": "room-0", "priority": 3, "kind": "like", "data": {"ts": 6, "count": 2},
+                 "merge": {"key": "like", "op": "sum", "fields": ["count"]}},
+            ]})
         );
+    }
+
+    #[test]
+    fn answers_held_in_a_merge_window_are_accepted() {
+        let answer = r#"{"results":[{"seq":7,"delivered_edges":2},{"held":true,"delivered_edges":0},
+            {"seq":8,"delivered_edges":0},{"error":{"code":"bad_request","message":"merge.op"}},
+            {"seq":9,"delivered_edges":1,"duplicate":true}]}"#;
+        let parsed: Results = serde_json::from_str(answer).unwrap();
+        assert_eq!(
+            outcomes(Ok(parsed), 5),
+            [
+                Outcome::Routed,
+                Outcome::Held,
+                Outcome::Unrouted,
+                Outcome::Rejected("bad_request".into()),
+                Outcome::Routed,
+            ]
+        );
+        let parsed: Results = serde_json::from_str(r#"{"results":[]}"#).unwrap();
+        assert!(matches!(
+            &outcomes(Ok(parsed), 1)[..],
+            [Outcome::Rejected(_)]
+        ));
     }
 
     #[test]
@@ -452,10 +510,12 @@ mod tests {
         let api = Api::new("http://127.0.0.1:9", "k").unwrap();
         let sink = ControlSink::new(api, 3);
         let msgs: Vec<Outgoing> = (0..3)
-            .map(|i| Outgoing {
-                room: i,
-                priority: 3,
-                data: crate::publish::message_data(1_700_000_000_000_000, 100),
+            .map(|i| {
+                Outgoing::load(
+                    i,
+                    3,
+                    crate::publish::message_data(1_700_000_000_000_000, 100),
+                )
             })
             .collect();
         let mut encoded = sink.encode(&msgs).expect("the API sink replays");

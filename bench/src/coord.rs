@@ -27,11 +27,12 @@ use crate::dist::{room_name, PublishSpread, RoomPicker};
 use crate::floor::{self, FloorArgs, FloorResult, Syscall};
 use crate::kernel_tcp::{self, Counters};
 use crate::linksrv::{LinkServer, LinkSink};
+use crate::merge::Expect;
 use crate::msgs::{new_latency_histogram, ClientMsg, Report};
 use crate::nats::{self, Monitor, NatsSink};
 use crate::observer::Observer;
 use crate::progress::Live;
-use crate::publish::{Plan, Probe, PubState, Publisher, Ramp, Sink};
+use crate::publish::{MergeLane, Plan, Probe, PubState, Publisher, Ramp, Sink};
 use crate::report::{self, per, Window};
 use crate::scenario::{PublishVia, RunArgs, ServerKind, TokenSource};
 use crate::sys::{self, ProcMem};
@@ -79,6 +80,8 @@ struct Snapshot {
     loads: Vec<EdgeLoad>,
     counters: Vec<Option<EdgeStats>>,
     published: u64,
+    /// Of them, merge traffic per kind.
+    merge_published: [u64; 3],
     /// The kernel's TCP counters (system-wide).
     tcp: Option<Counters>,
 }
@@ -103,6 +106,7 @@ impl Snapshot {
                 .map(|m| m.log.as_deref().and_then(system::edge_stats))
                 .collect(),
             published: publisher.map_or(0, |p| p.published.load(Ordering::Relaxed)),
+            merge_published: publisher.map_or([0; 3], PubState::merge_published),
             tcp: kernel_tcp::read(),
         }
     }
@@ -131,6 +135,7 @@ fn window_between(a: &Snapshot, b: &Snapshot, edges_json: &mut [Value]) -> Windo
     Window {
         secs,
         published: b.published - a.published,
+        merge_published: [0, 1, 2].map(|i| b.merge_published[i] - a.merge_published[i]),
         edge_cpu,
         control_cpu: b.control.zip(a.control).map(|(y, x)| y - x),
         clients_cpu: a
@@ -234,9 +239,11 @@ pub fn run(args: &RunArgs) -> i32 {
             say(&format!("bench: cannot install a signal handler: {e}"));
         }
     }
-    let mut ctx = Ctx::new(stop);
-    let result = run_inner(args, &mut ctx);
-    ctx.kids.shutdown();
+    let result = if args.merge_compare {
+        run_merge_compare(args, &stop)
+    } else {
+        run_once(args, &stop).map(drop)
+    };
     match result {
         Ok(()) => 0,
         Err(e) => {
@@ -246,7 +253,66 @@ pub fn run(args: &RunArgs) -> i32 {
     }
 }
 
-fn run_inner(args: &RunArgs, ctx: &mut Ctx) -> Res<()> {
+/// One run from start to end, its children stopped after it; its results.
+fn run_once(args: &RunArgs, stop: &Arc<AtomicBool>) -> Res<Value> {
+    let mut ctx = Ctx::new(Arc::clone(stop));
+    let result = run_inner(args, &mut ctx);
+    ctx.kids.shutdown();
+    result
+}
+
+/// `--merge-compare`: the run with the merge traffic's rules, then the same without them, each
+/// with a fresh system and fresh viewers (logs in `with-merge-rules/` and `without-merge-rules/`
+/// of the log directory); both reports, then the comparison. `--json-out` gets
+/// `{"with_rules": …, "without_rules": …, "comparison": …}`; `--plot FILE.svg` draws the first,
+/// `FILE.without-merge.svg` the second.
+fn run_merge_compare(args: &RunArgs, stop: &Arc<AtomicBool>) -> Res<()> {
+    let log_dir = args.log_dir.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("roomcast-bench-{}", std::process::id()))
+    });
+    let leg = |rules: bool| {
+        let mut leg = args.clone();
+        leg.merge_compare = false;
+        leg.no_merge_rules = !rules;
+        leg.json_out = None;
+        let name = if rules {
+            "with-merge-rules"
+        } else {
+            "without-merge-rules"
+        };
+        leg.log_dir = Some(log_dir.join(name));
+        if !rules {
+            leg.plot = args
+                .plot
+                .as_ref()
+                .map(|p| p.with_extension("without-merge.svg"));
+        }
+        leg
+    };
+    say("bench: --merge-compare: run 1 of 2, the merge traffic with its merge rules");
+    let with = run_once(&leg(true), stop)?;
+    // The first run's sockets and processes are gone; let the ports settle.
+    std::thread::sleep(Duration::from_secs(2));
+    say("bench: --merge-compare: run 2 of 2, the same traffic without merge rules");
+    let without = run_once(&leg(false), stop)?;
+    let comparison = report::merge_comparison(&with, &without);
+    report::print_merge_comparison(&comparison);
+    if let Some(path) = &args.json_out {
+        let all = json!({
+            "version": 2,
+            "merge_compare": true,
+            "with_rules": with,
+            "without_rules": without,
+            "comparison": comparison,
+        });
+        let text = serde_json::to_string_pretty(&all).expect("json");
+        std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+        say(&format!("bench: wrote {}", path.display()));
+    }
+    Ok(())
+}
+
+fn run_inner(args: &RunArgs, ctx: &mut Ctx) -> Res<Value> {
     let layout = layout(args)?;
     let log_dir = args.log_dir.clone().unwrap_or_else(|| {
         std::env::temp_dir().join(format!("roomcast-bench-{}", std::process::id()))
@@ -383,6 +449,7 @@ fn run_inner(args: &RunArgs, ctx: &mut Ctx) -> Res<()> {
             window: None,
             peak_window: None,
         },
+        merge: None,
     };
     let (published, window) = if args.hold_only {
         run.hold(ready)?;
@@ -401,7 +468,8 @@ fn run_inner(args: &RunArgs, ctx: &mut Ctx) -> Res<()> {
         floor.as_ref(),
     );
     drop(progress);
-    run.write_outputs()
+    run.write_outputs()?;
+    Ok(run.results)
 }
 
 /// A run once the clients are connected: what the phases after that share.
@@ -418,6 +486,8 @@ struct Run<'a> {
     /// The control plane's /metrics and RSS once the clients had joined.
     control_idle: ControlProbe,
     tcp: TcpWatch,
+    /// What the merge traffic published (with merge traffic only).
+    merge: Option<report::MergePublished>,
 }
 
 /// The control plane's `/metrics` and RSS at one moment (either may be missing).
@@ -523,6 +593,25 @@ impl Run<'_> {
         } else {
             None
         };
+        // Merge traffic: a thread and a connection of its own.
+        let traffic = args.merge_traffic();
+        let occupied = picker.occupied().len();
+        let merge_lane = if traffic.any() {
+            let rooms = picker.occupied().to_vec();
+            say(&format!(
+                "bench: merge traffic {} merge rules: {}",
+                if traffic.rules { "with" } else { "WITHOUT" },
+                report::traffic_text(&traffic, rooms.len()),
+            ));
+            Some(MergeLane {
+                sink: publish_sink(args, &self.system)?,
+                traffic,
+                rooms,
+                max_batch: args.publish_batch,
+            })
+        } else {
+            None
+        };
         let publisher = Publisher::start(
             sinks,
             Plan {
@@ -545,6 +634,7 @@ impl Run<'_> {
                 numbered: nats,
             },
             probe,
+            merge_lane,
         );
         let state = Arc::clone(publisher.state());
         self.live.set_publisher(Some(Arc::clone(&state)));
@@ -612,6 +702,22 @@ impl Run<'_> {
         }
         let published = publisher.stop();
         self.live.set_publisher(None);
+        if traffic.any() {
+            self.merge = Some(report::MergePublished {
+                traffic,
+                pk_rooms: occupied,
+                total: state.merge_published(),
+                window: w.merge_published,
+                finals: state.merge_finals.load(Ordering::Relaxed),
+                held: state.merge_held.load(Ordering::Relaxed),
+                requests: state.merge_calls.load(Ordering::Relaxed),
+                rooms: state
+                    .merge_expect
+                    .lock()
+                    .expect("merge expect lock")
+                    .clone(),
+            });
+        }
         let errors = state.errors.lock().expect("errors lock").clone();
         let calls = state.send_calls.load(Ordering::Relaxed);
         let window_calls = state
@@ -626,10 +732,14 @@ impl Run<'_> {
             .expect("probe calls lock")
             .take()
             .unwrap_or_else(new_latency_histogram);
+        // The load's own; merge traffic is reported apart (`merge`), but counts in `cpu`'s
+        // control µs per published message: the control plane handled it all.
+        let load_in_window = w.published - w.merge_published.iter().sum::<u64>();
         self.results["publishing"] = json!({
             "total": published.iter().flatten().sum::<u64>(),
-            "in_window": w.published,
-            "rate_in_window": w.published as f64 / w.secs,
+            "in_window": load_in_window,
+            "rate_in_window": load_in_window as f64 / w.secs,
+            "with_merge_traffic_in_window": w.published,
             "late_rounds": state.late_rounds.load(Ordering::Relaxed),
             "errors": errors.values().sum::<u64>(),
             "error_kinds": errors,
@@ -695,6 +805,15 @@ impl Run<'_> {
 
     /// The clients' final reports, judged against what was published, merged.
     fn final_reports(&mut self, published: &[[u64; PRIORITIES]]) -> Res<Report> {
+        if let Some(m) = &self.merge {
+            let expect = Expect {
+                rules: m.traffic.rules,
+                pk_interval_ms: m.traffic.pk_interval_ms,
+                rooms: m.rooms.clone(),
+            };
+            let line = serde_json::to_string(&expect).expect("json");
+            self.ctx.tell_clients(&format!("expect {line}"))?;
+        }
         let published = serde_json::to_string(published).expect("json");
         self.ctx.tell_clients(&format!("final {published}"))?;
         let reports = self
@@ -746,6 +865,10 @@ impl Run<'_> {
         if let Some(w) = window {
             r["cpu"] = report::cpu_json(w, total, floor);
             r["delivery"] = report::delivery_json(total, published, group_sizes, w.secs);
+            if let Some(m) = &self.merge {
+                let merge = report::merge_json(m, &total.merge, total.open, w.secs, &r["control"]);
+                r["merge"] = merge;
+            }
         }
         let timeline = self.live.timeline();
         if r["recovery"].is_object() {
@@ -1178,11 +1301,15 @@ fn start_clients(
                 &args.client_poll_interval_us.to_string(),
             ])
             .args(["--reconnect-jitter", &args.reconnect_jitter.to_string()])
+            .args(["--pk-interval-ms", &args.pk_interval_ms.to_string()])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         if let Some(file) = token_file {
             cmd.arg("--token-file").arg(file);
+        }
+        if args.merge_traffic().any() {
+            cmd.arg("--merge-checks");
         }
         sys::die_with_parent(&mut cmd, libc::SIGKILL);
         let mut child = cmd

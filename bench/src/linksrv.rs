@@ -255,7 +255,7 @@ impl Sink for LinkSink {
                 msg: PushMessage {
                     seq: self.seqs[m.room],
                     priority: m.priority,
-                    kind: "bench".into(),
+                    kind: m.kind.into(),
                     data: m.data.clone(),
                     merged: 0,
                     is_final: false,

@@ -13,7 +13,7 @@
 //!   pre-encoded frame written to many loopback sockets.
 //!
 //! Modules by job: [`scenario`] (the run's configuration), [`dist`] (who joins which room, which
-//! group, which priority), [`coord`] (the phases of a run), [`system`] (the processes and their
+//! group, which priority), [`merge`] (merge traffic and its checks), [`coord`] (the phases of a run), [`system`] (the processes and their
 //! view of themselves), [`publish`] with its sinks [`api`] (HTTP API) and [`linksrv`] (edge link),
 //! [`observer`] (the edges' load, through either), [`client`] (a client process) and [`msgs`]
 //! (what it tells the coordinator), [`progress`], [`report`], [`plot`], [`strace`], [`floor`],
@@ -25,6 +25,8 @@
 // Module layering. A module uses only modules on the rows above its own, so the dependencies
 // form a DAG (`grep -n "^use crate::" bench/src/*.rs bench/src/*/*.rs` to check):
 //
+//   merge                        merge traffic: what the pk and like-storm scenarios publish and
+//                                how a viewer checks it (pure)
 //   dist, msgs, sys, term,       who is where and gets what; client <-> coordinator messages;
 //   natsproto                    the OS; stderr and the progress line; NATS's client protocol
 //   client, kernel_tcp, publish  a client process (owns Transport, ClientArgs); the kernel's TCP
@@ -54,6 +56,7 @@ mod dist;
 mod floor;
 mod kernel_tcp;
 mod linksrv;
+mod merge;
 mod msgs;
 mod nats;
 mod natsproto;

@@ -1,7 +1,8 @@
 //! What a client process and the coordinator say to each other, and the counters they add up.
 //!
 //! Coordinator → client: one command per line on the client's stdin (`warmup`, `start`, `end`,
-//! `snap <tag>`, `final <json>`, `exit`; EOF means exit). Client → coordinator: one JSON object per
+//! `snap <tag>`, `drop`, `expect <json>` (merge traffic, before `final`), `final <json>`, `exit`;
+//! EOF means exit). Client → coordinator: one JSON object per
 //! line on its stdout ([`ClientMsg`]). The client's stderr passes through.
 
 use std::collections::BTreeMap;
@@ -9,6 +10,8 @@ use std::collections::BTreeMap;
 use hdrhistogram::Histogram;
 use roomcast_proto::message::PRIORITIES;
 use serde::{Deserialize, Serialize};
+
+use crate::merge::Check;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -156,6 +159,173 @@ pub struct Report {
     /// The reconnect storm (`--drop-all-at`); all zero without one.
     #[serde(default)]
     pub recovery: RecoveryReport,
+    /// Merge traffic (`--pk-rate`, `--like-rate`, `--combo-rate`); all zero without it.
+    #[serde(default)]
+    pub merge: MergeReport,
+}
+
+/// Merge traffic (the `pk` and `like-storm` scenarios, [`crate::merge`]) as the viewers got it:
+/// what arrived per kind ([`crate::merge::Kind`] order: pk, like, combo), and every judged viewer's checks
+/// against what its room was published. Judged: normal-group viewers open at the end that never
+/// lost their connection.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct MergeReport {
+    /// Merge-traffic messages received for the first time, per kind (whole run, every viewer).
+    pub received: [u64; 3],
+    /// Σ `merged` of them: the published messages they stand for.
+    pub stands_for: [u64; 3],
+    /// Of them, received without a merge rule (`merged` 0).
+    pub unmerged: [u64; 3],
+    /// Received in the measured window, per kind.
+    pub window_received: [u64; 3],
+    /// `final` messages received.
+    pub finals: u64,
+    pub duplicates: u64,
+    pub out_of_order: u64,
+    /// Merge-traffic messages whose data lacked `count`, `k` or `n`.
+    pub bad_data: u64,
+    /// Viewers judged.
+    pub judged: u64,
+    /// Viewers whose like (combo) sums differ from what their room was published, and the sums
+    /// over every judged viewer (got, published).
+    pub like_mismatches: u64,
+    pub like_got: u64,
+    pub like_want: u64,
+    pub combo_mismatches: u64,
+    pub combo_got: u64,
+    pub combo_want: u64,
+    /// Judged viewers of rooms with PK traffic.
+    pub pk_judged: u64,
+    /// Of them: no final although the room got one; the last value seen is not the last
+    /// published; two updates closer than half the interval; not every published PK message
+    /// accounted for (Σ `merged`).
+    pub pk_final_missing: u64,
+    pub pk_last_mismatches: u64,
+    pub pk_too_close: u64,
+    pub pk_unaccounted: u64,
+    /// Updates counted in the spacing, summed; Σ (updates − 1) and Σ of each viewer's first →
+    /// last update time (the mean gap is their ratio); updates a final flushed (left out).
+    pub pk_updates: u64,
+    pub pk_gaps: u64,
+    pub pk_span_ms: u64,
+    pub pk_flushed_by_final: u64,
+    /// The most updates one viewer got in one interval-long slot, and the closest two any viewer
+    /// got (ms).
+    pub pk_max_per_interval: u64,
+    pub pk_min_gap_ms: Option<u64>,
+    /// A few mismatching viewers, described.
+    pub examples: Vec<String>,
+    /// Publish (the newest merged message's `ts`) → received, per kind, normal group, measured
+    /// window: how stale a delivered value is. (µs, count).
+    pub latency_us: [Vec<(u64, u64)>; 3],
+}
+
+/// Mismatching viewers described in a report, at most.
+const MERGE_EXAMPLES: usize = 5;
+
+impl MergeReport {
+    /// Adds one judged viewer; `who` describes it when something is off.
+    pub fn add_viewer(&mut self, c: &Check, who: impl FnOnce() -> String) {
+        self.judged += 1;
+        let mut wrong: Vec<String> = Vec::new();
+        self.like_got += c.like_got;
+        self.like_want += c.like_want;
+        if !c.like_ok() {
+            self.like_mismatches += 1;
+            wrong.push(format!("like sum {} of {}", c.like_got, c.like_want));
+        }
+        self.combo_got += c.combo_got;
+        self.combo_want += c.combo_want;
+        if !c.combo_ok {
+            self.combo_mismatches += 1;
+            wrong.push(format!(
+                "combo sum {} of {}{}",
+                c.combo_got,
+                c.combo_want,
+                if c.combo_got == c.combo_want {
+                    " (on the wrong keys)"
+                } else {
+                    ""
+                }
+            ));
+        }
+        if let Some(pk) = &c.pk {
+            let f = &pk.figures;
+            self.pk_judged += 1;
+            self.pk_updates += u64::from(f.updates);
+            self.pk_gaps += u64::from(f.updates.saturating_sub(1));
+            self.pk_span_ms += u64::from(f.span_ms);
+            self.pk_flushed_by_final += u64::from(f.flushed_by_final);
+            self.pk_max_per_interval = self.pk_max_per_interval.max(f.max_per_interval.into());
+            if let Some(gap) = f.min_gap_ms {
+                let gap = u64::from(gap);
+                self.pk_min_gap_ms = Some(self.pk_min_gap_ms.map_or(gap, |m| m.min(gap)));
+            }
+            if pk.final_missing {
+                self.pk_final_missing += 1;
+                wrong.push("no final".into());
+            }
+            if !pk.last_ok {
+                self.pk_last_mismatches += 1;
+                wrong.push(format!("last value n={:?}", f.last_n));
+            }
+            if pk.too_close {
+                self.pk_too_close += 1;
+                wrong.push(format!(
+                    "two PK updates {} ms apart",
+                    f.min_gap_ms.unwrap_or(0)
+                ));
+            }
+            if !pk.all_accounted {
+                self.pk_unaccounted += 1;
+                wrong.push(format!("PK updates stand for {} messages", f.stands_for));
+            }
+        }
+        if !wrong.is_empty() && self.examples.len() < MERGE_EXAMPLES {
+            self.examples
+                .push(format!("{}: {}", who(), wrong.join(", ")));
+        }
+    }
+
+    pub fn merge(&mut self, o: &MergeReport) {
+        for i in 0..3 {
+            self.received[i] += o.received[i];
+            self.stands_for[i] += o.stands_for[i];
+            self.unmerged[i] += o.unmerged[i];
+            self.window_received[i] += o.window_received[i];
+            self.latency_us[i] = merge_pairs(&self.latency_us[i], &o.latency_us[i]);
+        }
+        self.finals += o.finals;
+        self.duplicates += o.duplicates;
+        self.out_of_order += o.out_of_order;
+        self.bad_data += o.bad_data;
+        self.judged += o.judged;
+        self.like_mismatches += o.like_mismatches;
+        self.like_got += o.like_got;
+        self.like_want += o.like_want;
+        self.combo_mismatches += o.combo_mismatches;
+        self.combo_got += o.combo_got;
+        self.combo_want += o.combo_want;
+        self.pk_judged += o.pk_judged;
+        self.pk_final_missing += o.pk_final_missing;
+        self.pk_last_mismatches += o.pk_last_mismatches;
+        self.pk_too_close += o.pk_too_close;
+        self.pk_unaccounted += o.pk_unaccounted;
+        self.pk_updates += o.pk_updates;
+        self.pk_gaps += o.pk_gaps;
+        self.pk_span_ms += o.pk_span_ms;
+        self.pk_flushed_by_final += o.pk_flushed_by_final;
+        self.pk_max_per_interval = self.pk_max_per_interval.max(o.pk_max_per_interval);
+        self.pk_min_gap_ms = match (self.pk_min_gap_ms, o.pk_min_gap_ms) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        for e in &o.examples {
+            if self.examples.len() < MERGE_EXAMPLES {
+                self.examples.push(e.clone());
+            }
+        }
+    }
 }
 
 /// The reconnect storm (`--drop-all-at`): every joined connection is dropped at once and
@@ -281,6 +451,7 @@ impl Report {
         self.cpu_secs += o.cpu_secs;
         self.rss += o.rss;
         self.recovery.merge(&o.recovery);
+        self.merge.merge(&o.merge);
     }
 }
 
@@ -356,6 +527,86 @@ mod tests {
         assert_eq!(p.latency_us, vec![(100, 2), (200, 5)]);
         assert_eq!(a.open_per_room, vec![(0, 10)]);
         assert_eq!(histogram_of(&p.latency_us).len(), 7);
+    }
+
+    #[test]
+    fn merge_reports_add_viewers_and_merge() {
+        use crate::merge::tests::push;
+        use crate::merge::{check, Kind, RoomExpect, Sent, View};
+        let mut want = RoomExpect::default();
+        for count in [1, 2, 3] {
+            want.add(Sent::Like { count });
+        }
+        want.add(Sent::Pk {
+            n: 7,
+            is_final: false,
+        });
+        want.add(Sent::Pk {
+            n: 7,
+            is_final: true,
+        });
+        let mut good = View::default();
+        good.on_message(
+            Kind::Like,
+            &push(Kind::Like, br#"{"count":6}"#, 1, 3, false),
+            0,
+            2000,
+        )
+        .unwrap();
+        good.on_message(
+            Kind::Pk,
+            &push(Kind::Pk, br#"{"n":7}"#, 2, 1, false),
+            10,
+            2000,
+        )
+        .unwrap();
+        good.on_message(
+            Kind::Pk,
+            &push(Kind::Pk, br#"{"n":7}"#, 3, 1, true),
+            20,
+            2000,
+        )
+        .unwrap();
+        let mut short = View::default();
+        short
+            .on_message(
+                Kind::Like,
+                &push(Kind::Like, br#"{"count":5}"#, 1, 2, false),
+                0,
+                2000,
+            )
+            .unwrap();
+        let mut a = MergeReport::default();
+        a.add_viewer(&check(&good, &want, 2000), || {
+            unreachable!("nothing to describe")
+        });
+        let mut b = MergeReport::default();
+        b.add_viewer(&check(&short, &want, 2000), || "viewer 3 (room-0)".into());
+        assert_eq!(b.examples.len(), 1);
+        assert!(
+            b.examples[0].starts_with("viewer 3 (room-0): like sum 5 of 6, no final, last value"),
+            "{}",
+            b.examples[0]
+        );
+        b.received = [2, 1, 0];
+        b.latency_us[1] = vec![(100, 1)];
+        a.merge(&b);
+        assert_eq!((a.judged, a.pk_judged), (2, 2));
+        assert_eq!((a.like_mismatches, a.like_got, a.like_want), (1, 11, 12));
+        assert_eq!((a.pk_final_missing, a.pk_last_mismatches), (1, 1));
+        assert_eq!(a.pk_unaccounted, 1, "the short viewer saw no PK");
+        assert_eq!(
+            a.pk_flushed_by_final, 1,
+            "the good one's update came right before the final"
+        );
+        assert_eq!(a.received, [2, 1, 0]);
+        assert_eq!(a.latency_us[1], vec![(100, 1)]);
+        let mut total = Report::default();
+        total.merge(&Report {
+            merge: a,
+            ..Report::default()
+        });
+        assert_eq!(total.merge.judged, 2);
     }
 
     #[test]

@@ -6,6 +6,11 @@
 //! With `--replay-batches` each thread encodes its batch once ([`Sink::encode`]) and sends the
 //! same bytes again and again, only the messages' timestamps stamped in place ([`Encoded`]): the
 //! publisher then costs next to nothing, and the host is left to the system under test.
+//!
+//! Merge traffic (`--pk-rate`, `--like-rate`, `--combo-rate`; [`crate::merge`]) has a thread of
+//! its own ([`MergeLane`]): every [`MERGE_ROUND`] it sends what is due in one request and counts
+//! what the API accepted per room ([`RoomExpect`]) apart from the load's counts, and when
+//! publishing stops it sends the PK's finals.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -18,15 +23,37 @@ use hdrhistogram::Histogram;
 use roomcast_proto::message::PRIORITIES;
 
 use crate::dist::{PriorityMix, RoomPicker};
+use crate::merge::{self, Generator, RoomExpect, Sent, Traffic};
 use crate::msgs::new_latency_histogram;
 use crate::sys;
+
+/// The `kind` of the load's messages.
+pub const LOAD_KIND: &str = "bench";
 
 /// One message to publish.
 pub struct Outgoing {
     pub room: usize,
     pub priority: u8,
-    /// `{"ts":<unix µs>,"pad":"…"}`.
+    /// `bench` for the load; merge traffic has its own kinds.
+    pub kind: &'static str,
+    /// `{"ts":<unix µs>,"pad":"…"}` (the load's).
     pub data: Bytes,
+    /// The `merge` object (JSON) of merge traffic with rules; only the control plane's API
+    /// takes one.
+    pub merge: Option<Bytes>,
+}
+
+impl Outgoing {
+    /// One of the load's messages.
+    pub fn load(room: usize, priority: u8, data: Bytes) -> Outgoing {
+        Outgoing {
+            room,
+            priority,
+            kind: LOAD_KIND,
+            data,
+            merge: None,
+        }
+    }
 }
 
 /// What became of one message.
@@ -36,6 +63,9 @@ pub enum Outcome {
     Routed,
     /// Accepted (it has a sequence number), but the control plane knew no edge holding the room.
     Unrouted,
+    /// Accepted with a merge rule, waiting in its key's merge window (`"held":true`, no `seq`
+    /// yet): it is published merged when the window ends.
+    Held,
     Rejected(String),
 }
 
@@ -201,15 +231,12 @@ impl Plan {
     fn message(&self, n: u64) -> Outgoing {
         let priority = self.mix.priority(n);
         let ts = sys::unix_micros();
-        Outgoing {
-            room: self.picker.room(n),
-            priority,
-            data: if self.numbered {
-                numbered_message_data(ts, n, priority, self.payload)
-            } else {
-                message_data(ts, self.payload)
-            },
-        }
+        let data = if self.numbered {
+            numbered_message_data(ts, n, priority, self.payload)
+        } else {
+            message_data(ts, self.payload)
+        };
+        Outgoing::load(self.picker.room(n), priority, data)
     }
 }
 
@@ -236,7 +263,37 @@ pub struct PubState {
     pub window_calls: Mutex<Option<Histogram<u64>>>,
     /// The probe's calls in the window, likewise.
     pub probe_calls: Mutex<Option<Histogram<u64>>>,
+    /// Merge traffic: what the API accepted per room (not in `per_room`; in `published`), and
+    /// per kind ([`merge::Kind`] order; finals apart).
+    pub merge_expect: Mutex<Vec<RoomExpect>>,
+    pub merge_published: [AtomicU64; 3],
+    pub merge_finals: AtomicU64,
+    /// Merge traffic the API answered `held` (waiting in a merge window).
+    pub merge_held: AtomicU64,
+    /// The merge traffic's requests.
+    pub merge_calls: AtomicU64,
 }
+
+impl PubState {
+    /// Merge traffic accepted so far, per kind.
+    pub fn merge_published(&self) -> [u64; 3] {
+        [0, 1, 2].map(|i| self.merge_published[i].load(Ordering::Relaxed))
+    }
+}
+
+/// The merge traffic's thread: its own sink (HTTP connection), the traffic, and the rooms.
+pub struct MergeLane {
+    pub sink: Box<dyn Sink>,
+    pub traffic: Traffic,
+    /// The occupied rooms: likes and combos go round-robin, the PK to every one.
+    pub rooms: Vec<usize>,
+    /// Most messages in one request.
+    pub max_batch: usize,
+}
+
+/// How often the merge traffic's thread sends what is due: one request per round (several when
+/// more than a batch is due), so 20,000 msg/s take 100 requests a second.
+pub const MERGE_ROUND: Duration = Duration::from_millis(10);
 
 /// A publisher thread of its own beside the load (`--probe-rate`): its own sink (connection) and
 /// plan, counted with the load's messages but timed apart.
@@ -257,11 +314,17 @@ pub struct Publisher {
 impl Publisher {
     /// Starts one thread per sink; thread `j` of `n` publishes messages `j`, `j + n`, … at
     /// `rate / n`, so rooms and priorities follow the plan whatever `n` is. A probe runs its own
-    /// plan on one more thread.
-    pub fn start(sinks: Vec<Box<dyn Sink>>, plan: Plan, probe: Option<Probe>) -> Publisher {
+    /// plan on one more thread, merge traffic on another.
+    pub fn start(
+        sinks: Vec<Box<dyn Sink>>,
+        plan: Plan,
+        probe: Option<Probe>,
+        merge: Option<MergeLane>,
+    ) -> Publisher {
         let stop = Arc::new(AtomicBool::new(false));
         let state = Arc::new(PubState {
             per_room: Mutex::new(vec![[0; PRIORITIES]; plan.rooms.max(1)]),
+            merge_expect: Mutex::new(vec![RoomExpect::default(); plan.rooms.max(1)]),
             ..PubState::default()
         });
         let plan = Arc::new(plan);
@@ -291,6 +354,14 @@ impl Publisher {
                 .expect("spawn the probe");
             threads.push(thread);
         }
+        if let Some(lane) = merge {
+            let (s, st) = (Arc::clone(&stop), Arc::clone(&state));
+            let thread = std::thread::Builder::new()
+                .name("publish-merge".into())
+                .spawn(move || merge_loop(lane, started, &s, &st))
+                .expect("spawn the merge traffic's publisher");
+            threads.push(thread);
+        }
         Publisher {
             started,
             stop,
@@ -308,7 +379,8 @@ impl Publisher {
         &self.state
     }
 
-    /// Stops publishing; returns what was accepted per room and priority.
+    /// Stops publishing (the merge traffic's thread sends the PK's finals first); returns what
+    /// was accepted per room and priority.
     pub fn stop(mut self) -> Vec<[u64; PRIORITIES]> {
         self.stop.store(true, Ordering::Relaxed);
         for t in self.threads.drain(..) {
@@ -460,7 +532,7 @@ fn account(state: &PubState, msgs: &[Outgoing], results: Vec<Outcome>) {
         let mut errors = state.errors.lock().expect("errors lock");
         for (m, outcome) in msgs.iter().zip(results) {
             match outcome {
-                Outcome::Routed | Outcome::Unrouted => {
+                Outcome::Routed | Outcome::Unrouted | Outcome::Held => {
                     if outcome == Outcome::Unrouted {
                         state.unrouted.fetch_add(1, Ordering::Relaxed);
                     }
@@ -468,6 +540,89 @@ fn account(state: &PubState, msgs: &[Outgoing], results: Vec<Outcome>) {
                     accepted += 1;
                 }
                 Outcome::Rejected(e) => *errors.entry(e).or_default() += 1,
+            }
+        }
+    }
+    state.published.fetch_add(accepted, Ordering::Relaxed);
+}
+
+/// The merge traffic's thread: every [`MERGE_ROUND`] the messages due ([`Generator`]) in one
+/// request (more while more than a batch is due), counted per room once accepted; when stopped,
+/// the PK's finals.
+fn merge_loop(mut lane: MergeLane, start: Instant, stop: &AtomicBool, state: &PubState) {
+    let mut gen = Generator::new(lane.traffic, lane.rooms.clone());
+    let mut msgs: Vec<merge::Msg> = Vec::new();
+    let mut batch: Vec<Outgoing> = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        let round = Instant::now();
+        let t = round.duration_since(start).as_secs_f64();
+        msgs.clear();
+        gen.take_due(t, sys::unix_micros(), lane.max_batch, &mut msgs);
+        if msgs.is_empty() {
+            let wait = gen.wait(t).map_or(MERGE_ROUND, Duration::from_secs_f64);
+            std::thread::sleep(wait.clamp(Duration::from_millis(1), MERGE_ROUND));
+            continue;
+        }
+        send_merge(&mut *lane.sink, &msgs, &mut batch, state);
+        // A full batch: more may be due, send on at once. Else the rest of the round waits (at
+        // 20,000 msg/s something is always due again by now: batching is the point).
+        if msgs.len() < lane.max_batch {
+            std::thread::sleep(MERGE_ROUND.saturating_sub(round.elapsed()));
+        }
+    }
+    let finals = gen.finals(sys::unix_micros());
+    if !finals.is_empty() {
+        send_merge(&mut *lane.sink, &finals, &mut batch, state);
+    }
+}
+
+/// Sends merge traffic in one request and counts what was accepted.
+fn send_merge(
+    sink: &mut dyn Sink,
+    msgs: &[merge::Msg],
+    batch: &mut Vec<Outgoing>,
+    state: &PubState,
+) {
+    batch.clear();
+    batch.extend(msgs.iter().map(|m| Outgoing {
+        room: m.room,
+        priority: m.kind.priority(),
+        kind: m.kind.name(),
+        data: m.data.clone(),
+        merge: m.rule.clone(),
+    }));
+    let t0 = Instant::now();
+    let results = sink.send(batch);
+    state
+        .send_us
+        .fetch_add(t0.elapsed().as_micros() as u64, Ordering::Relaxed);
+    state.merge_calls.fetch_add(1, Ordering::Relaxed);
+    let mut accepted = 0;
+    let mut expect = state.merge_expect.lock().expect("merge expect lock");
+    let mut errors = state.errors.lock().expect("errors lock");
+    for (m, outcome) in msgs.iter().zip(results) {
+        match outcome {
+            Outcome::Rejected(e) => {
+                *errors.entry(format!("{}: {e}", m.kind.name())).or_default() += 1
+            }
+            accepted_as => {
+                match accepted_as {
+                    Outcome::Held => state.merge_held.fetch_add(1, Ordering::Relaxed),
+                    Outcome::Unrouted => state.unrouted.fetch_add(1, Ordering::Relaxed),
+                    _ => 0,
+                };
+                if let Some(room) = expect.get_mut(m.room) {
+                    room.add(m.sent);
+                }
+                match m.sent {
+                    Sent::Pk { is_final: true, .. } => {
+                        state.merge_finals.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => {
+                        state.merge_published[m.kind.index()].fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                accepted += 1;
             }
         }
     }

@@ -12,8 +12,10 @@ use crate::api::Metrics;
 use crate::dist::Group;
 use crate::floor::FloorResult;
 use crate::kernel_tcp::Counters;
+use crate::merge::{RoomExpect, Traffic, KINDS, LIKE_KEY, PK_KEY};
 use crate::msgs::{
-    add_counts, add_pairs, histogram_of, new_latency_histogram, Connected, RecoveryReport, Report,
+    add_counts, add_pairs, histogram_of, new_latency_histogram, Connected, MergeReport,
+    RecoveryReport, Report,
 };
 use crate::progress::{rate, Sample};
 use crate::scenario::{ramp_text, rate_text, RunArgs};
@@ -24,7 +26,10 @@ use crate::system::{self, EdgeLoad, Measured};
 /// took: the raw measurements the CPU figures are made of.
 pub struct Window {
     pub secs: f64,
+    /// Messages the API (or the links) accepted, merge traffic included.
     pub published: u64,
+    /// Of them, merge traffic per kind ([`crate::merge::Kind`] order).
+    pub merge_published: [u64; 3],
     pub edge_cpu: Option<f64>,
     pub control_cpu: Option<f64>,
     pub clients_cpu: f64,
@@ -300,6 +305,14 @@ pub fn control_json(
         "recoveries_since_idle": delta("roomcast_control_recoveries_total", "result"),
         "online_pushes_since_idle": int(grew("roomcast_control_online_pushes_total")),
         "online_frames_since_idle": int(grew("roomcast_control_online_frames_total")),
+        // Merge rules: messages merged into others, published unmerged at the byte cap, and
+        // what still waits at the end (nothing, once the windows have ended).
+        "merge": {
+            "merged_since_idle": int(grew("roomcast_control_merge_merged_total")),
+            "bypassed_since_idle": int(grew("roomcast_control_merge_bypassed_total")),
+            "windows_at_end": int(at(Some(end), "roomcast_control_merge_windows")),
+            "waiting_bytes_at_end": int(at(Some(end), "roomcast_control_merge_waiting_bytes")),
+        },
         "rss_idle": rss.0,
         "rss_end": rss.1,
         "rss_growth": rss_growth,
@@ -308,6 +321,518 @@ pub fn control_json(
             .filter(|(_, m)| *m > 0.0)
             .map(|(g, m)| g / m),
     })
+}
+
+/// What the merge traffic's publisher did (`--pk-rate`, `--like-rate`, `--combo-rate`).
+#[derive(Debug, Clone)]
+pub struct MergePublished {
+    pub traffic: Traffic,
+    /// The rooms the PK went to (every occupied room).
+    pub pk_rooms: usize,
+    /// Accepted by the API per kind (finals apart), over the run and in the window.
+    pub total: [u64; 3],
+    pub window: [u64; 3],
+    pub finals: u64,
+    /// Answered `held` (waiting in a merge window).
+    pub held: u64,
+    pub requests: u64,
+    /// Per room, what the viewers are judged by.
+    pub rooms: Vec<RoomExpect>,
+}
+
+/// The merge traffic in words: `1000 PK gifts/s to 2 room(s) (…), 20000 likes/s (…)`.
+pub fn traffic_text(t: &Traffic, pk_rooms: usize) -> String {
+    let mut parts = Vec::new();
+    if t.pk_rate > 0.0 {
+        parts.push(format!(
+            "{} PK gifts/s, each to {pk_rooms} room(s) (kind pk, latest on {PK_KEY} every {} ms, then a final)",
+            t.pk_rate, t.pk_interval_ms
+        ));
+    }
+    if t.like_rate > 0.0 {
+        parts.push(format!(
+            "{} likes/s (kind like, sum of count on key {LIKE_KEY} per room)",
+            t.like_rate
+        ));
+    }
+    if t.combo_rate > 0.0 {
+        parts.push(format!(
+            "{} combos/s (kind combo, sum of count on {} keys combo:u<U>:gift<G> per room)",
+            t.combo_rate, t.combo_keys
+        ));
+    }
+    parts.join(", ")
+}
+
+/// The merge traffic: what was published, what the viewers received (per kind, and what it
+/// stands for), every judged viewer's checks (sums, the PK's final, last value and spacing),
+/// the control plane's merge counters, and the verdict (null without merge rules: reported, not
+/// judged). `viewers` are the connections open at the end.
+pub fn merge_json(
+    p: &MergePublished,
+    got: &MergeReport,
+    viewers: u64,
+    secs: f64,
+    control: &Value,
+) -> Value {
+    let t = &p.traffic;
+    let active = [t.pk_rate > 0.0, t.like_rate > 0.0, t.combo_rate > 0.0];
+    let per_kind = |v: [u64; 3]| {
+        let mut m = serde_json::Map::new();
+        for k in KINDS.iter().filter(|k| active[k.index()]) {
+            m.insert(k.name().into(), json!(v[k.index()]));
+        }
+        Value::Object(m)
+    };
+    let per_s = |v: [u64; 3]| {
+        let mut m = serde_json::Map::new();
+        for k in KINDS.iter().filter(|k| active[k.index()]) {
+            m.insert(k.name().into(), json!(v[k.index()] as f64 / secs));
+        }
+        Value::Object(m)
+    };
+    let mut received = serde_json::Map::new();
+    for k in KINDS.iter().filter(|k| active[k.index()]) {
+        let i = k.index();
+        received.insert(
+            k.name().into(),
+            json!({
+                "msgs": got.received[i],
+                "stands_for": got.stands_for[i],
+                "unmerged": got.unmerged[i],
+                "window_msgs": got.window_received[i],
+                "per_viewer_per_s": per(got.window_received[i] as f64 / secs, viewers),
+                "stands_for_per_msg": per(got.stands_for[i] as f64, got.received[i]),
+                "stale_ms": latency_json(&histogram_of(&got.latency_us[i])),
+            }),
+        );
+    }
+    let sums = |mismatches: u64, got_sum: u64, want: u64| {
+        json!({
+            "mismatching_viewers": mismatches,
+            "received": got_sum,
+            "published": want,
+            "fraction": (want > 0).then(|| got_sum as f64 / want as f64),
+        })
+    };
+    let mut why: Vec<String> = Vec::new();
+    if got.judged == 0 {
+        why.push("no viewer was judged".into());
+    }
+    if active[1] && got.like_mismatches > 0 {
+        why.push(format!(
+            "{} viewers' like sums differ from their room's",
+            got.like_mismatches
+        ));
+    }
+    if active[2] && got.combo_mismatches > 0 {
+        why.push(format!(
+            "{} viewers' combo sums differ from their room's (per key)",
+            got.combo_mismatches
+        ));
+    }
+    if active[0] {
+        for (n, what) in [
+            (got.pk_final_missing, "missed the PK's final"),
+            (
+                got.pk_last_mismatches,
+                "last PK value before the final is not the last one published",
+            ),
+            (
+                got.pk_too_close,
+                "got two PK updates closer than half the interval",
+            ),
+            (got.pk_unaccounted, "have PK messages unaccounted for"),
+        ] {
+            if n > 0 {
+                why.push(format!("{n} viewers {what}"));
+            }
+        }
+    }
+    for (n, what) in [
+        (got.duplicates, "duplicated"),
+        (got.out_of_order, "out of order"),
+        (got.bad_data, "unreadable"),
+    ] {
+        if n > 0 {
+            why.push(format!("{n} merge-traffic messages {what}"));
+        }
+    }
+    let pk = active[0].then(|| {
+        let mean_gap = per(got.pk_span_ms as f64, got.pk_gaps);
+        json!({
+            "judged": got.pk_judged,
+            "interval_ms": t.pk_interval_ms,
+            "final_missing": got.pk_final_missing,
+            "last_value_mismatches": got.pk_last_mismatches,
+            "closer_than_half_interval": got.pk_too_close,
+            "unaccounted": got.pk_unaccounted,
+            "updates_per_viewer": per(got.pk_updates as f64, got.pk_judged),
+            "mean_gap_ms": (got.pk_gaps > 0).then_some(mean_gap),
+            "per_interval": (mean_gap > 0.0).then(|| t.pk_interval_ms as f64 / mean_gap),
+            "max_per_interval": got.pk_max_per_interval,
+            "min_gap_ms": got.pk_min_gap_ms,
+            "flushed_by_final": got.pk_flushed_by_final,
+        })
+    });
+    let sum_of = |f: fn(&RoomExpect) -> u64| p.rooms.iter().map(f).sum::<u64>();
+    json!({
+        "rules": t.rules,
+        "traffic": {
+            "pk_rate": t.pk_rate,
+            "pk_interval_ms": t.pk_interval_ms,
+            "pk_rooms": p.pk_rooms,
+            "like_rate": t.like_rate,
+            "combo_rate": t.combo_rate,
+            "combo_keys": t.combo_keys,
+        },
+        "published": {
+            "msgs": per_kind(p.total),
+            "window_msgs": per_kind(p.window),
+            "window_per_s": per_s(p.window),
+            "window_total_per_s": p.window.iter().sum::<u64>() as f64 / secs,
+            "finals": p.finals,
+            "held": p.held,
+            "requests": p.requests,
+            "like_count_sum": sum_of(|r| r.like_sum),
+            "combo_count_sum": sum_of(|r| r.combo_sum),
+        },
+        "received": received,
+        "finals_received": got.finals,
+        "duplicates": got.duplicates,
+        "out_of_order": got.out_of_order,
+        "bad_data": got.bad_data,
+        "viewers_judged": got.judged,
+        "sums": {
+            "like": active[1].then(|| sums(got.like_mismatches, got.like_got, got.like_want)),
+            "combo": active[2].then(|| sums(got.combo_mismatches, got.combo_got, got.combo_want)),
+        },
+        "pk": pk,
+        "control": control["merge"].clone(),
+        "examples": got.examples,
+        "ok": t.rules.then_some(why.is_empty()),
+        "not_ok_because": why,
+    })
+}
+
+/// The table's lines for the merge traffic; none without it.
+fn merge_lines(r: &Value) -> Vec<String> {
+    let m = &r["merge"];
+    if !m.is_object() {
+        return Vec::new();
+    }
+    let t = &m["traffic"];
+    let p = &m["published"];
+    let n = |v: &Value| thousands(v.as_u64().unwrap_or(0));
+    let traffic = Traffic {
+        pk_rate: f(&t["pk_rate"]),
+        pk_interval_ms: t["pk_interval_ms"].as_u64().unwrap_or(0),
+        like_rate: f(&t["like_rate"]),
+        combo_rate: f(&t["combo_rate"]),
+        combo_keys: t["combo_keys"].as_u64().unwrap_or(0) as u32,
+        rules: m["rules"] == true,
+    };
+    let kinds_text = |v: &Value, unit: &str| {
+        let parts: Vec<String> = v
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, x)| format!("{k} {}{unit}", rate(f(x))))
+            .collect();
+        parts.join(", ")
+    };
+    let control = &m["control"];
+    let pk_rooms = t["pk_rooms"].as_u64().unwrap_or(0) as usize;
+    let mut lines = vec![format!(
+        "merge traffic  {} merge rules: {}; the API accepted in the window {} msg/s of {} ({}), {} held in merge windows over the run, {} finals{}",
+        if traffic.rules { "with" } else { "WITHOUT" },
+        traffic_text(&traffic, pk_rooms),
+        rate(f(&p["window_total_per_s"])),
+        rate(traffic.msgs_per_s(pk_rooms)),
+        kinds_text(&p["window_per_s"], ""),
+        n(&p["held"]),
+        p["finals"],
+        if control.is_object() {
+            format!(
+                "; control merged {} into others, {} bypassed (byte cap), {} windows open at the end",
+                n(&control["merged_since_idle"]),
+                n(&control["bypassed_since_idle"]),
+                n(&control["windows_at_end"]),
+            )
+        } else {
+            String::new()
+        },
+    )];
+    let received: Vec<String> = m["received"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, x)| {
+            let stale = &x["stale_ms"];
+            format!(
+                "{k} {:.2}/s per viewer, each standing for {:.1} published (stale p50 {} p99 {} ms)",
+                f(&x["per_viewer_per_s"]),
+                f(&x["stands_for_per_msg"]),
+                ms(&stale["p50"]),
+                ms(&stale["p99"]),
+            )
+        })
+        .collect();
+    lines.push(format!(
+        "merge received {}; {} finals; {} duplicated, {} out of order, {} unreadable",
+        received.join("; "),
+        n(&m["finals_received"]),
+        m["duplicates"],
+        m["out_of_order"],
+        m["bad_data"],
+    ));
+    let pk = &m["pk"];
+    if pk.is_object() {
+        let interval = pk["interval_ms"].as_u64().unwrap_or(0);
+        lines.push(format!(
+            "pk check       {} viewers: {} missed the final, {} saw a last value before it other than the last published, {} have PK messages unaccounted for; one update every {} ms on average ({} per {interval} ms), at most {} in one {interval} ms slot, the closest two {} ms apart ({} viewers got two closer than {} ms; {} waiting values flushed by the final)",
+            n(&pk["judged"]),
+            n(&pk["final_missing"]),
+            n(&pk["last_value_mismatches"]),
+            n(&pk["unaccounted"]),
+            if pk["mean_gap_ms"].is_number() {
+                format!("{:.0}", f(&pk["mean_gap_ms"]))
+            } else {
+                "-".into()
+            },
+            if pk["per_interval"].is_number() {
+                format!("{:.2}", f(&pk["per_interval"]))
+            } else {
+                "-".into()
+            },
+            pk["max_per_interval"],
+            count(&pk["min_gap_ms"]),
+            n(&pk["closer_than_half_interval"]),
+            interval / 2,
+            n(&pk["flushed_by_final"]),
+        ));
+    }
+    let sums = &m["sums"];
+    let sum_text = |name: &str, s: &Value, per_key: &str| {
+        format!(
+            "{name} sums{per_key} exact for {} ({} differ; {} of {} counts received, {})",
+            n(&json!(m["viewers_judged"]
+                .as_u64()
+                .unwrap_or(0)
+                .saturating_sub(
+                    s["mismatching_viewers"].as_u64().unwrap_or(0)
+                ))),
+            n(&s["mismatching_viewers"]),
+            n(&s["received"]),
+            n(&s["published"]),
+            pct(&s["fraction"]),
+        )
+    };
+    let mut sum_parts = Vec::new();
+    if sums["like"].is_object() {
+        sum_parts.push(sum_text("like", &sums["like"], ""));
+    }
+    if sums["combo"].is_object() {
+        sum_parts.push(sum_text("combo", &sums["combo"], " per key"));
+    }
+    if !sum_parts.is_empty() {
+        lines.push(format!(
+            "sum check      {} viewers: {}",
+            n(&m["viewers_judged"]),
+            sum_parts.join("; ")
+        ));
+    }
+    lines.push(match m["ok"].as_bool() {
+        None => "merge verdict  not judged: the merge traffic went without merge rules".into(),
+        Some(true) => "merge verdict  OK: every judged viewer passed every check above".into(),
+        Some(false) => {
+            let why: Vec<&str> = m["not_ok_because"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            format!("merge verdict  NOT OK: {}", why.join("; "))
+        }
+    });
+    for e in m["examples"].as_array().into_iter().flatten().take(5) {
+        lines.push(format!("  e.g.         {}", e.as_str().unwrap_or("?")));
+    }
+    lines
+}
+
+/// The `summary:` part for the merge traffic; empty without it.
+fn merge_summary(r: &Value) -> String {
+    let m = &r["merge"];
+    if !m.is_object() {
+        return String::new();
+    }
+    let mut s = format!(
+        "; merge traffic {} rules: {} msg/s published",
+        if m["rules"] == true {
+            "with"
+        } else {
+            "WITHOUT"
+        },
+        rate(f(&m["published"]["window_total_per_s"])),
+    );
+    if m["pk"].is_object() {
+        s += &format!(
+            ", PK update every {} ms (closest {} ms), {} missed the final",
+            if m["pk"]["mean_gap_ms"].is_number() {
+                format!("{:.0}", f(&m["pk"]["mean_gap_ms"]))
+            } else {
+                "-".into()
+            },
+            count(&m["pk"]["min_gap_ms"]),
+            m["pk"]["final_missing"],
+        );
+    }
+    for kind in ["like", "combo"] {
+        let x = &m["sums"][kind];
+        if x.is_object() {
+            s += &format!(
+                ", {kind} sums {} received ({} viewers off)",
+                pct(&x["fraction"]),
+                x["mismatching_viewers"]
+            );
+        }
+    }
+    s += match m["ok"].as_bool() {
+        Some(true) => ", OK",
+        Some(false) => ", NOT OK",
+        None => "",
+    };
+    s
+}
+
+/// `--merge-compare`: the two runs side by side — published and delivered rates, frames, edge and
+/// control CPU, the load's completeness and latency, the sums received.
+pub fn merge_comparison(with: &Value, without: &Value) -> Value {
+    let row = |r: &Value| {
+        let normal = r["delivery"]["groups"]
+            .as_array()
+            .and_then(|g| g.iter().find(|g| g["group"] == "normal"))
+            .cloned()
+            .unwrap_or(Value::Null);
+        let secs = r["window"]["secs"].as_f64().filter(|s| *s > 0.0);
+        json!({
+            "published_per_s": r["publishing"]["with_merge_traffic_in_window"]
+                .as_f64()
+                .zip(secs)
+                .map(|(n, s)| n / s),
+            "merge_published_per_s": r["merge"]["published"]["window_total_per_s"],
+            "delivered_msgs_per_s": r["delivery"]["msgs_per_s"],
+            "frames_per_s": r["delivery"]["frames_per_s"],
+            "msgs_per_frame": r["delivery"]["msgs_per_frame"],
+            "edge_cores": r["cpu"]["edge_cores"],
+            "edge_us_per_frame": r["cpu"]["edge_us_per_frame"],
+            "edge_us_per_msg": r["cpu"]["edge_us_per_msg"],
+            "control_cores": r["cpu"]["control_cores"],
+            "control_us_per_published": r["cpu"]["control_us_per_published"],
+            "edge_dropped_budget": r["edge_counters"]["delta"]["messages_dropped_budget"],
+            "load_completeness": normal["completeness"],
+            "load_p99_ms": normal["latency_ms"]["p99"],
+            "like_sum_fraction": r["merge"]["sums"]["like"]["fraction"],
+            "combo_sum_fraction": r["merge"]["sums"]["combo"]["fraction"],
+            "merge_ok": r["merge"]["ok"],
+        })
+    };
+    let (a, b) = (row(with), row(without));
+    let ratio = |key: &str| {
+        let (x, y) = (a[key].as_f64(), b[key].as_f64());
+        x.zip(y).filter(|(x, _)| *x > 0.0).map(|(x, y)| y / x)
+    };
+    json!({
+        "scenario": with["scenario"],
+        "with_rules": a,
+        "without_rules": b,
+        "without_over_with": {
+            "delivered_msgs_per_s": ratio("delivered_msgs_per_s"),
+            "frames_per_s": ratio("frames_per_s"),
+            "edge_cores": ratio("edge_cores"),
+            "control_cores": ratio("control_cores"),
+        },
+    })
+}
+
+/// Prints [`merge_comparison`]: a table and a `compare:` line.
+pub fn print_merge_comparison(c: &Value) {
+    let (a, b) = (&c["with_rules"], &c["without_rules"]);
+    let num = |v: &Value, digits: usize| {
+        if v.is_number() {
+            format!("{:.digits$}", f(v))
+        } else {
+            "-".into()
+        }
+    };
+    let rate_of = |v: &Value| {
+        if v.is_number() {
+            rate(f(v))
+        } else {
+            "-".into()
+        }
+    };
+    let count_of = |v: &Value| match v.as_u64() {
+        Some(n) => thousands(n),
+        None => "-".into(),
+    };
+    println!();
+    println!(
+        "== roomcast-bench --merge-compare: {} with merge rules vs without ==",
+        c["scenario"].as_str().unwrap_or("?")
+    );
+    println!("{:<34} {:>16} {:>16}", "", "with rules", "without");
+    type Fmt<'a> = &'a dyn Fn(&Value) -> String;
+    let rows: [(&str, &str, Fmt<'_>); 15] = [
+        ("published (API) msg/s", "published_per_s", &rate_of),
+        (
+            "  of them merge traffic msg/s",
+            "merge_published_per_s",
+            &rate_of,
+        ),
+        ("delivered msg/s", "delivered_msgs_per_s", &rate_of),
+        ("delivered frames/s", "frames_per_s", &rate_of),
+        ("msgs/frame", "msgs_per_frame", &|v| num(v, 2)),
+        ("edge cores", "edge_cores", &|v| num(v, 2)),
+        ("edge us per frame", "edge_us_per_frame", &|v| num(v, 3)),
+        ("edge us per message", "edge_us_per_msg", &|v| num(v, 3)),
+        ("control cores", "control_cores", &|v| num(v, 2)),
+        (
+            "control us per published msg",
+            "control_us_per_published",
+            &|v| num(v, 2),
+        ),
+        (
+            "edge budget drops in the window",
+            "edge_dropped_budget",
+            &count_of,
+        ),
+        ("load (bench) completeness", "load_completeness", &pct),
+        ("load p99 ms", "load_p99_ms", &ms),
+        ("like counts received", "like_sum_fraction", &pct),
+        ("combo counts received", "combo_sum_fraction", &pct),
+    ];
+    for (label, key, fmt) in rows {
+        if a[key].is_null() && b[key].is_null() {
+            continue;
+        }
+        println!("{label:<34} {:>16} {:>16}", fmt(&a[key]), fmt(&b[key]));
+    }
+    let r = &c["without_over_with"];
+    println!(
+        "compare: {} without merge rules vs with: {} x the delivered msg/s, {} x the frames/s, {} x the edge cores, {} x the control cores; with rules the checks {}",
+        c["scenario"].as_str().unwrap_or("?"),
+        num(&r["delivered_msgs_per_s"], 2),
+        num(&r["frames_per_s"], 2),
+        num(&r["edge_cores"], 2),
+        num(&r["control_cores"], 2),
+        match a["merge_ok"].as_bool() {
+            Some(true) => "passed",
+            Some(false) => "FAILED",
+            None => "were not judged",
+        },
+    );
 }
 
 /// The machine: cores, memory, kernel.
@@ -757,6 +1282,9 @@ pub fn print_table(r: &Value) {
         }
     }
     for line in recovery_lines(r) {
+        println!("{line}");
+    }
+    for line in merge_lines(r) {
         println!("{line}");
     }
     if let Some(cpu) = r.get("cpu") {
@@ -1421,6 +1949,7 @@ pub fn summary(r: &Value) -> String {
             }
         );
     }
+    s += &merge_summary(r);
     s
 }
 
@@ -1739,6 +2268,184 @@ mod tests {
         );
         assert_eq!(control_json(Some(&idle), None, (None, None)), Value::Null);
         assert!(control_lines(&Value::Null).is_empty());
+    }
+
+    fn merge_published(traffic: Traffic) -> MergePublished {
+        MergePublished {
+            traffic,
+            pk_rooms: 2,
+            total: [24_000, 0, 0],
+            window: [20_000, 0, 0],
+            finals: 2,
+            held: 23_990,
+            requests: 1_200,
+            rooms: vec![RoomExpect::default(); 2],
+        }
+    }
+
+    fn pk_traffic(rules: bool) -> Traffic {
+        Traffic {
+            pk_rate: 1000.0,
+            pk_interval_ms: 2000,
+            like_rate: 0.0,
+            combo_rate: 0.0,
+            combo_keys: 40,
+            rules,
+        }
+    }
+
+    #[test]
+    fn the_merge_section_judges_the_pk_checks() {
+        let got = MergeReport {
+            received: [18_000, 0, 0],
+            stands_for: [24_002, 0, 0],
+            window_received: [12_000, 0, 0],
+            finals: 2000,
+            judged: 2000,
+            pk_judged: 2000,
+            pk_updates: 14_000,
+            pk_gaps: 12_000,
+            pk_span_ms: 24_000_000,
+            pk_flushed_by_final: 2000,
+            pk_max_per_interval: 1,
+            pk_min_gap_ms: Some(1_750),
+            ..MergeReport::default()
+        };
+        let control = json!({"merge": {"merged_since_idle": 23_990, "bypassed_since_idle": 0,
+            "windows_at_end": 0, "waiting_bytes_at_end": 0}});
+        let m = merge_json(
+            &merge_published(pk_traffic(true)),
+            &got,
+            2000,
+            10.0,
+            &control,
+        );
+        assert_eq!(m["ok"], true, "{m}");
+        assert_eq!(m["pk"]["mean_gap_ms"], 2000.0);
+        assert_eq!(m["pk"]["per_interval"], 1.0);
+        assert_eq!(m["received"]["pk"]["per_viewer_per_s"], 0.6);
+        assert!(m["sums"]["like"].is_null(), "no likes published");
+        let r = json!({"merge": m});
+        let lines = merge_lines(&r);
+        assert!(
+            lines[0]
+                .starts_with("merge traffic  with merge rules: 1000 PK gifts/s, each to 2 room(s)"),
+            "{}",
+            lines[0]
+        );
+        assert!(
+            lines[0].contains("control merged 23,990 into others"),
+            "{}",
+            lines[0]
+        );
+        assert!(
+            lines[2].starts_with("pk check       2,000 viewers: 0 missed the final"),
+            "{}",
+            lines[2]
+        );
+        assert!(lines[2].contains("one update every 2000 ms on average (1.00 per 2000 ms), at most 1 in one 2000 ms slot, the closest two 1750 ms apart (0 viewers got two closer than 1000 ms"), "{}", lines[2]);
+        assert!(lines.last().unwrap().starts_with("merge verdict  OK"));
+        assert!(merge_summary(&r).ends_with(", OK"), "{}", merge_summary(&r));
+
+        // Two updates at once for every viewer: not OK, and said why.
+        let bad = MergeReport {
+            pk_too_close: 2000,
+            pk_min_gap_ms: Some(0),
+            examples: vec!["viewer 0 (room-0): two PK updates 0 ms apart".into()],
+            ..got.clone()
+        };
+        let m = merge_json(
+            &merge_published(pk_traffic(true)),
+            &bad,
+            2000,
+            10.0,
+            &control,
+        );
+        assert_eq!(m["ok"], false);
+        assert_eq!(
+            m["not_ok_because"],
+            json!(["2000 viewers got two PK updates closer than half the interval"])
+        );
+        let lines = merge_lines(&json!({"merge": m}));
+        assert_eq!(
+            lines[lines.len() - 2],
+            "merge verdict  NOT OK: 2000 viewers got two PK updates closer than half the interval"
+        );
+        assert_eq!(
+            lines[lines.len() - 1],
+            "  e.g.         viewer 0 (room-0): two PK updates 0 ms apart"
+        );
+        // Without rules: reported, not judged.
+        let m = merge_json(
+            &merge_published(pk_traffic(false)),
+            &bad,
+            2000,
+            10.0,
+            &Value::Null,
+        );
+        assert_eq!(m["ok"], Value::Null);
+        assert!(merge_lines(&json!({"merge": m}))
+            .iter()
+            .any(|l| l == "merge verdict  not judged: the merge traffic went without merge rules"));
+        assert!(merge_lines(&json!({})).is_empty());
+        assert_eq!(merge_summary(&json!({})), "");
+    }
+
+    #[test]
+    fn the_merge_section_judges_sums_and_the_comparison_reads_both_runs() {
+        let traffic = Traffic {
+            pk_rate: 0.0,
+            like_rate: 20_000.0,
+            combo_rate: 200.0,
+            ..pk_traffic(true)
+        };
+        let got = MergeReport {
+            judged: 100,
+            like_got: 1_000,
+            like_want: 1_000,
+            combo_got: 50,
+            combo_want: 50,
+            ..MergeReport::default()
+        };
+        let m = merge_json(&merge_published(traffic), &got, 100, 10.0, &Value::Null);
+        assert_eq!(m["ok"], true, "{m}");
+        assert!(m["pk"].is_null());
+        assert_eq!(m["sums"]["like"]["fraction"], 1.0);
+        let lines = merge_lines(&json!({"merge": m.clone()}));
+        assert!(lines.iter().any(|l| l == "sum check      100 viewers: like sums exact for 100 (0 differ; 1,000 of 1,000 counts received, 100.000%); combo sums per key exact for 100 (0 differ; 50 of 50 counts received, 100.000%)"), "{lines:?}");
+        let off = MergeReport {
+            combo_mismatches: 3,
+            like_mismatches: 100,
+            like_got: 10,
+            ..got
+        };
+        let m2 = merge_json(&merge_published(traffic), &off, 100, 10.0, &Value::Null);
+        assert_eq!(
+            m2["not_ok_because"],
+            json!([
+                "100 viewers' like sums differ from their room's",
+                "3 viewers' combo sums differ from their room's (per key)"
+            ])
+        );
+
+        let run = |msgs: f64, edge: f64, merge: &Value| {
+            json!({
+                "scenario": "like-storm",
+                "window": {"secs": 10.0},
+                "publishing": {"rate_in_window": 100.0, "with_merge_traffic_in_window": 203_000},
+                "delivery": {"msgs_per_s": msgs, "frames_per_s": 8_000.0, "msgs_per_frame": msgs / 8_000.0,
+                    "groups": [{"group": "normal", "completeness": 1.0, "latency_ms": {"p99": 250.0}}]},
+                "cpu": {"edge_cores": edge, "control_cores": 0.2, "edge_us_per_frame": 10.0},
+                "merge": merge,
+            })
+        };
+        let c = merge_comparison(&run(400_000.0, 0.1, &m), &run(800_000.0, 0.25, &m2));
+        assert_eq!(c["with_rules"]["published_per_s"], 20_300.0);
+        assert_eq!(c["without_over_with"]["delivered_msgs_per_s"], 2.0);
+        assert_eq!(c["without_over_with"]["edge_cores"], 2.5);
+        assert_eq!(c["without_rules"]["like_sum_fraction"], 0.01);
+        assert_eq!(c["with_rules"]["merge_ok"], true);
+        print_merge_comparison(&c);
     }
 
     #[test]

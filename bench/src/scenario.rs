@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::client::Transport;
 use crate::dist::{Population, PriorityMix, PublishSpread, RoomDist};
+use crate::merge::Traffic;
 
 /// The control plane's development API key (what `roomcast-control` accepts when none is set).
 pub const DEV_API_KEY: &str = "roomcast-dev-api-key";
@@ -318,6 +319,55 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 0.0)]
     pub probe_rate: f64,
 
+    // ---- merge traffic (PROTOCOL.md §5 "Merged messages"; bench/src/merge.rs) ----
+    /// PK battle gifts per second, on top of the load (0: none). Each gift moves the PK bar, whose
+    /// new state {"ts","n","left","right"} goes to every occupied room (kind `pk`, priority 1)
+    /// with a `latest` merge rule on key `pk:1` (--pk-interval-ms); when publishing stops, each
+    /// room gets a `final`. Every viewer is checked: at most one update per interval, the final
+    /// received, the last value before it the last one published. --publish-via control.
+    #[arg(long, default_value_t = 0.0, value_name = "GIFTS_PER_S")]
+    pub pk_rate: f64,
+
+    /// The PK key's merge interval (`interval_ms` of its rule).
+    #[arg(long, default_value_t = 2000, value_name = "MS")]
+    pub pk_interval_ms: u64,
+
+    /// Likes per second over the occupied rooms, on top of the load (0: none): kind `like`,
+    /// priority 3, data {"count":1 or a few}, a `sum` merge rule on `count` keyed `like` in each
+    /// room. Every viewer's sum of the counts it received must equal its room's published sum.
+    /// --publish-via control.
+    #[arg(long, default_value_t = 0.0, value_name = "PER_S")]
+    pub like_rate: f64,
+
+    /// Combo gifts per second over the occupied rooms (0: none): kind `combo`, priority 2, a
+    /// `sum` rule on `count` keyed `combo:u<U>:gift<G>`, one of --combo-keys per room. Every
+    /// viewer's sums must match per key. --publish-via control.
+    #[arg(long, default_value_t = 0.0, value_name = "PER_S")]
+    pub combo_rate: f64,
+
+    /// Combo keys (user x gift) per room the combos are spread over.
+    #[arg(long, default_value_t = 40)]
+    pub combo_keys: u32,
+
+    /// Publish the merge traffic as plain messages, without merge rules: the load the rules
+    /// save. The checks are reported, not judged.
+    #[arg(long)]
+    pub no_merge_rules: bool,
+
+    /// Run twice back to back, with the merge traffic's rules and then without them (a fresh
+    /// system and fresh viewers each time), print both reports and a comparison (published and
+    /// delivered msg/s, frames/s, edge and control CPU); --json-out gets both, --plot draws each
+    /// (the second as FILE.without-merge.svg). `--merge-compare=false` turns a scenario's off.
+    #[arg(
+        long,
+        num_args = 0..=1,
+        require_equals = true,
+        default_value_t = false,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set
+    )]
+    pub merge_compare: bool,
+
     // ---- timing ----
     /// Length of the measured window, seconds.
     #[arg(long, default_value_t = 10.0)]
@@ -446,6 +496,7 @@ impl RunArgs {
                 );
             }
         }
+        self.validate_merge()?;
         if self.publish_batch == 0 || self.client_threads == 0 || self.publishers == 0 {
             return Err(
                 "--publish-batch, --client-threads and --publishers must be positive".into(),
@@ -473,6 +524,62 @@ impl RunArgs {
             }
         }
         Ok(())
+    }
+
+    /// Merge traffic: rates, the interval, and what it needs (the control plane merges).
+    fn validate_merge(&self) -> Result<(), String> {
+        for (name, rate) in [
+            ("pk-rate", self.pk_rate),
+            ("like-rate", self.like_rate),
+            ("combo-rate", self.combo_rate),
+        ] {
+            if !rate.is_finite() || rate < 0.0 {
+                return Err(format!("--{name} must be 0 or more per second, not {rate}"));
+            }
+        }
+        if !(1..=3_600_000).contains(&self.pk_interval_ms) {
+            return Err("--pk-interval-ms must be 1-3600000 (the API's interval_ms)".into());
+        }
+        if self.combo_rate > 0.0 && self.combo_keys == 0 {
+            return Err("--combo-keys must be positive".into());
+        }
+        let traffic = self.merge_traffic();
+        if self.merge_compare && !traffic.any() {
+            return Err(
+                "--merge-compare needs merge traffic (--pk-rate, --like-rate or --combo-rate)"
+                    .into(),
+            );
+        }
+        if self.merge_compare && self.no_merge_rules {
+            return Err(
+                "--merge-compare runs with the rules, then without: no --no-merge-rules".into(),
+            );
+        }
+        if traffic.any() {
+            if self.server != ServerKind::Roomcast || self.publish_via != PublishVia::Control {
+                return Err(
+                    "merge traffic needs roomcast's control plane (--publish-via control): it \
+                     merges"
+                        .into(),
+                );
+            }
+            if self.hold_only {
+                return Err("merge traffic publishes; --hold-only does not".into());
+            }
+        }
+        Ok(())
+    }
+
+    /// The merge traffic this run publishes.
+    pub fn merge_traffic(&self) -> Traffic {
+        Traffic {
+            pk_rate: self.pk_rate,
+            pk_interval_ms: self.pk_interval_ms,
+            like_rate: self.like_rate,
+            combo_rate: self.combo_rate,
+            combo_keys: self.combo_keys,
+            rules: !self.no_merge_rules,
+        }
     }
 
     /// What `--server nats` supports: one publisher connection (NATS orders messages per
@@ -591,8 +698,8 @@ mod tests {
             }
         }
         assert!(
-            seen >= 9,
-            "expected the nine scenarios in {}",
+            seen >= 11,
+            "expected the eleven scenarios in {}",
             dir.display()
         );
     }
@@ -635,5 +742,47 @@ mod tests {
         assert!(load(&["--drop-all-at", "5", "--server", "nats"]).is_err());
         assert!(load(&["--drop-all-at", "5", "--hold-only"]).is_err());
         assert!(load(&["--reconnect-jitter=-1"]).is_err());
+    }
+
+    #[test]
+    fn merge_traffic_needs_the_control_plane_and_sane_figures() {
+        let a = load(&["--pk-rate", "1000", "--rooms", "2"]).unwrap();
+        let t = a.merge_traffic();
+        assert!(t.any() && t.rules);
+        assert_eq!((t.pk_interval_ms, t.combo_keys), (2000, 40));
+        assert!(!load(&[]).unwrap().merge_traffic().any(), "none by default");
+        assert!(
+            !load(&["--like-rate", "5", "--no-merge-rules"])
+                .unwrap()
+                .merge_traffic()
+                .rules
+        );
+        assert!(load(&["--like-rate", "5", "--merge-compare"]).is_ok());
+        assert!(load(&["--merge-compare"]).is_err(), "nothing to compare");
+        assert!(load(&["--like-rate", "5", "--merge-compare", "--no-merge-rules"]).is_err());
+        assert!(load(&["--like-rate", "5", "--publish-via", "link"]).is_err());
+        assert!(load(&["--like-rate", "5", "--server", "nats"]).is_err());
+        assert!(load(&["--like-rate", "5", "--hold-only"]).is_err());
+        assert!(load(&["--like-rate=-5"]).is_err());
+        assert!(load(&["--combo-rate", "NaN"]).is_err());
+        assert!(load(&["--pk-rate", "1", "--pk-interval-ms", "0"]).is_err());
+        assert!(load(&["--combo-rate", "1", "--combo-keys", "0"]).is_err());
+
+        // like-storm.toml compares; a flag turns it off, or on.
+        let file =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/like-storm.toml");
+        let file = file.to_str().unwrap();
+        assert!(load(&[file]).unwrap().merge_compare);
+        assert!(
+            !load(&[file, "--merge-compare=false"])
+                .unwrap()
+                .merge_compare
+        );
+        assert!(
+            load(&["--like-rate", "1", "--merge-compare=true"])
+                .unwrap()
+                .merge_compare
+        );
+        assert!(!load(&["--like-rate", "1"]).unwrap().merge_compare);
     }
 }

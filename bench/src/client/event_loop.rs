@@ -43,7 +43,10 @@ use socket2::{Domain, Protocol, Socket, Type};
 use super::position::{Epochs, Joined, Position, Seen};
 use super::{ip_add, ClientArgs, Cmd, Input, ThreadHistograms, Transport, WAKE};
 use crate::dist::{reconnect_delay, room_name, Group, Population};
-use crate::msgs::{new_tick_histogram, Connected, GroupReport, RecoveryReport, Report, Snap, Tick};
+use crate::merge::{self, Expect, Kind, View};
+use crate::msgs::{
+    new_tick_histogram, Connected, GroupReport, MergeReport, RecoveryReport, Report, Snap, Tick,
+};
 use crate::natsproto::{self, Op};
 use crate::sys;
 
@@ -178,6 +181,8 @@ struct Counters {
     ping_errors: u64,
     /// Room online counts received (`room` pushes, PROTOCOL.md §5).
     online_counts: u64,
+    /// Merge traffic received (the per-viewer checks are added at the end).
+    merge: MergeReport,
     /// The reconnect storm's counts (its histograms are in [`ThreadHistograms`]).
     rec: RecoveryReport,
 }
@@ -212,6 +217,14 @@ pub(super) struct Loop {
     /// Batch frames, messages and online counts received when the window opened, and in it.
     window_start: (u64, u64, u64),
     window: (u64, u64, u64),
+    /// Merge traffic per kind received when the window opened.
+    merge_window_start: [u64; 3],
+    /// Per connection (empty without --merge-checks): its merge traffic.
+    merge_views: Vec<View>,
+    /// What the merge traffic published per room, once the coordinator says.
+    expect: Option<Arc<Expect>>,
+    /// Unix ms when the loop started: merge-traffic times are ms since then.
+    base_ms: u64,
     /// This thread's churners, and the next one to churn.
     churners: Vec<usize>,
     churn_cursor: usize,
@@ -267,6 +280,11 @@ impl Loop {
             })
             .collect();
         let churners = (0..n).filter(|&k| conns[k].group == Group::Churn).collect();
+        let merge_views = if args.merge_checks {
+            vec![View::default(); n]
+        } else {
+            Vec::new()
+        };
         Loop {
             t,
             threads,
@@ -291,6 +309,10 @@ impl Loop {
             phase: Phase::Connecting,
             window_start: (0, 0, 0),
             window: (0, 0, 0),
+            merge_window_start: [0; 3],
+            merge_views,
+            expect: None,
+            base_ms: sys::unix_micros() / 1000,
             churners,
             churn_cursor: 0,
             churn_due: 0.0,
@@ -427,6 +449,7 @@ impl Loop {
             Cmd::Start => {
                 self.phase = Phase::Window;
                 self.window_start = (self.c.frames, self.c.msgs, self.c.online_counts);
+                self.merge_window_start = self.c.merge.received;
                 self.pause_slow_readers(true);
             }
             Cmd::End => {
@@ -436,11 +459,21 @@ impl Loop {
                         self.c.msgs - self.window_start.1,
                         self.c.online_counts - self.window_start.2,
                     );
+                    for (w, (now, start)) in self
+                        .c
+                        .merge
+                        .window_received
+                        .iter_mut()
+                        .zip(self.c.merge.received.iter().zip(&self.merge_window_start))
+                    {
+                        *w = now - start;
+                    }
                 }
                 self.phase = Phase::Drain;
                 self.pause_slow_readers(false);
             }
             Cmd::DropAll => self.drop_all(),
+            Cmd::Expect(expect) => self.expect = Some(expect),
             Cmd::Snap(tag) => {
                 let _ = self.out.send(Input::Snap(Snap {
                     index: self.args.index,
@@ -520,6 +553,7 @@ impl Loop {
                 report.unique += u64::from(conn.unique[p]);
             }
         }
+        let merge = self.merge_report();
         for (group, received) in groups.iter_mut().zip(&c.received) {
             for (report, &(all, duplicates, out_of_order)) in
                 group.priorities.iter_mut().zip(received)
@@ -550,8 +584,40 @@ impl Loop {
             pongs: c.pongs,
             ping_errors: c.ping_errors,
             recovery: rec,
+            merge,
             ..Report::default()
         }
+    }
+
+    /// The merge traffic received, and every judged viewer's checks (normal-group viewers open
+    /// at the end that never lost their connection) against what its room was published.
+    fn merge_report(&self) -> MergeReport {
+        let mut report = self.c.merge.clone();
+        let Some(expect) = &self.expect else {
+            return report;
+        };
+        for (k, (conn, view)) in self.conns.iter().zip(&self.merge_views).enumerate() {
+            if conn.state != State::Ready
+                || conn.group != Group::Normal
+                || conn.storm != Storm::Untouched
+            {
+                continue;
+            }
+            let want = expect
+                .rooms
+                .get(conn.room as usize)
+                .cloned()
+                .unwrap_or_default();
+            let check = merge::check(view, &want, expect.pk_interval_ms);
+            report.add_viewer(&check, || {
+                format!(
+                    "viewer {} ({})",
+                    self.global(k),
+                    self.room_names[conn.room as usize]
+                )
+            });
+        }
+        report
     }
 
     fn start_more(&mut self) {
@@ -994,8 +1060,47 @@ impl Loop {
                 return;
             }
         }
+        let merge_checks = !self.merge_views.is_empty();
         for m in msgs {
-            self.record(k, m.priority, m.seq, m.data, now_us);
+            match Kind::of(m.kind).filter(|_| merge_checks) {
+                Some(kind) => self.record_merge(k, kind, &m, now_us),
+                None => self.record(k, m.priority, m.seq, m.data, now_us),
+            }
+        }
+    }
+
+    /// Counts one merge-traffic message of connection `k` apart from the load: its kind, what it
+    /// stands for, its order by `seq`, the connection's [`View`], and how stale its value is.
+    fn record_merge(&mut self, k: usize, kind: Kind, m: &PushRef<'_>, now_us: u64) {
+        self.c.msgs += 1;
+        let i = kind.index();
+        let counts = &mut self.c.merge;
+        counts.received[i] += 1;
+        counts.stands_for[i] += u64::from(m.merged);
+        counts.unmerged[i] += u64::from(m.merged == 0);
+        counts.finals += u64::from(m.is_final);
+        let conn = &mut self.conns[k];
+        let group = conn.group;
+        let (seen, caught_up) = conn.pos.on_message(m.seq);
+        match seen {
+            Seen::Duplicate => counts.duplicates += 1,
+            Seen::OutOfOrder => counts.out_of_order += 1,
+            Seen::New | Seen::Replayed => {
+                let at = (now_us / 1000).saturating_sub(self.base_ms) as u32;
+                let interval = self.args.pk_interval_ms.min(u64::from(u32::MAX)) as u32;
+                let fed = self.merge_views[k].on_message(kind, m, at, interval);
+                if fed.is_err() {
+                    counts.bad_data += 1;
+                }
+            }
+        }
+        if caught_up {
+            self.on_caught_up(now_us);
+        }
+        if seen == Seen::New && group == Group::Normal && self.phase == Phase::Window {
+            if let Some(ts) = scan_ts(m.data) {
+                self.hists.merge[i].saturating_record(now_us.saturating_sub(ts).max(1));
+            }
         }
     }
 
@@ -1342,6 +1447,9 @@ impl Loop {
             }
             self.churn_due -= 1.0;
             self.drop_socket(k);
+            if let Some(view) = self.merge_views.get_mut(k) {
+                *view = View::default();
+            }
             let conn = &mut self.conns[k];
             conn.state = State::Idle;
             conn.rejoin = true;

@@ -17,6 +17,7 @@ use roomcast_proto::client::WireFormat;
 use roomcast_proto::message::PRIORITIES;
 
 use crate::dist::RoomDist;
+use crate::merge::Expect;
 use crate::msgs::{
     add_counts, histogram_pairs, new_latency_histogram, new_tick_histogram, ClientMsg, Connected,
     Report, Snap, Tick,
@@ -123,6 +124,13 @@ pub struct ClientArgs {
     /// uniformly from [0, this) seconds (from a hash of its index: runs repeat).
     #[arg(long, default_value_t = 1.0)]
     pub reconnect_jitter: f64,
+    /// Merge traffic is published: keep every connection's [`crate::merge::View`] and judge it
+    /// against the coordinator's `expect` before the final report.
+    #[arg(long)]
+    pub merge_checks: bool,
+    /// The PK key's merge interval (ms), for the spacing of the updates.
+    #[arg(long, default_value_t = 2000)]
+    pub pk_interval_ms: u64,
 }
 
 /// The token of each loop's waker.
@@ -142,6 +150,8 @@ enum Cmd {
     /// Drop every joined connection at once; each reconnects after its jitter and resumes with
     /// `since`.
     DropAll,
+    /// What the merge traffic published per room (before `Final`).
+    Expect(Arc<Expect>),
     /// Messages published per room and priority.
     Final(Arc<Vec<[u64; PRIORITIES]>>),
 }
@@ -168,6 +178,9 @@ struct ThreadHistograms {
     since_drop: Histogram<u64>,
     caught_up: Histogram<u64>,
     replay_latency: Histogram<u64>,
+    /// Merge traffic per kind: publish (the newest merged message's `ts`) → received, normal
+    /// group, in the window.
+    merge: [Histogram<u64>; 3],
 }
 
 impl ThreadHistograms {
@@ -180,6 +193,7 @@ impl ThreadHistograms {
             since_drop: new_latency_histogram(),
             caught_up: new_latency_histogram(),
             replay_latency: new_latency_histogram(),
+            merge: std::array::from_fn(|_| new_latency_histogram()),
         }
     }
 
@@ -215,6 +229,9 @@ impl ThreadHistograms {
         ] {
             mine.add(theirs).expect("same histogram bounds");
         }
+        for (mine, theirs) in self.merge.iter_mut().zip(&o.merge) {
+            mine.add(theirs).expect("same histogram bounds");
+        }
     }
 
     /// Puts the histograms into `report` as (value, count) pairs.
@@ -231,6 +248,9 @@ impl ThreadHistograms {
         r.since_drop_us = histogram_pairs(&self.since_drop);
         r.caught_up_us = histogram_pairs(&self.caught_up);
         r.replay_latency_us = histogram_pairs(&self.replay_latency);
+        for (pairs, h) in report.merge.latency_us.iter_mut().zip(&self.merge) {
+            *pairs = histogram_pairs(h);
+        }
     }
 }
 
@@ -384,6 +404,13 @@ impl Process<'_> {
             "end" => self.broadcast(&|| Cmd::End),
             "drop" => self.broadcast(&|| Cmd::DropAll),
             "snap" => self.broadcast(&|| Cmd::Snap(rest.to_string())),
+            "expect" => match serde_json::from_str::<Expect>(rest) {
+                Ok(expect) => {
+                    let expect = Arc::new(expect);
+                    self.broadcast(&|| Cmd::Expect(Arc::clone(&expect)));
+                }
+                Err(e) => eprintln!("client {}: a bad expect ({e})", self.args.index),
+            },
             "final" => {
                 let published: Vec<[u64; PRIORITIES]> =
                     serde_json::from_str(rest).unwrap_or_default();
