@@ -290,7 +290,7 @@ impl Merger {
         let interval = rule.interval.unwrap_or(tick);
         // The flusher may not have run yet for a window that has ended: end it now, as it
         // would have, so the message lands in the window it arrived in.
-        let mut out = self.catch_up(&id, now);
+        let mut out: Vec<Release> = self.catch_up(&id, now).into_iter().collect();
         match self.keys.get_mut(&id) {
             // An open window of the same op: the message waits, merged.
             Some(window) if window.op == rule.op => {
@@ -350,29 +350,20 @@ impl Merger {
         }
     }
 
-    /// Ends a key's windows that ended by `now` as [`Merger::due`] would have: each releases its
-    /// waiting message and opens the next window at its end; one that ended with nothing
+    /// Ends a key's window that ended by `now` as [`Merger::due`] would have: its waiting
+    /// message is released now and the next window opens now; one that ended with nothing
     /// waiting forgets the key.
-    fn catch_up(&mut self, id: &KeyId, now: Instant) -> Vec<Release> {
-        let mut out = Vec::new();
-        while let Some(window) = self.keys.get_mut(id) {
-            if now < window.until {
-                break;
-            }
-            match window.waiting.take() {
-                Some(waiting) => {
-                    // The old deadline in the heap goes stale (`until` moved).
-                    window.until += window.interval;
-                    self.deadlines.push(Reverse((window.until, id.clone())));
-                    self.held_bytes -= waiting.data.len();
-                    out.push(to_release(&id.0, &window.op, waiting));
-                }
-                None => {
-                    self.keys.remove(id);
-                }
-            }
-        }
-        out
+    fn catch_up(&mut self, id: &KeyId, now: Instant) -> Option<Release> {
+        let window = self.keys.get_mut(id).filter(|w| now >= w.until)?;
+        let Some(waiting) = window.waiting.take() else {
+            self.keys.remove(id);
+            return None;
+        };
+        // The old deadline in the heap goes stale (`until` moved).
+        window.until = now + window.interval;
+        self.deadlines.push(Reverse((window.until, id.clone())));
+        self.held_bytes -= waiting.data.len();
+        Some(to_release(&id.0, &window.op, waiting))
     }
 
     /// Ends the windows due by `now`: releases their waiting messages (opening the next window)
@@ -394,7 +385,9 @@ impl Merger {
             }
             match window.waiting.take() {
                 Some(waiting) => {
-                    window.until = at + window.interval;
+                    // From the release, not from `at`: a late flush must not shorten the next
+                    // window (at most one delivery per interval).
+                    window.until = now + window.interval;
                     self.deadlines.push(Reverse((window.until, id.clone())));
                     self.held_bytes -= waiting.data.len();
                     out.push(to_release(&id.0, &window.op, waiting));
@@ -760,24 +753,25 @@ mod tests {
         let rule = latest("k", Some(100));
         m.offer(&room(), &rule, offer(&rule, "1"), TICK, t0);
         m.offer(&room(), &rule, offer(&rule, "2"), TICK, t0 + ms(50));
-        // The window ended at 100 and `due` has not run: "2" goes now, "3" waits for 200.
+        // The window ended at 100 and `due` has not run: "2" goes now (110), and "3" waits a
+        // whole interval after that release.
         let late = m.offer(&room(), &rule, offer(&rule, "3"), TICK, t0 + ms(110));
         assert!(late.held);
         assert_eq!(datas(&late.released), [("2".into(), 1, false)]);
         assert!(
-            m.due(t0 + ms(199)).is_empty(),
+            m.due(t0 + ms(209)).is_empty(),
             "the stale deadline at 100 is skipped"
         );
-        assert_eq!(datas(&m.due(t0 + ms(200))), [("3".into(), 1, false)]);
-        // Ended twice over with nothing waiting in the second: the key was forgotten, so the
-        // next message goes at once.
+        assert_eq!(datas(&m.due(t0 + ms(210))), [("3".into(), 1, false)]);
+        // A late flush too starts the next window at the release, not at the missed deadline.
         m.offer(&room(), &rule, offer(&rule, "4"), TICK, t0 + ms(250));
-        let much_later = m.offer(&room(), &rule, offer(&rule, "5"), TICK, t0 + ms(450));
-        assert!(!much_later.held);
-        assert_eq!(
-            datas(&much_later.released),
-            [("4".into(), 1, false), ("5".into(), 1, false)]
-        );
+        assert_eq!(datas(&m.due(t0 + ms(390))), [("4".into(), 1, false)]);
+        assert_eq!(m.next_deadline(), Some(t0 + ms(490)));
+        // A window that ended with nothing waiting forgets the key: the next message goes at
+        // once, even before the flusher noticed.
+        let after = m.offer(&room(), &rule, offer(&rule, "5"), TICK, t0 + ms(600));
+        assert!(!after.held);
+        assert_eq!(datas(&after.released), [("5".into(), 1, false)]);
     }
 
     #[test]
