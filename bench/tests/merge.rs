@@ -8,35 +8,21 @@
 //! unit tests' (`merge.rs`) to check the bench's arithmetic, and a run's to judge the control
 //! plane.
 
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use roomcast_tests::drivers;
-use roomcast_tests::process::{free_local_addrs, CONTROL_BINARY, EDGE_BINARY};
 use serde_json::Value;
 
 mod common;
 
-use common::{run_bench, scenario, Run};
+use common::{run_bench, scenario, spawned_system_args, Run};
 
 /// The comparison is two runs of about 12 s each.
 const RUN_LIMIT: Duration = Duration::from_secs(120);
 const CONNS: u64 = 300;
 
-fn edge_binary() -> &'static Path {
-    static EDGE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    EDGE_BINARY.path(&EDGE)
-}
-
-fn control_binary() -> &'static Path {
-    static CONTROL: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    CONTROL_BINARY.path(&CONTROL)
-}
-
 /// `file` with 300 viewers, a 1 s warm-up and a 3 s window, on free ports, plus `extra`.
 fn run_scenario(name: &str, file: &str, extra: &[&str]) -> Run {
-    let ports = free_local_addrs(4);
     let mut args: Vec<String> = vec![scenario(file).display().to_string()];
     #[rustfmt::skip]
     args.extend([
@@ -45,21 +31,7 @@ fn run_scenario(name: &str, file: &str, extra: &[&str]) -> Run {
         "--no-floor",
     ].map(String::from));
     args.extend(extra.iter().map(|a| a.to_string()));
-    args.extend([
-        "--edge-bin".into(),
-        edge_binary().display().to_string(),
-        "--control-bin".into(),
-        control_binary().display().to_string(),
-        format!("--edge-arg=--io={}", drivers()[0]),
-        "--link-listen".into(),
-        ports[2].to_string(),
-        "--control-url".into(),
-        format!("http://{}", ports[3]),
-        "--ws-port".into(),
-        ports[0].port().to_string(),
-        "--tcp-port".into(),
-        ports[1].port().to_string(),
-    ]);
+    args.extend(spawned_system_args(drivers()[0]));
     run_bench(name, &args, RUN_LIMIT)
 }
 

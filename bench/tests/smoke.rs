@@ -3,36 +3,22 @@
 //! final reports — on each I/O driver, asserting that every message arrived exactly once, in
 //! order, in sane time, and that the edge's own connection count matches the clients'.
 
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use roomcast_tests::drivers;
-use roomcast_tests::process::{free_local_addrs, CONTROL_BINARY, EDGE_BINARY};
 use serde_json::Value;
 
 mod common;
 
-use common::{run_bench, scenario};
+use common::{run_bench, scenario, spawned_system_args};
 
 /// One run may take this long (it takes about 12 s).
 const RUN_LIMIT: Duration = Duration::from_secs(60);
 const CONNS: u64 = 300;
 
-fn edge_binary() -> &'static Path {
-    static EDGE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    EDGE_BINARY.path(&EDGE)
-}
-
-fn control_binary() -> &'static Path {
-    static CONTROL: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    CONTROL_BINARY.path(&CONTROL)
-}
-
 /// `roomcast-bench run <big-room scenario, scaled down> --publish-via <via>
 /// --edge-arg=--io=<io>`; its JSON result.
 fn run_small_scenario(via: &str, io: &str) -> Value {
-    let ports = free_local_addrs(4);
     let mut args: Vec<String> = vec![
         scenario("big-room.toml").display().to_string(),
         "--conns".into(),
@@ -59,21 +45,7 @@ fn run_small_scenario(via: &str, io: &str) -> Value {
         ]
         .map(String::from),
     );
-    args.extend([
-        "--edge-bin".into(),
-        edge_binary().display().to_string(),
-        "--control-bin".into(),
-        control_binary().display().to_string(),
-        format!("--edge-arg=--io={io}"),
-        "--link-listen".into(),
-        ports[2].to_string(),
-        "--control-url".into(),
-        format!("http://{}", ports[3]),
-        "--ws-port".into(),
-        ports[0].port().to_string(),
-        "--tcp-port".into(),
-        ports[1].port().to_string(),
-    ]);
+    args.extend(spawned_system_args(io));
     if via == "link" {
         // The link run ramps the load: 20 -> 40 msg/s over the 3 s window.
         args.extend(["--ramp-to".into(), "40".into()]);

@@ -4,35 +4,21 @@
 //! reconnect, the replay counted towards completeness; with the history off (`--history-max-bytes
 //! 0`) the refused viewers must be reported apart, by reason, not as silent loss in their group.
 
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use roomcast_tests::drivers;
-use roomcast_tests::process::{free_local_addrs, CONTROL_BINARY, EDGE_BINARY};
 use serde_json::Value;
 
 mod common;
 
-use common::{run_bench, scenario, Run};
+use common::{run_bench, scenario, spawned_system_args, Run};
 
 /// One run takes about 12 s.
 const RUN_LIMIT: Duration = Duration::from_secs(60);
 const CONNS: u64 = 300;
 
-fn edge_binary() -> &'static Path {
-    static EDGE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    EDGE_BINARY.path(&EDGE)
-}
-
-fn control_binary() -> &'static Path {
-    static CONTROL: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    CONTROL_BINARY.path(&CONTROL)
-}
-
 /// The scenario with 300 viewers, dropped 1.5 s into a 4 s window, reconnecting within 0.5 s.
 fn run_storm(name: &str, control_args: &[&str]) -> Run {
-    let ports = free_local_addrs(4);
     let mut args: Vec<String> = vec![scenario("reconnect-storm.toml").display().to_string()];
     #[rustfmt::skip]
     args.extend([
@@ -41,21 +27,7 @@ fn run_storm(name: &str, control_args: &[&str]) -> Run {
         "--drop-all-at", "1.5", "--reconnect-jitter", "0.5",
         "--no-floor",
     ].map(String::from));
-    args.extend([
-        "--edge-bin".into(),
-        edge_binary().display().to_string(),
-        "--control-bin".into(),
-        control_binary().display().to_string(),
-        format!("--edge-arg=--io={}", drivers()[0]),
-        "--link-listen".into(),
-        ports[2].to_string(),
-        "--control-url".into(),
-        format!("http://{}", ports[3]),
-        "--ws-port".into(),
-        ports[0].port().to_string(),
-        "--tcp-port".into(),
-        ports[1].port().to_string(),
-    ]);
+    args.extend(spawned_system_args(drivers()[0]));
     args.extend(control_args.iter().map(|a| format!("--control-arg={a}")));
     run_bench(name, &args, RUN_LIMIT)
 }

@@ -77,3 +77,30 @@ pub fn scenario(file: &str) -> PathBuf {
         .join("scenarios")
         .join(file)
 }
+
+/// The arguments that make `roomcast-bench run` start its own system from this workspace's
+/// binaries (built once per test process) on free loopback ports, with the edge on driver `io`.
+// publish.rs starts its own control plane and does not use it.
+#[allow(dead_code)]
+pub fn spawned_system_args(io: &str) -> Vec<String> {
+    use roomcast_tests::process::{free_local_addrs, CONTROL_BINARY, EDGE_BINARY};
+    use std::sync::OnceLock;
+    static EDGE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    static CONTROL: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let ports = free_local_addrs(4);
+    vec![
+        "--edge-bin".into(),
+        EDGE_BINARY.path(&EDGE).display().to_string(),
+        "--control-bin".into(),
+        CONTROL_BINARY.path(&CONTROL).display().to_string(),
+        format!("--edge-arg=--io={io}"),
+        "--link-listen".into(),
+        ports[2].to_string(),
+        "--control-url".into(),
+        format!("http://{}", ports[3]),
+        "--ws-port".into(),
+        ports[0].port().to_string(),
+        "--tcp-port".into(),
+        ports[1].port().to_string(),
+    ]
+}
