@@ -162,6 +162,8 @@ pub fn measure(args: &FloorArgs) -> io::Result<FloorResult> {
             data: message_data(sys::unix_micros(), args.payload),
             merged: 0,
             is_final: false,
+            from: None,
+            ack: false,
         }],
     );
     let listener = TcpListener::bind("127.0.0.1:0")?;

@@ -259,6 +259,8 @@ impl Sink for LinkSink {
                     data: m.data.clone(),
                     merged: 0,
                     is_final: false,
+                    from: None,
+                    ack: false,
                 },
             });
             link::encode(&frame, &mut self.buf).expect("a publish frame always encodes");

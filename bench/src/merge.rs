@@ -692,6 +692,8 @@ pub(crate) mod tests {
             data,
             merged,
             is_final,
+            from: None,
+            ack: false,
         }
     }
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
-use axum::extract::rejection::QueryRejection;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, MatchedPath, Path, Query, Request, State};
 use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
 use axum::http::request::Parts;
@@ -29,6 +29,7 @@ use crate::dispatch::{self, Transport};
 use crate::metrics::ControlMetrics;
 use crate::publish::{BatchBody, Context, Message, RawMessage};
 use crate::router::{MergeReq, PublishReq, Published, Router, TargetRef};
+use crate::upstream::Upstream;
 use crate::userquery::UserQueries;
 
 /// The OpenAPI 3 document describing this API, kept in the repository next to the crate.
@@ -79,6 +80,8 @@ pub struct AppState {
     pub link_listening: Arc<AtomicBool>,
     /// Request, publish and dispatch counters for /metrics.
     pub metrics: Arc<ControlMetrics>,
+    /// Viewers' sends and receipts.
+    pub upstream: Arc<Upstream>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -321,6 +324,12 @@ pub const ROUTES: &[Route] = &[
     },
     Route {
         method: Method::GET,
+        path: "/v1/users/{user}/messages/{seq}",
+        auth: true,
+        handler: || get(get_user_message),
+    },
+    Route {
+        method: Method::GET,
         path: "/v1/users/{user}/history",
         auth: true,
         handler: || get(get_user_history),
@@ -454,6 +463,8 @@ fn to_req<'a>(message: &'a Message<'a>, body: &Bytes) -> PublishReq<'a> {
         priority: message.priority,
         kind: &message.kind,
         data: body.slice_ref(message.data.get().as_bytes()),
+        from: None,
+        ack: message.ack,
     }
 }
 
@@ -690,6 +701,13 @@ fn history(
         out.extend_from_slice(n.format(msg.priority).as_bytes());
         out.extend_from_slice(b",\"kind\":");
         serde_json::to_writer(&mut out, msg.kind()).expect("a string serialises");
+        if let Some(from) = msg.from() {
+            out.extend_from_slice(b",\"from\":");
+            serde_json::to_writer(&mut out, from).expect("a string serialises");
+        }
+        if msg.ack {
+            out.extend_from_slice(b",\"ack\":true");
+        }
         out.extend_from_slice(b",\"data\":");
         out.extend_from_slice(&msg.data());
         out.push(b'}');
@@ -709,6 +727,45 @@ async fn get_user(
         .ask(user, targets, state.settings.user_query_timeout)
         .await;
     Ok(json_ok(&view))
+}
+
+/// Whether message `seq` of a user's channel was acknowledged by one of the user's
+/// connections (a receipt, for messages published with `"ack":true`).
+async fn get_user_message(
+    State(state): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let Path((user, seq)) = path.map_err(|r| ApiError::bad_request(r.body_text()))?;
+    let user = valid_id(&user, "user")?;
+    let seq: u64 = seq
+        .parse()
+        .map_err(|_| ApiError::bad_request("seq must be a message's seq, an integer"))?;
+    let last = state.router.position(TargetRef::User(user)).last_seq;
+    if seq == 0 || seq > last {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no_such_message",
+            format!("user {user}'s channel has no message {seq} (its last is {last})"),
+        ));
+    }
+    #[derive(Serialize)]
+    struct Receipt<'a> {
+        user: &'a str,
+        seq: u64,
+        acknowledged: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        edge: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        at_ms: Option<u64>,
+    }
+    let acked = state.upstream.receipts.lookup(user, seq);
+    Ok(json_ok(&Receipt {
+        user,
+        seq,
+        acknowledged: acked.is_some(),
+        edge: acked.as_ref().map(|a| &*a.edge),
+        at_ms: acked.as_ref().map(|a| a.at_ms),
+    }))
 }
 
 async fn get_edges(State(state): State<AppState>) -> Response {
@@ -767,6 +824,8 @@ struct TokenRequest {
     user: String,
     ttl_s: Option<u64>,
     rooms: Option<Vec<String>>,
+    /// `false` mints a token that may not send (a muted viewer).
+    send: Option<bool>,
 }
 
 async fn post_token(
@@ -803,6 +862,7 @@ async fn post_token(
             sub: request.user,
             exp: expires_at,
             rooms: request.rooms,
+            send: request.send,
         },
     );
     #[derive(Serialize)]
@@ -831,7 +891,7 @@ async fn readyz(State(state): State<AppState>) -> Result<Response, ApiError> {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    let body = state.metrics.render(&state.router);
+    let body = state.metrics.render(&state.router, Some(&state.upstream));
     (
         [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         body,
@@ -883,6 +943,10 @@ mod tests {
             settings: Arc::new(s),
             link_listening: Arc::new(AtomicBool::new(true)),
             metrics: Arc::default(),
+            upstream: Arc::new(
+                Upstream::from_config(&crate::config::ControlConfig::default())
+                    .expect("the default upstream"),
+            ),
         };
         Harness {
             app: app(state.clone()),

@@ -26,6 +26,18 @@ pub const DEV_API_KEY: &str = "roomcast-dev-api-key";
 /// Number of rate levels (1..=4).
 pub const LEVELS: usize = 4;
 
+/// What viewers' sends become (`--send-mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SendMode {
+    /// Published into the room at priority 3 with the sender's id.
+    Direct,
+    /// Decided by the platform's backend (--send-proxy-url).
+    Proxy,
+    /// Refused (`forbidden`).
+    Off,
+}
+
 #[derive(Debug, Clone, Parser, Serialize, Deserialize)]
 #[command(
     name = "roomcast-control",
@@ -293,6 +305,55 @@ pub struct ControlConfig {
     /// after its key's waiting one (counted in roomcast_control_merge_bypassed_total).
     #[arg(long, env = "ROOMCAST_MERGE_MAX_BYTES", default_value_t = 64 << 20)]
     pub merge_max_bytes: usize,
+
+    /// What viewers' `send`s (danmaku, PROTOCOL.md §5 "Upstream") become: `direct` publishes
+    /// each into its room at priority 3 with the sender's id (`from`); `proxy` asks the
+    /// platform's backend at --send-proxy-url first; `off` refuses them (`forbidden`). Default:
+    /// `proxy` when --send-proxy-url is set, else `direct`.
+    #[arg(long, env = "ROOMCAST_SEND_MODE", value_enum)]
+    pub send_mode: Option<SendMode>,
+
+    /// The platform's backend that decides each send (an `http://` URL; POST, JSON): it
+    /// answers publish (optionally replacing data, priority or kind), accept, reject or
+    /// disconnect (control/README.md "Upstream").
+    #[arg(long, env = "ROOMCAST_SEND_PROXY_URL", default_value = "")]
+    pub send_proxy_url: String,
+
+    /// How long a send may wait for the backend's answer (queueing included); past it the
+    /// client is answered `unavailable`.
+    #[arg(long, env = "ROOMCAST_SEND_PROXY_TIMEOUT_MS", default_value_t = 1_000)]
+    pub send_proxy_timeout_ms: u64,
+
+    /// Requests to the backend in flight at once (over pooled keep-alive connections).
+    #[arg(long, env = "ROOMCAST_SEND_PROXY_CONCURRENCY", default_value_t = 256)]
+    pub send_proxy_concurrency: usize,
+
+    /// Sends that may wait for a free request slot; beyond it a send is answered `unavailable`
+    /// at once (never an unbounded pile-up).
+    #[arg(long, env = "ROOMCAST_SEND_PROXY_QUEUE", default_value_t = 4_096)]
+    pub send_proxy_queue: usize,
+
+    /// Sends broadcast per room per tick at levels 1,2,3,4 (a number or `unlimited`); past it
+    /// in a tick a send is still passed to the platform but not published (reply
+    /// "broadcast":false), so a big room cannot be flooded by its own viewers.
+    #[arg(
+        long,
+        env = "ROOMCAST_SEND_BUDGETS",
+        default_value = "unlimited,25,25,30"
+    )]
+    pub send_budgets: String,
+
+    /// Where viewers' receipts (`ack`s of messages published with "ack":true) are POSTed, as a
+    /// JSON list of {user, msg_seq, edge, at_ms}, at most one request per 100 ms; empty = not
+    /// reported (GET /v1/users/{user}/messages/{seq} still answers).
+    #[arg(long, env = "ROOMCAST_RECEIPT_URL", default_value = "")]
+    pub receipt_url: String,
+
+    /// Receipts remembered for GET /v1/users/{user}/messages/{seq} (the oldest are forgotten
+    /// first), and the most waiting to be POSTed to --receipt-url (more are dropped and
+    /// counted).
+    #[arg(long, env = "ROOMCAST_RECEIPTS_KEPT", default_value_t = 100_000)]
+    pub receipts_kept: usize,
 }
 
 impl Default for ControlConfig {
@@ -322,6 +383,8 @@ pub struct Levels {
     pub history: HistoryConfig,
     /// Most bytes of data waiting in merge windows.
     pub merge_max_bytes: usize,
+    /// Sends broadcast per room per tick at levels 1..=4 ([`UNLIMITED`] = no budget).
+    pub send_budgets: [u32; LEVELS],
 }
 
 impl Default for Levels {
@@ -336,6 +399,11 @@ impl Levels {
     /// The tick of `level` (1..=4) in milliseconds.
     pub fn tick_ms(&self, level: u8) -> u32 {
         self.ticks_ms[level_index(level)]
+    }
+
+    /// Sends a room at `level` broadcasts per tick.
+    pub fn send_budget(&self, level: u8) -> u32 {
+        self.send_budgets[level_index(level)]
     }
 
     /// How often a room at `level` may have its online count pushed; None when it is not pushed.
@@ -408,8 +476,33 @@ impl ControlConfig {
         if self.edge_workers > 64 {
             return bad("--edge-workers must be at most 64");
         }
+        match (self.send_mode(), self.send_proxy_url.is_empty()) {
+            (SendMode::Proxy, true) => return bad("--send-mode proxy needs --send-proxy-url"),
+            (SendMode::Proxy, false) if !self.send_proxy_url.starts_with("http://") => {
+                return bad("--send-proxy-url must be an http:// URL")
+            }
+            _ => {}
+        }
+        if !self.receipt_url.is_empty() && !self.receipt_url.starts_with("http://") {
+            return bad("--receipt-url must be an http:// URL");
+        }
+        if self.send_proxy_timeout_ms == 0 || self.send_proxy_concurrency == 0 {
+            return bad("--send-proxy-timeout-ms and --send-proxy-concurrency must be positive");
+        }
+        if self.receipts_kept == 0 {
+            return bad("--receipts-kept must be positive");
+        }
         self.levels()?;
         Ok(())
+    }
+
+    /// `--send-mode`, or its default: proxy when a proxy URL is set, else direct.
+    pub fn send_mode(&self) -> SendMode {
+        self.send_mode.unwrap_or(if self.send_proxy_url.is_empty() {
+            SendMode::Direct
+        } else {
+            SendMode::Proxy
+        })
     }
 
     /// Parses the level options into the table the router uses.
@@ -468,6 +561,7 @@ impl ControlConfig {
             online_intervals_ms,
             history: self.history()?,
             merge_max_bytes: self.merge_max_bytes,
+            send_budgets: parse_list(&self.send_budgets, "--send-budgets", parse_budget)?,
         })
     }
 

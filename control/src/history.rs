@@ -166,6 +166,10 @@ pub struct Append<'a> {
     pub merged: u32,
     /// Its merge key's final message: stored whatever the level's lowest stored priority.
     pub is_final: bool,
+    /// The viewer who sent it (a client `send`); at most 255 bytes (ids are at most 128).
+    pub from: Option<&'a str>,
+    /// It asks viewers for an `ack`.
+    pub ack: bool,
 }
 
 /// One message of a publish request for [`HistoryStore::append_all`].
@@ -184,8 +188,11 @@ pub struct StoredMessage {
     pub priority: u8,
     pub merged: u32,
     pub is_final: bool,
+    pub ack: bool,
+    /// `kind`, then `from` (`from_len` bytes, 0 when none), then `data`.
     buf: Bytes,
     kind_len: u8,
+    from_len: u8,
 }
 
 impl StoredMessage {
@@ -193,9 +200,19 @@ impl StoredMessage {
         std::str::from_utf8(&self.buf[..self.kind_len as usize]).unwrap_or("")
     }
 
+    /// The sender of a client `send`.
+    pub fn from(&self) -> Option<&str> {
+        let start = self.kind_len as usize;
+        let end = start + self.from_len as usize;
+        (self.from_len > 0)
+            .then(|| std::str::from_utf8(&self.buf[start..end]).ok())
+            .flatten()
+    }
+
     /// The message's JSON, verbatim (a cheap slice of the stored buffer).
     pub fn data(&self) -> Bytes {
-        self.buf.slice(self.kind_len as usize..)
+        self.buf
+            .slice(self.kind_len as usize + self.from_len as usize..)
     }
 
     /// `kind` plus `data` bytes: what recovery's byte cap counts.
@@ -214,10 +231,7 @@ impl fmt::Debug for StoredMessage {
             .field("seq", &self.seq)
             .field("priority", &self.priority)
             .field("kind", &self.kind())
-            .field(
-                "data",
-                &String::from_utf8_lossy(&self.buf[self.kind_len as usize..]),
-            )
+            .field("data", &String::from_utf8_lossy(&self.data()))
             .finish()
     }
 }
@@ -467,8 +481,14 @@ struct Entry {
     merged: u32,
     kind_len: u8,
     priority: u8,
-    is_final: bool,
+    /// [`ENTRY_FINAL`] | [`ENTRY_ACK`].
+    flags: u8,
+    /// Bytes of `from` after `kind` (0: none).
+    from_len: u8,
 }
+
+const ENTRY_FINAL: u8 = 0x01;
+const ENTRY_ACK: u8 = 0x02;
 
 impl Entry {
     fn size(&self) -> usize {
@@ -618,9 +638,11 @@ impl Channel {
             seq: e.seq,
             priority: e.priority,
             merged: e.merged,
-            is_final: e.is_final,
+            is_final: e.flags & ENTRY_FINAL != 0,
+            ack: e.flags & ENTRY_ACK != 0,
             buf: buf.slice(at..at + e.len as usize),
             kind_len: e.kind_len,
+            from_len: e.from_len,
         }
     }
 }
@@ -921,11 +943,13 @@ impl MemoryStore {
         if msg.priority > policy.lowest_priority && !msg.is_final {
             return; // not stored: a hole above the floor
         }
-        let len = msg.kind.len() + msg.data.len();
+        let from = msg.from.unwrap_or("");
+        let len = msg.kind.len() + from.len() + msg.data.len();
         let size = len + ENTRY_OVERHEAD;
         if size > self.config.channel_max_bytes
             || size > self.config.max_bytes
             || msg.kind.len() > usize::from(u8::MAX)
+            || from.len() > usize::from(u8::MAX)
             || len == 0
         {
             // Cannot be kept: everything up to it is gone.
@@ -952,8 +976,10 @@ impl MemoryStore {
         let ch = &mut self.channels[slot as usize];
         let off = ch.place(len);
         let kind_end = off + msg.kind.len();
+        let from_end = kind_end + from.len();
         ch.ring[off..kind_end].copy_from_slice(msg.kind.as_bytes());
-        ch.ring[kind_end..off + len].copy_from_slice(msg.data);
+        ch.ring[kind_end..from_end].copy_from_slice(from.as_bytes());
+        ch.ring[from_end..off + len].copy_from_slice(msg.data);
         ch.msgs.push_back(Entry {
             seq: msg.seq,
             at_ms: now_ms,
@@ -962,7 +988,8 @@ impl MemoryStore {
             merged: msg.merged,
             kind_len: msg.kind.len() as u8,
             priority: msg.priority,
-            is_final: msg.is_final,
+            flags: if msg.is_final { ENTRY_FINAL } else { 0 } | if msg.ack { ENTRY_ACK } else { 0 },
+            from_len: from.len() as u8,
         });
         ch.bytes += size;
         let generation = ch.generation;
@@ -1258,6 +1285,8 @@ mod tests {
                 data: data.as_bytes(),
                 merged: 0,
                 is_final: false,
+                from: None,
+                ack: false,
             };
             let now = self.at(ms);
             self.store.append(channel, level, msg, now);
@@ -1388,6 +1417,8 @@ mod tests {
                 data: &big,
                 merged: 0,
                 is_final: false,
+                from: None,
+                ack: false,
             };
             f.store.append(R1, 1, msg, f.t0);
         }
@@ -1403,6 +1434,8 @@ mod tests {
             data: &huge,
             merged: 0,
             is_final: false,
+            from: None,
+            ack: false,
         };
         f.store.append(R1, 1, msg, f.t0);
         let read = f.seqs(R1, 0, 6, 0);
@@ -1632,6 +1665,8 @@ mod tests {
             data: b"{}",
             merged: 0,
             is_final: false,
+            from: None,
+            ack: false,
         };
         // r1 is found before the appends; creating r3 forgets r1 (idle longest) and reuses its
         // slot, so r1's message must not land in r3's channel.
@@ -1720,6 +1755,8 @@ mod tests {
             data: &data,
             merged: 0,
             is_final: false,
+            from: None,
+            ack: false,
         };
         f.store.append(R1, 1, msg, f.t0);
         let read = f.seqs(R1, 0, 1, 0);
@@ -1774,6 +1811,8 @@ mod tests {
                 data: &data,
                 merged: 0,
                 is_final: false,
+                from: None,
+                ack: false,
             };
             f.store.append(channel, 1, msg, f.t0);
             let ring_after = f.store.lookup(channel).map(|s| {

@@ -17,9 +17,12 @@ pub mod levels;
 pub mod linkserver;
 pub mod merge;
 pub mod metrics;
+pub mod proxy;
 pub mod publish;
+pub mod receipts;
 pub mod router;
 pub mod server;
+pub mod upstream;
 pub mod userquery;
 
 pub use config::ControlConfig;

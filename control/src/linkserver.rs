@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 
 use crate::history::{Position, RecoverFailure, StoredMessage};
 use crate::router::{EdgeKey, LinkHandle, Router, TargetRef};
+use crate::upstream::Upstream;
 use crate::userquery::UserQueries;
 
 /// An edge must send `register` this soon after connecting.
@@ -40,13 +41,21 @@ const READ_RESERVE: usize = 64 * 1024;
 const MAX_HISTORY_PAGE_BYTES: usize = 1 << 20;
 
 /// Accepts edge links forever.
-pub async fn serve(listener: TcpListener, router: Arc<Router>, queries: Arc<UserQueries>) {
+pub async fn serve(
+    listener: TcpListener,
+    router: Arc<Router>,
+    queries: Arc<UserQueries>,
+    upstream: Arc<Upstream>,
+) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let router = Arc::clone(&router);
                 let queries = Arc::clone(&queries);
-                tokio::spawn(async move { serve_edge(stream, peer, router, queries).await });
+                let upstream = Arc::clone(&upstream);
+                tokio::spawn(
+                    async move { serve_edge(stream, peer, router, queries, upstream).await },
+                );
             }
             Err(error) => {
                 // Out of file descriptors or similar: back off instead of spinning.
@@ -117,6 +126,7 @@ async fn serve_edge(
     peer: SocketAddr,
     router: Arc<Router>,
     queries: Arc<UserQueries>,
+    upstream: Arc<Upstream>,
 ) {
     let _ = stream.set_nodelay(true);
     let (mut reader, writer) = stream.into_split();
@@ -147,7 +157,13 @@ async fn serve_edge(
     let key = router.add_edge(register, Arc::clone(&link), Instant::now());
     let writer = tokio::spawn(write_loop(writer, queue, Arc::clone(&link)));
 
-    let why = read_loop(&mut reader, &mut buf, &router, &queries, key, &link).await;
+    let peers = Peers {
+        router: &router,
+        queries: &queries,
+        upstream: &upstream,
+        edge_id: edge_id.as_str().into(),
+    };
+    let why = read_loop(&mut reader, &mut buf, &peers, key, &link).await;
     if router.remove_edge(key, Instant::now()) {
         tracing::info!(%peer, edge_id, why, "edge link closed");
     }
@@ -175,15 +191,25 @@ async fn first_frame(reader: &mut OwnedReadHalf, buf: &mut BytesMut) -> Result<R
     }
 }
 
+/// What an edge's frames are handled with.
+struct Peers<'a> {
+    router: &'a Arc<Router>,
+    queries: &'a UserQueries,
+    upstream: &'a Arc<Upstream>,
+    edge_id: Arc<str>,
+}
+
 /// Handles the edge's frames until the link fails or is closed; returns why it ended.
 async fn read_loop(
     reader: &mut OwnedReadHalf,
     buf: &mut BytesMut,
-    router: &Router,
-    queries: &UserQueries,
+    peers: &Peers<'_>,
     key: EdgeKey,
-    link: &LinkHandle,
+    link: &Arc<LinkHandle>,
 ) -> String {
+    let Peers {
+        router, queries, ..
+    } = peers;
     let mut closed = link.closed();
     loop {
         loop {
@@ -271,6 +297,12 @@ async fn read_loop(
                         return "the link's writer is gone".into();
                     }
                 }
+                LinkFrame::Send(send) => {
+                    peers
+                        .upstream
+                        .handle_send(peers.router, &peers.edge_id, link, send);
+                }
+                LinkFrame::Acks(acks) => peers.upstream.receipts.record(&peers.edge_id, acks.acks),
                 other => {
                     return format!("unexpected {} frame from an edge", frame_name(&other));
                 }
@@ -435,6 +467,8 @@ fn push_message(stored: &StoredMessage) -> PushMessage {
         data: stored.data(),
         merged: stored.merged,
         is_final: stored.is_final,
+        from: stored.from().map(Box::from),
+        ack: stored.ack,
     }
 }
 
@@ -462,6 +496,9 @@ fn frame_name(frame: &LinkFrame) -> &'static str {
         LinkFrame::History(_) => "history",
         LinkFrame::HistoryPage(_) => "history page",
         LinkFrame::RoomOnline(_) => "room online",
+        LinkFrame::Send(_) => "send",
+        LinkFrame::SendResult(_) => "send result",
+        LinkFrame::Acks(_) => "acks",
     }
 }
 
@@ -473,6 +510,11 @@ mod tests {
     use roomcast_proto::client::WireFormat;
     use roomcast_proto::link::{ConnInfo, UserConns};
     use roomcast_proto::message::Target;
+
+    fn default_upstream() -> Arc<Upstream> {
+        let config = crate::config::ControlConfig::default();
+        Arc::new(Upstream::from_config(&config).expect("the default upstream"))
+    }
 
     async fn send(stream: &mut TcpStream, frame: LinkFrame) {
         let mut out = BytesMut::new();
@@ -509,7 +551,12 @@ mod tests {
         let queries = Arc::new(UserQueries::new());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(serve(listener, Arc::clone(&router), Arc::clone(&queries)));
+        tokio::spawn(serve(
+            listener,
+            Arc::clone(&router),
+            Arc::clone(&queries),
+            default_upstream(),
+        ));
 
         let mut edge = TcpStream::connect(addr).await.unwrap();
         send(&mut edge, LinkFrame::Register(register("e1", 100))).await;
@@ -526,6 +573,8 @@ mod tests {
                 priority: 2,
                 kind: "gift",
                 data: Bytes::from_static(b"{}"),
+                from: None,
+                ack: false,
             })
             .collect();
         router.publish(&reqs);
@@ -575,6 +624,7 @@ mod tests {
             listener,
             Arc::clone(&router),
             Arc::new(UserQueries::new()),
+            default_upstream(),
         ));
         let mut edge = TcpStream::connect(addr).await.unwrap();
         send(

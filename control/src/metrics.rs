@@ -16,6 +16,7 @@ use roomcast_ops::metrics::{Collector, Desc, Families, MetricFamily};
 
 use crate::history::Evicted;
 use crate::router::{Router, LEVEL_CHANGES, RECOVER_RESULTS};
+use crate::upstream::Upstream;
 
 /// The routes that publish (their requests are also counted as publishes).
 const PUBLISH_ENDPOINTS: [&str; 4] = [
@@ -61,8 +62,10 @@ impl ControlMetrics {
     }
 
     /// The `/metrics` page.
-    pub fn render(&self, router: &Router) -> String {
-        roomcast_ops::metrics::render(&ControlCollector::new(self, router))
+    pub fn render(&self, router: &Router, upstream: Option<&Upstream>) -> String {
+        let mut collector = ControlCollector::new(self, router);
+        collector.upstream = upstream;
+        roomcast_ops::metrics::render(&collector)
     }
 }
 
@@ -71,6 +74,8 @@ impl ControlMetrics {
 pub struct ControlCollector<'a> {
     metrics: &'a ControlMetrics,
     router: &'a Router,
+    /// The upstream (sends, receipts) families, when there is one.
+    pub upstream: Option<&'a Upstream>,
     descs: OnceLock<Vec<Desc>>,
 }
 
@@ -79,6 +84,7 @@ impl<'a> ControlCollector<'a> {
         ControlCollector {
             metrics,
             router,
+            upstream: None,
             descs: OnceLock::new(),
         }
     }
@@ -285,6 +291,9 @@ impl<'a> ControlCollector<'a> {
                 answers.sample(&[transport, result], n as f64);
             }
         }
+        if let Some(upstream) = self.upstream {
+            upstream.families(&mut f);
+        }
         f
     }
 }
@@ -322,6 +331,8 @@ mod tests {
             priority: 1,
             kind: "gift",
             data: bytes::Bytes::from_static(b"{}"),
+            from: None,
+            ack: false,
         };
         let twice = [gift.clone(), gift];
         router.publish_ids(&twice, &[Some("g1"), Some("g1")]);
@@ -331,7 +342,7 @@ mod tests {
         let collector = ControlCollector::new(&metrics, &router);
         roomcast_ops::metrics::check_described(&collector).unwrap();
         assert_eq!(collector.desc().len(), collector.collect().len());
-        let text = metrics.render(&router);
+        let text = metrics.render(&router, None);
         for line in [
             "# TYPE roomcast_control_edges gauge\n",
             "roomcast_control_edges{state=\"registered\"} 0\n",

@@ -31,6 +31,7 @@ pub struct RawMessage<'a> {
     data: Option<&'a RawValue>,
     id: Option<&'a RawValue>,
     merge: Option<&'a RawValue>,
+    ack: Option<&'a RawValue>,
     /// Set when the value was not a JSON object at all.
     not_object: bool,
     /// The first unknown or repeated field, reported as an error.
@@ -55,6 +56,8 @@ pub struct Message<'a> {
     pub id: Option<&'a str>,
     /// The merge rule, and for `sum` the amounts of its fields in `data`.
     pub merge: Option<(MergeRule, Vec<Amount>)>,
+    /// Viewers are asked to acknowledge it (user messages only).
+    pub ack: bool,
 }
 
 /// Where the target comes from.
@@ -129,6 +132,17 @@ impl<'a> RawMessage<'a> {
                 Some((rule, amounts))
             }
         };
+        let ack = match self.ack.map(|raw| raw.get()) {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(_) => return Err("ack must be true or false".into()),
+        };
+        if ack && !matches!(target, TargetRef::User(_)) {
+            return Err("ack (a receipt) is for messages to a user; leave it out here".into());
+        }
+        if ack && merge.is_some() {
+            return Err("ack and merge cannot be combined: a receipt names one message".into());
+        }
         Ok(Message {
             target,
             priority,
@@ -136,6 +150,7 @@ impl<'a> RawMessage<'a> {
             data,
             id,
             merge,
+            ack,
         })
     }
 
@@ -277,6 +292,7 @@ enum Field {
     Data,
     Id,
     Merge,
+    Ack,
 }
 
 impl Field {
@@ -290,6 +306,7 @@ impl Field {
             Field::Data => "data",
             Field::Id => "id",
             Field::Merge => "merge",
+            Field::Ack => "ack",
         }
     }
 }
@@ -318,6 +335,7 @@ impl<'de> Deserialize<'de> for Key {
                     "data" => Key::Known(Field::Data),
                     "id" => Key::Known(Field::Id),
                     "merge" => Key::Known(Field::Merge),
+                    "ack" => Key::Known(Field::Ack),
                     other => Key::Unknown(other.to_owned()),
                 })
             }
@@ -356,6 +374,7 @@ impl<'de: 'a, 'a> Visitor<'de> for MessageVisitor<'a> {
                         Field::Data => &mut msg.data,
                         Field::Id => &mut msg.id,
                         Field::Merge => &mut msg.merge,
+                        Field::Ack => &mut msg.ack,
                     };
                     if slot.replace(value).is_some() && msg.stray.is_none() {
                         msg.stray = Some((StrayKind::Duplicate, field.name().to_owned()));

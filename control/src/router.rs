@@ -49,6 +49,7 @@ use crate::history::{
 pub use crate::history::{Epoch, Position, StoredMessage};
 use crate::levels::RoomLevel;
 use crate::merge::{Amount, MergeRule, MergeStats, Merger, Offer, Release};
+use crate::upstream::SendWindow;
 
 /// The control plane's end of one edge link, shared by the router (which queues frames) and the
 /// link's writer task (which writes them).
@@ -148,6 +149,10 @@ pub struct PublishReq<'a> {
     pub priority: u8,
     pub kind: &'a str,
     pub data: Bytes,
+    /// The viewer who sent it (a client `send` published into its room); a valid id.
+    pub from: Option<&'a str>,
+    /// It asks viewers for an `ack` (receipts).
+    pub ack: bool,
 }
 
 /// What a successful publish did.
@@ -261,6 +266,8 @@ struct Room {
     pushed_at: Option<Instant>,
     /// When the room's next push is due (its entry in `State::online_due` that counts).
     push_due: Option<Instant>,
+    /// Viewers' sends broadcast in the room's current tick (its upstream budget).
+    sends: SendWindow,
 }
 
 impl Room {
@@ -275,6 +282,7 @@ impl Room {
             pushed: None,
             pushed_at: None,
             push_due: None,
+            sends: SendWindow::default(),
         }
     }
 
@@ -1031,6 +1039,16 @@ impl Router {
             .collect()
     }
 
+    /// Whether a viewer's send may be broadcast into `room` now: within the room's level's
+    /// budget of sends per tick (`--send-budgets`), which it then counts.
+    pub fn admit_send(&self, room: &str, now: Instant) -> bool {
+        let mut guard = self.lock();
+        let room = entry(&mut guard.rooms, room, Room::new);
+        let level = room.level.level();
+        let tick = Duration::from_millis(u64::from(self.levels.tick_ms(level)));
+        room.sends.admit(self.levels.send_budget(level), tick, now)
+    }
+
     /// Publishes the merged messages whose windows ended by `now`; returns how many.
     pub fn flush_merges(&self, now: Instant) -> usize {
         let mut guard = self.lock();
@@ -1523,6 +1541,8 @@ struct Numbered<'a> {
     data: &'a Bytes,
     merged: u32,
     is_final: bool,
+    from: Option<&'a str>,
+    ack: bool,
 }
 
 impl<'a> Numbered<'a> {
@@ -1533,6 +1553,8 @@ impl<'a> Numbered<'a> {
             data: &req.data,
             merged: 0,
             is_final: false,
+            from: req.from,
+            ack: req.ack,
         }
     }
 
@@ -1543,6 +1565,8 @@ impl<'a> Numbered<'a> {
             data: &release.data,
             merged: release.merged,
             is_final: release.is_final,
+            from: None,
+            ack: false,
         }
     }
 }
@@ -1615,6 +1639,8 @@ impl<'a> PublishRound<'a> {
         publish.msg.data = msg.data.clone();
         publish.msg.merged = msg.merged;
         publish.msg.is_final = msg.is_final;
+        publish.msg.from = msg.from.map(Box::from);
+        publish.msg.ack = msg.ack;
         let start = self.out.len();
         link::encode(&self.frame, &mut self.out)?;
         *counter = seq;
@@ -1628,6 +1654,8 @@ impl<'a> PublishRound<'a> {
                 data: msg.data,
                 merged: msg.merged,
                 is_final: msg.is_final,
+                from: msg.from,
+                ack: msg.ack,
             },
         });
         let range = start..self.out.len();
@@ -1808,6 +1836,8 @@ pub(crate) mod tests {
             priority: 2,
             kind: "gift",
             data: Bytes::from_static(br#"{"n":1}"#),
+            from: None,
+            ack: false,
         }
     }
 
@@ -2174,6 +2204,8 @@ pub(crate) mod tests {
             priority,
             kind: "gift",
             data: Bytes::from_static(data.as_bytes()),
+            from: None,
+            ack: false,
         }
     }
 

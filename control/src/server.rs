@@ -15,6 +15,7 @@ use crate::api::{self, ApiSettings, AppState};
 use crate::config::ControlConfig;
 use crate::linkserver;
 use crate::router::Router;
+use crate::upstream::Upstream;
 use crate::userquery::UserQueries;
 
 /// Why the control plane could not run.
@@ -66,10 +67,12 @@ pub async fn run(
         .with_dispatch_watermark(config.dispatch_watermark),
     );
     let queries = Arc::new(UserQueries::new());
+    let upstream = Arc::new(Upstream::from_config(&config).map_err(ConfigError::Invalid)?);
     tokio::spawn(linkserver::serve(
         link_listener,
         Arc::clone(&router),
         Arc::clone(&queries),
+        Arc::clone(&upstream),
     ));
     linkserver::spawn_maintenance(Arc::clone(&router));
     tracing::info!(api = %api_addr, link = %link_addr, "control plane listening");
@@ -97,6 +100,7 @@ pub async fn run(
         settings: Arc::new(ApiSettings::from_config(&config)),
         link_listening: Arc::new(AtomicBool::new(true)),
         metrics: Arc::default(),
+        upstream,
     };
     let served = axum::serve(api_listener, api::app(state))
         .with_graceful_shutdown(shutdown)

@@ -167,6 +167,34 @@ pub struct EdgeConfig {
     /// How often the edge sends a load report to the control plane.
     #[arg(long, env = "ROOMCAST_REPORT_INTERVAL_MS", default_value_t = 1_000)]
     pub report_interval_ms: u64,
+
+    /// Largest `data` of a client `send` (a danmaku line), in bytes; larger ones are refused
+    /// `too_big` at the edge.
+    #[arg(long, env = "ROOMCAST_MAX_SEND_BYTES", default_value_t = 2_048)]
+    pub max_send_bytes: usize,
+
+    /// Sends a connection may make per second, on average (a token bucket; a user's
+    /// connections on this edge also share one bucket of the same size). 0 refuses every send
+    /// `rate_limited`.
+    #[arg(long, env = "ROOMCAST_SEND_RATE", default_value_t = 2.0)]
+    pub send_rate: f64,
+
+    /// Sends a connection (and a user) may make at once before `--send-rate` paces them.
+    #[arg(long, env = "ROOMCAST_SEND_BURST", default_value_t = 5)]
+    pub send_burst: u32,
+
+    /// The `kind`s a client may send, comma-separated; others are refused `bad_request`.
+    #[arg(long, env = "ROOMCAST_SEND_KINDS", default_value = "chat,like")]
+    pub send_kinds: String,
+
+    /// A connection whose sends are refused this many times within --send-flood-window-ms is
+    /// closed with 4030 (a client hammering past its limits); 0 never closes.
+    #[arg(long, env = "ROOMCAST_SEND_FLOOD_REFUSALS", default_value_t = 100)]
+    pub send_flood_refusals: u32,
+
+    /// The window of --send-flood-refusals.
+    #[arg(long, env = "ROOMCAST_SEND_FLOOD_WINDOW_MS", default_value_t = 10_000)]
+    pub send_flood_window_ms: u32,
 }
 
 impl Default for EdgeConfig {
@@ -222,6 +250,21 @@ impl EdgeConfig {
         if self.max_rooms_per_conn == 0 {
             return bad("--max-rooms-per-conn must be positive");
         }
+        if !(self.send_rate.is_finite() && self.send_rate >= 0.0) {
+            return bad("--send-rate must be a number of sends per second, 0 or more");
+        }
+        if self.send_burst == 0 && self.send_rate > 0.0 {
+            return bad("--send-burst must be at least 1 when --send-rate is above 0");
+        }
+        if self.max_send_bytes == 0 || self.max_send_bytes > self.max_message_bytes {
+            return bad("--max-send-bytes must be from 1 to --max-message-bytes");
+        }
+        if self.send_kind_list().any(|k| k.is_empty() || k.len() > 64) {
+            return bad("--send-kinds must be a comma-separated list of kinds of 1-64 bytes");
+        }
+        if self.send_flood_window_ms == 0 {
+            return bad("--send-flood-window-ms must be positive");
+        }
         Ok(())
     }
 
@@ -261,6 +304,11 @@ impl EdgeConfig {
 
     pub fn report_interval(&self) -> Duration {
         Duration::from_millis(self.report_interval_ms)
+    }
+
+    /// The kinds of `--send-kinds`.
+    pub fn send_kind_list(&self) -> impl Iterator<Item = &str> {
+        self.send_kinds.split(',').map(str::trim)
     }
 }
 

@@ -14,6 +14,7 @@ use crate::config::EdgeConfig;
 use crate::fanout::{ToHub, ToWorker};
 use crate::hub::{Advertised, Hub, HubConfig, HubPoll, HubSetup, WorkerHandle};
 use crate::metrics::{CapacitySampler, Limits, Shared};
+use crate::sendlimit::SendLimit;
 use crate::session::Transport;
 use crate::sys::{self, socket, DriverKind};
 use crate::worker::{Worker, WorkerSetup};
@@ -216,6 +217,7 @@ impl Edge {
                     default_tick: Duration::from_millis(config.tick_ms as u64),
                     max_window: Duration::from_millis(config.max_window_ms as u64),
                     report_interval: config.report_interval(),
+                    send_limit: SendLimit::new(config.send_rate, config.send_burst),
                     stats_log_interval: (config.stats_log_interval_ms > 0)
                         .then(|| Duration::from_millis(config.stats_log_interval_ms)),
                     workers,

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use crate::stats::WorkerStats;
 use crate::sys::ConnId;
 use roomcast_proto::client::WireFormat;
-use roomcast_proto::link::ConnInfo;
+use roomcast_proto::link::{ConnInfo, SendOutcome as LinkSendOutcome};
 use roomcast_proto::message::{RecoveryFailure, Since, Target, PRIORITIES};
 use roomcast_proto::sketch::UserSketch;
 
@@ -99,6 +99,13 @@ pub enum ToWorker {
         conn: ConnId,
         bytes: Bytes,
     },
+    /// The answer to `ToHub::Send` `token`: from the control plane, or the hub's own refusal
+    /// (the user's rate limit, the link down).
+    SendDone {
+        token: u64,
+        conn: ConnId,
+        outcome: SendOutcome,
+    },
     /// The link to the control plane was lost: no channel is confirmed any more.
     LinkLost,
     /// Close every connection with 1001 and stop.
@@ -141,6 +148,35 @@ pub struct HistoryRequest {
     pub format: WireFormat,
 }
 
+/// A client's `send` that passed the worker's checks (`ToHub::Send`), answered with
+/// `ToWorker::SendDone` `token`.
+#[derive(Debug, Clone)]
+pub struct SendRequest {
+    pub worker: usize,
+    pub token: u64,
+    pub conn: ConnId,
+    pub user: Box<str>,
+    pub room: Box<str>,
+    pub kind: Box<str>,
+    pub data: Bytes,
+    pub format: WireFormat,
+    /// The client's `ip:port` (filled in by the worker's loop; empty when unknown).
+    pub peer: String,
+}
+
+/// How a send ended, for the worker to answer: the control plane's [`LinkSendOutcome`] or the
+/// hub's own refusal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendOutcome {
+    Link(LinkSendOutcome),
+    /// Over the user's bucket on this edge: retry after this many milliseconds.
+    RateLimited {
+        retry_after_ms: u32,
+    },
+    /// The link to the control plane is down, or dropped with the send in flight.
+    Unavailable,
+}
+
 /// Worker → hub.
 #[derive(Debug)]
 pub enum ToHub {
@@ -167,6 +203,16 @@ pub enum ToHub {
     Recover(RecoverRequest),
     /// A client's `history` op for a room: the reply comes back as `ToWorker::Reply`.
     History(HistoryRequest),
+    /// A client's `send`: checked against the user's bucket, then passed to the control plane;
+    /// answered with `ToWorker::SendDone`.
+    Send(Box<SendRequest>),
+    /// A client's `ack` of a message on its user channel, received at `at_ms` (Unix
+    /// milliseconds): passed on to the control plane with the round's other acks.
+    Ack {
+        user: Box<str>,
+        msg_seq: u64,
+        at_ms: u64,
+    },
     /// The worker has written this batch to most of its members here (or dropped it for them,
     /// or they left): the channel's next window need not wait for this worker.
     Written {

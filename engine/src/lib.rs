@@ -27,6 +27,7 @@ mod members;
 mod metrics;
 mod outqueue;
 mod progress;
+mod sendlimit;
 mod session;
 mod stats;
 mod sys;

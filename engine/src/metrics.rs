@@ -15,7 +15,7 @@ use std::time::Instant;
 use roomcast_ops::metrics::{Collector, Desc, Families, Family, MetricFamily};
 
 use crate::stats::{
-    AuthFailure, CloseReason, Hist, HubStats, WorkerStats, BATCH_BOUNDS, IOVEC_BOUNDS,
+    AuthFailure, CloseReason, Hist, HubStats, SendAnswer, WorkerStats, BATCH_BOUNDS, IOVEC_BOUNDS,
     LATENCY_BOUNDS, WINDOW_BOUNDS,
 };
 use roomcast_proto::message::PRIORITIES;
@@ -453,6 +453,20 @@ fn families(shared: &Shared, snap: &Snapshot) -> Families {
         &[],
     )
     .sample(&[], total.confirm_timeouts as f64);
+    let sends = f.counter(
+        "roomcast_sends_total",
+        "Client sends (upstream messages), by how they were answered: published, not_broadcast, or the refusal's code (at the edge or by the control plane); disconnected when the platform closed the sender.",
+        &["result"],
+    );
+    for answer in SendAnswer::ALL {
+        sends.sample(&[answer.as_str()], total.sends[answer as usize] as f64);
+    }
+    f.counter(
+        "roomcast_acks_total",
+        "Client acks (receipts) passed on to the control plane.",
+        &[],
+    )
+    .sample(&[], total.acks as f64);
 
     // Rooms.
     let levels: Vec<String> = snap.levels.keys().map(|l| l.to_string()).collect();
@@ -655,6 +669,15 @@ fn families(shared: &Shared, snap: &Snapshot) -> Families {
         ),
         LATENCY_BOUNDS,
         &total.confirm_latency,
+    );
+    observe(
+        f.histogram(
+            "roomcast_send_seconds",
+            "From a worker passing a client send to the control plane to its answer.",
+            &[],
+        ),
+        LATENCY_BOUNDS,
+        &total.send_latency,
     );
     observe(
         f.histogram(

@@ -239,6 +239,8 @@ pub const CLOSE_HEARTBEAT: u16 = 4000;
 pub const CLOSE_UNAUTHENTICATED: u16 = 4001;
 pub const CLOSE_SLOW: u16 = 4008;
 pub const CLOSE_FULL: u16 = 4029;
+/// Too many refused sends within the flood window.
+pub const CLOSE_SEND_FLOOD: u16 = 4030;
 
 /// The reason text sent with each close code (PROTOCOL.md §4).
 pub fn close_reason(code: u16) -> &'static str {
@@ -253,6 +255,7 @@ pub fn close_reason(code: u16) -> &'static str {
         CLOSE_UNAUTHENTICATED => "unauthenticated",
         CLOSE_SLOW => "slow",
         CLOSE_FULL => "full",
+        CLOSE_SEND_FLOOD => "send flood",
         _ => "error",
     }
 }

@@ -121,10 +121,14 @@ pub enum CloseReason {
     Shutdown,
     /// `auth` could not be confirmed with the control plane in time (closed with 1013).
     Unconfirmed,
+    /// Too many refused sends in the flood window (4030).
+    SendFlood,
+    /// The platform's backend answered a send with `disconnect` (its 4xxx code).
+    Platform,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 8] = [
+    pub const ALL: [CloseReason; 10] = [
         CloseReason::Peer,
         CloseReason::Heartbeat,
         CloseReason::Unauthenticated,
@@ -133,6 +137,8 @@ impl CloseReason {
         CloseReason::WriteError,
         CloseReason::Shutdown,
         CloseReason::Unconfirmed,
+        CloseReason::SendFlood,
+        CloseReason::Platform,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -145,6 +151,54 @@ impl CloseReason {
             CloseReason::WriteError => "write_error",
             CloseReason::Shutdown => "shutdown",
             CloseReason::Unconfirmed => "unconfirmed",
+            CloseReason::SendFlood => "send_flood",
+            CloseReason::Platform => "platform",
+        }
+    }
+}
+
+/// What became of a client `send`, as the edge answered it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendAnswer {
+    Published,
+    NotBroadcast,
+    Forbidden,
+    NotJoined,
+    TooBig,
+    BadRequest,
+    RateLimited,
+    Rejected,
+    Unavailable,
+    /// The platform closed the sender's connection.
+    Disconnected,
+}
+
+impl SendAnswer {
+    pub const ALL: [SendAnswer; 10] = [
+        SendAnswer::Published,
+        SendAnswer::NotBroadcast,
+        SendAnswer::Forbidden,
+        SendAnswer::NotJoined,
+        SendAnswer::TooBig,
+        SendAnswer::BadRequest,
+        SendAnswer::RateLimited,
+        SendAnswer::Rejected,
+        SendAnswer::Unavailable,
+        SendAnswer::Disconnected,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SendAnswer::Published => "published",
+            SendAnswer::NotBroadcast => "not_broadcast",
+            SendAnswer::Forbidden => "forbidden",
+            SendAnswer::NotJoined => "not_joined",
+            SendAnswer::TooBig => "too_big",
+            SendAnswer::BadRequest => "bad_request",
+            SendAnswer::RateLimited => "rate_limited",
+            SendAnswer::Rejected => "rejected",
+            SendAnswer::Unavailable => "unavailable",
+            SendAnswer::Disconnected => "disconnected",
         }
     }
 }
@@ -200,6 +254,12 @@ pub struct WorkerStats {
     pub confirm_timeouts: u64,
     /// From a worker asking for a channel's confirmation to getting it, seconds.
     pub confirm_latency: Hist,
+    /// Client `send`s by how they were answered ([`SendAnswer`]).
+    pub sends: [u64; SendAnswer::ALL.len()],
+    /// From a send leaving this worker to its answer from the control plane, seconds.
+    pub send_latency: Hist,
+    /// Client `ack`s passed on to the control plane.
+    pub acks: u64,
     /// The driver's own counters at the last report.
     pub driver: DriverStats,
 }
@@ -247,6 +307,11 @@ impl WorkerStats {
         self.confirm_waits += other.confirm_waits;
         self.confirm_timeouts += other.confirm_timeouts;
         self.confirm_latency.add(&other.confirm_latency);
+        for (a, b) in self.sends.iter_mut().zip(other.sends) {
+            *a += b;
+        }
+        self.send_latency.add(&other.send_latency);
+        self.acks += other.acks;
         self.driver.submissions += other.driver.submissions;
         self.driver.completions += other.driver.completions;
         self.driver.accept_fd_exhausted += other.driver.accept_fd_exhausted;
@@ -283,6 +348,10 @@ mod tests {
 /// Counters the hub keeps about itself.
 #[derive(Debug, Default, Clone)]
 pub struct HubStats {
+    /// Client acks passed to the control plane, and those dropped because the link was down
+    /// (or a round held more than the hub batches).
+    pub acks_sent: u64,
+    pub acks_dropped: u64,
     pub publishes: u64,
     /// `publishes` by message priority.
     pub publishes_by_priority: [u64; PRIORITIES],

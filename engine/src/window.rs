@@ -329,6 +329,8 @@ mod tests {
             data: Bytes::from_static(b"1"),
             merged: 0,
             is_final: false,
+            from: None,
+            ack: false,
         }
     }
 
@@ -520,6 +522,8 @@ mod tests {
             data: Bytes::from(vec![b'1'; data_len]),
             merged: 0,
             is_final: false,
+            ack: false,
+            from: None,
         }
     }
 

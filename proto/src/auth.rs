@@ -24,6 +24,10 @@ pub struct Claims {
     /// Rooms this token may join; `None` means any room.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rooms: Option<Vec<String>>,
+    /// Whether this token may `send` into rooms; `Some(false)` for a muted user. Absent means
+    /// it may.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send: Option<bool>,
 }
 
 /// Why a token was refused.
@@ -152,6 +156,7 @@ mod tests {
             sub: sub.into(),
             exp,
             rooms: None,
+            send: None,
         }
     }
 
@@ -312,6 +317,7 @@ mod tests {
             sub: "u1".into(),
             exp: NOW + 60,
             rooms: Some(vec!["r1".into(), "room:10000".into()]),
+            send: None,
         };
         assert_eq!(verifier().verify(&mint(SECRET, &c), NOW), Ok(c));
 
@@ -319,6 +325,7 @@ mod tests {
             sub: "u1".into(),
             exp: NOW + 60,
             rooms: Some(vec![]),
+            send: None,
         };
         assert_eq!(verifier().verify(&mint(SECRET, &empty), NOW), Ok(empty));
 
@@ -326,6 +333,7 @@ mod tests {
             sub: "u1".into(),
             exp: NOW + 60,
             rooms: Some(vec!["r 1".into()]),
+            send: None,
         };
         assert_eq!(
             invalid(verifier().verify(&mint(SECRET, &bad), NOW)),

@@ -47,6 +47,8 @@ const OP_JOIN: u8 = 0x02;
 const OP_LEAVE: u8 = 0x03;
 const OP_PING: u8 = 0x04;
 const OP_HISTORY: u8 = 0x05;
+const OP_SEND: u8 = 0x06;
+const OP_ACK: u8 = 0x07;
 const OP_REPLY: u8 = 0x81;
 const OP_BATCH: u8 = 0x82;
 const OP_CLOSE: u8 = 0x83;
@@ -62,6 +64,11 @@ pub const MAX_HISTORY_LIMIT: u32 = 1000;
 const FLAG_POSITION: u8 = 0x01;
 const FLAG_RECOVERED: u8 = 0x02;
 const FLAG_MSGS: u8 = 0x04;
+const FLAG_MSG_SEQ: u8 = 0x08;
+const FLAG_NOT_BROADCAST: u8 = 0x10;
+/// Flags of an error reply's optional details (section 3).
+const FLAG_RETRY_AFTER: u8 = 0x01;
+const FLAG_PLATFORM_CODE: u8 = 0x02;
 
 /// Length of the `u32` prefix of every raw TCP frame.
 const TCP_PREFIX_LEN: usize = 4;
@@ -120,6 +127,22 @@ pub enum ClientOp {
         since: u64,
         limit: u32,
     },
+    /// An upstream message into a room (a danmaku line, a like). `data` is the client's bytes
+    /// as sent: JSON text when decoded from JSON, unchecked bytes from binary (the edge checks
+    /// size and JSON, in that order). The id and kind are kept as sent.
+    Send {
+        seq: u64,
+        room: String,
+        kind: String,
+        data: Bytes,
+    },
+    /// A receipt for message `msg_seq` of the user's channel. `user` is the user the client
+    /// names (must be its own); `None` when left out.
+    Ack {
+        seq: u64,
+        user: Option<String>,
+        msg_seq: u64,
+    },
 }
 
 impl ClientOp {
@@ -130,7 +153,9 @@ impl ClientOp {
             | ClientOp::Join { seq, .. }
             | ClientOp::Leave { seq, .. }
             | ClientOp::Ping { seq }
-            | ClientOp::History { seq, .. } => *seq,
+            | ClientOp::History { seq, .. }
+            | ClientOp::Send { seq, .. }
+            | ClientOp::Ack { seq, .. } => *seq,
         }
     }
 }
@@ -156,16 +181,26 @@ pub enum ErrorCode {
     RoomForbidden,
     /// The connection is already in `max_rooms_per_conn` rooms.
     TooManyRooms,
-    /// `leave` of a room this connection is not in.
+    /// `leave`, `history` or `send` of a room this connection is not in.
     NotJoined,
     /// The edge could not confirm the subscription with the control plane in time (the link is
-    /// down or slow): nothing was subscribed; retry the op.
+    /// down or slow): nothing was subscribed; retry the op. For a `send`: the platform did not
+    /// answer in time.
     Unavailable,
+    /// A `send` over the connection's or the user's rate limit; the reply says when to retry.
+    RateLimited,
+    /// A `send` whose `data` is over `max_send_bytes`.
+    TooBig,
+    /// The token forbids sending (a `"send":false` claim), sends are off, or an `ack` names
+    /// another user.
+    Forbidden,
+    /// The platform's backend refused the `send`; the reply carries its code and message.
+    Rejected,
 }
 
 impl ErrorCode {
     /// Every code, in the order of the protocol's table.
-    pub const ALL: [ErrorCode; 11] = [
+    pub const ALL: [ErrorCode; 15] = [
         ErrorCode::BadRequest,
         ErrorCode::UnknownOp,
         ErrorCode::NotAuthenticated,
@@ -177,6 +212,10 @@ impl ErrorCode {
         ErrorCode::TooManyRooms,
         ErrorCode::NotJoined,
         ErrorCode::Unavailable,
+        ErrorCode::RateLimited,
+        ErrorCode::TooBig,
+        ErrorCode::Forbidden,
+        ErrorCode::Rejected,
     ];
 
     /// The code as it appears on the wire, e.g. `bad_request`.
@@ -193,6 +232,10 @@ impl ErrorCode {
             ErrorCode::TooManyRooms => "too_many_rooms",
             ErrorCode::NotJoined => "not_joined",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::TooBig => "too_big",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::Rejected => "rejected",
         }
     }
 }
@@ -361,6 +404,15 @@ struct RawClientOp<'a> {
     since: Optional<JsonField<'a>>,
     #[serde(borrow, default)]
     limit: Optional<JsonField<'a>>,
+    #[serde(borrow)]
+    kind: Option<JsonField<'a>>,
+    /// Kept as raw text: a `send`'s payload is passed on byte for byte.
+    #[serde(borrow, default)]
+    data: Optional<&'a RawValue>,
+    #[serde(borrow, default)]
+    user: Optional<JsonField<'a>>,
+    #[serde(borrow)]
+    msg_seq: Option<JsonField<'a>>,
 }
 
 /// True when `text` starts (after JSON whitespace) with `{`. serde's derived structs also accept
@@ -492,11 +544,39 @@ pub fn decode_json(text: &[u8]) -> Result<ClientOp, OpError> {
             since: history_since(raw.since, seq)?,
             limit: history_limit(raw.limit, seq)?,
         }),
+        "send" => Ok(ClientOp::Send {
+            seq,
+            room: required_string(raw.room, seq, "room")?,
+            kind: required_string(raw.kind, seq, "kind")?,
+            data: match raw.data {
+                Optional::Present(data) => Bytes::copy_from_slice(data.get().as_bytes()),
+                Optional::Absent => return Err(OpError::bad_request(seq, "`data` is required")),
+            },
+        }),
+        "ack" => Ok(ClientOp::Ack {
+            seq,
+            user: match raw.user {
+                Optional::Absent => None,
+                Optional::Present(JsonField::Str(user)) => Some(user.into_owned()),
+                Optional::Present(_) => {
+                    return Err(OpError::bad_request(seq, "`user` must be a string"))
+                }
+            },
+            msg_seq: match raw.msg_seq {
+                Some(JsonField::UInt(n)) if n <= MAX_JSON_SEQ => n,
+                _ => {
+                    return Err(OpError::bad_request(
+                        seq,
+                        "`msg_seq` must be an integer from 0 to 2^53",
+                    ))
+                }
+            },
+        }),
         // The unknown name is not echoed: it is untrusted and may be huge.
         _ => Err(OpError::new(
             seq,
             ErrorCode::UnknownOp,
-            "`op` must be one of auth, join, leave, ping, history",
+            "`op` must be one of auth, join, leave, ping, history, send, ack",
         )),
     }
 }
@@ -504,13 +584,13 @@ pub fn decode_json(text: &[u8]) -> Result<ClientOp, OpError> {
 /// Decodes a client op from a binary payload (a WebSocket binary message or the bytes after a
 /// TCP length prefix; section 3).
 ///
-/// An op byte other than 0x01–0x05 is `unknown_op` (with `seq` 0, since an unknown body has no
+/// An op byte other than 0x01–0x07 is `unknown_op` (with `seq` 0, since an unknown body has no
 /// known layout); truncated fields, invalid UTF-8, trailing bytes, an invalid `since` epoch and
 /// a `limit` outside 1 ..= 1000 are `bad_request`, with the `seq` once it has been read.
 pub fn decode_binary(payload: &[u8]) -> Result<ClientOp, OpError> {
     let mut r = Reader::new(payload);
     let op = r.u8("op").map_err(|e| OpError::wire(0, e))?;
-    if !(OP_AUTH..=OP_HISTORY).contains(&op) {
+    if !(OP_AUTH..=OP_ACK).contains(&op) {
         return Err(OpError::new(
             0,
             ErrorCode::UnknownOp,
@@ -553,6 +633,27 @@ fn decode_binary_body(op: u8, seq: u64, r: &mut Reader<'_>) -> Result<ClientOp, 
                 room,
                 since,
                 limit,
+            }
+        }
+        OP_SEND => {
+            let room = r.str8("room").map_err(wire)?.to_owned();
+            let kind = r.str8("kind").map_err(wire)?.to_owned();
+            let len = r.u32("data").map_err(wire)? as usize;
+            let data = r.bytes(len, "data").map_err(wire)?;
+            ClientOp::Send {
+                seq,
+                room,
+                kind,
+                data: Bytes::copy_from_slice(data),
+            }
+        }
+        OP_ACK => {
+            let user = r.str8("user").map_err(wire)?;
+            let msg_seq = r.u64("msg_seq").map_err(wire)?;
+            ClientOp::Ack {
+                seq,
+                user: (!user.is_empty()).then(|| user.to_owned()),
+                msg_seq,
             }
         }
         // OP_PING: the only byte left after the caller's range check.
@@ -889,6 +990,10 @@ pub struct ReplyExtra<'a> {
     /// Sent with `msgs` (and only with them: it is ignored when `msgs` is `None`), as `true`
     /// when left `None`, so a history reply always says whether it is complete.
     pub complete: Option<bool>,
+    /// A `send` that was published: the room `seq` it got (`"msg_seq":n`).
+    pub msg_seq: Option<u64>,
+    /// A `send` that was accepted but not broadcast (`"broadcast":false`).
+    pub not_broadcast: bool,
 }
 
 impl ReplyExtra<'_> {
@@ -912,8 +1017,100 @@ impl ReplyExtra<'_> {
         if self.msgs.is_some() {
             flags |= FLAG_MSGS;
         }
+        if self.msg_seq.is_some() {
+            flags |= FLAG_MSG_SEQ;
+        }
+        if self.not_broadcast {
+            flags |= FLAG_NOT_BROADCAST;
+        }
         flags
     }
+}
+
+/// The optional details of an error reply (section 2: inside `error`; section 3: a `flags` byte
+/// after `message`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ErrorDetail<'a> {
+    /// `rate_limited`: how long until a send would be admitted.
+    pub retry_after_ms: Option<u32>,
+    /// `rejected`: the platform's own code (at most 255 bytes in binary formats).
+    pub platform_code: Option<&'a str>,
+}
+
+impl ErrorDetail<'_> {
+    fn flags(&self) -> u8 {
+        let mut flags = 0;
+        if self.retry_after_ms.is_some() {
+            flags |= FLAG_RETRY_AFTER;
+        }
+        if self.platform_code.is_some() {
+            flags |= FLAG_PLATFORM_CODE;
+        }
+        flags
+    }
+}
+
+const REPLY_ERR_RETRY: &str = r#"","retry_after_ms":"#;
+const REPLY_ERR_PLATFORM_CODE: &str = r#"","platform_code":""#;
+
+/// Encodes an error reply to the op numbered `seq` with its details as a complete frame. With
+/// [`ErrorDetail::default()`] the bytes are [`encode_reply`]'s for the same error.
+pub fn encode_reply_error(
+    format: WireFormat,
+    seq: u64,
+    code: ErrorCode,
+    message: &str,
+    detail: &ErrorDetail<'_>,
+) -> Bytes {
+    measured_server_frame(format, |out| match format {
+        WireFormat::WsJson => {
+            out.raw(REPLY_HEAD.as_bytes());
+            out.decimal(seq);
+            out.raw(REPLY_ERR_CODE.as_bytes());
+            out.raw(code.as_str().as_bytes());
+            out.raw(REPLY_ERR_MESSAGE.as_bytes());
+            out.escaped(message);
+            // Each detail closes the string before it; the tail closes the last one.
+            let mut open_string = true;
+            if let Some(ms) = detail.retry_after_ms {
+                out.raw(REPLY_ERR_RETRY.as_bytes());
+                out.decimal(ms.into());
+                open_string = false;
+            }
+            if let Some(platform_code) = detail.platform_code {
+                if open_string {
+                    out.raw(REPLY_ERR_PLATFORM_CODE.as_bytes());
+                } else {
+                    out.raw(&REPLY_ERR_PLATFORM_CODE.as_bytes()[1..]);
+                }
+                out.escaped(platform_code);
+                open_string = true;
+            }
+            if open_string {
+                out.raw(REPLY_ERR_TAIL.as_bytes());
+            } else {
+                out.raw(b"}}");
+            }
+        }
+        WireFormat::WsBinary | WireFormat::Tcp => {
+            out.be_u8(OP_REPLY);
+            out.be_u64(seq);
+            out.be_u8(0);
+            out.str8(code.as_str());
+            out.str16(message);
+            let flags = detail.flags();
+            if flags != 0 {
+                out.be_u8(flags);
+                if let Some(ms) = detail.retry_after_ms {
+                    out.be_u32(ms);
+                }
+                if let Some(platform_code) = detail.platform_code {
+                    out.str8(platform_code);
+                }
+            }
+        }
+    })
+    .freeze()
 }
 
 const REPLY_OK: &str = r#","ok":true"#;
@@ -923,6 +1120,8 @@ const REPLY_RECOVERED: &str = r#","recovered":true"#;
 const REPLY_NOT_RECOVERED: &str = r#","recovered":false,"reason":""#;
 const REPLY_COMPLETE: &str = r#","complete":true,"msgs":["#;
 const REPLY_INCOMPLETE: &str = r#","complete":false,"msgs":["#;
+const REPLY_MSG_SEQ: &str = r#","msg_seq":"#;
+const REPLY_NOT_BROADCAST: &str = r#","broadcast":false"#;
 
 /// Encodes the successful reply to the op numbered `seq` with its extras as a complete frame.
 ///
@@ -975,6 +1174,13 @@ fn write_json_reply_ok(out: &mut dyn Out, seq: u64, extra: &ReplyExtra<'_>) {
         }
         out.raw(b"]");
     }
+    if let Some(msg_seq) = extra.msg_seq {
+        out.raw(REPLY_MSG_SEQ.as_bytes());
+        out.decimal(msg_seq);
+    }
+    if extra.not_broadcast {
+        out.raw(REPLY_NOT_BROADCAST.as_bytes());
+    }
     out.raw(b"}");
 }
 
@@ -1001,6 +1207,9 @@ fn write_binary_reply_ok(out: &mut dyn Out, seq: u64, extra: &ReplyExtra<'_>) {
         for msg in msgs {
             write_binary_msg(out, msg);
         }
+    }
+    if let Some(msg_seq) = extra.msg_seq {
+        out.be_u64(msg_seq);
     }
 }
 
@@ -1042,6 +1251,8 @@ const MSG_PRIORITY: &str = r#","p":"#;
 const MSG_KIND: &str = r#","kind":""#;
 const MSG_MERGED: &str = r#"","merged":"#;
 const MSG_FINAL: &str = r#","final":true"#;
+const MSG_FROM: &str = r#","from":""#;
+const MSG_ACK: &str = r#","ack":true"#;
 const MSG_DATA: &str = r#","data":"#;
 const MSG_TAIL: &str = "}";
 
@@ -1059,7 +1270,15 @@ pub fn batch_message_len(msg: &PushMessage) -> usize {
 /// Bytes of one message in a binary batch or history reply.
 fn binary_msg_len(msg: &PushMessage) -> usize {
     let merged = if msg.merged > 0 { 4 } else { 0 };
-    BINARY_MSG_FIXED_LEN + merged + clamp_str(&msg.kind, u8::MAX as usize).len() + msg.data.len()
+    let from = msg
+        .from
+        .as_deref()
+        .map_or(0, |from| 1 + clamp_str(from, u8::MAX as usize).len());
+    BINARY_MSG_FIXED_LEN
+        + merged
+        + from
+        + clamp_str(&msg.kind, u8::MAX as usize).len()
+        + msg.data.len()
 }
 
 /// Encodes one batch of pushes for `target` as complete wire bytes, in the order given.
@@ -1097,14 +1316,19 @@ fn json_msg_len(msg: &PushMessage) -> usize {
             1 // the closing quote of `kind`
         }
         + if msg.is_final { MSG_FINAL.len() } else { 0 }
+        + msg
+            .from
+            .as_deref()
+            .map_or(0, |from| MSG_FROM.len() + json_escaped_len(from) + 1)
+        + if msg.ack { MSG_ACK.len() } else { 0 }
         + MSG_DATA.len()
         + msg.data.len()
         + MSG_TAIL.len()
 }
 
 /// One message of a JSON batch or history reply:
-/// `{"seq":…,"p":…,"kind":"…"[,"merged":…][,"final":true],"data":…}`, exactly [`json_msg_len`]
-/// bytes.
+/// `{"seq":…,"p":…,"kind":"…"[,"merged":…][,"final":true][,"from":"…"][,"ack":true],"data":…}`,
+/// exactly [`json_msg_len`] bytes.
 fn write_json_msg<O: Out + ?Sized>(out: &mut O, msg: &PushMessage) {
     out.raw(MSG_SEQ.as_bytes());
     out.decimal(msg.seq);
@@ -1121,18 +1345,29 @@ fn write_json_msg<O: Out + ?Sized>(out: &mut O, msg: &PushMessage) {
     if msg.is_final {
         out.raw(MSG_FINAL.as_bytes());
     }
+    if let Some(from) = msg.from.as_deref() {
+        out.raw(MSG_FROM.as_bytes());
+        out.escaped(from);
+        out.raw(b"\"");
+    }
+    if msg.ack {
+        out.raw(MSG_ACK.as_bytes());
+    }
     out.raw(MSG_DATA.as_bytes());
     out.raw(&msg.data);
     out.raw(MSG_TAIL.as_bytes());
 }
 
-/// One message of a binary batch or history reply: `seq u64`, `p u8` with the merge flags,
-/// `merged u32` when merged, `kind str8`, `data bytes32`.
+/// One message of a binary batch or history reply: `seq u64`, `p u8` with the flags, `merged
+/// u32` when merged, `from str8` when sent by a viewer, `kind str8`, `data bytes32`.
 fn write_binary_msg<O: Out + ?Sized>(out: &mut O, msg: &PushMessage) {
     out.be_u64(msg.seq);
     out.be_u8(msg.priority_byte());
     if msg.merged > 0 {
         out.be_u32(msg.merged);
+    }
+    if let Some(from) = msg.from.as_deref() {
+        out.str8(from);
     }
     out.str8(&msg.kind);
     // `data` came over the link inside a frame of at most 16 MiB.
@@ -1282,6 +1517,8 @@ fn write_json_op(out: &mut dyn Out, op: &ClientOp) {
         ClientOp::Leave { .. } => "leave",
         ClientOp::Ping { .. } => "ping",
         ClientOp::History { .. } => "history",
+        ClientOp::Send { .. } => "send",
+        ClientOp::Ack { .. } => "ack",
     };
     out.raw(OP_HEAD.as_bytes());
     out.raw(name.as_bytes());
@@ -1306,6 +1543,23 @@ fn write_json_op(out: &mut dyn Out, op: &ClientOp) {
             out.decimal(*since);
             out.raw(OP_LIMIT.as_bytes());
             out.decimal((*limit).into());
+        }
+        ClientOp::Send {
+            room, kind, data, ..
+        } => {
+            write_json_string_field(out, "room", room);
+            write_json_string_field(out, "kind", kind);
+            // The client's JSON, spliced as it is (a client that sends non-JSON here breaks
+            // its own op, which is then answered `bad_request`).
+            out.raw(b",\"data\":");
+            out.raw(data);
+        }
+        ClientOp::Ack { user, msg_seq, .. } => {
+            if let Some(user) = user {
+                write_json_string_field(out, "user", user);
+            }
+            out.raw(b",\"msg_seq\":");
+            out.decimal(*msg_seq);
         }
     }
     out.raw(b"}");
@@ -1353,6 +1607,25 @@ fn write_binary_op(out: &mut dyn Out, op: &ClientOp) {
             out.str8(room);
             out.be_u64(*since);
             out.be_u16(u16::try_from(*limit).unwrap_or(u16::MAX));
+        }
+        ClientOp::Send {
+            seq,
+            room,
+            kind,
+            data,
+        } => {
+            out.be_u8(OP_SEND);
+            out.be_u64(*seq);
+            out.str8(room);
+            out.str8(kind);
+            out.be_u32(u32::try_from(data.len()).unwrap_or(u32::MAX));
+            out.raw(data);
+        }
+        ClientOp::Ack { seq, user, msg_seq } => {
+            out.be_u8(OP_ACK);
+            out.be_u64(*seq);
+            out.str8(user.as_deref().unwrap_or(""));
+            out.be_u64(*msg_seq);
         }
     }
 }
@@ -1466,6 +1739,12 @@ pub struct ReplyDetails {
     pub recovered: Option<Result<(), RecoveryFailure>>,
     pub complete: Option<bool>,
     pub msgs: Option<Vec<PushMessage>>,
+    pub msg_seq: Option<u64>,
+    pub not_broadcast: bool,
+    /// An error reply's `retry_after_ms`.
+    pub retry_after_ms: Option<u32>,
+    /// An error reply's `platform_code`.
+    pub platform_code: Option<String>,
 }
 
 impl ReplyDetails {
@@ -1477,6 +1756,16 @@ impl ReplyDetails {
             recovered: self.recovered,
             msgs: self.msgs.as_deref(),
             complete: self.complete,
+            msg_seq: self.msg_seq,
+            not_broadcast: self.not_broadcast,
+        }
+    }
+
+    /// The details of an error reply that encode these details.
+    pub fn as_error_detail(&self) -> ErrorDetail<'_> {
+        ErrorDetail {
+            retry_after_ms: self.retry_after_ms,
+            platform_code: self.platform_code.as_deref(),
         }
     }
 }
@@ -1500,12 +1789,15 @@ struct RawServerMsg<'a> {
     complete: Option<bool>,
     online: Option<u32>,
     users: Option<u32>,
+    msg_seq: Option<u64>,
 }
 
 #[derive(Deserialize)]
 struct RawReplyError {
     code: String,
     message: String,
+    retry_after_ms: Option<u32>,
+    platform_code: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -1517,6 +1809,10 @@ struct RawPush<'a> {
     merged: Option<u32>,
     #[serde(default, rename = "final")]
     is_final: Option<bool>,
+    #[serde(default)]
+    from: Option<String>,
+    #[serde(default)]
+    ack: Option<bool>,
     /// Borrowed so the publisher's JSON comes back byte for byte, exactly as it was spliced in.
     #[serde(borrow)]
     data: &'a RawValue,
@@ -1538,10 +1834,10 @@ fn json_msgs(raw: Vec<RawPush<'_>>) -> Result<Vec<PushMessage>, OpError> {
     raw.into_iter()
         .map(|m| {
             // What `write_json_msg` writes: `merged` only when above 0, `final` only when true.
-            if m.merged == Some(0) || m.is_final == Some(false) {
+            if m.merged == Some(0) || m.is_final == Some(false) || m.ack == Some(false) {
                 return Err(OpError::bad_request(
                     0,
-                    "a message has `merged` above 0 and `final` true, or leaves them out",
+                    "a message has `merged` above 0 and `final` and `ack` true, or leaves them out",
                 ));
             }
             Ok(PushMessage {
@@ -1551,6 +1847,8 @@ fn json_msgs(raw: Vec<RawPush<'_>>) -> Result<Vec<PushMessage>, OpError> {
                 data: Bytes::copy_from_slice(m.data.get().as_bytes()),
                 merged: m.merged.unwrap_or(0),
                 is_final: m.is_final.unwrap_or(false),
+                from: m.from.map(String::into_boxed_str),
+                ack: m.ack.unwrap_or(false),
             })
         })
         .collect()
@@ -1578,12 +1876,21 @@ fn json_reply_details(raw: &mut RawServerMsg<'_>, seq: u64) -> Result<ReplyDetai
         (Some(complete), Some(msgs)) => (Some(complete), Some(json_msgs(msgs)?)),
         _ => return Err(bad("reply needs `complete` and `msgs` together")),
     };
+    let not_broadcast = match raw.broadcast.take() {
+        None => false,
+        Some(false) => true,
+        Some(true) => return Err(bad("a reply's `broadcast` is only ever false")),
+    };
     Ok(ReplyDetails {
         epoch: raw.epoch.take(),
         last_seq: raw.last_seq,
         recovered,
         complete,
         msgs,
+        msg_seq: raw.msg_seq,
+        not_broadcast,
+        retry_after_ms: None,
+        platform_code: None,
     })
 }
 
@@ -1607,13 +1914,15 @@ pub fn decode_server_json(text: &[u8]) -> Result<ServerMsg, OpError> {
             let (result, details) = match (raw.ok, raw.error.take()) {
                 (Some(true), None) => (Ok(()), json_reply_details(&mut raw, seq)?),
                 (Some(false), Some(error)) => {
-                    let details = json_reply_details(&mut raw, seq)?;
+                    let mut details = json_reply_details(&mut raw, seq)?;
                     if details != ReplyDetails::default() {
                         return Err(OpError::bad_request(
                             seq,
                             "an error reply carries no extras",
                         ));
                     }
+                    details.retry_after_ms = error.retry_after_ms;
+                    details.platform_code = error.platform_code;
                     (Err((error.code, error.message)), details)
                 }
                 _ => {
@@ -1677,6 +1986,10 @@ pub struct PushRef<'a> {
     /// Messages a merge rule combined into this one (0: no merge rule).
     pub merged: u32,
     pub is_final: bool,
+    /// The viewer who sent it, for a client `send` published into the room.
+    pub from: Option<&'a str>,
+    /// The message asks for an `ack`.
+    pub ack: bool,
 }
 
 /// A batch's target, borrowed.
@@ -1746,8 +2059,8 @@ impl<'a> BatchView<'a> {
                 format!("priority byte {byte} is not a priority 0..3 with merge flags"),
             )
         };
-        let (priority, is_final, has_merged) = split_priority_byte(byte).ok_or_else(bad_byte)?;
-        let merged = if has_merged {
+        let flags = split_priority_byte(byte).ok_or_else(bad_byte)?;
+        let merged = if flags.merged_follows {
             match r.u32("merged").map_err(wire)? {
                 0 => return Err(bad_byte()),
                 n => n,
@@ -1755,16 +2068,23 @@ impl<'a> BatchView<'a> {
         } else {
             0
         };
+        let from = if flags.from_follows {
+            Some(r.str8("from").map_err(wire)?)
+        } else {
+            None
+        };
         let kind = r.str8("kind").map_err(wire)?;
         let n = r.u32("data").map_err(wire)? as usize;
         let data = r.bytes(n, "data").map_err(wire)?;
         Ok(PushRef {
             seq,
-            priority,
+            priority: flags.priority,
             kind,
             data,
             merged,
-            is_final,
+            is_final: flags.is_final,
+            from,
+            ack: flags.ack,
         })
     }
 }
@@ -1802,6 +2122,8 @@ impl PushRef<'_> {
             data: Bytes::copy_from_slice(self.data),
             merged: self.merged,
             is_final: self.is_final,
+            from: self.from.map(Box::from),
+            ack: self.ack,
         }
     }
 }
@@ -1836,7 +2158,8 @@ fn binary_reply_details(r: &mut Reader<'_>, seq: u64) -> Result<ReplyDetails, Op
         return Ok(details);
     }
     let flags = r.u8("flags").map_err(wire)?;
-    if flags == 0 || flags & !(FLAG_POSITION | FLAG_RECOVERED | FLAG_MSGS) != 0 {
+    let known = FLAG_POSITION | FLAG_RECOVERED | FLAG_MSGS | FLAG_MSG_SEQ | FLAG_NOT_BROADCAST;
+    if flags == 0 || flags & !known != 0 {
         return Err(OpError::bad_request(
             seq,
             format!("reply flags 0x{flags:02x}"),
@@ -1868,6 +2191,34 @@ fn binary_reply_details(r: &mut Reader<'_>, seq: u64) -> Result<ReplyDetails, Op
         }
         details.msgs = Some(msgs);
     }
+    if flags & FLAG_MSG_SEQ != 0 {
+        details.msg_seq = Some(r.u64("msg_seq").map_err(wire)?);
+    }
+    details.not_broadcast = flags & FLAG_NOT_BROADCAST != 0;
+    Ok(details)
+}
+
+/// The details after `message` of a binary error reply numbered `seq`: nothing, or a non-zero
+/// `flags` byte and the parts it announces.
+fn binary_error_details(r: &mut Reader<'_>, seq: u64) -> Result<ReplyDetails, OpError> {
+    let wire = |e| OpError::wire(seq, e);
+    let mut details = ReplyDetails::default();
+    if r.remaining() == 0 {
+        return Ok(details);
+    }
+    let flags = r.u8("flags").map_err(wire)?;
+    if flags == 0 || flags & !(FLAG_RETRY_AFTER | FLAG_PLATFORM_CODE) != 0 {
+        return Err(OpError::bad_request(
+            seq,
+            format!("error reply flags 0x{flags:02x}"),
+        ));
+    }
+    if flags & FLAG_RETRY_AFTER != 0 {
+        details.retry_after_ms = Some(r.u32("retry_after_ms").map_err(wire)?);
+    }
+    if flags & FLAG_PLATFORM_CODE != 0 {
+        details.platform_code = Some(r.str8("platform_code").map_err(wire)?.to_owned());
+    }
     Ok(details)
 }
 
@@ -1884,7 +2235,7 @@ pub fn view_server_binary(payload: &[u8]) -> Result<ServerMsgView<'_>, OpError> 
                 0 => {
                     let code = r.str8("code").map_err(wire)?.to_owned();
                     let message = r.str16("message").map_err(wire)?.to_owned();
-                    (Err((code, message)), ReplyDetails::default())
+                    (Err((code, message)), binary_error_details(&mut r, seq)?)
                 }
                 other => {
                     return Err(OpError::bad_request(seq, format!("`ok` is {other}")));
@@ -2039,6 +2390,8 @@ mod tests {
             data: Bytes::copy_from_slice(data.as_bytes()),
             merged: 0,
             is_final: false,
+            from: None,
+            ack: false,
         }
     }
 
@@ -2273,6 +2626,10 @@ mod tests {
                 "too_many_rooms",
                 "not_joined",
                 "unavailable",
+                "rate_limited",
+                "too_big",
+                "forbidden",
+                "rejected",
             ]
         );
         assert_eq!(ErrorCode::NotJoined.to_string(), "not_joined");
@@ -2506,7 +2863,7 @@ mod tests {
 
     #[test]
     fn binary_rejects_unknown_op_bytes() {
-        for op in [0x00, 0x06, 0x7f, 0x81, 0x82, 0x83, 0x84, 0xff] {
+        for op in [0x00, 0x08, 0x7f, 0x81, 0x82, 0x83, 0x84, 0xff] {
             let err = decode_binary(&[op, 0, 0, 0, 0, 0, 0, 0, 1]).unwrap_err();
             assert_eq!((err.seq, err.code), (0, ErrorCode::UnknownOp), "op {op:#x}");
         }
@@ -3418,6 +3775,8 @@ mod tests {
                         recovered,
                         msgs,
                         complete,
+                        msg_seq: None,
+                        not_broadcast: false,
                     });
                 }
             }
@@ -3433,6 +3792,10 @@ mod tests {
             recovered: extra.recovered,
             complete: extra.msgs.map(|_| extra.complete.unwrap_or(true)),
             msgs: extra.msgs.map(<[PushMessage]>::to_vec),
+            msg_seq: None,
+            not_broadcast: false,
+            retry_after_ms: None,
+            platform_code: None,
         }
     }
 

@@ -22,10 +22,10 @@ use super::message::{
     split_priority_byte, PushMessage, RecoveryFailure, Since, Target, PRIORITIES,
 };
 use super::sketch::{UserSketch, REGISTERS};
-use super::wire::{put_bytes32, put_str8, Reader, WireError};
+use super::wire::{put_bytes32, put_str16, put_str8, Reader, WireError};
 
 /// Link protocol version carried by `register`; any other version is refused.
-pub const LINK_VERSION: u16 = 5;
+pub const LINK_VERSION: u16 = 6;
 
 /// Largest accepted value of a frame's length prefix (type byte + body), in bytes.
 pub const MAX_LINK_FRAME: usize = 16 << 20;
@@ -49,6 +49,12 @@ const TYPE_RECOVERED: u8 = 0x0a;
 const TYPE_HISTORY: u8 = 0x0b;
 const TYPE_HISTORY_PAGE: u8 = 0x0c;
 const TYPE_ROOM_ONLINE: u8 = 0x0d;
+const TYPE_SEND: u8 = 0x0e;
+const TYPE_SEND_RESULT: u8 = 0x0f;
+const TYPE_ACKS: u8 = 0x10;
+/// Bytes of the smallest entry of an `acks` list: `user str8` (1 byte), `msg_seq u64`,
+/// `at_ms u64`.
+const MIN_ACK_LEN: usize = 1 + 1 + 8 + 8;
 
 // Smallest encodings of the repeated items, used to bound pre-allocation by what the frame can
 // really hold rather than by an untrusted count.
@@ -283,6 +289,103 @@ pub struct RoomCount {
     pub users: u32,
 }
 
+/// `send` (edge → control): a viewer's upstream message, already checked by the edge (joined,
+/// size, JSON, kind, rate limits).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendRequest {
+    /// Chosen by the edge and echoed in the [`SendResult`] answer.
+    pub id: u64,
+    /// The sender (the token's `sub`).
+    pub user: String,
+    /// The room it was sent to (the connection is a member).
+    pub room: String,
+    pub kind: String,
+    /// The viewer's JSON, as sent (zero-copy on decode).
+    pub data: Bytes,
+    /// The sender's connection: its wire format and `ip:port`.
+    pub format: WireFormat,
+    pub peer: String,
+}
+
+/// `send result` (control → edge): the answer to one [`SendRequest`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendResult {
+    /// The `id` of the send this answers.
+    pub id: u64,
+    pub outcome: SendOutcome,
+}
+
+/// What became of a send (the `result u8` of a `send result` frame, in variant order from 0).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendOutcome {
+    /// Published into the room under this `seq`.
+    Published { msg_seq: u64 },
+    /// Accepted but not broadcast: the platform handles it itself, or the room's upstream budget
+    /// for this tick was spent.
+    NotBroadcast,
+    /// Refused: the client gets an error reply with `code`.
+    Refused {
+        code: SendRefusal,
+        message: String,
+        /// The platform's own code for a `Rejected` send (empty otherwise).
+        platform_code: String,
+    },
+    /// The platform asked to close the sender's connection with this code (4000–4999).
+    Disconnect { code: u16, reason: String },
+}
+
+/// Why the control plane refused a send (the `code u8` of a refused `send result`, from 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendRefusal {
+    /// The platform's backend said no.
+    Rejected,
+    /// The platform's backend did not answer in time, failed, or its queue was full.
+    Unavailable,
+    /// Sends are off (`--send-mode off`).
+    Forbidden,
+}
+
+impl SendRefusal {
+    const ALL: [SendRefusal; 3] = [
+        SendRefusal::Rejected,
+        SendRefusal::Unavailable,
+        SendRefusal::Forbidden,
+    ];
+
+    /// The wire code: 1 ..= 3.
+    pub fn code(self) -> u8 {
+        match self {
+            SendRefusal::Rejected => 1,
+            SendRefusal::Unavailable => 2,
+            SendRefusal::Forbidden => 3,
+        }
+    }
+
+    fn from_code(code: u8) -> Option<SendRefusal> {
+        Self::ALL.into_iter().find(|r| r.code() == code)
+    }
+}
+
+/// `acks` (edge → control): receipts viewers sent for messages that asked for one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acks {
+    pub acks: Vec<Ack>,
+}
+
+/// One receipt in an [`Acks`] frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ack {
+    /// The user whose channel carried the message (a valid id).
+    pub user: String,
+    /// The message's `seq` on the user's channel.
+    pub msg_seq: u64,
+    /// When the edge received the `ack` op, in milliseconds since the Unix epoch.
+    pub at_ms: u64,
+}
+
+/// The close codes a platform may ask a sender's connection to be closed with.
+pub const PLATFORM_CLOSE_CODES: std::ops::RangeInclusive<u16> = 4000..=4999;
+
 /// One frame on the control ↔ edge link.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LinkFrame {
@@ -315,6 +418,12 @@ pub enum LinkFrame {
     HistoryPage(HistoryPage),
     /// `0x0d`, control → edge.
     RoomOnline(RoomOnline),
+    /// `0x0e`, edge → control.
+    Send(SendRequest),
+    /// `0x0f`, control → edge: the answer to [`LinkFrame::Send`].
+    SendResult(SendResult),
+    /// `0x10`, edge → control.
+    Acks(Acks),
 }
 
 /// Why a link frame could not be encoded or decoded. After a decode error the link is broken:
@@ -327,7 +436,7 @@ pub enum LinkError {
     /// The length prefix is 0, so there is not even a type byte.
     #[error("zero-length frame")]
     EmptyFrame,
-    /// The type byte is not one of the thirteen link frames.
+    /// The type byte is not one of the sixteen link frames.
     #[error("unknown link frame type {0:#04x}")]
     UnknownType(u8),
     /// `register` carries a version other than [`LINK_VERSION`].
@@ -371,6 +480,10 @@ pub enum LinkError {
     /// not strictly ascending or more than 512 of them, a register above 53).
     #[error("bad user sketch: {0}")]
     BadSketch(&'static str),
+    /// A `send result` carries an unknown result or refusal code, or a disconnect code outside
+    /// 4000–4999.
+    #[error("bad send result: {0}")]
+    BadSendResult(&'static str),
     /// A primitive field is truncated, not UTF-8, too long, or bytes trail the body.
     #[error("malformed frame: {0}")]
     Wire(#[from] WireError),
@@ -477,6 +590,48 @@ fn frame_len(frame: &LinkFrame) -> Result<usize, LinkError> {
             add_list(8 + position_len(&h.position)? + 1, &h.msgs, msg_len)?
         }
         LinkFrame::RoomOnline(o) => add_list(0, &o.rooms, room_count_len)?,
+        LinkFrame::Send(s) => {
+            check_id(&s.user, "user")?;
+            check_id(&s.room, "room")?;
+            check_kind(&s.kind)?;
+            if s.data.len() > MAX_LINK_FRAME {
+                return Err(LinkError::FrameTooLarge(s.data.len()));
+            }
+            8 + str8_len(&s.user, "user")?
+                + str8_len(&s.room, "room")?
+                + str8_len(&s.kind, "kind")?
+                + 4
+                + s.data.len()
+                + 1
+                + str8_len(&s.peer, "peer")?
+        }
+        LinkFrame::SendResult(r) => {
+            8 + 1
+                + match &r.outcome {
+                    SendOutcome::Published { .. } => 8,
+                    SendOutcome::NotBroadcast => 0,
+                    SendOutcome::Refused {
+                        message,
+                        platform_code,
+                        ..
+                    } => {
+                        if message.len() > usize::from(u16::MAX) {
+                            return Err(WireError::TooLong("message").into());
+                        }
+                        1 + 2 + message.len() + str8_len(platform_code, "platform_code")?
+                    }
+                    SendOutcome::Disconnect { code, reason } => {
+                        if !PLATFORM_CLOSE_CODES.contains(code) {
+                            return Err(LinkError::BadSendResult("disconnect code"));
+                        }
+                        2 + str8_len(reason, "reason")?
+                    }
+                }
+        }
+        LinkFrame::Acks(a) => add_list(0, &a.acks, |ack| {
+            check_id(&ack.user, "user")?;
+            Ok(str8_len(&ack.user, "user")? + 8 + 8)
+        })?,
     };
     let len = 1 + body;
     if len > MAX_LINK_FRAME {
@@ -578,7 +733,14 @@ fn msg_len(m: &PushMessage) -> Result<usize, LinkError> {
         return Err(LinkError::FrameTooLarge(m.data.len()));
     }
     let merged = if m.merged > 0 { 4 } else { 0 };
-    Ok(8 + 1 + merged + str8_len(&m.kind, "kind")? + 4 + m.data.len())
+    let from = match m.from.as_deref() {
+        Some(from) => {
+            check_id(from, "from")?;
+            str8_len(from, "from")?
+        }
+        None => 0,
+    };
+    Ok(8 + 1 + merged + from + str8_len(&m.kind, "kind")? + 4 + m.data.len())
 }
 
 /// Encoded size of a checked room count: `room str8`, `online u32`, `users u32`.
@@ -729,6 +891,52 @@ fn write_frame(frame: &LinkFrame, len: usize, out: &mut BytesMut) -> Result<(), 
                 Ok(())
             })?;
         }
+        LinkFrame::Send(s) => {
+            out.put_u8(TYPE_SEND);
+            out.put_u64(s.id);
+            put_str8(out, s.user.as_bytes(), "user")?;
+            put_str8(out, s.room.as_bytes(), "room")?;
+            put_str8(out, s.kind.as_bytes(), "kind")?;
+            put_bytes32(out, &s.data, "data")?;
+            // `index` is 0, 1 or 2.
+            out.put_u8(s.format.index() as u8);
+            put_str8(out, s.peer.as_bytes(), "peer")?;
+        }
+        LinkFrame::SendResult(r) => {
+            out.put_u8(TYPE_SEND_RESULT);
+            out.put_u64(r.id);
+            match &r.outcome {
+                SendOutcome::Published { msg_seq } => {
+                    out.put_u8(0);
+                    out.put_u64(*msg_seq);
+                }
+                SendOutcome::NotBroadcast => out.put_u8(1),
+                SendOutcome::Refused {
+                    code,
+                    message,
+                    platform_code,
+                } => {
+                    out.put_u8(2);
+                    out.put_u8(code.code());
+                    put_str16(out, message.as_bytes(), "message")?;
+                    put_str8(out, platform_code.as_bytes(), "platform_code")?;
+                }
+                SendOutcome::Disconnect { code, reason } => {
+                    out.put_u8(3);
+                    out.put_u16(*code);
+                    put_str8(out, reason.as_bytes(), "reason")?;
+                }
+            }
+        }
+        LinkFrame::Acks(a) => {
+            out.put_u8(TYPE_ACKS);
+            put_list(out, &a.acks, "acks", |out, ack| {
+                put_str8(out, ack.user.as_bytes(), "user")?;
+                out.put_u64(ack.msg_seq);
+                out.put_u64(ack.at_ms);
+                Ok(())
+            })?;
+        }
         LinkFrame::UserConns(u) => {
             out.put_u8(TYPE_USER_CONNS);
             out.put_u32(u.request);
@@ -773,6 +981,9 @@ fn put_msg(out: &mut BytesMut, m: &PushMessage) -> Result<(), LinkError> {
     out.put_u8(m.priority_byte());
     if m.merged > 0 {
         out.put_u32(m.merged);
+    }
+    if let Some(from) = m.from.as_deref() {
+        put_str8(out, from.as_bytes(), "from")?;
     }
     put_str8(out, m.kind.as_bytes(), "kind")?;
     put_bytes32(out, &m.data, "data")?;
@@ -974,6 +1185,76 @@ fn decode_body(frame: Bytes) -> Result<LinkFrame, LinkError> {
             })?;
             LinkFrame::RoomOnline(RoomOnline { rooms })
         }
+        TYPE_SEND => {
+            let id = r.u64("send id")?;
+            let user = r.str8("user")?;
+            check_id(user, "user")?;
+            let user = user.to_owned();
+            let room = r.str8("room")?;
+            check_id(room, "room")?;
+            let room = room.to_owned();
+            let kind = r.str8("kind")?;
+            check_kind(kind)?;
+            let kind = kind.to_owned();
+            let data = frame.slice(r.bytes32("data")?);
+            let format = r.u8("format")?;
+            let format = *WireFormat::ALL
+                .get(usize::from(format))
+                .ok_or(LinkError::BadFormat(format))?;
+            let peer = r.str8("peer")?.to_owned();
+            LinkFrame::Send(SendRequest {
+                id,
+                user,
+                room,
+                kind,
+                data,
+                format,
+                peer,
+            })
+        }
+        TYPE_SEND_RESULT => {
+            let id = r.u64("send id")?;
+            let outcome = match r.u8("result")? {
+                0 => SendOutcome::Published {
+                    msg_seq: r.u64("msg_seq")?,
+                },
+                1 => SendOutcome::NotBroadcast,
+                2 => {
+                    let code = r.u8("code")?;
+                    let code = SendRefusal::from_code(code)
+                        .ok_or(LinkError::BadSendResult("refusal code"))?;
+                    SendOutcome::Refused {
+                        code,
+                        message: r.str16("message")?.to_owned(),
+                        platform_code: r.str8("platform_code")?.to_owned(),
+                    }
+                }
+                3 => {
+                    let code = r.u16("code")?;
+                    if !PLATFORM_CLOSE_CODES.contains(&code) {
+                        return Err(LinkError::BadSendResult("disconnect code"));
+                    }
+                    SendOutcome::Disconnect {
+                        code,
+                        reason: r.str8("reason")?.to_owned(),
+                    }
+                }
+                _ => return Err(LinkError::BadSendResult("result")),
+            };
+            LinkFrame::SendResult(SendResult { id, outcome })
+        }
+        TYPE_ACKS => {
+            let acks = read_list(&mut r, "ack_count", MIN_ACK_LEN, |r| {
+                let user = r.str8("user")?;
+                check_id(user, "user")?;
+                Ok(Ack {
+                    user: user.to_owned(),
+                    msg_seq: r.u64("msg_seq")?,
+                    at_ms: r.u64("at_ms")?,
+                })
+            })?;
+            LinkFrame::Acks(Acks { acks })
+        }
         t => return Err(LinkError::UnknownType(t)),
     };
     r.finish()?;
@@ -1058,9 +1339,8 @@ fn read_position(r: &mut Reader<'_>) -> Result<ChannelPosition, LinkError> {
 fn read_msg(r: &mut Reader<'_>, frame: &Bytes) -> Result<PushMessage, LinkError> {
     let seq = r.u64("seq")?;
     let byte = r.u8("priority")?;
-    let (priority, is_final, has_merged) =
-        split_priority_byte(byte).ok_or(LinkError::BadPriority(byte))?;
-    let merged = if has_merged {
+    let flags = split_priority_byte(byte).ok_or(LinkError::BadPriority(byte))?;
+    let merged = if flags.merged_follows {
         match r.u32("merged")? {
             0 => return Err(LinkError::BadPriority(byte)),
             n => n,
@@ -1068,17 +1348,26 @@ fn read_msg(r: &mut Reader<'_>, frame: &Bytes) -> Result<PushMessage, LinkError>
     } else {
         0
     };
+    let from = if flags.from_follows {
+        let from = r.str8("from")?;
+        check_id(from, "from")?;
+        Some(Box::from(from))
+    } else {
+        None
+    };
     let kind = r.str8("kind")?;
     check_kind(kind)?;
     let kind = kind.to_owned();
     let data = r.bytes32("data")?;
     Ok(PushMessage {
         seq,
-        priority,
+        priority: flags.priority,
         kind,
         data: frame.slice(data),
         merged,
-        is_final,
+        is_final: flags.is_final,
+        from,
+        ack: flags.ack,
     })
 }
 
@@ -1225,6 +1514,8 @@ mod tests {
                 data: Bytes::from_static(data),
                 merged: 0,
                 is_final: false,
+                from: None,
+                ack: false,
             },
         })
     }
@@ -1256,7 +1547,8 @@ mod tests {
             bytes.len(),
             "an unmerged message has no merged field"
         );
-        for byte in [0x04u8, 0x21, 0x3c] {
+        // Reserved bits (0x04, 0x08) are refused, with or without other flags.
+        for byte in [0x04u8, 0x08, 0x3c] {
             let mut bad = plain.clone();
             bad[at] = byte;
             assert_eq!(
@@ -1390,6 +1682,8 @@ mod tests {
                 data: Bytes::from_static(br#"{"gift":"rocket","n":3}"#),
                 merged: 0,
                 is_final: false,
+                from: None,
+                ack: false,
             },
             PushMessage {
                 seq: 43,
@@ -1398,6 +1692,8 @@ mod tests {
                 data: Bytes::from_static(br#""hi""#),
                 merged: 0,
                 is_final: false,
+                from: None,
+                ack: false,
             },
             PushMessage {
                 seq: 44,
@@ -1406,6 +1702,8 @@ mod tests {
                 data: Bytes::new(),
                 merged: 0,
                 is_final: false,
+                from: None,
+                ack: false,
             },
             PushMessage {
                 seq: u64::MAX,
@@ -1414,6 +1712,8 @@ mod tests {
                 data: Bytes::from_static(b"null"),
                 merged: 0,
                 is_final: false,
+                from: None,
+                ack: false,
             },
         ]
     }
@@ -1516,6 +1816,8 @@ mod tests {
                     data: Bytes::new(),
                     merged: 0,
                     is_final: false,
+                    from: None,
+                    ack: false,
                 },
             }),
             set_level(),
@@ -1674,7 +1976,7 @@ mod tests {
     fn register_and_set_level_match_the_documented_layout() {
         let mut want = Vec::new();
         want.put_u32(1 + 2 + 2 + 2 + 2 + 1 + 2 + 4);
-        want.extend_from_slice(&[0x01, 0, 5, 1, b'e', 1, b'w', 1, b't', 0, 0, 3, 0, 0, 0, 9]);
+        want.extend_from_slice(&[0x01, 0, 6, 1, b'e', 1, b'w', 1, b't', 0, 0, 3, 0, 0, 0, 9]);
         let reg = LinkFrame::Register(Register {
             edge_id: "e".into(),
             ws_addr: "w".into(),
@@ -2058,6 +2360,8 @@ mod tests {
                 data: Bytes::new(),
                 merged: 0,
                 is_final: false,
+                from: None,
+                ack: false,
             },
         });
         if let LinkFrame::Publish(p) = &mut frame {
@@ -2183,6 +2487,8 @@ mod tests {
             data: Bytes::from_static(b"{}"),
             merged: 0,
             is_final: false,
+            from: None,
+            ack: false,
         };
         let mut want = Vec::new();
         want.put_u32(1 + 8 + 17 + 1 + 4 + (8 + 1 + 5 + 4 + 2));
@@ -2489,6 +2795,8 @@ mod tests {
             data: Bytes::from(vec![b'1'; 9 << 20]),
             merged: 0,
             is_final: false,
+            from: None,
+            ack: false,
         };
         assert!(matches!(
             encode(&history_page(true, vec![big.clone(), big]), &mut out),
@@ -2499,7 +2807,7 @@ mod tests {
 
     #[test]
     fn unknown_types_are_refused() {
-        for ty in [0x00, 0x0e, 0x81, 0xff] {
+        for ty in [0x00, 0x11, 0x81, 0xff] {
             assert_eq!(decode_err(raw(ty, &[])), LinkError::UnknownType(ty));
         }
     }

@@ -53,13 +53,38 @@ pub struct PushMessage {
     /// The final message of its merge key: never dropped by budgets or shedding, like
     /// priority 0.
     pub is_final: bool,
+    /// The viewer who sent it (a client `send` published into its room, PROTOCOL.md §5
+    /// "Upstream"); `None` for what the platform published. At most 128 bytes (an id).
+    pub from: Option<Box<str>>,
+    /// The platform asked viewers to acknowledge it (a client `ack` op, PROTOCOL.md §5
+    /// "Receipts").
+    pub ack: bool,
 }
 
-/// In binary formats a message's priority byte also carries its merge flags: the priority in
-/// the low two bits, [`FLAG_FINAL`], and [`FLAG_MERGED`] when a `merged u32` follows the byte.
+/// In binary formats a message's priority byte also carries its flags: the priority in the low
+/// two bits, [`FLAG_MERGED`] when a `merged u32` follows the byte, [`FLAG_FINAL`], [`FLAG_FROM`]
+/// when a `from str8` follows (after `merged`), and [`FLAG_ACK`].
 pub const FLAG_FINAL: u8 = 0x40;
 /// See [`FLAG_FINAL`].
 pub const FLAG_MERGED: u8 = 0x80;
+/// See [`FLAG_FINAL`].
+pub const FLAG_FROM: u8 = 0x20;
+/// See [`FLAG_FINAL`].
+pub const FLAG_ACK: u8 = 0x10;
+const PRIORITY_BITS: u8 = 0x03;
+const RESERVED_BITS: u8 = !(PRIORITY_BITS | FLAG_MERGED | FLAG_FINAL | FLAG_FROM | FLAG_ACK);
+
+/// A binary priority byte taken apart ([`split_priority_byte`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PriorityByte {
+    pub priority: u8,
+    pub is_final: bool,
+    /// A `merged u32` follows the byte.
+    pub merged_follows: bool,
+    /// A `from str8` follows (after `merged`).
+    pub from_follows: bool,
+    pub ack: bool,
+}
 
 impl PushMessage {
     /// A message without a merge rule.
@@ -71,6 +96,8 @@ impl PushMessage {
             data,
             merged: 0,
             is_final: false,
+            from: None,
+            ack: false,
         }
     }
 
@@ -92,19 +119,26 @@ impl PushMessage {
         if self.merged > 0 {
             byte |= FLAG_MERGED;
         }
+        if self.from.is_some() {
+            byte |= FLAG_FROM;
+        }
+        if self.ack {
+            byte |= FLAG_ACK;
+        }
         byte
     }
 }
 
-/// Splits a binary priority byte: `(priority, is_final, merged follows)`; None when a reserved
-/// bit is set or the priority is out of range.
-pub fn split_priority_byte(byte: u8) -> Option<(u8, bool, bool)> {
-    let priority = byte & !(FLAG_FINAL | FLAG_MERGED);
-    (usize::from(priority) < PRIORITIES).then_some((
-        priority,
-        byte & FLAG_FINAL != 0,
-        byte & FLAG_MERGED != 0,
-    ))
+/// Splits a binary priority byte; None when a reserved bit is set (priorities are 0..=3, so
+/// the two low bits always hold one).
+pub fn split_priority_byte(byte: u8) -> Option<PriorityByte> {
+    (byte & RESERVED_BITS == 0).then_some(PriorityByte {
+        priority: byte & PRIORITY_BITS,
+        is_final: byte & FLAG_FINAL != 0,
+        merged_follows: byte & FLAG_MERGED != 0,
+        from_follows: byte & FLAG_FROM != 0,
+        ack: byte & FLAG_ACK != 0,
+    })
 }
 
 /// Why a recovery was refused (PROTOCOL.md §5); its wire code is a `u8` from 1 to 4, in the

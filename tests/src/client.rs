@@ -122,6 +122,27 @@ pub fn json_op(op: &ClientOp) -> String {
             since,
             limit,
         } => json!({ "op": "history", "seq": seq, "room": room, "since": since, "limit": limit }),
+        // `data` is spliced as it is, so a test can send what is not JSON.
+        ClientOp::Send {
+            seq,
+            room,
+            kind,
+            data,
+        } => {
+            return format!(
+                r#"{{"op":"send","seq":{seq},"room":{},"kind":{},"data":{}}}"#,
+                json!(room),
+                json!(kind),
+                String::from_utf8_lossy(data)
+            )
+        }
+        ClientOp::Ack { seq, user, msg_seq } => {
+            let mut op = json!({ "op": "ack", "seq": seq, "msg_seq": msg_seq });
+            if let Some(user) = user {
+                op["user"] = json!(user);
+            }
+            op
+        }
     };
     value.to_string()
 }

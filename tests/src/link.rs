@@ -196,6 +196,8 @@ impl LinkPeer {
             data: Bytes::copy_from_slice(data.as_bytes()),
             merged: 0,
             is_final: false,
+            from: None,
+            ack: false,
         };
         *next += 1;
         self.send(&LinkFrame::Publish(Publish {

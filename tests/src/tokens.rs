@@ -60,5 +60,6 @@ fn claims(user: &str, exp: u64, rooms: Option<Vec<String>>) -> Claims {
         sub: user.to_owned(),
         exp,
         rooms,
+        send: None,
     }
 }

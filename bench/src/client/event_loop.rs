@@ -729,6 +729,7 @@ impl Loop {
                 sub: format!("u{}", self.global(k)),
                 exp,
                 rooms: None,
+                send: None,
             },
         )
     }
@@ -1032,6 +1033,8 @@ impl Loop {
                     data: &m.data,
                     merged: m.merged,
                     is_final: m.is_final,
+                    from: m.from.as_deref(),
+                    ack: m.ack,
                 });
                 self.on_batch(k, TargetRef::from(&target), pushes, now_us);
                 Some(())

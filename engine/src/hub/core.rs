@@ -18,9 +18,10 @@ use std::time::{Duration, Instant};
 
 use super::recovery::{self, Stitch};
 use crate::fanout::{
-    ChannelKind, Delivery, DeliveryFrame, HistoryRequest, RecoverRequest, RoomPush, StreamPosition,
-    ToHub, ToWorker,
+    ChannelKind, Delivery, DeliveryFrame, HistoryRequest, RecoverRequest, RoomPush, SendOutcome,
+    SendRequest, StreamPosition, ToHub, ToWorker,
 };
+use crate::sendlimit::{Bucket, SendLimit};
 use crate::stats::{
     CloseReason, HubStats, WorkerStats, BATCH_BOUNDS, LATENCY_BOUNDS, LEVELS, WINDOW_BOUNDS,
 };
@@ -57,7 +58,13 @@ pub struct HubConfig {
     /// How often to log the summed counters (None = never).
     pub stats_log_interval: Option<Duration>,
     pub workers: usize,
+    /// The pace of one user's sends on this edge (`--send-rate`, `--send-burst`), over all its
+    /// connections here.
+    pub send_limit: SendLimit,
 }
+
+/// Most acks one round passes to the control plane; more are dropped and counted.
+const MAX_ACKS_PER_ROUND: usize = 65_536;
 
 /// The edge's identity and addresses as the control plane hands them to clients.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -288,6 +295,14 @@ pub struct HubCore {
     histories: HashMap<u64, HistoryRequest>,
     histories_due: Vec<u64>,
     next_request: u64,
+    /// Sends passed to the control plane and not answered yet, by link request id.
+    sends: HashMap<u64, Box<SendRequest>>,
+    /// Per user with a recent send on this edge, its bucket (forgotten once full again).
+    user_buckets: HashMap<Box<str>, Bucket>,
+    /// The origin of the buckets' millisecond clock.
+    started: Instant,
+    /// Acks to pass to the control plane at the end of the round.
+    acks: Vec<link::Ack>,
 }
 
 impl HubCore {
@@ -330,6 +345,10 @@ impl HubCore {
             histories: HashMap::new(),
             histories_due: Vec::new(),
             next_request: 1,
+            sends: HashMap::new(),
+            user_buckets: HashMap::new(),
+            started: now,
+            acks: Vec::new(),
             config,
         }
     }
@@ -363,6 +382,22 @@ impl HubCore {
                 self.next_request += 1;
                 self.histories.insert(id, request);
                 self.histories_due.push(id);
+            }
+            ToHub::Send(send) => self.send(send, now),
+            ToHub::Ack {
+                user,
+                msg_seq,
+                at_ms,
+            } => {
+                if self.link != Link::Up || self.acks.len() >= MAX_ACKS_PER_ROUND {
+                    self.stats.acks_dropped += 1;
+                } else {
+                    self.acks.push(link::Ack {
+                        user: user.into(),
+                        msg_seq,
+                        at_ms,
+                    });
+                }
             }
             ToHub::UserConns { request, conns } => self.user_conns_answered(request, conns),
             ToHub::Written { worker, delivery } => {
@@ -432,7 +467,10 @@ impl HubCore {
             LinkFrame::Recovered(answer) => self.recovered(answer),
             LinkFrame::HistoryPage(page) => self.history_answered(page),
             LinkFrame::RoomOnline(online) => self.room_online(online),
+            LinkFrame::SendResult(result) => self.send_answered(result),
             LinkFrame::Register(_)
+            | LinkFrame::Send(_)
+            | LinkFrame::Acks(_)
             | LinkFrame::LoadReport(_)
             | LinkFrame::UserConns(_)
             | LinkFrame::Sync(_)
@@ -471,6 +509,7 @@ impl HubCore {
         // Nobody waits for answers on a link that is gone.
         self.queries.clear();
         self.transmit.clear();
+        self.acks.clear();
         self.link = Link::Down {
             retry_at: now + backoff,
             backoff: (backoff * 2).min(BACKOFF_MAX),
@@ -484,6 +523,10 @@ impl HubCore {
         if now >= self.next_report {
             self.send_report(false);
             self.next_report = now + self.config.report_interval;
+            let now_ms = self.clock_ms(now);
+            let limit = self.config.send_limit;
+            self.user_buckets
+                .retain(|_, bucket| !limit.is_full(bucket, now_ms));
         }
         if self.membership_report_at.is_some_and(|at| now >= at) {
             self.send_report(false);
@@ -738,6 +781,12 @@ impl HubCore {
             return;
         }
         self.send_requests();
+        if !self.acks.is_empty() {
+            let acks = std::mem::take(&mut self.acks);
+            self.stats.acks_sent += acks.len() as u64;
+            self.transmit
+                .push_back(LinkFrame::Acks(link::Acks { acks }));
+        }
         if self.syncs_due.is_empty() {
             return;
         }
@@ -872,6 +921,63 @@ impl HubCore {
             });
     }
 
+    /// A client's send from a worker: the user's bucket on this edge first, then on to the
+    /// control plane (answered at once `unavailable` while the link is down).
+    fn send(&mut self, send: Box<SendRequest>, now: Instant) {
+        let now_ms = self.clock_ms(now);
+        let limit = self.config.send_limit;
+        let bucket = self
+            .user_buckets
+            .entry(send.user.clone())
+            .or_insert_with(|| limit.full_bucket(now_ms));
+        let refused = match limit.take(bucket, now_ms) {
+            Err(retry_after_ms) => Some(SendOutcome::RateLimited { retry_after_ms }),
+            Ok(()) if self.link != Link::Up => Some(SendOutcome::Unavailable),
+            Ok(()) => None,
+        };
+        if let Some(outcome) = refused {
+            self.outboxes[send.worker]
+                .queue
+                .push_back(ToWorker::SendDone {
+                    token: send.token,
+                    conn: send.conn,
+                    outcome,
+                });
+            return;
+        }
+        let id = self.next_request;
+        self.next_request += 1;
+        self.transmit.push_back(LinkFrame::Send(link::SendRequest {
+            id,
+            user: send.user.to_string(),
+            room: send.room.to_string(),
+            kind: send.kind.to_string(),
+            data: send.data.clone(),
+            format: send.format,
+            peer: send.peer.clone(),
+        }));
+        self.sends.insert(id, send);
+    }
+
+    /// The control plane's answer to a send, to the sender's worker.
+    fn send_answered(&mut self, result: link::SendResult) {
+        let Some(send) = self.sends.remove(&result.id) else {
+            return; // answered after the link dropped and came back: already answered
+        };
+        self.outboxes[send.worker]
+            .queue
+            .push_back(ToWorker::SendDone {
+                token: send.token,
+                conn: send.conn,
+                outcome: SendOutcome::Link(result.outcome),
+            });
+    }
+
+    /// Milliseconds since the hub started (wrapping), the buckets' clock.
+    fn clock_ms(&self, now: Instant) -> u32 {
+        now.saturating_duration_since(self.started).as_millis() as u32
+    }
+
     /// The control plane's answer to a `history` op: the reply, encoded for the connection.
     fn history_answered(&mut self, page: HistoryPage) {
         let Some(request) = self.histories.remove(&page.id) else {
@@ -882,6 +988,8 @@ impl HubCore {
             recovered: None,
             msgs: Some(&page.msgs),
             complete: Some(page.complete),
+            msg_seq: None,
+            not_broadcast: false,
         };
         let bytes = client::encode_reply_ok(request.format, request.op_seq, &extra);
         self.outboxes[request.worker]
@@ -939,6 +1047,16 @@ impl HubCore {
     /// The link is gone: nothing is confirmed any more. Workers answer new joins only after the
     /// next registration's full report and a `sync` behind it; waiters keep waiting for that.
     fn forget_link(&mut self) {
+        // A send in flight may or may not have been published: its client hears `unavailable`.
+        for (_, send) in self.sends.drain() {
+            self.outboxes[send.worker]
+                .queue
+                .push_back(ToWorker::SendDone {
+                    token: send.token,
+                    conn: send.conn,
+                    outcome: SendOutcome::Unavailable,
+                });
+        }
         self.syncs_in_flight.clear();
         self.syncs_due.clear();
         // Reads are asked again on the next link; an answer to the old ask is then ignored.

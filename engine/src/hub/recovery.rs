@@ -100,6 +100,8 @@ mod tests {
             data: Bytes::from_static(b"1"),
             merged: 0,
             is_final: false,
+            from: None,
+            ack: false,
         }
     }
 

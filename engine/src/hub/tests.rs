@@ -61,6 +61,7 @@ impl Harness {
             default_tick: TICK,
             max_window: MAX_WINDOW,
             report_interval: REPORT,
+            send_limit: crate::sendlimit::SendLimit::new(2.0, 5),
             stats_log_interval: None,
             workers,
         };
@@ -177,6 +178,8 @@ fn msg(seq: u64, priority: u8, data_len: usize) -> PushMessage {
         data: Bytes::from(format!("\"{}\"", "x".repeat(data_len))),
         merged: 0,
         is_final: false,
+        ack: false,
+        from: None,
     }
 }
 

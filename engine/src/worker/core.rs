@@ -48,20 +48,23 @@ use slab::Slab;
 
 use crate::config::EdgeConfig;
 use crate::fanout::{
-    ChannelKind, Delivery, HistoryRequest, RecoverRequest, RoomPush, StreamPosition, ToHub,
-    ToWorker,
+    ChannelKind, Delivery, HistoryRequest, RecoverRequest, RoomPush, SendOutcome, SendRequest,
+    StreamPosition, ToHub, ToWorker,
 };
 use crate::members::{ChannelSlot, MemberTable, Moved};
 use crate::outqueue::{OutQueue, SharedFrame};
 use crate::progress::{WriteProgress, STALLED_AFTER_MS};
+use crate::sendlimit::{Bucket, Refusals, SendLimit};
 use crate::session::{self, Session, Transport};
-use crate::stats::{AuthFailure, CloseReason, WorkerStats, IOVEC_BOUNDS, LATENCY_BOUNDS};
+use crate::stats::{
+    AuthFailure, CloseReason, SendAnswer, WorkerStats, IOVEC_BOUNDS, LATENCY_BOUNDS,
+};
 use crate::sys::{ConnId, DriverStats, WriteBuf, WriteBufs, WriteStatus, MAX_IOVECS};
 use roomcast_proto::auth::Verifier;
-use roomcast_proto::client::{self, ClientOp, ErrorCode, ReplyExtra, WireFormat};
+use roomcast_proto::client::{self, ClientOp, ErrorCode, ErrorDetail, ReplyExtra, WireFormat};
 use roomcast_proto::handshake;
 use roomcast_proto::ids::is_valid_id;
-use roomcast_proto::link::ConnInfo;
+use roomcast_proto::link::{ConnInfo, SendOutcome as LinkSendOutcome, SendRefusal};
 use roomcast_proto::message::{RecoveryFailure, Since, Target};
 use roomcast_proto::sketch::{user_hash, UserSketch};
 
@@ -102,6 +105,9 @@ pub enum Action {
         request: u32,
         conns: Vec<(ConnId, ConnInfo)>,
     },
+    /// A client's send, checked: fill in the sender's peer address (`Driver::peer_addr`) and
+    /// give it to [`WorkerCore::send_ready`].
+    Send(Box<SendRequest>),
 }
 
 /// What to do with an accepted socket.
@@ -192,11 +198,34 @@ enum Joining {
 /// History reads one connection may have in flight; more are answered `unavailable`.
 const MAX_HISTORY_IN_FLIGHT: u8 = 4;
 
+/// Sends one connection may have waiting for the control plane; more are answered
+/// `rate_limited` (whatever the bucket says, this bounds what one client holds in flight).
+const MAX_SENDS_IN_FLIGHT: u8 = 16;
+
+/// A `send` waiting for the hub's `SendDone`.
+#[derive(Debug, Clone, Copy)]
+struct PendingSend {
+    conn: ConnId,
+    seq: u64,
+    since: Instant,
+}
+
+/// A connection's upstream state, made at its first `send` (most viewers never send).
+#[derive(Debug, Clone, Copy)]
+struct Sender {
+    bucket: Bucket,
+    refusals: Refusals,
+    in_flight: u8,
+}
+
 /// An authenticated connection's identity and channel memberships.
 struct Identity {
     user_slot: ChannelSlot,
     user_index: u32,
     allowed_rooms: Option<Box<[Box<str>]>>,
+    /// The token lets it `send` (no `"send":false` claim).
+    may_send: bool,
+    sender: Option<Sender>,
 }
 
 struct Conn {
@@ -275,6 +304,14 @@ pub struct WorkerCore {
     /// (connection, channel) pairs whose batches the connection skips until its replay.
     recovering_members: HashSet<(ConnId, ChannelKind, ChannelSlot)>,
     histories: HashMap<u64, PendingHistory>,
+    /// Sends waiting for the hub's answer, by token.
+    sends: HashMap<u64, PendingSend>,
+    /// Checked sends waiting for the loop to add the peer address. Boxed once here and moved
+    /// as a pointer through `Action::Send` and `ToHub::Send`, which stay small.
+    #[allow(clippy::vec_box)]
+    sends_out: Vec<Box<SendRequest>>,
+    send_limit: SendLimit,
+    send_kinds: Box<[Box<str>]>,
     /// When the hub received the first message of each batch delivered this round (for the
     /// publish→flush histogram, recorded once per batch after the round's flush).
     delivered_at: Vec<Instant>,
@@ -317,6 +354,8 @@ impl WorkerCore {
             .clamp(10, 1000),
         );
         let next_report = now + config.report_interval();
+        let send_limit = SendLimit::new(config.send_rate, config.send_burst);
+        let send_kinds = config.send_kind_list().map(Box::from).collect();
         WorkerCore {
             index,
             config,
@@ -346,6 +385,10 @@ impl WorkerCore {
             recoveries: HashMap::new(),
             recovering_members: HashSet::new(),
             histories: HashMap::new(),
+            sends: HashMap::new(),
+            sends_out: Vec::new(),
+            send_limit,
+            send_kinds,
             delivered_at: Vec::new(),
             started: now,
             wall: (now, wall),
@@ -543,6 +586,11 @@ impl WorkerCore {
                     }
                 }
             }
+            ToWorker::SendDone {
+                token,
+                conn,
+                outcome,
+            } => self.send_done(now, token, conn, outcome),
             ToWorker::LinkLost => {
                 self.rooms.unconfirm_all();
                 self.users.unconfirm_all();
@@ -647,9 +695,18 @@ impl WorkerCore {
         if let Some(conn) = self.to_close.pop() {
             return Some(Action::Close { conn });
         }
+        if let Some(send) = self.sends_out.pop() {
+            return Some(Action::Send(send));
+        }
         self.user_answers
             .pop()
             .map(|(request, conns)| Action::UserConns { request, conns })
+    }
+
+    /// A checked send with its peer address filled in by the loop: on to the hub.
+    pub fn send_ready(&mut self, send: Box<SendRequest>) {
+        self.outbox.push_back(ToHub::Send(send));
+        self.wake_hub = true;
     }
 
     /// The answer to a user query, with peer addresses filled in by the loop.
@@ -1114,6 +1171,13 @@ impl WorkerCore {
             ClientOp::History {
                 room, since, limit, ..
             } => self.history(now, id, seq, &room, since, limit),
+            ClientOp::Send {
+                room, kind, data, ..
+            } => {
+                self.send(now, id, seq, room, kind, data);
+                Answer::Later
+            }
+            ClientOp::Ack { user, msg_seq, .. } => self.ack(now, id, user, msg_seq),
         };
         match answer {
             Answer::Now(result) => self.reply(now, id, format, seq, result),
@@ -1217,6 +1281,8 @@ impl WorkerCore {
             recovered: Some(outcome),
             msgs: None,
             complete: None,
+            msg_seq: None,
+            not_broadcast: false,
         };
         self.queue_owned(
             now,
@@ -1307,6 +1373,303 @@ impl WorkerCore {
         Answer::Later
     }
 
+    /// A client's `send`: checked here in the protocol's order (allowed, joined, size, JSON,
+    /// kind, the connection's bucket), then handed to the loop for the peer address and on to
+    /// the hub (the user's bucket) and the control plane. A refusal is answered at once and
+    /// counted towards the flood close.
+    fn send(
+        &mut self,
+        now: Instant,
+        id: ConnId,
+        seq: u64,
+        room: String,
+        kind: String,
+        data: Bytes,
+    ) {
+        let now_ms = clock_ms(self.started, now);
+        let conn = &self.conns[id.key()];
+        let Some(identity) = conn.identity.as_deref() else {
+            return;
+        };
+        let joined = self
+            .rooms
+            .slot_of(&room)
+            .is_some_and(|slot| conn.rooms.iter().any(|&(s, _)| s == slot));
+        let refusal = if !identity.may_send {
+            Some((
+                SendAnswer::Forbidden,
+                ErrorCode::Forbidden,
+                "this token may not send",
+            ))
+        } else if !joined {
+            Some((
+                SendAnswer::NotJoined,
+                ErrorCode::NotJoined,
+                "join the room to send to it",
+            ))
+        } else if data.len() > self.config.max_send_bytes {
+            Some((
+                SendAnswer::TooBig,
+                ErrorCode::TooBig,
+                "`data` is over the edge's max_send_bytes",
+            ))
+        } else if serde_json::from_slice::<serde::de::IgnoredAny>(&data).is_err() {
+            Some((
+                SendAnswer::BadRequest,
+                ErrorCode::BadRequest,
+                "`data` must be JSON",
+            ))
+        } else if !self.send_kinds.iter().any(|k| **k == *kind) {
+            Some((
+                SendAnswer::BadRequest,
+                ErrorCode::BadRequest,
+                "`kind` is not one clients may send here",
+            ))
+        } else {
+            None
+        };
+        if let Some((answer, code, message)) = refusal {
+            self.refuse_send(now, id, seq, answer, code, message, None);
+            return;
+        }
+        let limit = self.send_limit;
+        let conn = &mut self.conns[id.key()];
+        let format = conn.format;
+        let Some(identity) = conn.identity.as_deref_mut() else {
+            return;
+        };
+        let sender = identity.sender.get_or_insert_with(|| Sender {
+            bucket: limit.full_bucket(now_ms),
+            refusals: Refusals::new(now_ms),
+            in_flight: 0,
+        });
+        if sender.in_flight >= MAX_SENDS_IN_FLIGHT {
+            let message = "too many sends waiting for their replies on this connection";
+            self.refuse_send(
+                now,
+                id,
+                seq,
+                SendAnswer::RateLimited,
+                ErrorCode::RateLimited,
+                message,
+                Some(100),
+            );
+            return;
+        }
+        if let Err(retry_after_ms) = limit.take(&mut sender.bucket, now_ms) {
+            let message = "over this connection's send rate";
+            self.refuse_send(
+                now,
+                id,
+                seq,
+                SendAnswer::RateLimited,
+                ErrorCode::RateLimited,
+                message,
+                Some(retry_after_ms),
+            );
+            return;
+        }
+        sender.in_flight += 1;
+        let user_slot = identity.user_slot;
+        let Some(user) = self.users.channel(user_slot).map(|c| c.name.clone()) else {
+            return;
+        };
+        let token = self.take_token();
+        self.sends.insert(
+            token,
+            PendingSend {
+                conn: id,
+                seq,
+                since: now,
+            },
+        );
+        self.sends_out.push(Box::new(SendRequest {
+            worker: self.index,
+            token,
+            conn: id,
+            user,
+            room: room.into(),
+            kind: kind.into(),
+            data,
+            format,
+            peer: String::new(),
+        }));
+    }
+
+    /// Answers a send with an error (with its details) and counts it; a connection refused
+    /// too often within the flood window is closed.
+    #[allow(clippy::too_many_arguments)]
+    fn refuse_send(
+        &mut self,
+        now: Instant,
+        id: ConnId,
+        seq: u64,
+        answer: SendAnswer,
+        code: ErrorCode,
+        message: &str,
+        retry_after_ms: Option<u32>,
+    ) {
+        self.stats.sends[answer as usize] += 1;
+        let now_ms = clock_ms(self.started, now);
+        let Some(conn) = self
+            .conns
+            .get_mut(id.key())
+            .filter(|c| c.id == id && c.is_open())
+        else {
+            return;
+        };
+        let format = conn.format;
+        let flood = conn.identity.as_deref_mut().is_some_and(|identity| {
+            let limit = self.send_limit;
+            let sender = identity.sender.get_or_insert_with(|| Sender {
+                bucket: limit.full_bucket(now_ms),
+                refusals: Refusals::new(now_ms),
+                in_flight: 0,
+            });
+            sender.refusals.refused(
+                now_ms,
+                self.config.send_flood_refusals,
+                self.config.send_flood_window_ms,
+            )
+        });
+        let detail = ErrorDetail {
+            retry_after_ms,
+            platform_code: None,
+        };
+        self.queue_owned(
+            now,
+            id,
+            client::encode_reply_error(format, seq, code, message, &detail),
+        );
+        if flood {
+            self.begin_close(now, id, session::CLOSE_SEND_FLOOD, CloseReason::SendFlood);
+        }
+    }
+
+    /// The hub's answer to a send: the client's reply (or the platform's close).
+    fn send_done(&mut self, now: Instant, token: u64, id: ConnId, outcome: SendOutcome) {
+        let Some(pending) = self.sends.remove(&token) else {
+            return;
+        };
+        let Some(conn) = self.conns.get_mut(id.key()).filter(|c| c.id == id) else {
+            return;
+        };
+        if let Some(sender) = conn.identity.as_deref_mut().and_then(|i| i.sender.as_mut()) {
+            sender.in_flight = sender.in_flight.saturating_sub(1);
+        }
+        if !conn.is_open() || pending.conn != id {
+            return;
+        }
+        self.stats.send_latency.record(
+            LATENCY_BOUNDS,
+            now.saturating_duration_since(pending.since).as_secs_f64(),
+        );
+        let format = conn.format;
+        let seq = pending.seq;
+        let ok = |extra: ReplyExtra<'_>| client::encode_reply_ok(format, seq, &extra);
+        let (answer, bytes) = match outcome {
+            SendOutcome::Link(LinkSendOutcome::Published { msg_seq }) => (
+                SendAnswer::Published,
+                ok(ReplyExtra {
+                    msg_seq: Some(msg_seq),
+                    ..ReplyExtra::default()
+                }),
+            ),
+            SendOutcome::Link(LinkSendOutcome::NotBroadcast) => (
+                SendAnswer::NotBroadcast,
+                ok(ReplyExtra {
+                    not_broadcast: true,
+                    ..ReplyExtra::default()
+                }),
+            ),
+            SendOutcome::Link(LinkSendOutcome::Refused {
+                code,
+                message,
+                platform_code,
+            }) => {
+                let (answer, code) = match code {
+                    SendRefusal::Rejected => (SendAnswer::Rejected, ErrorCode::Rejected),
+                    SendRefusal::Unavailable => (SendAnswer::Unavailable, ErrorCode::Unavailable),
+                    SendRefusal::Forbidden => (SendAnswer::Forbidden, ErrorCode::Forbidden),
+                };
+                let detail = ErrorDetail {
+                    retry_after_ms: None,
+                    platform_code: (code == ErrorCode::Rejected).then_some(&*platform_code),
+                };
+                (
+                    answer,
+                    client::encode_reply_error(format, seq, code, &message, &detail),
+                )
+            }
+            SendOutcome::Link(LinkSendOutcome::Disconnect { code, reason }) => {
+                self.stats.sends[SendAnswer::Disconnected as usize] += 1;
+                self.begin_close_with(now, id, code, &reason, CloseReason::Platform);
+                return;
+            }
+            SendOutcome::RateLimited { retry_after_ms } => {
+                let message = "over this user's send rate";
+                self.refuse_send(
+                    now,
+                    id,
+                    seq,
+                    SendAnswer::RateLimited,
+                    ErrorCode::RateLimited,
+                    message,
+                    Some(retry_after_ms),
+                );
+                return;
+            }
+            SendOutcome::Unavailable => {
+                let message =
+                    "the control plane is not reachable; the send may not have been published";
+                (
+                    SendAnswer::Unavailable,
+                    client::encode_reply_error(
+                        format,
+                        seq,
+                        ErrorCode::Unavailable,
+                        message,
+                        &ErrorDetail::default(),
+                    ),
+                )
+            }
+        };
+        self.stats.sends[answer as usize] += 1;
+        self.queue_owned(now, id, bytes);
+    }
+
+    /// A client's `ack` of a message on its own user channel: passed on to the hub (which
+    /// batches acks to the control plane) and answered at once.
+    fn ack(&mut self, now: Instant, id: ConnId, user: Option<String>, msg_seq: u64) -> Answer {
+        let conn = &self.conns[id.key()];
+        let Some(own) = conn
+            .identity
+            .as_deref()
+            .and_then(|i| self.users.channel(i.user_slot))
+            .map(|c| c.name.clone())
+        else {
+            return Answer::Later;
+        };
+        if user.is_some_and(|u| *u != *own) {
+            return Answer::Now(Err((
+                ErrorCode::Forbidden,
+                "a client acknowledges only its own user's messages",
+            )));
+        }
+        let at = self.wall.1 + now.saturating_duration_since(self.wall.0);
+        let at_ms = at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.stats.acks += 1;
+        self.outbox.push_back(ToHub::Ack {
+            user: own,
+            msg_seq,
+            at_ms,
+        });
+        self.wake_hub = true;
+        Answer::Now(Ok(()))
+    }
+
     /// Joins the connection to its user channel (and the broadcast). Returns whether the user
     /// channel is confirmed, so `auth` can be answered at once.
     fn authenticate(&mut self, id: ConnId, claims: roomcast_proto::auth::Claims) -> bool {
@@ -1319,6 +1682,8 @@ impl WorkerCore {
             allowed_rooms: claims
                 .rooms
                 .map(|rooms| rooms.into_iter().map(String::into_boxed_str).collect()),
+            may_send: claims.send != Some(false),
+            sender: None,
         }));
         if joined.format_appeared {
             self.presence(ChannelKind::User, &claims.sub, format, true);
@@ -1689,6 +2054,18 @@ impl WorkerCore {
     /// Leaves every channel (so nothing more is delivered), queues a close frame, and closes the
     /// socket once it is flushed.
     fn begin_close(&mut self, now: Instant, id: ConnId, code: u16, reason: CloseReason) {
+        self.begin_close_with(now, id, code, session::close_reason(code), reason);
+    }
+
+    /// [`WorkerCore::begin_close`] with the close frame's reason text given (the platform's).
+    fn begin_close_with(
+        &mut self,
+        now: Instant,
+        id: ConnId,
+        code: u16,
+        text: &str,
+        reason: CloseReason,
+    ) {
         let Some(conn) = self
             .conns
             .get(id.key())
@@ -1697,11 +2074,7 @@ impl WorkerCore {
             return;
         };
         let notice = if conn.session.is_framing() {
-            Some(client::encode_close(
-                conn.format,
-                code,
-                session::close_reason(code),
-            ))
+            Some(client::encode_close(conn.format, code, text))
         } else {
             None
         };
@@ -1851,6 +2224,9 @@ impl WorkerCore {
         if !self.recoveries.is_empty() || !self.histories.is_empty() {
             self.expire_requests(now);
         }
+        if !self.sends.is_empty() {
+            self.expire_sends(now);
+        }
     }
 
     /// Answers recoveries and history reads the control plane did not answer in time with
@@ -1915,6 +2291,17 @@ impl WorkerCore {
                 h.seq,
                 Err((ErrorCode::Unavailable, why)),
             );
+        }
+    }
+
+    /// Sends the control plane did not answer within the confirm timeout: `unavailable`.
+    fn expire_sends(&mut self, now: Instant) {
+        let timeout = self.config.join_confirm_timeout();
+        for token in late_tokens(&self.sends, |s| s.since, now, timeout) {
+            let Some(p) = self.sends.get(&token).copied() else {
+                continue;
+            };
+            self.send_done(now, token, p.conn, SendOutcome::Unavailable);
         }
     }
 

@@ -146,6 +146,10 @@ impl Harness {
                         .collect();
                     self.core.user_conns_ready(request, conns);
                 }
+                Action::Send(mut send) => {
+                    send.peer = format!("10.0.0.{}:4000", send.conn.key());
+                    self.core.send_ready(send);
+                }
             }
         }
         self.core.on_flushed(self.now);
@@ -443,6 +447,7 @@ fn token(user: &str, exp: u64) -> String {
             sub: user.into(),
             exp,
             rooms: None,
+            send: None,
         },
     )
 }
@@ -460,6 +465,8 @@ fn delivery(target: Target, frames: &[(u8, usize)], now: Instant, ticket: u64) -
                 data: Bytes::from(format!(r#"{{"pad":"{}"}}"#, "x".repeat(pad))),
                 merged: 0,
                 is_final: false,
+                ack: false,
+                from: None,
             };
             let mut counts = [0; PRIORITIES];
             counts[priority as usize] = 1;
@@ -1618,6 +1625,8 @@ impl Harness {
                     data: Bytes::from_static(b"1"),
                     merged: 0,
                     is_final: false,
+                    from: None,
+                    ack: false,
                 };
                 encode_batch(WireFormat::Tcp, &room("r1"), &[msg])
             })

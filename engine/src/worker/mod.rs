@@ -232,6 +232,12 @@ impl Worker {
                         .collect();
                     self.core.user_conns_ready(request, conns);
                 }
+                Action::Send(mut send) => {
+                    if let Some(peer) = self.driver.peer_addr(send.conn) {
+                        send.peer = peer.to_string();
+                    }
+                    self.core.send_ready(send);
+                }
             }
         }
     }

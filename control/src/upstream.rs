@@ -1,0 +1,474 @@
+//! Viewers' sends (PROTOCOL.md §5 "Upstream"): what the control plane does with a `send` frame
+//! from an edge, by `--send-mode`, and the answer it sends back.
+//!
+//! - `direct`: published into the room at priority 3, with the sender's id as `from`;
+//! - `proxy`: the platform's backend decides first ([`crate::proxy`]): publish (as sent or
+//!   replaced), accept, reject or disconnect. At most `--send-proxy-concurrency` requests run at
+//!   once and `--send-proxy-queue` more wait; a send that finds the queue full, or gets no
+//!   answer within `--send-proxy-timeout-ms`, is answered `unavailable`;
+//! - `off`: refused `forbidden`.
+//!
+//! Either way a send to be broadcast passes the room's upstream budget first ([`SendWindow`],
+//! per level and tick): past it the send is answered `"broadcast":false` instead of published.
+//! Receipts (`acks` frames) go to [`Receipts`].
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hyper::Uri;
+use roomcast_ops::metrics::Families;
+use roomcast_proto::client::WireFormat;
+use roomcast_proto::link::{self, LinkFrame, SendOutcome, SendRefusal, SendRequest, SendResult};
+use serde_json::value::RawValue;
+use tokio::sync::Semaphore;
+
+use crate::config::{ControlConfig, SendMode};
+use crate::proxy::{ConnDescription, Decision, JsonPoster, SendQuestion};
+use crate::receipts::Receipts;
+use crate::router::{LinkHandle, PublishReq, Router, TargetRef};
+
+/// The priority of a send published as it came (`direct`, or a `publish` answer that keeps it).
+pub const SEND_PRIORITY: u8 = 3;
+
+/// Sends broadcast into one room in its current tick: the room's upstream budget. Pure.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SendWindow {
+    start: Option<Instant>,
+    count: u32,
+}
+
+impl SendWindow {
+    /// Whether one more send may be broadcast at `now` under `budget` per `tick` (counting it
+    /// if so). Windows are consecutive ticks from the first send.
+    pub fn admit(&mut self, budget: u32, tick: Duration, now: Instant) -> bool {
+        if budget == link::UNLIMITED {
+            return true;
+        }
+        match self.start {
+            Some(start)
+                if now.saturating_duration_since(start) < tick.max(Duration::from_millis(1)) => {}
+            _ => {
+                self.start = Some(now);
+                self.count = 0;
+            }
+        }
+        if self.count < budget {
+            self.count += 1;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// The platform's backend for `proxy` mode.
+struct Proxy {
+    uri: Uri,
+    poster: JsonPoster,
+    timeout: Duration,
+    slots: Arc<Semaphore>,
+    /// Sends waiting for a slot or in flight, and the most that may be.
+    admitted: AtomicUsize,
+    max_admitted: usize,
+}
+
+/// Upstream counters, by outcome (the label of `roomcast_control_sends_total`).
+#[derive(Default)]
+struct Counters {
+    published: AtomicU64,
+    over_budget: AtomicU64,
+    accepted: AtomicU64,
+    rejected: AtomicU64,
+    disconnected: AtomicU64,
+    forbidden: AtomicU64,
+    timeout: AtomicU64,
+    overflow: AtomicU64,
+    proxy_error: AtomicU64,
+    publish_error: AtomicU64,
+}
+
+/// Upper bounds of the proxy latency histogram, seconds.
+const PROXY_BOUNDS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+/// The proxy's answer times (non-cumulative buckets, the last one above every bound).
+#[derive(Default)]
+struct Latency {
+    buckets: [AtomicU64; PROXY_BOUNDS.len() + 1],
+    count: AtomicU64,
+    sum_us: AtomicU64,
+}
+
+impl Latency {
+    fn record(&self, elapsed: Duration) {
+        let secs = elapsed.as_secs_f64();
+        let bucket = PROXY_BOUNDS
+            .iter()
+            .position(|&b| secs <= b)
+            .unwrap_or(PROXY_BOUNDS.len());
+        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_us
+            .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+    }
+}
+
+/// What the control plane does with viewers' sends and receipts.
+pub struct Upstream {
+    mode: SendMode,
+    proxy: Option<Proxy>,
+    pub receipts: Arc<Receipts>,
+    counters: Counters,
+    latency: Latency,
+}
+
+impl Upstream {
+    /// From the (validated) configuration; starts the receipt reporter when a receipt URL is
+    /// set (so call it inside the runtime).
+    pub fn from_config(config: &ControlConfig) -> Result<Upstream, String> {
+        let parse = |url: &str, flag: &str| {
+            url.parse::<Uri>()
+                .map_err(|e| format!("{flag} {url:?} is not a URL: {e}"))
+        };
+        let mode = config.send_mode();
+        let poster = JsonPoster::new(config.send_proxy_concurrency);
+        let proxy = match mode {
+            SendMode::Proxy => Some(Proxy {
+                uri: parse(&config.send_proxy_url, "--send-proxy-url")?,
+                poster: poster.clone(),
+                timeout: Duration::from_millis(config.send_proxy_timeout_ms),
+                slots: Arc::new(Semaphore::new(config.send_proxy_concurrency)),
+                admitted: AtomicUsize::new(0),
+                max_admitted: config.send_proxy_concurrency + config.send_proxy_queue,
+            }),
+            SendMode::Direct | SendMode::Off => None,
+        };
+        let receipt_url = if config.receipt_url.is_empty() {
+            None
+        } else {
+            Some(parse(&config.receipt_url, "--receipt-url")?)
+        };
+        let receipts = Arc::new(Receipts::new(config.receipts_kept, receipt_url));
+        receipts.spawn_reporter(poster);
+        Ok(Upstream {
+            mode,
+            proxy,
+            receipts,
+            counters: Counters::default(),
+            latency: Latency::default(),
+        })
+    }
+
+    pub fn mode(&self) -> SendMode {
+        self.mode
+    }
+
+    /// Handles one `send` frame from edge `edge_id` and sends the `send result` on `link`:
+    /// at once in `direct` and `off` mode, from a task after the backend answers in `proxy`.
+    pub fn handle_send(
+        self: &Arc<Self>,
+        router: &Arc<Router>,
+        edge_id: &Arc<str>,
+        link: &Arc<LinkHandle>,
+        send: SendRequest,
+    ) {
+        let id = send.id;
+        match self.mode {
+            SendMode::Off => {
+                self.counters.forbidden.fetch_add(1, Ordering::Relaxed);
+                answer(
+                    link,
+                    id,
+                    refused(SendRefusal::Forbidden, "sending is turned off here"),
+                );
+            }
+            SendMode::Direct => {
+                let outcome = self.publish(router, &send, SEND_PRIORITY, &send.kind, &send.data);
+                answer(link, id, outcome);
+            }
+            SendMode::Proxy => {
+                let Some(proxy) = &self.proxy else {
+                    return;
+                };
+                if proxy.admitted.fetch_add(1, Ordering::Relaxed) >= proxy.max_admitted {
+                    proxy.admitted.fetch_sub(1, Ordering::Relaxed);
+                    self.counters.overflow.fetch_add(1, Ordering::Relaxed);
+                    let why =
+                        "the platform's backend is overloaded (its queue is full); retry later";
+                    answer(link, id, refused(SendRefusal::Unavailable, why));
+                    return;
+                }
+                let upstream = Arc::clone(self);
+                let router = Arc::clone(router);
+                let edge_id = Arc::clone(edge_id);
+                let link = Arc::clone(link);
+                tokio::spawn(async move {
+                    let outcome = upstream.ask_platform(&router, &edge_id, &send).await;
+                    if let Some(proxy) = &upstream.proxy {
+                        proxy.admitted.fetch_sub(1, Ordering::Relaxed);
+                    }
+                    answer(&link, id, outcome);
+                });
+            }
+        }
+    }
+
+    /// `proxy` mode: asks the backend (within the timeout, queueing included) and carries out
+    /// its decision.
+    async fn ask_platform(
+        &self,
+        router: &Router,
+        edge_id: &str,
+        send: &SendRequest,
+    ) -> SendOutcome {
+        let Some(proxy) = &self.proxy else {
+            return refused(SendRefusal::Unavailable, "no platform backend");
+        };
+        let Some(body) = question(edge_id, send) else {
+            self.counters.proxy_error.fetch_add(1, Ordering::Relaxed);
+            return refused(SendRefusal::Unavailable, "the send could not be passed on");
+        };
+        let started = Instant::now();
+        let asked = tokio::time::timeout(proxy.timeout, async {
+            let _slot = proxy.slots.acquire().await;
+            proxy.poster.post(&proxy.uri, body).await
+        })
+        .await;
+        self.latency.record(started.elapsed());
+        let answer = match asked {
+            Err(_) => {
+                self.counters.timeout.fetch_add(1, Ordering::Relaxed);
+                return refused(
+                    SendRefusal::Unavailable,
+                    "the platform did not answer in time; retry later",
+                );
+            }
+            Ok(Err(error)) => {
+                self.counters.proxy_error.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(uri = %proxy.uri, %error, "the send proxy request failed");
+                return refused(
+                    SendRefusal::Unavailable,
+                    "the platform could not be reached",
+                );
+            }
+            Ok(Ok(answer)) => answer,
+        };
+        match crate::proxy::parse_decision(&answer) {
+            Err(error) => {
+                self.counters.proxy_error.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(uri = %proxy.uri, error, "the send proxy answered outside the contract");
+                refused(
+                    SendRefusal::Unavailable,
+                    "the platform's answer was not understood",
+                )
+            }
+            Ok(Decision::Publish {
+                data,
+                priority,
+                kind,
+            }) => {
+                let data = data.as_ref().unwrap_or(&send.data);
+                let kind = kind.as_deref().unwrap_or(&send.kind);
+                self.publish(router, send, priority.unwrap_or(SEND_PRIORITY), kind, data)
+            }
+            Ok(Decision::Accept) => {
+                self.counters.accepted.fetch_add(1, Ordering::Relaxed);
+                SendOutcome::NotBroadcast
+            }
+            Ok(Decision::Reject { code, message }) => {
+                self.counters.rejected.fetch_add(1, Ordering::Relaxed);
+                SendOutcome::Refused {
+                    code: SendRefusal::Rejected,
+                    message,
+                    platform_code: code,
+                }
+            }
+            Ok(Decision::Disconnect { code, reason }) => {
+                self.counters.disconnected.fetch_add(1, Ordering::Relaxed);
+                SendOutcome::Disconnect { code, reason }
+            }
+        }
+    }
+
+    /// Publishes a send into its room, within the room's upstream budget.
+    fn publish(
+        &self,
+        router: &Router,
+        send: &SendRequest,
+        priority: u8,
+        kind: &str,
+        data: &Bytes,
+    ) -> SendOutcome {
+        if !router.admit_send(&send.room, Instant::now()) {
+            self.counters.over_budget.fetch_add(1, Ordering::Relaxed);
+            return SendOutcome::NotBroadcast;
+        }
+        let req = PublishReq {
+            target: TargetRef::Room(&send.room),
+            priority,
+            kind,
+            data: data.clone(),
+            from: Some(&send.user),
+            ack: false,
+        };
+        match router.publish(&[req]).pop() {
+            Some(Ok(published)) => {
+                self.counters.published.fetch_add(1, Ordering::Relaxed);
+                SendOutcome::Published {
+                    msg_seq: published.seq,
+                }
+            }
+            Some(Err(error)) => {
+                self.counters.publish_error.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%error, room = %send.room, "a send could not be published");
+                refused(
+                    SendRefusal::Unavailable,
+                    "the message could not be published",
+                )
+            }
+            None => refused(
+                SendRefusal::Unavailable,
+                "the message could not be published",
+            ),
+        }
+    }
+
+    /// The upstream families of the control plane's `/metrics`.
+    pub fn families(&self, f: &mut Families) {
+        let c = &self.counters;
+        let sends = f.counter(
+            "roomcast_control_sends_total",
+            "Viewers' sends the control plane answered, by result: published, over_budget (not broadcast: the room's --send-budgets), accepted (the platform's accept), rejected, disconnected, forbidden (--send-mode off), timeout, overflow (the proxy queue was full), proxy_error (the backend failed or answered outside the contract), publish_error.",
+            &["result"],
+        );
+        for (result, counter) in [
+            ("published", &c.published),
+            ("over_budget", &c.over_budget),
+            ("accepted", &c.accepted),
+            ("rejected", &c.rejected),
+            ("disconnected", &c.disconnected),
+            ("forbidden", &c.forbidden),
+            ("timeout", &c.timeout),
+            ("overflow", &c.overflow),
+            ("proxy_error", &c.proxy_error),
+            ("publish_error", &c.publish_error),
+        ] {
+            sends.sample(&[result], counter.load(Ordering::Relaxed) as f64);
+        }
+        let buckets: Vec<u64> = self
+            .latency
+            .buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect();
+        f.histogram(
+            "roomcast_control_send_proxy_seconds",
+            "Time the platform's backend (--send-proxy-url) took to answer a send, queueing for a request slot included (timeouts count at the timeout).",
+            &[],
+        )
+        .histogram(
+            &[],
+            &PROXY_BOUNDS,
+            &buckets[..PROXY_BOUNDS.len()],
+            self.latency.count.load(Ordering::Relaxed),
+            self.latency.sum_us.load(Ordering::Relaxed) as f64 / 1e6,
+        );
+        f.gauge(
+            "roomcast_control_send_proxy_waiting",
+            "Sends waiting for the platform's backend or in flight to it.",
+            &[],
+        )
+        .sample(
+            &[],
+            self.proxy
+                .as_ref()
+                .map_or(0, |p| p.admitted.load(Ordering::Relaxed)) as f64,
+        );
+        let r = &self.receipts;
+        let receipts = f.counter(
+            "roomcast_control_receipts_total",
+            "Viewers' receipts (acks of messages published with \"ack\":true): received (first ack of a message), repeated (a later ack of the same message), reported (POSTed to --receipt-url), dropped (the report queue was full).",
+            &["result"],
+        );
+        for (result, counter) in [
+            ("received", &r.received),
+            ("repeated", &r.repeated),
+            ("reported", &r.reported),
+            ("dropped", &r.dropped),
+        ] {
+            receipts.sample(&[result], counter.load(Ordering::Relaxed) as f64);
+        }
+        f.counter(
+            "roomcast_control_receipt_report_failures_total",
+            "Receipt reports to --receipt-url that failed (their receipts are retried while the queue has room).",
+            &[],
+        )
+        .sample(&[], r.report_failures.load(Ordering::Relaxed) as f64);
+    }
+}
+
+/// The backend's question about `send`, as JSON.
+fn question(edge_id: &str, send: &SendRequest) -> Option<Bytes> {
+    let text = std::str::from_utf8(&send.data).ok()?;
+    let data: &RawValue = serde_json::from_str(text).ok()?;
+    let question = SendQuestion {
+        user: &send.user,
+        room: &send.room,
+        kind: &send.kind,
+        data,
+        conn: ConnDescription {
+            edge: edge_id,
+            transport: match send.format {
+                WireFormat::WsJson => "ws-json",
+                WireFormat::WsBinary => "ws-binary",
+                WireFormat::Tcp => "tcp",
+            },
+            peer: &send.peer,
+        },
+    };
+    serde_json::to_vec(&question).ok().map(Bytes::from)
+}
+
+fn refused(code: SendRefusal, message: &str) -> SendOutcome {
+    SendOutcome::Refused {
+        code,
+        message: message.to_owned(),
+        platform_code: String::new(),
+    }
+}
+
+/// Sends the `send result` for send `id` on the edge's link.
+fn answer(link: &LinkHandle, id: u64, outcome: SendOutcome) {
+    let frame = LinkFrame::SendResult(SendResult { id, outcome });
+    let mut out = bytes::BytesMut::new();
+    match link::encode(&frame, &mut out) {
+        Ok(()) => {
+            link.send(out.freeze());
+        }
+        Err(error) => tracing::warn!(%error, "a send result did not encode"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_window_admits_its_budget_per_tick_then_opens_a_new_one() {
+        let t0 = Instant::now();
+        let tick = Duration::from_millis(500);
+        let mut w = SendWindow::default();
+        assert!((0..3).all(|_| w.admit(3, tick, t0)));
+        assert!(!w.admit(3, tick, t0 + Duration::from_millis(499)));
+        assert!(w.admit(3, tick, t0 + tick), "a new tick");
+        assert!(w.admit(3, tick, t0 + tick));
+        // Unlimited never counts; a zero budget admits nothing.
+        let mut w = SendWindow::default();
+        assert!((0..10_000).all(|_| w.admit(link::UNLIMITED, tick, t0)));
+        let mut w = SendWindow::default();
+        assert!(!w.admit(0, tick, t0));
+    }
+}
