@@ -461,12 +461,14 @@ fn families(shared: &Shared, snap: &Snapshot) -> Families {
     for answer in SendAnswer::ALL {
         sends.sample(&[answer.as_str()], total.sends[answer as usize] as f64);
     }
-    f.counter(
+    let acks = f.counter(
         "roomcast_acks_total",
-        "Client acks (receipts) passed on to the control plane.",
-        &[],
-    )
-    .sample(&[], total.acks as f64);
+        "Client acks (receipts): received from clients, sent to the control plane, dropped (the link was down).",
+        &["result"],
+    );
+    acks.sample(&["received"], total.acks as f64);
+    acks.sample(&["sent"], snap.hub.acks_sent as f64);
+    acks.sample(&["dropped"], snap.hub.acks_dropped as f64);
 
     // Rooms.
     let levels: Vec<String> = snap.levels.keys().map(|l| l.to_string()).collect();

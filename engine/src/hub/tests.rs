@@ -1530,3 +1530,153 @@ fn a_window_missing_messages_the_answer_covers_is_not_taken_live_by_the_recoveri
         vec![(9, "ep".into(), 14, Ok((6..=14).collect()))]
     );
 }
+
+// ---- upstream --------------------------------------------------------------------------------
+
+fn send_from(worker: usize, token: u64, user: &str) -> ToHub {
+    ToHub::Send(Box::new(crate::fanout::SendRequest {
+        worker,
+        token,
+        conn: ConnId::new(token as usize, 1),
+        user: user.into(),
+        room: "r1".into(),
+        kind: "chat".into(),
+        data: Bytes::from_static(br#"{"text":"hi"}"#),
+        format: WireFormat::Tcp,
+        peer: "10.0.0.1:4000".into(),
+    }))
+}
+
+fn sends_sent(frames: &[LinkFrame]) -> Vec<&link::SendRequest> {
+    frames
+        .iter()
+        .filter_map(|f| match f {
+            LinkFrame::Send(s) => Some(s),
+            _ => None,
+        })
+        .collect()
+}
+
+fn send_dones(messages: &[ToWorker]) -> Vec<(u64, crate::fanout::SendOutcome)> {
+    messages
+        .iter()
+        .filter_map(|m| match m {
+            ToWorker::SendDone { token, outcome, .. } => Some((*token, outcome.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_users_connections_on_every_core_share_one_bucket_and_the_answer_finds_its_worker() {
+    use crate::fanout::SendOutcome;
+    let mut h = Harness::new(2);
+    // Burst 5 (the harness's limit), spent over both workers.
+    for token in 1..=6 {
+        let worker = (token % 2) as usize;
+        h.core.handle_worker(send_from(worker, token, "u1"), h.now);
+    }
+    h.core.handle_worker(send_from(0, 7, "u2"), h.now);
+    let sent = h.sent();
+    let sent = sends_sent(&sent);
+    assert_eq!(sent.len(), 6, "u1's burst of 5 and u2's send");
+    assert_eq!(sent[0].user, "u1");
+    assert_eq!(sent[0].peer, "10.0.0.1:4000");
+    assert_eq!(sent[5].user, "u2");
+    // The 6th of u1 (token 6, worker 0) is refused by the hub.
+    let refused = send_dones(&h.received(0));
+    assert!(
+        matches!(
+            refused.as_slice(),
+            [(
+                6,
+                SendOutcome::RateLimited {
+                    retry_after_ms: 500
+                }
+            )]
+        ),
+        "{refused:?}"
+    );
+    // The control plane's answer to token 3 (worker 1) goes to worker 1.
+    let id = sent[2].id;
+    h.control_says(LinkFrame::SendResult(link::SendResult {
+        id,
+        outcome: link::SendOutcome::Published { msg_seq: 9 },
+    }));
+    assert_eq!(
+        send_dones(&h.received(1)),
+        [(
+            3,
+            SendOutcome::Link(link::SendOutcome::Published { msg_seq: 9 })
+        )]
+    );
+    // Refilled after a second: two more.
+    h.advance(Duration::from_secs(1));
+    h.core.handle_worker(send_from(0, 8, "u1"), h.now);
+    h.core.handle_worker(send_from(0, 9, "u1"), h.now);
+    assert_eq!(sends_sent(&h.sent()).len(), 2);
+}
+
+#[test]
+fn sends_while_the_link_is_down_or_lost_in_flight_are_answered_unavailable() {
+    use crate::fanout::SendOutcome;
+    let mut h = Harness::new(1);
+    h.core.handle_worker(send_from(0, 1, "u1"), h.now);
+    assert_eq!(sends_sent(&h.sent()).len(), 1);
+    h.core.link_failed("test", h.now);
+    assert_eq!(send_dones(&h.received(0)), [(1, SendOutcome::Unavailable)]);
+    h.core.handle_worker(send_from(0, 2, "u1"), h.now);
+    assert!(sends_sent(&h.sent()).is_empty());
+    assert_eq!(send_dones(&h.received(0)), [(2, SendOutcome::Unavailable)]);
+}
+
+#[test]
+fn a_rounds_acks_go_to_the_control_plane_in_one_frame_and_none_while_down() {
+    let mut h = Harness::new(1);
+    for msg_seq in [7, 8] {
+        h.core.handle_worker(
+            ToHub::Ack {
+                user: "u1".into(),
+                msg_seq,
+                at_ms: 1_000 + msg_seq,
+            },
+            h.now,
+        );
+    }
+    h.advance(Duration::from_millis(1));
+    let acks: Vec<link::Acks> = h
+        .sent()
+        .into_iter()
+        .filter_map(|f| match f {
+            LinkFrame::Acks(a) => Some(a),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(acks.len(), 1);
+    assert_eq!(
+        acks[0].acks,
+        [
+            link::Ack {
+                user: "u1".into(),
+                msg_seq: 7,
+                at_ms: 1_007
+            },
+            link::Ack {
+                user: "u1".into(),
+                msg_seq: 8,
+                at_ms: 1_008
+            }
+        ]
+    );
+    h.core.link_failed("test", h.now);
+    h.core.handle_worker(
+        ToHub::Ack {
+            user: "u1".into(),
+            msg_seq: 9,
+            at_ms: 1,
+        },
+        h.now,
+    );
+    assert_eq!(h.core.stats().acks_dropped, 1);
+    assert_eq!(h.core.stats().acks_sent, 2);
+}

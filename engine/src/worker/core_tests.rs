@@ -2127,3 +2127,6 @@ fn a_join_that_brings_a_new_wire_format_to_a_confirmed_room_waits_for_the_hub() 
         "the join reply comes with the hub's answer"
     );
 }
+
+#[path = "send_tests.rs"]
+mod send;
