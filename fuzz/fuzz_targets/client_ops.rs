@@ -56,7 +56,10 @@ fn check_op(op: &ClientOp) {
             }
         }
         ClientOp::History { limit, .. } => assert!((1..=MAX_HISTORY_LIMIT).contains(limit)),
-        ClientOp::Leave { .. } | ClientOp::Ping { .. } => {}
+        ClientOp::Leave { .. }
+        | ClientOp::Ping { .. }
+        | ClientOp::Send { .. }
+        | ClientOp::Ack { .. } => {}
     }
 }
 
@@ -67,9 +70,27 @@ fn fits_json(op: &ClientOp) -> bool {
             since.as_ref().map_or(0, |s| s.seq)
         }
         ClientOp::History { since, .. } => *since,
+        ClientOp::Ack { msg_seq, .. } => *msg_seq,
+        // A binary send's data is not checked by the decoder (the edge answers it), and only
+        // JSON data can ride in a JSON op.
+        ClientOp::Send { data, .. } => {
+            if !is_json(data) {
+                return false;
+            }
+            0
+        }
         ClientOp::Leave { .. } | ClientOp::Ping { .. } => 0,
     };
     op.seq() <= MAX_JSON_SEQ && extra <= MAX_JSON_SEQ
+}
+
+/// True when `data` is one JSON value with nothing around it (what a JSON op keeps as raw
+/// text): a quick check by decoding it as the `data` of a JSON op.
+fn is_json(data: &[u8]) -> bool {
+    let mut text = br#"{"op":"send","seq":0,"room":"r","kind":"k","data":"#.to_vec();
+    text.extend_from_slice(data);
+    text.push(b'}');
+    matches!(decode_json(&text), Ok(ClientOp::Send { data: got, .. }) if &got[..] == data)
 }
 
 /// True when the op's strings fit the binary `str8`/`str16` fields without being cut.
@@ -79,6 +100,17 @@ fn fits_binary(op: &ClientOp) -> bool {
         ClientOp::Join { room, .. }
         | ClientOp::Leave { room, .. }
         | ClientOp::History { room, .. } => room.len() <= usize::from(u8::MAX),
+        ClientOp::Send {
+            room, kind, data, ..
+        } => {
+            room.len() <= usize::from(u8::MAX)
+                && kind.len() <= usize::from(u8::MAX)
+                && u32::try_from(data.len()).is_ok()
+        }
+        // Binary spells "no user" as an empty one.
+        ClientOp::Ack { user, .. } => user
+            .as_ref()
+            .is_none_or(|u| !u.is_empty() && u.len() <= usize::from(u8::MAX)),
         ClientOp::Ping { .. } => true,
     }
 }
@@ -127,6 +159,8 @@ fn check_reply(op: &ClientOp) {
                     data: bytes::Bytes::from_static(b"{}"),
                     merged: 0,
                     is_final: false,
+                    from: None,
+                    ack: false,
                 })
                 .collect();
             ReplyExtra {
@@ -136,7 +170,14 @@ fn check_reply(op: &ClientOp) {
                 ..ReplyExtra::default()
             }
         }
-        ClientOp::Leave { .. } | ClientOp::Ping { .. } => ReplyExtra::default(),
+        ClientOp::Send { .. } => ReplyExtra {
+            msg_seq: Some(seq),
+            not_broadcast: seq % 2 == 0,
+            ..ReplyExtra::default()
+        },
+        ClientOp::Leave { .. } | ClientOp::Ping { .. } | ClientOp::Ack { .. } => {
+            ReplyExtra::default()
+        }
     };
     for format in WireFormat::ALL {
         let frame = encode_reply_ok(format, seq, &extra);
