@@ -72,7 +72,14 @@ pub enum SendMode {
                   first), so that a client resuming from its last (epoch, seq) gets exactly what \
                   it missed, or is told why not (--recover-max-messages, --recover-max-bytes). \
                   A publish carrying an \"id\" is published once per channel within \
-                  --dedupe-window-s."
+                  --dedupe-window-s.\n\n\
+                  Upstream: viewers' sends (danmaku) are published into their room (--send-mode \
+                  direct), decided by the platform's backend first (--send-mode proxy, \
+                  --send-proxy-url) or refused (--send-mode off), within the room's budget \
+                  (--send-budgets). The embedded edge's send limits are roomcast-edge's \
+                  ROOMCAST_SEND_RATE, ROOMCAST_SEND_BURST, ROOMCAST_MAX_SEND_BYTES and \
+                  ROOMCAST_SEND_KINDS. Receipts of messages published with \"ack\":true are \
+                  answered by GET /v1/users/{user}/messages/{seq} and reported to --receipt-url."
 )]
 #[serde(default, deny_unknown_fields)]
 pub struct ControlConfig {
@@ -315,7 +322,7 @@ pub struct ControlConfig {
 
     /// The platform's backend that decides each send (an `http://` URL; POST, JSON): it
     /// answers publish (optionally replacing data, priority or kind), accept, reject or
-    /// disconnect (control/README.md "Upstream").
+    /// disconnect (control/README.md "Upstream and receipts").
     #[arg(long, env = "ROOMCAST_SEND_PROXY_URL", default_value = "")]
     pub send_proxy_url: String,
 

@@ -1,4 +1,4 @@
-//! The publish proxy's HTTP side (control/README.md "Upstream"): the request the platform's
+//! The publish proxy's HTTP side (control/README.md "Upstream and receipts"): the request the platform's
 //! backend gets for each viewer's send, the answers it may give, and a client that POSTs JSON
 //! over pooled HTTP/1.1 keep-alive connections with a bounded response size.
 //!
