@@ -1637,4 +1637,120 @@ mod tests {
         assert_eq!(status, StatusCode::OK);
         assert_eq!(value, doc);
     }
+
+    #[tokio::test]
+    async fn a_user_message_says_whether_it_was_acknowledged() {
+        let h = harness();
+        let (status, body) = h
+            .call(
+                "POST",
+                "/v1/users/u1/messages",
+                Some(r#"{"priority":1,"kind":"reward","data":{"coins":5},"ack":true}"#),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let seq = body["seq"].as_u64().unwrap();
+        let (status, body) = h
+            .call("GET", &format!("/v1/users/u1/messages/{seq}"), None)
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            body,
+            json!({"user": "u1", "seq": seq, "acknowledged": false})
+        );
+        let edge: Arc<str> = "e1".into();
+        h.state.upstream.receipts.record(
+            &edge,
+            vec![roomcast_proto::link::Ack {
+                user: "u1".into(),
+                msg_seq: seq,
+                at_ms: 1_764_860_000_123,
+            }],
+        );
+        let (_, body) = h
+            .call("GET", &format!("/v1/users/u1/messages/{seq}"), None)
+            .await;
+        assert_eq!(
+            body,
+            json!({"user": "u1", "seq": seq, "acknowledged": true, "edge": "e1", "at_ms": 1_764_860_000_123u64})
+        );
+        for (path, status) in [
+            (
+                format!("/v1/users/u1/messages/{}", seq + 1),
+                StatusCode::NOT_FOUND,
+            ),
+            ("/v1/users/u1/messages/0".to_owned(), StatusCode::NOT_FOUND),
+            (
+                "/v1/users/u1/messages/x".to_owned(),
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                "/v1/users/u%201/messages/1".to_owned(),
+                StatusCode::BAD_REQUEST,
+            ),
+        ] {
+            let (got, body) = h.call("GET", &path, None).await;
+            assert_eq!(got, status, "{path}: {body}");
+        }
+        let (_, body) = h.call("GET", "/v1/users/u1/messages/99", None).await;
+        assert_eq!(error_code(&body), "no_such_message");
+    }
+
+    #[tokio::test]
+    async fn ack_is_for_user_messages_only_and_not_with_merge() {
+        let h = harness();
+        for (path, body, says) in [
+            (
+                "/v1/rooms/r1/messages",
+                r#"{"priority":1,"kind":"k","data":1,"ack":true}"#,
+                "for messages to a user",
+            ),
+            (
+                "/v1/broadcast",
+                r#"{"priority":1,"kind":"k","data":1,"ack":true}"#,
+                "for messages to a user",
+            ),
+            (
+                "/v1/users/u1/messages",
+                r#"{"priority":1,"kind":"k","data":1,"ack":"yes"}"#,
+                "ack must be true or false",
+            ),
+            (
+                "/v1/users/u1/messages",
+                r#"{"priority":1,"kind":"k","data":{"n":1},"ack":true,"merge":{"key":"a","op":"latest"}}"#,
+                "cannot be combined",
+            ),
+        ] {
+            let (status, value) = h.call("POST", path, Some(body)).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+            let message = value["error"]["message"].as_str().unwrap();
+            assert!(message.contains(says), "{body}: {message}");
+        }
+        let (status, _) = h
+            .call(
+                "POST",
+                "/v1/users/u1/messages",
+                Some(r#"{"priority":1,"kind":"k","data":1,"ack":false}"#),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn a_token_can_be_minted_for_a_viewer_who_may_not_send() {
+        let h = harness();
+        let (status, body) = h
+            .call("POST", "/v1/tokens", Some(r#"{"user":"u1","send":false}"#))
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        let verifier = Verifier::new(b"test-secret");
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let claims = verifier
+            .verify(body["token"].as_str().unwrap(), now)
+            .unwrap();
+        assert_eq!(claims.send, Some(false));
+    }
 }

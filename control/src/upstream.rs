@@ -455,6 +455,151 @@ fn answer(link: &LinkHandle, id: u64, outcome: SendOutcome) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::router::tests::{report, FakeEdge};
+
+    fn upstream(args: &[&str]) -> (Arc<Upstream>, Arc<Router>) {
+        let config = ControlConfig::load_from(
+            std::iter::once("roomcast-control").chain(args.iter().copied()),
+        )
+        .expect("a valid configuration");
+        let router = Router::new(config.levels().unwrap(), Duration::from_secs(3), 64 << 20);
+        let upstream = Upstream::from_config(&config).expect("an upstream");
+        (Arc::new(upstream), Arc::new(router))
+    }
+
+    fn member_edge(router: &Router) -> FakeEdge {
+        let edge = FakeEdge::register(router, "e1", 1_000);
+        router.apply_report(
+            edge.key,
+            report(true, &[("r1", 3)], &[("u1", 1)]),
+            Instant::now(),
+        );
+        edge
+    }
+
+    fn chat(id: u64) -> SendRequest {
+        SendRequest {
+            id,
+            user: "u1".into(),
+            room: "r1".into(),
+            kind: "chat".into(),
+            data: Bytes::from_static(br#"{"text":"666"}"#),
+            format: WireFormat::WsJson,
+            peer: "127.0.0.1:5000".into(),
+        }
+    }
+
+    fn results(frames: &[LinkFrame]) -> Vec<(u64, SendOutcome)> {
+        frames
+            .iter()
+            .filter_map(|f| match f {
+                LinkFrame::SendResult(r) => Some((r.id, r.outcome.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn direct_sends_are_published_with_the_sender_before_their_result() {
+        let (upstream, router) = upstream(&["--send-mode", "direct"]);
+        let mut edge = member_edge(&router);
+        edge.frames();
+        let edge_id: Arc<str> = "e1".into();
+        upstream.handle_send(&router, &edge_id, &edge.link, chat(7));
+        let frames = edge.frames();
+        let [LinkFrame::Publish(publish), LinkFrame::SendResult(result)] = &frames[..] else {
+            panic!("a publish, then the result: {frames:?}");
+        };
+        assert_eq!(
+            publish.target,
+            roomcast_proto::message::Target::Room("r1".into())
+        );
+        assert_eq!(publish.msg.from.as_deref(), Some("u1"));
+        assert_eq!(publish.msg.priority, SEND_PRIORITY);
+        assert_eq!(&publish.msg.data[..], br#"{"text":"666"}"#);
+        assert_eq!(result.id, 7);
+        assert_eq!(
+            result.outcome,
+            SendOutcome::Published {
+                msg_seq: publish.msg.seq
+            }
+        );
+        // The history keeps the sender.
+        let page = router.history(TargetRef::Room("r1"), 0, 10);
+        assert_eq!(page.msgs[0].from(), Some("u1"));
+    }
+
+    #[test]
+    fn past_the_rooms_budget_a_send_is_answered_not_broadcast_and_not_published() {
+        let (upstream, router) = upstream(&[
+            "--send-budgets",
+            "2,2,2,2",
+            "--level-ticks-ms",
+            "60000,60000,60000,60000",
+        ]);
+        let mut edge = member_edge(&router);
+        edge.frames();
+        let edge_id: Arc<str> = "e1".into();
+        for id in 1..=3 {
+            upstream.handle_send(&router, &edge_id, &edge.link, chat(id));
+        }
+        let frames = edge.frames();
+        let publishes = frames
+            .iter()
+            .filter(|f| matches!(f, LinkFrame::Publish(_)))
+            .count();
+        assert_eq!(publishes, 2);
+        assert_eq!(
+            results(&frames),
+            [
+                (1, SendOutcome::Published { msg_seq: 1 }),
+                (2, SendOutcome::Published { msg_seq: 2 }),
+                (3, SendOutcome::NotBroadcast),
+            ]
+        );
+    }
+
+    #[test]
+    fn with_sends_off_every_send_is_forbidden() {
+        let (upstream, router) = upstream(&["--send-mode", "off"]);
+        let mut edge = member_edge(&router);
+        edge.frames();
+        let edge_id: Arc<str> = "e1".into();
+        upstream.handle_send(&router, &edge_id, &edge.link, chat(1));
+        let results = results(&edge.frames());
+        assert!(
+            matches!(
+                &results[..],
+                [(
+                    1,
+                    SendOutcome::Refused {
+                        code: SendRefusal::Forbidden,
+                        ..
+                    }
+                )]
+            ),
+            "{results:?}"
+        );
+    }
+
+    #[test]
+    fn a_proxy_mode_without_a_url_is_a_configuration_error() {
+        let error =
+            ControlConfig::load_from(["roomcast-control", "--send-mode", "proxy"]).unwrap_err();
+        assert!(error.to_string().contains("--send-proxy-url"), "{error}");
+        let error = ControlConfig::load_from([
+            "roomcast-control",
+            "--send-proxy-url",
+            "https://example.com/x",
+        ])
+        .unwrap_err();
+        assert!(error.to_string().contains("http://"), "{error}");
+        let config =
+            ControlConfig::load_from(["roomcast-control", "--send-proxy-url", "http://b:1/s"])
+                .unwrap();
+        assert_eq!(config.send_mode(), SendMode::Proxy);
+        assert_eq!(ControlConfig::default().send_mode(), SendMode::Direct);
+    }
 
     #[test]
     fn a_window_admits_its_budget_per_tick_then_opens_a_new_one() {
