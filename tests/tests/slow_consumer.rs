@@ -19,7 +19,10 @@ use roomcast_tests::{
 };
 
 const SLOW: u16 = 4008;
-const MESSAGES: usize = 2000;
+/// 6 s of stream: a quarter of it (~750 KiB) is priority 0, which a stalled reader's queue keeps
+/// whole, so it passes the 512 KiB hard bound with room to spare (its kernel buffers hold less
+/// than 100 KiB of it), while a healthy reader would have to stop reading for 4 s to get there.
+const MESSAGES: usize = 3000;
 const HEALTHY_MEMBERS: usize = 20;
 /// The healthy readers' p99 from publish to arrival must stay under this: several times what a
 /// healthy edge shows, so that a busy 2-core test host does not fail it.
@@ -31,7 +34,7 @@ fn a_stalled_reader_is_closed_with_4008_while_healthy_members_get_everything_in_
         #[rustfmt::skip]
         let mut edge = Edge::start(io, &[
             "--queue-soft-bytes", "65536",
-            "--queue-hard-bytes", "262144",
+            "--queue-hard-bytes", "524288",
             "--tick-ms", "20",
         ])
         .await;
@@ -41,7 +44,7 @@ fn a_stalled_reader_is_closed_with_4008_while_healthy_members_get_everything_in_
 
         let readers = spawn_healthy_readers(&edge, &room, HEALTHY_MEMBERS, MESSAGES).await;
 
-        // ~1 KiB messages, 10 every 20 ms (4 s). Every fourth is priority 0, which is never
+        // ~1 KiB messages, 10 every 20 ms (6 s). Every fourth is priority 0, which is never
         // shed, so the stalled readers' queues must reach the hard bound.
         let start = Instant::now();
         let sent = stream_padded(&mut edge, start, MESSAGES, |i| (i % 4) as u8, "gift").await;
