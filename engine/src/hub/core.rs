@@ -926,10 +926,16 @@ impl HubCore {
     fn send(&mut self, send: Box<SendRequest>, now: Instant) {
         let now_ms = self.clock_ms(now);
         let limit = self.config.send_limit;
+        // Looked up before inserting: a user who sends often has a bucket, and the key's copy
+        // is made only for a new one.
+        if !self.user_buckets.contains_key(&send.user) {
+            self.user_buckets
+                .insert(send.user.clone(), limit.full_bucket(now_ms));
+        }
         let bucket = self
             .user_buckets
-            .entry(send.user.clone())
-            .or_insert_with(|| limit.full_bucket(now_ms));
+            .get_mut(&send.user)
+            .expect("inserted above");
         let refused = match limit.take(bucket, now_ms) {
             Err(retry_after_ms) => Some(SendOutcome::RateLimited { retry_after_ms }),
             Ok(()) if self.link != Link::Up => Some(SendOutcome::Unavailable),
