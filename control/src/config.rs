@@ -110,6 +110,12 @@ pub struct ControlConfig {
     #[arg(long, env = "ROOMCAST_TOKENS_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
     pub tokens_enabled: bool,
 
+    /// In development mode (the built-in development API key in use), serve the H5 live-room
+    /// demo at /demo/ (examples/h5-room on the SDK of sdk/js) with a token endpoint for it
+    /// (/demo/token); false turns it off. A control plane with its own --api-key never serves it.
+    #[arg(long, env = "ROOMCAST_DEMO", default_value_t = true, action = clap::ArgAction::Set)]
+    pub demo: bool,
+
     /// Run the control plane alone, without the embedded edge.
     #[arg(long, env = "ROOMCAST_NO_EMBEDDED_EDGE")]
     pub no_embedded_edge: bool,
@@ -617,6 +623,11 @@ impl ControlConfig {
     /// True when the API key is the built-in development key.
     pub fn uses_dev_api_key(&self) -> bool {
         self.api_key == DEV_API_KEY
+    }
+
+    /// Whether `/demo/` is served: development mode and `--demo` on.
+    pub fn serves_demo(&self) -> bool {
+        self.demo && self.uses_dev_api_key()
     }
 
     pub fn startup_grace(&self) -> Duration {

@@ -11,6 +11,7 @@
 
 pub mod api;
 pub mod config;
+pub mod demo;
 pub mod dispatch;
 pub mod history;
 pub mod levels;

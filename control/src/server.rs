@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 
 use crate::api::{self, ApiSettings, AppState};
 use crate::config::ControlConfig;
+use crate::demo;
 use crate::linkserver;
 use crate::router::Router;
 use crate::upstream::Upstream;
@@ -102,7 +103,15 @@ pub async fn run(
         metrics: Arc::default(),
         upstream,
     };
-    let served = axum::serve(api_listener, api::app(state))
+    let mut app = api::app(state);
+    if config.serves_demo() {
+        app = app.merge(demo::routes(demo::Demo {
+            page_dir: demo::default_page_dir(),
+            sdk_dir: demo::default_sdk_dir(),
+            jwt_secret: config.jwt_secret.clone(),
+        }));
+    }
+    let served = axum::serve(api_listener, app)
         .with_graceful_shutdown(shutdown)
         .await;
     // What waits in merge windows was accepted: publish it while the edges are still linked.
@@ -216,6 +225,12 @@ fn banner(
          3. publish:\n     \
          {curl} -d '{{\"priority\":2,\"kind\":\"chat\",\"data\":{{\"text\":\"hello\"}}}}' http://{api}/v1/rooms/r1/messages"
     );
+    if config.serves_demo() && edge.is_some() {
+        text += &format!(
+            "\nOr open the live-room demo in a browser: http://{api}/demo/\n  \
+             (and drive its room: node examples/h5-room/publisher.mjs --api http://{api})"
+        );
+    }
     text
 }
 
