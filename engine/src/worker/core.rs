@@ -1483,17 +1483,23 @@ impl WorkerCore {
                 since: now,
             },
         );
-        self.sends_out.push(Box::new(SendRequest {
-            worker: self.index,
-            token,
-            conn: id,
-            user,
-            room: room.into(),
-            kind: kind.into(),
-            data,
-            format,
-            peer: String::new(),
-        }));
+        // `poll_action` takes sends from the end: the newest goes in front, so that a
+        // connection's sends reach the hub (and the control plane numbers them) in the order
+        // the client sent them, also when several arrive in one round.
+        self.sends_out.insert(
+            0,
+            Box::new(SendRequest {
+                worker: self.index,
+                token,
+                conn: id,
+                user,
+                room: room.into(),
+                kind: kind.into(),
+                data,
+                format,
+                peer: String::new(),
+            }),
+        );
     }
 
     /// Answers a send with an error (with its details) and counts it; a connection refused
