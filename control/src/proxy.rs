@@ -70,7 +70,9 @@ pub enum Decision {
 #[derive(Deserialize)]
 struct RawDecision {
     result: String,
-    #[serde(default)]
+    /// `Some` whenever the field is present, `null` included: a backend replacing the data
+    /// with `null` must not get the viewer's data published as sent.
+    #[serde(default, deserialize_with = "present")]
     data: Option<Box<RawValue>>,
     #[serde(default)]
     priority: Option<u8>,
@@ -83,6 +85,11 @@ struct RawDecision {
     message: Option<String>,
     #[serde(default)]
     reason: Option<String>,
+}
+
+/// A field that is present, whatever its value (`null` too), as `Some`.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>, D::Error> {
+    Box::<RawValue>::deserialize(d).map(Some)
 }
 
 /// Reads and checks the backend's answer body; the error says what is wrong with it (the
@@ -240,6 +247,14 @@ mod tests {
                 data: Some(Bytes::from_static(br#"{"text":"***","level":7}"#)),
                 priority: Some(2),
                 kind: Some("vip_chat".into()),
+            })
+        );
+        assert_eq!(
+            parse_decision(br#"{"result":"publish","data":null}"#),
+            Ok(Decision::Publish {
+                data: Some(Bytes::from_static(b"null")),
+                priority: None,
+                kind: None,
             })
         );
         assert_eq!(
