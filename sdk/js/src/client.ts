@@ -1,0 +1,812 @@
+// The client: one WebSocket at a time to an edge, found through the dispatcher or fixed URLs;
+// auth, rooms (re)joined with `since`, gaps filled from history, pings and a dead-connection
+// watchdog, reconnects with backoff and full jitter decided by the close-code table. The pure
+// pieces it drives (backoff, state machines, SeqTracker, codecs) live in their own modules.
+import { Backoff, type BackoffOptions } from "./backoff.js";
+import {
+  BroadcastChannel,
+  Room,
+  UserChannel,
+  makeMessage,
+  type ChannelHost,
+  type HistoryResult,
+  type SendResult,
+} from "./channel.js";
+import { closeAction, type CloseAction } from "./closecodes.js";
+import { systemClock, type Clock, type TimerHandle } from "./clock.js";
+import { decodeBinary, encodeBinary } from "./codec/binary.js";
+import { decodeJson, encodeJson } from "./codec/json.js";
+import { Emitter } from "./emitter.js";
+import { RoomcastError } from "./errors.js";
+import type { ClientOp, Frame, Reply, ServerMessage, WireMessage } from "./protocol.js";
+import { CONNECTION_TRANSITIONS, StateMachine, type ConnectionState, type StateChange } from "./states.js";
+import { tokenExpiry, tokenSubject } from "./token.js";
+
+/** The part of the WebSocket interface the client uses: the browser's, or the `ws` package's in Node. */
+export interface WebSocketLike {
+  readonly readyState: number;
+  binaryType: string;
+  send(data: string | ArrayBufferLike | ArrayBufferView): void;
+  close(code?: number, reason?: string): void;
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  onopen: ((ev: any) => void) | null;
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  onmessage: ((ev: any) => void) | null;
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  onclose: ((ev: any) => void) | null;
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  onerror: ((ev: any) => void) | null;
+}
+
+export type WebSocketConstructor = new (url: string) => WebSocketLike;
+
+type FetchLike = (url: string, init?: { signal?: AbortSignal; headers?: Record<string, string> }) => Promise<{
+  ok: boolean;
+  status: number;
+  json(): Promise<unknown>;
+}>;
+
+export interface ClientOptions {
+  /**
+   * The control plane's dispatch URL, e.g. `https://api.example.com/v1/dispatch?transport=ws`
+   * (`transport=ws` is added when missing). Its addresses are tried in order.
+   */
+  dispatchUrl?: string;
+  /** Fixed WebSocket URL(s) instead of dispatch, tried in order, e.g. `wss://edge.example.com/ws`. */
+  url?: string | string[];
+  /** Returns a client token (a JWT minted by your backend). Called again when it expires or is refused. */
+  getToken: () => string | Promise<string>;
+  /** The WebSocket constructor (default: `globalThis.WebSocket`; in Node 20 pass the `ws` package's). */
+  WebSocket?: WebSocketConstructor;
+  /** `fetch` for the dispatcher (default: `globalThis.fetch`). */
+  fetch?: FetchLike;
+  /** Wire encoding (default `json`). `binary` is smaller and cheaper to decode on the server's side. */
+  encoding?: "json" | "binary";
+  /** Rewrites a dispatched address, e.g. to `wss://` behind a TLS terminator. */
+  mapAddress?: (address: string) => string;
+  /** A `ping` op this often (default 25000 ms; the server closes silent connections after 90 s). */
+  pingIntervalMs?: number;
+  /** Nothing received for this long means the connection is dead: reconnect (default 40000 ms). */
+  deadTimeoutMs?: number;
+  /** Dispatch, socket open and auth reply must each finish within this (default 10000 ms). */
+  connectTimeoutMs?: number;
+  /** An op unanswered this long fails with `timeout` and the connection is taken for dead (default 15000 ms). */
+  requestTimeoutMs?: number;
+  /** Reconnect backoff: uniform in [minMs, min(capMs, baseMs·2^attempt)]. Defaults 1000 / 30000 / 100 ms. */
+  backoff?: BackoffOptions;
+  /** Overrides of the close-code table (DEFAULT_CLOSE_ACTIONS), e.g. `{4403: "reconnect"}`. */
+  closeActions?: Record<number, CloseAction>;
+  /** What a 4000–4999 code not in the table (the platform's own) means (default `stop`). */
+  platformCloseAction?: CloseAction;
+  /** Confirm messages that ask for it as soon as the `message` listeners ran (default true). */
+  autoAck?: boolean;
+  /** Fetch a live gap's messages with `history` (default true). Off: gaps are reported `lost` at once. */
+  gapFill?: boolean;
+  /** Gaps longer than this are not fetched but reported `lost` (default 1000). */
+  maxGapFill?: number;
+  /** A token expiring within this is replaced before it is used (default 5000 ms). */
+  tokenRefreshMarginMs?: number;
+  /** After a `rate_limited` reply, refuse sends locally until its retry_after_ms has passed (default true). */
+  localRateLimit?: boolean;
+  /** After a `4030 send flood` close, refuse sends locally this long (default 10000 ms). */
+  sendPauseAfterFloodMs?: number;
+  /** Time source (tests). */
+  clock?: Clock;
+  /** Random source in [0, 1) for the jitter (tests). */
+  random?: () => number;
+}
+
+export interface ReconnectEvent {
+  /** Failed attempts since the last successful auth (1 for the first retry). */
+  attempt: number;
+  /** The delay before the next attempt. */
+  delayMs: number;
+  /** The close code (or a client code such as `dispatch_failed`) that caused it. */
+  code: number | string | undefined;
+  reason: string | undefined;
+}
+
+export type ClientEvents = {
+  state: (change: StateChange<ConnectionState>) => void;
+  reconnect: (e: ReconnectEvent) => void;
+  /** Non-fatal problems: a failed dispatch or getToken, a malformed frame, a listener that threw. */
+  error: (err: Error) => void;
+};
+
+interface Pending {
+  op: ClientOp["op"];
+  onReply: (r: Reply) => void;
+  onFail: (e: RoomcastError) => void;
+  timer: TimerHandle;
+}
+
+class Session {
+  nextSeq = 1;
+  pending = new Map<number, Pending>();
+  authed = false;
+  lastRx: number;
+  timers: TimerHandle[] = [];
+  pingTimer: TimerHandle | undefined;
+  watchdog: TimerHandle | undefined;
+  connectTimer: TimerHandle | undefined;
+  constructor(
+    readonly ws: WebSocketLike,
+    readonly address: string,
+    now: number,
+  ) {
+    this.lastRx = now;
+  }
+}
+
+const HISTORY_IN_FLIGHT = 4; // the edge's limit per connection (PROTOCOL.md §5)
+
+export class RoomcastClient extends Emitter<ClientEvents> {
+  /** The user's private channel. */
+  readonly user: UserChannel;
+  /** Messages to everyone. */
+  readonly broadcast: BroadcastChannel;
+
+  private readonly opts: ClientOptions;
+  private readonly clock: Clock;
+  private readonly WS: WebSocketConstructor;
+  private readonly fetchFn: FetchLike | undefined;
+  private readonly backoff: Backoff;
+  private readonly sm = new StateMachine<ConnectionState>("disconnected", CONNECTION_TRANSITIONS);
+  private readonly roomsById = new Map<string, Room>();
+  private readonly host: ChannelHost;
+  private readonly fixedUrls: string[];
+
+  private session: Session | undefined;
+  private gen = 0;
+  private retryTimer: TimerHandle | undefined;
+  private connectWaiters: Array<{ resolve: () => void; reject: (e: Error) => void }> = [];
+  private addresses: string[] = [];
+  private addrIndex = 0;
+  private needDispatch = true;
+  private token: string | undefined;
+  private tokenStale = false;
+  private authRejections = 0;
+  private pendingAcks: number[] = [];
+  private historyInFlight = 0;
+  private historyQueue: Room[] = [];
+  private roomRetry = new Map<Room, TimerHandle>();
+  private roomBackoff = new Map<Room, Backoff>();
+  private rateLimitedUntil = 0;
+  private sendPausedUntil = 0;
+
+  constructor(options: ClientOptions) {
+    super();
+    if (!options || typeof options.getToken !== "function") throw new TypeError("roomcast: getToken is required");
+    if (!options.dispatchUrl && !options.url) throw new TypeError("roomcast: give dispatchUrl or url");
+    this.opts = options;
+    this.clock = options.clock ?? systemClock;
+    const WS = options.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
+    if (!WS) {
+      throw new TypeError("roomcast: no WebSocket here (Node 20): pass one, e.g. `import WebSocket from 'ws'` and `{WebSocket}`");
+    }
+    this.WS = WS;
+    this.fetchFn = options.fetch ?? ((globalThis as { fetch?: FetchLike }).fetch?.bind(globalThis) as FetchLike | undefined);
+    this.backoff = new Backoff(options.backoff, options.random ?? Math.random);
+    this.fixedUrls = options.url === undefined ? [] : Array.isArray(options.url) ? [...options.url] : [options.url];
+    this.onListenerError = (err) => this.report(err);
+    // eslint-disable-next-line @typescript-eslint/no-this-alias
+    const self = this;
+    this.host = {
+      get autoAck() {
+        return self.opts.autoAck ?? true;
+      },
+      sendAck: (n) => this.sendAck(n),
+      listenerError: (err) => this.report(err),
+      roomJoin: (room) => this.roomJoin(room),
+      roomLeave: (room) => this.roomLeave(room),
+      roomSend: (room, kind, data) => this.roomSend(room, kind, data),
+      roomHistory: (room, since, limit) => this.roomHistory(room, since, limit),
+    };
+    this.user = new UserChannel(this.host);
+    this.broadcast = new BroadcastChannel(this.host);
+  }
+
+  /** `disconnected`, `connecting` (dialling, or waiting to retry) or `connected` (authenticated). */
+  get state(): ConnectionState {
+    return this.sm.state;
+  }
+
+  /** The WebSocket URL of the current connection. */
+  get address(): string | undefined {
+    return this.session?.address;
+  }
+
+  /** The room with this id (created on first use; the same object afterwards). */
+  room(id: string): Room {
+    let r = this.roomsById.get(id);
+    if (!r) {
+      r = new Room(this.host, id);
+      this.roomsById.set(id, r);
+    }
+    return r;
+  }
+
+  /** Every room object made so far. */
+  rooms(): Room[] {
+    return [...this.roomsById.values()];
+  }
+
+  /**
+   * Starts connecting (and keeps reconnecting). Resolves at the first successful auth; rejects when
+   * the client stops (a close code whose action is `stop`, a second refused token, or `close()`).
+   */
+  connect(): Promise<void> {
+    if (this.sm.state === "connected") return Promise.resolve();
+    const p = new Promise<void>((resolve, reject) => this.connectWaiters.push({ resolve, reject }));
+    if (this.sm.state === "disconnected") {
+      this.authRejections = 0;
+      this.backoff.reset();
+      this.setState("connecting", undefined, "connect");
+      void this.attempt();
+    }
+    return p;
+  }
+
+  /** Closes the connection for good (code 1000); rooms become unsubscribed but keep their position. */
+  close(): void {
+    this.stop(1000, "closed by the client", new RoomcastError("closed", "the client was closed"));
+  }
+
+  // ---- connecting -----------------------------------------------------------------------------
+
+  private setState(to: ConnectionState, code?: number | string, reason?: string): void {
+    if (this.sm.state === to) return;
+    this.emit("state", this.sm.to(to, code, reason));
+  }
+
+  private report(err: unknown): void {
+    const e = err instanceof Error ? err : new Error(String(err));
+    if (this.listenerCount("error") > 0) this.emit("error", e);
+    else if (typeof console !== "undefined") console.error("roomcast:", e);
+  }
+
+  private async attempt(): Promise<void> {
+    const gen = ++this.gen;
+    let address: string;
+    let token: string;
+    try {
+      address = await this.pickAddress();
+      if (gen !== this.gen) return;
+    } catch (err) {
+      if (gen !== this.gen) return;
+      this.report(err);
+      this.addrIndex++;
+      this.scheduleRetry("dispatch_failed", (err as Error).message);
+      return;
+    }
+    try {
+      token = await this.currentToken();
+      if (gen !== this.gen) return;
+    } catch (err) {
+      if (gen !== this.gen) return;
+      this.report(err);
+      this.scheduleRetry("token_failed", (err as Error).message);
+      return;
+    }
+    this.open(address, token);
+  }
+
+  private async pickAddress(): Promise<string> {
+    if (this.fixedUrls.length > 0) return this.fixedUrls[this.addrIndex % this.fixedUrls.length]!;
+    if (this.needDispatch || this.addrIndex >= this.addresses.length) {
+      try {
+        this.addresses = await this.dispatch();
+        this.addrIndex = 0;
+        this.needDispatch = false;
+      } catch (err) {
+        if (this.addresses.length === 0) throw err;
+        this.report(err); // keep walking the addresses we have
+        this.addrIndex %= this.addresses.length;
+      }
+    }
+    return this.addresses[this.addrIndex]!;
+  }
+
+  private async dispatch(): Promise<string[]> {
+    if (!this.fetchFn) throw new RoomcastError("dispatch_failed", "no fetch here: pass options.fetch or use url");
+    const url = new URL(this.opts.dispatchUrl!, (globalThis as { location?: { href: string } }).location?.href);
+    if (!url.searchParams.has("transport")) url.searchParams.set("transport", "ws");
+    const ctl = new AbortController();
+    const t = this.clock.setTimeout(() => ctl.abort(), this.opts.connectTimeoutMs ?? 10000);
+    try {
+      const res = await this.fetchFn(url.toString(), { signal: ctl.signal });
+      if (!res.ok) throw new RoomcastError("dispatch_failed", `dispatch answered HTTP ${res.status}`);
+      const body = (await res.json()) as { addresses?: unknown };
+      const list = Array.isArray(body.addresses) ? body.addresses.filter((a): a is string => typeof a === "string") : [];
+      if (list.length === 0) throw new RoomcastError("dispatch_failed", "dispatch returned no address");
+      const map = this.opts.mapAddress ?? ((a: string) => a);
+      return list.map(map);
+    } catch (err) {
+      if (err instanceof RoomcastError) throw err;
+      throw new RoomcastError("dispatch_failed", `dispatch failed: ${(err as Error).message}`);
+    } finally {
+      this.clock.clearTimeout(t);
+    }
+  }
+
+  private async currentToken(): Promise<string> {
+    const margin = this.opts.tokenRefreshMarginMs ?? 5000;
+    const exp = this.token === undefined ? undefined : tokenExpiry(this.token);
+    if (this.token === undefined || this.tokenStale || (exp !== undefined && exp - this.clock.now() < margin)) {
+      const t = await this.opts.getToken();
+      if (typeof t !== "string" || t.length === 0) throw new RoomcastError("token_failed", "getToken returned no token");
+      this.token = t;
+      this.tokenStale = false;
+      this.user.id = tokenSubject(t);
+    }
+    return this.token;
+  }
+
+  private open(address: string, token: string): void {
+    let ws: WebSocketLike;
+    try {
+      ws = new this.WS(address);
+    } catch (err) {
+      this.report(err);
+      this.addrIndex++;
+      this.scheduleRetry(1006, `cannot open ${address}: ${(err as Error).message}`);
+      return;
+    }
+    const s = new Session(ws, address, this.clock.now());
+    this.session = s;
+    if (this.opts.encoding === "binary") ws.binaryType = "arraybuffer";
+    s.connectTimer = this.clock.setTimeout(
+      () => this.drop(s, 1006, `no connection within ${this.opts.connectTimeoutMs ?? 10000} ms`),
+      this.opts.connectTimeoutMs ?? 10000,
+    );
+    ws.onopen = () => {
+      if (this.session !== s) return;
+      this.auth(s, token);
+    };
+    ws.onmessage = (ev: { data: unknown }) => {
+      if (this.session !== s) return;
+      this.onFrame(s, ev.data);
+    };
+    ws.onclose = (ev: { code?: number; reason?: string }) => {
+      this.drop(s, ev.code ?? 1006, ev.reason ?? "");
+    };
+    ws.onerror = () => {
+      /* the close event follows */
+    };
+  }
+
+  private auth(s: Session, token: string): void {
+    const since = this.user.tracker.position();
+    this.user.tracker.begin();
+    this.request(
+      s,
+      since ? { op: "auth", seq: 0, token, since } : { op: "auth", seq: 0, token },
+      (reply) => {
+        if (reply.ok) return this.onAuthed(s, reply, since !== undefined);
+        // The server closes next (4001 for a token, 1013 for unavailable): the close decides.
+        const code = reply.error?.code;
+        if (code === "token_expired" || code === "invalid_token") this.tokenStale = true;
+      },
+      () => {},
+    );
+  }
+
+  private onAuthed(s: Session, reply: Reply, resumed: boolean): void {
+    if (s.connectTimer !== undefined) this.clock.clearTimeout(s.connectTimer);
+    s.authed = true;
+    this.backoff.reset();
+    this.authRejections = 0;
+    this.setState("connected");
+    const waiters = this.connectWaiters;
+    this.connectWaiters = [];
+    for (const w of waiters) w.resolve();
+    this.schedulePing(s);
+    this.armWatchdog(s);
+    this.broadcast.tracker.reset();
+    if (reply.epoch !== undefined) {
+      this.user.deliver(
+        this.user.tracker.subscribed(
+          { epoch: reply.epoch, last_seq: reply.last_seq ?? 0, recovered: reply.recovered, reason: reply.reason },
+          resumed,
+        ),
+      );
+    }
+    if (this.session !== s) return;
+    const acks = this.pendingAcks;
+    this.pendingAcks = [];
+    for (const n of acks) this.sendAck(n);
+    for (const room of this.roomsById.values()) {
+      if (room.wanted && room.state === "subscribing") this.subscribe(s, room);
+    }
+  }
+
+  private schedulePing(s: Session): void {
+    const every = this.opts.pingIntervalMs ?? 25000;
+    s.pingTimer = this.clock.setTimeout(() => {
+      if (this.session !== s) return;
+      this.request(s, { op: "ping", seq: 0 }, () => {}, () => {});
+      this.schedulePing(s);
+    }, every);
+  }
+
+  private armWatchdog(s: Session): void {
+    const dead = this.opts.deadTimeoutMs ?? 40000;
+    const due = s.lastRx + dead - this.clock.now();
+    s.watchdog = this.clock.setTimeout(() => {
+      if (this.session !== s) return;
+      if (this.clock.now() - s.lastRx >= dead) this.drop(s, 1006, `dead connection: nothing received for ${dead} ms`);
+      else this.armWatchdog(s);
+    }, Math.max(due, 1));
+  }
+
+  /** The session ended (close event, timeout, dead connection). Decide: reconnect, refresh or stop. */
+  private drop(s: Session, code: number, reason: string): void {
+    if (this.session !== s) return;
+    const wasConnected = s.authed;
+    this.endSession(s, new RoomcastError("connection_lost", `connection lost (${code}${reason ? " " + reason : ""})`));
+    for (const room of this.roomsById.values()) {
+      if (room.wanted && room.state === "subscribed") room.setState("subscribing", code, reason);
+    }
+    if (code === 4030) this.sendPausedUntil = this.clock.now() + (this.opts.sendPauseAfterFloodMs ?? 10000);
+    let action = closeAction(code, this.opts.closeActions, this.opts.platformCloseAction ?? "stop");
+    if (action === "refresh") {
+      this.tokenStale = true;
+      this.authRejections++;
+      if (this.authRejections >= 2) action = "stop";
+    }
+    if (action === "stop") {
+      this.stop(code, reason, new RoomcastError(String(code), `stopped: ${code} ${reason}`));
+      return;
+    }
+    this.addrIndex++;
+    if (wasConnected) this.needDispatch = true;
+    this.setState("connecting", code, reason);
+    this.scheduleRetry(code, reason);
+  }
+
+  /** Detaches and closes a session, failing what waited on it. */
+  private endSession(s: Session, err: RoomcastError, code = 1000, reason = "bye"): void {
+    this.session = undefined;
+    this.gen++;
+    for (const t of [s.connectTimer, s.pingTimer, s.watchdog]) if (t !== undefined) this.clock.clearTimeout(t);
+    s.ws.onopen = s.ws.onmessage = s.ws.onclose = s.ws.onerror = null;
+    try {
+      if (s.ws.readyState === 0 || s.ws.readyState === 1) s.ws.close(code, reason);
+    } catch {
+      /* already closing */
+    }
+    const pending = [...s.pending.values()];
+    s.pending.clear();
+    for (const p of pending) {
+      this.clock.clearTimeout(p.timer);
+      p.onFail(err);
+    }
+    this.historyInFlight = 0;
+    this.historyQueue = [];
+    this.user.tracker.suspend();
+    for (const room of this.roomsById.values()) {
+      room.tracker.suspend();
+      const t = this.roomRetry.get(room);
+      if (t !== undefined) this.clock.clearTimeout(t);
+      this.roomRetry.delete(room);
+    }
+  }
+
+  private scheduleRetry(code: number | string | undefined, reason: string | undefined): void {
+    const delayMs = this.backoff.next();
+    this.emit("reconnect", { attempt: this.backoff.attempt, delayMs, code, reason });
+    if (this.retryTimer !== undefined) this.clock.clearTimeout(this.retryTimer);
+    this.retryTimer = this.clock.setTimeout(() => {
+      this.retryTimer = undefined;
+      if (this.sm.state === "connecting") void this.attempt();
+    }, delayMs);
+  }
+
+  private stop(code: number, reason: string, err: RoomcastError): void {
+    if (this.retryTimer !== undefined) this.clock.clearTimeout(this.retryTimer);
+    this.retryTimer = undefined;
+    if (this.session) this.endSession(this.session, new RoomcastError("closed", err.message), 1000, "bye");
+    this.gen++;
+    for (const room of this.roomsById.values()) {
+      if (room.state !== "unsubscribed") {
+        room.wanted = false;
+        room.setState("unsubscribed", code, reason);
+        room.settle(new RoomcastError("closed", err.message));
+      }
+    }
+    this.setState("disconnected", code, reason);
+    const waiters = this.connectWaiters;
+    this.connectWaiters = [];
+    for (const w of waiters) w.reject(err);
+  }
+
+  // ---- frames and requests ---------------------------------------------------------------------
+
+  private request(s: Session, op: ClientOp, onReply: (r: Reply) => void, onFail: (e: RoomcastError) => void): void {
+    if (this.session !== s) {
+      onFail(new RoomcastError("connection_lost", "the connection is gone"));
+      return;
+    }
+    const seq = s.nextSeq++;
+    const full = { ...op, seq } as ClientOp;
+    let frame: string | Uint8Array;
+    try {
+      frame = this.opts.encoding === "binary" ? encodeBinary(full) : encodeJson(full);
+    } catch (err) {
+      onFail(new RoomcastError("bad_request", (err as Error).message, { local: true }));
+      return;
+    }
+    const timeoutMs = this.opts.requestTimeoutMs ?? 15000;
+    const timer = this.clock.setTimeout(() => {
+      if (!s.pending.delete(seq)) return;
+      onFail(new RoomcastError("timeout", `no reply to ${op.op} within ${timeoutMs} ms`));
+      this.drop(s, 1006, `no reply to ${op.op} within ${timeoutMs} ms`);
+    }, timeoutMs);
+    s.pending.set(seq, { op: op.op, onReply, onFail, timer });
+    try {
+      s.ws.send(frame);
+    } catch (err) {
+      this.drop(s, 1006, `send failed: ${(err as Error).message}`);
+    }
+  }
+
+  private onFrame(s: Session, data: unknown): void {
+    s.lastRx = this.clock.now();
+    let msg: ServerMessage | undefined;
+    try {
+      msg = typeof data === "string" ? decodeJson(data) : decodeBinary(data as Frame);
+    } catch (err) {
+      this.report(err);
+      return;
+    }
+    if (!msg) return;
+    switch (msg.op) {
+      case "reply": {
+        const p = s.pending.get(msg.seq);
+        if (!p) return;
+        s.pending.delete(msg.seq);
+        this.clock.clearTimeout(p.timer);
+        p.onReply(msg);
+        return;
+      }
+      case "batch": {
+        if (msg.room !== undefined) {
+          const room = this.roomsById.get(msg.room);
+          if (!room || room.state === "unsubscribed") return;
+          room.deliver(room.tracker.ingest(msg.msgs));
+          this.checkGap(room);
+        } else if (msg.user !== undefined) {
+          this.user.deliver(this.user.tracker.ingest(msg.msgs));
+          this.skipHoles(this.user);
+        } else if (msg.broadcast) {
+          this.broadcast.deliver(this.broadcast.tracker.ingest(msg.msgs));
+          this.skipHoles(this.broadcast);
+        }
+        return;
+      }
+      case "room": {
+        const room = this.roomsById.get(msg.room);
+        if (room && room.state !== "unsubscribed") room.setStats({ online: msg.online, users: msg.users });
+        return;
+      }
+      case "close":
+        return; // raw TCP only; a WebSocket close frame follows
+    }
+  }
+
+  // ---- rooms -----------------------------------------------------------------------------------
+
+  private roomJoin(room: Room): void {
+    const s = this.session;
+    if (s && s.authed) this.subscribe(s, room);
+    // else: subscribed after the next successful auth
+  }
+
+  private subscribe(s: Session, room: Room): void {
+    const since = room.tracker.position();
+    room.tracker.begin();
+    this.request(
+      s,
+      since ? { op: "join", seq: 0, room: room.id, since } : { op: "join", seq: 0, room: room.id },
+      (reply) => {
+        if (!room.wanted || room.state !== "subscribing") return;
+        if (reply.ok) {
+          this.roomBackoff.get(room)?.reset();
+          const result = {
+            epoch: reply.epoch ?? "",
+            lastSeq: reply.last_seq ?? 0,
+            ...(reply.recovered !== undefined ? { recovered: reply.recovered } : {}),
+            ...(reply.reason !== undefined ? { reason: reply.reason } : {}),
+          };
+          room.lastJoin = result;
+          const out = room.tracker.subscribed(
+            { epoch: result.epoch, last_seq: result.lastSeq, recovered: reply.recovered, reason: reply.reason },
+            since !== undefined,
+          );
+          room.setState("subscribed");
+          room.settle(result);
+          room.deliver(out);
+          this.checkGap(room);
+          return;
+        }
+        const e = RoomcastError.fromReply(reply.error ?? { code: "unknown", message: "join refused" });
+        if (e.code === "unavailable" || e.code === "rate_limited") {
+          // Nothing was subscribed; the edge could not confirm in time. Try again after a while.
+          room.tracker.suspend();
+          let b = this.roomBackoff.get(room);
+          if (!b) this.roomBackoff.set(room, (b = new Backoff(this.opts.backoff, this.opts.random ?? Math.random)));
+          const t = this.clock.setTimeout(() => {
+            this.roomRetry.delete(room);
+            if (this.session === s && room.wanted && room.state === "subscribing") this.subscribe(s, room);
+          }, b.next());
+          this.roomRetry.set(room, t);
+          return;
+        }
+        room.wanted = false;
+        room.tracker.suspend();
+        room.setState("unsubscribed", e.code, e.message);
+        room.settle(e);
+      },
+      () => {
+        /* connection lost: the room waits in `subscribing` for the next connection */
+      },
+    );
+  }
+
+  private roomLeave(room: Room): Promise<void> {
+    const wasIn = room.state !== "unsubscribed";
+    room.wanted = false;
+    const t = this.roomRetry.get(room);
+    if (t !== undefined) this.clock.clearTimeout(t);
+    this.roomRetry.delete(room);
+    room.tracker.reset();
+    if (!wasIn) return Promise.resolve();
+    room.setState("unsubscribed", undefined, "left");
+    room.settle(new RoomcastError("left", "the room was left"));
+    const s = this.session;
+    if (!s || !s.authed) return Promise.resolve();
+    return new Promise<void>((resolve) => {
+      this.request(s, { op: "leave", seq: 0, room: room.id }, () => resolve(), () => resolve());
+    });
+  }
+
+  private roomSend(room: Room, kind: string, data: unknown): Promise<SendResult> {
+    const now = this.clock.now();
+    if (this.sm.state === "disconnected") return Promise.reject(new RoomcastError("closed", "the client is closed", { local: true }));
+    if (now < this.sendPausedUntil) {
+      return Promise.reject(
+        new RoomcastError("send_paused", "sends are paused after a send-flood close", { retryAfterMs: this.sendPausedUntil - now, local: true }),
+      );
+    }
+    if ((this.opts.localRateLimit ?? true) && now < this.rateLimitedUntil) {
+      return Promise.reject(
+        new RoomcastError("rate_limited", "over the send rate (answered locally)", { retryAfterMs: this.rateLimitedUntil - now, local: true }),
+      );
+    }
+    const s = this.session;
+    if (!s || !s.authed) return Promise.reject(new RoomcastError("not_connected", "not connected", { local: true }));
+    if (room.state !== "subscribed") return Promise.reject(new RoomcastError("not_joined", `not in room ${room.id}`, { local: true }));
+    return new Promise<SendResult>((resolve, reject) => {
+      this.request(
+        s,
+        { op: "send", seq: 0, room: room.id, kind, data },
+        (reply) => {
+          if (reply.ok) {
+            resolve(reply.msg_seq !== undefined ? { broadcast: true, msgSeq: reply.msg_seq } : { broadcast: false });
+            return;
+          }
+          const e = RoomcastError.fromReply(reply.error ?? { code: "unknown", message: "send refused" });
+          if (e.code === "rate_limited" && e.retryAfterMs !== undefined) {
+            this.rateLimitedUntil = Math.max(this.rateLimitedUntil, this.clock.now() + e.retryAfterMs);
+          }
+          reject(e);
+        },
+        reject,
+      );
+    });
+  }
+
+  private roomHistory(room: Room, since: number, limit: number): Promise<HistoryResult> {
+    const s = this.session;
+    if (!s || !s.authed) return Promise.reject(new RoomcastError("not_connected", "not connected", { local: true }));
+    return new Promise<HistoryResult>((resolve, reject) => {
+      this.historyInFlight++;
+      this.request(
+        s,
+        { op: "history", seq: 0, room: room.id, since, limit },
+        (reply) => {
+          this.historyDone(s);
+          if (!reply.ok) return reject(RoomcastError.fromReply(reply.error ?? { code: "unknown", message: "history refused" }));
+          resolve({
+            epoch: reply.epoch ?? "",
+            lastSeq: reply.last_seq ?? 0,
+            complete: reply.complete ?? false,
+            messages: (reply.msgs ?? []).map((m) => makeMessage(undefined, "room", room.id, m, true)),
+          });
+        },
+        (e) => {
+          this.historyDone(s);
+          reject(e);
+        },
+      );
+    });
+  }
+
+  private historyDone(s: Session): void {
+    if (this.session !== s) return;
+    this.historyInFlight = Math.max(0, this.historyInFlight - 1);
+    while (this.historyInFlight < HISTORY_IN_FLIGHT && this.historyQueue.length > 0) {
+      this.checkGap(this.historyQueue.shift()!);
+    }
+  }
+
+  /** A user or broadcast channel cannot fetch history: a hole is lost at once. */
+  private skipHoles(ch: UserChannel | BroadcastChannel): void {
+    while (ch.tracker.hole()) ch.deliver(ch.tracker.skipHole());
+  }
+
+  /** A room holds messages behind a hole: fetch the hole from history (one fetch per room at once). */
+  private checkGap(room: Room): void {
+    const s = this.session;
+    if (!s || !s.authed || room.state !== "subscribed" || room.tracker.fetching) return;
+    const hole = room.tracker.hole();
+    if (!hole) return;
+    const size = hole.upTo - hole.since;
+    if (!(this.opts.gapFill ?? true) || size > (this.opts.maxGapFill ?? 1000)) {
+      room.deliver(room.tracker.skipHole());
+      this.checkGap(room);
+      return;
+    }
+    if (this.historyInFlight >= HISTORY_IN_FLIGHT) {
+      if (!this.historyQueue.includes(room)) this.historyQueue.push(room);
+      return;
+    }
+    const limit = Math.min(1000, size);
+    room.tracker.fetching = true;
+    this.historyInFlight++;
+    this.request(
+      s,
+      { op: "history", seq: 0, room: room.id, since: hole.since, limit },
+      (reply) => {
+        room.tracker.fetching = false;
+        if (room.state !== "unsubscribed") {
+          if (reply.ok && reply.epoch !== undefined) {
+            room.deliver(
+              room.tracker.onHistory(
+                { epoch: reply.epoch, last_seq: reply.last_seq ?? 0, complete: reply.complete ?? false, msgs: (reply.msgs ?? []) as WireMessage[] },
+                limit,
+              ),
+            );
+          } else {
+            room.deliver(room.tracker.skipHole()); // the history could not be read: the hole is lost
+          }
+        }
+        this.historyDone(s);
+        this.checkGap(room);
+      },
+      () => {
+        room.tracker.fetching = false;
+      },
+    );
+  }
+
+  // ---- acks ------------------------------------------------------------------------------------
+
+  private sendAck(msgSeq: number): void {
+    const s = this.session;
+    if (!s || !s.authed) {
+      this.pendingAcks.push(msgSeq);
+      return;
+    }
+    this.request(
+      s,
+      { op: "ack", seq: 0, msg_seq: msgSeq },
+      (reply) => {
+        if (!reply.ok) this.report(RoomcastError.fromReply(reply.error ?? { code: "unknown", message: "ack refused" }));
+      },
+      (e) => {
+        if (e.code === "connection_lost") this.pendingAcks.push(msgSeq); // sent again on the next connection
+      },
+    );
+  }
+}
