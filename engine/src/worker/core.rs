@@ -308,8 +308,7 @@ pub struct WorkerCore {
     sends: HashMap<u64, PendingSend>,
     /// Checked sends waiting for the loop to add the peer address. Boxed once here and moved
     /// as a pointer through `Action::Send` and `ToHub::Send`, which stay small.
-    #[allow(clippy::vec_box)]
-    sends_out: Vec<Box<SendRequest>>,
+    sends_out: VecDeque<Box<SendRequest>>,
     send_limit: SendLimit,
     send_kinds: Box<[Box<str>]>,
     /// When the hub received the first message of each batch delivered this round (for the
@@ -386,7 +385,7 @@ impl WorkerCore {
             recovering_members: HashSet::new(),
             histories: HashMap::new(),
             sends: HashMap::new(),
-            sends_out: Vec::new(),
+            sends_out: VecDeque::new(),
             send_limit,
             send_kinds,
             delivered_at: Vec::new(),
@@ -695,7 +694,7 @@ impl WorkerCore {
         if let Some(conn) = self.to_close.pop() {
             return Some(Action::Close { conn });
         }
-        if let Some(send) = self.sends_out.pop() {
+        if let Some(send) = self.sends_out.pop_front() {
             return Some(Action::Send(send));
         }
         self.user_answers
@@ -1483,23 +1482,19 @@ impl WorkerCore {
                 since: now,
             },
         );
-        // `poll_action` takes sends from the end: the newest goes in front, so that a
-        // connection's sends reach the hub (and the control plane numbers them) in the order
-        // the client sent them, also when several arrive in one round.
-        self.sends_out.insert(
-            0,
-            Box::new(SendRequest {
-                worker: self.index,
-                token,
-                conn: id,
-                user,
-                room: room.into(),
-                kind: kind.into(),
-                data,
-                format,
-                peer: String::new(),
-            }),
-        );
+        // In order: a connection's sends reach the hub (and the control plane numbers them) in
+        // the order the client sent them, also when several arrive in one round.
+        self.sends_out.push_back(Box::new(SendRequest {
+            worker: self.index,
+            token,
+            conn: id,
+            user,
+            room: room.into(),
+            kind: kind.into(),
+            data,
+            format,
+            peer: String::new(),
+        }));
     }
 
     /// Answers a send with an error (with its details) and counts it; a connection refused

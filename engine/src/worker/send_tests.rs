@@ -377,3 +377,19 @@ fn an_ack_of_the_own_channel_goes_to_the_hub_and_another_users_is_forbidden() {
     assert_eq!(acks, [("u1".into(), 88, at_ms), ("u1".into(), 89, at_ms)]);
     assert_eq!(h.stats().acks, 2);
 }
+
+#[test]
+fn sends_arriving_in_one_read_reach_the_hub_in_the_clients_order() {
+    let mut h = Harness::new();
+    let id = h.member("u1", "r1");
+    let mut bytes = Vec::new();
+    for seq in 3..=5 {
+        bytes.extend_from_slice(&encode_op(WireFormat::Tcp, &chat(seq, "r1", b"{}"), [0; 4]));
+    }
+    h.send_raw(id, &bytes);
+    let tokens: Vec<u64> = h.take_sends().iter().map(|s| s.token).collect();
+    let mut sorted = tokens.clone();
+    sorted.sort_unstable();
+    assert_eq!(tokens.len(), 3);
+    assert_eq!(tokens, sorted, "taken in the order they were checked");
+}
