@@ -452,6 +452,33 @@ impl Client {
         }
     }
 
+    /// Sends `text` as one WebSocket text message, whatever it holds (an op with a field
+    /// missing, malformed JSON).
+    pub async fn send_json_text(&mut self, text: &str) {
+        if let Err(e) = self.ws().send_text(text.to_owned()).await {
+            panic!("{}: send a text message: {e}", self.label);
+        }
+    }
+
+    /// Sends `payload` as one binary message, whatever it holds (a truncated op, an unknown op
+    /// byte): a WebSocket binary frame, or a raw TCP frame with its `u32` length prefix.
+    pub async fn send_binary_payload(&mut self, payload: &[u8]) {
+        match &mut self.connection {
+            Connection::Ws(ws) => {
+                if let Err(e) = ws.send_binary(Bytes::copy_from_slice(payload)).await {
+                    panic!("{}: send a binary message: {e}", self.label);
+                }
+            }
+            Connection::Tcp(tcp) => {
+                let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
+                frame.extend_from_slice(payload);
+                if let Err(e) = tcp.send_bytes(&frame).await {
+                    panic!("{}: send a TCP frame: {e}", self.label);
+                }
+            }
+        }
+    }
+
     /// Writes arbitrary bytes on a raw TCP connection (bad length prefixes and the like).
     pub async fn send_raw_tcp(&mut self, bytes: &[u8]) {
         let Connection::Tcp(tcp) = &mut self.connection else {
@@ -586,6 +613,39 @@ impl Client {
         self.call(ClientOp::Leave {
             seq,
             room: room.to_owned(),
+        })
+        .await
+    }
+
+    /// `send` of `data` as `kind` into `room` and waits for its reply. `data` goes on the wire
+    /// as it is: spliced into the op's JSON text (so it may be what is not JSON, which makes
+    /// the whole op malformed), or as the binary op's `data` bytes. The reply's extras
+    /// (`msg_seq`, `not_broadcast`, `retry_after_ms`, `platform_code`) are then in
+    /// [`last_details`](Self::last_details).
+    pub async fn send_msg(&mut self, room: &str, kind: &str, data: &[u8]) -> OpResult {
+        let op = self.send_op(room, kind, data);
+        self.call(op).await
+    }
+
+    /// A `send` op with a fresh op sequence number, for a test that writes it itself (several
+    /// in a row, before any reply).
+    pub fn send_op(&mut self, room: &str, kind: &str, data: &[u8]) -> ClientOp {
+        ClientOp::Send {
+            seq: self.next_op_seq(),
+            room: room.to_owned(),
+            kind: kind.to_owned(),
+            data: Bytes::copy_from_slice(data),
+        }
+    }
+
+    /// `ack` of message `msg_seq` of a user channel, naming `user` (`None`: left out, the
+    /// connection's own).
+    pub async fn ack_msg(&mut self, user: Option<&str>, msg_seq: u64) -> OpResult {
+        let seq = self.next_op_seq();
+        self.call(ClientOp::Ack {
+            seq,
+            user: user.map(str::to_owned),
+            msg_seq,
         })
         .await
     }

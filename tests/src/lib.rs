@@ -12,6 +12,8 @@
 //! - [`HealthyMember`]: a bystander in a room that must keep receiving while another client
 //!   misbehaves;
 //! - [`tokens`]: JWTs, valid and broken;
+//! - [`Backend`]: the sample platform backend (`roomcast-example-backend`) that the control
+//!   plane's send proxy asks and reports receipts to;
 //! - [`process`]: the workspace's binaries, built once per test process, as child processes
 //!   killed by PID on drop; [`http`]: a small HTTP/1.1 client that can also send what a client
 //!   library would refuse to.
@@ -24,6 +26,7 @@ use std::panic::{self, AssertUnwindSafe};
 use std::sync::Mutex;
 use std::time::Duration;
 
+pub mod backend;
 pub mod client;
 pub mod control;
 pub mod edge;
@@ -35,6 +38,7 @@ pub mod proxy;
 pub mod raw;
 pub mod tokens;
 
+pub use backend::Backend;
 pub use client::{assert_error, Client, Incoming, TcpClient, WsClient};
 pub use control::{assert_receives, assert_receives_all, Api, Control, Published};
 pub use edge::{Edge, EdgeAddresses, EdgeAddrs, LinkedEdge};

@@ -238,6 +238,13 @@ pub const CONTROL_BINARY: WorkspaceBinary = WorkspaceBinary {
     override_var: "ROOMCAST_TEST_CONTROL_BIN",
 };
 
+/// The sample platform backend, `roomcast-example-backend` (examples/backend).
+pub const BACKEND_BINARY: WorkspaceBinary = WorkspaceBinary {
+    package: "roomcast-example-backend",
+    bin: "roomcast-example-backend",
+    override_var: "ROOMCAST_TEST_BACKEND_BIN",
+};
+
 impl WorkspaceBinary {
     /// The binary's path, built once per test process by the caller's `cell`.
     ///

@@ -30,6 +30,14 @@ pub fn token_for_rooms(user: &str, rooms: &[&str]) -> String {
     )
 }
 
+/// A valid token for `user` with the claim `"send": send` (`false`: a muted viewer, who may
+/// join and read but whose sends are refused `forbidden`).
+pub fn token_with_send_claim(user: &str, send: bool) -> String {
+    let mut claims = claims(user, unix_now() + VALID_FOR_S, None);
+    claims.send = Some(send);
+    mint(SECRET.as_bytes(), &claims)
+}
+
 /// A correctly signed token that expired an hour ago (well past any clock-skew leeway).
 pub fn expired_token(user: &str) -> String {
     mint(SECRET.as_bytes(), &claims(user, unix_now() - 3600, None))
