@@ -23,6 +23,10 @@ use crate::levels::LevelPolicy;
 /// use.
 pub const DEV_API_KEY: &str = "roomcast-dev-api-key";
 
+/// The longest `--send-proxy-timeout-ms`: under the edges' default `--join-confirm-timeout-ms`
+/// (5 s), after which an edge answers a send `unavailable` itself.
+const MAX_SEND_PROXY_TIMEOUT_MS: u64 = 4_000;
+
 /// Number of rate levels (1..=4).
 pub const LEVELS: usize = 4;
 
@@ -333,7 +337,8 @@ pub struct ControlConfig {
     pub send_proxy_url: String,
 
     /// How long a send may wait for the backend's answer (queueing included); past it the
-    /// client is answered `unavailable`.
+    /// client is answered `unavailable`. At most 4000: edges give up on a send after their
+    /// --join-confirm-timeout-ms (5 s).
     #[arg(long, env = "ROOMCAST_SEND_PROXY_TIMEOUT_MS", default_value_t = 1_000)]
     pub send_proxy_timeout_ms: u64,
 
@@ -501,6 +506,13 @@ impl ControlConfig {
         }
         if self.send_proxy_timeout_ms == 0 || self.send_proxy_concurrency == 0 {
             return bad("--send-proxy-timeout-ms and --send-proxy-concurrency must be positive");
+        }
+        if self.send_proxy_timeout_ms > MAX_SEND_PROXY_TIMEOUT_MS {
+            return bad(
+                "--send-proxy-timeout-ms must be at most 4000: an edge answers a send it has no \
+                 result for after its --join-confirm-timeout-ms (5 s), and a later publish would \
+                 surprise a client that was told `unavailable`",
+            );
         }
         if self.receipts_kept == 0 {
             return bad("--receipts-kept must be positive");

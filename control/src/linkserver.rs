@@ -302,7 +302,11 @@ async fn read_loop(
                         .upstream
                         .handle_send(peers.router, &peers.edge_id, link, send);
                 }
-                LinkFrame::Acks(acks) => peers.upstream.receipts.record(&peers.edge_id, acks.acks),
+                LinkFrame::Acks(acks) => {
+                    peers
+                        .upstream
+                        .record_acks(peers.router, &peers.edge_id, acks.acks)
+                }
                 other => {
                     return format!("unexpected {} frame from an edge", frame_name(&other));
                 }

@@ -138,8 +138,10 @@ const MAX_PER_REPORT: usize = 10_000;
 pub struct Receipts {
     store: Mutex<ReceiptStore>,
     url: Option<Uri>,
-    /// Receipts received (first acks), repeated acks, reported to the platform, dropped.
+    /// Receipts received (first acks), repeated acks, reported to the platform, dropped, and
+    /// acks of messages that never asked for one (or were never published), ignored.
     pub received: AtomicU64,
+    pub invalid: AtomicU64,
     pub repeated: AtomicU64,
     pub reported: AtomicU64,
     pub dropped: AtomicU64,
@@ -153,6 +155,7 @@ impl Receipts {
             store: Mutex::new(ReceiptStore::new(capacity)),
             url,
             received: AtomicU64::new(0),
+            invalid: AtomicU64::new(0),
             repeated: AtomicU64::new(0),
             reported: AtomicU64::new(0),
             dropped: AtomicU64::new(0),

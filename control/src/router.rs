@@ -1396,6 +1396,21 @@ impl Router {
         )
     }
 
+    /// Whether message `seq` of `user`'s channel may be acknowledged: `Some(true)` when it is
+    /// stored and asked for an ack, `Some(false)` when it was never published or is stored
+    /// without asking, `None` when it is no longer stored (nothing says it did not ask).
+    pub fn ackable(&self, user: &str, seq: u64) -> Option<bool> {
+        let target = TargetRef::User(user);
+        let page = self.history(target, seq.saturating_sub(1), 1);
+        if seq == 0 || seq > page.position.last_seq {
+            return Some(false);
+        }
+        match page.msgs.first() {
+            Some(msg) if msg.seq == seq => Some(msg.ack),
+            _ => None,
+        }
+    }
+
     /// The history's sizes and counters (for `/metrics`).
     pub fn history_stats(&self) -> HistoryStats {
         self.lock().history.stats()

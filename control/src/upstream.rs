@@ -336,6 +336,22 @@ impl Upstream {
         }
     }
 
+    /// Records an edge's `acks` frame: acks of messages that were never published to the user
+    /// or did not ask for one are ignored (counted `invalid`); a message no longer in the
+    /// history is taken at its word.
+    pub fn record_acks(&self, router: &Router, edge_id: &Arc<str>, acks: Vec<link::Ack>) {
+        let total = acks.len();
+        let valid: Vec<link::Ack> = acks
+            .into_iter()
+            .filter(|ack| router.ackable(&ack.user, ack.msg_seq) != Some(false))
+            .collect();
+        let invalid = (total - valid.len()) as u64;
+        if invalid > 0 {
+            self.receipts.invalid.fetch_add(invalid, Ordering::Relaxed);
+        }
+        self.receipts.record(edge_id, valid);
+    }
+
     /// The upstream families of the control plane's `/metrics`.
     pub fn families(&self, f: &mut Families) {
         let c = &self.counters;
@@ -390,7 +406,7 @@ impl Upstream {
         let r = &self.receipts;
         let receipts = f.counter(
             "roomcast_control_receipts_total",
-            "Viewers' receipts (acks of messages published with \"ack\":true): received (first ack of a message), repeated (a later ack of the same message), reported (POSTed to --receipt-url), dropped (the report queue was full).",
+            "Viewers' receipts (acks of messages published with \"ack\":true): received (first ack of a message), repeated (a later ack of the same message), reported (POSTed to --receipt-url), dropped (the report queue was full), invalid (an ack of a message never published to the user or that did not ask for one: ignored).",
             &["result"],
         );
         for (result, counter) in [
@@ -398,6 +414,7 @@ impl Upstream {
             ("repeated", &r.repeated),
             ("reported", &r.reported),
             ("dropped", &r.dropped),
+            ("invalid", &r.invalid),
         ] {
             receipts.sample(&[result], counter.load(Ordering::Relaxed) as f64);
         }
@@ -583,6 +600,33 @@ mod tests {
     }
 
     #[test]
+    fn acks_of_messages_that_did_not_ask_or_never_were_are_ignored() {
+        let (upstream, router) = upstream(&[]);
+        let publish = |ack| PublishReq {
+            target: TargetRef::User("u1"),
+            priority: 1,
+            kind: "reward",
+            data: Bytes::from_static(b"{}"),
+            from: None,
+            ack,
+        };
+        router.publish(&[publish(true), publish(false)]);
+        let edge: Arc<str> = "e1".into();
+        let ack = |msg_seq| link::Ack {
+            user: "u1".into(),
+            msg_seq,
+            at_ms: 1,
+        };
+        upstream.record_acks(&router, &edge, vec![ack(1), ack(2), ack(3), ack(0)]);
+        assert!(upstream.receipts.lookup("u1", 1).is_some());
+        for seq in [0, 2, 3] {
+            assert!(upstream.receipts.lookup("u1", seq).is_none(), "{seq}");
+        }
+        assert_eq!(upstream.receipts.invalid.load(Ordering::Relaxed), 3);
+        assert_eq!(upstream.receipts.received.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
     fn a_proxy_mode_without_a_url_is_a_configuration_error() {
         let error =
             ControlConfig::load_from(["roomcast-control", "--send-mode", "proxy"]).unwrap_err();
@@ -598,6 +642,15 @@ mod tests {
             ControlConfig::load_from(["roomcast-control", "--send-proxy-url", "http://b:1/s"])
                 .unwrap();
         assert_eq!(config.send_mode(), SendMode::Proxy);
+        let error = ControlConfig::load_from([
+            "roomcast-control",
+            "--send-proxy-url",
+            "http://b:1/s",
+            "--send-proxy-timeout-ms",
+            "5000",
+        ])
+        .unwrap_err();
+        assert!(error.to_string().contains("at most 4000"), "{error}");
         assert_eq!(ControlConfig::default().send_mode(), SendMode::Direct);
     }
 

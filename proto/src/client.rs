@@ -557,6 +557,8 @@ pub fn decode_json(text: &[u8]) -> Result<ClientOp, OpError> {
             seq,
             user: match raw.user {
                 Optional::Absent => None,
+                // Empty means the connection's own, as in binary (`user str8` of length 0).
+                Optional::Present(JsonField::Str(user)) if user.is_empty() => None,
                 Optional::Present(JsonField::Str(user)) => Some(user.into_owned()),
                 Optional::Present(_) => {
                     return Err(OpError::bad_request(seq, "`user` must be a string"))

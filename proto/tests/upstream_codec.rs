@@ -47,6 +47,15 @@ fn send_and_ack_ops_decode_from_json_with_data_kept_byte_for_byte() {
             msg_seq: 88
         }
     );
+    // An empty user is the connection's own, as in binary.
+    assert_eq!(
+        decode_json(br#"{"op":"ack","seq":12,"user":"","msg_seq":88}"#).unwrap(),
+        ClientOp::Ack {
+            seq: 12,
+            user: None,
+            msg_seq: 88
+        }
+    );
     assert_eq!(
         decode_json(br#"{"op":"ack","seq":12,"msg_seq":88}"#).unwrap(),
         ClientOp::Ack {

@@ -924,6 +924,17 @@ impl HubCore {
     /// A client's send from a worker: the user's bucket on this edge first, then on to the
     /// control plane (answered at once `unavailable` while the link is down).
     fn send(&mut self, send: Box<SendRequest>, now: Instant) {
+        if self.link != Link::Up {
+            // Answered before the user's bucket: a retry after the outage finds its tokens.
+            self.outboxes[send.worker]
+                .queue
+                .push_back(ToWorker::SendDone {
+                    token: send.token,
+                    conn: send.conn,
+                    outcome: SendOutcome::Unavailable,
+                });
+            return;
+        }
         let now_ms = self.clock_ms(now);
         let limit = self.config.send_limit;
         // Looked up before inserting: a user who sends often has a bucket, and the key's copy
@@ -936,12 +947,8 @@ impl HubCore {
             .user_buckets
             .get_mut(&send.user)
             .expect("inserted above");
-        let refused = match limit.take(bucket, now_ms) {
-            Err(retry_after_ms) => Some(SendOutcome::RateLimited { retry_after_ms }),
-            Ok(()) if self.link != Link::Up => Some(SendOutcome::Unavailable),
-            Ok(()) => None,
-        };
-        if let Some(outcome) = refused {
+        if let Err(retry_after_ms) = limit.take(bucket, now_ms) {
+            let outcome = SendOutcome::RateLimited { retry_after_ms };
             self.outboxes[send.worker]
                 .queue
                 .push_back(ToWorker::SendDone {

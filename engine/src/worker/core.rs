@@ -214,9 +214,27 @@ struct PendingSend {
 #[derive(Debug, Clone, Copy)]
 struct Sender {
     bucket: Bucket,
+    /// Acks have their own, looser pace ([`ACK_LIMIT`]): one per message that asked.
+    acks: Bucket,
     refusals: Refusals,
     in_flight: u8,
 }
+
+impl Sender {
+    fn new(limit: SendLimit, now_ms: u32) -> Sender {
+        Sender {
+            bucket: limit.full_bucket(now_ms),
+            acks: SendLimit::new(ACK_RATE, ACK_BURST).full_bucket(now_ms),
+            refusals: Refusals::new(now_ms),
+            in_flight: 0,
+        }
+    }
+}
+
+/// How fast one connection may `ack`: far more than any platform asks for receipts, far less
+/// than would flood the control plane's receipt store and the platform's receipt URL.
+const ACK_RATE: f64 = 20.0;
+const ACK_BURST: u32 = 100;
 
 /// An authenticated connection's identity and channel memberships.
 struct Identity {
@@ -1176,7 +1194,7 @@ impl WorkerCore {
                 self.send(now, id, seq, room, kind, data);
                 Answer::Later
             }
-            ClientOp::Ack { user, msg_seq, .. } => self.ack(now, id, user, msg_seq),
+            ClientOp::Ack { user, msg_seq, .. } => self.ack(now, id, seq, user, msg_seq),
         };
         match answer {
             Answer::Now(result) => self.reply(now, id, format, seq, result),
@@ -1437,11 +1455,9 @@ impl WorkerCore {
         let Some(identity) = conn.identity.as_deref_mut() else {
             return;
         };
-        let sender = identity.sender.get_or_insert_with(|| Sender {
-            bucket: limit.full_bucket(now_ms),
-            refusals: Refusals::new(now_ms),
-            in_flight: 0,
-        });
+        let sender = identity
+            .sender
+            .get_or_insert_with(|| Sender::new(limit, now_ms));
         if sender.in_flight >= MAX_SENDS_IN_FLIGHT {
             let message = "too many sends waiting for their replies on this connection";
             self.refuse_send(
@@ -1522,11 +1538,9 @@ impl WorkerCore {
         let format = conn.format;
         let flood = conn.identity.as_deref_mut().is_some_and(|identity| {
             let limit = self.send_limit;
-            let sender = identity.sender.get_or_insert_with(|| Sender {
-                bucket: limit.full_bucket(now_ms),
-                refusals: Refusals::new(now_ms),
-                in_flight: 0,
-            });
+            let sender = identity
+                .sender
+                .get_or_insert_with(|| Sender::new(limit, now_ms));
             sender.refusals.refused(
                 now_ms,
                 self.config.send_flood_refusals,
@@ -1641,7 +1655,14 @@ impl WorkerCore {
 
     /// A client's `ack` of a message on its own user channel: passed on to the hub (which
     /// batches acks to the control plane) and answered at once.
-    fn ack(&mut self, now: Instant, id: ConnId, user: Option<String>, msg_seq: u64) -> Answer {
+    fn ack(
+        &mut self,
+        now: Instant,
+        id: ConnId,
+        seq: u64,
+        user: Option<String>,
+        msg_seq: u64,
+    ) -> Answer {
         let conn = &self.conns[id.key()];
         let Some(own) = conn
             .identity
@@ -1656,6 +1677,27 @@ impl WorkerCore {
                 ErrorCode::Forbidden,
                 "a client acknowledges only its own user's messages",
             )));
+        }
+        let now_ms = clock_ms(self.started, now);
+        let send_limit = self.send_limit;
+        let ack_limit = SendLimit::new(ACK_RATE, ACK_BURST);
+        let Some(identity) = self.conns[id.key()].identity.as_deref_mut() else {
+            return Answer::Later;
+        };
+        let sender = identity
+            .sender
+            .get_or_insert_with(|| Sender::new(send_limit, now_ms));
+        if let Err(retry_after_ms) = ack_limit.take(&mut sender.acks, now_ms) {
+            let format = self.conns[id.key()].format;
+            let detail = ErrorDetail {
+                retry_after_ms: Some(retry_after_ms),
+                platform_code: None,
+            };
+            let message = "over this connection's ack rate";
+            let reply =
+                client::encode_reply_error(format, seq, ErrorCode::RateLimited, message, &detail);
+            self.queue_owned(now, id, reply);
+            return Answer::Later;
         }
         let at = self.wall.1 + now.saturating_duration_since(self.wall.0);
         let at_ms = at

@@ -393,3 +393,40 @@ fn sends_arriving_in_one_read_reach_the_hub_in_the_clients_order() {
     assert_eq!(tokens.len(), 3);
     assert_eq!(tokens, sorted, "taken in the order they were checked");
 }
+
+#[test]
+fn acks_have_their_own_looser_pace() {
+    let mut h = Harness::new();
+    let id = h.member("u1", "r1");
+    // The send bucket is spent; acks still go (their own bucket: 100 at once).
+    for seq in 3..=7 {
+        h.send(id, chat(seq, "r1", b"{}"));
+    }
+    h.read(id);
+    h.hub.clear();
+    for seq in 10..110 {
+        h.send(
+            id,
+            ClientOp::Ack {
+                seq,
+                user: None,
+                msg_seq: seq,
+            },
+        );
+    }
+    assert_eq!(h.stats().acks, 100);
+    h.send(
+        id,
+        ClientOp::Ack {
+            seq: 110,
+            user: None,
+            msg_seq: 110,
+        },
+    );
+    let (code, details) = error_of(&h.read(id), 110);
+    assert_eq!(
+        (code.as_str(), details.retry_after_ms),
+        ("rate_limited", Some(50))
+    );
+    assert_eq!(h.stats().acks, 100);
+}
