@@ -1424,7 +1424,7 @@ fn a_full_proxy_queue_answers_unavailable_at_once_while_the_queued_sends_wait() 
             "--send-proxy-url", &url,
             "--send-proxy-concurrency", "1",
             "--send-proxy-queue", "1",
-            "--send-proxy-timeout-ms", "5000",
+            "--send-proxy-timeout-ms", "4000",
         ])
         .await;
         let edge = control.embedded_edge.expect("an embedded edge");
