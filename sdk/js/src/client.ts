@@ -84,6 +84,12 @@ export interface ClientOptions {
   gapFill?: boolean;
   /** Gaps longer than this are not fetched but reported `lost` (default 1000). */
   maxGapFill?: number;
+  /**
+   * After a gap fetch that found none of the missing messages (a big room's budget drops chat,
+   * which its level does not store), that room's gaps are reported `lost` without asking for this
+   * long (default 10000 ms), so that a crowd of viewers does not read history every tick for nothing.
+   */
+  gapFillPauseMs?: number;
   /** A token expiring within this is replaced before it is used (default 5000 ms). */
   tokenRefreshMarginMs?: number;
   /** After a `rate_limited` reply, refuse sends locally until its retry_after_ms has passed (default true). */
@@ -171,6 +177,7 @@ export class RoomcastClient extends Emitter<ClientEvents> {
   private historyQueue: Room[] = [];
   private roomRetry = new Map<Room, TimerHandle>();
   private roomBackoff = new Map<Room, Backoff>();
+  private gapFillPausedUntil = new Map<Room, number>();
   private rateLimitedUntil = 0;
   private sendPausedUntil = 0;
 
@@ -443,7 +450,8 @@ export class RoomcastClient extends Emitter<ClientEvents> {
   private drop(s: Session, code: number, reason: string): void {
     if (this.session !== s) return;
     const wasConnected = s.authed;
-    this.endSession(s, new RoomcastError("connection_lost", `connection lost (${code}${reason ? " " + reason : ""})`));
+    // A socket still open here is one we give up on (timeouts, a dead connection): no handshake.
+    this.endSession(s, new RoomcastError("connection_lost", `connection lost (${code}${reason ? " " + reason : ""})`), true);
     for (const room of this.roomsById.values()) {
       if (room.wanted && room.state === "subscribed") room.setState("subscribing", code, reason);
     }
@@ -465,13 +473,17 @@ export class RoomcastClient extends Emitter<ClientEvents> {
   }
 
   /** Detaches and closes a session, failing what waited on it. */
-  private endSession(s: Session, err: RoomcastError, code = 1000, reason = "bye"): void {
+  private endSession(s: Session, err: RoomcastError, abandon = false): void {
     this.session = undefined;
     this.gen++;
     for (const t of [s.connectTimer, s.pingTimer, s.watchdog]) if (t !== undefined) this.clock.clearTimeout(t);
     s.ws.onopen = s.ws.onmessage = s.ws.onclose = s.ws.onerror = null;
     try {
-      if (s.ws.readyState === 0 || s.ws.readyState === 1) s.ws.close(code, reason);
+      const ws = s.ws as WebSocketLike & { terminate?: () => void };
+      if (ws.readyState === 0 || ws.readyState === 1) {
+        if (abandon && typeof ws.terminate === "function") ws.terminate(); // Node's ws: no 30 s close wait
+        else ws.close(1000, "bye");
+      }
     } catch {
       /* already closing */
     }
@@ -505,7 +517,7 @@ export class RoomcastClient extends Emitter<ClientEvents> {
   private stop(code: number, reason: string, err: RoomcastError): void {
     if (this.retryTimer !== undefined) this.clock.clearTimeout(this.retryTimer);
     this.retryTimer = undefined;
-    if (this.session) this.endSession(this.session, new RoomcastError("closed", err.message), 1000, "bye");
+    if (this.session) this.endSession(this.session, new RoomcastError("closed", err.message));
     this.gen++;
     for (const room of this.roomsById.values()) {
       if (room.state !== "unsubscribed") {
@@ -660,6 +672,7 @@ export class RoomcastClient extends Emitter<ClientEvents> {
     if (t !== undefined) this.clock.clearTimeout(t);
     this.roomRetry.delete(room);
     room.tracker.reset();
+    this.gapFillPausedUntil.delete(room);
     if (!wasIn) return Promise.resolve();
     room.setState("unsubscribed", undefined, "left");
     room.settle(new RoomcastError("left", "the room was left"));
@@ -752,7 +765,8 @@ export class RoomcastClient extends Emitter<ClientEvents> {
     const hole = room.tracker.hole();
     if (!hole) return;
     const size = hole.upTo - hole.since;
-    if (!(this.opts.gapFill ?? true) || size > (this.opts.maxGapFill ?? 1000)) {
+    const paused = (this.gapFillPausedUntil.get(room) ?? 0) > this.clock.now();
+    if (!(this.opts.gapFill ?? true) || size > (this.opts.maxGapFill ?? 1000) || paused) {
       room.deliver(room.tracker.skipHole());
       this.checkGap(room);
       return;
@@ -771,12 +785,14 @@ export class RoomcastClient extends Emitter<ClientEvents> {
         room.tracker.fetching = false;
         if (room.state !== "unsubscribed") {
           if (reply.ok && reply.epoch !== undefined) {
-            room.deliver(
-              room.tracker.onHistory(
-                { epoch: reply.epoch, last_seq: reply.last_seq ?? 0, complete: reply.complete ?? false, msgs: (reply.msgs ?? []) as WireMessage[] },
-                limit,
-              ),
+            const out = room.tracker.onHistory(
+              { epoch: reply.epoch, last_seq: reply.last_seq ?? 0, complete: reply.complete ?? false, msgs: (reply.msgs ?? []) as WireMessage[] },
+              limit,
             );
+            if (out.lost.length > 0 && !out.deliver.some((d) => d.replayed)) {
+              this.gapFillPausedUntil.set(room, this.clock.now() + (this.opts.gapFillPauseMs ?? 10000));
+            }
+            room.deliver(out);
           } else {
             room.deliver(room.tracker.skipHole()); // the history could not be read: the hole is lost
           }

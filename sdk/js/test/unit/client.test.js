@@ -349,6 +349,28 @@ test("gap fetches: one per room, at most 4 in flight on the connection; gapFill 
   c2.client.close();
 });
 
+test("a gap fetch that finds nothing pauses that room's fetches (gapFillPauseMs): later gaps are lost at once, then fetched again", async () => {
+  const { client, server, clock } = await connected({ gapFillPauseMs: 10_000 });
+  const room = client.room("big");
+  await room.join();
+  const log = record(room, ["message", "lost"]);
+  const show = () => log.map(([e, x]) => (e === "lost" ? `lost${x.from}-${x.to}` : x.seq));
+  server.last.push({ op: "batch", room: "big", msgs: [msg(1), msg(4)] });
+  let h = server.last.ops("history");
+  assert.equal(h.length, 1);
+  server.last.reply(h[0].seq, { epoch: "E1", last_seq: 4, complete: false, msgs: [msg(4)] }); // chat not stored
+  server.last.push({ op: "batch", room: "big", msgs: [msg(6)] });
+  assert.equal(server.last.ops("history").length, 1, "paused: not asked");
+  assert.deepEqual(show(), [1, "lost2-3", 4, "lost5-5", 6]);
+  await clock.advance(10_000);
+  server.last.push({ op: "batch", room: "big", msgs: [msg(8)] });
+  h = server.last.ops("history");
+  assert.equal(h.length, 2, "asked again after the pause");
+  server.last.reply(h[1].seq, { epoch: "E1", last_seq: 8, complete: true, msgs: [msg(7), msg(8)] });
+  assert.deepEqual(show().slice(-2), [7, 8]);
+  client.close();
+});
+
 test("recovered:false raises reload (the app reloads state), then the stream goes on from last_seq", async () => {
   const { client, server, clock } = await connected();
   const room = client.room("r1");
