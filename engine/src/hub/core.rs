@@ -926,13 +926,7 @@ impl HubCore {
     fn send(&mut self, send: Box<SendRequest>, now: Instant) {
         if self.link != Link::Up {
             // Answered before the user's bucket: a retry after the outage finds its tokens.
-            self.outboxes[send.worker]
-                .queue
-                .push_back(ToWorker::SendDone {
-                    token: send.token,
-                    conn: send.conn,
-                    outcome: SendOutcome::Unavailable,
-                });
+            self.answer_send(&send, SendOutcome::Unavailable);
             return;
         }
         let now_ms = self.clock_ms(now);
@@ -949,13 +943,7 @@ impl HubCore {
             .expect("inserted above");
         if let Err(retry_after_ms) = limit.take(bucket, now_ms) {
             let outcome = SendOutcome::RateLimited { retry_after_ms };
-            self.outboxes[send.worker]
-                .queue
-                .push_back(ToWorker::SendDone {
-                    token: send.token,
-                    conn: send.conn,
-                    outcome,
-                });
+            self.answer_send(&send, outcome);
             return;
         }
         let id = self.next_request;
@@ -977,12 +965,17 @@ impl HubCore {
         let Some(send) = self.sends.remove(&result.id) else {
             return; // answered after the link dropped and came back: already answered
         };
+        self.answer_send(&send, SendOutcome::Link(result.outcome));
+    }
+
+    /// Hands a send's answer to its worker.
+    fn answer_send(&mut self, send: &SendRequest, outcome: SendOutcome) {
         self.outboxes[send.worker]
             .queue
             .push_back(ToWorker::SendDone {
                 token: send.token,
                 conn: send.conn,
-                outcome: SendOutcome::Link(result.outcome),
+                outcome,
             });
     }
 
@@ -1061,14 +1054,8 @@ impl HubCore {
     /// next registration's full report and a `sync` behind it; waiters keep waiting for that.
     fn forget_link(&mut self) {
         // A send in flight may or may not have been published: its client hears `unavailable`.
-        for (_, send) in self.sends.drain() {
-            self.outboxes[send.worker]
-                .queue
-                .push_back(ToWorker::SendDone {
-                    token: send.token,
-                    conn: send.conn,
-                    outcome: SendOutcome::Unavailable,
-                });
+        for (_, send) in std::mem::take(&mut self.sends) {
+            self.answer_send(&send, SendOutcome::Unavailable);
         }
         self.syncs_in_flight.clear();
         self.syncs_due.clear();

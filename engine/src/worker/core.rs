@@ -1460,28 +1460,12 @@ impl WorkerCore {
             .get_or_insert_with(|| Sender::new(limit, now_ms));
         if sender.in_flight >= MAX_SENDS_IN_FLIGHT {
             let message = "too many sends waiting for their replies on this connection";
-            self.refuse_send(
-                now,
-                id,
-                seq,
-                SendAnswer::RateLimited,
-                ErrorCode::RateLimited,
-                message,
-                Some(100),
-            );
+            self.refuse_rate(now, id, seq, message, 100);
             return;
         }
         if let Err(retry_after_ms) = limit.take(&mut sender.bucket, now_ms) {
             let message = "over this connection's send rate";
-            self.refuse_send(
-                now,
-                id,
-                seq,
-                SendAnswer::RateLimited,
-                ErrorCode::RateLimited,
-                message,
-                Some(retry_after_ms),
-            );
+            self.refuse_rate(now, id, seq, message, retry_after_ms);
             return;
         }
         sender.in_flight += 1;
@@ -1511,6 +1495,19 @@ impl WorkerCore {
             format,
             peer: String::new(),
         }));
+    }
+
+    /// [`WorkerCore::refuse_send`] with `rate_limited` and when to retry.
+    fn refuse_rate(
+        &mut self,
+        now: Instant,
+        id: ConnId,
+        seq: u64,
+        message: &str,
+        retry_after_ms: u32,
+    ) {
+        let (answer, code) = (SendAnswer::RateLimited, ErrorCode::RateLimited);
+        self.refuse_send(now, id, seq, answer, code, message, Some(retry_after_ms));
     }
 
     /// Answers a send with an error (with its details) and counts it; a connection refused
@@ -1623,15 +1620,7 @@ impl WorkerCore {
             }
             SendOutcome::RateLimited { retry_after_ms } => {
                 let message = "over this user's send rate";
-                self.refuse_send(
-                    now,
-                    id,
-                    seq,
-                    SendAnswer::RateLimited,
-                    ErrorCode::RateLimited,
-                    message,
-                    Some(retry_after_ms),
-                );
+                self.refuse_rate(now, id, seq, message, retry_after_ms);
                 return;
             }
             SendOutcome::Unavailable => {
