@@ -38,6 +38,7 @@ use crate::scenario::{PublishVia, RunArgs, ServerKind, TokenSource};
 use crate::sys::{self, ProcMem};
 use crate::system::{self, ClientProc, Ctx, EdgeLoad, EdgePlan, EdgeStats, Measured, WindowDelta};
 use crate::term::say;
+use crate::upstream::{self, MetricsProbe};
 use crate::{plot, strace};
 
 type Res<T> = Result<T, String>;
@@ -67,6 +68,10 @@ struct System {
     /// Where the clients connect.
     dial: Vec<SocketAddr>,
     link: Option<Arc<LinkServer>>,
+    /// The sample platform backend (`--send-proxy`).
+    backend_pid: Option<u32>,
+    /// Each edge's admin (`/metrics`) address, when the bench started it and it logged one.
+    edge_admins: Vec<Option<SocketAddr>>,
 }
 
 /// CPU and counters at one instant, to take differences over a window.
@@ -74,6 +79,7 @@ struct Snapshot {
     at: Instant,
     edges: Vec<Option<f64>>,
     control: Option<f64>,
+    backend: Option<f64>,
     clients: Vec<Option<f64>>,
     me: f64,
     host: (f64, f64),
@@ -96,6 +102,7 @@ impl Snapshot {
                 .map(|m| m.pid.and_then(sys::proc_cpu_secs))
                 .collect(),
             control: running.control_pid.and_then(sys::proc_cpu_secs),
+            backend: running.backend_pid.and_then(sys::proc_cpu_secs),
             clients: client_pids.iter().map(|&p| sys::proc_cpu_secs(p)).collect(),
             me: sys::self_cpu_secs(),
             host: sys::system_cpu_secs(),
@@ -138,6 +145,7 @@ fn window_between(a: &Snapshot, b: &Snapshot, edges_json: &mut [Value]) -> Windo
         merge_published: [0, 1, 2].map(|i| b.merge_published[i] - a.merge_published[i]),
         edge_cpu,
         control_cpu: b.control.zip(a.control).map(|(y, x)| y - x),
+        backend_cpu: b.backend.zip(a.backend).map(|(y, x)| y - x),
         clients_cpu: a
             .clients
             .iter()
@@ -450,6 +458,7 @@ fn run_inner(args: &RunArgs, ctx: &mut Ctx) -> Res<Value> {
             peak_window: None,
         },
         merge: None,
+        upstream_probes: None,
     };
     let (published, window) = if args.hold_only {
         run.hold(ready)?;
@@ -488,6 +497,9 @@ struct Run<'a> {
     tcp: TcpWatch,
     /// What the merge traffic published (with merge traffic only).
     merge: Option<report::MergePublished>,
+    /// Upstream (`--senders`): the edges' and the control plane's `/metrics` at the window's
+    /// start and end.
+    upstream_probes: Option<(MetricsProbe, MetricsProbe)>,
 }
 
 /// The control plane's `/metrics` and RSS at one moment (either may be missing).
@@ -638,6 +650,16 @@ impl Run<'_> {
         );
         let state = Arc::clone(publisher.state());
         self.live.set_publisher(Some(Arc::clone(&state)));
+        let senders = args.senders();
+        if senders > 0 {
+            say(&format!(
+                "bench: upstream: {senders} senders x {}/s of `{}` = {} sends/s from the warm-up to the end of the window (control plane send mode {})",
+                args.sends_per_sender_per_s,
+                args.send_kind,
+                senders as f64 * args.sends_per_sender_per_s,
+                args.send_mode().map_or("default", |m| m.name()),
+            ));
+        }
         self.live.set_phase("warmup");
         self.ctx.tell_clients("warmup")?;
         // The window starts and ends on the publisher's clock, where a ramp starts and ends.
@@ -651,6 +673,7 @@ impl Run<'_> {
         self.tcp.sampler.mark();
         state.measuring.store(true, Ordering::Relaxed);
         let a = Snapshot::take(&self.system, &self.client_pids, Some(&state));
+        let probe_a = (senders > 0).then(|| MetricsProbe::take(args, &self.system.edge_admins));
         // --drop-all-at: the reconnect storm, inside the window.
         let storm = match args.drop_all_at {
             Some(at) => {
@@ -674,6 +697,10 @@ impl Run<'_> {
             .sleep(window_end.saturating_duration_since(Instant::now()))?;
         self.ctx.tell_clients("end")?;
         let b = Snapshot::take(&self.system, &self.client_pids, Some(&state));
+        if let Some(probe_a) = probe_a {
+            self.upstream_probes =
+                Some((probe_a, MetricsProbe::take(args, &self.system.edge_admins)));
+        }
         if let Some((drop, t)) = &storm {
             self.results["recovery"] = json!({
                 "drop_t": t,
@@ -869,6 +896,20 @@ impl Run<'_> {
                 let merge = report::merge_json(m, &total.merge, total.open, w.secs, &r["control"]);
                 r["merge"] = merge;
             }
+            if self.args.senders() > 0 {
+                r["upstream"] = upstream::json(&upstream::Inputs {
+                    args: self.args,
+                    report: &total.upstream,
+                    secs: w.secs,
+                    edge_cpu: w.edge_cpu,
+                    control_cpu: w.control_cpu,
+                    backend_cpu: w.backend_cpu,
+                    clients_cpu: w.clients_cpu,
+                    probes: self.upstream_probes.as_ref().map(|(a, b)| (a, b)),
+                    backend_stats: upstream::backend_stats(self.args),
+                    delivery: &r["delivery"],
+                });
+            }
         }
         let timeline = self.live.timeline();
         if r["recovery"].is_object() {
@@ -958,6 +999,7 @@ impl Run<'_> {
             .edges
             .iter()
             .chain(self.ctx.kids.control.as_ref())
+            .chain(self.ctx.kids.backend.as_ref())
         {
             let bad = system::log_warnings(&s.log);
             if !bad.is_empty() {
@@ -1096,6 +1138,9 @@ fn start_system(args: &RunArgs, ctx: &mut Ctx, layout: &Layout, log_dir: &Path) 
         }
         PublishVia::Control => {
             let mut api = Api::new(&args.control_url, &args.api_key)?;
+            if spawn && args.send_proxy {
+                start_backend(args, ctx, log_dir)?;
+            }
             if spawn {
                 start_control(args, ctx, &mut api, log_dir)?;
             } else if !api.healthy() {
@@ -1202,13 +1247,41 @@ fn start_system(args: &RunArgs, ctx: &mut Ctx, layout: &Layout, log_dir: &Path) 
             .parse()
             .map_err(|e| format!("edge advertises {a:?}: {e}"))?]
     };
+    let edge_admins = edges
+        .iter()
+        .map(|m| m.log.as_deref().and_then(system::edge_admin))
+        .collect();
+    let backend_pid = ctx.kids.backend.as_ref().map(|b| b.child.id());
     Ok(System {
         observer,
         edges,
         control_pid,
         dial,
         link,
+        backend_pid,
+        edge_admins,
     })
+}
+
+/// Starts the sample platform backend (`--send-proxy`) and waits until it answers `/healthz`.
+fn start_backend(args: &RunArgs, ctx: &mut Ctx, log_dir: &Path) -> Res<()> {
+    TcpListener::bind(args.backend_listen).map_err(|e| {
+        format!(
+            "{} is taken ({e}): is a backend running? pick --backend-listen",
+            args.backend_listen
+        )
+    })?;
+    ctx.kids.start_backend(args, log_dir)?;
+    let mut api = Api::new(&format!("http://{}", args.backend_listen), "")?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !api.healthy() {
+        ctx.check()?;
+        if Instant::now() > deadline {
+            return Err("the sample backend did not answer /healthz within 20 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
 }
 
 fn start_control(args: &RunArgs, ctx: &mut Ctx, api: &mut Api, log_dir: &Path) -> Res<()> {
@@ -1302,6 +1375,13 @@ fn start_clients(
             ])
             .args(["--reconnect-jitter", &args.reconnect_jitter.to_string()])
             .args(["--pk-interval-ms", &args.pk_interval_ms.to_string()])
+            .args(["--senders", &args.senders().to_string()])
+            .args(["--conns-total", &args.conns.to_string()])
+            .args([
+                "--sends-per-sender-per-s",
+                &args.sends_per_sender_per_s.to_string(),
+            ])
+            .args(["--send-kind", &args.send_kind])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
@@ -1462,6 +1542,8 @@ fn start_nats(args: &RunArgs, ctx: &mut Ctx, log_dir: &Path) -> Res<System> {
         control_pid: None,
         dial: vec![ws_addr],
         link: None,
+        backend_pid: None,
+        edge_admins: Vec::new(),
     })
 }
 

@@ -71,6 +71,131 @@ pub fn reconnect_delay(i: usize, round: u64, max_secs: f64) -> std::time::Durati
     std::time::Duration::from_secs_f64(u * max_secs.max(0.0))
 }
 
+/// Which connections send upstream (`--senders`): exactly `min(senders, conns)` of the global
+/// indexes `0..conns`, spread evenly over them — so over rooms (`i mod K`), client processes
+/// (ranges of `i`) and threads alike. Connection `i` is a sender when `a·i mod conns < senders`,
+/// with `a` coprime to `conns` near the golden ratio of it: a permutation of the indexes whose
+/// first `senders` values fall evenly (a Kronecker sequence), with no stride for the room
+/// assignment to alias with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SenderPick {
+    senders: u64,
+    conns: u64,
+    a: u64,
+}
+
+impl SenderPick {
+    pub fn new(senders: usize, conns: usize) -> SenderPick {
+        let conns = conns as u64;
+        let mut a = ((conns as f64 * 0.618_033_988_75).round() as u64).max(1);
+        while gcd(a, conns.max(1)) != 1 {
+            a += 1;
+        }
+        SenderPick {
+            senders: senders as u64,
+            conns,
+            a,
+        }
+    }
+
+    pub fn is_sender(&self, i: usize) -> bool {
+        if self.senders == 0 || self.conns == 0 {
+            return false;
+        }
+        if self.senders >= self.conns {
+            return true;
+        }
+        (u128::from(self.a) * i as u128 % u128::from(self.conns)) < u128::from(self.senders)
+    }
+}
+
+fn gcd(mut a: u64, mut b: u64) -> u64 {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
+}
+
+/// How many viewers send (`--senders`): a count (`5000`), a percentage of the connections
+/// (`25%`), or `all`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Senders {
+    Count(usize),
+    Percent(f64),
+}
+
+impl Senders {
+    /// Of `conns` connections.
+    pub fn of(self, conns: usize) -> usize {
+        match self {
+            Senders::Count(n) => n.min(conns),
+            Senders::Percent(p) => ((conns as f64 * p / 100.0).round() as usize).min(conns),
+        }
+    }
+}
+
+impl Default for Senders {
+    fn default() -> Senders {
+        Senders::Count(0)
+    }
+}
+
+impl FromStr for Senders {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if s == "all" {
+            return Ok(Senders::Percent(100.0));
+        }
+        if let Some(p) = s.strip_suffix('%') {
+            let p: f64 = p
+                .trim()
+                .parse()
+                .map_err(|_| format!("`{s}` is not a percentage like 25%"))?;
+            if !(0.0..=100.0).contains(&p) {
+                return Err(format!("`{s}`: a percentage is 0% to 100%"));
+            }
+            return Ok(Senders::Percent(p));
+        }
+        s.parse::<usize>()
+            .map(Senders::Count)
+            .map_err(|_| format!("`{s}` is not a count of senders, a percentage (25%) or `all`"))
+    }
+}
+
+impl fmt::Display for Senders {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Senders::Count(n) => write!(f, "{n}"),
+            Senders::Percent(p) if *p == 100.0 => f.write_str("all"),
+            Senders::Percent(p) => write!(f, "{p}%"),
+        }
+    }
+}
+
+impl Serialize for Senders {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Senders {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // `senders = 20000` as well as `senders = "all"` or `"25%"`.
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(usize),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Number(n) => Ok(Senders::Count(n)),
+            Raw::Text(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
 /// The assignment of every connection (by its global index) to a room and a group.
 #[derive(Debug, Clone)]
 pub struct Population {
@@ -389,6 +514,46 @@ mod tests {
         assert_eq!(reconnect_delay(7, 1, 1.0), reconnect_delay(7, 1, 1.0));
         assert_ne!(reconnect_delay(7, 1, 1.0), reconnect_delay(7, 2, 1.0));
         assert_eq!(reconnect_delay(7, 1, 0.0), std::time::Duration::ZERO);
+    }
+
+    #[test]
+    fn senders_spread_evenly_over_the_connections() {
+        for (n, conns) in [
+            (0, 100),
+            (1, 100),
+            (37, 100),
+            (100, 100),
+            (250, 100),
+            (50, 200),
+            (1, 1),
+        ] {
+            let pick = SenderPick::new(n, conns);
+            let count = (0..conns).filter(|&i| pick.is_sender(i)).count();
+            assert_eq!(count, n.min(conns), "{n} of {conns}");
+        }
+        // Over rooms (i mod K), halves (two client processes) and threads (i mod 2) alike.
+        let pick = SenderPick::new(100, 1000);
+        for rooms in [2, 4, 5, 10] {
+            for r in 0..rooms {
+                let n = (0..1000)
+                    .filter(|&i| i % rooms == r && pick.is_sender(i))
+                    .count();
+                let even = 100 / rooms;
+                assert!(n.abs_diff(even) <= even / 4 + 2, "room {r} of {rooms}: {n}");
+            }
+        }
+        let first_half = (0..500).filter(|&i| pick.is_sender(i)).count();
+        assert!((45..=55).contains(&first_half), "{first_half}");
+
+        assert_eq!("all".parse::<Senders>().unwrap().of(300), 300);
+        assert_eq!("25%".parse::<Senders>().unwrap().of(300), 75);
+        assert_eq!("50".parse::<Senders>().unwrap().of(30), 30, "at most all");
+        assert_eq!(Senders::default().of(300), 0);
+        assert!("-1".parse::<Senders>().is_err());
+        assert!("120%".parse::<Senders>().is_err());
+        assert!("some".parse::<Senders>().is_err());
+        assert_eq!("all".parse::<Senders>().unwrap().to_string(), "all");
+        assert_eq!("12.5%".parse::<Senders>().unwrap().to_string(), "12.5%");
     }
 
     #[test]

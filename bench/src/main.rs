@@ -17,7 +17,8 @@
 //! view of themselves), [`publish`] with its sinks [`api`] (HTTP API) and [`linksrv`] (edge link),
 //! [`observer`] (the edges' load, through either), [`client`] (a client process) and [`msgs`]
 //! (what it tells the coordinator), [`progress`], [`report`], [`plot`], [`strace`], [`floor`],
-//! [`kernel_tcp`], [`sys`] (the OS), [`term`] (stderr).
+//! [`kernel_tcp`], [`sys`] (the OS), [`term`] (stderr), [`upstream`] (viewers' sends:
+//! `--senders`).
 //!
 //! Every byte on the wire is produced and parsed by the engine's own codecs
 //! (`roomcast_proto`); this crate only adds sockets, clocks and bookkeeping.
@@ -38,6 +39,8 @@
 //   nats                         --server nats: the NATS server's config, monitor and sink
 //   observer                     the edges' load through either
 //   progress                     the live view (Live, Sample)
+//   upstream                     --senders: the edges', control plane's and backend's view of
+//                                the sends (/metrics, /stats) and the results' upstream section
 //   plot, report                 the outputs; report owns the measured Window
 //   strace                       the syscall cross-check
 //   coord                        the phases of a run
@@ -70,6 +73,7 @@ mod strace;
 mod sys;
 mod system;
 mod term;
+mod upstream;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

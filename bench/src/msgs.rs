@@ -56,6 +56,11 @@ pub struct Tick {
     pub frames: u64,
     pub msgs: u64,
     pub reconnects: u64,
+    /// Upstream (`--senders`): sends written and replies read, running totals.
+    #[serde(default)]
+    pub sends: u64,
+    #[serde(default)]
+    pub send_replies: u64,
     /// Latency of the normal group's messages received during the last second (µs, 2 digits).
     pub latency_us: Vec<(u64, u64)>,
 }
@@ -162,6 +167,130 @@ pub struct Report {
     /// Merge traffic (`--pk-rate`, `--like-rate`, `--combo-rate`); all zero without it.
     #[serde(default)]
     pub merge: MergeReport,
+    /// Upstream (`--senders`): the sends and their replies, and the published ones as the
+    /// viewers got them; all zero without senders.
+    #[serde(default)]
+    pub upstream: UpstreamReport,
+}
+
+/// What became of a set of sends (`--senders`), by their reply: published (`msg_seq`), accepted
+/// but not broadcast (`"broadcast":false`), or an error code.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SendCounts {
+    /// Sends written to the socket.
+    pub attempted: u64,
+    /// Of them, replies read (each send's first; a second would be an unexpected reply).
+    pub answered: u64,
+    pub published: u64,
+    pub not_broadcast: u64,
+    /// A successful reply with neither `msg_seq` nor `broadcast:false` (off protocol).
+    pub ok_without_details: u64,
+    /// Error replies by code (`rate_limited`, `unavailable`, `rejected`, ...).
+    pub errors: BTreeMap<String, u64>,
+}
+
+impl SendCounts {
+    pub fn merge(&mut self, o: &SendCounts) {
+        self.attempted += o.attempted;
+        self.answered += o.answered;
+        self.published += o.published;
+        self.not_broadcast += o.not_broadcast;
+        self.ok_without_details += o.ok_without_details;
+        add_counts(&mut self.errors, &o.errors);
+    }
+
+    /// Error replies of one code.
+    pub fn error(&self, code: &str) -> u64 {
+        self.errors.get(code).copied().unwrap_or(0)
+    }
+}
+
+/// Upstream (`--senders`, PROTOCOL.md §5 "Upstream"): the sender connections' sends and replies,
+/// and what the viewers received of the published ones (messages with `from`). Histograms are
+/// (µs, count) pairs.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct UpstreamReport {
+    /// Sender connections.
+    pub senders: u64,
+    /// Sends written in the measured window (by when they were written, whenever answered),
+    /// and over the whole run.
+    pub window: SendCounts,
+    pub run: SendCounts,
+    /// Sends without a reply at the end: their connection still open, or closed since.
+    pub unanswered_open: u64,
+    pub unanswered_closed: u64,
+    /// Replies whose `seq` names no send waiting for one (a second reply, or a stranger's).
+    pub unexpected_replies: u64,
+    /// Sends the schedule skipped: the connection was not joined then; the loop was more than
+    /// one round (1 / rate) behind.
+    pub skipped_not_ready: u64,
+    pub skipped_behind: u64,
+    /// Sends answered `published`, by room index: what each room's viewers should receive.
+    pub published_per_room: Vec<(usize, u64)>,
+    /// Viewers judged at the end (open, not churners, never dropped), by room index.
+    pub judged_per_room: Vec<(usize, u64)>,
+    /// Published sends received for the first time by the judged viewers.
+    pub judged_unique: u64,
+    /// Every viewer: messages with `from` received (duplicates included), duplicates, out of
+    /// order, without a `ts`; received in the measured window.
+    pub received: u64,
+    pub duplicates: u64,
+    pub out_of_order: u64,
+    pub no_ts: u64,
+    pub window_received: u64,
+    /// Send written → its reply read, sends written in the window.
+    pub reply_us: Vec<(u64, u64)>,
+    /// Send written (the `ts` in its data) → a viewer read the published message, normal
+    /// group, in the window.
+    pub delivery_us: Vec<(u64, u64)>,
+}
+
+impl UpstreamReport {
+    pub fn merge(&mut self, o: &UpstreamReport) {
+        self.senders += o.senders;
+        self.window.merge(&o.window);
+        self.run.merge(&o.run);
+        self.unanswered_open += o.unanswered_open;
+        self.unanswered_closed += o.unanswered_closed;
+        self.unexpected_replies += o.unexpected_replies;
+        self.skipped_not_ready += o.skipped_not_ready;
+        self.skipped_behind += o.skipped_behind;
+        self.published_per_room = add_by_key(&self.published_per_room, &o.published_per_room);
+        self.judged_per_room = add_by_key(&self.judged_per_room, &o.judged_per_room);
+        self.judged_unique += o.judged_unique;
+        self.received += o.received;
+        self.duplicates += o.duplicates;
+        self.out_of_order += o.out_of_order;
+        self.no_ts += o.no_ts;
+        self.window_received += o.window_received;
+        self.reply_us = merge_pairs(&self.reply_us, &o.reply_us);
+        self.delivery_us = merge_pairs(&self.delivery_us, &o.delivery_us);
+    }
+
+    /// Deliveries the judged viewers should have had: each room's published sends times its
+    /// judged viewers (every viewer, the sender too, gets every message of its room).
+    pub fn expected_deliveries(&self) -> u64 {
+        self.published_per_room
+            .iter()
+            .map(|&(room, n)| {
+                let viewers = self
+                    .judged_per_room
+                    .iter()
+                    .find(|(r, _)| *r == room)
+                    .map_or(0, |(_, v)| *v);
+                n * viewers
+            })
+            .sum()
+    }
+}
+
+/// (key, count) pairs added by key, sorted by key.
+fn add_by_key(a: &[(usize, u64)], b: &[(usize, u64)]) -> Vec<(usize, u64)> {
+    let mut sum: BTreeMap<usize, u64> = a.iter().copied().collect();
+    for &(k, n) in b {
+        *sum.entry(k).or_default() += n;
+    }
+    sum.into_iter().collect()
 }
 
 /// Merge traffic (the `pk` and `like-storm` scenarios, [`crate::merge`]) as the viewers got it:
@@ -437,11 +566,7 @@ impl Report {
             a.merge(b);
         }
         self.warmup_latency_us = merge_pairs(&self.warmup_latency_us, &o.warmup_latency_us);
-        let mut rooms: BTreeMap<usize, u64> = self.open_per_room.iter().copied().collect();
-        for &(room, n) in &o.open_per_room {
-            *rooms.entry(room).or_default() += n;
-        }
-        self.open_per_room = rooms.into_iter().collect();
+        self.open_per_room = add_by_key(&self.open_per_room, &o.open_per_room);
         self.foreign += o.foreign;
         self.decode_errors += o.decode_errors;
         self.no_ts += o.no_ts;
@@ -452,6 +577,7 @@ impl Report {
         self.rss += o.rss;
         self.recovery.merge(&o.recovery);
         self.merge.merge(&o.merge);
+        self.upstream.merge(&o.upstream);
     }
 }
 
@@ -607,6 +733,49 @@ mod tests {
             ..Report::default()
         });
         assert_eq!(total.merge.judged, 2);
+    }
+
+    #[test]
+    fn upstream_reports_merge_and_expect_each_rooms_sends_at_each_viewer() {
+        let thread = |room: usize, published: u64, viewers: u64, code: &str| UpstreamReport {
+            senders: 2,
+            window: SendCounts {
+                attempted: 10,
+                answered: 9,
+                published,
+                not_broadcast: 8 - published,
+                errors: BTreeMap::from([(code.to_string(), 1)]),
+                ..SendCounts::default()
+            },
+            unexpected_replies: 0,
+            published_per_room: vec![(room, published)],
+            judged_per_room: vec![(room, viewers)],
+            judged_unique: published * viewers,
+            reply_us: vec![(1_000, 9)],
+            ..UpstreamReport::default()
+        };
+        let mut all = Report::default();
+        for r in [
+            thread(0, 3, 5, "rate_limited"),
+            thread(0, 2, 5, "unavailable"),
+            thread(1, 4, 1, "rate_limited"),
+        ] {
+            all.merge(&Report {
+                upstream: r,
+                ..Report::default()
+            });
+        }
+        let up = &all.upstream;
+        assert_eq!(up.senders, 6);
+        assert_eq!((up.window.attempted, up.window.answered), (30, 27));
+        assert_eq!(up.window.published + up.window.not_broadcast, 24);
+        assert_eq!(up.window.error("rate_limited"), 2);
+        assert_eq!(up.window.error("unavailable"), 1);
+        assert_eq!(up.published_per_room, [(0, 5), (1, 4)]);
+        assert_eq!(up.judged_per_room, [(0, 10), (1, 1)]);
+        // Room 0: 5 sends x 10 viewers; room 1: 4 x 1.
+        assert_eq!(up.expected_deliveries(), 54);
+        assert_eq!(up.reply_us, [(1_000, 27)]);
     }
 
     #[test]

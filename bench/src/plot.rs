@@ -359,6 +359,8 @@ mod tests {
                 delivered_msgs_per_s: 100_000.0,
                 frames_per_s: 10_000.0,
                 reconnects_per_s: 0.0,
+                sends_per_s: 0.0,
+                send_replies_per_s: 0.0,
                 latency_ms: Some(Percentiles {
                     p50: 5.0,
                     p90: 9.0,

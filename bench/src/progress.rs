@@ -33,6 +33,9 @@ pub struct Sample {
     pub delivered_msgs_per_s: f64,
     pub frames_per_s: f64,
     pub reconnects_per_s: f64,
+    /// Upstream (`--senders`): sends written and replies read per second.
+    pub sends_per_s: f64,
+    pub send_replies_per_s: f64,
     /// Latency of the normal group's messages received during this second, ms.
     pub latency_ms: Option<Percentiles>,
     pub edge_cores: Option<f64>,
@@ -317,6 +320,8 @@ impl Live {
             delivered_msgs_per_s: per_process(|t| t.msgs),
             frames_per_s: per_process(|t| t.frames),
             reconnects_per_s: per_process(|t| t.reconnects),
+            sends_per_s: per_process(|t| t.sends),
+            send_replies_per_s: per_process(|t| t.send_replies),
             latency_ms: s.latency.take().as_ref().and_then(Percentiles::of),
             edge_cores: cores(edge_cpu, totals.edge_cpu),
             control_cores: cores(control_cpu, totals.control_cpu),
@@ -349,6 +354,13 @@ impl Live {
                 rate(x.published_per_s),
                 rate(x.delivered_msgs_per_s),
                 rate(x.frames_per_s)
+            );
+        }
+        if x.sends_per_s > 0.0 || x.send_replies_per_s > 0.0 {
+            line += &format!(
+                " | sends {}/s ({} answered/s)",
+                rate(x.sends_per_s),
+                rate(x.send_replies_per_s)
             );
         }
         if let Some(l) = x.latency_ms {

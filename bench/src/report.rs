@@ -21,6 +21,7 @@ use crate::progress::{rate, Sample};
 use crate::scenario::{ramp_text, rate_text, RunArgs};
 use crate::sys::{KernelMem, ProcMem};
 use crate::system::{self, EdgeLoad, Measured};
+use crate::upstream;
 
 /// What changed over the measured window (or the hold) between two snapshots the coordinator
 /// took: the raw measurements the CPU figures are made of.
@@ -32,6 +33,8 @@ pub struct Window {
     pub merge_published: [u64; 3],
     pub edge_cpu: Option<f64>,
     pub control_cpu: Option<f64>,
+    /// The sample platform backend's (`--send-proxy`).
+    pub backend_cpu: Option<f64>,
     pub clients_cpu: f64,
     /// The coordinator's own.
     pub me_cpu: f64,
@@ -959,8 +962,11 @@ pub fn memory_json(
 /// CPU in the window: per delivered frame and message (edges, also as a ratio to the floor),
 /// per published message (control plane), per received message (clients).
 pub fn cpu_json(w: &Window, total: &Report, floor: Option<&FloorResult>) -> Value {
-    let inside =
-        w.edge_cpu.unwrap_or(0.0) + w.control_cpu.unwrap_or(0.0) + w.clients_cpu + w.me_cpu;
+    let inside = w.edge_cpu.unwrap_or(0.0)
+        + w.control_cpu.unwrap_or(0.0)
+        + w.backend_cpu.unwrap_or(0.0)
+        + w.clients_cpu
+        + w.me_cpu;
     let (frames, msgs) = (total.window_frames, total.window_msgs);
     let edge_us_per_frame = w.edge_cpu.map(|c| per(c * 1e6, frames));
     json!({
@@ -975,6 +981,8 @@ pub fn cpu_json(w: &Window, total: &Report, floor: Option<&FloorResult>) -> Valu
         "control_cpu_secs": w.control_cpu,
         "control_cores": w.control_cpu.map(|c| c / w.secs),
         "control_us_per_published": w.control_cpu.map(|c| per(c * 1e6, w.published)),
+        "backend_cpu_secs": w.backend_cpu,
+        "backend_cores": w.backend_cpu.map(|c| c / w.secs),
         "clients_cpu_secs": w.clients_cpu,
         "clients_cores": w.clients_cpu / w.secs,
         "clients_us_per_msg": per(w.clients_cpu * 1e6, msgs),
@@ -1285,6 +1293,9 @@ pub fn print_table(r: &Value) {
         println!("{line}");
     }
     for line in merge_lines(r) {
+        println!("{line}");
+    }
+    for line in upstream::lines(r) {
         println!("{line}");
     }
     if let Some(cpu) = r.get("cpu") {
@@ -1950,6 +1961,7 @@ pub fn summary(r: &Value) -> String {
         );
     }
     s += &merge_summary(r);
+    s += &upstream::summary(r);
     s
 }
 
@@ -2033,6 +2045,8 @@ mod tests {
             delivered_msgs_per_s: published * 10.0,
             frames_per_s: 10.0,
             reconnects_per_s: 0.0,
+            sends_per_s: 0.0,
+            send_replies_per_s: 0.0,
             latency_ms: Some(crate::progress::Percentiles {
                 p50: 1.0,
                 p90: 2.0,

@@ -12,7 +12,7 @@ use roomcast_ops::config::load_layered;
 use serde::{Deserialize, Serialize};
 
 use crate::client::Transport;
-use crate::dist::{Population, PriorityMix, PublishSpread, RoomDist};
+use crate::dist::{Population, PriorityMix, PublishSpread, RoomDist, Senders};
 use crate::merge::Traffic;
 
 /// The control plane's development API key (what `roomcast-control` accepts when none is set).
@@ -38,6 +38,25 @@ pub enum ServerKind {
     /// with: viewers subscribe over its websocket, the bench publishes with `PUB` over its client
     /// port. The clients' transport is `nats-ws`.
     Nats,
+}
+
+/// What the started control plane does with viewers' sends (its `--send-mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SendMode {
+    /// Each send is published into its room at priority 3 (within the room's upstream budget).
+    Direct,
+    /// Each send is POSTed to the platform's backend first (--send-proxy starts the sample one).
+    Proxy,
+}
+
+impl SendMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            SendMode::Direct => "direct",
+            SendMode::Proxy => "proxy",
+        }
+    }
 }
 
 /// Where client tokens come from.
@@ -368,6 +387,54 @@ pub struct RunArgs {
     )]
     pub merge_compare: bool,
 
+    // ---- upstream (PROTOCOL.md §5 "Upstream") ----
+    /// Viewers that also send (danmaku through their own connection): a count (`20000`), a
+    /// percentage of --conns (`25%`) or `all`; 0 (the default) sends nothing. Senders are spread
+    /// evenly over the connections (so over rooms and client processes); each sends
+    /// --sends-per-sender-per-s chat lines {"ts":..,"text":".."} of kind --send-kind into its
+    /// room from the warm-up to the end of the window, spread evenly in time. Reported: sends/s
+    /// attempted and answered, per outcome (published, not broadcast, rate_limited,
+    /// unavailable, other), the reply's latency, the CPU per send of the edges, the control
+    /// plane and the backend, and the published sends as the room's viewers received them.
+    /// Needs --publish-via control.
+    #[arg(long, default_value = "0", value_name = "N|P%|all")]
+    pub senders: Senders,
+
+    /// Sends per second of each sender. Above the edges' default --send-rate (2/s) the started
+    /// edges get --send-rate and --send-burst that allow it (unless --edge-arg sets them).
+    #[arg(long, default_value_t = 1.0, value_name = "PER_S")]
+    pub sends_per_sender_per_s: f64,
+
+    /// The `kind` of the sends (one of the edges' --send-kinds: chat, like by default).
+    #[arg(long, default_value = "chat")]
+    pub send_kind: String,
+
+    /// The started control plane's --send-mode: `direct` publishes each send into its room
+    /// (within the room's --send-budgets), `proxy` asks the platform's backend first (needs
+    /// --send-proxy, or --control-arg=--send-proxy-url=...). Default: proxy with --send-proxy,
+    /// else the control plane's own default (direct).
+    #[arg(long, value_enum)]
+    pub send_mode: Option<SendMode>,
+
+    /// Start the sample platform backend (roomcast-example-backend, --backend-bin) on
+    /// --backend-listen and point the control plane's --send-proxy-url at its /roomcast/send
+    /// (implies --send-mode proxy). Its CPU is measured with the others'.
+    #[arg(long)]
+    pub send_proxy: bool,
+
+    /// Where the started sample backend listens (--send-proxy).
+    #[arg(long, default_value = "127.0.0.1:9300")]
+    pub backend_listen: SocketAddr,
+
+    /// The roomcast-example-backend binary (default: next to this executable; build it with
+    /// cargo build --release -p roomcast-example-backend).
+    #[arg(long)]
+    pub backend_bin: Option<PathBuf>,
+
+    /// Extra argument for the started backend, e.g. --backend-arg=--banned-words= (repeatable).
+    #[arg(long = "backend-arg", allow_hyphen_values = true)]
+    pub backend_args: Vec<String>,
+
     // ---- timing ----
     /// Length of the measured window, seconds.
     #[arg(long, default_value_t = 10.0)]
@@ -497,6 +564,7 @@ impl RunArgs {
             }
         }
         self.validate_merge()?;
+        self.validate_upstream()?;
         if self.publish_batch == 0 || self.client_threads == 0 || self.publishers == 0 {
             return Err(
                 "--publish-batch, --client-threads and --publishers must be positive".into(),
@@ -568,6 +636,75 @@ impl RunArgs {
             }
         }
         Ok(())
+    }
+
+    /// Upstream: senders need the control plane (it answers them) and a publishing run (they
+    /// send from the warm-up to the end of the window); the send mode and the backend configure
+    /// a control plane the bench starts.
+    fn validate_upstream(&self) -> Result<(), String> {
+        if !(self.sends_per_sender_per_s.is_finite() && self.sends_per_sender_per_s > 0.0) {
+            return Err(format!(
+                "--sends-per-sender-per-s must be above 0, not {}",
+                self.sends_per_sender_per_s
+            ));
+        }
+        if self.send_kind.is_empty() {
+            return Err("--send-kind must not be empty".into());
+        }
+        if self.senders() > 0 {
+            if self.server != ServerKind::Roomcast || self.publish_via != PublishVia::Control {
+                return Err(
+                    "--senders needs roomcast's control plane (--publish-via control): it answers \
+                     the sends"
+                        .into(),
+                );
+            }
+            if self.hold_only {
+                return Err(
+                    "--senders send from the warm-up to the end of the window; --hold-only has \
+                     neither"
+                        .into(),
+                );
+            }
+        }
+        if self.send_mode.is_some() || self.send_proxy {
+            if self.no_spawn || self.server != ServerKind::Roomcast {
+                return Err(
+                    "--send-mode and --send-proxy configure the control plane the bench starts \
+                     (not with --no-spawn or --server nats)"
+                        .into(),
+                );
+            }
+            if self.publish_via != PublishVia::Control {
+                return Err("--send-mode and --send-proxy need --publish-via control".into());
+            }
+        }
+        let url_given = self
+            .control_args
+            .iter()
+            .any(|a| a.starts_with("--send-proxy-url"));
+        match (self.send_mode, self.send_proxy) {
+            (Some(SendMode::Direct), true) => {
+                Err("--send-proxy starts a backend for --send-mode proxy, not direct".into())
+            }
+            (Some(SendMode::Proxy), false) if !url_given => Err(
+                "--send-mode proxy needs a backend: --send-proxy starts the sample one, or give \
+                 --control-arg=--send-proxy-url=http://..."
+                    .into(),
+            ),
+            _ => Ok(()),
+        }
+    }
+
+    /// Sender connections of the run.
+    pub fn senders(&self) -> usize {
+        self.senders.of(self.conns)
+    }
+
+    /// The send mode given to the started control plane (`None`: its default).
+    pub fn send_mode(&self) -> Option<SendMode> {
+        self.send_mode
+            .or(self.send_proxy.then_some(SendMode::Proxy))
     }
 
     /// The merge traffic this run publishes.
@@ -698,8 +835,8 @@ mod tests {
             }
         }
         assert!(
-            seen >= 11,
-            "expected the eleven scenarios in {}",
+            seen >= 13,
+            "expected the thirteen scenarios in {}",
             dir.display()
         );
     }
@@ -742,6 +879,44 @@ mod tests {
         assert!(load(&["--drop-all-at", "5", "--server", "nats"]).is_err());
         assert!(load(&["--drop-all-at", "5", "--hold-only"]).is_err());
         assert!(load(&["--reconnect-jitter=-1"]).is_err());
+    }
+
+    #[test]
+    fn upstream_needs_the_control_plane_and_a_backend_for_proxy() {
+        let a = load(&["--conns", "200", "--senders", "25%", "--send-proxy"]).unwrap();
+        assert_eq!(a.senders(), 50);
+        assert_eq!(a.send_mode(), Some(SendMode::Proxy), "implied");
+        assert_eq!(load(&[]).unwrap().senders(), 0, "none by default");
+        assert_eq!(load(&[]).unwrap().send_mode(), None);
+        assert_eq!(
+            load(&["--conns", "10", "--senders", "all"])
+                .unwrap()
+                .senders(),
+            10
+        );
+        assert!(load(&["--senders", "5", "--publish-via", "link"]).is_err());
+        assert!(load(&["--senders", "5", "--server", "nats"]).is_err());
+        assert!(load(&["--senders", "5", "--hold-only"]).is_err());
+        assert!(load(&["--senders", "5", "--sends-per-sender-per-s", "0"]).is_err());
+        assert!(load(&["--send-mode", "proxy"]).is_err(), "no backend");
+        assert!(load(&[
+            "--send-mode",
+            "proxy",
+            "--control-arg=--send-proxy-url=http://127.0.0.1:1/x"
+        ])
+        .is_ok());
+        assert!(load(&["--send-mode", "direct", "--send-proxy"]).is_err());
+        assert!(load(&["--send-proxy", "--no-spawn"]).is_err());
+        assert!(load(&["--senders", "5", "--send-mode", "direct"]).is_ok());
+
+        let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/upstream.toml");
+        let up = load(&[file.to_str().unwrap()]).unwrap();
+        assert_eq!(up.senders(), up.conns, "every viewer sends");
+        assert_eq!(up.send_mode(), Some(SendMode::Proxy));
+        let file = file.with_file_name("upstream-direct.toml");
+        let direct = load(&[file.to_str().unwrap()]).unwrap();
+        assert_eq!(direct.send_mode(), Some(SendMode::Direct));
+        assert_eq!(direct.senders(), direct.conns);
     }
 
     #[test]

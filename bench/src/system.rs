@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::msgs::{ClientMsg, Snap};
-use crate::scenario::RunArgs;
+use crate::scenario::{RunArgs, SendMode};
 use crate::sys;
 use crate::term::say;
 
@@ -158,6 +158,8 @@ pub struct Measured {
 #[derive(Default)]
 pub struct Kids {
     pub control: Option<Server>,
+    /// The sample platform backend (`--send-proxy`).
+    pub backend: Option<Server>,
     pub edges: Vec<Server>,
     pub clients: Vec<ClientProc>,
     pub straces: Vec<Child>,
@@ -183,6 +185,18 @@ impl Kids {
         self.clients.clear();
         stop_servers(&mut self.edges);
         stop_servers(&mut self.control.take().into_iter().collect());
+        stop_servers(&mut self.backend.take().into_iter().collect());
+    }
+
+    /// Starts the sample platform backend (`roomcast-example-backend --listen
+    /// <--backend-listen>`, plus --backend-arg).
+    pub fn start_backend(&mut self, args: &RunArgs, log_dir: &Path) -> Result<(), String> {
+        let bin = binary(args.backend_bin.as_deref(), BACKEND_BIN, "--backend-bin")?;
+        let mut backend_args = vec![format!("--listen={}", args.backend_listen)];
+        backend_args.extend(args.backend_args.iter().cloned());
+        let log = log_dir.join("backend.log");
+        self.backend = Some(start_server("backend", &bin, &backend_args, log)?);
+        Ok(())
     }
 
     /// Starts `roomcast-control --no-embedded-edge` with its API on `api` and the edge link on
@@ -205,6 +219,18 @@ impl Kids {
             format!("--api-key={}", args.api_key),
             format!("--jwt-secret={}", args.jwt_secret),
         ];
+        // Upstream: what viewers' sends become, unless --control-arg says.
+        let given = |flag: &str| args.control_args.iter().any(|a| a.starts_with(flag));
+        if let Some(mode) = args.send_mode().filter(|_| !given("--send-mode")) {
+            control_args.push(format!("--send-mode={}", mode.name()));
+        }
+        if args.send_proxy && !given("--send-proxy-url") {
+            control_args.push(format!(
+                "--send-proxy-url=http://{}/roomcast/send",
+                args.backend_listen
+            ));
+        }
+        debug_assert!(args.send_mode() != Some(SendMode::Direct) || !args.send_proxy);
         control_args.extend(args.control_args.iter().cloned());
         let log = log_dir.join("control.log");
         self.control = Some(start_server("control", &bin, &control_args, log)?);
@@ -239,6 +265,13 @@ impl Kids {
         let workers_each =
             (plan.count > 1 && unless_given("--workers")).then(|| (cores / plan.count).max(1));
         let spread_cores = plan.count > 1 && unless_given("--first-core");
+        // Upstream above the edge's default send rate (2/s, burst 5): a bucket that lets every
+        // sender send at its rate, with room for a late loop's catch-up.
+        let rate = args.sends_per_sender_per_s;
+        let send_limits = (args.senders() > 0 && rate > 2.0)
+            .then(|| (rate * 1.5, (rate * 2.0).ceil().max(5.0) as u32));
+        let set_send_rate = send_limits.is_some() && unless_given("--send-rate");
+        let set_send_burst = send_limits.is_some() && unless_given("--send-burst");
         for i in 0..plan.count {
             let id = format!("bench-edge-{i}");
             let mut edge_args: Vec<String> = vec![
@@ -260,6 +293,14 @@ impl Kids {
             }
             if spread_cores {
                 edge_args.push(format!("--first-core={}", i * workers_each.unwrap_or(1)));
+            }
+            if let Some((rate, burst)) = send_limits {
+                if set_send_rate {
+                    edge_args.push(format!("--send-rate={rate}"));
+                }
+                if set_send_burst {
+                    edge_args.push(format!("--send-burst={burst}"));
+                }
             }
             edge_args.extend(args.edge_args.iter().cloned());
             let log = log_dir.join(format!("{id}.log"));
@@ -284,7 +325,12 @@ impl Kids {
 
     /// Fails when a started process has exited.
     pub fn check_alive(&mut self) -> Result<(), String> {
-        for s in self.edges.iter_mut().chain(self.control.as_mut()) {
+        for s in self
+            .edges
+            .iter_mut()
+            .chain(self.control.as_mut())
+            .chain(self.backend.as_mut())
+        {
             if let Ok(Some(status)) = s.child.try_wait() {
                 return Err(format!(
                     "{} (pid {}) exited with {status}; end of its log {}:\n{}",
@@ -347,6 +393,9 @@ pub fn wait_all<'a>(children: impl Iterator<Item = &'a mut Child>, grace: Durati
     }
 }
 
+/// The sample platform backend's binary (`--send-proxy`).
+pub const BACKEND_BIN: &str = "roomcast-example-backend";
+
 /// A workspace binary: `explicit`, or `name` next to this executable.
 fn binary(explicit: Option<&Path>, name: &str, flag: &str) -> Result<PathBuf, String> {
     let bin = match explicit {
@@ -361,10 +410,10 @@ fn binary(explicit: Option<&Path>, name: &str, flag: &str) -> Result<PathBuf, St
         Err(format!(
             "{name} binary {} not found (build it: cargo build --release -p {} -j1; or pass {flag})",
             bin.display(),
-            if name == "roomcast-edge" {
-                "roomcast-engine"
-            } else {
-                "roomcast-control"
+            match name {
+                "roomcast-edge" => "roomcast-engine",
+                BACKEND_BIN => BACKEND_BIN,
+                _ => "roomcast-control",
             }
         ))
     }
@@ -570,6 +619,16 @@ pub fn edge_driver(log: &Path) -> String {
     "?".into()
 }
 
+/// The admin (`/metrics`) address an edge logged in its "edge started" line
+/// (`admin=Some(127.0.0.1:PORT)`), if any.
+pub fn edge_admin(log: &Path) -> Option<SocketAddr> {
+    let text = strip_ansi(&std::fs::read_to_string(log).unwrap_or_default());
+    let line = text.lines().find(|l| l.contains("edge started"))?;
+    let at = line.find("admin=Some(")? + "admin=Some(".len();
+    let end = line[at..].find(')')? + at;
+    line[at..end].parse().ok()
+}
+
 /// Warning and error lines of a log (the development-secret warnings left out).
 pub fn log_warnings(log: &Path) -> Vec<String> {
     strip_ansi(&std::fs::read_to_string(log).unwrap_or_default())
@@ -650,6 +709,27 @@ mod tests {
             0,
             "absent counters are 0"
         );
+    }
+
+    #[test]
+    fn finds_the_admin_address_in_the_start_line() {
+        let dir = std::env::temp_dir().join(format!("roomcast-bench-admin-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("edge.log");
+        std::fs::write(
+            &log,
+            "2025-01-02T03:04:05Z  INFO roomcast_engine::edge: edge started edge_id=\"e0\" \
+             admin=Some(127.0.0.1:40123) driver=\"uring\" workers=1\n",
+        )
+        .unwrap();
+        assert_eq!(edge_admin(&log), Some("127.0.0.1:40123".parse().unwrap()));
+        std::fs::write(
+            &log,
+            "INFO edge started edge_id=\"e0\" admin=None driver=\"epoll\"\n",
+        )
+        .unwrap();
+        assert_eq!(edge_admin(&log), None);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -15,11 +15,18 @@
 //! reconnects after its jitter, joining with `since`; the reply and the replay are counted in a
 //! [`RecoveryReport`].
 //!
+//! Upstream (`--senders`): the sender connections each `send` a chat line into their room at
+//! `--sends-per-sender-per-s`, paced by a [`Schedule`] per thread from the warm-up to the end of
+//! the window; each send's reply is matched to it by `seq` (from [`SEND_SEQ_BASE`] up) and
+//! counted by outcome, with its latency (send written → reply read). Messages with a `from` are
+//! published sends: counted apart from the load (their own completeness and latency), but they
+//! move the connection's position like any message of the room.
+//!
 //! Every frame is parsed by the engine's codecs. The latency timestamp is read out of each
 //! message's `data` (the publisher's JSON, `{"ts":<unix µs>,...}`): payload, not protocol.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::AsRawFd;
@@ -41,11 +48,13 @@ use roomcast_proto::ws::{parse_server_frame, put_client_frame, OpCode, ServerFra
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::position::{Epochs, Joined, Position, Seen};
+use super::upstream::{send_data, InFlight, Schedule, SEND_SEQ_BASE};
 use super::{ip_add, ClientArgs, Cmd, Input, ThreadHistograms, Transport, WAKE};
-use crate::dist::{reconnect_delay, room_name, Group, Population};
+use crate::dist::{reconnect_delay, room_name, Group, Population, SenderPick};
 use crate::merge::{self, Expect, Kind, View};
 use crate::msgs::{
-    new_tick_histogram, Connected, GroupReport, MergeReport, RecoveryReport, Report, Snap, Tick,
+    new_tick_histogram, Connected, GroupReport, MergeReport, RecoveryReport, Report, SendCounts,
+    Snap, Tick, UpstreamReport,
 };
 use crate::natsproto::{self, Op};
 use crate::sys;
@@ -148,6 +157,8 @@ struct Conn {
     skipped: u64,
     /// Messages received for the first time since this connection joined, per priority.
     unique: [u32; PRIORITIES],
+    /// Published sends (messages with `from`) received for the first time since it joined.
+    up_unique: u32,
     /// A partial frame (only between reads that split one).
     rbuf: Vec<u8>,
     /// Bytes not yet accepted by the socket (only during setup, realistically).
@@ -185,6 +196,11 @@ struct Counters {
     merge: MergeReport,
     /// The reconnect storm's counts (its histograms are in [`ThreadHistograms`]).
     rec: RecoveryReport,
+    /// Upstream: sends, replies, and published sends received (histograms in
+    /// [`ThreadHistograms`]; the per-room lists are filled in at the end).
+    up: UpstreamReport,
+    /// Sends answered `published`, by room index.
+    up_published: BTreeMap<usize, u64>,
 }
 
 pub(super) struct Loop {
@@ -230,6 +246,13 @@ pub(super) struct Loop {
     churn_cursor: usize,
     /// Churns due but not yet done (fractional).
     churn_due: f64,
+    /// Upstream: this thread's sender slots, their pacing, the sends waiting for replies (by
+    /// `seq`), the next send's `seq`, and a scratch list of the senders due.
+    senders: Vec<usize>,
+    schedule: Schedule,
+    in_flight: HashMap<u64, InFlight>,
+    send_seq: u64,
+    due: Vec<usize>,
     cmds: Receiver<Cmd>,
     out: Sender<Input>,
     started: Instant,
@@ -273,6 +296,7 @@ impl Loop {
                     join_sent_us: 0,
                     skipped: 0,
                     unique: [0; PRIORITIES],
+                    up_unique: 0,
                     rbuf: Vec::new(),
                     wbuf: Vec::new(),
                     nats: natsproto::Stream::default(),
@@ -280,6 +304,11 @@ impl Loop {
             })
             .collect();
         let churners = (0..n).filter(|&k| conns[k].group == Group::Churn).collect();
+        let pick = SenderPick::new(args.senders, args.conns_total);
+        let senders: Vec<usize> = (0..n)
+            .filter(|&k| pick.is_sender(args.first + t + k * threads))
+            .collect();
+        let schedule = Schedule::new(senders.len(), args.sends_per_sender_per_s);
         let merge_views = if args.merge_checks {
             vec![View::default(); n]
         } else {
@@ -316,6 +345,11 @@ impl Loop {
             churners,
             churn_cursor: 0,
             churn_due: 0.0,
+            senders,
+            schedule,
+            in_flight: HashMap::new(),
+            send_seq: SEND_SEQ_BASE,
+            due: Vec::new(),
             cmds,
             out,
             started: Instant::now(),
@@ -365,11 +399,14 @@ impl Loop {
         let poll_interval = Duration::from_micros(self.args.poll_interval_us);
         loop {
             self.start_more();
-            // Wake for the next resume when it is due, not at the next tick.
-            let wake_at = match self.resumes.peek() {
+            // Wake for the next resume or send when it is due, not at the next tick.
+            let mut wake_at = match self.resumes.peek() {
                 Some(Reverse((due, _))) => next_tick.min(*due),
                 None => next_tick,
             };
+            if let Some(due) = self.schedule.next_due() {
+                wake_at = wake_at.min(due);
+            }
             let timeout = wake_at.saturating_duration_since(Instant::now());
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != io::ErrorKind::Interrupted {
@@ -391,6 +428,7 @@ impl Loop {
             while let Ok(cmd) = self.cmds.try_recv() {
                 self.on_cmd(cmd);
             }
+            self.send_due();
             if !events.is_empty() && !poll_interval.is_zero() {
                 std::thread::sleep(poll_interval);
             }
@@ -436,6 +474,8 @@ impl Loop {
             frames: self.c.frames,
             msgs: self.c.msgs,
             reconnects: self.c.reconnects,
+            sends: self.c.up.run.attempted,
+            send_replies: self.c.up.run.answered,
             ..Tick::default()
         };
         let latency = self.tick_latency.clone();
@@ -445,7 +485,11 @@ impl Loop {
 
     fn on_cmd(&mut self, cmd: Cmd) {
         match cmd {
-            Cmd::Warmup => self.phase = Phase::Warmup,
+            Cmd::Warmup => {
+                self.phase = Phase::Warmup;
+                // Upstream runs from the warm-up to the end of the window.
+                self.schedule.start(Instant::now());
+            }
             Cmd::Start => {
                 self.phase = Phase::Window;
                 self.window_start = (self.c.frames, self.c.msgs, self.c.online_counts);
@@ -470,6 +514,7 @@ impl Loop {
                     }
                 }
                 self.phase = Phase::Drain;
+                self.schedule.stop();
                 self.pause_slow_readers(false);
             }
             Cmd::DropAll => self.drop_all(),
@@ -554,6 +599,7 @@ impl Loop {
             }
         }
         let merge = self.merge_report();
+        let upstream = self.upstream_report();
         for (group, received) in groups.iter_mut().zip(&c.received) {
             for (report, &(all, duplicates, out_of_order)) in
                 group.priorities.iter_mut().zip(received)
@@ -585,7 +631,122 @@ impl Loop {
             ping_errors: c.ping_errors,
             recovery: rec,
             merge,
+            upstream,
             ..Report::default()
+        }
+    }
+
+    /// Upstream at the end: the thread's counts, the sends still unanswered, what each room's
+    /// senders got published, and the viewers judged for it with the published sends they
+    /// received (open at the end, not churners, never dropped: each has been in its room since
+    /// before the first send).
+    fn upstream_report(&self) -> UpstreamReport {
+        let mut up = self.c.up.clone();
+        up.senders = self.senders.len() as u64;
+        for f in self.in_flight.values() {
+            if self.conns[f.k as usize].state == State::Ready {
+                up.unanswered_open += 1;
+            } else {
+                up.unanswered_closed += 1;
+            }
+        }
+        up.published_per_room = self.c.up_published.iter().map(|(&r, &n)| (r, n)).collect();
+        let mut judged: BTreeMap<usize, u64> = BTreeMap::new();
+        for conn in &self.conns {
+            if conn.state == State::Ready
+                && conn.group != Group::Churn
+                && conn.storm == Storm::Untouched
+            {
+                *judged.entry(conn.room as usize).or_default() += 1;
+                up.judged_unique += u64::from(conn.up_unique);
+            }
+        }
+        up.judged_per_room = judged.into_iter().collect();
+        up
+    }
+
+    /// Writes the sends that are due, each sender in its turn (see [`Schedule`]).
+    fn send_due(&mut self) {
+        let mut due = std::mem::take(&mut self.due);
+        self.c.up.skipped_behind += self.schedule.due(Instant::now(), &mut due);
+        for &i in &due {
+            let k = self.senders[i];
+            if self.conns[k].state != State::Ready {
+                self.c.up.skipped_not_ready += 1;
+                continue;
+            }
+            self.send_one(k);
+        }
+        due.clear();
+        self.due = due;
+    }
+
+    /// One `send` of a chat line into connection `k`'s room.
+    fn send_one(&mut self, k: usize) {
+        let seq = self.send_seq;
+        self.send_seq += 1;
+        let now_us = sys::unix_micros();
+        let op = ClientOp::Send {
+            seq,
+            room: self.room_names[self.conns[k].room as usize].clone(),
+            kind: self.args.send_kind.clone(),
+            data: send_data(now_us, seq - SEND_SEQ_BASE).into(),
+        };
+        let bytes = encode_op(self.args.transport.format(), &op, self.mask(k));
+        if !self.send(k, &bytes) {
+            return;
+        }
+        let in_window = self.phase == Phase::Window;
+        self.in_flight.insert(
+            seq,
+            InFlight {
+                k: k as u32,
+                sent_us: now_us,
+                in_window,
+            },
+        );
+        self.c.up.run.attempted += 1;
+        if in_window {
+            self.c.up.window.attempted += 1;
+        }
+    }
+
+    /// The reply to a send: matched to it by `seq`, counted by outcome, timed.
+    fn on_send_reply(
+        &mut self,
+        k: usize,
+        seq: u64,
+        result: &Result<(), (String, String)>,
+        details: &ReplyDetails,
+    ) {
+        let now_us = sys::unix_micros();
+        let Some(sent) = self.in_flight.remove(&seq).filter(|f| f.k as usize == k) else {
+            self.c.up.unexpected_replies += 1;
+            return;
+        };
+        let published = result.is_ok() && details.msg_seq.is_some();
+        let count = |c: &mut SendCounts| {
+            c.answered += 1;
+            match result {
+                Ok(()) if details.msg_seq.is_some() => c.published += 1,
+                Ok(()) if details.not_broadcast => c.not_broadcast += 1,
+                Ok(()) => c.ok_without_details += 1,
+                Err((code, _)) => *c.errors.entry(code.clone()).or_default() += 1,
+            }
+        };
+        count(&mut self.c.up.run);
+        if sent.in_window {
+            count(&mut self.c.up.window);
+            self.hists
+                .send_reply
+                .saturating_record(now_us.saturating_sub(sent.sent_us).max(1));
+        }
+        if published {
+            *self
+                .c
+                .up_published
+                .entry(self.conns[k].room as usize)
+                .or_default() += 1;
         }
     }
 
@@ -1065,6 +1226,11 @@ impl Loop {
         }
         let merge_checks = !self.merge_views.is_empty();
         for m in msgs {
+            if m.from.is_some() {
+                // A viewer's published send: apart from the load.
+                self.record_upstream(k, m.seq, m.data, now_us);
+                continue;
+            }
             match Kind::of(m.kind).filter(|_| merge_checks) {
                 Some(kind) => self.record_merge(k, kind, &m, now_us),
                 None => self.record(k, m.priority, m.seq, m.data, now_us),
@@ -1104,6 +1270,38 @@ impl Loop {
             if let Some(ts) = scan_ts(m.data) {
                 self.hists.merge[i].saturating_record(now_us.saturating_sub(ts).max(1));
             }
+        }
+    }
+
+    /// Counts one published send (a message with `from`) received by connection `k`: unique,
+    /// duplicated or out of order by `seq` (it moves the position like any message of the
+    /// room), and its delivery latency from the send time in its data.
+    fn record_upstream(&mut self, k: usize, seq: u64, data: &[u8], now_us: u64) {
+        self.c.msgs += 1;
+        let up = &mut self.c.up;
+        up.received += 1;
+        let conn = &mut self.conns[k];
+        let group = conn.group;
+        let (seen, caught_up) = conn.pos.on_message(seq);
+        match seen {
+            Seen::New | Seen::Replayed => conn.up_unique += 1,
+            Seen::Duplicate => up.duplicates += 1,
+            Seen::OutOfOrder => up.out_of_order += 1,
+        }
+        if self.phase == Phase::Window {
+            up.window_received += 1;
+        }
+        if seen == Seen::New && group == Group::Normal && self.phase == Phase::Window {
+            match scan_ts(data) {
+                Some(ts) => self
+                    .hists
+                    .send_delivery
+                    .saturating_record(now_us.saturating_sub(ts).max(1)),
+                None => up.no_ts += 1,
+            }
+        }
+        if caught_up {
+            self.on_caught_up(now_us);
         }
     }
 
@@ -1230,6 +1428,11 @@ impl Loop {
                 seq,
                 result,
                 details,
+            } if seq >= SEND_SEQ_BASE => self.on_send_reply(k, seq, &result, &details),
+            ServerMsg::Reply {
+                seq,
+                result,
+                details,
             } => {
                 if self.conns[k].state == State::Joining && seq <= 2 {
                     match result {
@@ -1246,6 +1449,9 @@ impl Loop {
                         }
                         Ok(()) => {}
                     }
+                } else if seq <= 2 {
+                    // The `auth` reply after the `join` reply (the edge answers each when the
+                    // control plane confirms its channel): not a heartbeat.
                 } else if result.is_ok() {
                     self.c.pongs += 1;
                 } else {
@@ -1461,6 +1667,7 @@ impl Loop {
             conn.storm = Storm::Untouched;
             conn.skipped = 0;
             conn.unique = [0; PRIORITIES];
+            conn.up_unique = 0;
             conn.rbuf = Vec::new();
             conn.wbuf = Vec::new();
             conn.nats = natsproto::Stream::default();

@@ -26,6 +26,7 @@ use crate::sys;
 
 mod event_loop;
 mod position;
+mod upstream;
 
 use event_loop::Loop;
 
@@ -131,6 +132,19 @@ pub struct ClientArgs {
     /// The PK key's merge interval (ms), for the spacing of the updates.
     #[arg(long, default_value_t = 2000)]
     pub pk_interval_ms: u64,
+    /// Upstream: this many of the run's --conns-total connections send (global connection i is
+    /// a sender when `dist::is_sender(i, senders, conns_total)`: spread evenly over the indexes).
+    #[arg(long, default_value_t = 0)]
+    pub senders: usize,
+    /// Connections of the whole run (all client processes), for choosing the senders.
+    #[arg(long, default_value_t = 0)]
+    pub conns_total: usize,
+    /// Sends per second of each sender, from the warm-up to the end of the measured window.
+    #[arg(long, default_value_t = 1.0)]
+    pub sends_per_sender_per_s: f64,
+    /// The `kind` of the sends.
+    #[arg(long, default_value = "chat")]
+    pub send_kind: String,
 }
 
 /// The token of each loop's waker.
@@ -181,6 +195,10 @@ struct ThreadHistograms {
     /// Merge traffic per kind: publish (the newest merged message's `ts`) → received, normal
     /// group, in the window.
     merge: [Histogram<u64>; 3],
+    /// Upstream: send written → reply read (sends written in the window); send written → a
+    /// viewer read the published message (normal group, in the window).
+    send_reply: Histogram<u64>,
+    send_delivery: Histogram<u64>,
 }
 
 impl ThreadHistograms {
@@ -194,6 +212,8 @@ impl ThreadHistograms {
             caught_up: new_latency_histogram(),
             replay_latency: new_latency_histogram(),
             merge: std::array::from_fn(|_| new_latency_histogram()),
+            send_reply: new_latency_histogram(),
+            send_delivery: new_latency_histogram(),
         }
     }
 
@@ -232,6 +252,12 @@ impl ThreadHistograms {
         for (mine, theirs) in self.merge.iter_mut().zip(&o.merge) {
             mine.add(theirs).expect("same histogram bounds");
         }
+        self.send_reply
+            .add(&o.send_reply)
+            .expect("same histogram bounds");
+        self.send_delivery
+            .add(&o.send_delivery)
+            .expect("same histogram bounds");
     }
 
     /// Puts the histograms into `report` as (value, count) pairs.
@@ -251,6 +277,8 @@ impl ThreadHistograms {
         for (pairs, h) in report.merge.latency_us.iter_mut().zip(&self.merge) {
             *pairs = histogram_pairs(h);
         }
+        report.upstream.reply_us = histogram_pairs(&self.send_reply);
+        report.upstream.delivery_us = histogram_pairs(&self.send_delivery);
     }
 }
 
@@ -451,6 +479,8 @@ impl Process<'_> {
             sum.frames += t.frames;
             sum.msgs += t.msgs;
             sum.reconnects += t.reconnects;
+            sum.sends += t.sends;
+            sum.send_replies += t.send_replies;
             *fresh = false;
         }
         self.tick_latency.reset();

@@ -104,3 +104,18 @@ pub fn spawned_system_args(io: &str) -> Vec<String> {
         ports[1].port().to_string(),
     ]
 }
+
+/// The arguments that make `roomcast-bench run --send-proxy` start this workspace's sample
+/// backend (built once per test process) on a free loopback port.
+#[allow(dead_code)]
+pub fn backend_args() -> Vec<String> {
+    use roomcast_tests::process::{free_local_addrs, BACKEND_BINARY};
+    use std::sync::OnceLock;
+    static BACKEND: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    vec![
+        "--backend-bin".into(),
+        BACKEND_BINARY.path(&BACKEND).display().to_string(),
+        "--backend-listen".into(),
+        free_local_addrs(1)[0].to_string(),
+    ]
+}
