@@ -266,10 +266,15 @@ export class RoomcastClient extends Emitter<ClientEvents> {
     this.emit("state", this.sm.to(to, code, reason));
   }
 
-  private report(err: unknown): void {
+  /**
+   * Reports a non-fatal problem on the `error` event. Without an `error` listener, a listener's
+   * exception (an app bug) goes to the console; expected trouble (the server away) stays quiet —
+   * the `reconnect` event says it.
+   */
+  private report(err: unknown, quiet = false): void {
     const e = err instanceof Error ? err : new Error(String(err));
     if (this.listenerCount("error") > 0) this.emit("error", e);
-    else if (typeof console !== "undefined") console.error("roomcast:", e);
+    else if (!quiet && typeof console !== "undefined") console.error("roomcast:", e);
   }
 
   private async attempt(): Promise<void> {
@@ -281,7 +286,7 @@ export class RoomcastClient extends Emitter<ClientEvents> {
       if (gen !== this.gen) return;
     } catch (err) {
       if (gen !== this.gen) return;
-      this.report(err);
+      this.report(err, true);
       this.addrIndex++;
       this.scheduleRetry("dispatch_failed", (err as Error).message);
       return;
@@ -291,7 +296,7 @@ export class RoomcastClient extends Emitter<ClientEvents> {
       if (gen !== this.gen) return;
     } catch (err) {
       if (gen !== this.gen) return;
-      this.report(err);
+      this.report(err, true);
       this.scheduleRetry("token_failed", (err as Error).message);
       return;
     }
@@ -307,7 +312,7 @@ export class RoomcastClient extends Emitter<ClientEvents> {
         this.needDispatch = false;
       } catch (err) {
         if (this.addresses.length === 0) throw err;
-        this.report(err); // keep walking the addresses we have
+        this.report(err, true); // keep walking the addresses we have
         this.addrIndex %= this.addresses.length;
       }
     }
@@ -354,7 +359,7 @@ export class RoomcastClient extends Emitter<ClientEvents> {
     try {
       ws = new this.WS(address);
     } catch (err) {
-      this.report(err);
+      this.report(err, true);
       this.addrIndex++;
       this.scheduleRetry(1006, `cannot open ${address}: ${(err as Error).message}`);
       return;
@@ -407,6 +412,7 @@ export class RoomcastClient extends Emitter<ClientEvents> {
     const waiters = this.connectWaiters;
     this.connectWaiters = [];
     for (const w of waiters) w.resolve();
+    if (this.session !== s) return; // a state listener closed the client
     this.schedulePing(s);
     this.armWatchdog(s);
     this.broadcast.tracker.reset();
@@ -452,9 +458,11 @@ export class RoomcastClient extends Emitter<ClientEvents> {
     const wasConnected = s.authed;
     // A socket still open here is one we give up on (timeouts, a dead connection): no handshake.
     this.endSession(s, new RoomcastError("connection_lost", `connection lost (${code}${reason ? " " + reason : ""})`), true);
+    const gen = this.gen;
     for (const room of this.roomsById.values()) {
       if (room.wanted && room.state === "subscribed") room.setState("subscribing", code, reason);
     }
+    if (gen !== this.gen || this.sm.state === "disconnected") return; // a listener closed the client
     if (code === 4030) this.sendPausedUntil = this.clock.now() + (this.opts.sendPauseAfterFloodMs ?? 10000);
     let action = closeAction(code, this.opts.closeActions, this.opts.platformCloseAction ?? "stop");
     if (action === "refresh") {
@@ -469,6 +477,7 @@ export class RoomcastClient extends Emitter<ClientEvents> {
     this.addrIndex++;
     if (wasConnected) this.needDispatch = true;
     this.setState("connecting", code, reason);
+    if (this.sm.state !== "connecting") return; // a state listener closed the client
     this.scheduleRetry(code, reason);
   }
 
@@ -506,13 +515,14 @@ export class RoomcastClient extends Emitter<ClientEvents> {
 
   private scheduleRetry(code: number | string | undefined, reason: string | undefined): void {
     const delayMs = this.backoff.next();
-    this.emit("reconnect", { attempt: this.backoff.attempt, delayMs, code, reason });
     if (this.retryTimer !== undefined) this.clock.clearTimeout(this.retryTimer);
     this.retryTimer = this.clock.setTimeout(() => {
       this.retryTimer = undefined;
       if (this.sm.state === "connecting") void this.attempt();
     }, delayMs);
+    this.emit("reconnect", { attempt: this.backoff.attempt, delayMs, code, reason });
   }
+
 
   private stop(code: number, reason: string, err: RoomcastError): void {
     if (this.retryTimer !== undefined) this.clock.clearTimeout(this.retryTimer);

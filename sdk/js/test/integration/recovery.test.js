@@ -28,7 +28,7 @@ test("connections cut with the server up: each client reconnects after its own j
     const recons = [];
     for (let i = 0; i < n; i++) {
       const user = `rec${i}`;
-      const c = new RoomcastClient({ url: proxy.wsUrl, getToken: () => sys.token(user), WebSocket, backoff: { baseMs: 1000, capMs: 4000, minMs: 100 } });
+      const c = new RoomcastClient({ url: proxy.wsUrl, getToken: () => sys.token(user), WebSocket, backoff: { baseMs: 1000, capMs: 4000, minMs: 300 } });
       c.on("error", () => {});
       const r = [];
       c.on("reconnect", (e) => r.push({ ...e, at: Date.now() }));
@@ -57,7 +57,11 @@ test("connections cut with the server up: each client reconnects after its own j
       const l = logs[k];
       assert.deepEqual(l.msgs.map((m) => m.seq), range(1, 25), `client ${k}: every seq once, in order`);
       assert.deepEqual(l.msgs.map((m) => m.data.i), range(1, 25));
-      assert.ok(l.msgs.slice(5, 20).every((m) => m.replayed), `client ${k}: 6..20 came from the recovery replay`);
+      // What was published before the rejoin comes from the replay, the rest live: the replayed
+      // ones are a prefix of what followed the cut (on a quiet host, all of 6..20).
+      const flags = l.msgs.slice(5).map((m) => m.replayed);
+      assert.ok(flags[0], `client ${k}: 6 came from the recovery replay`);
+      assert.ok(flags.every((f, i) => i === 0 || !f || flags[i - 1]), `client ${k}: no live message before a replayed one: ${flags}`);
       assert.ok(l.msgs.slice(20).every((m) => !m.replayed), `client ${k}: 21..25 live`);
       assert.deepEqual(l.reloads, [], "no reload: the recovery was exact");
       assert.deepEqual(l.lost, []);
@@ -65,7 +69,7 @@ test("connections cut with the server up: each client reconnects after its own j
       assert.equal(recons[k].length, 1);
       assert.equal(recons[k][0].attempt, 1);
       assert.equal(recons[k][0].code, 1006);
-      assert.ok(delays[k] >= 100 && delays[k] <= 1000, `delay ${delays[k]} within [100, 1000]`);
+      assert.ok(delays[k] >= 300 && delays[k] <= 1000, `delay ${delays[k]} within [300, 1000]`);
     }
     assert.ok(new Set(delays).size > 1, `full jitter: the delays differ (${delays})`);
     assert.equal(proxy.accepted - acceptedBefore, n, "one reconnection each");
@@ -127,9 +131,13 @@ test("a reader that stops is closed as slow (4008); the client reconnects and re
     await until(() => recon.length > 0, "the reconnect");
     assert.deepEqual([recon[0].code, recon[0].reason], [4008, "slow"]);
     await until(() => c.state === "connected" && room.state === "subscribed", "back");
+    // The replay first: with this tiny soft bound a live batch arriving behind a replay still
+    // queued would be shed, and a shed tail has no later message to reveal it.
+    await until(() => log.msgs.length === published, `the ${published} messages up to the close`, 15_000);
     for (let i = 1; i <= 3; i++) await sys.publish("slow", { i: ++published });
     await until(() => log.msgs.length === published, `all ${published} messages`, 15_000).catch((e) => {
-      throw new Error(`${e.message}: got ${log.msgs.map((m) => m.seq)}; lost ${JSON.stringify(log.lost)}; reloads ${JSON.stringify(log.reloads)}`);
+      const seqs = log.msgs.map((m) => m.seq);
+      throw new Error(`${e.message}: got ${seqs.length} (last ${seqs.slice(-3)}); lost ${JSON.stringify(log.lost)}; reloads ${JSON.stringify(log.reloads)}; states ${JSON.stringify(log.states)}; reconnects ${JSON.stringify(recon)}; client ${c.state}; held ${room.tracker?.held}`);
     });
     await sleep(200);
     assert.deepEqual(log.msgs.map((m) => m.seq), range(1, published), "every seq once, in order");

@@ -549,6 +549,22 @@ test("a listener that throws is reported and does not stop delivery", async () =
   client.close();
 });
 
+test("a listener may close the client from inside an event: nothing reconnects afterwards", async () => {
+  for (const where of ["room state", "client state", "reconnect"]) {
+    const { client, server, clock } = await connected();
+    const room = client.room("r1");
+    await room.join();
+    if (where === "room state") room.on("state", (c) => c.state === "subscribing" && client.close());
+    if (where === "client state") client.on("state", (c) => c.state === "connecting" && client.close());
+    if (where === "reconnect") client.on("reconnect", () => client.close());
+    server.last.serverClose(1006, "");
+    await clock.advance(60_000);
+    assert.equal(client.state, "disconnected", where);
+    assert.equal(server.sockets.length, 1, `${where}: no new connection`);
+    assert.equal(clock.timers.size, 0, `${where}: no timer left`);
+  }
+});
+
 test("close(): disconnected, rooms unsubscribed but keep their position, joins resume after connect()", async () => {
   const { client, server, clock } = await connected();
   const room = client.room("r1");
