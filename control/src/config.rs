@@ -27,6 +27,9 @@ pub const DEV_API_KEY: &str = "roomcast-dev-api-key";
 /// (5 s), after which an edge answers a send `unavailable` itself.
 const MAX_SEND_PROXY_TIMEOUT_MS: u64 = 4_000;
 
+/// roomcast-edge's default `--tick-ms`: the window of a room it was told no level for.
+const EDGE_DEFAULT_TICK_MS: u32 = 100;
+
 /// Number of rate levels (1..=4).
 pub const LEVELS: usize = 4;
 
@@ -417,6 +420,13 @@ impl Levels {
     /// The tick of `level` (1..=4) in milliseconds.
     pub fn tick_ms(&self, level: u8) -> u32 {
         self.ticks_ms[level_index(level)]
+    }
+
+    /// Whether level 1's pacing is what an edge applies to a room it was told nothing about
+    /// (roomcast-edge's default `--tick-ms` 100 and no budgets): only then can a room that never
+    /// left level 1 go untold.
+    pub fn level1_is_edge_default(&self) -> bool {
+        self.ticks_ms[0] == EDGE_DEFAULT_TICK_MS && self.budgets[0].iter().all(|&b| b == UNLIMITED)
     }
 
     /// Sends a room at `level` broadcasts per tick.

@@ -526,7 +526,7 @@ fn refresh_level(
             room.members.iter().map(|&(slot, _)| slot).collect()
         }
         None => appeared_on
-            .filter(|_| room.leveled || room.level.level() != 1)
+            .filter(|_| room.leveled || room.level.level() != 1 || !levels.level1_is_edge_default())
             .into_iter()
             .collect(),
     };
@@ -2211,6 +2211,27 @@ pub(crate) mod tests {
                 .collect::<Vec<_>>(),
             vec![1]
         );
+    }
+
+    #[test]
+    fn level_one_pacing_other_than_the_edges_default_is_told_when_a_room_appears() {
+        let config = crate::config::ControlConfig::load_from([
+            "roomcast-control",
+            "--level1-budgets",
+            "1,2,3",
+        ])
+        .expect("valid");
+        let r = Router::new(config.levels().unwrap(), Duration::from_secs(3), 64 << 20);
+        let mut e1 = FakeEdge::register(&r, "e1", 100);
+        r.apply_report(e1.key, report(true, &[("small", 1)], &[]), Instant::now());
+        let told = set_levels(&mut e1);
+        assert_eq!(told.len(), 1, "{told:?}");
+        assert_eq!((told[0].level, told[0].budgets), (1, [UNLIMITED, 1, 2, 3]));
+        // With the defaults a level-1 room goes untold (the edge's own pacing is the same).
+        let r = router();
+        let mut e1 = FakeEdge::register(&r, "e1", 100);
+        r.apply_report(e1.key, report(true, &[("small", 1)], &[]), Instant::now());
+        assert!(set_levels(&mut e1).is_empty());
     }
 
     fn gift<'a>(target: TargetRef<'a>, priority: u8, data: &'static str) -> PublishReq<'a> {
