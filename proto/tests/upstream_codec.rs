@@ -274,7 +274,7 @@ fn pushed_messages_carry_from_and_ack_in_json_and_in_the_priority_byte() {
     let json = encode_batch(
         WireFormat::WsJson,
         &Target::Room("r1".into()),
-        &[msg.clone()],
+        std::slice::from_ref(&msg),
     );
     assert_eq!(
         ws_text(&json),
@@ -283,14 +283,18 @@ fn pushed_messages_carry_from_and_ack_in_json_and_in_the_priority_byte() {
     let json = encode_batch(
         WireFormat::WsJson,
         &Target::User("u1".into()),
-        &[ack.clone()],
+        std::slice::from_ref(&ack),
     );
     assert_eq!(
         ws_text(&json),
         r#"{"op":"batch","user":"u1","msgs":[{"seq":7,"p":1,"kind":"reward","ack":true,"data":{}}]}"#
     );
     // Binary: p 0x23 (from, priority 3) then from str8 before kind; p 0x11 (ack, priority 1).
-    let tcp = encode_batch(WireFormat::Tcp, &Target::Room("r1".into()), &[msg.clone()]);
+    let tcp = encode_batch(
+        WireFormat::Tcp,
+        &Target::Room("r1".into()),
+        std::slice::from_ref(&msg),
+    );
     let payload = tcp_payload(&tcp);
     let at = 1 + 1 + 3 + 2 + 8;
     assert_eq!(payload[at], 0x23);
@@ -300,7 +304,7 @@ fn pushed_messages_carry_from_and_ack_in_json_and_in_the_priority_byte() {
         (Target::User("u1".into()), ack),
     ] {
         for format in [WireFormat::WsJson, WireFormat::Tcp] {
-            let frame = encode_batch(format, &target, &[m.clone()]);
+            let frame = encode_batch(format, &target, std::slice::from_ref(&m));
             let decoded = match format {
                 WireFormat::WsJson => decode_server_json(ws_text(&frame).as_bytes()),
                 _ => decode_server_binary(tcp_payload(&frame)),
