@@ -83,6 +83,8 @@ struct Snapshot {
     clients: Vec<Option<f64>>,
     me: f64,
     host: (f64, f64),
+    /// Host interrupt + softirq and steal time.
+    host_irq_steal: (f64, f64),
     loads: Vec<EdgeLoad>,
     counters: Vec<Option<EdgeStats>>,
     published: u64,
@@ -106,6 +108,7 @@ impl Snapshot {
             clients: client_pids.iter().map(|&p| sys::proc_cpu_secs(p)).collect(),
             me: sys::self_cpu_secs(),
             host: sys::system_cpu_secs(),
+            host_irq_steal: sys::system_irq_steal_secs(),
             loads: running.observer.edges(),
             counters: running
                 .edges
@@ -155,6 +158,8 @@ fn window_between(a: &Snapshot, b: &Snapshot, edges_json: &mut [Value]) -> Windo
         me_cpu: b.me - a.me,
         host_busy: b.host.0 - a.host.0,
         host_total: b.host.1 - a.host.1,
+        host_irq: b.host_irq_steal.0 - a.host_irq_steal.0,
+        host_steal: b.host_irq_steal.1 - a.host_irq_steal.1,
         tcp: a
             .tcp
             .as_ref()

@@ -221,6 +221,10 @@ pub struct UpstreamReport {
     pub unanswered_closed: u64,
     /// Replies whose `seq` names no send waiting for one (a second reply, or a stranger's).
     pub unexpected_replies: u64,
+    /// Error replies over the whole run by `code: message` (which limit said `rate_limited`,
+    /// which hop said `unavailable`).
+    #[serde(default)]
+    pub error_messages: BTreeMap<String, u64>,
     /// Sends the schedule skipped: the connection was not joined then; the loop was more than
     /// one round (1 / rate) behind.
     pub skipped_not_ready: u64,
@@ -253,6 +257,7 @@ impl UpstreamReport {
         self.unanswered_open += o.unanswered_open;
         self.unanswered_closed += o.unanswered_closed;
         self.unexpected_replies += o.unexpected_replies;
+        add_counts(&mut self.error_messages, &o.error_messages);
         self.skipped_not_ready += o.skipped_not_ready;
         self.skipped_behind += o.skipped_behind;
         self.published_per_room = add_by_key(&self.published_per_room, &o.published_per_room);

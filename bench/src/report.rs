@@ -40,6 +40,10 @@ pub struct Window {
     pub me_cpu: f64,
     pub host_busy: f64,
     pub host_total: f64,
+    /// Of the busy time, interrupts and softirqs (charged to no process: on loopback much of
+    /// the network stack's receive work) and time stolen by the hypervisor.
+    pub host_irq: f64,
+    pub host_steal: f64,
     /// The kernel's TCP counters over the window.
     pub tcp: Option<Counters>,
 }
@@ -990,6 +994,8 @@ pub fn cpu_json(w: &Window, total: &Report, floor: Option<&FloorResult>) -> Valu
         "system_busy_cores": w.host_busy / w.secs,
         "system_cores": w.host_total / w.secs,
         "other_busy_cores": ((w.host_busy - inside) / w.secs).max(0.0),
+        "irq_softirq_cores": w.host_irq / w.secs,
+        "steal_cores": w.host_steal / w.secs,
     })
 }
 
@@ -1329,10 +1335,19 @@ pub fn print_table(r: &Value) {
             f(&cpu["coordinator_cores"])
         );
         println!(
-            "host CPU       {:.2} of {:.0} cores busy in the window, {:.2} of them outside this benchmark",
+            "host CPU       {:.2} of {:.0} cores busy in the window, {:.2} of them outside this benchmark{}",
             f(&cpu["system_busy_cores"]),
             f(&cpu["system_cores"]),
-            f(&cpu["other_busy_cores"])
+            f(&cpu["other_busy_cores"]),
+            if cpu["irq_softirq_cores"].is_number() {
+                format!(
+                    "; host-wide {:.2} cores in interrupts and softirqs (the loopback network stack's, charged to no process or to whichever ran), {:.2} stolen by the hypervisor",
+                    f(&cpu["irq_softirq_cores"]),
+                    f(&cpu["steal_cores"])
+                )
+            } else {
+                String::new()
+            }
         );
     }
     for line in control_lines(&r["control"]) {

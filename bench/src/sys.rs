@@ -98,6 +98,23 @@ pub fn system_cpu_secs() -> (f64, f64) {
     ((total - idle) as f64 / hz, total as f64 / hz)
 }
 
+/// Host CPU time in interrupts and softirqs (irq + softirq: on loopback, much of the network
+/// stack's receive work, charged to no process) and stolen by the hypervisor, seconds.
+pub fn system_irq_steal_secs() -> (f64, f64) {
+    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = text.lines().find(|l| l.starts_with("cpu ")) else {
+        return (0.0, 0.0);
+    };
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let at = |i: usize| v.get(i).copied().unwrap_or(0);
+    let hz = clock_ticks() as f64;
+    ((at(5) + at(6)) as f64 / hz, at(7) as f64 / hz)
+}
+
 /// This process's CPU time (all threads), seconds.
 pub fn self_cpu_secs() -> f64 {
     rusage_secs(libc::RUSAGE_SELF)

@@ -204,6 +204,9 @@ fn counts_json(c: &SendCounts, secs: f64) -> Value {
         "ok_without_details": c.ok_without_details,
         "published_per_s": c.published as f64 / secs,
         "not_broadcast_per_s": c.not_broadcast as f64 / secs,
+        "rate_limited_per_s": c.error("rate_limited") as f64 / secs,
+        "unavailable_per_s": c.error("unavailable") as f64 / secs,
+        "other_per_s": other as f64 / secs,
     })
 }
 
@@ -282,6 +285,7 @@ pub fn json(i: &Inputs<'_>) -> Value {
         "unanswered_open_at_end": up.unanswered_open,
         "unanswered_closed_at_end": up.unanswered_closed,
         "unexpected_replies": up.unexpected_replies,
+        "error_messages_run": up.error_messages,
         "skipped_not_joined": up.skipped_not_ready,
         "skipped_behind": up.skipped_behind,
         "every_send_answered_once": up.run.attempted == up.run.answered
@@ -462,6 +466,15 @@ pub fn lines(r: &Value) -> Vec<String> {
             String::new()
         },
     ));
+    if u["error_messages_run"]
+        .as_object()
+        .is_some_and(|m| !m.is_empty())
+    {
+        lines.push(format!(
+            "send errors    whole run, by reply: {}",
+            counts(&u["error_messages_run"])
+        ));
+    }
     let ds = &u["downstream"];
     lines.push(format!(
         "downstream     {} msg/s of the load delivered ({} with the published sends), {} frames/s; normal group {} complete, p50 {} p99 {} ms (compare with the same run without --senders)",
@@ -488,7 +501,7 @@ pub fn summary(r: &Value) -> String {
     let w = &u["window"];
     let c = &u["cpu"];
     format!(
-        "; upstream {} senders x {}/s ({}): {} sends/s attempted, {} answered ({} published/s, {} not broadcast/s, {} rate_limited, {} unavailable, {} other), reply p50 {} p99 {} max {} ms, {} per send edge / {} control / {} backend, sends received {:.3}%",
+        "; upstream {} senders x {}/s ({}): {} sends/s attempted, {} answered ({} published/s, {} not broadcast/s, {} rate_limited/s, {} unavailable/s, {} other/s), reply p50 {} p99 {} max {} ms, {} per send edge / {} control / {} backend, sends received {:.3}%",
         u["senders"],
         f(&u["per_sender_per_s"]),
         u["send_mode"].as_str().unwrap_or("?"),
@@ -496,9 +509,9 @@ pub fn summary(r: &Value) -> String {
         rate(f(&w["answered_per_s"])),
         rate(f(&w["published_per_s"])),
         rate(f(&w["not_broadcast_per_s"])),
-        w["rate_limited"],
-        w["unavailable"],
-        w["other"],
+        rate(f(&w["rate_limited_per_s"])),
+        rate(f(&w["unavailable_per_s"])),
+        rate(f(&w["other_per_s"])),
         ms(&u["reply_ms"]["p50"]),
         ms(&u["reply_ms"]["p99"]),
         ms(&u["reply_ms"]["max"]),

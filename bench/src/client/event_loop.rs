@@ -735,6 +735,10 @@ impl Loop {
             }
         };
         count(&mut self.c.up.run);
+        if let Err((code, message)) = result {
+            let key = format!("{code}: {message}");
+            *self.c.up.error_messages.entry(key).or_default() += 1;
+        }
         if sent.in_window {
             count(&mut self.c.up.window);
             self.hists
