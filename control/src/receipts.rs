@@ -43,6 +43,8 @@ pub struct ReceiptStore {
     kept: HashMap<(Box<str>, u64), Acknowledged>,
     order: VecDeque<(Box<str>, u64)>,
     pending: VecDeque<Receipt>,
+    /// Whether receipts are queued for a report at all (a receipt URL is set).
+    reporting: bool,
 }
 
 /// What recording a batch of acks did.
@@ -57,12 +59,14 @@ pub struct Recorded {
 }
 
 impl ReceiptStore {
-    pub fn new(capacity: usize) -> ReceiptStore {
+    /// A store remembering `capacity` receipts; `reporting` queues them for the platform too.
+    pub fn new(capacity: usize, reporting: bool) -> ReceiptStore {
         ReceiptStore {
             capacity: capacity.max(1),
             kept: HashMap::new(),
             order: VecDeque::new(),
             pending: VecDeque::new(),
+            reporting,
         }
     }
 
@@ -89,6 +93,10 @@ impl ReceiptStore {
                 },
             );
             self.order.push_back(key);
+            recorded.new += 1;
+            if !self.reporting {
+                continue;
+            }
             if self.pending.len() >= self.capacity {
                 self.pending.pop_front();
                 recorded.dropped += 1;
@@ -99,7 +107,6 @@ impl ReceiptStore {
                 edge: Arc::clone(edge),
                 at_ms: ack.at_ms,
             });
-            recorded.new += 1;
         }
         recorded
     }
@@ -152,7 +159,7 @@ pub struct Receipts {
 impl Receipts {
     pub fn new(capacity: usize, url: Option<Uri>) -> Receipts {
         Receipts {
-            store: Mutex::new(ReceiptStore::new(capacity)),
+            store: Mutex::new(ReceiptStore::new(capacity, url.is_some())),
             url,
             received: AtomicU64::new(0),
             invalid: AtomicU64::new(0),
@@ -169,12 +176,7 @@ impl Receipts {
 
     /// Records an edge's `acks` frame.
     pub fn record(&self, edge: &Arc<str>, acks: Vec<Ack>) {
-        let mut recorded = self.store().record(edge, acks);
-        if self.url.is_none() {
-            // Nobody to report to: nothing waits.
-            self.store().take_pending(usize::MAX);
-            recorded.dropped = 0;
-        }
+        let recorded = self.store().record(edge, acks);
         self.received.fetch_add(recorded.new, Ordering::Relaxed);
         self.repeated
             .fetch_add(recorded.repeated, Ordering::Relaxed);
@@ -246,7 +248,7 @@ mod tests {
     fn the_first_ack_of_a_message_counts_and_is_reported_once() {
         let e1: Arc<str> = "e1".into();
         let e2: Arc<str> = "e2".into();
-        let mut store = ReceiptStore::new(10);
+        let mut store = ReceiptStore::new(10, true);
         let r = store.record(&e1, vec![ack("u1", 7, 100), ack("u1", 8, 101)]);
         assert_eq!((r.new, r.repeated, r.dropped), (2, 0, 0));
         // The user's other connection acks 7 too.
@@ -272,7 +274,7 @@ mod tests {
     #[test]
     fn memory_is_bounded_oldest_first_and_overflow_is_counted() {
         let e: Arc<str> = "e".into();
-        let mut store = ReceiptStore::new(3);
+        let mut store = ReceiptStore::new(3, true);
         let r = store.record(&e, (1..=5).map(|s| ack("u", s, s)).collect());
         assert_eq!((r.new, r.dropped), (5, 2));
         assert_eq!(store.lookup("u", 2), None, "forgotten");
