@@ -23,6 +23,8 @@ use crate::levels::LevelPolicy;
 /// use.
 pub const DEV_API_KEY: &str = "roomcast-dev-api-key";
 
+/// The most sends in one request to the platform's backend (`--send-proxy-batch`).
+pub const MAX_SEND_PROXY_BATCH: usize = 1000;
 /// The longest `--send-proxy-timeout-ms`: under the edges' default `--join-confirm-timeout-ms`
 /// (5 s), after which an edge answers a send `unavailable` itself.
 const MAX_SEND_PROXY_TIMEOUT_MS: u64 = 4_000;
@@ -354,6 +356,13 @@ pub struct ControlConfig {
     #[arg(long, env = "ROOMCAST_SEND_PROXY_QUEUE", default_value_t = 4_096)]
     pub send_proxy_queue: usize,
 
+    /// Most sends per request to the backend (1–1000). 1: one send per request, as the
+    /// contract shows. Above 1 every request is a batch, `{"sends":[…]}` answered
+    /// `{"results":[…]}` in order, holding whatever waits when a request slot frees (one send
+    /// under light load: batching adds no wait).
+    #[arg(long, env = "ROOMCAST_SEND_PROXY_BATCH", default_value_t = 1)]
+    pub send_proxy_batch: usize,
+
     /// Sends broadcast per room per tick at levels 1,2,3,4 (a number or `unlimited`); past it
     /// in a tick a send is still passed to the platform but not published (reply
     /// "broadcast":false), so a big room cannot be flooded by its own viewers.
@@ -516,6 +525,9 @@ impl ControlConfig {
         }
         if self.send_proxy_timeout_ms == 0 || self.send_proxy_concurrency == 0 {
             return bad("--send-proxy-timeout-ms and --send-proxy-concurrency must be positive");
+        }
+        if !(1..=MAX_SEND_PROXY_BATCH).contains(&self.send_proxy_batch) {
+            return bad("--send-proxy-batch must be 1 to 1000");
         }
         if self.send_proxy_timeout_ms > MAX_SEND_PROXY_TIMEOUT_MS {
             return bad(

@@ -19,6 +19,7 @@ pub mod linkserver;
 pub mod merge;
 pub mod metrics;
 pub mod proxy;
+pub mod proxyqueue;
 pub mod publish;
 pub mod receipts;
 pub mod router;

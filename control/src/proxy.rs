@@ -151,6 +151,49 @@ pub fn parse_decision(body: &[u8]) -> Result<Decision, String> {
     })
 }
 
+/// The body of a batched request (`--send-proxy-batch` above 1): `{"sends":[…]}` around the
+/// sends' questions, each as [`SendQuestion`] serializes it.
+pub fn batch_body(questions: &[Bytes]) -> Bytes {
+    let len = questions.iter().map(|q| q.len() + 1).sum::<usize>();
+    let mut body = Vec::with_capacity(len + 12);
+    body.extend_from_slice(br#"{"sends":["#);
+    for (i, question) in questions.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(question);
+    }
+    body.extend_from_slice(b"]}");
+    Bytes::from(body)
+}
+
+/// The answer to a batched request: `{"results":[…]}` with one decision per send, in order.
+/// The outer error (a body that is not that list, or a list of another length) fails every
+/// send of the batch; an inner one fails its send alone.
+pub fn parse_batch_decisions(
+    body: &[u8],
+    sends: usize,
+) -> Result<Vec<Result<Decision, String>>, String> {
+    #[derive(Deserialize)]
+    struct Results<'a> {
+        #[serde(borrow)]
+        results: Vec<&'a RawValue>,
+    }
+    let answer: Results = serde_json::from_slice(body)
+        .map_err(|e| format!("the answer is not {{\"results\": [decision, ...]}}: {e}"))?;
+    if answer.results.len() != sends {
+        return Err(format!(
+            "the answer has {} results for {sends} sends",
+            answer.results.len()
+        ));
+    }
+    Ok(answer
+        .results
+        .iter()
+        .map(|raw| parse_decision(raw.get().as_bytes()))
+        .collect())
+}
+
 /// `s` cut at a char boundary to at most `max` bytes.
 fn clamp(mut s: String, max: usize) -> String {
     if s.len() > max {
@@ -296,6 +339,33 @@ mod tests {
                 String::from_utf8_lossy(body)
             );
         }
+    }
+
+    #[test]
+    fn a_batch_is_the_sends_in_order_and_its_answer_one_decision_each() {
+        let body = batch_body(&[
+            Bytes::from_static(br#"{"user":"u1"}"#),
+            Bytes::from_static(br#"{"user":"u2"}"#),
+        ]);
+        let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            value,
+            serde_json::json!({"sends":[{"user":"u1"},{"user":"u2"}]})
+        );
+        let decisions = parse_batch_decisions(
+            br#"{"results":[{"result":"accept"},{"result":"maybe"},{"result":"reject","code":"muted"}]}"#,
+            3,
+        )
+        .unwrap();
+        assert_eq!(decisions[0], Ok(Decision::Accept));
+        assert!(decisions[1].as_ref().unwrap_err().contains("maybe"));
+        assert!(matches!(&decisions[2], Ok(Decision::Reject { code, .. }) if code == "muted"));
+        // A list of another length, or no list, fails the whole batch.
+        let short = parse_batch_decisions(br#"{"results":[{"result":"accept"}]}"#, 2);
+        assert!(short.unwrap_err().contains("1 results for 2 sends"));
+        assert!(parse_batch_decisions(br#"{"result":"accept"}"#, 1)
+            .unwrap_err()
+            .contains("results"));
     }
 
     #[test]

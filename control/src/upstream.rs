@@ -12,8 +12,8 @@
 //! per level and tick): past it the send is answered `"broadcast":false` instead of published.
 //! Receipts (`acks` frames) go to [`Receipts`].
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -22,10 +22,11 @@ use roomcast_ops::metrics::Families;
 use roomcast_proto::client::WireFormat;
 use roomcast_proto::link::{self, LinkFrame, SendOutcome, SendRefusal, SendRequest, SendResult};
 use serde_json::value::RawValue;
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 
 use crate::config::{ControlConfig, SendMode};
 use crate::proxy::{ConnDescription, Decision, JsonPoster, SendQuestion};
+use crate::proxyqueue::{ProxyQueue, Waiting};
 use crate::receipts::Receipts;
 use crate::router::{LinkHandle, PublishReq, Router, TargetRef};
 
@@ -68,10 +69,28 @@ struct Proxy {
     uri: Uri,
     poster: JsonPoster,
     timeout: Duration,
+    /// Most sends per request (`--send-proxy-batch`); 1 asks about each send on its own.
+    batch: usize,
+    /// Sends waiting for a request slot.
+    queue: Mutex<ProxyQueue<Pending>>,
+    /// Rings when a send is queued (the dispatcher waits for one).
+    queued: Notify,
+    /// Requests in flight at once (`--send-proxy-concurrency`).
     slots: Arc<Semaphore>,
-    /// Sends waiting for a slot or in flight, and the most that may be.
+    /// Sends waiting or in a request, not yet answered; at most `max_admitted`.
     admitted: AtomicUsize,
+    /// `--send-proxy-concurrency` × `--send-proxy-batch` in flight + `--send-proxy-queue`
+    /// waiting: a burst never finds the queue full while slots are free.
     max_admitted: usize,
+    /// Whether the dispatcher task runs (started with the first send).
+    started: AtomicBool,
+}
+
+/// A send waiting for the backend, and where its answer goes.
+struct Pending {
+    send: SendRequest,
+    edge_id: Arc<str>,
+    link: Arc<LinkHandle>,
 }
 
 /// Upstream counters, by outcome (the label of `roomcast_control_sends_total`).
@@ -135,14 +154,20 @@ impl Upstream {
         };
         let mode = config.send_mode();
         let poster = JsonPoster::new(config.send_proxy_concurrency);
+        let max_admitted =
+            config.send_proxy_concurrency * config.send_proxy_batch + config.send_proxy_queue;
         let proxy = match mode {
             SendMode::Proxy => Some(Proxy {
                 uri: parse(&config.send_proxy_url, "--send-proxy-url")?,
                 poster: poster.clone(),
                 timeout: Duration::from_millis(config.send_proxy_timeout_ms),
+                batch: config.send_proxy_batch,
+                queue: Mutex::new(ProxyQueue::new(max_admitted)),
+                queued: Notify::new(),
                 slots: Arc::new(Semaphore::new(config.send_proxy_concurrency)),
                 admitted: AtomicUsize::new(0),
-                max_admitted: config.send_proxy_concurrency + config.send_proxy_queue,
+                max_admitted,
+                started: AtomicBool::new(false),
             }),
             SendMode::Direct | SendMode::Off => None,
         };
@@ -193,6 +218,9 @@ impl Upstream {
                 let Some(proxy) = &self.proxy else {
                     return;
                 };
+                if !proxy.started.swap(true, Ordering::Relaxed) {
+                    tokio::spawn(Arc::clone(self).dispatch(Arc::clone(router)));
+                }
                 if proxy.admitted.fetch_add(1, Ordering::Relaxed) >= proxy.max_admitted {
                     proxy.admitted.fetch_sub(1, Ordering::Relaxed);
                     self.counters.overflow.fetch_add(1, Ordering::Relaxed);
@@ -201,69 +229,187 @@ impl Upstream {
                     answer(link, id, refused(SendRefusal::Unavailable, why));
                     return;
                 }
-                let upstream = Arc::clone(self);
-                let router = Arc::clone(router);
-                let edge_id = Arc::clone(edge_id);
-                let link = Arc::clone(link);
-                tokio::spawn(async move {
-                    let outcome = upstream.ask_platform(&router, &edge_id, &send).await;
-                    if let Some(proxy) = &upstream.proxy {
-                        proxy.admitted.fetch_sub(1, Ordering::Relaxed);
-                    }
-                    answer(&link, id, outcome);
-                });
+                let now = Instant::now();
+                let pending = Pending {
+                    send,
+                    edge_id: Arc::clone(edge_id),
+                    link: Arc::clone(link),
+                };
+                // Never full: the queue holds `max_admitted`.
+                if lock(&proxy.queue)
+                    .push(pending, now, now + proxy.timeout)
+                    .is_ok()
+                {
+                    proxy.queued.notify_one();
+                }
             }
         }
     }
 
-    /// `proxy` mode: asks the backend (within the timeout, queueing included) and carries out
-    /// its decision.
-    async fn ask_platform(
-        &self,
-        router: &Router,
-        edge_id: &str,
-        send: &SendRequest,
-    ) -> SendOutcome {
+    /// `proxy` mode's dispatcher: whenever a request slot is free, takes what waits (up to
+    /// `--send-proxy-batch` sends) into one request; answers `unavailable` every send whose
+    /// deadline passes while it waits.
+    async fn dispatch(self: Arc<Self>, router: Arc<Router>) {
         let Some(proxy) = &self.proxy else {
-            return refused(SendRefusal::Unavailable, "no platform backend");
+            return;
         };
-        let Some(body) = question(edge_id, send) else {
-            self.counters.proxy_error.fetch_add(1, Ordering::Relaxed);
-            return refused(SendRefusal::Unavailable, "the send could not be passed on");
+        loop {
+            let slot = loop {
+                let deadline = lock(&proxy.queue).next_deadline();
+                let expiry = async {
+                    match deadline {
+                        Some(at) => tokio::time::sleep_until(at.into()).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    slot = Arc::clone(&proxy.slots).acquire_owned() => match slot {
+                        Ok(slot) => break slot,
+                        Err(_) => return,
+                    },
+                    () = expiry => self.expire(),
+                }
+            };
+            let batch = loop {
+                self.expire();
+                let batch = lock(&proxy.queue).take_batch(proxy.batch);
+                if !batch.is_empty() {
+                    break batch;
+                }
+                proxy.queued.notified().await;
+            };
+            let upstream = Arc::clone(&self);
+            let router = Arc::clone(&router);
+            tokio::spawn(async move {
+                let n = batch.len();
+                upstream.ask_platform(&router, batch).await;
+                if let Some(proxy) = &upstream.proxy {
+                    proxy.admitted.fetch_sub(n, Ordering::Relaxed);
+                }
+                drop(slot);
+            });
+        }
+    }
+
+    /// Answers `unavailable` the waiting sends out of time.
+    fn expire(&self) {
+        let Some(proxy) = &self.proxy else {
+            return;
         };
-        let started = Instant::now();
-        let asked = tokio::time::timeout(proxy.timeout, async {
-            let _slot = proxy.slots.acquire().await;
-            proxy.poster.post(&proxy.uri, body).await
-        })
-        .await;
-        self.latency.record(started.elapsed());
-        let answer = match asked {
+        let now = Instant::now();
+        let expired = lock(&proxy.queue).expire(now);
+        if expired.is_empty() {
+            return;
+        }
+        proxy.admitted.fetch_sub(expired.len(), Ordering::Relaxed);
+        let mut answers = Answers::default();
+        for waiting in expired {
+            self.latency
+                .record(now.saturating_duration_since(waiting.arrived));
+            self.counters.timeout.fetch_add(1, Ordering::Relaxed);
+            answers.add(&waiting.item, timed_out());
+        }
+        answers.send();
+    }
+
+    /// `proxy` mode: asks the backend about `batch` (one request, within the first send's
+    /// deadline) and carries out its decisions.
+    async fn ask_platform(&self, router: &Router, batch: Vec<Waiting<Pending>>) {
+        let Some(proxy) = &self.proxy else {
+            return;
+        };
+        let mut answers = Answers::default();
+        let mut asked = Vec::with_capacity(batch.len());
+        let mut bodies = Vec::with_capacity(batch.len());
+        for waiting in batch {
+            match question(&waiting.item.edge_id, &waiting.item.send) {
+                Some(body) => {
+                    bodies.push(body);
+                    asked.push(waiting);
+                }
+                None => {
+                    self.counters.proxy_error.fetch_add(1, Ordering::Relaxed);
+                    let why = "the send could not be passed on";
+                    answers.add(&waiting.item, refused(SendRefusal::Unavailable, why));
+                }
+            }
+        }
+        let Some(deadline) = asked.first().map(|w| w.deadline) else {
+            answers.send();
+            return;
+        };
+        let body = if proxy.batch > 1 {
+            crate::proxy::batch_body(&bodies)
+        } else {
+            bodies.pop().unwrap_or_default()
+        };
+        let posted =
+            tokio::time::timeout_at(deadline.into(), proxy.poster.post(&proxy.uri, body)).await;
+        let now = Instant::now();
+        for waiting in &asked {
+            self.latency
+                .record(now.saturating_duration_since(waiting.arrived));
+        }
+        let decisions: Result<Vec<Result<Decision, String>>, SendOutcome> = match posted {
             Err(_) => {
-                self.counters.timeout.fetch_add(1, Ordering::Relaxed);
-                return refused(
-                    SendRefusal::Unavailable,
-                    "the platform did not answer in time; retry later",
-                );
+                self.counters
+                    .timeout
+                    .fetch_add(asked.len() as u64, Ordering::Relaxed);
+                Err(timed_out())
             }
             Ok(Err(error)) => {
-                self.counters.proxy_error.fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .proxy_error
+                    .fetch_add(asked.len() as u64, Ordering::Relaxed);
                 tracing::warn!(uri = %proxy.uri, %error, "the send proxy request failed");
-                return refused(
+                Err(refused(
                     SendRefusal::Unavailable,
                     "the platform could not be reached",
-                );
+                ))
             }
-            Ok(Ok(answer)) => answer,
+            Ok(Ok(body)) => {
+                let parsed = if proxy.batch > 1 {
+                    crate::proxy::parse_batch_decisions(&body, asked.len())
+                } else {
+                    Ok(vec![crate::proxy::parse_decision(&body)])
+                };
+                parsed.map_err(|error| {
+                    self.counters
+                        .proxy_error
+                        .fetch_add(asked.len() as u64, Ordering::Relaxed);
+                    tracing::warn!(uri = %proxy.uri, error, "the send proxy answered outside the contract");
+                    not_understood()
+                })
+            }
         };
-        match crate::proxy::parse_decision(&answer) {
+        match decisions {
+            Err(outcome) => {
+                for waiting in &asked {
+                    answers.add(&waiting.item, outcome.clone());
+                }
+            }
+            Ok(decisions) => {
+                for (waiting, decision) in asked.iter().zip(decisions) {
+                    let outcome = self.carry_out(router, &waiting.item.send, decision);
+                    answers.add(&waiting.item, outcome);
+                }
+            }
+        }
+        answers.send();
+    }
+
+    /// What one of the backend's decisions about `send` does.
+    fn carry_out(
+        &self,
+        router: &Router,
+        send: &SendRequest,
+        decision: Result<Decision, String>,
+    ) -> SendOutcome {
+        match decision {
             Err(error) => {
                 self.counters.proxy_error.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(uri = %proxy.uri, error, "the send proxy answered outside the contract");
-                refused(
-                    SendRefusal::Unavailable,
-                    "the platform's answer was not understood",
-                )
+                tracing::warn!(error, "the send proxy answered outside the contract");
+                not_understood()
             }
             Ok(Decision::Publish {
                 data,
@@ -454,6 +600,64 @@ fn refused(code: SendRefusal, message: &str) -> SendOutcome {
         code,
         message: message.to_owned(),
         platform_code: String::new(),
+    }
+}
+
+fn timed_out() -> SendOutcome {
+    refused(
+        SendRefusal::Unavailable,
+        "the platform did not answer in time; retry later",
+    )
+}
+
+fn not_understood() -> SendOutcome {
+    refused(
+        SendRefusal::Unavailable,
+        "the platform's answer was not understood",
+    )
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Send results gathered per edge link, sent as one write each.
+#[derive(Default)]
+struct Answers {
+    links: Vec<(Arc<LinkHandle>, bytes::BytesMut)>,
+}
+
+impl Answers {
+    fn add(&mut self, to: &Pending, outcome: SendOutcome) {
+        let at = match self
+            .links
+            .iter()
+            .position(|(link, _)| Arc::ptr_eq(link, &to.link))
+        {
+            Some(at) => at,
+            None => {
+                self.links
+                    .push((Arc::clone(&to.link), bytes::BytesMut::new()));
+                self.links.len() - 1
+            }
+        };
+        let frame = LinkFrame::SendResult(SendResult {
+            id: to.send.id,
+            outcome,
+        });
+        if let Err(error) = link::encode(&frame, &mut self.links[at].1) {
+            tracing::warn!(%error, "a send result did not encode");
+        }
+    }
+
+    fn send(self) {
+        for (link, out) in self.links {
+            if !out.is_empty() {
+                link.send(out.freeze());
+            }
+        }
     }
 }
 

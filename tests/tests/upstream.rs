@@ -300,13 +300,18 @@ fn unix_ms() -> u64 {
 /// - `garbage`: 200 with a body that is not JSON; `maybe`: 200 `{"result":"maybe"}`;
 /// - `hang_up`: closes the connection without an answer;
 /// - `sleep`: publish after `data.ms` milliseconds;
-/// - `hold`: publish once [`release`](Self::release) is called.
+/// - `hold`: publish once [`release`](Self::release) is called;
+/// - `accept`: `{"result":"accept"}`.
 ///
+/// A body `{"sends":[…]}` is a batch (`--send-proxy-batch`): each send is recorded and
+/// answered as above inside `{"results":[…]}` (a failing status fails the batch; a send with
+/// `short` makes the list one result short); the batch's size is recorded.
 /// A body that is a JSON array is a receipt report: it is recorded with when it came and the
 /// status it got, 503 for the first `fail_reports` of them, then 204.
 struct Platform {
     addr: SocketAddr,
     asked: Arc<Mutex<Vec<Value>>>,
+    batches: Arc<Mutex<Vec<usize>>>,
     reports: Arc<Mutex<Vec<Report>>>,
     release: watch::Sender<bool>,
     accept: JoinHandle<()>,
@@ -324,6 +329,7 @@ struct Report {
 #[derive(Clone)]
 struct PlatformState {
     asked: Arc<Mutex<Vec<Value>>>,
+    batches: Arc<Mutex<Vec<usize>>>,
     reports: Arc<Mutex<Vec<Report>>>,
     fail_reports: Arc<AtomicUsize>,
     released: watch::Receiver<bool>,
@@ -343,11 +349,13 @@ impl Platform {
         let (release, released) = watch::channel(false);
         let state = PlatformState {
             asked: Arc::default(),
+            batches: Arc::default(),
             reports: Arc::default(),
             fail_reports: Arc::new(AtomicUsize::new(failures)),
             released,
         };
         let (asked, reports) = (Arc::clone(&state.asked), Arc::clone(&state.reports));
+        let batches = Arc::clone(&state.batches);
         let accept = tokio::spawn(async move {
             // Dropped with this task: aborts every connection's task.
             let mut conns = JoinSet::new();
@@ -360,6 +368,7 @@ impl Platform {
         Platform {
             addr,
             asked,
+            batches,
             reports,
             release,
             accept,
@@ -382,6 +391,11 @@ impl Platform {
     /// The questions asked so far, oldest first.
     fn asked(&self) -> Vec<Value> {
         self.asked.lock().expect("platform lock").clone()
+    }
+
+    /// The sizes of the batched requests so far, oldest first.
+    fn batches(&self) -> Vec<usize> {
+        self.batches.lock().expect("platform lock").clone()
     }
 
     /// Lets every held (and every future `hold`) question be answered.
@@ -458,48 +472,33 @@ async fn serve_platform_conn(mut stream: TcpStream, mut state: PlatformState) {
             }
             continue;
         }
-        state
-            .asked
-            .lock()
-            .expect("platform lock")
-            .push(question.clone());
-        let data = &question["data"];
-        let publish = r#"{"result":"publish"}"#.to_owned();
-        let (status, body) = match data["do"].as_str().unwrap_or("publish") {
-            "modify" => (
-                200,
-                r#"{"result":"publish","data":{"x":1},"priority":1,"kind":"vip"}"#.to_owned(),
-            ),
-            "reject" => (
-                200,
-                r#"{"result":"reject","code":"slow_down","message":"not now"}"#.to_owned(),
-            ),
-            "disconnect" => (
-                200,
-                format!(
-                    r#"{{"result":"disconnect","code":{},"reason":"go away"}}"#,
-                    data["code"].as_u64().unwrap_or(4999)
-                ),
-            ),
-            "status" => (
-                data["status"].as_u64().unwrap_or(503),
-                r#"{"error":"down"}"#.to_owned(),
-            ),
-            "null_data" => (200, r#"{"result":"publish","data":null}"#.to_owned()),
-            "garbage" => (200, "this is not json".to_owned()),
-            "maybe" => (200, r#"{"result":"maybe"}"#.to_owned()),
-            "hang_up" => return,
-            "sleep" => {
-                let ms = data["ms"].as_u64().unwrap_or(1000);
-                tokio::time::sleep(Duration::from_millis(ms)).await;
-                (200, publish)
+        let answer = match question.get("sends").and_then(Value::as_array) {
+            Some(sends) => {
+                state
+                    .batches
+                    .lock()
+                    .expect("platform lock")
+                    .push(sends.len());
+                let mut results = Vec::new();
+                let mut failed = None;
+                for send in sends {
+                    match platform_answer(&mut state, send).await {
+                        None => return,
+                        Some((200, body)) => results.push(body),
+                        Some(other) => failed = Some(other),
+                    }
+                }
+                if sends.iter().any(|s| s["data"]["do"] == "short") {
+                    results.pop();
+                }
+                failed.unwrap_or_else(|| (200, format!(r#"{{"results":[{}]}}"#, results.join(","))))
             }
-            "hold" => {
-                let _ = state.released.wait_for(|r| *r).await;
-                (200, publish)
-            }
-            _ => (200, publish),
+            None => match platform_answer(&mut state, &question).await {
+                None => return,
+                Some(answer) => answer,
+            },
         };
+        let (status, body) = answer;
         let response = format!(
             "HTTP/1.1 {status} Whatever\r\nContent-Type: application/json\r\n\
              Content-Length: {}\r\n\r\n{body}",
@@ -509,6 +508,54 @@ async fn serve_platform_conn(mut stream: TcpStream, mut state: PlatformState) {
             return;
         }
     }
+}
+
+/// Records one question and answers it as its `data.do` says: status and body, or `None` to
+/// hang up.
+async fn platform_answer(state: &mut PlatformState, question: &Value) -> Option<(u16, String)> {
+    state
+        .asked
+        .lock()
+        .expect("platform lock")
+        .push(question.clone());
+    let data = &question["data"];
+    let publish = r#"{"result":"publish"}"#.to_owned();
+    Some(match data["do"].as_str().unwrap_or("publish") {
+        "modify" => (
+            200,
+            r#"{"result":"publish","data":{"x":1},"priority":1,"kind":"vip"}"#.to_owned(),
+        ),
+        "reject" => (
+            200,
+            r#"{"result":"reject","code":"slow_down","message":"not now"}"#.to_owned(),
+        ),
+        "accept" => (200, r#"{"result":"accept"}"#.to_owned()),
+        "disconnect" => (
+            200,
+            format!(
+                r#"{{"result":"disconnect","code":{},"reason":"go away"}}"#,
+                data["code"].as_u64().unwrap_or(4999)
+            ),
+        ),
+        "status" => (
+            data["status"].as_u64().unwrap_or(503) as u16,
+            r#"{"error":"down"}"#.to_owned(),
+        ),
+        "null_data" => (200, r#"{"result":"publish","data":null}"#.to_owned()),
+        "garbage" => (200, "this is not json".to_owned()),
+        "maybe" => (200, r#"{"result":"maybe"}"#.to_owned()),
+        "hang_up" => return None,
+        "sleep" => {
+            let ms = data["ms"].as_u64().unwrap_or(1000);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            (200, publish)
+        }
+        "hold" => {
+            let _ = state.released.wait_for(|r| *r).await;
+            (200, publish)
+        }
+        _ => (200, publish),
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1489,6 +1536,216 @@ fn a_full_proxy_queue_answers_unavailable_at_once_while_the_queued_sends_wait() 
         await_control_sends(
             control.api_addr(),
             &[("published", 2.0), ("overflow", 1.0), ("timeout", 0.0)],
+        )
+        .await;
+    });
+}
+
+#[test]
+fn a_send_waiting_for_a_request_slot_is_answered_within_its_own_deadline_queueing_included() {
+    build_binaries();
+    for_each_driver(|io| async move {
+        let platform = Platform::start().await;
+        let url = platform.url();
+        #[rustfmt::skip]
+        let control = Control::start_embedded(io, &[
+            "--send-proxy-url", &url,
+            "--send-proxy-concurrency", "1",
+            "--send-proxy-timeout-ms", "400",
+        ])
+        .await;
+        let edge = control.embedded_edge.expect("an embedded edge");
+        let room = "slot";
+        let mut first = member(&edge, WireFormat::WsJson, "first", room).await;
+        let mut second = member(&edge, WireFormat::Tcp, "second", room).await;
+        let slow = br#"{"do":"sleep","ms":3000}"#;
+        let op = first.send_op(room, "chat", slow);
+        first.send(&op).await;
+        poll("the first send reaches the platform", WAIT, || async {
+            let asked = platform.asked().len();
+            (asked == 1).then_some(()).ok_or(format!("{asked} asked"))
+        })
+        .await;
+        // The second waits for the only slot until the first times out, then gets what is
+        // left of its own 400 ms: both are answered by their deadlines, not the platform's.
+        let started = Instant::now();
+        let r = second.send_msg(room, "chat", slow).await;
+        let took = started.elapsed();
+        assert_refused(&second, r, "unavailable");
+        // ~400 ms; 800 if its wait for the slot did not count.
+        assert!(took < Duration::from_millis(750), "answered after {took:?}");
+        let r = first.next_within(WAIT).await;
+        assert!(
+            matches!(&r, Some(Incoming::Reply { seq, result: Err((code, _)), .. })
+                if *seq == op.seq() && code == "unavailable"),
+            "{r:?}"
+        );
+        assert_eq!(platform.asked().len(), 2);
+        await_control_sends(control.api_addr(), &[("timeout", 2.0)]).await;
+    });
+}
+
+#[test]
+fn a_batching_proxy_asks_about_what_waits_in_one_request_and_answers_each_send_by_its_decision() {
+    build_binaries();
+    for_each_driver(|io| async move {
+        let platform = Platform::start().await;
+        let url = platform.url();
+        #[rustfmt::skip]
+        let control = Control::start_embedded(io, &[
+            "--send-proxy-url", &url,
+            "--send-proxy-batch", "8",
+            "--send-proxy-concurrency", "1",
+            "--send-proxy-timeout-ms", "4000",
+        ])
+        .await;
+        let edge = control.embedded_edge.expect("an embedded edge");
+        let edge_id = only_edge_id(&control.api).await;
+        let room = "batch";
+        let mut watcher = member(&edge, WireFormat::WsBinary, "watcher", room).await;
+        let mut ann = member(&edge, WireFormat::WsJson, "ann", room).await;
+        let mut bob = member(&edge, WireFormat::Tcp, "bob", room).await;
+
+        // Under light load a request carries the one send that waits: no wait for company.
+        let first = send_published(&mut ann, room, "chat", r#"{"n":0}"#).await;
+        assert_eq!(platform.batches(), [1]);
+        assert_eq!(
+            platform.asked()[0],
+            json!({"user": "ann", "room": room, "kind": "chat", "data": {"n": 0},
+                   "conn": {"edge": edge_id, "transport": "ws-json",
+                            "peer": ann.local_addr().to_string()}})
+        );
+
+        // The only request slot is held by the platform; what arrives meanwhile waits and
+        // then goes in one request, whichever connection it came from.
+        let held = ann.send_op(room, "chat", br#"{"do":"hold"}"#);
+        ann.send(&held).await;
+        poll("the held send reaches the platform", WAIT, || async {
+            let asked = platform.asked().len();
+            (asked == 2).then_some(()).ok_or(format!("{asked} asked"))
+        })
+        .await;
+        let ann_ops = [
+            ann.send_op(room, "chat", br#"{"do":"publish","n":1}"#),
+            ann.send_op(room, "chat", br#"{"do":"modify"}"#),
+            ann.send_op(room, "chat", br#"{"do":"reject"}"#),
+        ];
+        let bob_ops = [
+            bob.send_op(room, "like", br#"{"do":"accept"}"#),
+            bob.send_op(room, "chat", br#"{"do":"publish","n":2}"#),
+        ];
+        for op in &ann_ops {
+            ann.send(op).await;
+        }
+        for op in &bob_ops {
+            bob.send(op).await;
+        }
+        let api_addr = control.api_addr();
+        poll("six sends wait for the platform", WAIT, || async move {
+            let waiting = scrape(api_addr)
+                .await
+                .get("roomcast_control_send_proxy_waiting");
+            (waiting == Some(6.0))
+                .then_some(())
+                .ok_or(format!("{waiting:?}"))
+        })
+        .await;
+        platform.release();
+
+        let (mut ann_replies, _) = read_replies(&mut ann, 4, WAIT).await;
+        ann_replies.sort_by_key(|r| r.0);
+        let (mut bob_replies, _) = read_replies(&mut bob, 2, WAIT).await;
+        bob_replies.sort_by_key(|r| r.0);
+        assert_eq!(platform.batches(), [1, 1, 5], "{:?}", platform.asked());
+        let msg_seq = |reply: &(u64, OpResult, ReplyDetails)| {
+            assert_eq!(reply.1, Ok(()), "{reply:?}");
+            reply
+                .2
+                .msg_seq
+                .unwrap_or_else(|| panic!("no msg_seq: {reply:?}"))
+        };
+        assert_eq!(ann_replies[0].0, held.seq());
+        let held_seq = msg_seq(&ann_replies[0]);
+        let n1_seq = msg_seq(&ann_replies[1]);
+        let modified_seq = msg_seq(&ann_replies[2]);
+        assert_eq!(
+            ann_replies[3].1.as_ref().map_err(|e| e.0.as_str()),
+            Err("rejected")
+        );
+        assert_eq!(ann_replies[3].2.platform_code.as_deref(), Some("slow_down"));
+        assert_eq!(bob_replies[0].1, Ok(()));
+        assert!(
+            bob_replies[0].2.not_broadcast && bob_replies[0].2.msg_seq.is_none(),
+            "{bob_replies:?}"
+        );
+        let n2_seq = msg_seq(&bob_replies[1]);
+
+        // The room sees what was published, as decided.
+        let mut got = room_msgs(&mut watcher, room, 5).await;
+        got.sort_by_key(|m| m.seq);
+        let mut want = vec![first, held_seq, n1_seq, modified_seq, n2_seq];
+        want.sort_unstable();
+        assert_eq!(got.iter().map(|m| m.seq).collect::<Vec<_>>(), want);
+        let by_seq = |seq: u64| got.iter().find(|m| m.seq == seq).expect("published");
+        assert_sent_message(by_seq(first), first, "ann", "chat", br#"{"n":0}"#);
+        assert_sent_message(
+            by_seq(held_seq),
+            held_seq,
+            "ann",
+            "chat",
+            br#"{"do":"hold"}"#,
+        );
+        assert_sent_message(
+            by_seq(n1_seq),
+            n1_seq,
+            "ann",
+            "chat",
+            br#"{"do":"publish","n":1}"#,
+        );
+        assert_sent_message(
+            by_seq(n2_seq),
+            n2_seq,
+            "bob",
+            "chat",
+            br#"{"do":"publish","n":2}"#,
+        );
+        let modified = by_seq(modified_seq);
+        assert_eq!((modified.kind.as_str(), modified.priority), ("vip", 1));
+        assert_eq!(modified.data.as_ref(), br#"{"x":1}"#);
+        // A connection's sends are published in the order it sent them.
+        assert!(held_seq < n1_seq && n1_seq < modified_seq, "{want:?}");
+        watcher.expect_silence(QUIET).await;
+
+        // An answer with a result missing fails every send of its batch, and says so.
+        let slow = ann.send_op(room, "chat", br#"{"do":"sleep","ms":300}"#);
+        ann.send(&slow).await;
+        poll("the slow send reaches the platform", WAIT, || async {
+            let asked = platform.asked().len();
+            (asked == 8).then_some(()).ok_or(format!("{asked} asked"))
+        })
+        .await;
+        let short = bob.send_op(room, "chat", br#"{"do":"short"}"#);
+        let fine = bob.send_op(room, "chat", br#"{"do":"publish","n":3}"#);
+        bob.send(&short).await;
+        bob.send(&fine).await;
+        let (replies, _) = read_replies(&mut bob, 2, WAIT).await;
+        for (seq, result, _) in &replies {
+            match result {
+                Err((code, message)) if code == "unavailable" => {
+                    assert!(message.contains("not understood"), "send {seq}: {message}")
+                }
+                other => panic!("send {seq}: expected unavailable, got {other:?}"),
+            }
+        }
+        assert_eq!(platform.batches(), [1, 1, 5, 1, 2]);
+        await_control_sends(
+            control.api_addr(),
+            &[
+                ("published", 6.0),
+                ("accepted", 1.0),
+                ("rejected", 1.0),
+                ("proxy_error", 2.0),
+            ],
         )
         .await;
     });

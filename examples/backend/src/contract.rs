@@ -40,6 +40,38 @@ pub fn parse_send(body: &[u8]) -> Result<SendRequest, String> {
     Ok(send)
 }
 
+/// A send body: one send, or a batch of them (roomcast's `--send-proxy-batch` above 1).
+#[derive(Debug, Clone, PartialEq)]
+pub enum SendBody {
+    One(SendRequest),
+    /// `{"sends":[…]}`: answered `{"results":[…]}`, one decision per send, in order.
+    Batch(Vec<SendRequest>),
+}
+
+/// Parses a send body, single or batched; a batch with any malformed send is an error as a
+/// whole.
+pub fn parse_send_body(body: &[u8]) -> Result<SendBody, String> {
+    #[derive(Deserialize)]
+    struct Batch {
+        sends: Vec<Box<serde_json::value::RawValue>>,
+    }
+    let value: Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    if value.get("sends").is_none() {
+        return parse_send(body).map(SendBody::One);
+    }
+    let batch: Batch = serde_json::from_value(value).map_err(|e| e.to_string())?;
+    if batch.sends.is_empty() {
+        return Err("sends must not be empty".to_owned());
+    }
+    batch
+        .sends
+        .iter()
+        .enumerate()
+        .map(|(i, raw)| parse_send(raw.get().as_bytes()).map_err(|e| format!("sends[{i}]: {e}")))
+        .collect::<Result<Vec<_>, _>>()
+        .map(SendBody::Batch)
+}
+
 /// The answer to a send (always with status 200).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "result", rename_all = "lowercase")]
@@ -153,6 +185,24 @@ mod tests {
         let send = parse_send(br#"{"user":"u1","room":"r1","kind":"like","extra":1}"#).unwrap();
         assert_eq!(send.data, Value::Null);
         assert_eq!(send.conn, None);
+    }
+
+    #[test]
+    fn a_batch_body_is_its_sends_in_order_and_a_bad_one_fails_it() {
+        let body = br#"{"sends":[{"user":"u1","room":"r1","kind":"chat"},{"user":"u2","room":"r1","kind":"like"}]}"#;
+        let SendBody::Batch(sends) = parse_send_body(body).unwrap() else {
+            panic!("a batch");
+        };
+        assert_eq!(
+            sends.iter().map(|s| s.user.as_str()).collect::<Vec<_>>(),
+            ["u1", "u2"]
+        );
+        let one = br#"{"user":"u1","room":"r1","kind":"chat"}"#;
+        assert!(matches!(parse_send_body(one), Ok(SendBody::One(_))));
+        let bad = br#"{"sends":[{"user":"u1","room":"r1","kind":"chat"},{"user":""}]}"#;
+        assert!(parse_send_body(bad).unwrap_err().starts_with("sends[1]"));
+        assert!(parse_send_body(br#"{"sends":[]}"#).is_err());
+        assert!(parse_send_body(br#"{"sends":3}"#).is_err());
     }
 
     #[test]

@@ -16,7 +16,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 
 use crate::config::Config;
-use crate::contract::{parse_send, Decision, Receipt};
+use crate::contract::{parse_send_body, Decision, Receipt, SendBody, SendRequest};
 use crate::moderation::{decide, MuteList};
 
 /// Counts of answers, for `GET /stats`.
@@ -96,32 +96,52 @@ pub async fn serve(
         .await
 }
 
-/// `POST /roomcast/send`: one viewer's send → 200 with the decision, or 400.
+/// `POST /roomcast/send`: one viewer's send → 200 with the decision; a batch `{"sends":[…]}` →
+/// 200 `{"results":[…]}`; or 400.
 async fn send(State(app): State<App>, body: Bytes) -> Response {
-    let send = match parse_send(&body) {
-        Ok(send) => send,
+    let sends = match parse_send_body(&body) {
+        Ok(sends) => sends,
         Err(error) => {
             app.lock().stats.bad_request += 1;
             tracing::warn!(%error, "bad send body");
             return bad_request(&error);
         }
     };
-    let decision = {
-        let mut runtime = app.lock();
-        let decision = decide(&app.config, &runtime.muted, &send);
-        let stats = &mut runtime.stats;
-        match decision {
-            Decision::Publish { .. } => stats.publish += 1,
-            Decision::Accept => stats.accept += 1,
-            Decision::Reject { .. } => stats.reject += 1,
-            Decision::Disconnect { .. } => stats.disconnect += 1,
+    match sends {
+        SendBody::One(send) => Json(decide_and_count(&app, &[send]).remove(0)).into_response(),
+        SendBody::Batch(sends) => {
+            Json(json!({ "results": decide_and_count(&app, &sends) })).into_response()
         }
-        decision
+    }
+}
+
+/// The decisions about `sends` (under one lock), counted and, other than publish, logged.
+fn decide_and_count(app: &App, sends: &[SendRequest]) -> Vec<Decision> {
+    let decisions: Vec<Decision> = {
+        let mut runtime = app.lock();
+        let runtime = &mut *runtime;
+        sends
+            .iter()
+            .map(|send| {
+                let decision = decide(&app.config, &runtime.muted, send);
+                let stats = &mut runtime.stats;
+                match decision {
+                    Decision::Publish { .. } => stats.publish += 1,
+                    Decision::Accept => stats.accept += 1,
+                    Decision::Reject { .. } => stats.reject += 1,
+                    Decision::Disconnect { .. } => stats.disconnect += 1,
+                }
+                decision
+            })
+            .collect()
     };
     // One line per answer other than publish, with the answer as sent.
-    if !matches!(decision, Decision::Publish { .. }) {
+    for (send, decision) in sends.iter().zip(&decisions) {
+        if matches!(decision, Decision::Publish { .. }) {
+            continue;
+        }
         let edge = send.conn.as_ref().map_or("", |c| c.edge.as_str());
-        let answer = serde_json::to_string(&decision).unwrap_or_default();
+        let answer = serde_json::to_string(decision).unwrap_or_default();
         tracing::info!(
             user = %send.user,
             room = %send.room,
@@ -132,7 +152,7 @@ async fn send(State(app): State<App>, body: Bytes) -> Response {
             decision.result()
         );
     }
-    Json(decision).into_response()
+    decisions
 }
 
 /// `POST /roomcast/receipts`: a JSON array of receipts → 204, or 400.
@@ -273,6 +293,23 @@ mod tests {
             json!({"result": "disconnect", "code": 4403, "reason": "banned"})
         );
 
+        // A batch gets one decision per send, in order, counted like single sends.
+        let batch = format!(r#"{{"sends":[{like},{banned},{chat}]}}"#);
+        let (status, answer) = http(addr, "POST", "/roomcast/send", &batch).await;
+        assert_eq!(status, 200);
+        let results = answer["results"].as_array().expect("results");
+        let kinds: Vec<&str> = results
+            .iter()
+            .map(|r| r["result"].as_str().unwrap())
+            .collect();
+        assert_eq!(kinds, ["accept", "disconnect", "publish"]);
+        assert_eq!(results[2]["data"]["text"], "**** 666");
+        let (_, stats) = http(addr, "GET", "/stats", "").await;
+        assert_eq!(
+            (&stats["publish"], &stats["accept"], &stats["disconnect"]),
+            (&json!(2), &json!(2), &json!(2))
+        );
+
         // Five receipts with max 3 kept: the oldest two are dropped, the total counts all.
         let batch: Vec<Value> = (1..=5)
             .map(|seq| json!({"user": "u42", "msg_seq": seq, "edge": "e1", "at_ms": 1_764_860_000_000u64 + seq}))
@@ -302,7 +339,7 @@ mod tests {
         let (_, stats) = http(addr, "GET", "/stats", "").await;
         assert_eq!(
             stats,
-            json!({"publish": 1, "accept": 1, "reject": 0, "disconnect": 1, "bad_request": 0, "receipts": 5})
+            json!({"publish": 2, "accept": 2, "reject": 0, "disconnect": 2, "bad_request": 0, "receipts": 5})
         );
     }
 
