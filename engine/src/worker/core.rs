@@ -264,6 +264,8 @@ struct Conn {
     /// have stalled. A u32 rather than an `Instant` keeps `Conn` small.
     write_progress_ms: u32,
     dirty: bool,
+    /// In `urgent`: a reply waits (written before the rest of a fan-out).
+    urgent: bool,
     /// Channels this connection is recovering (its entries in `recovering_members`).
     recovering: u8,
     /// `history` ops in flight.
@@ -293,6 +295,10 @@ pub struct WorkerCore {
     /// Connections with something new to send, flushed by `poll_action` from `dirty_next` on.
     dirty: Vec<usize>,
     dirty_next: usize,
+    /// Connections with a reply (or a close) queued: flushed before the rest of `dirty`, so a
+    /// reply that arrives while a fan-out is being written (the loop reads between its
+    /// chunks) waits for one write, not for the thousands of members left.
+    urgent: Vec<usize>,
     /// A connection whose write went out in full at once with more queued: written again in the
     /// same flush.
     again: Option<usize>,
@@ -385,6 +391,7 @@ impl WorkerCore {
             next_generation: 1,
             dirty: Vec::new(),
             dirty_next: 0,
+            urgent: Vec::new(),
             again: None,
             to_close: Vec::new(),
             user_answers: Vec::new(),
@@ -463,6 +470,7 @@ impl WorkerCore {
             last_heard: now,
             write_progress_ms: 0,
             dirty: false,
+            urgent: false,
             recovering: 0,
             histories: 0,
             stall_excluded: false,
@@ -689,11 +697,25 @@ impl WorkerCore {
 
     // ---- outputs -----------------------------------------------------------------------------
 
-    /// The next thing the loop must do, or `None` when the round's work is done. Writes come
-    /// first (one flush per connection with something new), then closes, then user queries.
+    /// The next thing the loop must do, or `None` when the round's work is done: viewers'
+    /// sends for the hub first (they wait for a round trip), then writes — one flush per
+    /// connection with something new, those with a reply queued before the rest of a fan-out —
+    /// then closes, then user queries. The loop may feed events in between (it reads between
+    /// the chunks of a big fan-out); what they queue is taken in this order too.
     pub fn poll_action(&mut self) -> Option<Action> {
+        if let Some(send) = self.sends_out.pop_front() {
+            return Some(Action::Send(send));
+        }
         if let Some(key) = self.again.take() {
             if let Some(action) = self.next_write(key, true) {
+                return Some(action);
+            }
+        }
+        while let Some(key) = self.urgent.pop() {
+            if let Some(conn) = self.conns.get_mut(key) {
+                conn.urgent = false;
+            }
+            if let Some(action) = self.next_write(key, false) {
                 return Some(action);
             }
         }
@@ -711,9 +733,6 @@ impl WorkerCore {
         self.dirty_next = 0;
         if let Some(conn) = self.to_close.pop() {
             return Some(Action::Close { conn });
-        }
-        if let Some(send) = self.sends_out.pop_front() {
-            return Some(Action::Send(send));
         }
         self.user_answers
             .pop()
@@ -776,6 +795,15 @@ impl WorkerCore {
         if !conn.dirty {
             conn.dirty = true;
             self.dirty.push(key);
+        }
+    }
+
+    /// Like [`Self::mark_dirty`], ahead of the round's fan-out.
+    fn mark_urgent(&mut self, key: usize) {
+        let conn = &mut self.conns[key];
+        if !conn.urgent {
+            conn.urgent = true;
+            self.urgent.push(key);
         }
     }
 
@@ -2078,7 +2106,7 @@ impl WorkerCore {
             conn.write_progress_ms = clock_ms(self.started, now);
         }
         conn.out.push_owned(bytes);
-        self.mark_dirty(id.key());
+        self.mark_urgent(id.key());
     }
 
     // ---- closing -----------------------------------------------------------------------------

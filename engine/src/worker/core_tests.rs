@@ -2130,3 +2130,72 @@ fn a_join_that_brings_a_new_wire_format_to_a_confirmed_room_waits_for_the_hub() 
 
 #[path = "send_tests.rs"]
 mod send;
+
+// ---- replies during a fan-out -------------------------------------------------------------------
+
+#[test]
+fn a_reply_queued_in_the_middle_of_a_fan_out_is_written_before_the_rest_of_it() {
+    let mut h = Harness::new();
+    let members: Vec<ConnId> = (0..8).map(|i| h.member(&format!("u{i}"), "r1")).collect();
+    let batch = delivery(room("r1"), &[(3, 50)], h.now, 1);
+    h.core.on_message(h.now, ToWorker::Deliver(Arc::new(batch)));
+    // The loop has written the first two members when it reads a ping from the last one.
+    let mut written = Vec::new();
+    for _ in 0..2 {
+        let Some(Action::Write { conn, buf }) = h.core.poll_action() else {
+            panic!("a fan-out write");
+        };
+        let status = h.write(conn, buf);
+        h.core.on_write_status(h.now, conn, status);
+        written.push(conn);
+    }
+    let last = members[7];
+    assert!(!written.contains(&last));
+    let mut ping = encode_op(WireFormat::Tcp, &ClientOp::Ping { seq: 9 }, [0; 4]).to_vec();
+    h.core.on_data(h.now, last, &mut ping);
+    // Its pong goes next, with the batch it was due, not after the five members left.
+    let Some(Action::Write { conn, buf }) = h.core.poll_action() else {
+        panic!("the pong's write");
+    };
+    assert_eq!(conn, last);
+    let status = h.write(conn, buf);
+    h.core.on_write_status(h.now, conn, status);
+    let got = h.read(last);
+    assert!(got.contains(&reply_ok(9)), "{got:?}");
+    assert_eq!(batch_priorities(&got), [3], "{got:?}");
+    // The fan-out then goes on; every member gets the batch exactly once.
+    h.round();
+    for id in members {
+        let got = h.read(id);
+        if id == last {
+            assert!(got.is_empty(), "{got:?}");
+        } else {
+            assert_eq!(batch_priorities(&got), [3], "{id:?}: {got:?}");
+        }
+    }
+}
+
+#[test]
+fn a_send_read_in_the_middle_of_a_fan_out_goes_to_the_hub_before_the_rest_of_it() {
+    let mut h = Harness::new();
+    let members: Vec<ConnId> = (0..4).map(|i| h.member(&format!("u{i}"), "r1")).collect();
+    let batch = delivery(room("r1"), &[(3, 50)], h.now, 1);
+    h.core.on_message(h.now, ToWorker::Deliver(Arc::new(batch)));
+    let Some(Action::Write { conn, buf }) = h.core.poll_action() else {
+        panic!("a fan-out write");
+    };
+    let status = h.write(conn, buf);
+    h.core.on_write_status(h.now, conn, status);
+    let send = ClientOp::Send {
+        seq: 5,
+        room: "r1".into(),
+        kind: "chat".into(),
+        data: bytes::Bytes::from_static(br#"{"text":"666"}"#),
+    };
+    let mut bytes = encode_op(WireFormat::Tcp, &send, [0; 4]).to_vec();
+    h.core.on_data(h.now, members[3], &mut bytes);
+    assert!(
+        matches!(h.core.poll_action(), Some(Action::Send(s)) if s.conn == members[3]),
+        "the send is handed on first"
+    );
+}

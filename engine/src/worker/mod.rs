@@ -11,7 +11,9 @@
 //!
 //! A round: poll the driver (reads, accepts, write completions), register or refuse what was
 //! accepted, take the hub's messages, run due timers, then the core's actions — one flush per
-//! connection that got something, one vectored write each — and its messages for the hub.
+//! connection that got something, one vectored write each — and its messages for the hub. A
+//! long flush (a big room's fan-out) is cut every few hundred writes by a short round without
+//! timers, so reads and replies do not wait for the whole of it.
 
 pub mod core;
 
@@ -211,13 +213,23 @@ impl Worker {
         }
     }
 
-    /// Carries out the core's actions until it has none left.
-    fn run_actions(&mut self, now: Instant) {
+    /// Carries out the core's actions until it has none left. A fan-out to thousands of
+    /// members takes a while (~10 µs per write on loopback): every [`WRITES_BETWEEN_READS`]
+    /// writes the loop reads, takes the hub's messages and sends what is due to the hub, so
+    /// a viewer's `send` or `ping` that arrives meanwhile is passed on and answered within
+    /// a few milliseconds rather than after the whole fan-out (the core writes replies ahead
+    /// of the fan-out's remaining members).
+    fn run_actions(&mut self, mut now: Instant) {
+        let mut writes = 0usize;
         while let Some(action) = self.core.poll_action() {
             match action {
                 Action::Write { conn, buf } => {
                     let status = self.driver.write(conn, buf);
                     self.core.on_write_status(now, conn, status);
+                    writes += 1;
+                    if writes % WRITES_BETWEEN_READS == 0 {
+                        now = self.between_writes();
+                    }
                 }
                 Action::Close { conn } => self.driver.close(conn),
                 Action::UserConns { request, conns } => {
@@ -242,6 +254,17 @@ impl Worker {
         }
     }
 
+    /// A short round in the middle of a long flush: what the driver has (without waiting),
+    /// the hub's messages, and the core's messages for the hub. Returns the time now.
+    fn between_writes(&mut self) -> Instant {
+        self.poll(Duration::ZERO);
+        let now = Instant::now();
+        self.register_accepted(now);
+        self.drain_inbox(now);
+        self.send_to_hub(now);
+        now
+    }
+
     /// Sends the core's messages to the hub until its inbox is full, and wakes it if needed.
     fn send_to_hub(&mut self, now: Instant) {
         while let Some(message) = self.core.poll_to_hub(now) {
@@ -260,6 +283,10 @@ impl Worker {
         }
     }
 }
+
+/// Writes of one flush between two looks at the driver and the inbox: a few milliseconds of a
+/// fan-out on loopback, for one non-blocking poll.
+const WRITES_BETWEEN_READS: usize = 256;
 
 fn nanos(d: Duration) -> u64 {
     d.as_nanos() as u64
