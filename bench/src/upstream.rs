@@ -242,6 +242,7 @@ pub fn json(i: &Inputs<'_>) -> Value {
     let mut control_sends = BTreeMap::new();
     let mut proxy_latency = None;
     let mut proxy_waiting = None;
+    let mut proxy_requests = None;
     if let Some((a, b)) = i.probes {
         for (x, y) in a.edges.iter().zip(&b.edges) {
             let Some(y) = y else { continue };
@@ -262,6 +263,14 @@ pub fn json(i: &Inputs<'_>) -> Value {
             proxy_latency =
                 HistDelta::between(a.control.as_ref(), y, "roomcast_control_send_proxy_seconds");
             proxy_waiting = y.get("roomcast_control_send_proxy_waiting");
+            let requests = "roomcast_control_send_proxy_requests_total";
+            proxy_requests = y.get(requests).map(|end| {
+                end - a
+                    .control
+                    .as_ref()
+                    .and_then(|a| a.get(requests))
+                    .unwrap_or(0.0)
+            });
         }
     }
     let delivery = i.delivery;
@@ -296,6 +305,7 @@ pub fn json(i: &Inputs<'_>) -> Value {
         "control_sends_window": control_sends,
         "control_proxy_seconds": proxy_latency.as_ref().map(HistDelta::json),
         "control_proxy_waiting_at_end": proxy_waiting,
+        "control_proxy_requests_window": proxy_requests,
         "backend_stats": i.backend_stats,
         "cpu": {
             "edge_us_per_send": per_send(i.edge_cpu),
@@ -405,9 +415,17 @@ pub fn lines(r: &Value) -> Vec<String> {
             ms(&u["edge_send_seconds"]["p99_le_ms"]),
             if f(&u["control_proxy_seconds"]["count"]) > 0.0 {
                 format!(
-                    "; control -> backend mean {} ms (p99 <= {} ms)",
+                    "; control -> backend mean {} ms (p99 <= {} ms), {} requests{}",
                     ms(&u["control_proxy_seconds"]["mean_ms"]),
                     ms(&u["control_proxy_seconds"]["p99_le_ms"]),
+                    u["control_proxy_requests_window"],
+                    match u["control_proxy_requests_window"].as_f64() {
+                        Some(r) if r > 0.0 => format!(
+                            " (mean batch {:.1})",
+                            f(&u["control_proxy_seconds"]["count"]) / r
+                        ),
+                        _ => String::new(),
+                    },
                 )
             } else {
                 String::new()

@@ -106,6 +106,9 @@ struct Counters {
     overflow: AtomicU64,
     proxy_error: AtomicU64,
     publish_error: AtomicU64,
+    /// Requests to the backend (with `--send-proxy-batch` above 1, sends ÷ requests is the
+    /// mean batch).
+    proxy_requests: AtomicU64,
 }
 
 /// Upper bounds of the proxy latency histogram, seconds.
@@ -343,6 +346,7 @@ impl Upstream {
         } else {
             bodies.pop().unwrap_or_default()
         };
+        self.counters.proxy_requests.fetch_add(1, Ordering::Relaxed);
         let posted =
             tokio::time::timeout_at(deadline.into(), proxy.poster.post(&proxy.uri, body)).await;
         let now = Instant::now();
@@ -538,6 +542,12 @@ impl Upstream {
             self.latency.count.load(Ordering::Relaxed),
             self.latency.sum_us.load(Ordering::Relaxed) as f64 / 1e6,
         );
+        f.counter(
+            "roomcast_control_send_proxy_requests_total",
+            "Requests to the platform's backend (--send-proxy-url); with --send-proxy-batch above 1, sends asked about ÷ requests is the mean batch.",
+            &[],
+        )
+        .sample(&[], c.proxy_requests.load(Ordering::Relaxed) as f64);
         f.gauge(
             "roomcast_control_send_proxy_waiting",
             "Sends waiting for the platform's backend or in flight to it.",

@@ -264,7 +264,8 @@ struct Conn {
     /// have stalled. A u32 rather than an `Instant` keeps `Conn` small.
     write_progress_ms: u32,
     dirty: bool,
-    /// In `urgent`: a reply waits (written before the rest of a fan-out).
+    /// A reply waits, to be written before the rest of a fan-out: the connection is in
+    /// `urgent`, or its write is in flight and its completion puts it there.
     urgent: bool,
     /// Channels this connection is recovering (its entries in `recovering_members`).
     recovering: u8,
@@ -712,9 +713,16 @@ impl WorkerCore {
             }
         }
         while let Some(key) = self.urgent.pop() {
-            if let Some(conn) = self.conns.get_mut(key) {
-                conn.urgent = false;
+            let Some(conn) = self.conns.get_mut(key) else {
+                continue;
+            };
+            if conn.write == WriteState::InFlight {
+                // Stays marked: the write's completion puts it back here, not behind the rest
+                // of the fan-out (a completion driver's fan-out writes are in flight until the
+                // next poll).
+                continue;
             }
+            conn.urgent = false;
             if let Some(action) = self.next_write(key, false) {
                 return Some(action);
             }
@@ -857,16 +865,23 @@ impl WorkerCore {
                 self.stats.bytes_out += n as u64;
                 if !conn.out.is_empty() {
                     if !at_once {
-                        self.mark_dirty(id.key());
+                        if conn.urgent {
+                            self.urgent.push(id.key());
+                        } else {
+                            self.mark_dirty(id.key());
+                        }
                     } else if n > 0 {
                         // All of it went (more remains past MAX_IOVECS), or a short write: try
                         // once more in this flush, so that the driver either takes more or says
                         // WouldBlock (and arms the writable notification).
                         self.again = Some(id.key());
                     }
-                } else if matches!(conn.life, Lifecycle::Flushing { .. }) {
-                    let reason = conn.close_reason;
-                    self.close_now(id, reason);
+                } else {
+                    conn.urgent = false;
+                    if matches!(conn.life, Lifecycle::Flushing { .. }) {
+                        let reason = conn.close_reason;
+                        self.close_now(id, reason);
+                    }
                 }
             }
             Err(_) => {

@@ -2176,6 +2176,66 @@ fn a_reply_queued_in_the_middle_of_a_fan_out_is_written_before_the_rest_of_it() 
 }
 
 #[test]
+fn a_reply_behind_a_fan_out_write_in_flight_goes_out_when_it_completes_not_after_the_fan_out() {
+    // A completion driver (io_uring) has each fan-out write in flight until the next poll: a
+    // reply for such a member must follow as soon as that write completes.
+    let mut h = Harness::new();
+    let members: Vec<ConnId> = (0..8).map(|i| h.member(&format!("u{i}"), "r1")).collect();
+    for &id in &members {
+        h.set_mode(id, Mode::Async);
+    }
+    let batch = delivery(room("r1"), &[(3, 50)], h.now, 1);
+    h.core.on_message(h.now, ToWorker::Deliver(Arc::new(batch)));
+    let Some(Action::Write { conn: first, buf }) = h.core.poll_action() else {
+        panic!("a fan-out write");
+    };
+    let status = h.write(first, buf);
+    h.core.on_write_status(h.now, first, status);
+    let mut ping = encode_op(WireFormat::Tcp, &ClientOp::Ping { seq: 9 }, [0; 4]).to_vec();
+    h.core.on_data(h.now, first, &mut ping);
+    // Its write is in flight: the fan-out goes on meanwhile.
+    let Some(Action::Write { conn, buf }) = h.core.poll_action() else {
+        panic!("the next member's write");
+    };
+    assert_ne!(conn, first);
+    let status = h.write(conn, buf);
+    h.core.on_write_status(h.now, conn, status);
+    // The first member's write completes: its pong is the next write, ahead of six members.
+    let done = h.fake(first).in_flight.take().expect("in flight");
+    let n = done.len();
+    h.fake(first).wire.extend_from_slice(&done.to_vec());
+    h.core.on_write_done(h.now, first, Ok(n), done);
+    let Some(Action::Write { conn, buf }) = h.core.poll_action() else {
+        panic!("the pong's write");
+    };
+    assert_eq!(conn, first, "the pong goes before the rest of the fan-out");
+    let status = h.write(conn, buf);
+    h.core.on_write_status(h.now, conn, status);
+    h.complete_all(first);
+    let got = h.read(first);
+    assert_eq!(batch_priorities(&got), [3], "{got:?}");
+    assert!(got.contains(&reply_ok(9)), "{got:?}");
+    // Everyone else still gets the batch once.
+    loop {
+        let pending: Vec<ConnId> = members
+            .iter()
+            .copied()
+            .filter(|&id| h.fake(id).in_flight.is_some())
+            .collect();
+        if pending.is_empty() {
+            break;
+        }
+        for id in pending {
+            h.complete_all(id);
+        }
+    }
+    for &id in &members[1..] {
+        let got = h.read(id);
+        assert_eq!(batch_priorities(&got), [3], "{id:?}: {got:?}");
+    }
+}
+
+#[test]
 fn a_send_read_in_the_middle_of_a_fan_out_goes_to_the_hub_before_the_rest_of_it() {
     let mut h = Harness::new();
     let members: Vec<ConnId> = (0..4).map(|i| h.member(&format!("u{i}"), "r1")).collect();

@@ -18,6 +18,11 @@ use crate::config::{items, Args, Config};
 use crate::moderation::MuteList;
 use crate::server::{App, Runtime};
 
+// As roomcast-control: glibc's malloc was a quarter of this service's CPU under a 20k sends/s
+// load (short-lived JSON values per send).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
