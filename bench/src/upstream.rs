@@ -418,7 +418,9 @@ pub fn lines(r: &Value) -> Vec<String> {
                     "; control -> backend mean {} ms (p99 <= {} ms), {} requests{}",
                     ms(&u["control_proxy_seconds"]["mean_ms"]),
                     ms(&u["control_proxy_seconds"]["p99_le_ms"]),
-                    u["control_proxy_requests_window"],
+                    u["control_proxy_requests_window"]
+                        .as_f64()
+                        .map_or_else(|| "-".to_string(), |r| format!("{r:.0}")),
                     match u["control_proxy_requests_window"].as_f64() {
                         Some(r) if r > 0.0 => format!(
                             " (mean batch {:.1})",

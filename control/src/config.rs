@@ -363,9 +363,9 @@ pub struct ControlConfig {
     #[arg(long, env = "ROOMCAST_SEND_PROXY_BATCH", default_value_t = 1)]
     pub send_proxy_batch: usize,
 
-    /// Sends broadcast per room per tick at levels 1,2,3,4 (a number or `unlimited`); past it
-    /// in a tick a send is still passed to the platform but not published (reply
-    /// "broadcast":false), so a big room cannot be flooded by its own viewers.
+    /// Sends broadcast per room within any one tick (a sliding window) at levels 1,2,3,4 (a
+    /// number or `unlimited`); past it a send is still passed to the platform but not
+    /// published (reply "broadcast":false), so a big room cannot be flooded by its own viewers.
     #[arg(
         long,
         env = "ROOMCAST_SEND_BUDGETS",

@@ -68,6 +68,9 @@ use roomcast_proto::link::{ConnInfo, SendOutcome as LinkSendOutcome, SendRefusal
 use roomcast_proto::message::{RecoveryFailure, Since, Target};
 use roomcast_proto::sketch::{user_hash, UserSketch};
 
+/// How long after its last send a worker counts as having upstream traffic.
+const UPSTREAM_ACTIVE_FOR: Duration = Duration::from_secs(1);
+
 /// How long a closing connection may take to flush its last frames before it is cut.
 pub const CLOSE_FLUSH_GRACE: Duration = Duration::from_secs(2);
 /// How often members that stalled with batches in flight are looked for.
@@ -331,6 +334,8 @@ pub struct WorkerCore {
     histories: HashMap<u64, PendingHistory>,
     /// Sends waiting for the hub's answer, by token.
     sends: HashMap<u64, PendingSend>,
+    /// When the last send was passed on (see [`WorkerCore::upstream_active`]).
+    last_send_at: Option<Instant>,
     /// Checked sends waiting for the loop to add the peer address. Boxed once here and moved
     /// as a pointer through `Action::Send` and `ToHub::Send`, which stay small.
     sends_out: VecDeque<Box<SendRequest>>,
@@ -411,6 +416,7 @@ impl WorkerCore {
             recovering_members: HashSet::new(),
             histories: HashMap::new(),
             sends: HashMap::new(),
+            last_send_at: None,
             sends_out: VecDeque::new(),
             send_limit,
             send_kinds,
@@ -745,6 +751,16 @@ impl WorkerCore {
         self.user_answers
             .pop()
             .map(|(request, conns)| Action::UserConns { request, conns })
+    }
+
+    /// Whether viewers are sending here: a send waits for the hub's answer or one was passed
+    /// on within [`UPSTREAM_ACTIVE_FOR`] (the loop then reads more often during a fan-out, so
+    /// that the next sends are read and answered promptly too).
+    pub fn upstream_active(&self, now: Instant) -> bool {
+        !self.sends.is_empty()
+            || self
+                .last_send_at
+                .is_some_and(|at| now.saturating_duration_since(at) < UPSTREAM_ACTIVE_FOR)
     }
 
     /// A checked send with its peer address filled in by the loop: on to the hub.
@@ -1517,6 +1533,7 @@ impl WorkerCore {
             return;
         };
         let token = self.take_token();
+        self.last_send_at = Some(now);
         self.sends.insert(
             token,
             PendingSend {

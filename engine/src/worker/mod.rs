@@ -215,7 +215,7 @@ impl Worker {
 
     /// Carries out the core's actions until it has none left. A fan-out to thousands of
     /// members takes a while (~10 µs per write on loopback): every [`WRITES_BETWEEN_READS`]
-    /// writes the loop reads, takes the hub's messages and sends what is due to the hub, so
+    /// writes ([`WRITES_BETWEEN_READS_WHILE_SENDING`] while viewers send) the loop reads, takes the hub's messages and sends what is due to the hub, so
     /// a viewer's `send` or `ping` that arrives meanwhile is passed on and answered within
     /// a few milliseconds rather than after the whole fan-out (the core writes replies ahead
     /// of the fan-out's remaining members).
@@ -227,7 +227,13 @@ impl Worker {
                     let status = self.driver.write(conn, buf);
                     self.core.on_write_status(now, conn, status);
                     writes += 1;
-                    if writes % WRITES_BETWEEN_READS == 0 {
+                    let every = if self.core.upstream_active(now) {
+                        WRITES_BETWEEN_READS_WHILE_SENDING
+                    } else {
+                        WRITES_BETWEEN_READS
+                    };
+                    if writes >= every {
+                        writes = 0;
                         now = self.between_writes();
                     }
                 }
@@ -284,12 +290,16 @@ impl Worker {
     }
 }
 
-/// Writes of one flush between two looks at the driver and the inbox: well under a millisecond
-/// of a fan-out on loopback, for one non-blocking poll. With io_uring this is also how many
-/// sends one `io_uring_enter` carries mid-fan-out. Measured (bench/README.md "Upstream", 20k
-/// sends/s into a 20k room, io_uring): every 256 writes a viewer's reply took p99 ~110 ms,
-/// every 32 ~50 ms, for no measurable CPU.
-const WRITES_BETWEEN_READS: usize = 32;
+/// Writes of one flush between two looks at the driver and the inbox: a few milliseconds of a
+/// fan-out on loopback, for one non-blocking poll (with io_uring, one `io_uring_enter` per this
+/// many sends; fewer cost the fan-out CPU: 1.2-1.3x the writev floor at 256, 1.3-1.7x at 32, in
+/// bench/README.md "Upstream"'s run without senders).
+const WRITES_BETWEEN_READS: usize = 256;
+
+/// The same while viewers send (see `WorkerCore::upstream_active`): replies then go out within a
+/// fraction of a millisecond of the answer and the next sends are read as promptly (at 20k
+/// sends/s into a 20k room the reply's p99 was ~110 ms at 256, ~40 ms at 32), for the CPU above.
+const WRITES_BETWEEN_READS_WHILE_SENDING: usize = 32;
 
 fn nanos(d: Duration) -> u64 {
     d.as_nanos() as u64

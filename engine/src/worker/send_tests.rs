@@ -430,3 +430,28 @@ fn acks_have_their_own_looser_pace() {
     );
     assert_eq!(h.stats().acks, 100);
 }
+
+#[test]
+fn a_worker_counts_as_sending_while_a_send_waits_and_for_a_second_after_the_last() {
+    let mut h = Harness::new();
+    let id = h.member("u1", "r1");
+    assert!(!h.core.upstream_active(h.now), "nobody has sent");
+    h.send(id, chat(3, "r1", br#"{"text":"666"}"#));
+    let sends = h.take_sends();
+    assert_eq!(sends.len(), 1);
+    h.advance(Duration::from_secs(2));
+    assert!(h.core.upstream_active(h.now), "a send waits for its answer");
+    h.answer(&sends[0], SendOutcome::Link(LinkOutcome::NotBroadcast));
+    assert!(
+        !h.core.upstream_active(h.now),
+        "answered, 2 s after it came"
+    );
+    h.send(id, chat(4, "r1", br#"{"text":"777"}"#));
+    let sends = h.take_sends();
+    h.answer(&sends[0], SendOutcome::Link(LinkOutcome::NotBroadcast));
+    assert!(h.core.upstream_active(h.now), "answered, but just sent");
+    h.advance(Duration::from_millis(999));
+    assert!(h.core.upstream_active(h.now));
+    h.advance(Duration::from_millis(1));
+    assert!(!h.core.upstream_active(h.now));
+}
