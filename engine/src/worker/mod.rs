@@ -12,8 +12,8 @@
 //! A round: poll the driver (reads, accepts, write completions), register or refuse what was
 //! accepted, take the hub's messages, run due timers, then the core's actions — one flush per
 //! connection that got something, one vectored write each — and its messages for the hub. A
-//! long flush (a big room's fan-out) is cut every few hundred writes by a short round without
-//! timers, so reads and replies do not wait for the whole of it.
+//! long flush (a big room's fan-out) is cut every 256 writes (32 while viewers send) by a short
+//! round without timers, so reads and replies do not wait for the whole of it.
 
 pub mod core;
 
@@ -215,7 +215,8 @@ impl Worker {
 
     /// Carries out the core's actions until it has none left. A fan-out to thousands of
     /// members takes a while (~10 µs per write on loopback): every [`WRITES_BETWEEN_READS`]
-    /// writes ([`WRITES_BETWEEN_READS_WHILE_SENDING`] while viewers send) the loop reads, takes the hub's messages and sends what is due to the hub, so
+    /// writes ([`WRITES_BETWEEN_READS_WHILE_SENDING`] while viewers send) the loop reads,
+    /// takes the hub's messages and sends what is due to the hub, so
     /// a viewer's `send` or `ping` that arrives meanwhile is passed on and answered within
     /// a few milliseconds rather than after the whole fan-out (the core writes replies ahead
     /// of the fan-out's remaining members).
