@@ -367,6 +367,14 @@ pub fn lines(r: &Value) -> Vec<String> {
     }
     let w = &u["window"];
     let l = &u["reply_ms"];
+    let requests = match u["control_proxy_requests_window"].as_f64() {
+        Some(r) if r > 0.0 => format!(
+            "{r:.0} requests (mean batch {:.1})",
+            f(&u["control_proxy_seconds"]["count"]) / r
+        ),
+        Some(r) => format!("{r:.0} requests"),
+        None => "- requests".to_string(),
+    };
     let other = match w["errors"].as_object() {
         Some(e) if f(&w["other"]) > 0.0 => {
             let codes: Vec<String> = e
@@ -415,19 +423,9 @@ pub fn lines(r: &Value) -> Vec<String> {
             ms(&u["edge_send_seconds"]["p99_le_ms"]),
             if f(&u["control_proxy_seconds"]["count"]) > 0.0 {
                 format!(
-                    "; control -> backend mean {} ms (p99 <= {} ms), {} requests{}",
+                    "; control -> backend mean {} ms (p99 <= {} ms), {requests}",
                     ms(&u["control_proxy_seconds"]["mean_ms"]),
                     ms(&u["control_proxy_seconds"]["p99_le_ms"]),
-                    u["control_proxy_requests_window"]
-                        .as_f64()
-                        .map_or_else(|| "-".to_string(), |r| format!("{r:.0}")),
-                    match u["control_proxy_requests_window"].as_f64() {
-                        Some(r) if r > 0.0 => format!(
-                            " (mean batch {:.1})",
-                            f(&u["control_proxy_seconds"]["count"]) / r
-                        ),
-                        _ => String::new(),
-                    },
                 )
             } else {
                 String::new()

@@ -221,21 +221,23 @@ impl Worker {
     /// a few milliseconds rather than after the whole fan-out (the core writes replies ahead
     /// of the fan-out's remaining members).
     fn run_actions(&mut self, mut now: Instant) {
-        let mut writes = 0usize;
+        let writes_between_reads = |core: &WorkerCore, now| {
+            if core.upstream_active(now) {
+                WRITES_BETWEEN_READS_WHILE_SENDING
+            } else {
+                WRITES_BETWEEN_READS
+            }
+        };
+        let mut writes_left = writes_between_reads(&self.core, now);
         while let Some(action) = self.core.poll_action() {
             match action {
                 Action::Write { conn, buf } => {
                     let status = self.driver.write(conn, buf);
                     self.core.on_write_status(now, conn, status);
-                    writes += 1;
-                    let every = if self.core.upstream_active(now) {
-                        WRITES_BETWEEN_READS_WHILE_SENDING
-                    } else {
-                        WRITES_BETWEEN_READS
-                    };
-                    if writes >= every {
-                        writes = 0;
+                    writes_left -= 1;
+                    if writes_left == 0 {
                         now = self.between_writes();
+                        writes_left = writes_between_reads(&self.core, now);
                     }
                 }
                 Action::Close { conn } => self.driver.close(conn),
